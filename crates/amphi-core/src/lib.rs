@@ -1,0 +1,11 @@
+//! The sans-IO heart of amphi: identifiers, the program's frame sequence,
+//! the room rules of a space and signed tokens.
+//!
+//! Nothing here touches a socket, a thread or a clock: every function takes
+//! its inputs (a command, a frame, `now`) and returns what happened.
+
+pub mod frame;
+pub mod id;
+
+pub use frame::{Frame, History, SpeakerLevel};
+pub use id::{ParticipantId, SpaceId};
