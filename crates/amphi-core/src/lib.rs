@@ -6,6 +6,10 @@
 
 pub mod frame;
 pub mod id;
+pub mod reactions;
+pub mod room;
+pub mod token;
 
 pub use frame::{Frame, History, SpeakerLevel};
 pub use id::{ParticipantId, SpaceId};
+pub use room::{Actor, Command, Member, Outcome, Role, RoomError, Space, SpaceOptions, SpaceState};
