@@ -1,0 +1,277 @@
+//! Listener fan-out: a few worker threads own every listener's socket.
+//!
+//! An output (a space's Ogg stream, its WebSocket stream) is a sequence of
+//! *units* — an Ogg page, a WebSocket message — each built once by the media
+//! thread and shared as [`Bytes`]. [`Egress::publish`] hands a unit to every
+//! worker; a worker walks its listeners of that output and writes with
+//! non-blocking sends. There is no task and no wakeup per listener per unit.
+//!
+//! Per-listener state is a socket, the unit being written, an offset and the
+//! next unit's number ([`slot::Slot`], well under 2 KB). A listener whose
+//! socket is full keeps its partial unit (units are never cut, so Ogg pages
+//! and WebSocket frames stay whole) and, once it is through, skips straight
+//! to the newest unit; one stuck for longer than the stall timeout is closed.
+//! Memory per listener never grows with how far behind it is.
+
+mod slot;
+mod worker;
+
+use std::collections::VecDeque;
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use bytes::Bytes;
+use crossbeam_channel::Sender;
+use parking_lot::Mutex;
+
+pub use slot::Slot;
+use worker::{Msg, Worker};
+
+/// How the fan-out behaves.
+#[derive(Debug, Clone)]
+pub struct EgressConfig {
+    /// Worker threads (about one per core).
+    pub workers: usize,
+    /// A listener that cannot take a byte for this long is closed.
+    pub stall_timeout: Duration,
+    /// Units each output keeps for new listeners and catch-up.
+    pub ring: usize,
+}
+
+impl Default for EgressConfig {
+    fn default() -> Self {
+        EgressConfig {
+            workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            stall_timeout: Duration::from_secs(5),
+            ring: 32,
+        }
+    }
+}
+
+/// One unit of an output: an Ogg page or a WebSocket message.
+#[derive(Debug, Clone)]
+pub struct Unit {
+    /// Unit number within the output, consecutive from 0.
+    pub seq: u64,
+    /// Program sequence number of the last frame the unit carries.
+    pub last_frame: u64,
+    /// The bytes every listener receives.
+    pub bytes: Bytes,
+}
+
+/// A stream many listeners receive: the recent units and a listener count.
+#[derive(Debug)]
+pub struct Output {
+    id: u64,
+    recent: Mutex<VecDeque<Unit>>,
+    ring: usize,
+    listeners: AtomicU64,
+    next_seq: AtomicU64,
+}
+
+impl Output {
+    /// The output's node-unique id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Listeners currently attached.
+    pub fn listeners(&self) -> u64 {
+        self.listeners.load(Ordering::Relaxed)
+    }
+
+    /// The newest `n` units, oldest first: a new listener's burst.
+    pub fn recent(&self, n: usize) -> Vec<Unit> {
+        let r = self.recent.lock();
+        r.iter().skip(r.len().saturating_sub(n)).cloned().collect()
+    }
+
+    /// The newest unit, if any was published.
+    pub fn newest(&self) -> Option<Unit> {
+        self.recent.lock().back().cloned()
+    }
+
+    /// Number the next unit published will get.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq.load(Ordering::Acquire)
+    }
+}
+
+/// Counters of the fan-out, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct EgressStats {
+    pub units_published: AtomicU64,
+    pub bytes_written: AtomicU64,
+    pub writes: AtomicU64,
+    pub units_skipped: AtomicU64,
+    pub listeners_added: AtomicU64,
+    pub closed_slow: AtomicU64,
+    pub closed_gone: AtomicU64,
+    pub listeners: AtomicU64,
+}
+
+/// A listener ready to be served: its HTTP or WebSocket handshake is done.
+#[derive(Debug)]
+pub struct NewListener {
+    /// A connected, non-blocking socket.
+    pub stream: TcpStream,
+    /// Bytes to send before any unit (response head, stream headers, burst).
+    pub pending: Bytes,
+    /// The first unit to send after `pending`.
+    pub next_unit: u64,
+    /// Who it is (a participant id), so a ban can close it; 0 if anonymous.
+    pub tag: u64,
+}
+
+/// The fan-out workers.
+pub struct Egress {
+    workers: Vec<Sender<Msg>>,
+    handles: Vec<JoinHandle<()>>,
+    next_worker: AtomicUsize,
+    next_output: AtomicU64,
+    ring: usize,
+    stats: Arc<EgressStats>,
+}
+
+impl std::fmt::Debug for Egress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Egress")
+            .field("workers", &self.workers.len())
+            .finish()
+    }
+}
+
+/// Why the fan-out could not take a listener.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EgressError {
+    #[error("the fan-out is shutting down")]
+    ShuttingDown,
+    #[error("socket: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl Egress {
+    /// Starts the workers.
+    pub fn start(cfg: EgressConfig) -> Result<Self, EgressError> {
+        let stats = Arc::new(EgressStats::default());
+        let mut workers = Vec::new();
+        let mut handles = Vec::new();
+        for i in 0..cfg.workers.max(1) {
+            // Bounded: a worker busy for seconds makes publish drop units
+            // for it (its listeners skip) instead of queueing without end.
+            let (tx, rx) = crossbeam_channel::bounded(4096);
+            let worker = Worker::new(rx, cfg.stall_timeout, cfg.ring, stats.clone());
+            let handle = std::thread::Builder::new()
+                .name(format!("amphi-fanout-{i}"))
+                .spawn(move || worker.run())?;
+            workers.push(tx);
+            handles.push(handle);
+        }
+        Ok(Egress {
+            workers,
+            handles,
+            next_worker: AtomicUsize::new(0),
+            next_output: AtomicU64::new(1),
+            ring: cfg.ring.max(2),
+            stats,
+        })
+    }
+
+    /// The fan-out's counters.
+    pub fn stats(&self) -> &Arc<EgressStats> {
+        &self.stats
+    }
+
+    /// A new output with no unit yet.
+    pub fn new_output(&self) -> Arc<Output> {
+        Arc::new(Output {
+            id: self.next_output.fetch_add(1, Ordering::Relaxed),
+            recent: Mutex::new(VecDeque::with_capacity(self.ring)),
+            ring: self.ring,
+            listeners: AtomicU64::new(0),
+            next_seq: AtomicU64::new(0),
+        })
+    }
+
+    /// Publishes the next unit of `output` to every listener.
+    pub fn publish(&self, output: &Arc<Output>, bytes: Bytes, last_frame: u64) {
+        let seq = output.next_seq.load(Ordering::Acquire);
+        let unit = Unit {
+            seq,
+            last_frame,
+            bytes,
+        };
+        {
+            let mut r = output.recent.lock();
+            if r.len() == output.ring {
+                r.pop_front();
+            }
+            r.push_back(unit.clone());
+            output.next_seq.store(seq + 1, Ordering::Release);
+        }
+        self.stats.units_published.fetch_add(1, Ordering::Relaxed);
+        for w in &self.workers {
+            // A full queue means the worker is far behind: dropping this unit
+            // makes its listeners skip ahead, which is the policy anyway.
+            let _ = w.try_send(Msg::Unit {
+                output: output.clone(),
+                unit: unit.clone(),
+            });
+        }
+    }
+
+    /// Hands a listener to a worker (round-robin).
+    pub fn add_listener(
+        &self,
+        output: &Arc<Output>,
+        listener: NewListener,
+    ) -> Result<(), EgressError> {
+        listener.stream.set_nonblocking(true)?;
+        let _ = listener.stream.set_nodelay(true);
+        let i = self.next_worker.fetch_add(1, Ordering::Relaxed) % self.workers.len();
+        output.listeners.fetch_add(1, Ordering::Relaxed);
+        self.stats.listeners.fetch_add(1, Ordering::Relaxed);
+        self.stats.listeners_added.fetch_add(1, Ordering::Relaxed);
+        let msg = Msg::Add {
+            output: output.clone(),
+            listener,
+        };
+        if self.workers[i].send(msg).is_err() {
+            output.listeners.fetch_sub(1, Ordering::Relaxed);
+            self.stats.listeners.fetch_sub(1, Ordering::Relaxed);
+            return Err(EgressError::ShuttingDown);
+        }
+        Ok(())
+    }
+
+    /// Closes every listener of `output` (the space ended).
+    pub fn close_output(&self, output: &Arc<Output>) {
+        for w in &self.workers {
+            let _ = w.send(Msg::CloseOutput { output: output.id });
+        }
+    }
+
+    /// Closes every listener tagged `tag` on any output (a removal or ban).
+    pub fn close_tag(&self, tag: u64) {
+        if tag == 0 {
+            return;
+        }
+        for w in &self.workers {
+            let _ = w.send(Msg::CloseTag { tag });
+        }
+    }
+
+    /// Stops the workers, closing every listener.
+    pub fn shutdown(self) {
+        for w in &self.workers {
+            let _ = w.send(Msg::Shutdown);
+        }
+        for h in self.handles {
+            let _ = h.join();
+        }
+    }
+}

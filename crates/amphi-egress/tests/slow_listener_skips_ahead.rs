@@ -1,0 +1,160 @@
+//! A slow listener skips whole units and is closed when it stalls; a fast
+//! one beside it receives every unit, in order, whole.
+
+use std::io::Read;
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use amphi_egress::{Egress, EgressConfig, NewListener};
+use bytes::Bytes;
+
+/// A unit is `[len u32][seq u64][filler]` so the reader can check that it
+/// arrives whole and in order.
+fn unit(seq: u64, size: usize) -> Bytes {
+    let mut v = Vec::with_capacity(size);
+    v.extend_from_slice(&(size as u32).to_be_bytes());
+    v.extend_from_slice(&seq.to_be_bytes());
+    v.resize(size, (seq % 251) as u8);
+    Bytes::from(v)
+}
+
+fn pair(l: &TcpListener) -> (TcpStream, TcpStream) {
+    let client = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let (server, _) = l.accept().unwrap();
+    (server, client)
+}
+
+/// Reads units until EOF or `deadline`, checking each is whole.
+fn read_units(mut s: TcpStream, deadline: Instant) -> Vec<u64> {
+    s.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 65536];
+    while Instant::now() < deadline {
+        match s.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(_) => {}
+        }
+    }
+    let mut seqs = Vec::new();
+    let mut at = 0;
+    while at + 12 <= buf.len() {
+        let len = u32::from_be_bytes(buf[at..at + 4].try_into().unwrap()) as usize;
+        if at + len > buf.len() {
+            break;
+        }
+        let seq = u64::from_be_bytes(buf[at + 4..at + 12].try_into().unwrap());
+        assert!(
+            buf[at + 12..at + len]
+                .iter()
+                .all(|b| *b == (seq % 251) as u8),
+            "unit {seq} arrived corrupted"
+        );
+        seqs.push(seq);
+        at += len;
+    }
+    seqs
+}
+
+#[test]
+fn fast_listener_gets_everything_slow_one_skips_and_is_closed() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let egress = Egress::start(EgressConfig {
+        workers: 2,
+        stall_timeout: Duration::from_millis(600),
+        ring: 8,
+    })
+    .unwrap();
+    let out = egress.new_output();
+
+    let (fast_srv, fast_cli) = pair(&l);
+    let (slow_srv, slow_cli) = pair(&l);
+    // A tiny receive buffer on the slow side fills quickly.
+    for (srv, tag) in [(fast_srv, 1), (slow_srv, 2)] {
+        egress
+            .add_listener(
+                &out,
+                NewListener {
+                    stream: srv,
+                    pending: Bytes::new(),
+                    next_unit: 0,
+                    tag,
+                },
+            )
+            .unwrap();
+    }
+    let reader =
+        std::thread::spawn(move || read_units(fast_cli, Instant::now() + Duration::from_secs(4)));
+
+    // 200 units of 64 KiB, one every 5 ms: 12 MiB the slow peer never reads.
+    for seq in 0..200 {
+        egress.publish(&out, unit(seq, 64 * 1024), seq);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let fast = reader.join().unwrap();
+    assert_eq!(
+        fast,
+        (0..200).collect::<Vec<_>>(),
+        "the fast listener missed units"
+    );
+
+    // The slow listener was skipped ahead and, stuck, closed.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while out.listeners() > 1 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(out.listeners(), 1, "the stalled listener was not closed");
+    let stats = egress.stats();
+    assert!(stats.units_skipped.load(Ordering::Relaxed) > 0);
+    assert_eq!(stats.closed_slow.load(Ordering::Relaxed), 1);
+
+    // What the slow peer did receive is whole units, in increasing order.
+    let got = read_units(slow_cli, Instant::now() + Duration::from_secs(2));
+    assert!(got.windows(2).all(|w| w[0] < w[1]));
+    assert!(got.len() < 200);
+    egress.shutdown();
+}
+
+#[test]
+fn new_listener_gets_its_burst_then_live_units_and_ban_closes_it() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let egress = Egress::start(EgressConfig {
+        workers: 1,
+        ..Default::default()
+    })
+    .unwrap();
+    let out = egress.new_output();
+    for seq in 0..3 {
+        egress.publish(&out, unit(seq, 100), seq);
+    }
+    let newest = out.newest().unwrap();
+    assert_eq!(newest.seq, 2);
+    let burst: Vec<u8> = out
+        .recent(2)
+        .iter()
+        .flat_map(|u| u.bytes.to_vec())
+        .collect();
+    let (srv, cli) = pair(&l);
+    egress
+        .add_listener(
+            &out,
+            NewListener {
+                stream: srv,
+                pending: Bytes::from(burst),
+                next_unit: newest.seq + 1,
+                tag: 42,
+            },
+        )
+        .unwrap();
+    for seq in 3..6 {
+        egress.publish(&out, unit(seq, 100), seq);
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    egress.close_tag(42);
+    let got = read_units(cli, Instant::now() + Duration::from_secs(2));
+    assert_eq!(got, vec![1, 2, 3, 4, 5]);
+    assert_eq!(out.listeners(), 0);
+    egress.shutdown();
+}
