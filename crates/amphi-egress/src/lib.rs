@@ -39,6 +39,10 @@ pub struct EgressConfig {
     pub stall_timeout: Duration,
     /// Units each output keeps for new listeners and catch-up.
     pub ring: usize,
+    /// Kernel send buffer per listener socket (SO_SNDBUF), if set. Small
+    /// buffers bound kernel memory per listener and make a stuck listener
+    /// skip sooner; the kernel doubles the value.
+    pub sndbuf: Option<usize>,
 }
 
 impl Default for EgressConfig {
@@ -47,6 +51,7 @@ impl Default for EgressConfig {
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             stall_timeout: Duration::from_secs(5),
             ring: 32,
+            sndbuf: Some(16 * 1024),
         }
     }
 }
@@ -133,6 +138,7 @@ pub struct Egress {
     next_worker: AtomicUsize,
     next_output: AtomicU64,
     ring: usize,
+    sndbuf: Option<usize>,
     stats: Arc<EgressStats>,
 }
 
@@ -177,6 +183,7 @@ impl Egress {
             next_worker: AtomicUsize::new(0),
             next_output: AtomicU64::new(1),
             ring: cfg.ring.max(2),
+            sndbuf: cfg.sndbuf,
             stats,
         })
     }
@@ -232,6 +239,9 @@ impl Egress {
     ) -> Result<(), EgressError> {
         listener.stream.set_nonblocking(true)?;
         let _ = listener.stream.set_nodelay(true);
+        if let Some(n) = self.sndbuf {
+            let _ = socket2::SockRef::from(&listener.stream).set_send_buffer_size(n);
+        }
         let i = self.next_worker.fetch_add(1, Ordering::Relaxed) % self.workers.len();
         output.listeners.fetch_add(1, Ordering::Relaxed);
         self.stats.listeners.fetch_add(1, Ordering::Relaxed);

@@ -65,6 +65,7 @@ fn fast_listener_gets_everything_slow_one_skips_and_is_closed() {
         workers: 2,
         stall_timeout: Duration::from_millis(600),
         ring: 8,
+        sndbuf: Some(16 * 1024),
     })
     .unwrap();
     let out = egress.new_output();
@@ -88,9 +89,9 @@ fn fast_listener_gets_everything_slow_one_skips_and_is_closed() {
     let reader =
         std::thread::spawn(move || read_units(fast_cli, Instant::now() + Duration::from_secs(4)));
 
-    // 200 units of 64 KiB, one every 5 ms: 12 MiB the slow peer never reads.
+    // 200 units of 8 KiB, one every 5 ms: 1.6 MiB the slow peer never reads.
     for seq in 0..200 {
-        egress.publish(&out, unit(seq, 64 * 1024), seq);
+        egress.publish(&out, unit(seq, 8 * 1024), seq);
         std::thread::sleep(Duration::from_millis(5));
     }
     let fast = reader.join().unwrap();
