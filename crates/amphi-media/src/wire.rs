@@ -1,0 +1,223 @@
+//! The `live.ws` message format (docs/live-ws.md) and the WebSocket framing
+//! the fan-out writes as-is to every listener.
+
+use amphi_core::Frame;
+use amphi_core::frame::{FRAME_US, History};
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::MediaError;
+
+/// Format version of a message.
+pub const VERSION: u8 = 1;
+const HEADER: usize = 19;
+
+/// Encodes consecutive frames (1..=255) as one message payload.
+pub fn encode_message(frames: &[Frame]) -> Bytes {
+    let frames = &frames[..frames.len().min(255)];
+    let body: usize = frames.iter().map(|f| 2 + f.opus.len()).sum();
+    let mut b = BytesMut::with_capacity(HEADER + body);
+    b.put_u8(VERSION);
+    b.put_u8(frames.len() as u8);
+    b.put_u64(frames.first().map_or(0, |f| f.seq));
+    b.put_u64(frames.first().map_or(0, |f| f.captured_at_us));
+    b.put_u8(frames.last().map_or(0, |f| f.program_level));
+    for f in frames {
+        let len = f.opus.len().min(usize::from(u16::MAX));
+        b.put_u16(len as u16);
+        b.put_slice(&f.opus[..len]);
+    }
+    b.freeze()
+}
+
+/// A complete unmasked server-to-client binary WebSocket frame.
+pub fn ws_binary_frame(payload: &[u8]) -> Bytes {
+    let mut b = BytesMut::with_capacity(payload.len() + 10);
+    b.put_u8(0x82);
+    match payload.len() {
+        n if n < 126 => b.put_u8(n as u8),
+        n if n <= usize::from(u16::MAX) => {
+            b.put_u8(126);
+            b.put_u16(n as u16);
+        }
+        n => {
+            b.put_u8(127);
+            b.put_u64(n as u64);
+        }
+    }
+    b.put_slice(payload);
+    b.freeze()
+}
+
+/// A decoded message, borrowing the Opus packets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message<'a> {
+    pub first_seq: u64,
+    pub captured_at_us: u64,
+    pub level: u8,
+    pub frames: Vec<&'a [u8]>,
+}
+
+impl Message<'_> {
+    /// Capture time of frame `k` of this message.
+    pub fn captured_at(&self, k: usize) -> u64 {
+        self.captured_at_us + k as u64 * FRAME_US
+    }
+}
+
+/// Decodes a message payload, checking every bound.
+pub fn decode_message(b: &[u8]) -> Result<Message<'_>, MediaError> {
+    if b.len() < HEADER {
+        return Err(MediaError::Wire("shorter than the header"));
+    }
+    if b[0] != VERSION {
+        return Err(MediaError::Wire("unknown version"));
+    }
+    let n = usize::from(b[1]);
+    if n == 0 {
+        return Err(MediaError::Wire("no frames"));
+    }
+    let first_seq = u64::from_be_bytes([b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9]]);
+    let captured_at_us =
+        u64::from_be_bytes([b[10], b[11], b[12], b[13], b[14], b[15], b[16], b[17]]);
+    let mut frames = Vec::with_capacity(n);
+    let mut at = HEADER;
+    for _ in 0..n {
+        let len_bytes = b
+            .get(at..at + 2)
+            .ok_or(MediaError::Wire("truncated length"))?;
+        let len = usize::from(u16::from_be_bytes([len_bytes[0], len_bytes[1]]));
+        at += 2;
+        frames.push(
+            b.get(at..at + len)
+                .ok_or(MediaError::Wire("truncated frame"))?,
+        );
+        at += len;
+    }
+    if at != b.len() {
+        return Err(MediaError::Wire("trailing bytes"));
+    }
+    Ok(Message {
+        first_seq,
+        captured_at_us,
+        level: b[18],
+        frames,
+    })
+}
+
+/// Cuts program frames into `live.ws` messages, ready-framed.
+#[derive(Debug)]
+pub struct WsBatcher {
+    per_message: usize,
+    pending: Vec<Frame>,
+}
+
+impl WsBatcher {
+    /// One message per `per_message` frames.
+    pub fn new(per_message: usize) -> Self {
+        let per_message = per_message.clamp(1, 255);
+        WsBatcher {
+            per_message,
+            pending: Vec::with_capacity(per_message),
+        }
+    }
+
+    /// Adds a frame; returns a WebSocket frame when a message is complete.
+    pub fn push(&mut self, frame: &Frame) -> Option<Bytes> {
+        self.pending.push(frame.clone());
+        if self.pending.len() < self.per_message {
+            return None;
+        }
+        let msg = ws_binary_frame(&encode_message(&self.pending));
+        self.pending.clear();
+        Some(msg)
+    }
+
+    /// WebSocket frames carrying the history from `from_seq` to its newest
+    /// frame, at most 255 frames each.
+    pub fn resume(history: &History, from_seq: u64) -> Vec<Bytes> {
+        let frames: Vec<Frame> = history.since(from_seq).cloned().collect();
+        frames
+            .chunks(255)
+            .map(|c| ws_binary_frame(&encode_message(c)))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::sync::Arc;
+
+    fn frame(seq: u64, len: usize) -> Frame {
+        Frame {
+            seq,
+            captured_at_us: 1000 + seq * FRAME_US,
+            opus: Bytes::from(vec![7; len]),
+            program_level: 9,
+            speakers: Arc::from(Vec::new()),
+        }
+    }
+
+    fn strip_ws(b: &[u8]) -> &[u8] {
+        match b[1] {
+            126 => &b[4..],
+            127 => &b[10..],
+            _ => &b[2..],
+        }
+    }
+
+    #[test]
+    fn batches_and_resumes() {
+        let mut w = WsBatcher::new(3);
+        assert!(w.push(&frame(0, 50)).is_none());
+        assert!(w.push(&frame(1, 50)).is_none());
+        let m = w.push(&frame(2, 50)).unwrap();
+        assert_eq!(m[0], 0x82);
+        let msg = decode_message(strip_ws(&m)).unwrap();
+        assert_eq!((msg.first_seq, msg.frames.len(), msg.level), (0, 3, 9));
+        assert_eq!(msg.captured_at(2), 1000 + 2 * FRAME_US);
+        let mut h = History::new(1500);
+        for s in 0..600 {
+            h.push(frame(s, 10));
+        }
+        let r = WsBatcher::resume(&h, 100);
+        assert_eq!(r.len(), 2);
+        let first = decode_message(strip_ws(&r[0])).unwrap();
+        let second = decode_message(strip_ws(&r[1])).unwrap();
+        assert_eq!((first.first_seq, first.frames.len()), (100, 255));
+        assert_eq!((second.first_seq, second.frames.len()), (355, 245));
+    }
+
+    #[test]
+    fn rejects_malformed_messages() {
+        assert!(decode_message(&[]).is_err());
+        let good = encode_message(&[frame(5, 4)]);
+        assert!(decode_message(&good[..good.len() - 1]).is_err());
+        let mut extra = good.to_vec();
+        extra.push(0);
+        assert!(decode_message(&extra).is_err());
+        let mut v2 = good.to_vec();
+        v2[0] = 2;
+        assert!(decode_message(&v2).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn roundtrip(lens in proptest::collection::vec(0usize..400, 1..20), start in 0u64..1_000_000) {
+            let frames: Vec<Frame> = lens.iter().enumerate().map(|(i, l)| frame(start + i as u64, *l)).collect();
+            let payload = encode_message(&frames);
+            let framed = ws_binary_frame(&payload);
+            prop_assert_eq!(strip_ws(&framed), &payload[..]);
+            let m = decode_message(&payload).unwrap();
+            prop_assert_eq!(m.first_seq, start);
+            prop_assert_eq!(m.frames.len(), frames.len());
+            for (a, b) in m.frames.iter().zip(&frames) { prop_assert_eq!(*a, &b.opus[..]); }
+        }
+
+        #[test]
+        fn decode_never_panics(data in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let _ = decode_message(&data);
+        }
+    }
+}
