@@ -1,1 +1,45 @@
-fn main() {}
+//! `amphi`: the live audio rooms server.
+
+mod api;
+mod app;
+mod error;
+mod events;
+mod front;
+mod listen;
+mod media;
+mod metrics;
+mod openapi;
+mod serve;
+mod timefmt;
+mod web;
+
+use clap::{Parser, Subcommand};
+
+/// amphi: a self-hosted live audio rooms server that holds when the audience
+/// arrives all at once.
+#[derive(Debug, Parser)]
+#[command(name = "amphi", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server (HTTP API, WHIP ingest, listener outputs, web app).
+    Serve(serve::ServeArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("AMPHI_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::Serve(args) => serve::run(args),
+    }
+}

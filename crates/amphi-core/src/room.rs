@@ -233,7 +233,6 @@ pub struct Space {
     members: BTreeMap<ParticipantId, Member>,
     removed: BTreeSet<ParticipantId>,
     banned: BTreeSet<ParticipantId>,
-    banned_subjects: BTreeSet<String>,
 }
 
 impl Space {
@@ -274,7 +273,6 @@ impl Space {
             members,
             removed: BTreeSet::new(),
             banned: BTreeSet::new(),
-            banned_subjects: BTreeSet::new(),
         })
     }
 
@@ -289,16 +287,6 @@ impl Space {
     /// Whether `id` was banned.
     pub fn is_banned(&self, id: ParticipantId) -> bool {
         self.banned.contains(&id)
-    }
-
-    /// Whether an operator identity (`sub` of an identity token) was banned.
-    pub fn is_subject_banned(&self, subject: &str) -> bool {
-        self.banned_subjects.contains(subject)
-    }
-
-    /// Records a banned operator identity, so a new join under it is refused.
-    pub fn ban_subject(&mut self, subject: &str) {
-        self.banned_subjects.insert(subject.to_owned());
     }
 
     /// The remembered record of a participant.

@@ -1,1 +1,307 @@
-//! amphi-rtc
+//! WHIP ingest on str0m: every speaker's WebRTC session on one UDP socket.
+//!
+//! The engine is a thin thread around str0m's sans-IO `Rtc`: it receives
+//! datagrams, routes each to the session that accepts it, drives timeouts,
+//! sends what str0m asks, and turns received Opus into [`RtcEvent::Audio`].
+//! **The ingest gate lives here**: a session whose `audible` flag is false
+//! has its audio dropped (and counted) before it leaves this thread, so a
+//! muted, removed or off-stage participant reaches nobody.
+
+mod engine;
+mod sdp;
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use amphi_core::{ParticipantId, SpaceId};
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, Sender};
+
+pub use engine::RtcEngine;
+pub use sdp::{OfferSummary, summarize_offer};
+
+/// Settings of the engine.
+#[derive(Debug, Clone)]
+pub struct RtcConfig {
+    /// UDP address to bind.
+    pub bind: SocketAddr,
+    /// Address to advertise in candidates when `bind` is a wildcard.
+    pub advertise_ip: Option<IpAddr>,
+    /// A session that does not connect within this is closed.
+    pub connect_timeout: Duration,
+    /// Most concurrent sessions.
+    pub max_sessions: usize,
+}
+
+impl Default for RtcConfig {
+    fn default() -> Self {
+        RtcConfig {
+            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            advertise_ip: None,
+            connect_timeout: Duration::from_secs(30),
+            max_sessions: 500,
+        }
+    }
+}
+
+/// Identifier of one WHIP session, shown as 16 hex digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId(pub u64);
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+impl FromStr for SessionId {
+    type Err = RtcError;
+    fn from_str(s: &str) -> Result<Self, RtcError> {
+        if s.len() != 16 {
+            return Err(RtcError::UnknownSession);
+        }
+        u64::from_str_radix(s, 16)
+            .map(SessionId)
+            .map_err(|_| RtcError::UnknownSession)
+    }
+}
+
+/// A request to open a session from a WHIP offer.
+#[derive(Debug)]
+pub struct SessionRequest {
+    pub space: SpaceId,
+    pub participant: ParticipantId,
+    pub offer_sdp: String,
+    /// The ingest gate, set by the control plane from the room rules.
+    pub audible: Arc<AtomicBool>,
+}
+
+/// An opened session.
+#[derive(Debug, Clone)]
+pub struct SessionInfo {
+    pub id: SessionId,
+    pub answer_sdp: String,
+    /// Whether the peer can receive audio (its audio m-line is sendrecv).
+    pub sends_return_audio: bool,
+}
+
+/// What the engine tells the media plane.
+#[derive(Debug, Clone)]
+pub enum RtcEvent {
+    /// ICE and DTLS are up.
+    Connected {
+        id: SessionId,
+        space: SpaceId,
+        participant: ParticipantId,
+    },
+    /// One Opus packet from an audible participant.
+    Audio {
+        id: SessionId,
+        space: SpaceId,
+        participant: ParticipantId,
+        rtp_seq: u16,
+        rtp_ts: u32,
+        payload: Bytes,
+        received_at: Instant,
+    },
+    /// The session is gone.
+    Closed {
+        id: SessionId,
+        space: SpaceId,
+        participant: ParticipantId,
+        reason: &'static str,
+    },
+}
+
+/// Why the engine refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RtcError {
+    #[error("invalid SDP offer: {0}")]
+    BadSdp(String),
+    #[error("the offer has no Opus audio: amphi takes Opus at 48 kHz")]
+    NoOpus,
+    #[error("too many WebRTC sessions on this node")]
+    TooManySessions,
+    #[error("no such session")]
+    UnknownSession,
+    #[error("the WebRTC engine is shutting down")]
+    ShuttingDown,
+    #[error("WebRTC: {0}")]
+    Engine(String),
+    #[error("socket: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Counters of the engine.
+#[derive(Debug, Default)]
+pub struct RtcStats {
+    pub sessions: AtomicU64,
+    pub sessions_opened: AtomicU64,
+    pub sessions_timed_out: AtomicU64,
+    pub datagrams_in: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub packets_in: AtomicU64,
+    pub dropped_inaudible: AtomicU64,
+    pub garbage_datagrams: AtomicU64,
+    pub events_dropped: AtomicU64,
+    pub packets_out: AtomicU64,
+}
+
+impl RtcStats {
+    /// The counters in the Prometheus text format.
+    pub fn render_prometheus(&self, out: &mut String) {
+        use fmt::Write;
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let rows: [(&str, &str, &str, u64); 10] = [
+            (
+                "amphi_rtc_sessions",
+                "gauge",
+                "Open WHIP sessions.",
+                l(&self.sessions),
+            ),
+            (
+                "amphi_rtc_sessions_opened_total",
+                "counter",
+                "WHIP sessions opened.",
+                l(&self.sessions_opened),
+            ),
+            (
+                "amphi_rtc_sessions_timed_out_total",
+                "counter",
+                "Sessions that never connected.",
+                l(&self.sessions_timed_out),
+            ),
+            (
+                "amphi_rtc_datagrams_total",
+                "counter",
+                "UDP datagrams received.",
+                l(&self.datagrams_in),
+            ),
+            (
+                "amphi_rtc_bytes_total",
+                "counter",
+                "UDP bytes received.",
+                l(&self.bytes_in),
+            ),
+            (
+                "amphi_rtc_audio_packets_total",
+                "counter",
+                "Audio packets received from speakers.",
+                l(&self.packets_in),
+            ),
+            (
+                "amphi_rtc_dropped_inaudible_total",
+                "counter",
+                "Audio packets dropped at ingest: muted, removed or off stage.",
+                l(&self.dropped_inaudible),
+            ),
+            (
+                "amphi_rtc_garbage_datagrams_total",
+                "counter",
+                "Datagrams matching no session (dropped).",
+                l(&self.garbage_datagrams),
+            ),
+            (
+                "amphi_rtc_events_dropped_total",
+                "counter",
+                "Events dropped because the mixer was behind.",
+                l(&self.events_dropped),
+            ),
+            (
+                "amphi_rtc_packets_out_total",
+                "counter",
+                "Return-audio packets sent to speakers.",
+                l(&self.packets_out),
+            ),
+        ];
+        for (name, kind, help, v) in rows {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+            );
+        }
+    }
+}
+
+pub(crate) enum Cmd {
+    Create {
+        req: SessionRequest,
+        reply: tokio::sync::oneshot::Sender<Result<SessionInfo, RtcError>>,
+    },
+    Close {
+        id: SessionId,
+        owner: Option<ParticipantId>,
+    },
+    CloseParticipant {
+        space: SpaceId,
+        participant: ParticipantId,
+    },
+    Send {
+        id: SessionId,
+        opus: Bytes,
+    },
+    Shutdown,
+}
+
+/// A cloneable handle to the engine.
+#[derive(Clone)]
+pub struct RtcHandle {
+    tx: Sender<Cmd>,
+    stats: Arc<RtcStats>,
+}
+
+impl fmt::Debug for RtcHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RtcHandle")
+    }
+}
+
+impl RtcHandle {
+    /// Validates an offer and opens a session; returns the answer.
+    pub async fn create_session(&self, req: SessionRequest) -> Result<SessionInfo, RtcError> {
+        // Cheap checks first, so a bad offer never reaches the RTC thread.
+        sdp::summarize_offer(&req.offer_sdp)?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.tx
+            .try_send(Cmd::Create { req, reply: tx })
+            .map_err(|_| RtcError::TooManySessions)?;
+        rx.await.map_err(|_| RtcError::ShuttingDown)?
+    }
+
+    /// Ends a session.
+    pub fn close_session(&self, id: SessionId) {
+        let _ = self.tx.send(Cmd::Close { id, owner: None });
+    }
+
+    /// Ends a session if it belongs to `owner` (WHIP DELETE).
+    pub fn close_session_of(&self, id: SessionId, owner: ParticipantId) {
+        let _ = self.tx.send(Cmd::Close {
+            id,
+            owner: Some(owner),
+        });
+    }
+
+    /// Ends every session of a participant (removal, leaving the stage).
+    pub fn close_participant(&self, space: SpaceId, participant: ParticipantId) {
+        let _ = self.tx.send(Cmd::CloseParticipant { space, participant });
+    }
+
+    /// Sends one 20 ms Opus frame to a session that receives audio.
+    pub fn send_audio(&self, id: SessionId, opus: Bytes) {
+        let _ = self.tx.try_send(Cmd::Send { id, opus });
+    }
+
+    /// The engine's counters.
+    pub fn stats(&self) -> &RtcStats {
+        &self.stats
+    }
+}
+
+pub(crate) fn channel() -> (Sender<Cmd>, Receiver<Cmd>) {
+    crossbeam_channel::bounded(4096)
+}

@@ -1,0 +1,115 @@
+//! A first look at a WHIP offer, before it reaches str0m: is it SDP at all,
+//! does it carry Opus audio, can the peer receive audio back.
+
+use crate::RtcError;
+
+/// Largest offer accepted.
+pub const MAX_OFFER: usize = 32 * 1024;
+
+/// What the pre-check learned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OfferSummary {
+    /// An audio m-line lists Opus at 48 kHz.
+    pub has_opus: bool,
+    /// That audio m-line is sendrecv (the peer will play return audio).
+    pub receives_audio: bool,
+}
+
+/// Checks the shape of an offer and summarises it. Never panics.
+pub fn summarize_offer(sdp: &str) -> Result<OfferSummary, RtcError> {
+    if sdp.len() > MAX_OFFER {
+        return Err(RtcError::BadSdp(format!(
+            "offer larger than {MAX_OFFER} bytes"
+        )));
+    }
+    let mut lines = sdp.lines().map(str::trim_end).filter(|l| !l.is_empty());
+    if lines.next() != Some("v=0") {
+        return Err(RtcError::BadSdp("an SDP offer starts with v=0".into()));
+    }
+    if let Some(bad) = sdp
+        .lines()
+        .map(str::trim_end)
+        .find(|l| !l.is_empty() && (l.len() < 2 || l.as_bytes()[1] != b'='))
+    {
+        let shown: String = bad.chars().take(40).collect();
+        return Err(RtcError::BadSdp(format!("not an SDP line: {shown:?}")));
+    }
+    let mut in_audio = false;
+    let mut audio_has_opus = false;
+    let mut audio_dir_recv = true;
+    let mut out = OfferSummary {
+        has_opus: false,
+        receives_audio: false,
+    };
+    let close_section = |in_audio: bool, has_opus: bool, recv: bool, out: &mut OfferSummary| {
+        if in_audio && has_opus {
+            out.has_opus = true;
+            out.receives_audio |= recv;
+        }
+    };
+    for l in sdp.lines().map(str::trim_end) {
+        if let Some(m) = l.strip_prefix("m=") {
+            close_section(in_audio, audio_has_opus, audio_dir_recv, &mut out);
+            in_audio = m.starts_with("audio ");
+            audio_has_opus = false;
+            audio_dir_recv = true;
+        } else if in_audio {
+            if let Some(map) = l.strip_prefix("a=rtpmap:") {
+                let codec = map
+                    .split_whitespace()
+                    .nth(1)
+                    .unwrap_or("")
+                    .to_ascii_lowercase();
+                if codec.starts_with("opus/48000") {
+                    audio_has_opus = true;
+                }
+            } else if l == "a=sendonly" || l == "a=recvonly" || l == "a=inactive" {
+                audio_dir_recv = false;
+            } else if l == "a=sendrecv" {
+                audio_dir_recv = true;
+            }
+        }
+    }
+    close_section(in_audio, audio_has_opus, audio_dir_recv, &mut out);
+    if !out.has_opus {
+        return Err(RtcError::NoOpus);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const OFFER: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=sendrecv\r\na=rtpmap:111 opus/48000/2\r\n";
+
+    #[test]
+    fn recognises_opus_and_direction() {
+        assert_eq!(
+            summarize_offer(OFFER).unwrap(),
+            OfferSummary {
+                has_opus: true,
+                receives_audio: true
+            }
+        );
+        let sendonly = OFFER.replace("a=sendrecv", "a=sendonly");
+        assert!(!summarize_offer(&sendonly).unwrap().receives_audio);
+        let pcmu = OFFER.replace("opus/48000/2", "PCMU/8000");
+        assert!(matches!(summarize_offer(&pcmu), Err(RtcError::NoOpus)));
+        let video = OFFER.replace("m=audio", "m=video");
+        assert!(matches!(summarize_offer(&video), Err(RtcError::NoOpus)));
+        assert!(matches!(summarize_offer("hello"), Err(RtcError::BadSdp(_))));
+        assert!(matches!(
+            summarize_offer("v=0\r\ngarbage\r\n"),
+            Err(RtcError::BadSdp(_))
+        ));
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics(s in "(v=0\r\n)?[ -~\r\n]{0,400}") {
+            let _ = summarize_offer(&s);
+        }
+    }
+}

@@ -1,0 +1,495 @@
+//! The REST API of SPEC §4: thin handlers over [`App::command`].
+
+use std::sync::Arc;
+
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use amphi_core::room::{Command, Role, SpaceOptions, SpaceState, validate_name};
+use amphi_core::token::{Claims, IdentityClaims, secrets_equal};
+use amphi_core::{ParticipantId, SpaceId};
+
+use crate::app::{App, listen_urls};
+use crate::error::ApiError;
+use crate::timefmt::{now_s, parse_rfc3339};
+
+/// Largest request body accepted.
+pub const MAX_BODY: usize = 64 * 1024;
+
+type AppState = Arc<App>;
+
+/// The API routes.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/spaces", post(create).get(list))
+        .route("/api/v1/spaces/{id}", get(show))
+        .route("/api/v1/spaces/{id}/start", post(start))
+        .route("/api/v1/spaces/{id}/end", post(end))
+        .route("/api/v1/spaces/{id}/join", post(join))
+        .route(
+            "/api/v1/spaces/{id}/hand",
+            post(raise_hand).delete(lower_hand),
+        )
+        .route(
+            "/api/v1/spaces/{id}/stage/{pid}",
+            post(stage_add).delete(stage_remove),
+        )
+        .route(
+            "/api/v1/spaces/{id}/cohosts/{pid}",
+            post(cohost_add).delete(cohost_remove),
+        )
+        .route("/api/v1/spaces/{id}/participants/{pid}/mute", post(mute))
+        .route(
+            "/api/v1/spaces/{id}/participants/{pid}/unmute",
+            post(unmute),
+        )
+        .route(
+            "/api/v1/spaces/{id}/participants/{pid}/remove",
+            post(remove),
+        )
+        .route("/api/v1/spaces/{id}/reactions", post(react))
+        .route("/api/v1/spaces/{id}/events", get(crate::events::events))
+        .route("/api/v1/openapi.json", get(openapi))
+}
+
+/// A JSON body, capped and with JSON errors (400/413/415) instead of
+/// axum's plain-text rejections.
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let ct_ok = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_none_or(|v| v.starts_with("application/json"));
+        if !ct_ok {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send application/json",
+            ));
+        }
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| {
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "too_large",
+                        format!("body is larger than {MAX_BODY} bytes"),
+                    )
+                } else {
+                    ApiError::bad_request("could not read the body")
+                }
+            })?;
+        let bytes = if bytes.iter().all(u8::is_ascii_whitespace) {
+            &b"{}"[..]
+        } else {
+            &bytes[..]
+        };
+        serde_json::from_slice(bytes)
+            .map(ApiJson)
+            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+    }
+}
+
+/// The bearer token of a request (header, or `?token=`).
+pub fn bearer(parts: &Parts) -> Option<String> {
+    if let Some(v) = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        return v.strip_prefix("Bearer ").map(|t| t.trim().to_owned());
+    }
+    token_from_query(parts.uri.query())
+}
+
+/// `token=` from a query string.
+pub fn token_from_query(query: Option<&str>) -> Option<String> {
+    query?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("token="))
+        .map(|t| t.to_owned())
+}
+
+/// A request's token, present but not yet verified (verification needs the
+/// space from the path).
+pub struct Token(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Token {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        bearer(parts)
+            .filter(|t| !t.is_empty())
+            .map(Token)
+            .ok_or_else(|| ApiError::unauthorized("a bearer token is required"))
+    }
+}
+
+impl<S: Send + Sync> axum::extract::OptionalFromRequestParts<S> for Token {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Option<Self>, ApiError> {
+        Ok(bearer(parts).filter(|t| !t.is_empty()).map(Token))
+    }
+}
+
+fn space_id(s: &str) -> Result<SpaceId, ApiError> {
+    s.parse().map_err(|_| ApiError::not_found("no such space"))
+}
+
+fn pid(s: &str) -> Result<ParticipantId, ApiError> {
+    s.parse()
+        .map_err(|_| ApiError::not_found("no such participant"))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateBody {
+    title: String,
+    #[serde(default)]
+    scheduled_for: Option<String>,
+    #[serde(default)]
+    max_stage: Option<u8>,
+    #[serde(default)]
+    record: Option<bool>,
+    #[serde(default)]
+    public: Option<bool>,
+    #[serde(default)]
+    host_name: Option<String>,
+}
+
+async fn create(
+    State(app): State<AppState>,
+    token: Option<Token>,
+    ApiJson(body): ApiJson<CreateBody>,
+) -> Result<Response, ApiError> {
+    let Some(Token(token)) = token else {
+        return Err(ApiError::unauthorized("the admin token is required"));
+    };
+    if !secrets_equal(token.as_bytes(), app.admin_token.as_bytes()) {
+        return Err(ApiError::unauthorized("invalid admin token"));
+    }
+    let scheduled_for_ms = match body.scheduled_for.as_deref() {
+        None => None,
+        Some(s) => Some(
+            parse_rfc3339(s)
+                .ok_or_else(|| ApiError::bad_request("scheduled_for must be an RFC 3339 time"))?,
+        ),
+    };
+    let opts = SpaceOptions {
+        title: body.title,
+        scheduled_for_ms,
+        max_stage: body
+            .max_stage
+            .unwrap_or(amphi_core::room::DEFAULT_MAX_STAGE),
+        record: body.record.unwrap_or(true),
+        public: body.public.unwrap_or(true),
+    };
+    let host_name = body.host_name.unwrap_or_else(|| "Host".to_owned());
+    let (cell, host) = app.create(opts, &host_name).await?;
+    let token = app.mint(cell.id, host, validate_name(&host_name)?, None);
+    let body = json!({"space": cell.view(), "host": {"participant_id": host, "token": token}});
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    state: Option<String>,
+}
+
+async fn list(
+    State(app): State<AppState>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let want = match q.state.as_deref() {
+        None => None,
+        Some("live") => Some(SpaceState::Live),
+        Some("scheduled") => Some(SpaceState::Scheduled),
+        Some("ended") => Some(SpaceState::Ended),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "state must be live, scheduled or ended",
+            ));
+        }
+    };
+    let cells: Vec<_> = app.spaces.read().values().cloned().collect();
+    let mut spaces: Vec<(i64, Value)> = cells
+        .iter()
+        .filter_map(|c| {
+            let inner = c.inner.lock();
+            let s = &inner.space;
+            let keep = s.public && want.is_none_or(|w| w == s.state);
+            keep.then(|| (s.created_at_ms, crate::app::space_view(s, c.listeners())))
+        })
+        .collect();
+    spaces.sort_by_key(|(t, _)| std::cmp::Reverse(*t));
+    spaces.truncate(500);
+    Ok(Json(
+        json!({"spaces": spaces.into_iter().map(|(_, v)| v).collect::<Vec<_>>()}),
+    ))
+}
+
+async fn show(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(app.space(space_id(&id)?)?.view()))
+}
+
+/// Verifies the token against the space in the path.
+fn actor(app: &App, id: SpaceId, token: &Token) -> Result<Claims, ApiError> {
+    app.verify(id, &token.0)
+}
+
+async fn run(
+    app: &App,
+    id: &str,
+    token: &Token,
+    cmd: impl FnOnce(&Claims) -> Command,
+) -> Result<Json<Value>, ApiError> {
+    let id = space_id(id)?;
+    let cell = app.space(id)?;
+    let claims = actor(app, id, token)?;
+    let cmd = cmd(&claims);
+    app.command(&cell, &claims, cmd).await?;
+    Ok(Json(cell.view()))
+}
+
+async fn start(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    t: Token,
+) -> Result<Json<Value>, ApiError> {
+    run(&app, &id, &t, |_| Command::Start).await
+}
+
+async fn end(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    t: Token,
+) -> Result<Json<Value>, ApiError> {
+    run(&app, &id, &t, |_| Command::End).await
+}
+
+async fn raise_hand(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    t: Token,
+) -> Result<Json<Value>, ApiError> {
+    run(&app, &id, &t, |_| Command::RaiseHand).await
+}
+
+async fn lower_hand(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    t: Token,
+) -> Result<Json<Value>, ApiError> {
+    run(&app, &id, &t, |_| Command::LowerHand).await
+}
+
+async fn stage_add(
+    State(app): State<AppState>,
+    Path((id, p)): Path<(String, String)>,
+    t: Token,
+) -> Result<Json<Value>, ApiError> {
+    let target = pid(&p)?;
+    run(&app, &id, &t, |_| Command::BringOnStage {
+        target,
+        name: None,
+    })
+    .await
+}
+
+async fn stage_remove(
+    State(app): State<AppState>,
+    Path((id, p)): Path<(String, String)>,
+    t: Token,
+) -> Result<Json<Value>, ApiError> {
+    let target = pid(&p)?;
+    run(&app, &id, &t, |_| Command::MoveToAudience { target }).await
+}
+
+async fn cohost_add(
+    State(app): State<AppState>,
+    Path((id, p)): Path<(String, String)>,
+    t: Token,
+) -> Result<Json<Value>, ApiError> {
+    let target = pid(&p)?;
+    run(&app, &id, &t, |_| Command::AppointCohost { target }).await
+}
+
+async fn cohost_remove(
+    State(app): State<AppState>,
+    Path((id, p)): Path<(String, String)>,
+    t: Token,
+) -> Result<Json<Value>, ApiError> {
+    let target = pid(&p)?;
+    run(&app, &id, &t, |_| Command::DismissCohost { target }).await
+}
+
+async fn mute(
+    State(app): State<AppState>,
+    Path((id, p)): Path<(String, String)>,
+    t: Token,
+) -> Result<Json<Value>, ApiError> {
+    let target = pid(&p)?;
+    run(&app, &id, &t, |_| Command::Mute { target }).await
+}
+
+async fn unmute(
+    State(app): State<AppState>,
+    Path((id, p)): Path<(String, String)>,
+    t: Token,
+) -> Result<Json<Value>, ApiError> {
+    let target = pid(&p)?;
+    run(&app, &id, &t, |_| Command::Unmute { target }).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RemoveBody {
+    #[serde(default)]
+    ban: bool,
+}
+
+async fn remove(
+    State(app): State<AppState>,
+    Path((id, p)): Path<(String, String)>,
+    t: Token,
+    ApiJson(body): ApiJson<RemoveBody>,
+) -> Result<Json<Value>, ApiError> {
+    let target = pid(&p)?;
+    run(&app, &id, &t, |_| Command::Remove {
+        target,
+        ban: body.ban,
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReactBody {
+    emoji: String,
+}
+
+async fn react(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    t: Token,
+    ApiJson(body): ApiJson<ReactBody>,
+) -> Result<Response, ApiError> {
+    let id = space_id(&id)?;
+    let cell = app.space(id)?;
+    let claims = actor(&app, id, &t)?;
+    if !app.reaction_limiter.check(claims.pid.0) {
+        return Err(ApiError::rate_limited(1));
+    }
+    {
+        let mut inner = cell.inner.lock();
+        if inner.space.role_of(claims.pid).is_none() {
+            return Err(ApiError::forbidden("you were removed from this space"));
+        }
+        if inner.space.state != SpaceState::Live {
+            return Err(ApiError::conflict("reactions are for live spaces"));
+        }
+        inner.reactions.add(&body.emoji)?;
+    }
+    Ok((StatusCode::ACCEPTED, Json(json!({}))).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JoinBody {
+    name: String,
+    /// An identity token from the operator's own app.
+    #[serde(default)]
+    identity: Option<String>,
+}
+
+async fn join(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    prior: Option<Token>,
+    ApiJson(body): ApiJson<JoinBody>,
+) -> Result<Json<Value>, ApiError> {
+    let id = space_id(&id)?;
+    let cell = app.space(id)?;
+    if !app.join_limiter.check(0) {
+        return Err(ApiError::rate_limited(1));
+    }
+    let name = validate_name(&body.name)?.to_owned();
+    // With an operator identity the participant id is derived from it, so a
+    // ban follows the person, not the token.
+    let (pid, idsub) = match (&body.identity, &app.identity_key) {
+        (Some(tok), Some(key)) => {
+            let claims: IdentityClaims = key.verify(tok, now_s())?;
+            (identity_pid(id, &claims.sub), Some(claims.sub))
+        }
+        (Some(_), None) => {
+            return Err(ApiError::bad_request(
+                "this server does not accept identity tokens",
+            ));
+        }
+        (None, _) => (ParticipantId(rand::random()), None),
+    };
+    let role = {
+        let inner = cell.inner.lock();
+        let s = &inner.space;
+        if s.state == SpaceState::Ended {
+            return Err(ApiError::conflict("the space has ended"));
+        }
+        // A banned participant cannot come back, with their old token or
+        // their identity.
+        if let Some(Token(t)) = &prior
+            && let Ok(old) = app.verify(id, t)
+            && s.is_banned(old.pid)
+        {
+            return Err(ApiError::forbidden("you are banned from this space"));
+        }
+        if s.is_banned(pid) {
+            return Err(ApiError::forbidden("you are banned from this space"));
+        }
+        s.role_of(pid).unwrap_or(Role::Listener)
+    };
+    let token = app.mint(id, pid, &name, idsub);
+    app.metrics.joins.inc();
+    Ok(Json(json!({
+        "participant_id": pid,
+        "token": token,
+        "role": role.as_str(),
+        "listen": listen_urls(id),
+        "events": format!("/api/v1/spaces/{id}/events"),
+    })))
+}
+
+fn identity_pid(space: SpaceId, sub: &str) -> ParticipantId {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(space.0.to_be_bytes());
+    h.update(sub.as_bytes());
+    let d = h.finalize();
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&d[..8]);
+    ParticipantId(u64::from_be_bytes(b))
+}
+
+async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        crate::openapi::document().to_string(),
+    )
+        .into_response()
+}

@@ -1,0 +1,342 @@
+//! The node's shared state: the spaces it owns and the thin shell that runs
+//! the room core's commands, persists them and tells the media plane.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use amphi_core::room::{Actor, Command, Outcome, Space, SpaceOptions, SpaceState};
+use amphi_core::token::{Claims, TokenKey};
+use amphi_core::{ParticipantId, SpaceId};
+use amphi_egress::Egress;
+use amphi_store::Store;
+use parking_lot::{Mutex, RwLock};
+use serde_json::{Value, json};
+
+use crate::error::ApiError;
+use crate::media::{LiveMedia, MediaPlane};
+use crate::metrics::Metrics;
+use crate::timefmt::{now_ms, now_s, rfc3339};
+
+/// Lifetime of a participant token.
+pub const TOKEN_TTL_S: u64 = 7 * 24 * 3600;
+
+/// What a space needs besides its rules: presence, reactions, media.
+pub struct SpaceCell {
+    pub id: SpaceId,
+    pub inner: Mutex<SpaceInner>,
+    /// Serialises commands so persisted snapshots are written in order.
+    pub write_lock: tokio::sync::Mutex<()>,
+    /// Set when anything an events client shows changed.
+    pub dirty: AtomicBool,
+    /// The latest events update, rebuilt at most 4 times a second.
+    pub updates: tokio::sync::watch::Sender<Arc<Update>>,
+    /// Ingest gates: whether each publishing participant is audible now.
+    pub gates: Mutex<HashMap<ParticipantId, Arc<AtomicBool>>>,
+    /// Media outputs while live.
+    pub live: RwLock<Option<Arc<LiveMedia>>>,
+    /// Talking levels of the last update period, from the media plane.
+    pub talking: Mutex<HashMap<ParticipantId, u8>>,
+    /// Listener connections counted on this node for this space.
+    pub listener_count: AtomicU64,
+}
+
+/// Room state guarded together.
+pub struct SpaceInner {
+    pub space: Space,
+    pub reactions: amphi_core::reactions::Reactions,
+    /// Participants with an open events channel: name and connection count,
+    /// so a moderator can bring a present listener on stage.
+    pub presence: HashMap<ParticipantId, (String, u32)>,
+}
+
+/// One coalesced events update, shared by every client of the space.
+#[derive(Debug, Default)]
+pub struct Update {
+    pub space: Value,
+    pub reactions: Value,
+    pub talking: Value,
+}
+
+impl SpaceCell {
+    fn new(space: Space) -> Arc<Self> {
+        let (tx, _) = tokio::sync::watch::channel(Arc::new(Update::default()));
+        let cell = Arc::new(SpaceCell {
+            id: space.id,
+            inner: Mutex::new(SpaceInner {
+                space,
+                reactions: Default::default(),
+                presence: HashMap::new(),
+            }),
+            write_lock: tokio::sync::Mutex::new(()),
+            dirty: AtomicBool::new(true),
+            updates: tx,
+            gates: Mutex::new(HashMap::new()),
+            live: RwLock::new(None),
+            talking: Mutex::new(HashMap::new()),
+            listener_count: AtomicU64::new(0),
+        });
+        cell.refresh_update();
+        cell
+    }
+
+    /// Listeners now: stream connections on this node.
+    pub fn listeners(&self) -> u64 {
+        let live = self.live.read();
+        live.as_ref().map_or(0, |l| l.listeners())
+    }
+
+    /// The public JSON view of the space.
+    pub fn view(&self) -> Value {
+        let inner = self.inner.lock();
+        space_view(&inner.space, self.listeners())
+    }
+
+    /// Rebuilds the shared update for events clients.
+    pub fn refresh_update(&self) {
+        let (space, reactions) = {
+            let mut inner = self.inner.lock();
+            let reactions = inner.reactions.take();
+            (space_view(&inner.space, self.listeners()), reactions)
+        };
+        let talking: serde_json::Map<String, Value> = self
+            .talking
+            .lock()
+            .drain()
+            .map(|(pid, level)| (pid.to_string(), json!(level)))
+            .collect();
+        self.updates.send_replace(Arc::new(Update {
+            space,
+            reactions: json!(reactions),
+            talking: Value::Object(talking),
+        }));
+    }
+
+    /// Brings every ingest gate in line with the rules, now.
+    pub fn sync_gates(&self) {
+        let inner = self.inner.lock();
+        for (pid, gate) in self.gates.lock().iter() {
+            gate.store(inner.space.is_audible(*pid), Ordering::Release);
+        }
+    }
+
+    /// The gate of `pid`'s ingest, created closed-or-open per the rules.
+    pub fn gate(&self, pid: ParticipantId) -> Arc<AtomicBool> {
+        let audible = self.inner.lock().space.is_audible(pid);
+        let mut gates = self.gates.lock();
+        let gate = gates
+            .entry(pid)
+            .or_insert_with(|| Arc::new(AtomicBool::new(false)));
+        gate.store(audible, Ordering::Release);
+        gate.clone()
+    }
+}
+
+/// The JSON view of a space (docs/api.md `Space`).
+pub fn space_view(s: &Space, listener_count: u64) -> Value {
+    let id = s.id;
+    let stage: Vec<Value> = s
+        .stage()
+        .map(|m| json!({"participant_id": m.id, "name": m.name, "role": m.role.as_str(), "muted": m.muted}))
+        .collect();
+    let hands: Vec<Value> = s
+        .hands()
+        .map(|m| json!({"participant_id": m.id, "name": m.name}))
+        .collect();
+    let replay = (s.state == SpaceState::Ended && s.record).then(|| {
+        json!({"ogg": format!("/spaces/{id}/recording.opus"), "hls": format!("/spaces/{id}/hls/replay.m3u8")})
+    });
+    json!({
+        "id": id,
+        "title": s.title,
+        "state": s.state.as_str(),
+        "max_stage": s.max_stage,
+        "record": s.record,
+        "public": s.public,
+        "scheduled_for": s.scheduled_for_ms.and_then(rfc3339),
+        "created_at": rfc3339(s.created_at_ms),
+        "started_at": s.started_at_ms.and_then(rfc3339),
+        "ended_at": s.ended_at_ms.and_then(rfc3339),
+        "stage": stage,
+        "listener_count": listener_count,
+        "hands_raised": hands,
+        "listen": listen_urls(id),
+        "replay": replay,
+    })
+}
+
+/// Where to listen to a space.
+pub fn listen_urls(id: SpaceId) -> Value {
+    json!({
+        "ogg": format!("/spaces/{id}/live.opus"),
+        "ws": format!("/spaces/{id}/live.ws"),
+        "hls": format!("/spaces/{id}/hls/live.m3u8"),
+    })
+}
+
+/// Everything a request handler can reach.
+pub struct App {
+    pub store: Arc<Mutex<Store>>,
+    pub token_key: TokenKey,
+    pub admin_token: String,
+    pub spaces: RwLock<HashMap<SpaceId, Arc<SpaceCell>>>,
+    pub metrics: Metrics,
+    pub egress: Arc<Egress>,
+    pub media: MediaPlane,
+    pub admission: crate::listen::Admission,
+    pub reaction_limiter: crate::listen::KeyedLimiter,
+    pub join_limiter: crate::listen::KeyedLimiter,
+    pub identity_key: Option<TokenKey>,
+    pub started: std::time::Instant,
+}
+
+impl App {
+    /// Loads every stored space; live ones get their media back.
+    pub fn load(&self) -> anyhow::Result<()> {
+        let spaces = self.store.lock().load_spaces()?;
+        for space in spaces {
+            let live = space.state == SpaceState::Live;
+            let cell = SpaceCell::new(space);
+            self.spaces.write().insert(cell.id, cell.clone());
+            if live {
+                self.media.start_space(&cell);
+            }
+        }
+        Ok(())
+    }
+
+    /// The space `id`, or 404.
+    pub fn space(&self, id: SpaceId) -> Result<Arc<SpaceCell>, ApiError> {
+        self.spaces
+            .read()
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found("no such space"))
+    }
+
+    /// Mints a participant token.
+    pub fn mint(
+        &self,
+        space: SpaceId,
+        pid: ParticipantId,
+        name: &str,
+        idsub: Option<String>,
+    ) -> String {
+        self.token_key.sign(&Claims {
+            space,
+            pid,
+            name: name.to_owned(),
+            exp: now_s() + TOKEN_TTL_S,
+            idsub,
+        })
+    }
+
+    /// Verifies a participant token for `space`.
+    pub fn verify(&self, space: SpaceId, token: &str) -> Result<Claims, ApiError> {
+        let claims: Claims = self.token_key.verify(token, now_s())?;
+        if claims.space != space {
+            return Err(amphi_core::token::TokenError::WrongSpace.into());
+        }
+        Ok(claims)
+    }
+
+    /// Creates a space with its host.
+    pub async fn create(
+        &self,
+        opts: SpaceOptions,
+        host_name: &str,
+    ) -> Result<(Arc<SpaceCell>, ParticipantId), ApiError> {
+        let id = SpaceId(rand::random());
+        let host = ParticipantId(rand::random());
+        let space = Space::new(id, host, host_name, opts, now_ms())?;
+        self.persist(space.clone()).await?;
+        let cell = SpaceCell::new(space);
+        self.spaces.write().insert(id, cell.clone());
+        self.metrics.spaces_created.inc();
+        Ok((cell, host))
+    }
+
+    async fn persist(&self, space: Space) -> Result<(), ApiError> {
+        let store = self.store.clone();
+        let res =
+            tokio::task::spawn_blocking(move || store.lock().save_space(&space, now_ms())).await;
+        match res {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "could not persist a space");
+                self.metrics.storage_errors.inc();
+                Err(ApiError::internal("could not save the change; try again"))
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "persist task failed");
+                Err(ApiError::internal("could not save the change; try again"))
+            }
+        }
+    }
+
+    /// Runs one command against a space: rules, persistence, media, events.
+    pub async fn command(
+        &self,
+        cell: &Arc<SpaceCell>,
+        actor: &Claims,
+        cmd: Command,
+    ) -> Result<Outcome, ApiError> {
+        let _serial = cell.write_lock.lock().await;
+        let (outcome, snapshot) = {
+            let mut inner = cell.inner.lock();
+            let cmd = match cmd {
+                Command::BringOnStage { target, name: None } => {
+                    let name = inner.presence.get(&target).map(|(n, _)| n.clone());
+                    Command::BringOnStage { target, name }
+                }
+                other => other,
+            };
+            let before = inner.space.clone();
+            let outcome = inner.space.apply(
+                Actor {
+                    id: actor.pid,
+                    name: &actor.name,
+                },
+                cmd,
+                now_ms(),
+            )?;
+            let changed = inner.space != before;
+            (outcome, changed.then(|| inner.space.clone()))
+        };
+        // Gates first: a mute or removal is enforced before we answer.
+        cell.sync_gates();
+        if let Some(space) = snapshot {
+            self.persist(space).await?;
+        }
+        match outcome {
+            Outcome::Removed { target, .. } => {
+                self.media.close_participant(cell, target);
+                self.egress.close_tag(target.0);
+            }
+            Outcome::Started => self.media.start_space(cell),
+            Outcome::Ended => self.media.stop_space(cell),
+            Outcome::Changed | Outcome::Unchanged => {}
+        }
+        cell.dirty.store(true, Ordering::Release);
+        self.metrics.commands.inc();
+        Ok(outcome)
+    }
+
+    /// Rebuilds the events update of every space that changed.
+    pub fn tick_updates(&self) {
+        let cells: Vec<Arc<SpaceCell>> = self.spaces.read().values().cloned().collect();
+        for cell in cells {
+            let listeners = cell.listeners();
+            let counted = cell.listener_count.swap(listeners, Ordering::Relaxed);
+            let talking = !cell.talking.lock().is_empty();
+            let reactions = !cell.inner.lock().reactions.is_empty();
+            if cell.dirty.swap(false, Ordering::AcqRel)
+                || counted != listeners
+                || talking
+                || reactions
+            {
+                cell.refresh_update();
+            }
+        }
+    }
+}

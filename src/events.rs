@@ -1,0 +1,135 @@
+//! The events WebSocket: a snapshot, then coalesced updates (≤ 4/s).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, State};
+use axum::response::Response;
+use serde_json::{Value, json};
+
+use amphi_core::room::SpaceState;
+use amphi_core::token::Claims;
+
+use crate::api::Token;
+use crate::app::{App, SpaceCell, Update};
+use crate::error::ApiError;
+
+/// Minimum time between two updates to one client.
+const MIN_INTERVAL: Duration = Duration::from_millis(250);
+
+pub async fn events(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    token: Token,
+    ws: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    let id = id
+        .parse()
+        .map_err(|_| ApiError::not_found("no such space"))?;
+    let cell = app.space(id)?;
+    let claims = app.verify(id, &token.0)?;
+    if cell.inner.lock().space.role_of(claims.pid).is_none() {
+        return Err(ApiError::forbidden("you were removed from this space"));
+    }
+    Ok(ws
+        .max_message_size(4096)
+        .on_upgrade(move |socket| client(app, cell, claims, socket)))
+}
+
+fn you(cell: &SpaceCell, claims: &Claims) -> Option<Value> {
+    let inner = cell.inner.lock();
+    let s = &inner.space;
+    let role = s.role_of(claims.pid)?;
+    let member = s.member(claims.pid);
+    Some(json!({
+        "participant_id": claims.pid,
+        "name": member.map_or(claims.name.as_str(), |m| m.name.as_str()),
+        "role": role.as_str(),
+        "on_stage": role.on_stage(),
+        "muted": member.is_some_and(|m| m.muted),
+        "hand_raised": member.is_some_and(|m| m.hand_raised_at.is_some()),
+    }))
+}
+
+fn message(kind: &str, update: &Update, you: Value) -> String {
+    json!({
+        "type": kind,
+        "space": update.space,
+        "you": you,
+        "reactions": update.reactions,
+        "talking": update.talking,
+    })
+    .to_string()
+}
+
+async fn client(app: Arc<App>, cell: Arc<SpaceCell>, claims: Claims, mut socket: WebSocket) {
+    app.metrics.events_clients.inc();
+    {
+        let mut inner = cell.inner.lock();
+        let e = inner
+            .presence
+            .entry(claims.pid)
+            .or_insert_with(|| (claims.name.clone(), 0));
+        e.1 += 1;
+    }
+    let mut rx = cell.updates.subscribe();
+    let mut first = true;
+    loop {
+        let update = rx.borrow_and_update().clone();
+        let Some(you) = you(&cell, &claims) else {
+            let banned = cell.inner.lock().space.is_banned(claims.pid);
+            let _ = socket
+                .send(Message::Text(
+                    json!({"type": "removed", "banned": banned})
+                        .to_string()
+                        .into(),
+                ))
+                .await;
+            break;
+        };
+        let kind = if first { "snapshot" } else { "update" };
+        first = false;
+        if socket
+            .send(Message::Text(message(kind, &update, you).into()))
+            .await
+            .is_err()
+        {
+            break;
+        }
+        if update.space.get("state").and_then(Value::as_str) == Some(SpaceState::Ended.as_str()) {
+            let _ = socket
+                .send(Message::Text(json!({"type": "ended"}).to_string().into()))
+                .await;
+            break;
+        }
+        // Wait for a change, reading (and discarding) what the client sends
+        // so closes and pings are handled.
+        let changed = async {
+            loop {
+                tokio::select! {
+                    r = rx.changed() => return r.is_ok(),
+                    m = socket.recv() => match m {
+                        Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return false,
+                        Some(Ok(_)) => {}
+                    },
+                }
+            }
+        };
+        if !changed.await {
+            break;
+        }
+        tokio::time::sleep(MIN_INTERVAL).await;
+    }
+    let _ = socket.send(Message::Close(None)).await;
+    {
+        let mut inner = cell.inner.lock();
+        if let Some(e) = inner.presence.get_mut(&claims.pid) {
+            e.1 -= 1;
+            if e.1 == 0 {
+                inner.presence.remove(&claims.pid);
+            }
+        }
+    }
+    app.metrics.events_clients.dec();
+}

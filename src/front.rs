@@ -1,0 +1,73 @@
+//! The front door: one accept loop for every HTTP client. It peeks at the
+//! request line; listener streams go to [`crate::listen`] (raw, handed to a
+//! fan-out worker), everything else to hyper and the axum router.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::app::App;
+use crate::listen::{self, Kind};
+
+/// Time a client has to send its request line and headers.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Accepts connections until the listener fails for good.
+pub async fn serve(listener: TcpListener, app: Arc<App>, router: Router) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let app = app.clone();
+        let router = router.clone();
+        tokio::spawn(async move { connection(stream, app, router).await });
+    }
+}
+
+async fn connection(stream: TcpStream, app: Arc<App>, router: Router) {
+    let deadline = Instant::now() + HEAD_TIMEOUT;
+    let mut buf = [0u8; 256];
+    let kind = loop {
+        let n = match tokio::time::timeout_at(deadline.into(), stream.peek(&mut buf)).await {
+            Ok(Ok(n)) => n,
+            _ => return,
+        };
+        if n == 0 {
+            return;
+        }
+        match listen::classify(&buf[..n]) {
+            Some(k) => break k,
+            None if n < buf.len() => {
+                // Only part of the request line is here: wait for more.
+                if Instant::now() >= deadline {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            None => break None,
+        }
+    };
+    match kind {
+        Some(Kind::Ogg | Kind::Ws) => listen::handle(stream, app).await,
+        None => {
+            let svc = TowerToHyperService::new(router);
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEAD_TIMEOUT)
+                .max_buf_size(64 * 1024)
+                .serve_connection(TokioIo::new(stream), svc)
+                .with_upgrades()
+                .await;
+        }
+    }
+}

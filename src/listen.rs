@@ -1,0 +1,476 @@
+//! Listener streams (`live.opus`, `live.ws`): admission, the handshake, and
+//! the hand-off of the socket to a fan-out worker.
+//!
+//! These requests never reach the HTTP framework: the front door peeks at
+//! the request line and sends them here, where the head is parsed with
+//! `httparse`, admission is decided from atomics, and the socket — with its
+//! response head, stream headers and burst as one pending buffer — goes to
+//! [`amphi_egress`]. A refusal is a small fixed response written at once.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use bytes::{Bytes, BytesMut};
+use parking_lot::Mutex;
+use sha1::{Digest, Sha1};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use amphi_core::SpaceId;
+use amphi_core::room::SpaceState;
+use amphi_egress::NewListener;
+
+use crate::app::App;
+use crate::error::ApiError;
+
+/// Largest request head a listener may send.
+const MAX_HEAD: usize = 8192;
+/// Time a client has to send its request head.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Ogg pages sent at once to a new listener so its player starts at once.
+const OGG_BURST_PAGES: usize = 5;
+
+/// Node-wide admission: a listener cap and a token-bucket join rate.
+#[derive(Debug)]
+pub struct Admission {
+    pub max_listeners: u64,
+    pub max_per_space: u64,
+    bucket: Mutex<(f64, Instant)>,
+    rate: f64,
+    burst: f64,
+}
+
+impl Admission {
+    pub fn new(max_listeners: u64, max_per_space: u64, rate: f64, burst: f64) -> Self {
+        Admission {
+            max_listeners,
+            max_per_space,
+            bucket: Mutex::new((burst, Instant::now())),
+            rate,
+            burst,
+        }
+    }
+
+    /// Takes one join from the bucket.
+    fn take(&self) -> bool {
+        let mut b = self.bucket.lock();
+        let now = Instant::now();
+        b.0 = (b.0 + now.duration_since(b.1).as_secs_f64() * self.rate).min(self.burst);
+        b.1 = now;
+        if b.0 >= 1.0 {
+            b.0 -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// A per-key token bucket (reactions, hands): small, bounded map.
+#[derive(Debug)]
+pub struct KeyedLimiter {
+    map: Mutex<HashMap<u64, (f64, Instant)>>,
+    rate: f64,
+    burst: f64,
+}
+
+impl KeyedLimiter {
+    pub fn new(rate: f64, burst: f64) -> Self {
+        KeyedLimiter {
+            map: Mutex::new(HashMap::new()),
+            rate,
+            burst,
+        }
+    }
+
+    /// Whether `key` may act now.
+    pub fn check(&self, key: u64) -> bool {
+        let mut map = self.map.lock();
+        let now = Instant::now();
+        if map.len() > 100_000 {
+            // Forget idle keys rather than grow without bound.
+            let (rate, burst) = (self.rate, self.burst);
+            map.retain(|_, (tokens, at)| {
+                *tokens + now.duration_since(*at).as_secs_f64() * rate < burst
+            });
+        }
+        let e = map.entry(key).or_insert((self.burst, now));
+        e.0 = (e.0 + now.duration_since(e.1).as_secs_f64() * self.rate).min(self.burst);
+        e.1 = now;
+        if e.0 >= 1.0 {
+            e.0 -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Which listener output a request line asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Ogg,
+    Ws,
+}
+
+/// Classifies the start of a request. `None`: not enough bytes yet.
+pub fn classify(head: &[u8]) -> Option<Option<Kind>> {
+    let rest = if let Some(r) = head.strip_prefix(b"GET ") {
+        r
+    } else if let Some(r) = head.strip_prefix(b"HEAD ") {
+        r
+    } else if head.len() < 5 && (b"GET ".starts_with(head) || b"HEAD ".starts_with(head)) {
+        return None;
+    } else {
+        return Some(None);
+    };
+    let end = rest.iter().position(|b| *b == b' ' || *b == b'?');
+    let Some(end) = end else {
+        return if rest.len() > 200 { Some(None) } else { None };
+    };
+    let path = &rest[..end];
+    if !path.starts_with(b"/spaces/") {
+        return Some(None);
+    }
+    if path.ends_with(b"/live.opus") {
+        Some(Some(Kind::Ogg))
+    } else if path.ends_with(b"/live.ws") {
+        Some(Some(Kind::Ws))
+    } else {
+        Some(None)
+    }
+}
+
+/// What the request head said.
+struct Head {
+    method_head: bool,
+    http10: bool,
+    space: Option<SpaceId>,
+    kind: Kind,
+    token: Option<String>,
+    from_seq: Option<u64>,
+    ws_key: Option<String>,
+    ws_ok: bool,
+}
+
+fn parse_head(buf: &[u8]) -> Result<Option<Head>, &'static str> {
+    let mut headers = [httparse::EMPTY_HEADER; 48];
+    let mut req = httparse::Request::new(&mut headers);
+    let httparse::Status::Complete(_) = req.parse(buf).map_err(|_| "malformed request")? else {
+        return Ok(None);
+    };
+    let path = req.path.unwrap_or("/");
+    let (path, query) = path.split_once('?').unwrap_or((path, ""));
+    let kind = match classify(format!("GET {path} ").as_bytes()) {
+        Some(Some(k)) => k,
+        _ => return Err("not a listener path"),
+    };
+    let mut segs = path.trim_start_matches('/').split('/');
+    let space = match (segs.next(), segs.next(), segs.next(), segs.next()) {
+        (Some("spaces"), Some(id), Some(_), None) => id.parse().ok(),
+        _ => None,
+    };
+    let mut token = None;
+    let mut from_seq = None;
+    for kv in query.split('&') {
+        if let Some(v) = kv.strip_prefix("token=") {
+            token = Some(v.to_owned());
+        } else if let Some(v) = kv.strip_prefix("from_seq=") {
+            from_seq = Some(
+                v.parse()
+                    .map_err(|_| "from_seq must be a non-negative integer")?,
+            );
+        }
+    }
+    let mut ws_key = None;
+    let mut upgrade = false;
+    let mut version_ok = false;
+    for h in req.headers.iter() {
+        let v = std::str::from_utf8(h.value).unwrap_or("").trim();
+        if h.name.eq_ignore_ascii_case("authorization") {
+            if let Some(t) = v.strip_prefix("Bearer ") {
+                token = Some(t.trim().to_owned());
+            }
+        } else if h.name.eq_ignore_ascii_case("sec-websocket-key") {
+            ws_key = Some(v.to_owned());
+        } else if h.name.eq_ignore_ascii_case("upgrade") {
+            upgrade = v.eq_ignore_ascii_case("websocket");
+        } else if h.name.eq_ignore_ascii_case("sec-websocket-version") {
+            version_ok = v == "13";
+        }
+    }
+    Ok(Some(Head {
+        method_head: req.method == Some("HEAD"),
+        http10: req.version == Some(0),
+        space,
+        kind,
+        token,
+        from_seq,
+        ws_ok: upgrade && version_ok && ws_key.is_some(),
+        ws_key,
+    }))
+}
+
+/// Serves one listener request on `stream`.
+pub async fn handle(mut stream: TcpStream, app: Arc<App>) {
+    app.metrics.listen_requests.inc();
+    let mut buf = BytesMut::with_capacity(1024);
+    let head = loop {
+        match parse_head(&buf) {
+            Ok(Some(h)) => break h,
+            Ok(None) if buf.len() < MAX_HEAD => {}
+            Ok(None) => {
+                let e = ApiError::new(
+                    axum::http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    "header_too_large",
+                    "request head too large",
+                );
+                return refuse(&mut stream, &e).await;
+            }
+            Err(msg) => return refuse(&mut stream, &ApiError::bad_request(msg)).await,
+        }
+        match tokio::time::timeout(HEAD_TIMEOUT, stream.read_buf(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return,
+        }
+    };
+    match admit(&app, &head) {
+        Ok(listener) if listener.head_only => {
+            let _ =
+                tokio::time::timeout(Duration::from_secs(2), stream.write_all(&listener.pending))
+                    .await;
+            let _ = stream.shutdown().await;
+        }
+        Ok(listener) => {
+            let Ok(std) = stream.into_std() else { return };
+            let NewListenerFor {
+                output,
+                pending,
+                next_unit,
+                tag,
+                ..
+            } = listener;
+            let nl = NewListener {
+                stream: std,
+                pending,
+                next_unit,
+                tag,
+            };
+            if let Err(e) = app.egress.add_listener(&output, nl) {
+                tracing::warn!(error = %e, "could not hand a listener to the fan-out");
+            }
+        }
+        Err(e) => refuse(&mut stream, &e).await,
+    }
+}
+
+struct NewListenerFor {
+    output: Arc<amphi_egress::Output>,
+    pending: Bytes,
+    next_unit: u64,
+    tag: u64,
+    /// A HEAD request: send the response head and close.
+    head_only: bool,
+}
+
+fn admit(app: &App, head: &Head) -> Result<NewListenerFor, ApiError> {
+    let id = head
+        .space
+        .ok_or_else(|| ApiError::not_found("no such space"))?;
+    let cell = app.space(id)?;
+    let tag = {
+        let inner = cell.inner.lock();
+        let s = &inner.space;
+        match s.state {
+            SpaceState::Live => {}
+            SpaceState::Scheduled => {
+                return Err(ApiError::conflict("the space has not started yet"));
+            }
+            SpaceState::Ended => {
+                return Err(ApiError::conflict(format!(
+                    "the space has ended; the replay is at /spaces/{id}/recording.opus"
+                )));
+            }
+        }
+        let claims = match &head.token {
+            Some(t) => Some(app.verify(id, t)?),
+            None if s.public => None,
+            None => {
+                return Err(ApiError::unauthorized(
+                    "this space needs a token: join first",
+                ));
+            }
+        };
+        if let Some(c) = &claims
+            && s.role_of(c.pid).is_none()
+        {
+            return Err(ApiError::forbidden("you were removed from this space"));
+        }
+        claims.map_or(0, |c| c.pid.0)
+    };
+    if head.kind == Kind::Ws && !head.ws_ok {
+        return Err(ApiError::new(
+            axum::http::StatusCode::UPGRADE_REQUIRED,
+            "upgrade_required",
+            "live.ws is a WebSocket: send Upgrade: websocket, Sec-WebSocket-Version: 13 and a key",
+        ));
+    }
+    let live = cell
+        .live
+        .read()
+        .clone()
+        .ok_or_else(|| ApiError::conflict("the space is not live"))?;
+    let total = app.egress.stats().listeners.load(Ordering::Relaxed);
+    let here = live.listeners();
+    if total >= app.admission.max_listeners
+        || here >= app.admission.max_per_space
+        || !app.admission.take()
+    {
+        app.metrics.listeners_refused.inc();
+        let retry = 2 + rand::random::<u32>() % 9;
+        return Err(ApiError::unavailable(
+            format!(
+                "this node is at capacity; retry later or listen over HLS at /spaces/{id}/hls/live.m3u8"
+            ),
+            retry,
+        ));
+    }
+    match head.kind {
+        Kind::Ogg => {
+            let proto = if head.http10 { "HTTP/1.0" } else { "HTTP/1.1" };
+            let mut pending = BytesMut::with_capacity(4096);
+            pending.extend_from_slice(format!(
+                "{proto} 200 OK\r\nContent-Type: audio/ogg\r\nCache-Control: no-cache, no-store\r\nConnection: close\r\nAccess-Control-Allow-Origin: *\r\nX-Content-Type-Options: nosniff\r\nicy-name: amphi space {id}\r\n\r\n"
+            ).as_bytes());
+            if head.method_head {
+                return Ok(NewListenerFor {
+                    output: live.ogg.clone(),
+                    pending: pending.freeze(),
+                    next_unit: 0,
+                    tag,
+                    head_only: true,
+                });
+            }
+            pending.extend_from_slice(&live.ogg_headers);
+            let burst = live.ogg.recent(OGG_BURST_PAGES);
+            for u in &burst {
+                pending.extend_from_slice(&u.bytes);
+            }
+            let next_unit = burst
+                .last()
+                .map_or_else(|| live.ogg.next_seq(), |u| u.seq + 1);
+            Ok(NewListenerFor {
+                output: live.ogg.clone(),
+                pending: pending.freeze(),
+                next_unit,
+                tag,
+                head_only: false,
+            })
+        }
+        Kind::Ws => {
+            let key = head.ws_key.as_deref().unwrap_or("");
+            let mut sha = Sha1::new();
+            sha.update(key.as_bytes());
+            sha.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+            let accept = base64::engine::general_purpose::STANDARD.encode(sha.finalize());
+            let mut pending = BytesMut::with_capacity(4096);
+            pending.extend_from_slice(format!(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+            ).as_bytes());
+            let newest = live.ws.newest();
+            let next_unit = newest
+                .as_ref()
+                .map_or_else(|| live.ws.next_seq(), |u| u.seq + 1);
+            match (head.from_seq, &newest) {
+                (Some(from), Some(unit)) => {
+                    for msg in live.resume_ws(from, unit.last_frame) {
+                        pending.extend_from_slice(&msg);
+                    }
+                }
+                (None, Some(unit)) => pending.extend_from_slice(&unit.bytes),
+                _ => {}
+            }
+            Ok(NewListenerFor {
+                output: live.ws.clone(),
+                pending: pending.freeze(),
+                next_unit,
+                tag,
+                head_only: false,
+            })
+        }
+    }
+}
+
+async fn refuse(stream: &mut TcpStream, e: &ApiError) {
+    let body = e.body();
+    let retry = e
+        .retry_after
+        .map(|s| format!("Retry-After: {s}\r\n"))
+        .unwrap_or_default();
+    let res = format!(
+        "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{retry}Access-Control-Allow-Origin: *\r\nConnection: close\r\n\r\n{body}",
+        e.status.as_u16(),
+        e.status.canonical_reason().unwrap_or(""),
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(2), stream.write_all(res.as_bytes())).await;
+    let _ = stream.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_request_lines() {
+        assert_eq!(
+            classify(b"GET /spaces/0123456789abcdef/live.opus HTTP/1.1\r\n"),
+            Some(Some(Kind::Ogg))
+        );
+        assert_eq!(
+            classify(b"GET /spaces/0123456789abcdef/live.ws?from_seq=3 HTTP/1.1"),
+            Some(Some(Kind::Ws))
+        );
+        assert_eq!(
+            classify(b"HEAD /spaces/x/live.opus "),
+            Some(Some(Kind::Ogg))
+        );
+        assert_eq!(classify(b"GET /api/v1/spaces HTTP/1.1"), Some(None));
+        assert_eq!(classify(b"POST /spaces/x/live.opus "), Some(None));
+        assert_eq!(classify(b"GE"), None);
+        assert_eq!(classify(b"GET /spaces/0123"), None);
+        assert_eq!(classify(b""), None);
+    }
+
+    #[test]
+    fn parses_heads_and_rejects_bad_ones() {
+        let h = parse_head(b"GET /spaces/0123456789abcdef/live.ws?from_seq=42&token=abc HTTP/1.1\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.kind, Kind::Ws);
+        assert_eq!(h.from_seq, Some(42));
+        assert_eq!(h.token.as_deref(), Some("abc"));
+        assert!(h.ws_ok);
+        assert_eq!(h.space, Some(SpaceId(0x0123456789abcdef)));
+        assert!(parse_head(b"GET /spaces/x/live.ws?from_seq=-1 HTTP/1.1\r\n\r\n").is_err());
+        assert!(
+            parse_head(b"GET /spaces/x/live.opus HTTP/1.1\r\n")
+                .unwrap()
+                .is_none()
+        );
+        assert!(parse_head(b"\x00\x01garbage\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn token_bucket_limits_rate() {
+        let a = Admission::new(10, 10, 0.0, 3.0);
+        assert!(a.take() && a.take() && a.take());
+        assert!(!a.take());
+        let k = KeyedLimiter::new(0.0, 2.0);
+        assert!(k.check(1) && k.check(1) && !k.check(1));
+        assert!(k.check(2));
+    }
+}

@@ -1,0 +1,606 @@
+//! The media plane's shell: one thread owns every live space's mixer and
+//! output cutters, fed by the WebRTC engine; the HTTP side only reads the
+//! outputs it publishes.
+//!
+//! Per 20 ms tick and per space: each audible speaker's next packet is
+//! decoded and mixed, the program is encoded once into a [`Frame`], the frame
+//! goes into the 30 s history, the Ogg pager and the WebSocket batcher cut
+//! their units from it once, and the fan-out sends those units to every
+//! listener. Ingest and mixing run on their own threads, apart from the HTTP
+//! runtime and the fan-out workers, so a join storm cannot delay the program.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::Bytes as BodyBytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, post};
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, Sender, select};
+use parking_lot::Mutex;
+
+use amphi_core::frame::History;
+use amphi_core::room::SpaceState;
+use amphi_core::{Frame, ParticipantId, SpaceId};
+use amphi_egress::{Egress, Output};
+use amphi_media::{Mixer, MixerConfig, OggPager, WsBatcher};
+use amphi_rtc::{RtcConfig, RtcEngine, RtcError, RtcEvent, RtcHandle, SessionId, SessionRequest};
+
+use crate::api::Token;
+use crate::app::{App, SpaceCell};
+use crate::error::ApiError;
+use crate::metrics::counter;
+
+/// Frames kept for resumes and catch-up: 30 s.
+pub const HISTORY_FRAMES: usize = 1500;
+/// How far behind wall time the program's capture stamp is: the jitter
+/// buffer's depth, so latency measured from `captured_at` includes it.
+const JITTER_DEPTH_US: u64 = 40_000;
+
+/// Settings of the media plane.
+#[derive(Debug, Clone)]
+pub struct MediaConfig {
+    pub rtc_bind: SocketAddr,
+    pub advertise_ip: Option<IpAddr>,
+    pub bitrate: i32,
+    pub ogg_frames_per_page: usize,
+    pub ws_frames_per_message: usize,
+    pub egress: Arc<Egress>,
+}
+
+/// The outputs of one live space, read by the HTTP side.
+pub struct LiveMedia {
+    pub ogg: Arc<Output>,
+    pub ws: Arc<Output>,
+    /// OpusHead and OpusTags pages, the start of every Ogg listener's stream.
+    pub ogg_headers: Bytes,
+    pub history: Mutex<History>,
+}
+
+impl LiveMedia {
+    /// Listener streams attached on this node.
+    pub fn listeners(&self) -> u64 {
+        self.ogg.listeners() + self.ws.listeners()
+    }
+
+    /// WebSocket frames carrying the history from `from` up to frame
+    /// `upto` (the last frame of the newest published message), so the live
+    /// messages that follow continue without a gap or an overlap.
+    pub fn resume_ws(&self, from: u64, upto: u64) -> Vec<Bytes> {
+        let history = self.history.lock();
+        let frames: Vec<Frame> = history
+            .since(from)
+            .take_while(|f| f.seq <= upto)
+            .cloned()
+            .collect();
+        frames
+            .chunks(255)
+            .map(|c| amphi_media::wire::ws_binary_frame(&amphi_media::wire::encode_message(c)))
+            .collect()
+    }
+}
+
+enum Cmd {
+    Start {
+        cell: Arc<SpaceCell>,
+        live: Arc<LiveMedia>,
+    },
+    Stop {
+        space: SpaceId,
+    },
+    AddSession {
+        space: SpaceId,
+        pid: ParticipantId,
+        session: SessionId,
+        gate: Arc<AtomicBool>,
+        wants_return: bool,
+    },
+    Shutdown,
+}
+
+/// Counters of the mixing thread.
+#[derive(Debug, Default)]
+struct MediaStats {
+    frames: AtomicU64,
+    late_ticks: AtomicU64,
+    packets: AtomicU64,
+    packets_unrouted: AtomicU64,
+}
+
+/// Handle to the media plane.
+pub struct MediaPlane {
+    tx: Sender<Cmd>,
+    rtc: RtcHandle,
+    rtc_addr: SocketAddr,
+    engine: Mutex<Option<RtcEngine>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    egress: Arc<Egress>,
+    cfg: MediaConfig,
+    stats: Arc<MediaStats>,
+    alive: Arc<AtomicBool>,
+}
+
+impl MediaPlane {
+    /// Starts the WebRTC engine and the mixing thread.
+    pub fn start(cfg: MediaConfig) -> anyhow::Result<Self> {
+        let (engine, events) = RtcEngine::start(RtcConfig {
+            bind: cfg.rtc_bind,
+            advertise_ip: cfg.advertise_ip,
+            ..RtcConfig::default()
+        })?;
+        let rtc = engine.handle();
+        let rtc_addr = engine.local_addr();
+        let (tx, rx) = crossbeam_channel::bounded(1024);
+        let stats = Arc::new(MediaStats::default());
+        let alive = Arc::new(AtomicBool::new(true));
+        let mixer = MixThread {
+            rx,
+            events,
+            rtc: rtc.clone(),
+            egress: cfg.egress.clone(),
+            cfg: cfg.clone(),
+            spaces: HashMap::new(),
+            sessions: HashMap::new(),
+            stats: stats.clone(),
+        };
+        let alive2 = alive.clone();
+        let thread = std::thread::Builder::new()
+            .name("amphi-mixer".into())
+            .spawn(move || {
+                mixer.run();
+                alive2.store(false, Ordering::Release);
+            })?;
+        Ok(MediaPlane {
+            tx,
+            rtc,
+            rtc_addr,
+            engine: Mutex::new(Some(engine)),
+            thread: Mutex::new(Some(thread)),
+            egress: cfg.egress.clone(),
+            cfg,
+            stats,
+            alive,
+        })
+    }
+
+    /// The UDP address WHIP peers reach.
+    pub fn rtc_addr(&self) -> SocketAddr {
+        self.rtc_addr
+    }
+
+    /// Whether the mixing thread runs.
+    pub fn healthy(&self) -> bool {
+        self.alive.load(Ordering::Acquire)
+    }
+
+    /// Gives a space that went live its outputs and its mixer.
+    pub fn start_space(&self, cell: &Arc<SpaceCell>) {
+        let serial = (cell.id.0 as u32) ^ ((cell.id.0 >> 32) as u32);
+        let pager = OggPager::new(serial, self.cfg.ogg_frames_per_page);
+        let live = Arc::new(LiveMedia {
+            ogg: self.egress.new_output(),
+            ws: self.egress.new_output(),
+            ogg_headers: pager.headers(),
+            history: Mutex::new(History::new(HISTORY_FRAMES)),
+        });
+        *cell.live.write() = Some(live.clone());
+        let _ = self.tx.send(Cmd::Start {
+            cell: cell.clone(),
+            live,
+        });
+    }
+
+    /// Stops a space's media: its mixer, its sessions, its listeners.
+    pub fn stop_space(&self, cell: &Arc<SpaceCell>) {
+        let _ = self.tx.send(Cmd::Stop { space: cell.id });
+        let sessions: Vec<ParticipantId> = cell.gates.lock().keys().copied().collect();
+        for pid in sessions {
+            self.rtc.close_participant(cell.id, pid);
+        }
+        if let Some(live) = cell.live.write().take() {
+            self.egress.close_output(&live.ogg);
+            self.egress.close_output(&live.ws);
+        }
+    }
+
+    /// Ends a participant's WHIP sessions (removal).
+    pub fn close_participant(&self, cell: &Arc<SpaceCell>, pid: ParticipantId) {
+        self.rtc.close_participant(cell.id, pid);
+    }
+
+    /// Stops the mixing thread and the WebRTC engine.
+    pub fn shutdown(&self) {
+        let _ = self.tx.send(Cmd::Shutdown);
+        if let Some(t) = self.thread.lock().take() {
+            let _ = t.join();
+        }
+        if let Some(e) = self.engine.lock().take() {
+            e.shutdown();
+        }
+    }
+
+    /// Media counters in the Prometheus text format.
+    pub fn render_metrics(&self, out: &mut String) {
+        let s = &self.stats;
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        counter(
+            out,
+            "amphi_program_frames_total",
+            "Program frames produced (all spaces).",
+            l(&s.frames),
+        );
+        counter(
+            out,
+            "amphi_mixer_late_ticks_total",
+            "Mixer ticks that started more than 10 ms late.",
+            l(&s.late_ticks),
+        );
+        counter(
+            out,
+            "amphi_ingest_packets_total",
+            "Audio packets delivered to the mixer.",
+            l(&s.packets),
+        );
+        counter(
+            out,
+            "amphi_ingest_unrouted_total",
+            "Audio packets for no live space or speaker.",
+            l(&s.packets_unrouted),
+        );
+        self.rtc.stats().render_prometheus(out);
+    }
+
+    async fn create_session(
+        &self,
+        req: SessionRequest,
+    ) -> Result<amphi_rtc::SessionInfo, RtcError> {
+        self.rtc.create_session(req).await
+    }
+}
+
+struct Speaker {
+    gate: Arc<AtomicBool>,
+    sessions: Vec<(SessionId, bool)>,
+}
+
+struct SpaceMix {
+    cell: Arc<SpaceCell>,
+    live: Arc<LiveMedia>,
+    mixer: Mixer,
+    pager: OggPager,
+    batcher: WsBatcher,
+    speakers: HashMap<ParticipantId, Speaker>,
+}
+
+struct MixThread {
+    rx: Receiver<Cmd>,
+    events: Receiver<RtcEvent>,
+    rtc: RtcHandle,
+    egress: Arc<Egress>,
+    cfg: MediaConfig,
+    spaces: HashMap<SpaceId, SpaceMix>,
+    sessions: HashMap<SessionId, (SpaceId, ParticipantId)>,
+    stats: Arc<MediaStats>,
+}
+
+const TICK: Duration = Duration::from_millis(20);
+
+fn wall_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+impl MixThread {
+    fn run(mut self) {
+        let mut deadline = Instant::now() + TICK;
+        loop {
+            let timeout = crossbeam_channel::at(deadline);
+            select! {
+                recv(self.rx) -> cmd => match cmd {
+                    Ok(Cmd::Shutdown) | Err(_) => break,
+                    Ok(cmd) => self.command(cmd),
+                },
+                recv(self.events) -> ev => match ev {
+                    Ok(ev) => self.event(ev),
+                    Err(_) => break,
+                },
+                recv(timeout) -> _ => {
+                    let now = Instant::now();
+                    if now.duration_since(deadline) > Duration::from_millis(10) {
+                        self.stats.late_ticks.fetch_add(1, Ordering::Relaxed);
+                    }
+                    self.tick();
+                    deadline += TICK;
+                    if now.duration_since(deadline) > Duration::from_millis(200) {
+                        // Far behind (a stalled machine): restart the clock
+                        // rather than burst out frames to catch up.
+                        deadline = now + TICK;
+                    }
+                }
+            }
+        }
+    }
+
+    fn command(&mut self, cmd: Cmd) {
+        match cmd {
+            Cmd::Start { cell, live } => {
+                let mixer = match Mixer::new(MixerConfig {
+                    bitrate: self.cfg.bitrate,
+                    ..MixerConfig::default()
+                }) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::error!(error = %e, space = %cell.id, "could not create a mixer");
+                        return;
+                    }
+                };
+                let serial = (cell.id.0 as u32) ^ ((cell.id.0 >> 32) as u32);
+                let mix = SpaceMix {
+                    pager: OggPager::new(serial, self.cfg.ogg_frames_per_page),
+                    batcher: WsBatcher::new(self.cfg.ws_frames_per_message),
+                    cell: cell.clone(),
+                    live,
+                    mixer,
+                    speakers: HashMap::new(),
+                };
+                self.spaces.insert(cell.id, mix);
+            }
+            Cmd::Stop { space } => {
+                if let Some(mut mix) = self.spaces.remove(&space) {
+                    if let Some(page) = mix.pager.flush() {
+                        let last = mix.live.history.lock().last_seq().unwrap_or(0);
+                        self.egress.publish(&mix.live.ogg, page, last);
+                    }
+                }
+                self.sessions.retain(|_, (s, _)| *s != space);
+            }
+            Cmd::AddSession {
+                space,
+                pid,
+                session,
+                gate,
+                wants_return,
+            } => {
+                let Some(mix) = self.spaces.get_mut(&space) else {
+                    self.rtc.close_session(session);
+                    return;
+                };
+                let sp = mix.speakers.entry(pid).or_insert_with(|| Speaker {
+                    gate,
+                    sessions: Vec::new(),
+                });
+                sp.sessions.push((session, wants_return));
+                let wants = sp.sessions.iter().any(|(_, w)| *w);
+                if let Err(e) = mix.mixer.add_speaker(pid, wants) {
+                    tracing::error!(error = %e, "could not add a speaker to the mixer");
+                }
+                self.sessions.insert(session, (space, pid));
+            }
+            Cmd::Shutdown => {}
+        }
+    }
+
+    fn event(&mut self, ev: RtcEvent) {
+        match ev {
+            RtcEvent::Audio {
+                space,
+                participant,
+                rtp_seq,
+                rtp_ts,
+                payload,
+                ..
+            } => match self.spaces.get_mut(&space) {
+                Some(mix) if mix.speakers.contains_key(&participant) => {
+                    self.stats.packets.fetch_add(1, Ordering::Relaxed);
+                    mix.mixer.push_packet(participant, rtp_seq, rtp_ts, payload);
+                }
+                _ => {
+                    self.stats.packets_unrouted.fetch_add(1, Ordering::Relaxed);
+                }
+            },
+            RtcEvent::Closed { id, .. } => {
+                if let Some((space, pid)) = self.sessions.remove(&id)
+                    && let Some(mix) = self.spaces.get_mut(&space)
+                    && let Some(sp) = mix.speakers.get_mut(&pid)
+                {
+                    sp.sessions.retain(|(s, _)| *s != id);
+                    if sp.sessions.is_empty() {
+                        mix.speakers.remove(&pid);
+                        mix.mixer.remove_speaker(pid);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn tick(&mut self) {
+        let captured_at_us = wall_us().saturating_sub(JITTER_DEPTH_US);
+        for mix in self.spaces.values_mut() {
+            for (pid, sp) in &mix.speakers {
+                mix.mixer.set_audible(*pid, sp.gate.load(Ordering::Acquire));
+            }
+            let tick = mix.mixer.tick(captured_at_us);
+            let frame = tick.frame;
+            self.stats.frames.fetch_add(1, Ordering::Relaxed);
+            if !frame.speakers.is_empty() {
+                let mut talking = mix.cell.talking.lock();
+                for s in frame.speakers.iter() {
+                    let e = talking.entry(s.participant).or_insert(0);
+                    *e = (*e).max(s.level);
+                }
+            }
+            mix.live.history.lock().push(frame.clone());
+            if let Some(page) = mix.pager.push(&frame) {
+                self.egress.publish(&mix.live.ogg, page, frame.seq);
+            }
+            if let Some(msg) = mix.batcher.push(&frame) {
+                self.egress.publish(&mix.live.ws, msg, frame.seq);
+            }
+            for (pid, opus) in tick.mix_minus {
+                if let Some(sp) = mix.speakers.get(&pid) {
+                    for (session, wants) in &sp.sessions {
+                        if *wants {
+                            self.rtc.send_audio(*session, opus.clone());
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// WHIP and the other media routes.
+pub fn router() -> Router<Arc<App>> {
+    Router::new()
+        .route(
+            "/api/v1/spaces/{id}/whip",
+            post(whip_post).options(whip_options),
+        )
+        .route(
+            "/api/v1/spaces/{id}/whip/{session}",
+            delete(whip_delete).options(whip_options),
+        )
+}
+
+fn cors(res: &mut Response) {
+    let h = res.headers_mut();
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("POST, DELETE, OPTIONS"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("Authorization, Content-Type"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static("Location"),
+    );
+}
+
+fn with_cors(r: Result<Response, ApiError>) -> Response {
+    let mut res = r.unwrap_or_else(IntoResponse::into_response);
+    cors(&mut res);
+    res
+}
+
+async fn whip_options() -> Response {
+    with_cors(Ok(StatusCode::NO_CONTENT.into_response()))
+}
+
+async fn whip_post(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    token: Option<Token>,
+    body: BodyBytes,
+) -> Response {
+    with_cors(whip_publish(app, id, headers, token, body).await)
+}
+
+async fn whip_publish(
+    app: Arc<App>,
+    id: String,
+    headers: HeaderMap,
+    token: Option<Token>,
+    body: BodyBytes,
+) -> Result<Response, ApiError> {
+    let id: SpaceId = id
+        .parse()
+        .map_err(|_| ApiError::not_found("no such space"))?;
+    let cell = app.space(id)?;
+    let token = token.ok_or_else(|| ApiError::unauthorized("a bearer token is required"))?;
+    let claims = app.verify(id, &token.0)?;
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !ct.starts_with("application/sdp") {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "WHIP offers are application/sdp",
+        ));
+    }
+    {
+        let inner = cell.inner.lock();
+        let role = inner
+            .space
+            .role_of(claims.pid)
+            .ok_or_else(|| ApiError::forbidden("you were removed from this space"))?;
+        if !role.on_stage() {
+            return Err(ApiError::forbidden("only stage members can publish audio"));
+        }
+        if inner.space.state != SpaceState::Live {
+            return Err(ApiError::conflict("the space is not live"));
+        }
+    }
+    let offer = String::from_utf8(body.to_vec())
+        .map_err(|_| ApiError::bad_request("the SDP offer is not UTF-8"))?;
+    let gate = cell.gate(claims.pid);
+    let info = app
+        .media
+        .create_session(SessionRequest {
+            space: id,
+            participant: claims.pid,
+            offer_sdp: offer,
+            audible: gate.clone(),
+        })
+        .await
+        .map_err(|e| match e {
+            RtcError::TooManySessions => ApiError::unavailable(e.to_string(), 5),
+            other => ApiError::bad_request(other.to_string()),
+        })?;
+    let _ = app.media.tx.send(Cmd::AddSession {
+        space: id,
+        pid: claims.pid,
+        session: info.id,
+        gate,
+        wants_return: info.sends_return_audio,
+    });
+    let location = format!("/api/v1/spaces/{id}/whip/{}", info.id);
+    let mut res = (StatusCode::CREATED, info.answer_sdp).into_response();
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/sdp"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        h.insert(header::LOCATION, v);
+    }
+    Ok(res)
+}
+
+async fn whip_delete(
+    State(app): State<Arc<App>>,
+    Path((id, session)): Path<(String, String)>,
+    token: Option<Token>,
+) -> Response {
+    let r = async {
+        let id: SpaceId = id
+            .parse()
+            .map_err(|_| ApiError::not_found("no such space"))?;
+        let token = token.ok_or_else(|| ApiError::unauthorized("a bearer token is required"))?;
+        let claims = app.verify(id, &token.0)?;
+        let session: SessionId = session
+            .parse()
+            .map_err(|_| ApiError::not_found("no such session"))?;
+        app.media.rtc.close_session_of(session, claims.pid);
+        Ok(StatusCode::OK.into_response())
+    }
+    .await;
+    with_cors(r)
+}

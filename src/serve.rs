@@ -1,0 +1,382 @@
+//! `amphi serve`: wires the store, the room core, the media plane, the
+//! fan-out and the HTTP front door into one process.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use clap::Args;
+use parking_lot::{Mutex, RwLock};
+
+use amphi_core::room::SpaceState;
+use amphi_core::token::TokenKey;
+use amphi_egress::{Egress, EgressConfig};
+use amphi_store::Store;
+
+use crate::app::App;
+use crate::error::ApiError;
+use crate::listen::{Admission, KeyedLimiter};
+use crate::media::{MediaConfig, MediaPlane};
+use crate::metrics::{Metrics, counter, gauge, gauge_family};
+
+/// Options of `amphi serve`. Every flag has an `AMPHI_*` environment twin.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// HTTP address (API, web app, listener streams).
+    #[arg(long, env = "AMPHI_HTTP", default_value = "127.0.0.1:8080")]
+    pub http: SocketAddr,
+    /// UDP address for WebRTC (WHIP). Default: the HTTP address, on UDP.
+    #[arg(long, env = "AMPHI_RTC")]
+    pub rtc: Option<SocketAddr>,
+    /// IP to advertise in ICE candidates when the RTC address is 0.0.0.0 or
+    /// behind NAT.
+    #[arg(long, env = "AMPHI_ADVERTISE_IP")]
+    pub advertise_ip: Option<std::net::IpAddr>,
+    /// Directory for the database, secrets and recordings.
+    #[arg(long, env = "AMPHI_DATA_DIR", default_value = "./amphi-data")]
+    pub data_dir: PathBuf,
+    /// Listener streams this node accepts; beyond it, 503 with Retry-After.
+    #[arg(long, env = "AMPHI_MAX_LISTENERS", default_value_t = 15_000)]
+    pub max_listeners: u64,
+    /// Listener streams one space accepts on this node.
+    #[arg(long, env = "AMPHI_MAX_LISTENERS_PER_SPACE", default_value_t = u64::MAX)]
+    pub max_listeners_per_space: u64,
+    /// New listener streams admitted per second (token bucket rate).
+    #[arg(long, env = "AMPHI_JOIN_RATE", default_value_t = 20_000.0)]
+    pub join_rate: f64,
+    /// Burst of the listener admission bucket.
+    #[arg(long, env = "AMPHI_JOIN_BURST", default_value_t = 20_000.0)]
+    pub join_burst: f64,
+    /// Program bitrate in bit/s (16000..=128000).
+    #[arg(long, env = "AMPHI_BITRATE", default_value_t = 32_000)]
+    pub bitrate: i32,
+    /// Duration of one Ogg page on `live.opus`, in ms (multiple of 20).
+    /// Longer pages mean fewer writes per listener and more latency.
+    #[arg(long, env = "AMPHI_OGG_PAGE_MS", default_value_t = 100)]
+    pub ogg_page_ms: u32,
+    /// Duration of one `live.ws` message, in ms (multiple of 20).
+    #[arg(long, env = "AMPHI_WS_BATCH_MS", default_value_t = 60)]
+    pub ws_batch_ms: u32,
+    /// Kernel send buffer per listener socket, in bytes (the kernel doubles
+    /// it). It bounds kernel memory per listener and how long a stuck
+    /// listener is buffered before it skips ahead.
+    #[arg(long, env = "AMPHI_LISTENER_SNDBUF", default_value_t = 16 * 1024)]
+    pub listener_sndbuf: usize,
+    /// A listener that cannot take a byte for this long is closed (ms).
+    #[arg(long, env = "AMPHI_LISTENER_STALL_MS", default_value_t = 5000)]
+    pub listener_stall_ms: u64,
+    /// Fan-out worker threads (default: one per core).
+    #[arg(long, env = "AMPHI_FANOUT_WORKERS")]
+    pub fanout_workers: Option<usize>,
+    /// Shared key of identity tokens from the operator's own app (HS256);
+    /// a ban then follows the identity.
+    #[arg(long, env = "AMPHI_IDENTITY_KEY", hide_env_values = true)]
+    pub identity_key: Option<String>,
+}
+
+/// Runs the server until SIGINT/SIGTERM.
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    raise_nofile_limit();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("amphi-http")
+        .build()?;
+    rt.block_on(serve(args))
+}
+
+fn raise_nofile_limit() {
+    // A listener is a socket: allow as many as the hard limit permits.
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read/write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating {}", args.data_dir.display()))?;
+    let store = Store::open(&args.data_dir).context("opening the database")?;
+    let token_key = TokenKey::from_bytes(store.secret("token_key", rand::random)?);
+    let admin_token = match std::env::var("AMPHI_ADMIN_TOKEN") {
+        Ok(t) if !t.is_empty() => t,
+        _ => match store.setting("admin_token")? {
+            Some(t) => {
+                eprintln!("admin token: {t} (stored in {})", args.data_dir.display());
+                t
+            }
+            None => {
+                let t: String = (0..32)
+                    .map(|_| format!("{:x}", rand::random::<u8>() % 16))
+                    .collect();
+                store.set_setting("admin_token", &t)?;
+                eprintln!(
+                    "admin token: {t} (generated; stored in {})",
+                    args.data_dir.display()
+                );
+                t
+            }
+        },
+    };
+    let egress = Arc::new(Egress::start(EgressConfig {
+        workers: args
+            .fanout_workers
+            .unwrap_or_else(|| EgressConfig::default().workers),
+        stall_timeout: Duration::from_millis(args.listener_stall_ms),
+        sndbuf: Some(args.listener_sndbuf),
+        ..EgressConfig::default()
+    })?);
+    let rtc_addr = args.rtc.unwrap_or(args.http);
+    let media = MediaPlane::start(MediaConfig {
+        rtc_bind: rtc_addr,
+        advertise_ip: args.advertise_ip,
+        bitrate: args.bitrate,
+        ogg_frames_per_page: (args.ogg_page_ms / 20).clamp(1, 50) as usize,
+        ws_frames_per_message: (args.ws_batch_ms / 20).clamp(1, 50) as usize,
+        egress: egress.clone(),
+    })
+    .context("starting the media plane")?;
+    let app = Arc::new(App {
+        store: Arc::new(Mutex::new(store)),
+        token_key,
+        admin_token,
+        spaces: RwLock::new(Default::default()),
+        metrics: Metrics::default(),
+        egress,
+        media,
+        admission: Admission::new(
+            args.max_listeners,
+            args.max_listeners_per_space,
+            args.join_rate,
+            args.join_burst,
+        ),
+        reaction_limiter: KeyedLimiter::new(5.0, 10.0),
+        join_limiter: KeyedLimiter::new(args.join_rate, args.join_burst),
+        identity_key: args
+            .identity_key
+            .as_deref()
+            .map(|k| TokenKey::derive(k.as_bytes())),
+        started: Instant::now(),
+    });
+    app.load().context("loading spaces")?;
+
+    let router = router(app.clone());
+    let listener = bind_http(args.http)?;
+    eprintln!(
+        "amphi listening on http://{} (WebRTC on udp/{}), data in {}",
+        listener.local_addr()?,
+        app.media.rtc_addr(),
+        args.data_dir.display()
+    );
+
+    let ticker = app.clone();
+    tokio::spawn(async move {
+        let mut iv = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            iv.tick().await;
+            ticker.tick_updates();
+        }
+    });
+
+    tokio::select! {
+        _ = crate::front::serve(listener, app.clone(), router) => {}
+        _ = shutdown_signal() => eprintln!("amphi: shutting down"),
+    }
+    app.media.shutdown();
+    Ok(())
+}
+
+fn bind_http(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket
+        .bind(addr)
+        .with_context(|| format!("binding {addr}"))?;
+    // As deep a backlog as the kernel allows (somaxconn caps it): a join
+    // storm waits in the queue instead of being refused by the kernel.
+    Ok(socket.listen(65_535)?)
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
+fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .merge(crate::api::router())
+        .merge(crate::media::router())
+        .merge(crate::web::router())
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed on this route",
+            )
+        })
+        .layer(axum::middleware::from_fn_with_state(app.clone(), observe))
+        .layer(DefaultBodyLimit::max(crate::api::MAX_BODY))
+        .with_state(app)
+}
+
+async fn observe(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let started = Instant::now();
+    let res = next.run(req).await;
+    app.metrics
+        .observe_request(&route, res.status().as_u16(), started.elapsed());
+    res
+}
+
+async fn readyz(State(app): State<Arc<App>>) -> Response {
+    if app.media.healthy() {
+        "ready\n".into_response()
+    } else {
+        ApiError::unavailable("the media plane is not running", 1).into_response()
+    }
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    let mut out = String::with_capacity(16 * 1024);
+    app.metrics.render_into(&mut out);
+    let cells: Vec<_> = app.spaces.read().values().cloned().collect();
+    let mut by_state = [0u64; 3];
+    let mut roles = [0u64; 3];
+    let mut listeners = Vec::new();
+    for c in &cells {
+        let inner = c.inner.lock();
+        let s = &inner.space;
+        by_state[s.state as usize] += 1;
+        if s.state == SpaceState::Live {
+            for m in s.stage() {
+                roles[m.role as usize] += 1;
+            }
+        }
+        drop(inner);
+        if let Some(live) = c.live.read().as_ref() {
+            listeners.push((
+                format!("space=\"{}\",output=\"ogg\"", c.id),
+                live.ogg.listeners() as f64,
+            ));
+            listeners.push((
+                format!("space=\"{}\",output=\"ws\"", c.id),
+                live.ws.listeners() as f64,
+            ));
+        }
+    }
+    gauge_family(
+        &mut out,
+        "amphi_spaces",
+        "Spaces by state.",
+        &[
+            ("state=\"scheduled\"".into(), by_state[0] as f64),
+            ("state=\"live\"".into(), by_state[1] as f64),
+            ("state=\"ended\"".into(), by_state[2] as f64),
+        ],
+    );
+    let total_listeners: f64 = listeners.iter().map(|(_, v)| v).sum();
+    gauge_family(
+        &mut out,
+        "amphi_participants",
+        "Participants in live spaces by role (listeners: stream connections on this node).",
+        &[
+            ("role=\"host\"".into(), roles[0] as f64),
+            ("role=\"cohost\"".into(), roles[1] as f64),
+            ("role=\"speaker\"".into(), roles[2] as f64),
+            ("role=\"listener\"".into(), total_listeners),
+        ],
+    );
+    gauge_family(
+        &mut out,
+        "amphi_listeners",
+        "Listener streams by space and output.",
+        &listeners,
+    );
+    let e = app.egress.stats();
+    let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    gauge(
+        &mut out,
+        "amphi_fanout_listeners",
+        "Listeners held by the fan-out workers.",
+        l(&e.listeners) as f64,
+    );
+    counter(
+        &mut out,
+        "amphi_fanout_units_total",
+        "Units (pages, messages) published.",
+        l(&e.units_published),
+    );
+    counter(
+        &mut out,
+        "amphi_fanout_bytes_total",
+        "Bytes written to listeners.",
+        l(&e.bytes_written),
+    );
+    counter(
+        &mut out,
+        "amphi_fanout_writes_total",
+        "Socket writes to listeners.",
+        l(&e.writes),
+    );
+    counter(
+        &mut out,
+        "amphi_fanout_skipped_units_total",
+        "Units slow listeners skipped.",
+        l(&e.units_skipped),
+    );
+    counter(
+        &mut out,
+        "amphi_fanout_closed_slow_total",
+        "Listeners closed for stalling.",
+        l(&e.closed_slow),
+    );
+    counter(
+        &mut out,
+        "amphi_fanout_closed_total",
+        "Listeners that went away.",
+        l(&e.closed_gone),
+    );
+    app.media.render_metrics(&mut out);
+    gauge(
+        &mut out,
+        "amphi_uptime_seconds",
+        "Seconds since start.",
+        app.started.elapsed().as_secs_f64(),
+    );
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}

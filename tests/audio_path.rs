@@ -1,0 +1,147 @@
+//! Speakers in over WHIP from an independent WebRTC stack (aiortc), one
+//! mixed program out: what a speaker sends is what a listener decodes with
+//! ffmpeg, and the server — not the client — decides who is heard.
+
+mod common;
+
+use common::{Server, call, ffmpeg_listen, join, live_space, publish_tone, tone_share, wait_for};
+
+fn metric(s: &Server, name: &str) -> f64 {
+    let text = call("GET", &s.url("/metrics"), None, None)
+        .body
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    text.lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn the_tone_a_speaker_sends_is_the_tone_a_listener_decodes() {
+    let s = Server::start(&[]);
+    let (id, host, _) = live_space(&s, "Tone");
+    let mut speaker = publish_tone(&s, &id, &host, 440, 12);
+    wait_for(15, "audio packets at the mixer", || {
+        metric(&s, "amphi_ingest_packets_total") > 50.0
+    });
+
+    let pcm = ffmpeg_listen(&s.url(&format!("/spaces/{id}/live.opus")), 3.0);
+    assert!(
+        pcm.len() >= 48_000 * 2,
+        "ffmpeg decoded only {} samples",
+        pcm.len()
+    );
+    let at440 = tone_share(&pcm, 440.0);
+    let at880 = tone_share(&pcm, 880.0);
+    assert!(at440 > 0.5, "440 Hz share {at440}");
+    assert!(at880 < 0.05, "880 Hz share {at880}");
+    let _ = speaker.kill();
+}
+
+#[test]
+fn muted_speaker_is_silent_and_two_speakers_mix_unclipped() {
+    let s = Server::start(&[]);
+    let (id, host, _) = live_space(&s, "Two voices");
+    let sp = |p: &str| s.url(&format!("/api/v1/spaces/{id}{p}"));
+    let (pid, tok) = join(&s, &id, "Second");
+    assert_eq!(call("POST", &sp("/hand"), Some(&tok), None).status, 200);
+    assert_eq!(
+        call("POST", &sp(&format!("/stage/{pid}")), Some(&host), None).status,
+        200
+    );
+
+    let mut a = publish_tone(&s, &id, &host, 440, 20);
+    let mut b = publish_tone(&s, &id, &tok, 1000, 20);
+    wait_for(15, "both speakers at the mixer", || {
+        metric(&s, "amphi_ingest_packets_total") > 200.0
+    });
+    std::thread::sleep(std::time::Duration::from_millis(500));
+
+    let url = s.url(&format!("/spaces/{id}/live.opus"));
+    let both = ffmpeg_listen(&url, 2.5);
+    let (s440, s1000) = (tone_share(&both, 440.0), tone_share(&both, 1000.0));
+    assert!(
+        s440 > 0.2 && s1000 > 0.2,
+        "both tones expected: 440 {s440}, 1000 {s1000}"
+    );
+    let peak = both.iter().fold(0f32, |m, x| m.max(x.abs()));
+    assert!(peak < 1.0, "the mix clipped: peak {peak}");
+
+    // The host mutes the second speaker: the server drops their audio.
+    assert_eq!(
+        call(
+            "POST",
+            &sp(&format!("/participants/{pid}/mute")),
+            Some(&host),
+            None
+        )
+        .status,
+        200
+    );
+    // Skip the listener burst (up to 0.5 s of history) before judging.
+    let after = ffmpeg_listen(&url, 2.5);
+    let tail = &after[after.len().min(48_000)..];
+    let (m440, m1000) = (tone_share(tail, 440.0), tone_share(tail, 1000.0));
+    assert!(m440 > 0.5, "host tone gone after muting the other: {m440}");
+    assert!(
+        m1000 < 0.02,
+        "a muted speaker is heard: 1000 Hz share {m1000}"
+    );
+    assert!(
+        metric(&s, "amphi_rtc_dropped_inaudible_total") > 0.0
+            || metric(&s, "amphi_rtc_dropped_inaudible") > 0.0
+    );
+    let _ = a.kill();
+    let _ = b.kill();
+}
+
+#[test]
+fn whip_refuses_listeners_and_bad_offers() {
+    let s = Server::start(&[]);
+    let (id, host, _) = live_space(&s, "Refusals");
+    let whip = s.url(&format!("/api/v1/spaces/{id}/whip"));
+    let (_, listener) = join(&s, &id, "Lee");
+    let client = reqwest::blocking::Client::new();
+    let post = |token: Option<&str>, ct: &str, body: &str| {
+        let mut r = client
+            .post(&whip)
+            .header("content-type", ct)
+            .body(body.to_owned());
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        let res = r.send().unwrap();
+        let status = res.status().as_u16();
+        (status, res.text().unwrap_or_default())
+    };
+    assert_eq!(post(None, "application/sdp", "v=0").0, 401);
+    assert_eq!(post(Some(&listener), "application/sdp", "v=0").0, 403);
+    assert_eq!(post(Some(&host), "application/json", "{}").0, 415);
+    let (st, body) = post(Some(&host), "application/sdp", "this is not SDP\r\n");
+    assert_eq!(st, 400, "{body}");
+    assert!(body.contains("\"error\""));
+    let pcmu_only = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 0\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\na=sendonly\r\na=ice-ufrag:abcd\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\na=fingerprint:sha-256 00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF\r\na=setup:actpass\r\na=rtcp-mux\r\na=rtpmap:0 PCMU/8000\r\n";
+    let (st, body) = post(Some(&host), "application/sdp", pcmu_only);
+    assert!(st == 400 || st == 406, "{st} {body}");
+    assert!(body.to_lowercase().contains("opus"), "{body}");
+    // CORS preflight for browsers on another origin.
+    let r = client
+        .request(reqwest::Method::OPTIONS, &whip)
+        .send()
+        .unwrap();
+    assert!(r.status().is_success());
+    assert_eq!(r.headers()["access-control-allow-origin"], "*");
+
+    // Garbage UDP at the WebRTC port is dropped and counted; nothing breaks.
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    for i in 0..500u32 {
+        let junk: Vec<u8> = (0..(i % 200 + 1)).map(|j| (i * 31 + j * 7) as u8).collect();
+        let _ = sock.send_to(&junk, ("127.0.0.1", s.port));
+    }
+    wait_for(5, "garbage datagrams counted", || {
+        metric(&s, "amphi_rtc_garbage_datagrams") > 0.0
+    });
+    assert_eq!(call("GET", &s.url("/healthz"), None, None).status, 200);
+}

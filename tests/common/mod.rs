@@ -1,0 +1,327 @@
+//! Shared helpers of the end-to-end tests: a real `amphi serve` process on
+//! loopback, killed (by PID) when the handle drops.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const ADMIN: &str = "test-admin-token-0123456789";
+
+pub struct Server {
+    pub child: Child,
+    pub port: u16,
+    pub data: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+pub fn free_port() -> u16 {
+    // Also check the UDP port is free: WebRTC binds the same number on UDP.
+    loop {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+impl Server {
+    pub fn start(extra: &[&str]) -> Server {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let data = tmp.path().to_path_buf();
+        let mut s = Server::start_in(&data, extra);
+        s._tmp = Some(tmp);
+        s
+    }
+
+    pub fn start_in(data: &Path, extra: &[&str]) -> Server {
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_amphi"))
+            .arg("serve")
+            .arg("--http")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--data-dir")
+            .arg(data)
+            .args(extra)
+            .env("AMPHI_ADMIN_TOKEN", ADMIN)
+            .env("AMPHI_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn amphi");
+        let s = Server {
+            child,
+            port,
+            data: data.to_path_buf(),
+            _tmp: None,
+        };
+        s.wait_ready();
+        s
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(r) = reqwest::blocking::get(self.url("/healthz"))
+                && r.status().is_success()
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("amphi did not become healthy on port {}", self.port);
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.port, path)
+    }
+
+    /// kill -9, keeping the data directory.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub struct Resp {
+    pub status: u16,
+    pub body: Value,
+    pub headers: reqwest::header::HeaderMap,
+}
+
+pub fn call(method: &str, url: &str, token: Option<&str>, body: Option<Value>) -> Resp {
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client");
+    let mut req = client.request(method.parse().expect("method"), url);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let res = req.send().expect("request");
+    let status = res.status().as_u16();
+    let headers = res.headers().clone();
+    let text = res.text().unwrap_or_default();
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    Resp {
+        status,
+        body,
+        headers,
+    }
+}
+
+/// Creates and starts a space; returns (space id, host token, host pid).
+pub fn live_space(s: &Server, title: &str) -> (String, String, String) {
+    let r = call(
+        "POST",
+        &s.url("/api/v1/spaces"),
+        Some(ADMIN),
+        Some(serde_json::json!({"title": title})),
+    );
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let id = r.body["space"]["id"].as_str().expect("id").to_owned();
+    let host = r.body["host"]["token"].as_str().expect("token").to_owned();
+    let host_pid = r.body["host"]["participant_id"]
+        .as_str()
+        .expect("pid")
+        .to_owned();
+    let r = call(
+        "POST",
+        &s.url(&format!("/api/v1/spaces/{id}/start")),
+        Some(&host),
+        None,
+    );
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    (id, host, host_pid)
+}
+
+/// Joins a space; returns (pid, token).
+pub fn join(s: &Server, id: &str, name: &str) -> (String, String) {
+    let r = call(
+        "POST",
+        &s.url(&format!("/api/v1/spaces/{id}/join")),
+        None,
+        Some(serde_json::json!({"name": name})),
+    );
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    (
+        r.body["participant_id"].as_str().expect("pid").to_owned(),
+        r.body["token"].as_str().expect("token").to_owned(),
+    )
+}
+
+/// Path of the WHIP test publisher (aiortc).
+pub fn whip_client() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/whip_client.py")
+}
+
+/// Starts publishing a sine of `freq` Hz over WHIP for `seconds`.
+pub fn publish_tone(s: &Server, id: &str, token: &str, freq: u32, seconds: u32) -> Child {
+    assert!(
+        Command::new("python3")
+            .args(["-c", "import aiortc"])
+            .status()
+            .map(|st| st.success())
+            .unwrap_or(false),
+        "python3 with aiortc is required: run scripts/test (it installs scripts/requirements.txt)"
+    );
+    Command::new("python3")
+        .arg(whip_client())
+        .args(["--url", &s.url(&format!("/api/v1/spaces/{id}/whip"))])
+        .args(["--token", token])
+        .args(["--freq", &freq.to_string()])
+        .args(["--seconds", &seconds.to_string()])
+        .arg("--loopback-only")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn whip client")
+}
+
+/// Decodes `seconds` of the Ogg stream with ffmpeg (a real player) into
+/// mono 48 kHz float samples.
+pub fn ffmpeg_listen(url: &str, seconds: f32) -> Vec<f32> {
+    let out = Command::new("ffmpeg")
+        .args([
+            "-v",
+            "error",
+            "-nostdin",
+            "-i",
+            url,
+            "-t",
+            &seconds.to_string(),
+            "-f",
+            "f32le",
+            "-ac",
+            "1",
+            "-ar",
+            "48000",
+            "-",
+        ])
+        .output()
+        .expect("ffmpeg is required: run scripts/test (it installs it)");
+    assert!(
+        out.status.success(),
+        "ffmpeg failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}
+
+/// Share of the signal's energy at `freq` (0..1), over the whole buffer.
+pub fn tone_share(samples: &[f32], freq: f32) -> f32 {
+    amphi_media::analysis::tone_ratio(samples, freq, 48_000)
+}
+
+/// Waits until `f` holds, or panics with `what` after `secs`.
+pub fn wait_for(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// A minimal WebSocket reader for `live.ws`: the test controls the socket
+/// (receive buffer, pauses) to play a slow or a reconnecting listener.
+pub struct WsReader {
+    pub stream: std::net::TcpStream,
+    buf: Vec<u8>,
+}
+
+impl WsReader {
+    pub fn connect(port: u16, path: &str, rcvbuf: Option<usize>) -> WsReader {
+        use std::io::Write;
+        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        if let Some(n) = rcvbuf {
+            sock.set_recv_buffer_size(n).expect("rcvbuf");
+        }
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        sock.connect(&addr.into()).expect("connect");
+        let mut stream: std::net::TcpStream = sock.into();
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        )
+        .expect("write");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let mut r = WsReader {
+            stream,
+            buf: Vec::new(),
+        };
+        let head_end = loop {
+            if let Some(i) = r.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            r.fill();
+        };
+        let head = String::from_utf8_lossy(&r.buf[..head_end]).to_string();
+        assert!(head.starts_with("HTTP/1.1 101"), "not upgraded: {head}");
+        assert!(
+            head.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+            "{head}"
+        );
+        r.buf.drain(..head_end);
+        r
+    }
+
+    fn fill(&mut self) -> usize {
+        use std::io::Read;
+        let mut chunk = [0u8; 16384];
+        let n = self.stream.read(&mut chunk).expect("read");
+        assert!(n > 0, "server closed the WebSocket");
+        self.buf.extend_from_slice(&chunk[..n]);
+        n
+    }
+
+    /// The next message as (first_seq, frame count).
+    pub fn next(&mut self) -> (u64, u64) {
+        loop {
+            if self.buf.len() >= 2 {
+                assert_eq!(self.buf[0], 0x82, "expected a final binary frame");
+                let (len, hdr) = match self.buf[1] & 0x7f {
+                    126 if self.buf.len() >= 4 => {
+                        (u16::from_be_bytes([self.buf[2], self.buf[3]]) as usize, 4)
+                    }
+                    127 if self.buf.len() >= 10 => (
+                        u64::from_be_bytes(self.buf[2..10].try_into().expect("8")) as usize,
+                        10,
+                    ),
+                    n if n < 126 => (n as usize, 2),
+                    _ => (usize::MAX, 0),
+                };
+                if len != usize::MAX && self.buf.len() >= hdr + len {
+                    let msg = amphi_media::wire::decode_message(&self.buf[hdr..hdr + len])
+                        .expect("valid live.ws message");
+                    let out = (msg.first_seq, msg.frames.len() as u64);
+                    self.buf.drain(..hdr + len);
+                    return out;
+                }
+            }
+            self.fill();
+        }
+    }
+}
