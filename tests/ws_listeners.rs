@@ -6,31 +6,42 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Server, WsReader, live_space};
+use common::{Server, WsReader, live_space, publish_tone};
 
 #[test]
 fn slow_listener_skips_ahead_fast_one_gets_everything_resume_has_no_gap() {
-    let s = Server::start(&["--listener-sndbuf", "4096"]);
-    let (id, _, _) = live_space(&s, "WebSocket");
+    let s = Server::start(&["--listener-sndbuf", "4096", "--listener-stall-ms", "30000"]);
+    let (id, host, _) = live_space(&s, "WebSocket");
+    // Real audio, so the program carries ~4 KB/s (silence packs to almost
+    // nothing and would fit in any socket buffer).
+    let mut speaker = publish_tone(&s, &id, &host, 440, 30);
+    std::thread::sleep(Duration::from_secs(2));
     let path = format!("/spaces/{id}/live.ws");
 
     let mut fast = WsReader::connect(s.port, &path, None);
     // A 2 KB receive buffer holds well under a second of program.
     let mut slow = WsReader::connect(s.port, &path, Some(2048));
 
-    // The fast listener sees consecutive frames for 5 s.
+    // The fast listener sees consecutive frames for 10 s.
     let (mut expect, n) = fast.next();
     expect += n;
     let t0 = Instant::now();
-    while t0.elapsed() < Duration::from_secs(5) {
+    while t0.elapsed() < Duration::from_secs(10) {
         let (first, n) = fast.next();
         assert_eq!(first, expect, "the fast listener saw a gap");
         expect = first + n;
     }
 
-    // The slow one did not read for those 5 s: it must have skipped.
+    // The slow one did not read for those 10 s: it must have skipped.
     let mut seqs = Vec::new();
-    for _ in 0..40 {
+    slow.stream
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    while seqs
+        .last()
+        .is_none_or(|(f, n): &(u64, u64)| f + n + 30 < expect)
+        && seqs.len() < 1000
+    {
         seqs.push(slow.next());
     }
     let jumped = seqs.windows(2).any(|w| w[1].0 > w[0].0 + w[0].1);
@@ -57,4 +68,5 @@ fn slow_listener_skips_ahead_fast_one_gets_everything_resume_has_no_gap() {
         assert_eq!(first, expect, "gap after resume");
         expect = first + n;
     }
+    let _ = speaker.kill();
 }
