@@ -354,11 +354,11 @@ impl MixThread {
                 self.spaces.insert(cell.id, mix);
             }
             Cmd::Stop { space } => {
-                if let Some(mut mix) = self.spaces.remove(&space) {
-                    if let Some(page) = mix.pager.flush() {
-                        let last = mix.live.history.lock().last_seq().unwrap_or(0);
-                        self.egress.publish(&mix.live.ogg, page, last);
-                    }
+                if let Some(mut mix) = self.spaces.remove(&space)
+                    && let Some(page) = mix.pager.flush()
+                {
+                    let last = mix.live.history.lock().last_seq().unwrap_or(0);
+                    self.egress.publish(&mix.live.ogg, page, last);
                 }
                 self.sessions.retain(|_, (s, _)| *s != space);
             }

@@ -37,7 +37,7 @@ fn the_tone_a_speaker_sends_is_the_tone_a_listener_decodes() {
     let at880 = tone_share(&pcm, 880.0);
     assert!(at440 > 0.5, "440 Hz share {at440}");
     assert!(at880 < 0.05, "880 Hz share {at880}");
-    let _ = speaker.kill();
+    speaker.kill();
 }
 
 #[test]
@@ -93,8 +93,8 @@ fn muted_speaker_is_silent_and_two_speakers_mix_unclipped() {
         metric(&s, "amphi_rtc_dropped_inaudible_total") > 0.0
             || metric(&s, "amphi_rtc_dropped_inaudible") > 0.0
     );
-    let _ = a.kill();
-    let _ = b.kill();
+    a.kill();
+    b.kill();
 }
 
 #[test]

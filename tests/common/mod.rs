@@ -169,8 +169,24 @@ pub fn whip_client() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/whip_client.py")
 }
 
+/// A child process killed (by PID) and reaped when dropped.
+pub struct Peer(pub Child);
+
+impl Peer {
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// Starts publishing a sine of `freq` Hz over WHIP for `seconds`.
-pub fn publish_tone(s: &Server, id: &str, token: &str, freq: u32, seconds: u32) -> Child {
+pub fn publish_tone(s: &Server, id: &str, token: &str, freq: u32, seconds: u32) -> Peer {
     assert!(
         Command::new("python3")
             .args(["-c", "import aiortc"])
@@ -179,7 +195,7 @@ pub fn publish_tone(s: &Server, id: &str, token: &str, freq: u32, seconds: u32) 
             .unwrap_or(false),
         "python3 with aiortc is required: run scripts/test (it installs scripts/requirements.txt)"
     );
-    Command::new("python3")
+    let child = Command::new("python3")
         .arg(whip_client())
         .args(["--url", &s.url(&format!("/api/v1/spaces/{id}/whip"))])
         .args(["--token", token])
@@ -189,7 +205,8 @@ pub fn publish_tone(s: &Server, id: &str, token: &str, freq: u32, seconds: u32) 
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
-        .expect("spawn whip client")
+        .expect("spawn whip client");
+    Peer(child)
 }
 
 /// Decodes `seconds` of the Ogg stream with ffmpeg (a real player) into

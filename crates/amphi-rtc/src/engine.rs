@@ -273,12 +273,11 @@ impl Thread {
             Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
                 s.dead = Some("disconnected");
             }
-            Event::MediaAdded(m) => {
+            Event::MediaAdded(m)
                 if m.kind == MediaKind::Audio
-                    && matches!(m.direction, Direction::SendRecv | Direction::SendOnly)
-                {
-                    s.send_mid = Some(m.mid);
-                }
+                    && matches!(m.direction, Direction::SendRecv | Direction::SendOnly) =>
+            {
+                s.send_mid = Some(m.mid);
             }
             Event::MediaData(d) => {
                 self.stats.packets_in.fetch_add(1, Ordering::Relaxed);
