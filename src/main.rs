@@ -9,6 +9,8 @@ mod listen;
 mod media;
 mod metrics;
 mod openapi;
+mod record;
+mod replay;
 mod serve;
 mod timefmt;
 mod web;

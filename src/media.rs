@@ -30,6 +30,7 @@ use amphi_core::frame::History;
 use amphi_core::room::SpaceState;
 use amphi_core::{Frame, ParticipantId, SpaceId};
 use amphi_egress::{Egress, Output};
+use amphi_hls::playlist::Segmenter;
 use amphi_media::{Mixer, MixerConfig, OggPager, WsBatcher};
 use amphi_rtc::{RtcConfig, RtcEngine, RtcError, RtcEvent, RtcHandle, SessionId, SessionRequest};
 
@@ -37,6 +38,7 @@ use crate::api::Token;
 use crate::app::{App, SpaceCell};
 use crate::error::ApiError;
 use crate::metrics::counter;
+use crate::record::{Recorder, last_recorded};
 
 /// Frames kept for resumes and catch-up: 30 s.
 pub const HISTORY_FRAMES: usize = 1500;
@@ -53,7 +55,12 @@ pub struct MediaConfig {
     pub ogg_frames_per_page: usize,
     pub ws_frames_per_message: usize,
     pub egress: Arc<Egress>,
+    pub data_dir: std::path::PathBuf,
 }
+
+/// Segments the live HLS keeps: the whole space, up to 2 hours, is the
+/// DVR window (about 8 KB a segment at 32 kbit/s: 30 MB per space at most).
+pub const HLS_DVR_SEGMENTS: usize = 3600;
 
 /// The outputs of one live space, read by the HTTP side.
 pub struct LiveMedia {
@@ -62,6 +69,10 @@ pub struct LiveMedia {
     /// OpusHead and OpusTags pages, the start of every Ogg listener's stream.
     pub ogg_headers: Bytes,
     pub history: Mutex<History>,
+    /// The LL-HLS segmenter: parts and segments cut once from the frames.
+    pub hls: Mutex<Segmenter>,
+    /// Bumped whenever a part or segment is published (blocking reloads).
+    pub hls_tick: tokio::sync::watch::Sender<u64>,
 }
 
 impl LiveMedia {
@@ -91,6 +102,8 @@ enum Cmd {
     Start {
         cell: Arc<SpaceCell>,
         live: Arc<LiveMedia>,
+        record: bool,
+        first_seq: u64,
     },
     Stop {
         space: SpaceId,
@@ -125,6 +138,7 @@ pub struct MediaPlane {
     cfg: MediaConfig,
     stats: Arc<MediaStats>,
     alive: Arc<AtomicBool>,
+    pub recorder: Arc<Recorder>,
 }
 
 impl MediaPlane {
@@ -140,7 +154,9 @@ impl MediaPlane {
         let (tx, rx) = crossbeam_channel::bounded(1024);
         let stats = Arc::new(MediaStats::default());
         let alive = Arc::new(AtomicBool::new(true));
+        let recorder = Arc::new(Recorder::start(&cfg.data_dir)?);
         let mixer = MixThread {
+            recorder: recorder.clone(),
             rx,
             events,
             rtc: rtc.clone(),
@@ -167,6 +183,7 @@ impl MediaPlane {
             cfg,
             stats,
             alive,
+            recorder,
         })
     }
 
@@ -189,11 +206,23 @@ impl MediaPlane {
             ws: self.egress.new_output(),
             ogg_headers: pager.headers(),
             history: Mutex::new(History::new(HISTORY_FRAMES)),
+            hls: Mutex::new(Segmenter::new(HLS_DVR_SEGMENTS)),
+            hls_tick: tokio::sync::watch::channel(0).0,
         });
         *cell.live.write() = Some(live.clone());
+        let record = cell.inner.lock().space.record;
+        // A space that was live before a restart continues its program:
+        // sequence numbers go on from the last recorded frame, skipping the
+        // time the node was down, so the recording shows the gap.
+        let first_seq = last_recorded(self.recorder.root(), cell.id).map_or(0, |(seq, at_us)| {
+            let down_us = wall_us().saturating_sub(at_us);
+            seq + 1 + down_us / 20_000
+        });
         let _ = self.tx.send(Cmd::Start {
             cell: cell.clone(),
             live,
+            record,
+            first_seq,
         });
     }
 
@@ -224,6 +253,7 @@ impl MediaPlane {
         if let Some(e) = self.engine.lock().take() {
             e.shutdown();
         }
+        self.recorder.shutdown();
     }
 
     /// Media counters in the Prometheus text format.
@@ -255,6 +285,7 @@ impl MediaPlane {
             l(&s.packets_unrouted),
         );
         self.rtc.stats().render_prometheus(out);
+        self.recorder.render_metrics(out);
     }
 
     async fn create_session(
@@ -277,6 +308,7 @@ struct SpaceMix {
     pager: OggPager,
     batcher: WsBatcher,
     speakers: HashMap<ParticipantId, Speaker>,
+    record: bool,
 }
 
 struct MixThread {
@@ -288,6 +320,7 @@ struct MixThread {
     spaces: HashMap<SpaceId, SpaceMix>,
     sessions: HashMap<SessionId, (SpaceId, ParticipantId)>,
     stats: Arc<MediaStats>,
+    recorder: Arc<Recorder>,
 }
 
 const TICK: Duration = Duration::from_millis(20);
@@ -331,8 +364,13 @@ impl MixThread {
 
     fn command(&mut self, cmd: Cmd) {
         match cmd {
-            Cmd::Start { cell, live } => {
-                let mixer = match Mixer::new(MixerConfig {
+            Cmd::Start {
+                cell,
+                live,
+                record,
+                first_seq,
+            } => {
+                let mut mixer = match Mixer::new(MixerConfig {
                     bitrate: self.cfg.bitrate,
                     ..MixerConfig::default()
                 }) {
@@ -342,8 +380,10 @@ impl MixThread {
                         return;
                     }
                 };
+                mixer.set_next_seq(first_seq);
                 let serial = (cell.id.0 as u32) ^ ((cell.id.0 >> 32) as u32);
                 let mix = SpaceMix {
+                    record,
                     pager: OggPager::new(serial, self.cfg.ogg_frames_per_page),
                     batcher: WsBatcher::new(self.cfg.ws_frames_per_message),
                     cell: cell.clone(),
@@ -354,11 +394,16 @@ impl MixThread {
                 self.spaces.insert(cell.id, mix);
             }
             Cmd::Stop { space } => {
-                if let Some(mut mix) = self.spaces.remove(&space)
-                    && let Some(page) = mix.pager.flush()
-                {
-                    let last = mix.live.history.lock().last_seq().unwrap_or(0);
-                    self.egress.publish(&mix.live.ogg, page, last);
+                if let Some(mut mix) = self.spaces.remove(&space) {
+                    if let Some(page) = mix.pager.flush() {
+                        let last = mix.live.history.lock().last_seq().unwrap_or(0);
+                        self.egress.publish(&mix.live.ogg, page, last);
+                    }
+                    mix.live.hls.lock().finish();
+                    mix.live.hls_tick.send_modify(|t| *t += 1);
+                    if mix.record {
+                        self.recorder.end(space);
+                    }
                 }
                 self.sessions.retain(|_, (s, _)| *s != space);
             }
@@ -439,6 +484,12 @@ impl MixThread {
                 }
             }
             mix.live.history.lock().push(frame.clone());
+            if !mix.live.hls.lock().push(&frame).is_empty() {
+                mix.live.hls_tick.send_modify(|t| *t += 1);
+            }
+            if mix.record {
+                self.recorder.frame(mix.cell.id, frame.clone());
+            }
             if let Some(page) = mix.pager.push(&frame) {
                 self.egress.publish(&mix.live.ogg, page, frame.seq);
             }

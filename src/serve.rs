@@ -149,6 +149,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ogg_frames_per_page: (args.ogg_page_ms / 20).clamp(1, 50) as usize,
         ws_frames_per_message: (args.ws_batch_ms / 20).clamp(1, 50) as usize,
         egress: egress.clone(),
+        data_dir: args.data_dir.clone(),
     })
     .context("starting the media plane")?;
     let app = Arc::new(App {
@@ -234,6 +235,7 @@ fn router(app: Arc<App>) -> Router {
     Router::new()
         .merge(crate::api::router())
         .merge(crate::media::router())
+        .merge(crate::replay::router())
         .merge(crate::web::router())
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))

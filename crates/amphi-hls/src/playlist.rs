@@ -61,6 +61,7 @@ pub struct Segmenter {
     last_seq: Option<u64>,
     fragment_seq: u32,
     ended: bool,
+    prefix: String,
 }
 
 impl Segmenter {
@@ -74,7 +75,14 @@ impl Segmenter {
             last_seq: None,
             fragment_seq: 1,
             ended: false,
+            prefix: String::new(),
         }
+    }
+
+    /// Prefixes every media URI in the playlists (e.g. `replay/`).
+    pub fn with_uri_prefix(mut self, prefix: &str) -> Self {
+        self.prefix = prefix.to_owned();
+        self
     }
 
     /// Adds a frame.
@@ -221,19 +229,18 @@ impl Segmenter {
         let _ = writeln!(o, "#EXT-X-MAP:URI=\"init.mp4\"");
         let n = self.segments.len();
         for (i, s) in self.segments.iter().enumerate() {
-            segment_lines(&mut o, s, i + 3 >= n);
+            segment_lines(&mut o, s, i + 3 >= n, &self.prefix);
         }
         if let Some(c) = &self.current {
             if c.discontinuity {
                 o.push_str("#EXT-X-DISCONTINUITY\n");
             }
             let _ = writeln!(o, "#EXT-X-PROGRAM-DATE-TIME:{}", rfc3339(c.captured_at_us));
-            for (i, p) in c.parts.iter().enumerate() {
-                let _ = p;
+            for i in 0..c.parts.len() {
                 let _ = writeln!(
                     o,
-                    "#EXT-X-PART:DURATION=0.500,URI=\"part-{}-{i}.m4s\",INDEPENDENT=YES",
-                    c.msn
+                    "#EXT-X-PART:DURATION=0.500,URI=\"{}part-{}-{i}.m4s\",INDEPENDENT=YES",
+                    self.prefix, c.msn
                 );
             }
         }
@@ -243,7 +250,8 @@ impl Segmenter {
             let (msn, parts) = self.edge();
             let _ = writeln!(
                 o,
-                "#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"part-{msn}-{parts}.m4s\""
+                "#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"{}part-{msn}-{parts}.m4s\"",
+                self.prefix
             );
         }
         o
@@ -254,7 +262,7 @@ impl Segmenter {
         let mut o = header(self.segments.front().map_or(0, |s| s.msn));
         o.push_str("#EXT-X-PLAYLIST-TYPE:VOD\n#EXT-X-MAP:URI=\"init.mp4\"\n");
         for s in &self.segments {
-            segment_lines(&mut o, s, false);
+            segment_lines(&mut o, s, false, &self.prefix);
         }
         o.push_str("#EXT-X-ENDLIST\n");
         o
@@ -270,7 +278,7 @@ fn header(first_msn: u64) -> String {
     o
 }
 
-fn segment_lines(o: &mut String, s: &Segment, with_parts: bool) {
+fn segment_lines(o: &mut String, s: &Segment, with_parts: bool, prefix: &str) {
     if s.discontinuity {
         o.push_str("#EXT-X-DISCONTINUITY\n");
     }
@@ -282,7 +290,7 @@ fn segment_lines(o: &mut String, s: &Segment, with_parts: bool) {
             left -= n;
             let _ = writeln!(
                 o,
-                "#EXT-X-PART:DURATION={:.3},URI=\"part-{}-{i}.m4s\",INDEPENDENT=YES",
+                "#EXT-X-PART:DURATION={:.3},URI=\"{prefix}part-{}-{i}.m4s\",INDEPENDENT=YES",
                 n as f64 * 0.02,
                 s.msn
             );
@@ -290,7 +298,7 @@ fn segment_lines(o: &mut String, s: &Segment, with_parts: bool) {
     }
     let _ = writeln!(
         o,
-        "#EXTINF:{:.3},\nseg-{}.m4s",
+        "#EXTINF:{:.3},\n{prefix}seg-{}.m4s",
         s.frames as f64 * 0.02,
         s.msn
     );

@@ -1,0 +1,345 @@
+//! The recorder: its own thread writes the program of every recorded space
+//! as frame segments (2 s each), each fsynced and renamed into place as it
+//! closes, so a killed server loses at most the segment in progress. When a
+//! space ends, the segments are cut into `recording.opus` and an HLS VOD.
+//!
+//! Layout under `<data>/recordings/<space>/`: `frames/<first seq>.amfs`,
+//! then at the end `recording.opus`, `hls/init.mp4`, `hls/seg-N.m4s`,
+//! `hls/replay.m3u8` and the marker `complete`.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use amphi_core::{Frame, SpaceId};
+use amphi_hls::playlist::Segmenter;
+use amphi_hls::{SEGMENT_FRAMES, fmp4, frames};
+use amphi_media::OggPager;
+use amphi_media::opus::Encoder;
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::metrics::counter;
+
+/// Counters of the recorder.
+#[derive(Debug, Default)]
+pub struct RecordStats {
+    pub segments: AtomicU64,
+    pub bytes: AtomicU64,
+    pub errors: AtomicU64,
+    pub write_us_total: AtomicU64,
+    pub finalized: AtomicU64,
+    pub dropped_frames: AtomicU64,
+}
+
+enum Msg {
+    Frame(SpaceId, Frame),
+    End(SpaceId),
+    Shutdown,
+}
+
+/// Handle to the recorder thread.
+pub struct Recorder {
+    tx: Sender<Msg>,
+    root: PathBuf,
+    pub stats: Arc<RecordStats>,
+    thread: parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// Where a space's recording lives.
+pub fn space_dir(root: &Path, id: SpaceId) -> PathBuf {
+    root.join(id.to_string())
+}
+
+/// The last frame already recorded for a space: (seq, captured_at_us).
+pub fn last_recorded(root: &Path, id: SpaceId) -> Option<(u64, u64)> {
+    let dir = space_dir(root, id).join("frames");
+    let mut files: Vec<PathBuf> = fs::read_dir(&dir)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "amfs"))
+        .collect();
+    files.sort();
+    let last = files.last()?;
+    let data = Bytes::from(fs::read(last).ok()?);
+    let frames = frames::decode(&data).ok()?;
+    frames.last().map(|f| (f.seq, f.captured_at_us))
+}
+
+impl Recorder {
+    /// Starts the recorder writing under `<data_dir>/recordings`.
+    pub fn start(data_dir: &Path) -> anyhow::Result<Self> {
+        let root = data_dir.join("recordings");
+        fs::create_dir_all(&root)?;
+        // Bounded: if the disk stalls for a long time, frames are dropped
+        // (and counted) rather than piling up in memory or blocking mixing.
+        let (tx, rx) = crossbeam_channel::bounded(50 * 60);
+        let stats = Arc::new(RecordStats::default());
+        let worker = Worker {
+            root: root.clone(),
+            rx,
+            stats: stats.clone(),
+            open: HashMap::new(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("amphi-recorder".into())
+            .spawn(move || worker.run())?;
+        Ok(Recorder {
+            tx,
+            root,
+            stats,
+            thread: parking_lot::Mutex::new(Some(thread)),
+        })
+    }
+
+    /// The recordings directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Records one program frame (called by the mixer thread; never blocks).
+    pub fn frame(&self, space: SpaceId, frame: Frame) {
+        if self.tx.try_send(Msg::Frame(space, frame)).is_err() {
+            self.stats.dropped_frames.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The space ended: flush and cut the replay outputs.
+    pub fn end(&self, space: SpaceId) {
+        let _ = self.tx.send(Msg::End(space));
+    }
+
+    /// Flushes what is open (without finalising) and stops.
+    pub fn shutdown(&self) {
+        let _ = self.tx.send(Msg::Shutdown);
+        if let Some(t) = self.thread.lock().take() {
+            let _ = t.join();
+        }
+    }
+
+    /// Whether the replay of `space` is ready.
+    pub fn is_complete(&self, space: SpaceId) -> bool {
+        space_dir(&self.root, space).join("complete").exists()
+    }
+
+    /// Recorder counters in the Prometheus text format.
+    pub fn render_metrics(&self, out: &mut String) {
+        let s = &self.stats;
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        counter(
+            out,
+            "amphi_recording_segments_total",
+            "Recording segments written and fsynced.",
+            l(&s.segments),
+        );
+        counter(
+            out,
+            "amphi_recording_bytes_total",
+            "Recording bytes written.",
+            l(&s.bytes),
+        );
+        counter(
+            out,
+            "amphi_recording_errors_total",
+            "Recording storage errors.",
+            l(&s.errors),
+        );
+        counter(
+            out,
+            "amphi_recording_write_microseconds_total",
+            "Time spent writing and syncing segments.",
+            l(&s.write_us_total),
+        );
+        counter(
+            out,
+            "amphi_recording_finalized_total",
+            "Recordings cut into replay outputs.",
+            l(&s.finalized),
+        );
+        counter(
+            out,
+            "amphi_recording_dropped_frames_total",
+            "Frames the recorder could not take (it was behind).",
+            l(&s.dropped_frames),
+        );
+    }
+}
+
+struct Worker {
+    root: PathBuf,
+    rx: Receiver<Msg>,
+    stats: Arc<RecordStats>,
+    open: HashMap<SpaceId, Vec<Frame>>,
+}
+
+/// Writes `data` to `path` atomically and durably: temp file, fsync,
+/// rename, fsync of the directory.
+pub fn write_durable(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+impl Worker {
+    fn run(mut self) {
+        while let Ok(msg) = self.rx.recv() {
+            match msg {
+                Msg::Frame(space, frame) => {
+                    let buf = self.open.entry(space).or_default();
+                    let gap = buf.last().is_some_and(|l| frame.seq != l.seq + 1);
+                    if gap {
+                        self.flush(space);
+                    }
+                    let buf = self.open.entry(space).or_default();
+                    buf.push(frame);
+                    if buf.len() as u64 >= SEGMENT_FRAMES {
+                        self.flush(space);
+                    }
+                }
+                Msg::End(space) => {
+                    self.flush(space);
+                    self.open.remove(&space);
+                    if let Err(e) = finalize(&self.root, space) {
+                        tracing::error!(space = %space, error = %e, "could not cut the replay");
+                        self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        self.stats.finalized.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Msg::Shutdown => {
+                    let spaces: Vec<SpaceId> = self.open.keys().copied().collect();
+                    for s in spaces {
+                        self.flush(s);
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    fn flush(&mut self, space: SpaceId) {
+        let Some(buf) = self.open.get_mut(&space) else {
+            return;
+        };
+        if buf.is_empty() {
+            return;
+        }
+        let frames = std::mem::take(buf);
+        let dir = space_dir(&self.root, space).join("frames");
+        let path = dir.join(format!("{:020}.amfs", frames[0].seq));
+        let data = frames::encode(&frames);
+        let started = Instant::now();
+        let res = fs::create_dir_all(&dir).and_then(|_| write_durable(&path, &data));
+        self.stats
+            .write_us_total
+            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        match res {
+            Ok(()) => {
+                self.stats.segments.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .bytes
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
+            }
+            Err(e) => {
+                // A full or failing disk never stops the live space: the
+                // segment is lost (a gap in the recording), counted, logged.
+                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(space = %space, error = %e, "recording segment lost");
+            }
+        }
+    }
+}
+
+/// Every recorded frame of a space, in order.
+pub fn recorded_frames(root: &Path, space: SpaceId) -> std::io::Result<Vec<Frame>> {
+    let dir = space_dir(root, space).join("frames");
+    let mut files: Vec<PathBuf> = match fs::read_dir(&dir) {
+        Ok(rd) => rd
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "amfs"))
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    files.sort();
+    let mut out: Vec<Frame> = Vec::new();
+    for f in files {
+        let data = Bytes::from(fs::read(&f)?);
+        match frames::decode(&data) {
+            Ok(frames) => {
+                for fr in frames {
+                    if out.last().is_none_or(|l| fr.seq > l.seq) {
+                        out.push(fr);
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(file = %f.display(), error = %e, "skipping a damaged recording segment")
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Cuts `recording.opus` and the HLS VOD from the frame segments.
+pub fn finalize(root: &Path, space: SpaceId) -> anyhow::Result<()> {
+    let dir = space_dir(root, space);
+    fs::create_dir_all(&dir)?;
+    let frames = recorded_frames(root, space)?;
+
+    // Ogg: one continuous stream; gaps (a restart) are filled with silence
+    // so the file's duration is the space's wall-clock duration.
+    let silence = Encoder::new(32_000)?.encode(&[0.0; 960])?;
+    let origin = frames.first().map_or(0, |f| f.seq);
+    let serial = (space.0 as u32) ^ 0x5eed;
+    let mut pager = OggPager::with_origin(serial, 50, origin);
+    let mut ogg = pager.headers().to_vec();
+    let mut next = origin;
+    for f in &frames {
+        while next < f.seq {
+            let filler = Frame {
+                seq: next,
+                opus: silence.clone(),
+                ..f.clone()
+            };
+            if let Some(p) = pager.push(&filler) {
+                ogg.extend_from_slice(&p);
+            }
+            next += 1;
+        }
+        if let Some(p) = pager.push(f) {
+            ogg.extend_from_slice(&p);
+        }
+        next = f.seq + 1;
+    }
+    ogg.extend_from_slice(&pager.finish());
+    write_durable(&dir.join("recording.opus"), &ogg)?;
+
+    // HLS VOD: the same frames as fMP4 segments; gaps are discontinuities.
+    let hls = dir.join("hls");
+    fs::create_dir_all(&hls)?;
+    let mut seg = Segmenter::new(usize::MAX).with_uri_prefix("replay/");
+    for f in &frames {
+        seg.push(f);
+    }
+    seg.finish();
+    fs::write(hls.join("init.mp4"), fmp4::init_segment())?;
+    for s in seg.segments() {
+        fs::write(hls.join(format!("seg-{}.m4s", s.msn)), &s.bytes)?;
+    }
+    write_durable(&hls.join("replay.m3u8"), seg.vod_playlist().as_bytes())?;
+    write_durable(&dir.join("complete"), b"")?;
+    Ok(())
+}

@@ -1,0 +1,290 @@
+//! HLS (live and replay) and the recording download.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use bytes::Bytes;
+
+use amphi_core::SpaceId;
+use amphi_core::room::SpaceState;
+use amphi_hls::playlist::{Ready, parse_blocking_query, parse_media_name};
+use amphi_hls::{Resource, cache_control, fmp4};
+
+use crate::app::{App, SpaceCell};
+use crate::error::ApiError;
+use crate::record::space_dir;
+
+/// Longest a blocking playlist request waits for its part.
+const BLOCK_LIMIT: Duration = Duration::from_secs(3);
+
+pub fn router() -> Router<Arc<App>> {
+    Router::new()
+        .route("/spaces/{id}/hls/live.m3u8", get(live_playlist))
+        .route("/spaces/{id}/hls/init.mp4", get(init))
+        .route("/spaces/{id}/hls/replay.m3u8", get(replay_playlist))
+        .route("/spaces/{id}/hls/replay/{name}", get(replay_media))
+        .route("/spaces/{id}/hls/{name}", get(live_media))
+        .route("/spaces/{id}/recording.opus", get(recording))
+}
+
+fn cell(app: &App, id: &str) -> Result<Arc<SpaceCell>, ApiError> {
+    let id: SpaceId = id
+        .parse()
+        .map_err(|_| ApiError::not_found("no such space"))?;
+    app.space(id)
+}
+
+fn body(kind: Resource, content_type: &'static str, data: impl Into<axum::body::Body>) -> Response {
+    let mut res = (StatusCode::OK, data.into()).into_response();
+    let h = res.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static(cache_control(kind)),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    res
+}
+
+const M3U8: &str = "application/vnd.apple.mpegurl";
+
+async fn live_playlist(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let cell = cell(&app, &id)?;
+    let live = cell
+        .live
+        .read()
+        .clone()
+        .ok_or_else(|| match cell.inner.lock().space.state {
+            SpaceState::Ended => ApiError::conflict(format!(
+                "the space has ended; the replay is at /spaces/{}/hls/replay.m3u8",
+                cell.id
+            )),
+            _ => ApiError::conflict("the space is not live"),
+        })?;
+    let (msn, part) = parse_blocking_query(q.as_deref().unwrap_or(""))
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    if let Some(msn) = msn {
+        let mut rx = live.hls_tick.subscribe();
+        let wait = async {
+            loop {
+                match live.hls.lock().ready(msn, part) {
+                    Ready::Now => return Ok(()),
+                    Ready::TooFar => {
+                        return Err(ApiError::bad_request(
+                            "_HLS_msn is more than two segments ahead of the live edge",
+                        ));
+                    }
+                    Ready::Wait => {}
+                }
+                if rx.changed().await.is_err() {
+                    return Ok(());
+                }
+            }
+        };
+        // Past the limit, answer with what there is (the client retries).
+        if let Ok(r) = tokio::time::timeout(BLOCK_LIMIT, wait).await {
+            r?;
+        }
+    }
+    let text = live.hls.lock().live_playlist();
+    Ok(body(Resource::LivePlaylist, M3U8, text))
+}
+
+async fn init(State(app): State<Arc<App>>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    cell(&app, &id)?;
+    Ok(body(Resource::Media, "video/mp4", fmp4::init_segment()))
+}
+
+async fn live_media(
+    State(app): State<Arc<App>>,
+    Path((id, name)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let cell = cell(&app, &id)?;
+    let (msn, part) =
+        parse_media_name(&name).ok_or_else(|| ApiError::not_found("no such HLS resource"))?;
+    let live = cell
+        .live
+        .read()
+        .clone()
+        .ok_or_else(|| ApiError::not_found("the space is not live"))?;
+    let data = {
+        let hls = live.hls.lock();
+        match part {
+            Some(p) => hls.part(msn, p),
+            None => hls.segment(msn),
+        }
+    };
+    let data = data.ok_or_else(|| ApiError::not_found("no such segment (yet, or any more)"))?;
+    Ok(body(Resource::Media, "video/mp4", data))
+}
+
+/// The replay directory of an ended, recorded space, or why not.
+fn replay_dir(app: &App, cell: &SpaceCell) -> Result<std::path::PathBuf, ApiError> {
+    let (state, record) = {
+        let inner = cell.inner.lock();
+        (inner.space.state, inner.space.record)
+    };
+    if state != SpaceState::Ended {
+        return Err(ApiError::conflict(
+            "the space is still live; its recording is published when it ends",
+        ));
+    }
+    if !record {
+        return Err(ApiError::not_found("this space was not recorded"));
+    }
+    if !app.media.recorder.is_complete(cell.id) {
+        return Err(ApiError::unavailable("the recording is being finalised", 1));
+    }
+    Ok(space_dir(app.media.recorder.root(), cell.id))
+}
+
+async fn replay_playlist(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let cell = cell(&app, &id)?;
+    let dir = replay_dir(&app, &cell)?;
+    let data = tokio::fs::read(dir.join("hls/replay.m3u8"))
+        .await
+        .map_err(|_| ApiError::not_found("no replay"))?;
+    Ok(body(Resource::VodPlaylist, M3U8, data))
+}
+
+async fn replay_media(
+    State(app): State<Arc<App>>,
+    Path((id, name)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let cell = cell(&app, &id)?;
+    let dir = replay_dir(&app, &cell)?;
+    let (msn, None) =
+        parse_media_name(&name).ok_or_else(|| ApiError::not_found("no such HLS resource"))?
+    else {
+        return Err(ApiError::not_found("replays have segments, not parts"));
+    };
+    let data = tokio::fs::read(dir.join(format!("hls/seg-{msn}.m4s")))
+        .await
+        .map_err(|_| ApiError::not_found("no such segment"))?;
+    Ok(body(Resource::Media, "video/mp4", data))
+}
+
+/// A parsed `Range: bytes=…` header (one range).
+#[derive(Debug, PartialEq, Eq)]
+pub enum ByteRange {
+    From(u64),
+    FromTo(u64, u64),
+    Last(u64),
+}
+
+/// Parses a single-range `bytes=` header; `None` if malformed.
+pub fn parse_range(v: &str) -> Option<ByteRange> {
+    let spec = v.trim().strip_prefix("bytes=")?;
+    if spec.contains(',') {
+        return None;
+    }
+    let (a, b) = spec.split_once('-')?;
+    match (a.trim(), b.trim()) {
+        ("", n) => n.parse().ok().map(ByteRange::Last),
+        (a, "") => a.parse().ok().map(ByteRange::From),
+        (a, b) => {
+            let (a, b) = (a.parse().ok()?, b.parse().ok()?);
+            (a <= b).then_some(ByteRange::FromTo(a, b))
+        }
+    }
+}
+
+fn range_not_satisfiable(len: u64) -> Response {
+    let mut res = ApiError::new(
+        StatusCode::RANGE_NOT_SATISFIABLE,
+        "bad_range",
+        "the Range header is malformed or outside the file",
+    )
+    .into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
+        res.headers_mut().insert(header::CONTENT_RANGE, v);
+    }
+    res
+}
+
+async fn recording(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let cell = cell(&app, &id)?;
+    let dir = replay_dir(&app, &cell)?;
+    let data = Bytes::from(
+        tokio::fs::read(dir.join("recording.opus"))
+            .await
+            .map_err(|_| ApiError::not_found("no recording"))?,
+    );
+    let len = data.len() as u64;
+    let range = headers
+        .get(header::RANGE)
+        .map(|v| v.to_str().ok().and_then(parse_range));
+    let (status, start, end) = match range {
+        None => (StatusCode::OK, 0, len.saturating_sub(1)),
+        Some(None) => return Ok(range_not_satisfiable(len)),
+        Some(Some(r)) => {
+            let (s, e) = match r {
+                ByteRange::From(s) => (s, len.saturating_sub(1)),
+                ByteRange::FromTo(s, e) => (s, e.min(len.saturating_sub(1))),
+                ByteRange::Last(n) => (len.saturating_sub(n), len.saturating_sub(1)),
+            };
+            if len == 0 || s >= len || s > e {
+                return Ok(range_not_satisfiable(len));
+            }
+            (StatusCode::PARTIAL_CONTENT, s, e)
+        }
+    };
+    let part = if len == 0 {
+        Bytes::new()
+    } else {
+        data.slice(start as usize..=end as usize)
+    };
+    let mut res = (status, part).into_response();
+    let h = res.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("audio/ogg"));
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static(cache_control(Resource::VodPlaylist)),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    if status == StatusCode::PARTIAL_CONTENT
+        && let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{end}/{len}"))
+    {
+        h.insert(header::CONTENT_RANGE, v);
+    }
+    Ok(res)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range("bytes=0-99"), Some(ByteRange::FromTo(0, 99)));
+        assert_eq!(parse_range("bytes=100-"), Some(ByteRange::From(100)));
+        assert_eq!(parse_range("bytes=-500"), Some(ByteRange::Last(500)));
+        assert_eq!(parse_range("bytes=5-1"), None);
+        assert_eq!(parse_range("bytes=0-1,3-4"), None);
+        assert_eq!(parse_range("items=0-1"), None);
+        assert_eq!(parse_range("bytes=abc"), None);
+    }
+}
