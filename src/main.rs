@@ -30,6 +30,8 @@ struct Cli {
 enum Command {
     /// Run the server (HTTP API, WHIP ingest, listener outputs, web app).
     Serve(serve::ServeArgs),
+    /// Load-test a node: N listeners on live.opus / live.ws, measured.
+    Load(amphi_load::LoadArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -43,5 +45,6 @@ fn main() -> anyhow::Result<()> {
         .init();
     match cli.command {
         Command::Serve(args) => serve::run(args),
+        Command::Load(args) => amphi_load::run(args),
     }
 }
