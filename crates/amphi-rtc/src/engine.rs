@@ -193,6 +193,12 @@ impl Thread {
         self.stats
             .bytes_in
             .fetch_add(data.len() as u64, Ordering::Relaxed);
+        // Bound to loopback, only loopback peers are answered: a browser's
+        // other host candidates never make us send off this interface.
+        if self.local.ip().is_loopback() && !source.ip().is_loopback() {
+            self.stats.garbage_datagrams.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         let Ok(contents) = data.try_into() else {
             self.stats.garbage_datagrams.fetch_add(1, Ordering::Relaxed);
             return;
@@ -390,7 +396,6 @@ impl Thread {
         self.stats
             .sessions
             .store(self.sessions.len() as u64, Ordering::Relaxed);
-        let _ = self.local;
         Ok(SessionInfo {
             id,
             answer_sdp: answer.to_sdp_string(),
