@@ -14,6 +14,8 @@ BARE=${BARE_BIN:-target/release/examples/bare_fanout}
 [ -x "$BIN" ] || cargo build --release --bin amphi
 [ -x "$BARE" ] || cargo build --release -p amphi-load --example bare_fanout
 TMP=$(mktemp -d)
+chmod 755 "$TMP"
+ulimit -n "$(ulimit -Hn)"
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$TMP"; }
 trap cleanup EXIT

@@ -64,7 +64,7 @@ pub struct ServeArgs {
     #[arg(long, env = "AMPHI_OGG_PAGE_MS", default_value_t = 100)]
     pub ogg_page_ms: u32,
     /// Duration of one `live.ws` message, in ms (multiple of 20).
-    #[arg(long, env = "AMPHI_WS_BATCH_MS", default_value_t = 60)]
+    #[arg(long, env = "AMPHI_WS_BATCH_MS", default_value_t = 100)]
     pub ws_batch_ms: u32,
     /// Kernel send buffer per listener socket, in bytes (the kernel doubles
     /// it). It bounds kernel memory per listener and how long a stuck

@@ -159,11 +159,12 @@ pub async fn listen(
 struct Parser {
     ws: bool,
     next_seq: Option<u64>,
+    in_window_msgs: u64,
 }
 
 impl Parser {
     fn new(ws: bool) -> Self {
-        Parser { ws, next_seq: None }
+        Parser { ws, next_seq: None, in_window_msgs: 0 }
     }
 
     /// Consumes complete units from `buf`; returns how many.
@@ -214,7 +215,9 @@ impl Parser {
             self.next_seq = Some(m.first_seq + n);
             if in_window {
                 o.audio_secs += n as f64 * 0.02;
-                if o.latencies_us.len() < LATENCY_SAMPLES {
+                self.in_window_msgs += 1;
+                // Spread the samples over the window (every 8th message).
+                if self.in_window_msgs % 8 == 0 && o.latencies_us.len() < LATENCY_SAMPLES {
                     let captured = m.captured_at((m.frames.len()).saturating_sub(1));
                     o.latencies_us.push(now_us().saturating_sub(captured));
                 }
