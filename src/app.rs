@@ -187,6 +187,8 @@ pub struct App {
     pub reaction_limiter: crate::listen::KeyedLimiter,
     pub join_limiter: crate::listen::KeyedLimiter,
     pub identity_key: Option<TokenKey>,
+    pub per_ip: Arc<crate::front::PerIp>,
+    pub command_limiter: crate::listen::KeyedLimiter,
     pub started: std::time::Instant,
 }
 
@@ -281,6 +283,9 @@ impl App {
         actor: &Claims,
         cmd: Command,
     ) -> Result<Outcome, ApiError> {
+        if !self.command_limiter.check(actor.pid.0) {
+            return Err(ApiError::rate_limited(1));
+        }
         let _serial = cell.write_lock.lock().await;
         let (outcome, snapshot) = {
             let mut inner = cell.inner.lock();

@@ -13,6 +13,9 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::app::App;
 use crate::listen::{self, Kind};
 
+/// The answer to a source address over its connection limit.
+const TOO_MANY: &[u8] = b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\nRetry-After: 5\r\nContent-Length: 89\r\nConnection: close\r\n\r\n{\"error\":{\"code\":\"rate_limited\",\"message\":\"too many connections from your address\"}}\n";
+
 /// Time a client has to send its request line and headers.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -35,6 +38,19 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, router: Router) {
 }
 
 async fn connection(stream: TcpStream, app: Arc<App>, router: Router) {
+    // Connections per source address are bounded (generously: NATs and load
+    // tests share addresses). The guard counts this connection until it is
+    // closed or handed to a fan-out worker.
+    let Some(_guard) = stream
+        .peer_addr()
+        .ok()
+        .and_then(|p| app.per_ip.enter(p.ip()))
+    else {
+        app.metrics.refused_per_ip.inc();
+        let mut stream = stream;
+        let _ = tokio::io::AsyncWriteExt::write_all(&mut stream, TOO_MANY).await;
+        return;
+    };
     let deadline = Instant::now() + HEAD_TIMEOUT;
     let mut buf = [0u8; 256];
     let kind = loop {
@@ -69,5 +85,70 @@ async fn connection(stream: TcpStream, app: Arc<App>, router: Router) {
                 .with_upgrades()
                 .await;
         }
+    }
+}
+
+/// Open connections per source address.
+#[derive(Debug)]
+pub struct PerIp {
+    max: u32,
+    counts: parking_lot::Mutex<std::collections::HashMap<std::net::IpAddr, u32>>,
+}
+
+/// Holds one connection's place in [`PerIp`].
+pub struct IpGuard {
+    owner: Arc<PerIp>,
+    ip: std::net::IpAddr,
+}
+
+impl PerIp {
+    pub fn new(max: u32) -> Self {
+        PerIp {
+            max,
+            counts: parking_lot::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    /// Counts a connection from `ip`, or `None` if it is over the limit.
+    pub fn enter(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<IpGuard> {
+        let mut c = self.counts.lock();
+        let n = c.entry(ip).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(IpGuard {
+            owner: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for IpGuard {
+    fn drop(&mut self) {
+        let mut c = self.owner.counts.lock();
+        if let Some(n) = c.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                c.remove(&self.ip);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_ip_limit_counts_and_releases() {
+        let p = Arc::new(PerIp::new(2));
+        let ip: std::net::IpAddr = "127.0.0.9".parse().unwrap();
+        let a = p.enter(ip).unwrap();
+        let _b = p.enter(ip).unwrap();
+        assert!(p.enter(ip).is_none());
+        assert!(p.enter("127.0.0.10".parse().unwrap()).is_some());
+        drop(a);
+        assert!(p.enter(ip).is_some());
     }
 }

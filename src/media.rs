@@ -40,6 +40,9 @@ use crate::error::ApiError;
 use crate::metrics::counter;
 use crate::record::{Recorder, last_recorded};
 
+/// WHIP sessions one participant may hold at once.
+pub const MAX_SESSIONS_PER_SPEAKER: usize = 2;
+
 /// Frames kept for resumes and catch-up: 30 s.
 pub const HISTORY_FRAMES: usize = 1500;
 /// How far behind wall time the program's capture stamp is: the jitter
@@ -125,6 +128,7 @@ struct MediaStats {
     late_ticks: AtomicU64,
     packets: AtomicU64,
     packets_unrouted: AtomicU64,
+    sessions_replaced: AtomicU64,
 }
 
 /// Handle to the media plane.
@@ -284,6 +288,12 @@ impl MediaPlane {
             "Audio packets for no live space or speaker.",
             l(&s.packets_unrouted),
         );
+        counter(
+            out,
+            "amphi_whip_sessions_replaced_total",
+            "WHIP sessions closed because their participant opened a newer one.",
+            l(&s.sessions_replaced),
+        );
         self.rtc.stats().render_prometheus(out);
         self.recorder.render_metrics(out);
     }
@@ -422,6 +432,14 @@ impl MixThread {
                     gate,
                     sessions: Vec::new(),
                 });
+                // A participant keeps at most MAX_SESSIONS_PER_SPEAKER
+                // sessions: a new one (a reconnect, a second tab) replaces
+                // the oldest, so a client cannot pile up sessions.
+                while sp.sessions.len() >= MAX_SESSIONS_PER_SPEAKER {
+                    let (old, _) = sp.sessions.remove(0);
+                    self.rtc.close_session(old);
+                    self.stats.sessions_replaced.fetch_add(1, Ordering::Relaxed);
+                }
                 sp.sessions.push((session, wants_return));
                 let wants = sp.sessions.iter().any(|(_, w)| *w);
                 if let Err(e) = mix.mixer.add_speaker(pid, wants) {

@@ -61,6 +61,7 @@ pub struct Metrics {
     pub events_clients: Gauge,
     pub listeners_refused: Counter,
     pub listen_requests: Counter,
+    pub refused_per_ip: Counter,
 }
 
 impl Metrics {

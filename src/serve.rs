@@ -74,6 +74,14 @@ pub struct ServeArgs {
     /// A listener that cannot take a byte for this long is closed (ms).
     #[arg(long, env = "AMPHI_LISTENER_STALL_MS", default_value_t = 5000)]
     pub listener_stall_ms: u64,
+    /// Open connections one source address may hold (listener streams are
+    /// counted only until they are handed to the fan-out).
+    #[arg(long, env = "AMPHI_MAX_CONNS_PER_IP", default_value_t = 5000)]
+    pub max_conns_per_ip: u32,
+    /// Room commands (hand, stage, mute, …) one participant may send per
+    /// second (burst: twice that).
+    #[arg(long, env = "AMPHI_COMMAND_RATE", default_value_t = 10.0)]
+    pub command_rate: f64,
     /// Fan-out worker threads (default: one per core).
     #[arg(long, env = "AMPHI_FANOUT_WORKERS")]
     pub fanout_workers: Option<usize>,
@@ -168,6 +176,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ),
         reaction_limiter: KeyedLimiter::new(5.0, 10.0),
         join_limiter: KeyedLimiter::new(args.join_rate, args.join_burst),
+        per_ip: Arc::new(crate::front::PerIp::new(args.max_conns_per_ip)),
+        command_limiter: KeyedLimiter::new(args.command_rate, args.command_rate * 2.0),
         identity_key: args
             .identity_key
             .as_deref()

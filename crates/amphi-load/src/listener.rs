@@ -164,7 +164,11 @@ struct Parser {
 
 impl Parser {
     fn new(ws: bool) -> Self {
-        Parser { ws, next_seq: None, in_window_msgs: 0 }
+        Parser {
+            ws,
+            next_seq: None,
+            in_window_msgs: 0,
+        }
     }
 
     /// Consumes complete units from `buf`; returns how many.
@@ -217,7 +221,7 @@ impl Parser {
                 o.audio_secs += n as f64 * 0.02;
                 self.in_window_msgs += 1;
                 // Spread the samples over the window (every 8th message).
-                if self.in_window_msgs % 8 == 0 && o.latencies_us.len() < LATENCY_SAMPLES {
+                if self.in_window_msgs.is_multiple_of(8) && o.latencies_us.len() < LATENCY_SAMPLES {
                     let captured = m.captured_at((m.frames.len()).saturating_sub(1));
                     o.latencies_us.push(now_us().saturating_sub(captured));
                 }
