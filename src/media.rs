@@ -143,7 +143,11 @@ pub struct MediaPlane {
     stats: Arc<MediaStats>,
     alive: Arc<AtomicBool>,
     pub recorder: Arc<Recorder>,
+    speaker_stats: Arc<SpeakerStats>,
 }
+
+/// Per-speaker counters, refreshed by the mixer thread once a second.
+type SpeakerStats = Mutex<Vec<(SpaceId, ParticipantId, amphi_media::jitter::JitterStats)>>;
 
 impl MediaPlane {
     /// Starts the WebRTC engine and the mixing thread.
@@ -159,7 +163,10 @@ impl MediaPlane {
         let stats = Arc::new(MediaStats::default());
         let alive = Arc::new(AtomicBool::new(true));
         let recorder = Arc::new(Recorder::start(&cfg.data_dir)?);
+        let speaker_stats: Arc<SpeakerStats> = Arc::new(Mutex::new(Vec::new()));
         let mixer = MixThread {
+            speaker_stats: speaker_stats.clone(),
+            ticks: 0,
             recorder: recorder.clone(),
             rx,
             events,
@@ -188,6 +195,7 @@ impl MediaPlane {
             stats,
             alive,
             recorder,
+            speaker_stats,
         })
     }
 
@@ -295,6 +303,33 @@ impl MediaPlane {
             l(&s.sessions_replaced),
         );
         self.rtc.stats().render_prometheus(out);
+        let rows = self.speaker_stats.lock().clone();
+        for (name, help, pick) in [
+            (
+                "amphi_speaker_packets_total",
+                "Packets received per speaker (at the mixer).",
+                0,
+            ),
+            (
+                "amphi_speaker_lost_total",
+                "Packets missing per speaker (concealed).",
+                1,
+            ),
+            (
+                "amphi_speaker_late_total",
+                "Packets arriving too late to play (jitter beyond the buffer).",
+                2,
+            ),
+        ] {
+            let family: Vec<(String, f64)> = rows
+                .iter()
+                .map(|(sp, p, st)| {
+                    let v = [st.received, st.missing, st.late][pick];
+                    (format!("space=\"{sp}\",participant=\"{p}\""), v as f64)
+                })
+                .collect();
+            crate::metrics::counter_family(out, name, help, &family);
+        }
         self.recorder.render_metrics(out);
     }
 
@@ -331,6 +366,8 @@ struct MixThread {
     sessions: HashMap<SessionId, (SpaceId, ParticipantId)>,
     stats: Arc<MediaStats>,
     recorder: Arc<Recorder>,
+    speaker_stats: Arc<SpeakerStats>,
+    ticks: u64,
 }
 
 const TICK: Duration = Duration::from_millis(20);
@@ -486,6 +523,19 @@ impl MixThread {
     }
 
     fn tick(&mut self) {
+        self.ticks += 1;
+        if self.ticks.is_multiple_of(50) {
+            let mut all = Vec::new();
+            for (id, mix) in &self.spaces {
+                all.extend(
+                    mix.mixer
+                        .speaker_stats()
+                        .into_iter()
+                        .map(|(p, st)| (*id, p, st)),
+                );
+            }
+            *self.speaker_stats.lock() = all;
+        }
         let captured_at_us = wall_us().saturating_sub(JITTER_DEPTH_US);
         for mix in self.spaces.values_mut() {
             for (pid, sp) in &mix.speakers {

@@ -177,7 +177,16 @@ pub fn gauge(out: &mut String, name: &str, help: &str, v: f64) {
 
 /// Writes a labelled gauge family.
 pub fn gauge_family(out: &mut String, name: &str, help: &str, rows: &[(String, f64)]) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+    family(out, name, help, "gauge", rows);
+}
+
+/// Writes a labelled counter family.
+pub fn counter_family(out: &mut String, name: &str, help: &str, rows: &[(String, f64)]) {
+    family(out, name, help, "counter", rows);
+}
+
+fn family(out: &mut String, name: &str, help: &str, kind: &str, rows: &[(String, f64)]) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
     for (labels, v) in rows {
         let _ = writeln!(out, "{name}{{{labels}}} {v}");
     }

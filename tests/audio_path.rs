@@ -37,6 +37,8 @@ fn the_tone_a_speaker_sends_is_the_tone_a_listener_decodes() {
     let at880 = tone_share(&pcm, 880.0);
     assert!(at440 > 0.5, "440 Hz share {at440}");
     assert!(at880 < 0.05, "880 Hz share {at880}");
+    // Per-speaker counters are exported.
+    assert!(metric(&s, "amphi_speaker_packets_total{") > 0.0);
     speaker.kill();
 }
 

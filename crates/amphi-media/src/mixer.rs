@@ -123,6 +123,15 @@ impl Mixer {
         self.stats
     }
 
+    /// Per-speaker jitter-buffer counters (received, late, duplicate,
+    /// missing/concealed).
+    pub fn speaker_stats(&self) -> Vec<(ParticipantId, crate::jitter::JitterStats)> {
+        self.speakers
+            .iter()
+            .map(|(pid, s)| (*pid, s.jitter.stats()))
+            .collect()
+    }
+
     /// Adds (or updates) a speaker. Starts inaudible until told otherwise.
     pub fn add_speaker(
         &mut self,
