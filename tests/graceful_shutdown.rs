@@ -1,0 +1,76 @@
+//! SIGTERM drains: the process exits by itself, promptly, and the recording
+//! keeps everything up to the signal (the open segment is closed and
+//! fsynced, unlike a kill -9 which may lose it).
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{Server, call, live_space, publish_tone, tone_share, wait_for};
+
+#[test]
+fn sigterm_exits_cleanly_and_closes_the_recording_segment() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut s = Server::start_in(tmp.path(), &[]);
+    let (id, host, _) = live_space(&s, "Drain");
+    let mut speaker = publish_tone(&s, &id, &host, 440, 30);
+    wait_for(15, "audio at the mixer", || {
+        call("GET", &s.url("/metrics"), None, None)
+            .body
+            .as_str()
+            .unwrap_or("")
+            .lines()
+            .any(|l| l.starts_with("amphi_ingest_packets_total") && !l.ends_with(" 0"))
+    });
+    // 3.5 s of speech: one full 2 s segment and one open segment.
+    std::thread::sleep(Duration::from_millis(3500));
+    let pid = s.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(st) = s.child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "amphi did not exit within 5 s of SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "exit status {status}");
+    speaker.kill();
+
+    let s2 = Server::start_in(tmp.path(), &[]);
+    assert_eq!(
+        call(
+            "POST",
+            &s2.url(&format!("/api/v1/spaces/{id}/end")),
+            Some(&host),
+            None
+        )
+        .status,
+        200
+    );
+    let rec = s2.url(&format!("/spaces/{id}/recording.opus"));
+    wait_for(3, "the recording", || {
+        call("GET", &rec, None, None).status == 200
+    });
+    let pcm = common::ffmpeg_listen(&rec, 60.0);
+    let tone = pcm
+        .chunks_exact(4800)
+        .filter(|b| tone_share(b, 440.0) > 0.5)
+        .count() as f64
+        * 0.1;
+    assert!(
+        tone >= 3.0,
+        "only {tone} s of the 3.5 s before SIGTERM were kept"
+    );
+    drop(s);
+}
