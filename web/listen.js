@@ -76,15 +76,35 @@ export class Player {
     const ws = new WebSocket(url);
     ws.binaryType = "arraybuffer";
     this.ws = ws;
-    ws.onopen = () => { this.backoff = 250; this.onStatus(""); };
+    let opened = false;
+    ws.onopen = () => { opened = true; this.backoff = 250; this.onStatus(""); };
     ws.onmessage = (ev) => this.message(ev.data);
-    ws.onclose = (ev) => {
+    ws.onclose = async () => {
       if (this.stopped) return;
-      if (ev.code === 1006 || ev.code === 1000 || ev.code === 1001) {
+      let wait = this.backoff;
+      this.backoff = Math.min(this.backoff * 2, 5000);
+      if (!opened) {
+        // A refused WebSocket hides its status: ask the same door with a
+        // HEAD request to tell the listener why.
+        try {
+          const r = await fetch(`/spaces/${this.spaceId}/live.opus?token=${encodeURIComponent(this.token)}`, { method: "HEAD" });
+          if (r.status === 503) {
+            const s = Number(r.headers.get("Retry-After")) || 5;
+            wait = s * 1000;
+            this.onStatus(`This space is full on this server right now; retrying in ${s} s.`, true);
+          } else if (r.status === 409 || r.status === 403 || r.status === 401) {
+            this.onStatus(r.status === 409 ? "The space is not live." : "You can no longer listen to this space.", true);
+            return;
+          } else {
+            this.onStatus("Reconnecting…");
+          }
+        } catch {
+          this.onStatus("Reconnecting…");
+        }
+      } else {
         this.onStatus("Reconnecting…");
-        setTimeout(() => this.connect(), this.backoff);
-        this.backoff = Math.min(this.backoff * 2, 5000);
       }
+      setTimeout(() => this.connect(), wait);
     };
   }
 
