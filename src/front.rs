@@ -64,8 +64,10 @@ async fn connection(stream: TcpStream, app: Arc<App>, router: Router) {
         match listen::classify(&buf[..n]) {
             Some(k) => break k,
             None if n < buf.len() => {
-                // Only part of the request line is here: wait for more.
-                if Instant::now() >= deadline {
+                // Only part of the request line is here: wait for more,
+                // unless the peer already hung up (peeking cannot see EOF
+                // behind unread bytes, so ask the kernel).
+                if Instant::now() >= deadline || peer_hung_up(&stream) {
                     return;
                 }
                 tokio::time::sleep(Duration::from_millis(2)).await;
@@ -86,6 +88,19 @@ async fn connection(stream: TcpStream, app: Arc<App>, router: Router) {
                 .await;
         }
     }
+}
+
+/// Whether the peer closed its side (POLLRDHUP), without reading.
+fn peer_hung_up(stream: &TcpStream) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut pfd = libc::pollfd {
+        fd: stream.as_raw_fd(),
+        events: libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for a socket we own, zero timeout.
+    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+    n > 0 && pfd.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
 }
 
 /// Open connections per source address.
