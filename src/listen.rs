@@ -38,9 +38,7 @@ const OGG_BURST_PAGES: usize = 5;
 pub struct Admission {
     pub max_listeners: u64,
     pub max_per_space: u64,
-    bucket: Mutex<(f64, Instant)>,
-    rate: f64,
-    burst: f64,
+    bucket: KeyedLimiter,
 }
 
 impl Admission {
@@ -48,24 +46,13 @@ impl Admission {
         Admission {
             max_listeners,
             max_per_space,
-            bucket: Mutex::new((burst, Instant::now())),
-            rate,
-            burst,
+            bucket: KeyedLimiter::new(rate, burst),
         }
     }
 
-    /// Takes one join from the bucket.
+    /// Takes one join from the node-wide bucket.
     fn take(&self) -> bool {
-        let mut b = self.bucket.lock();
-        let now = Instant::now();
-        b.0 = (b.0 + now.duration_since(b.1).as_secs_f64() * self.rate).min(self.burst);
-        b.1 = now;
-        if b.0 >= 1.0 {
-            b.0 -= 1.0;
-            true
-        } else {
-            false
-        }
+        self.bucket.check(0)
     }
 }
 

@@ -7,19 +7,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Server, call, ffmpeg_listen, live_space, publish_tone, tone_share, wait_for};
-
-fn metric(s: &Server, name: &str) -> f64 {
-    let text = call("GET", &s.url("/metrics"), None, None)
-        .body
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    text.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
+use common::{
+    Server, call, ffmpeg_listen, live_space, metric, publish_tone, seconds_of_tone, tone_share,
+    wait_for,
+};
 
 #[test]
 fn storage_failure_keeps_the_space_live_and_the_recording_sound() {
@@ -63,11 +54,7 @@ fn storage_failure_keeps_the_space_live_and_the_recording_sound() {
         call("GET", &rec, None, None).status == 200
     });
     let pcm = ffmpeg_listen(&rec, 120.0);
-    let tone = pcm
-        .chunks_exact(4800)
-        .filter(|b| tone_share(b, 440.0) > 0.5)
-        .count() as f64
-        * 0.1;
+    let tone = seconds_of_tone(&pcm, 440.0);
     assert!(
         tone >= 3.0,
         "the recording kept {tone} s after storage came back"

@@ -7,7 +7,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Server, call, live_space, publish_tone, tone_share, wait_for};
+use common::{Server, call, live_space, publish_tone, seconds_of_tone, wait_for, wait_for_audio};
 
 #[test]
 fn sigterm_exits_cleanly_and_closes_the_recording_segment() {
@@ -15,14 +15,7 @@ fn sigterm_exits_cleanly_and_closes_the_recording_segment() {
     let mut s = Server::start_in(tmp.path(), &[]);
     let (id, host, _) = live_space(&s, "Drain");
     let mut speaker = publish_tone(&s, &id, &host, 440, 30);
-    wait_for(15, "audio at the mixer", || {
-        call("GET", &s.url("/metrics"), None, None)
-            .body
-            .as_str()
-            .unwrap_or("")
-            .lines()
-            .any(|l| l.starts_with("amphi_ingest_packets_total") && !l.ends_with(" 0"))
-    });
+    wait_for_audio(&s, 50.0);
     // 3.5 s of speech: one full 2 s segment and one open segment.
     std::thread::sleep(Duration::from_millis(3500));
     let pid = s.child.id().to_string();
@@ -63,11 +56,7 @@ fn sigterm_exits_cleanly_and_closes_the_recording_segment() {
         call("GET", &rec, None, None).status == 200
     });
     let pcm = common::ffmpeg_listen(&rec, 60.0);
-    let tone = pcm
-        .chunks_exact(4800)
-        .filter(|b| tone_share(b, 440.0) > 0.5)
-        .count() as f64
-        * 0.1;
+    let tone = seconds_of_tone(&pcm, 440.0);
     assert!(
         tone >= 3.0,
         "only {tone} s of the 3.5 s before SIGTERM were kept"

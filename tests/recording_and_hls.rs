@@ -6,7 +6,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Server, call, live_space, publish_tone, tone_share, wait_for};
+use common::{Server, call, live_space, publish_tone, seconds_of_tone, wait_for};
 
 fn ffprobe_duration(url: &str) -> f64 {
     let out = Command::new("ffprobe")
@@ -48,14 +48,6 @@ fn decode(url: &str, extra: &[&str]) -> Vec<f32> {
         .chunks_exact(4)
         .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
         .collect()
-}
-
-/// Seconds of `pcm` (100 ms blocks) where `freq` carries most of the energy.
-fn seconds_of_tone(pcm: &[f32], freq: f32) -> f64 {
-    pcm.chunks_exact(4800)
-        .filter(|b| tone_share(b, freq) > 0.5)
-        .count() as f64
-        * 0.1
 }
 
 #[test]
@@ -236,18 +228,7 @@ fn kill_9_mid_space_keeps_what_was_recorded() {
     let mut s = Server::start_in(tmp.path(), &[]);
     let (id, host, _) = live_space(&s, "Crash");
     let mut speaker = publish_tone(&s, &id, &host, 440, 30);
-    wait_for(15, "speech flowing", || {
-        let m = call("GET", &s.url("/metrics"), None, None)
-            .body
-            .as_str()
-            .unwrap_or("")
-            .to_owned();
-        m.lines().any(|l| {
-            l.starts_with("amphi_ingest_packets_total")
-                && l.ends_with(|c: char| c.is_ascii_digit())
-                && !l.ends_with(" 0")
-        })
-    });
+    common::wait_for_audio(&s, 50.0);
     std::thread::sleep(Duration::from_secs(8));
     s.kill();
     speaker.kill();

@@ -342,3 +342,32 @@ impl WsReader {
         }
     }
 }
+
+/// Sum of the samples of a metric (all label sets) in `/metrics`.
+pub fn metric(s: &Server, name: &str) -> f64 {
+    let text = call("GET", &s.url("/metrics"), None, None)
+        .body
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.split([' ', '{']).next() == Some(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Seconds of `pcm` (100 ms blocks) where `freq` carries most of the energy.
+pub fn seconds_of_tone(pcm: &[f32], freq: f32) -> f64 {
+    pcm.chunks_exact(4800)
+        .filter(|b| tone_share(b, freq) > 0.5)
+        .count() as f64
+        * 0.1
+}
+
+/// Waits until the mixer has received `n` audio packets.
+pub fn wait_for_audio(s: &Server, n: f64) {
+    wait_for(20, "audio packets at the mixer", || {
+        metric(s, "amphi_ingest_packets_total") >= n
+    });
+}
