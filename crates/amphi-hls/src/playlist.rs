@@ -445,6 +445,14 @@ mod tests {
 
     proptest! {
         #[test]
+        fn names_and_queries_never_panic_and_roundtrip(s in ".{0,60}", m in 0u64..1_000_000, p in 0u64..10) {
+            let _ = parse_media_name(&s);
+            let _ = parse_blocking_query(&s);
+            prop_assert_eq!(parse_media_name(&format!("part-{m}-{p}.m4s")), Some((m, Some(p))));
+            prop_assert_eq!(parse_media_name(&format!("seg-{m}.m4s")), Some((m, None)));
+        }
+
+        #[test]
         fn every_listed_uri_resolves(n in 1u64..400, gap_at in 0u64..400) {
             let mut s = Segmenter::new(1000);
             for q in 0..n {
