@@ -53,9 +53,10 @@ pub struct SpaceInner {
 /// One coalesced events update, shared by every client of the space.
 #[derive(Debug, Default)]
 pub struct Update {
-    pub space: Value,
-    pub reactions: Value,
-    pub talking: Value,
+    /// `"space":…,"reactions":…,"talking":…`, serialised once per update
+    /// and spliced into every client's message next to its own `you`.
+    pub shared: String,
+    pub ended: bool,
 }
 
 impl SpaceCell {
@@ -105,11 +106,15 @@ impl SpaceCell {
             .drain()
             .map(|(pid, level)| (pid.to_string(), json!(level)))
             .collect();
-        self.updates.send_replace(Arc::new(Update {
+        let ended = space.get("state").and_then(Value::as_str) == Some(SpaceState::Ended.as_str());
+        let shared = format!(
+            "\"space\":{},\"reactions\":{},\"talking\":{}",
             space,
-            reactions: json!(reactions),
-            talking: Value::Object(talking),
-        }));
+            json!(reactions),
+            Value::Object(talking)
+        );
+        self.updates
+            .send_replace(Arc::new(Update { shared, ended }));
     }
 
     /// Brings every ingest gate in line with the rules, now.

@@ -8,7 +8,6 @@ use axum::extract::{Path, State};
 use axum::response::Response;
 use serde_json::{Value, json};
 
-use amphi_core::room::SpaceState;
 use amphi_core::token::Claims;
 
 use crate::api::Token;
@@ -53,14 +52,7 @@ fn you(cell: &SpaceCell, claims: &Claims) -> Option<Value> {
 }
 
 fn message(kind: &str, update: &Update, you: Value) -> String {
-    json!({
-        "type": kind,
-        "space": update.space,
-        "you": you,
-        "reactions": update.reactions,
-        "talking": update.talking,
-    })
-    .to_string()
+    format!("{{\"type\":\"{kind}\",\"you\":{you},{}}}", update.shared)
 }
 
 async fn client(app: Arc<App>, cell: Arc<SpaceCell>, claims: Claims, mut socket: WebSocket) {
@@ -97,7 +89,7 @@ async fn client(app: Arc<App>, cell: Arc<SpaceCell>, claims: Claims, mut socket:
         {
             break;
         }
-        if update.space.get("state").and_then(Value::as_str) == Some(SpaceState::Ended.as_str()) {
+        if update.ended {
             let _ = socket
                 .send(Message::Text(json!({"type": "ended"}).to_string().into()))
                 .await;
