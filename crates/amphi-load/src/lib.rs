@@ -61,6 +61,10 @@ pub struct LoadArgs {
     /// Icecast mount: `/amphi.opus`).
     #[arg(long)]
     pub path: Option<String>,
+    /// Each listener first joins (`POST /api/v1/spaces/{space}/join`) and
+    /// listens with its own token, as the web app does.
+    #[arg(long)]
+    pub join: bool,
     /// Server process to sample CPU and RSS from (/proc), on this machine.
     #[arg(long)]
     pub pid: Option<u32>,
@@ -147,6 +151,7 @@ fn run_split(args: LoadArgs, per_child: usize) -> anyhow::Result<()> {
                 },
             ])
             .args(["--child", "--offset", &offset.to_string()])
+            .args(if args.join { &["--join"][..] } else { &[][..] })
             .stdout(std::process::Stdio::piped());
         if let Some(p) = &args.path {
             cmd.args(["--path", p]);
@@ -220,8 +225,26 @@ async fn run_here(args: &LoadArgs) -> anyhow::Result<Stats> {
         ));
         let server = args.server;
         let bar = bar.clone();
+        let join = args.join;
+        let space = args.space.clone();
+        let args_offset = args.offset;
         tasks.push(tokio::spawn(async move {
             tokio::time::sleep_until(at.into()).await;
+            let path = if join {
+                match listener::join(server, &space, args_offset + i).await {
+                    Ok(token) => format!("{path}?token={token}"),
+                    Err(status) => {
+                        bar.inc(1);
+                        return listener::Outcome {
+                            status,
+                            error: Some("join refused".into()),
+                            ..Default::default()
+                        };
+                    }
+                }
+            } else {
+                path
+            };
             let o = listener::listen(server, src, &path, ws, end_at, measure_from).await;
             bar.inc(1);
             o

@@ -41,6 +41,34 @@ fn now_us() -> u64 {
 /// Most latency samples kept per listener.
 const LATENCY_SAMPLES: usize = 64;
 
+/// Joins the space as `load-<n>` and returns the listener token, or the
+/// HTTP status that refused it (0 if the server did not answer).
+pub async fn join(server: SocketAddr, space: &str, n: usize) -> Result<String, u16> {
+    let body = format!("{{\"name\":\"load-{n}\"}}");
+    let req = format!(
+        "POST /api/v1/spaces/{space}/join HTTP/1.1\r\nHost: {server}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let mut s = tokio::net::TcpStream::connect(server)
+        .await
+        .map_err(|_| 0u16)?;
+    s.write_all(req.as_bytes()).await.map_err(|_| 0u16)?;
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).await.map_err(|_| 0u16)?;
+    let text = String::from_utf8_lossy(&resp);
+    let status: u16 = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    if status != 200 {
+        return Err(status);
+    }
+    let json = text.split("\r\n\r\n").nth(1).unwrap_or("");
+    let v: serde_json::Value = serde_json::from_str(json).map_err(|_| 0u16)?;
+    v["token"].as_str().map(str::to_owned).ok_or(0)
+}
+
 /// Runs one listener until `end_at`, measuring from `measure_from`.
 pub async fn listen(
     server: SocketAddr,

@@ -1,0 +1,69 @@
+//! `amphi load` against a real node: it admits, measures real-time rate and
+//! sequence gaps, and reports refusals by status.
+
+mod common;
+
+use std::process::Command;
+
+use common::{Server, live_space};
+use serde_json::Value;
+
+fn load(s: &Server, id: &str, extra: &[&str]) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_amphi"))
+        .args([
+            "load",
+            "--server",
+            &format!("127.0.0.1:{}", s.port),
+            "--space",
+            id,
+            "--json",
+        ])
+        .args(["--duration", "3", "--warmup", "1"])
+        .args(extra)
+        .output()
+        .expect("amphi load");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_owned();
+    serde_json::from_str(&line).expect("one JSON line")
+}
+
+#[test]
+fn load_generator_measures_and_reports_refusals() {
+    let s = Server::start(&["--max-listeners", "60"]);
+    let (id, _, _) = live_space(&s, "Load");
+    let r = load(
+        &s,
+        &id,
+        &[
+            "-n",
+            "40",
+            "--output",
+            "ws",
+            "--join",
+            "--pid",
+            &s.child.id().to_string(),
+        ],
+    );
+    assert_eq!(r["admitted"], 40, "{r}");
+    assert_eq!(r["below_90pct_realtime"], 0, "{r}");
+    assert_eq!(r["ws_seq_gaps"], 0, "{r}");
+    assert!(r["latency_ms_p99"].as_f64().unwrap() < 1000.0, "{r}");
+    assert!(r["server_cpu_cores"].as_f64().is_some(), "{r}");
+
+    // The first run's listeners are gone once the fan-out notices.
+    common::wait_for(5, "the first listeners to be released", || {
+        common::metric(&s, "amphi_fanout_listeners") == 0.0
+    });
+    // Past --max-listeners the refusals are reported by status.
+    let r = load(&s, &id, &["-n", "80", "--output", "ogg"]);
+    assert_eq!(r["admitted"], 60, "{r}");
+    assert_eq!(r["refused"]["503"], 20, "{r}");
+}
