@@ -29,7 +29,7 @@ def parse_args():
     p.add_argument("--amplitude", type=float, default=0.5, help="0..1")
     p.add_argument("--seconds", type=float, default=5.0, help="how long to publish")
     p.add_argument("--loopback-only", action="store_true", help="offer only 127.0.0.1 candidates")
-    p.add_argument("--recvonly-return", action="store_true", help="offer sendrecv to receive return audio")
+    p.add_argument("--return-out", help="offer sendrecv and write the audio the server returns (the other speakers) to this file as mono s16le 48 kHz")
     return p.parse_args()
 
 
@@ -87,10 +87,28 @@ def http(method, url, body=None, content_type=None):
         return e.code, dict(e.headers), e.read().decode()
 
 
+async def record_return(track, path):
+    with open(path, "wb") as out:
+        while True:
+            try:
+                frame = await track.recv()
+            except Exception:
+                return
+            pcm = frame.to_ndarray()
+            channels = len(frame.layout.channels)
+            if pcm.shape[0] == 1 and channels > 1:
+                pcm = pcm.reshape(-1, channels).mean(axis=1)
+            out.write(pcm.astype(np.int16).tobytes())
+            out.flush()
+
+
 async def main():
     pc = RTCPeerConnection()
-    direction = "sendrecv" if args.recvonly_return else "sendonly"
+    direction = "sendrecv" if args.return_out else "sendonly"
     pc.addTransceiver(ToneTrack(args.freq, args.amplitude), direction=direction)
+    recorders = []
+    if args.return_out:
+        pc.on("track", lambda track: recorders.append(asyncio.ensure_future(record_return(track, args.return_out))))
     await pc.setLocalDescription(await pc.createOffer())
     while pc.iceGatheringState != "complete":
         await asyncio.sleep(0.05)
@@ -113,6 +131,8 @@ async def main():
     await asyncio.sleep(args.seconds)
     await asyncio.to_thread(http, "DELETE", location)
     await pc.close()
+    for r in recorders:
+        r.cancel()
     return 0
 
 

@@ -134,3 +134,43 @@ fn whip_refuses_listeners_and_bad_offers() {
     });
     assert_eq!(call("GET", &s.url("/healthz"), None, None).status, 200);
 }
+
+#[test]
+fn speakers_hear_each_other_but_not_themselves() {
+    let s = Server::start(&[]);
+    let (id, host, _) = live_space(&s, "Return audio");
+    let sp = |p: &str| s.url(&format!("/api/v1/spaces/{id}{p}"));
+    let (pid, tok) = join(&s, &id, "Second");
+    assert_eq!(
+        call("POST", &sp(&format!("/stage/{pid}")), Some(&host), None).status,
+        404
+    );
+    assert_eq!(call("POST", &sp("/hand"), Some(&tok), None).status, 200);
+    assert_eq!(
+        call("POST", &sp(&format!("/stage/{pid}")), Some(&host), None).status,
+        200
+    );
+    let out = s.data.join("host-return.s16");
+    let out_arg = out.to_string_lossy().to_string();
+    let mut a = common::publish_tone_with(&s, &id, &host, 440, 8, &["--return-out", &out_arg]);
+    let mut b = publish_tone(&s, &id, &tok, 1000, 8);
+    wait_for(20, "return audio for the host", || {
+        std::fs::metadata(&out)
+            .map(|m| m.len() > 48_000 * 2 * 4)
+            .unwrap_or(false)
+    });
+    a.kill();
+    b.kill();
+    let bytes = std::fs::read(&out).unwrap();
+    let pcm: Vec<f32> = bytes
+        .chunks_exact(2)
+        .map(|b| f32::from(i16::from_le_bytes([b[0], b[1]])) / 32768.0)
+        .collect();
+    let tail = &pcm[pcm.len() / 3..];
+    let (own, other) = (tone_share(tail, 440.0), tone_share(tail, 1000.0));
+    assert!(
+        other > 0.5,
+        "the host does not hear the other speaker: {other}"
+    );
+    assert!(own < 0.05, "the host hears themselves: {own}");
+}

@@ -187,6 +187,18 @@ impl Drop for Peer {
 
 /// Starts publishing a sine of `freq` Hz over WHIP for `seconds`.
 pub fn publish_tone(s: &Server, id: &str, token: &str, freq: u32, seconds: u32) -> Peer {
+    publish_tone_with(s, id, token, freq, seconds, &[])
+}
+
+/// [`publish_tone`] with extra arguments for `scripts/whip_client.py`.
+pub fn publish_tone_with(
+    s: &Server,
+    id: &str,
+    token: &str,
+    freq: u32,
+    seconds: u32,
+    extra: &[&str],
+) -> Peer {
     assert!(
         Command::new("python3")
             .args(["-c", "import aiortc"])
@@ -202,6 +214,7 @@ pub fn publish_tone(s: &Server, id: &str, token: &str, freq: u32, seconds: u32) 
         .args(["--freq", &freq.to_string()])
         .args(["--seconds", &seconds.to_string()])
         .arg("--loopback-only")
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
