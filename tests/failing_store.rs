@@ -7,10 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{
-    Server, call, ffmpeg_listen, live_space, metric, publish_tone, seconds_of_tone, tone_share,
-    wait_for,
-};
+use common::{Server, ffmpeg_listen, live_space, metric, publish_tone, tone_share, wait_for};
 
 #[test]
 fn storage_failure_keeps_the_space_live_and_the_recording_sound() {
@@ -39,22 +36,7 @@ fn storage_failure_keeps_the_space_live_and_the_recording_sound() {
     wait_for(10, "segments written again", || {
         metric(&s, "amphi_recording_segments_total") >= before + 2.0
     });
-    assert_eq!(
-        call(
-            "POST",
-            &s.url(&format!("/api/v1/spaces/{id}/end")),
-            Some(&host),
-            None
-        )
-        .status,
-        200
-    );
-    let rec = s.url(&format!("/spaces/{id}/recording.opus"));
-    wait_for(3, "the recording", || {
-        call("GET", &rec, None, None).status == 200
-    });
-    let pcm = ffmpeg_listen(&rec, 120.0);
-    let tone = seconds_of_tone(&pcm, 440.0);
+    let tone = common::end_and_measure_recording(&s, &id, &host, 440.0);
     assert!(
         tone >= 3.0,
         "the recording kept {tone} s after storage came back"

@@ -7,7 +7,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Server, call, live_space, publish_tone, seconds_of_tone, wait_for, wait_for_audio};
+use common::{Server, live_space, publish_tone, wait_for_audio};
 
 #[test]
 fn sigterm_exits_cleanly_and_closes_the_recording_segment() {
@@ -41,22 +41,7 @@ fn sigterm_exits_cleanly_and_closes_the_recording_segment() {
     speaker.kill();
 
     let s2 = Server::start_in(tmp.path(), &[]);
-    assert_eq!(
-        call(
-            "POST",
-            &s2.url(&format!("/api/v1/spaces/{id}/end")),
-            Some(&host),
-            None
-        )
-        .status,
-        200
-    );
-    let rec = s2.url(&format!("/spaces/{id}/recording.opus"));
-    wait_for(3, "the recording", || {
-        call("GET", &rec, None, None).status == 200
-    });
-    let pcm = common::ffmpeg_listen(&rec, 60.0);
-    let tone = seconds_of_tone(&pcm, 440.0);
+    let tone = common::end_and_measure_recording(&s2, &id, &host, 440.0);
     assert!(
         tone >= 3.0,
         "only {tone} s of the 3.5 s before SIGTERM were kept"

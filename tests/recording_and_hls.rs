@@ -234,21 +234,7 @@ fn kill_9_mid_space_keeps_what_was_recorded() {
     speaker.kill();
     let s = Server::start_in(tmp.path(), &[]);
     std::thread::sleep(Duration::from_secs(1));
-    assert_eq!(
-        call(
-            "POST",
-            &s.url(&format!("/api/v1/spaces/{id}/end")),
-            Some(&host),
-            None
-        )
-        .status,
-        200
-    );
-    let rec = s.url(&format!("/spaces/{id}/recording.opus"));
-    wait_for(3, "the recording after restart", || {
-        call("GET", &rec, None, None).status == 200
-    });
-    let tone = seconds_of_tone(&decode(&rec, &[]), 440.0);
+    let tone = common::end_and_measure_recording(&s, &id, &host, 440.0);
     assert!(
         tone >= 6.0,
         "only {tone} s of the 8 s before the crash were kept"

@@ -384,3 +384,20 @@ pub fn wait_for_audio(s: &Server, n: f64) {
         metric(s, "amphi_ingest_packets_total") >= n
     });
 }
+
+/// Ends the space as its host and returns the seconds of `freq` in the
+/// recording, which must be published within 3 s of the end.
+pub fn end_and_measure_recording(s: &Server, id: &str, host: &str, freq: f32) -> f64 {
+    let r = call(
+        "POST",
+        &s.url(&format!("/api/v1/spaces/{id}/end")),
+        Some(host),
+        None,
+    );
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let rec = s.url(&format!("/spaces/{id}/recording.opus"));
+    wait_for(3, "the recording", || {
+        call("GET", &rec, None, None).status == 200
+    });
+    seconds_of_tone(&ffmpeg_listen(&rec, 3600.0), freq)
+}
