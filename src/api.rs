@@ -232,7 +232,16 @@ async fn list(
             let inner = c.inner.lock();
             let s = &inner.space;
             let keep = s.public && want.is_none_or(|w| w == s.state);
-            keep.then(|| (s.created_at_ms, crate::app::space_view(s, c.listeners())))
+            keep.then(|| {
+                (
+                    s.created_at_ms,
+                    crate::app::space_view(
+                        s,
+                        c.listeners(),
+                        c.replay_ready.load(std::sync::atomic::Ordering::Acquire),
+                    ),
+                )
+            })
         })
         .collect();
     spaces.sort_by_key(|(t, _)| std::cmp::Reverse(*t));

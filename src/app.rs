@@ -39,6 +39,8 @@ pub struct SpaceCell {
     pub talking: Mutex<HashMap<ParticipantId, u8>>,
     /// Listener connections counted on this node for this space.
     pub listener_count: AtomicU64,
+    /// The recording has been cut into its replay outputs.
+    pub replay_ready: AtomicBool,
 }
 
 /// Room state guarded together.
@@ -76,6 +78,7 @@ impl SpaceCell {
             live: RwLock::new(None),
             talking: Mutex::new(HashMap::new()),
             listener_count: AtomicU64::new(0),
+            replay_ready: AtomicBool::new(false),
         });
         cell.refresh_update();
         cell
@@ -90,7 +93,18 @@ impl SpaceCell {
     /// The public JSON view of the space.
     pub fn view(&self) -> Value {
         let inner = self.inner.lock();
-        space_view(&inner.space, self.listeners())
+        space_view(
+            &inner.space,
+            self.listeners(),
+            self.replay_ready.load(Ordering::Acquire),
+        )
+    }
+
+    /// Marks the replay published; events clients learn it with the next
+    /// update.
+    pub fn replay_is_ready(&self) {
+        self.replay_ready.store(true, Ordering::Release);
+        self.dirty.store(true, Ordering::Release);
     }
 
     /// Rebuilds the shared update for events clients.
@@ -98,7 +112,8 @@ impl SpaceCell {
         let (space, reactions) = {
             let mut inner = self.inner.lock();
             let reactions = inner.reactions.take();
-            (space_view(&inner.space, self.listeners()), reactions)
+            let ready = self.replay_ready.load(Ordering::Acquire);
+            (space_view(&inner.space, self.listeners(), ready), reactions)
         };
         let talking: serde_json::Map<String, Value> = self
             .talking
@@ -138,7 +153,7 @@ impl SpaceCell {
 }
 
 /// The JSON view of a space (docs/api.md `Space`).
-pub fn space_view(s: &Space, listener_count: u64) -> Value {
+pub fn space_view(s: &Space, listener_count: u64, replay_ready: bool) -> Value {
     let id = s.id;
     let stage: Vec<Value> = s
         .stage()
@@ -148,7 +163,7 @@ pub fn space_view(s: &Space, listener_count: u64) -> Value {
         .hands()
         .map(|m| json!({"participant_id": m.id, "name": m.name}))
         .collect();
-    let replay = (s.state == SpaceState::Ended && s.record).then(|| {
+    let replay = (s.state == SpaceState::Ended && s.record && replay_ready).then(|| {
         json!({"ogg": format!("/spaces/{id}/recording.opus"), "hls": format!("/spaces/{id}/hls/replay.m3u8")})
     });
     json!({
@@ -202,11 +217,22 @@ impl App {
     pub fn load(&self) -> anyhow::Result<()> {
         let spaces = self.store.lock().load_spaces()?;
         for space in spaces {
-            let live = space.state == SpaceState::Live;
+            let (state, record) = (space.state, space.record);
             let cell = SpaceCell::new(space);
             self.spaces.write().insert(cell.id, cell.clone());
-            if live {
-                self.media.start_space(&cell);
+            match state {
+                SpaceState::Live => self.media.start_space(&cell),
+                SpaceState::Ended if record && self.media.recorder.is_complete(cell.id) => {
+                    cell.replay_is_ready()
+                }
+                // Ended while the node died before its replay was cut: cut it now.
+                SpaceState::Ended if record => {
+                    let c = cell.clone();
+                    self.media
+                        .recorder
+                        .end(cell.id, Box::new(move || c.replay_is_ready()));
+                }
+                _ => {}
             }
         }
         Ok(())

@@ -245,10 +245,9 @@ impl MediaPlane {
         for pid in sessions {
             self.rtc.close_participant(cell.id, pid);
         }
-        if let Some(live) = cell.live.write().take() {
-            self.egress.close_output(&live.ogg);
-            self.egress.close_output(&live.ws);
-        }
+        // New listeners are refused from now on; the mixer thread closes the
+        // outputs after their last units, so nothing follows the close.
+        cell.live.write().take();
     }
 
     /// Ends a participant's WHIP sessions (removal).
@@ -448,8 +447,18 @@ impl MixThread {
                     }
                     mix.live.hls.lock().finish();
                     mix.live.hls_tick.send_modify(|t| *t += 1);
+                    let last = mix.live.history.lock().last_seq().unwrap_or(0);
+                    let bye = amphi_media::wire::ws_close_frame(
+                        amphi_media::wire::CLOSE_SPACE_ENDED,
+                        "space ended",
+                    );
+                    self.egress.publish(&mix.live.ws, bye, last);
+                    self.egress.close_output(&mix.live.ogg);
+                    self.egress.close_output(&mix.live.ws);
                     if mix.record {
-                        self.recorder.end(space);
+                        let cell = mix.cell.clone();
+                        self.recorder
+                            .end(space, Box::new(move || cell.replay_is_ready()));
                     }
                 }
                 self.sessions.retain(|_, (s, _)| *s != space);

@@ -36,9 +36,12 @@ pub struct RecordStats {
     pub dropped_frames: AtomicU64,
 }
 
+/// Called when a space's replay outputs are ready.
+pub type Done = Box<dyn FnOnce() + Send>;
+
 enum Msg {
     Frame(SpaceId, Frame),
-    End(SpaceId),
+    End(SpaceId, Done),
     Shutdown,
 }
 
@@ -108,9 +111,9 @@ impl Recorder {
         }
     }
 
-    /// The space ended: flush and cut the replay outputs.
-    pub fn end(&self, space: SpaceId) {
-        let _ = self.tx.send(Msg::End(space));
+    /// The space ended: flush and cut the replay outputs, then call `done`.
+    pub fn end(&self, space: SpaceId, done: Done) {
+        let _ = self.tx.send(Msg::End(space, done));
     }
 
     /// Flushes what is open (without finalising) and stops.
@@ -208,7 +211,7 @@ impl Worker {
                         self.flush(space);
                     }
                 }
-                Msg::End(space) => {
+                Msg::End(space, done) => {
                     self.flush(space);
                     self.open.remove(&space);
                     if let Err(e) = finalize(&self.root, space) {
@@ -216,6 +219,7 @@ impl Worker {
                         self.stats.errors.fetch_add(1, Ordering::Relaxed);
                     } else {
                         self.stats.finalized.fetch_add(1, Ordering::Relaxed);
+                        done();
                     }
                 }
                 Msg::Shutdown => {

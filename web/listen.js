@@ -79,8 +79,14 @@ export class Player {
     let opened = false;
     ws.onopen = () => { opened = true; this.backoff = 250; this.onStatus(""); };
     ws.onmessage = (ev) => this.message(ev.data);
-    ws.onclose = async () => {
+    ws.onclose = async (ev) => {
       if (this.stopped) return;
+      if (ev.code === 4000) {
+        // The space ended: nothing to reconnect to.
+        this.stopped = true;
+        this.onStatus("The space has ended.");
+        return;
+      }
       let wait = this.backoff;
       this.backoff = Math.min(this.backoff * 2, 5000);
       if (!opened) {

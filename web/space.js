@@ -107,7 +107,14 @@ function render() {
   if (space.state === "ended") {
     $("room").hidden = true;
     $("ended").hidden = false;
-    if (space.replay) $("replay").src = space.replay.ogg;
+    if (!space.record) {
+      $("ended").querySelector("p").textContent = "This space was not recorded.";
+      $("replay").hidden = true;
+    } else if (space.replay && !$("replay").getAttribute("src")) {
+      $("replay").src = space.replay.ogg;
+    } else if (!space.replay) {
+      say(status, "The recording is being published…");
+    }
   }
   // Leaving the stage (or being moved) releases the microphone.
   if (state.mic && (!onStage || !live)) {
@@ -161,7 +168,14 @@ function connectEvents() {
       state.player?.stop();
       state.player = null;
       render();
-      loadSpace();
+      // The replay is published moments after the end: poll until it is.
+      const poll = setInterval(async () => {
+        await loadSpace();
+        if (state.space && (state.space.replay || !state.space.record)) {
+          clearInterval(poll);
+          say(status, "");
+        }
+      }, 1000);
     }
   };
   ws.onclose = () => {

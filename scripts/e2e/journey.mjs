@@ -24,6 +24,7 @@ async function page(b, who) {
   p.on("console", (m) => { if (m.type() === "error") errors.push(`${who}: ${m.text()}`); });
   p.on("pageerror", (e) => errors.push(`${who}: ${e.message}`));
   p.on("dialog", (d) => d.accept());
+  p.on("response", (r) => { if (r.status() >= 400) console.error(`${who}: HTTP ${r.status()} ${r.request().method()} ${r.url()}`); });
   return p;
 }
 
@@ -84,6 +85,24 @@ try {
   await host.screenshot({ path: `${OUT}/host.png`, fullPage: true });
   await guest.screenshot({ path: `${OUT}/speaker.png`, fullPage: true });
   await third.screenshot({ path: `${OUT}/listener.png`, fullPage: true });
+
+  // 5. The host ends the space: listeners get the replay, which the
+  //    browser can load and seek (Range requests on recording.opus).
+  await host.click("[data-testid=end]");
+  await until("replay offered to the listener", () => third.evaluate(() => !document.getElementById("ended").hidden));
+  const duration = await until("replay duration known", () => third.evaluate(async () => {
+    const a = document.getElementById("replay");
+    if (!a.src) return false;
+    a.preload = "metadata";
+    a.load();
+    await new Promise((r) => { a.onloadedmetadata = r; setTimeout(r, 3000); });
+    if (!(a.duration > 1 && Number.isFinite(a.duration))) return false;
+    a.currentTime = a.duration / 2;
+    await new Promise((r) => { a.onseeked = r; setTimeout(r, 3000); });
+    return Math.abs(a.currentTime - a.duration / 2) < 1 && a.duration;
+  }));
+  console.log(`replay: ${duration.toFixed(1)} s, seekable`);
+  await third.screenshot({ path: `${OUT}/replay.png`, fullPage: true });
   if (errors.length) throw new Error("console errors:\n" + errors.join("\n"));
   console.log("browser journey: 1 passed, 0 failed");
 } catch (e) {

@@ -48,6 +48,22 @@ pub fn ws_binary_frame(payload: &[u8]) -> Bytes {
     b.freeze()
 }
 
+/// A complete server-to-client WebSocket close frame with `code` and a
+/// short `reason` (at most 123 bytes are sent).
+pub fn ws_close_frame(code: u16, reason: &str) -> Bytes {
+    let reason = &reason.as_bytes()[..reason.len().min(123)];
+    let mut b = BytesMut::with_capacity(4 + reason.len());
+    b.put_u8(0x88);
+    b.put_u8((2 + reason.len()) as u8);
+    b.put_u16(code);
+    b.put_slice(reason);
+    b.freeze()
+}
+
+/// Close code sent to `live.ws` listeners when the space ends: do not
+/// reconnect.
+pub const CLOSE_SPACE_ENDED: u16 = 4000;
+
 /// A decoded message, borrowing the Opus packets.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message<'a> {
