@@ -9,7 +9,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -226,13 +225,17 @@ pub async fn handle(mut stream: TcpStream, app: Arc<App>) {
     };
     match admit(&app, &head) {
         Ok(listener) if listener.head_only => {
+            app.egress.release();
             let _ =
                 tokio::time::timeout(Duration::from_secs(2), stream.write_all(&listener.pending))
                     .await;
             let _ = stream.shutdown().await;
         }
         Ok(listener) => {
-            let Ok(std) = stream.into_std() else { return };
+            let Ok(std) = stream.into_std() else {
+                app.egress.release();
+                return;
+            };
             let NewListenerFor {
                 output,
                 pending,
@@ -246,7 +249,7 @@ pub async fn handle(mut stream: TcpStream, app: Arc<App>) {
                 next_unit,
                 tag,
             };
-            if let Err(e) = app.egress.add_listener(&output, nl) {
+            if let Err(e) = app.egress.add_reserved_listener(&output, nl) {
                 tracing::warn!(error = %e, "could not hand a listener to the fan-out");
             }
         }
@@ -310,11 +313,12 @@ fn admit(app: &App, head: &Head) -> Result<NewListenerFor, ApiError> {
         .read()
         .clone()
         .ok_or_else(|| ApiError::conflict("the space is not live"))?;
-    let total = app.egress.stats().listeners.load(Ordering::Relaxed);
     let here = live.listeners();
-    if total >= app.admission.max_listeners
-        || here >= app.admission.max_per_space
+    // The node-wide place is taken last and atomically: exactly
+    // --max-listeners are admitted however many arrive at once.
+    if here >= app.admission.max_per_space
         || !app.admission.take()
+        || !app.egress.try_reserve(app.admission.max_listeners)
     {
         app.metrics.listeners_refused.inc();
         let retry = 2 + rand::random::<u32>() % 9;

@@ -231,20 +231,67 @@ impl Egress {
         }
     }
 
+    /// Takes one listener place if fewer than `max` are held. Admission
+    /// and counting are one atomic step, so concurrent joins never exceed
+    /// `max`. Give the place to [`Egress::add_reserved_listener`] or back
+    /// with [`Egress::release`].
+    pub fn try_reserve(&self, max: u64) -> bool {
+        self.stats
+            .listeners
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Returns a place taken with [`Egress::try_reserve`] and not used.
+    pub fn release(&self) {
+        self.stats.listeners.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Hands a listener whose place was reserved to a worker.
+    pub fn add_reserved_listener(
+        &self,
+        output: &Arc<Output>,
+        listener: NewListener,
+    ) -> Result<(), EgressError> {
+        self.hand_over(output, listener, true)
+    }
+
     /// Hands a listener to a worker (round-robin).
     pub fn add_listener(
         &self,
         output: &Arc<Output>,
         listener: NewListener,
     ) -> Result<(), EgressError> {
-        listener.stream.set_nonblocking(true)?;
+        self.hand_over(output, listener, false)
+    }
+
+    fn hand_over(
+        &self,
+        output: &Arc<Output>,
+        listener: NewListener,
+        reserved: bool,
+    ) -> Result<(), EgressError> {
+        if !reserved {
+            self.stats.listeners.fetch_add(1, Ordering::AcqRel);
+        }
+        // From here on the node-wide count includes this listener; every
+        // failure gives the place back.
+        let undo = |e: EgressError| {
+            self.stats.listeners.fetch_sub(1, Ordering::AcqRel);
+            e
+        };
+        listener
+            .stream
+            .set_nonblocking(true)
+            .map_err(|e| undo(e.into()))?;
         let _ = listener.stream.set_nodelay(true);
         if let Some(n) = self.sndbuf {
             let _ = socket2::SockRef::from(&listener.stream).set_send_buffer_size(n);
         }
         let i = self.next_worker.fetch_add(1, Ordering::Relaxed) % self.workers.len();
         output.listeners.fetch_add(1, Ordering::Relaxed);
-        self.stats.listeners.fetch_add(1, Ordering::Relaxed);
         self.stats.listeners_added.fetch_add(1, Ordering::Relaxed);
         let msg = Msg::Add {
             output: output.clone(),
@@ -252,8 +299,7 @@ impl Egress {
         };
         if self.workers[i].send(msg).is_err() {
             output.listeners.fetch_sub(1, Ordering::Relaxed);
-            self.stats.listeners.fetch_sub(1, Ordering::Relaxed);
-            return Err(EgressError::ShuttingDown);
+            return Err(undo(EgressError::ShuttingDown));
         }
         Ok(())
     }

@@ -159,3 +159,26 @@ fn new_listener_gets_its_burst_then_live_units_and_ban_closes_it() {
     assert_eq!(out.listeners(), 0);
     egress.shutdown();
 }
+
+#[test]
+fn reservations_never_exceed_the_cap_under_contention() {
+    let egress = std::sync::Arc::new(
+        Egress::start(EgressConfig {
+            workers: 1,
+            ..Default::default()
+        })
+        .unwrap(),
+    );
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let e = egress.clone();
+            std::thread::spawn(move || (0..200).filter(|_| e.try_reserve(60)).count())
+        })
+        .collect();
+    let granted: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    assert_eq!(granted, 60);
+    assert_eq!(egress.stats().listeners.load(Ordering::Relaxed), 60);
+    egress.release();
+    assert!(egress.try_reserve(60));
+    assert!(!egress.try_reserve(60));
+}
