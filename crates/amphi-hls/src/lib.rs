@@ -1,13 +1,21 @@
-//! Sans-IO HLS for amphi: CMAF/fMP4 with Opus, the LL-HLS live playlist
-//! with parts and preload hints, VOD playlists, and the frame-segment file
-//! format the recorder writes (from which every replay output is cut).
+//! Sans-IO HLS for amphi: CMAF/fMP4 with Opus ([`fmp4`]), the segmenter
+//! that cuts program frames into parts and segments ([`segmenter`]), the
+//! LL-HLS live and VOD playlists with blocking reload ([`playlist`]), cache
+//! policy, and the frame-segment file format the recorder writes
+//! ([`frames`]), from which every replay output is cut.
 //!
-//! Everything here is a pure function of program frames, so the live
-//! segmenter, the recorder and a cluster edge produce identical bytes.
+//! Everything here is a pure function of program frames (and `now` is never
+//! needed: times come from the frames), so the live segmenter, the recorder
+//! and a cluster edge produce identical bytes. Protocol notes:
+//! `docs/ll-hls.md`.
 
 pub mod fmp4;
 pub mod frames;
 pub mod playlist;
+pub mod segmenter;
+
+pub use playlist::{Ready, parse_blocking_query, parse_media_name};
+pub use segmenter::{HlsEvent, Segment, Segmenter, SegmenterConfig};
 
 /// Frames per part: 500 ms.
 pub const PART_FRAMES: u64 = 25;
@@ -16,20 +24,35 @@ pub const SEGMENT_PARTS: u64 = 4;
 /// Frames per segment.
 pub const SEGMENT_FRAMES: u64 = PART_FRAMES * SEGMENT_PARTS;
 
-/// Why HLS bytes could not be read.
+/// Why HLS bytes or a request could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum HlsError {
+    /// A recorder frame-segment file is damaged.
     #[error("invalid frame segment: {0}")]
     Frames(&'static str),
+    /// A playlist request's query is malformed (answer 400).
     #[error("invalid query: {0}")]
     Query(&'static str),
 }
 
-/// `Cache-Control` for each kind of HLS resource: media never changes once
-/// published (CDNs may keep it for a year); live playlists change every
-/// part; VOD playlists never change.
-pub fn cache_control(kind: Resource) -> &'static str {
+/// Kinds of HLS resource, for [`cache_control_for`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resource {
+    /// `init.mp4`, parts and segments: never change once published.
+    Media,
+    /// The live playlist: changes every part.
+    LivePlaylist,
+    /// A replay playlist: final once written.
+    VodPlaylist,
+}
+
+/// `Cache-Control` for each kind of HLS resource. Media is immutable, so a
+/// CDN may keep it for a year and absorb the audience; the live playlist
+/// changes every 500 ms, so caches may hold it for at most a second
+/// (blocking-reload URLs differ per part, so they cache well too); a VOD
+/// playlist never changes.
+pub fn cache_control_for(kind: Resource) -> &'static str {
     match kind {
         Resource::Media => "public, max-age=31536000, immutable",
         Resource::LivePlaylist => "public, max-age=1",
@@ -37,10 +60,23 @@ pub fn cache_control(kind: Resource) -> &'static str {
     }
 }
 
-/// Kinds of HLS resource, for [`cache_control`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Resource {
-    Media,
-    LivePlaylist,
-    VodPlaylist,
+pub use cache_control_for as cache_control;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn media_is_immutable_and_live_playlists_are_short_lived() {
+        assert!(cache_control_for(Resource::Media).contains("immutable"));
+        assert!(cache_control_for(Resource::VodPlaylist).contains("max-age=31536000"));
+        assert_eq!(
+            cache_control_for(Resource::LivePlaylist),
+            "public, max-age=1"
+        );
+        assert_eq!(
+            cache_control(Resource::Media),
+            cache_control_for(Resource::Media)
+        );
+    }
 }

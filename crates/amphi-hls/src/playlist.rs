@@ -1,323 +1,249 @@
-//! The segmenter (frames → parts and segments) and the playlists that name
-//! them: LL-HLS for live (RFC 8216bis: parts, preload hint, blocking
-//! reload) and VOD for replay.
+//! Playlists naming what the [`Segmenter`] cut: the LL-HLS media playlist
+//! for live (RFC 8216bis, version 9: parts, preload hint, blocking reload)
+//! and the VOD playlist for replay; plus the parsers for the request side
+//! (`_HLS_msn`/`_HLS_part`, media names), which never panic.
+//!
+//! URIs are relative (`init.mp4`, `seg-{msn}.m4s`, `part-{msn}-{part}.m4s`)
+//! so the server, a CDN or a directory on disk can map them.
 
-use std::collections::VecDeque;
 use std::fmt::Write;
+use std::str::FromStr;
 
-use amphi_core::Frame;
-use bytes::{Bytes, BytesMut};
+use crate::HlsError;
+pub use crate::segmenter::{HlsEvent, Segment, Segmenter, SegmenterConfig};
+use crate::segmenter::{Open, Part};
 
-use crate::fmp4::fragment;
-use crate::{HlsError, PART_FRAMES, SEGMENT_FRAMES};
-
-/// A complete segment.
-#[derive(Debug, Clone)]
-pub struct Segment {
-    pub msn: u64,
-    pub first_seq: u64,
-    pub frames: u64,
-    pub captured_at_us: u64,
-    /// A frame gap (a restart) precedes this segment.
-    pub discontinuity: bool,
-    pub parts: Vec<Bytes>,
-    pub bytes: Bytes,
-}
-
-#[derive(Debug)]
-struct Current {
-    msn: u64,
-    first_seq: u64,
-    captured_at_us: u64,
-    discontinuity: bool,
-    frames: Vec<Frame>,
-    parts: Vec<Bytes>,
-    part_frames: usize,
-}
-
-/// What a pushed frame completed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HlsEvent {
-    Part { msn: u64, part: u64 },
-    Segment { msn: u64 },
-}
-
-/// Whether a blocking playlist request can be answered.
+/// Whether a blocking playlist request (`_HLS_msn`/`_HLS_part`) can be
+/// answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ready {
+    /// The playlist already holds what was asked for: answer now.
     Now,
+    /// Not yet: hold the request until the segmenter moves.
     Wait,
-    /// More than two segments ahead of the live edge: a 400 per the spec.
+    /// Further ahead of the live edge than RFC 8216bis allows (two segments,
+    /// or the Advance Part Limit): answer 400 at once.
     TooFar,
 }
 
-/// Cuts frames into parts and segments and renders playlists.
-#[derive(Debug)]
-pub struct Segmenter {
-    segments: VecDeque<Segment>,
-    max_segments: usize,
-    current: Option<Current>,
-    next_msn: u64,
-    last_seq: Option<u64>,
-    fragment_seq: u32,
-    ended: bool,
-    prefix: String,
+/// `1500` ms → `1.5`: the shortest exact decimal, for attributes.
+fn secs(ms: u64) -> String {
+    let (whole, frac) = (ms / 1000, ms % 1000);
+    if frac == 0 {
+        return whole.to_string();
+    }
+    let frac = format!("{frac:03}");
+    format!("{whole}.{}", frac.trim_end_matches('0'))
+}
+
+/// A span of frames as `EXTINF`/`DURATION` seconds with millisecond
+/// precision (frames are 20 ms, so this is exact).
+fn span_secs(span: u64) -> String {
+    let ms = span.saturating_mul(20);
+    format!("{}.{:03}", ms / 1000, ms % 1000)
 }
 
 impl Segmenter {
-    /// Keeps at most `max_segments` complete segments (the DVR window).
-    pub fn new(max_segments: usize) -> Self {
-        Segmenter {
-            segments: VecDeque::new(),
-            max_segments: max_segments.max(3),
-            current: None,
-            next_msn: 0,
-            last_seq: None,
-            fragment_seq: 1,
-            ended: false,
-            prefix: String::new(),
+    fn part_ms(&self) -> u64 {
+        u64::from(self.cfg.part_frames) * 20
+    }
+
+    fn target_duration(&self) -> u64 {
+        (self.cfg.segment_frames() * 20).div_ceil(1000).max(1)
+    }
+
+    /// Whether a request for the playlist with `_HLS_msn=msn` (and
+    /// `_HLS_part=part`) can be answered now, must wait, or is too far
+    /// ahead of the live edge to ever be worth waiting for.
+    pub fn blocking_reload_ready(&self, msn: u64, part: Option<u32>) -> Ready {
+        if self.ended {
+            return Ready::Now;
         }
-    }
-
-    /// Prefixes every media URI in the playlists (e.g. `replay/`).
-    pub fn with_uri_prefix(mut self, prefix: &str) -> Self {
-        self.prefix = prefix.to_owned();
-        self
-    }
-
-    /// Adds a frame.
-    pub fn push(&mut self, frame: &Frame) -> Vec<HlsEvent> {
-        let mut events = Vec::new();
-        let gap = self.last_seq.is_some_and(|l| frame.seq != l + 1);
-        self.last_seq = Some(frame.seq);
-        if gap && let Some(ev) = self.close_segment() {
-            events.extend(ev);
-        }
-        let cur = self.current.get_or_insert_with(|| {
-            let msn = self.next_msn;
-            self.next_msn += 1;
-            Current {
-                msn,
-                first_seq: frame.seq,
-                captured_at_us: frame.captured_at_us,
-                discontinuity: gap,
-                frames: Vec::with_capacity(SEGMENT_FRAMES as usize),
-                parts: Vec::new(),
-                part_frames: 0,
-            }
-        });
-        cur.frames.push(frame.clone());
-        if (cur.frames.len() - cur.part_frames) as u64 >= PART_FRAMES {
-            let part = fragment(self.fragment_seq, &cur.frames[cur.part_frames..]);
-            self.fragment_seq = self.fragment_seq.wrapping_add(1);
-            cur.part_frames = cur.frames.len();
-            cur.parts.push(part);
-            events.push(HlsEvent::Part {
-                msn: cur.msn,
-                part: cur.parts.len() as u64 - 1,
-            });
-        }
-        if cur.frames.len() as u64 >= SEGMENT_FRAMES
-            && let Some(ev) = self.close_segment()
-        {
-            events.extend(ev);
-        }
-        events
-    }
-
-    /// Closes the segment in progress, cutting a last short part.
-    fn close_segment(&mut self) -> Option<Vec<HlsEvent>> {
-        let mut cur = self.current.take()?;
-        let mut events = Vec::new();
-        if cur.part_frames < cur.frames.len() {
-            cur.parts
-                .push(fragment(self.fragment_seq, &cur.frames[cur.part_frames..]));
-            self.fragment_seq = self.fragment_seq.wrapping_add(1);
-            events.push(HlsEvent::Part {
-                msn: cur.msn,
-                part: cur.parts.len() as u64 - 1,
-            });
-        }
-        let mut bytes = BytesMut::with_capacity(cur.parts.iter().map(Bytes::len).sum());
-        for p in &cur.parts {
-            bytes.extend_from_slice(p);
-        }
-        events.push(HlsEvent::Segment { msn: cur.msn });
-        self.segments.push_back(Segment {
-            msn: cur.msn,
-            first_seq: cur.first_seq,
-            frames: cur.frames.len() as u64,
-            captured_at_us: cur.captured_at_us,
-            discontinuity: cur.discontinuity,
-            parts: cur.parts,
-            bytes: bytes.freeze(),
-        });
-        while self.segments.len() > self.max_segments {
-            self.segments.pop_front();
-        }
-        Some(events)
-    }
-
-    /// Ends the stream: the last segment closes and playlists get ENDLIST.
-    pub fn finish(&mut self) {
-        self.close_segment();
-        self.ended = true;
-    }
-
-    /// Whether any segment or part exists yet.
-    pub fn is_empty(&self) -> bool {
-        self.segments.is_empty() && self.current.as_ref().is_none_or(|c| c.parts.is_empty())
-    }
-
-    /// Complete segments, oldest first.
-    pub fn segments(&self) -> impl Iterator<Item = &Segment> {
-        self.segments.iter()
-    }
-
-    /// A complete segment's bytes.
-    pub fn segment(&self, msn: u64) -> Option<Bytes> {
-        let first = self.segments.front()?.msn;
-        self.segments
-            .get(usize::try_from(msn.checked_sub(first)?).ok()?)
-            .map(|s| s.bytes.clone())
-    }
-
-    /// A part's bytes, of a complete segment or the one in progress.
-    pub fn part(&self, msn: u64, part: u64) -> Option<Bytes> {
-        let idx = usize::try_from(part).ok()?;
-        if let Some(c) = &self.current
-            && c.msn == msn
-        {
-            return c.parts.get(idx).cloned();
-        }
-        let first = self.segments.front()?.msn;
-        let seg = self
-            .segments
-            .get(usize::try_from(msn.checked_sub(first)?).ok()?)?;
-        seg.parts.get(idx).cloned()
-    }
-
-    /// The live edge: (msn, parts published) of the segment in progress.
-    fn edge(&self) -> (u64, u64) {
-        match &self.current {
-            Some(c) => (c.msn, c.parts.len() as u64),
-            None => (self.next_msn, 0),
-        }
-    }
-
-    /// Whether a `_HLS_msn`/`_HLS_part` request can be served now.
-    pub fn ready(&self, msn: u64, part: Option<u64>) -> Ready {
         let (edge_msn, edge_parts) = self.edge();
-        if msn > edge_msn + 2 {
+        // The last complete segment is `edge_msn - 1`; the spec allows two
+        // beyond it.
+        if msn > edge_msn.saturating_add(1) {
             return Ready::TooFar;
         }
-        let ok = match part {
-            None => msn < edge_msn || self.ended,
-            Some(p) => msn < edge_msn || (msn == edge_msn && p < edge_parts) || self.ended,
+        let Some(p) = part else {
+            return if msn < edge_msn {
+                Ready::Now
+            } else {
+                Ready::Wait
+            };
         };
-        if ok { Ready::Now } else { Ready::Wait }
+        if msn < edge_msn || (msn == edge_msn && p < edge_parts) {
+            return Ready::Now;
+        }
+        // Advance Part Limit: 3 / PART-TARGET parts when the target is under
+        // a second, else 3.
+        let limit = if self.part_ms() < 1000 {
+            i128::from(3000_u64.div_ceil(self.part_ms()))
+        } else {
+            3
+        };
+        let per = i128::from(self.cfg.segment_parts);
+        let asked = i128::from(msn) * per + i128::from(p);
+        let last = i128::from(edge_msn) * per + i128::from(edge_parts) - 1;
+        if asked - last > limit {
+            Ready::TooFar
+        } else {
+            Ready::Wait
+        }
     }
 
-    /// The LL-HLS media playlist.
-    pub fn live_playlist(&self) -> String {
-        let mut o = header(self.segments.front().map_or(self.edge().0, |s| s.msn));
-        let _ = writeln!(o, "#EXT-X-PART-INF:PART-TARGET=0.5");
+    /// Short name of [`Segmenter::blocking_reload_ready`].
+    pub fn ready(&self, msn: u64, part: Option<u32>) -> Ready {
+        self.blocking_reload_ready(msn, part)
+    }
+
+    fn first_listed_msn(&self) -> u64 {
+        self.segments
+            .front()
+            .map_or_else(|| self.edge().0, |s| s.msn)
+    }
+
+    fn header(&self, o: &mut String) {
+        let _ = write!(
+            o,
+            "#EXTM3U\n#EXT-X-VERSION:9\n#EXT-X-TARGETDURATION:{}\n",
+            self.target_duration()
+        );
+    }
+
+    fn sequence_lines(&self, o: &mut String) {
+        let _ = writeln!(o, "#EXT-X-MEDIA-SEQUENCE:{}", self.first_listed_msn());
+        if self.discontinuity_sequence > 0 {
+            let _ = writeln!(
+                o,
+                "#EXT-X-DISCONTINUITY-SEQUENCE:{}",
+                self.discontinuity_sequence
+            );
+        }
+    }
+
+    fn part_lines(&self, o: &mut String, msn: u64, parts: &[Part]) {
+        for (i, p) in parts.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "#EXT-X-PART:DURATION={},URI=\"{}part-{msn}-{i}.m4s\",INDEPENDENT=YES",
+                span_secs(p.span),
+                self.prefix
+            );
+        }
+    }
+
+    fn segment_lines(&self, o: &mut String, s: &Segment, with_parts: bool) {
+        if s.discontinuity {
+            o.push_str("#EXT-X-DISCONTINUITY\n");
+        }
+        let _ = writeln!(o, "#EXT-X-PROGRAM-DATE-TIME:{}", rfc3339(s.captured_at_us));
+        if with_parts {
+            self.part_lines(o, s.msn, &s.parts);
+        }
         let _ = writeln!(
             o,
-            "#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=1.5"
+            "#EXTINF:{},\n{}seg-{}.m4s",
+            span_secs(s.span),
+            self.prefix,
+            s.msn
         );
-        let _ = writeln!(o, "#EXT-X-MAP:URI=\"init.mp4\"");
+    }
+
+    fn open_lines(&self, o: &mut String, c: &Open) {
+        if c.parts.is_empty() {
+            return;
+        }
+        if c.discontinuity {
+            o.push_str("#EXT-X-DISCONTINUITY\n");
+        }
+        let _ = writeln!(o, "#EXT-X-PROGRAM-DATE-TIME:{}", rfc3339(c.captured_at_us));
+        self.part_lines(o, c.msn, &c.parts);
+    }
+
+    /// The LL-HLS media playlist: the window of segments, the parts of the
+    /// last three target durations and of the segment in progress, and a
+    /// preload hint for the next part (or `EXT-X-ENDLIST` once finished).
+    pub fn live_playlist(&self) -> String {
+        let mut o = String::with_capacity(256 + self.segments.len() * 200);
+        self.header(&mut o);
+        let _ = writeln!(o, "#EXT-X-PART-INF:PART-TARGET={}", secs(self.part_ms()));
+        let _ = writeln!(
+            o,
+            "#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK={}",
+            secs(3 * self.part_ms())
+        );
+        self.sequence_lines(&mut o);
+        o.push_str("#EXT-X-MAP:URI=\"init.mp4\"\n");
+        // Parts older than three target durations from the edge are dropped.
+        let seg_ms = self.cfg.segment_frames() * 20;
+        let with_parts = usize::try_from((3 * self.target_duration() * 1000).div_ceil(seg_ms))
+            .unwrap_or(usize::MAX);
         let n = self.segments.len();
         for (i, s) in self.segments.iter().enumerate() {
-            segment_lines(&mut o, s, i + 3 >= n, &self.prefix);
+            self.segment_lines(&mut o, s, i + with_parts >= n);
         }
-        if let Some(c) = &self.current {
-            if c.discontinuity {
-                o.push_str("#EXT-X-DISCONTINUITY\n");
-            }
-            let _ = writeln!(o, "#EXT-X-PROGRAM-DATE-TIME:{}", rfc3339(c.captured_at_us));
-            for i in 0..c.parts.len() {
-                let _ = writeln!(
-                    o,
-                    "#EXT-X-PART:DURATION=0.500,URI=\"{}part-{}-{i}.m4s\",INDEPENDENT=YES",
-                    self.prefix, c.msn
-                );
-            }
+        if let Some(c) = &self.open {
+            self.open_lines(&mut o, c);
         }
         if self.ended {
             o.push_str("#EXT-X-ENDLIST\n");
         } else {
-            let (msn, parts) = self.edge();
+            let (msn, part) = self.edge();
             let _ = writeln!(
                 o,
-                "#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"{}part-{msn}-{parts}.m4s\"",
+                "#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"{}part-{msn}-{part}.m4s\"",
                 self.prefix
             );
         }
         o
     }
 
-    /// The VOD playlist of every kept segment.
+    /// The VOD playlist of every kept segment (all of them with
+    /// `keep_all`), without parts.
     pub fn vod_playlist(&self) -> String {
-        let mut o = header(self.segments.front().map_or(0, |s| s.msn));
-        o.push_str("#EXT-X-PLAYLIST-TYPE:VOD\n#EXT-X-MAP:URI=\"init.mp4\"\n");
+        let mut o = String::with_capacity(256 + self.segments.len() * 100);
+        self.header(&mut o);
+        o.push_str("#EXT-X-PLAYLIST-TYPE:VOD\n");
+        self.sequence_lines(&mut o);
+        o.push_str("#EXT-X-MAP:URI=\"init.mp4\"\n");
         for s in &self.segments {
-            segment_lines(&mut o, s, false, &self.prefix);
+            self.segment_lines(&mut o, s, false);
         }
         o.push_str("#EXT-X-ENDLIST\n");
         o
     }
 }
 
-fn header(first_msn: u64) -> String {
-    let mut o = String::with_capacity(4096);
-    let _ = write!(
-        o,
-        "#EXTM3U\n#EXT-X-VERSION:9\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:{first_msn}\n"
-    );
-    o
+/// A non-empty run of ASCII digits as a number (no sign, no spaces).
+fn digits<T: FromStr>(s: &str) -> Option<T> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
 }
 
-fn segment_lines(o: &mut String, s: &Segment, with_parts: bool, prefix: &str) {
-    if s.discontinuity {
-        o.push_str("#EXT-X-DISCONTINUITY\n");
-    }
-    let _ = writeln!(o, "#EXT-X-PROGRAM-DATE-TIME:{}", rfc3339(s.captured_at_us));
-    if with_parts {
-        let mut left = s.frames;
-        for i in 0..s.parts.len() {
-            let n = left.min(PART_FRAMES);
-            left -= n;
-            let _ = writeln!(
-                o,
-                "#EXT-X-PART:DURATION={:.3},URI=\"{prefix}part-{}-{i}.m4s\",INDEPENDENT=YES",
-                n as f64 * 0.02,
-                s.msn
-            );
-        }
-    }
-    let _ = writeln!(
-        o,
-        "#EXTINF:{:.3},\n{prefix}seg-{}.m4s",
-        s.frames as f64 * 0.02,
-        s.msn
-    );
-}
-
-/// Parses `_HLS_msn` and `_HLS_part` from a query string.
-pub fn parse_blocking_query(query: &str) -> Result<(Option<u64>, Option<u64>), HlsError> {
+/// Parses `_HLS_msn` and `_HLS_part` from a playlist request's query string
+/// (other parameters, such as `token`, are ignored). `_HLS_part` without
+/// `_HLS_msn`, a repeated key or a value that is not a number is a 400.
+pub fn parse_blocking_query(query: &str) -> Result<(Option<u64>, Option<u32>), HlsError> {
     let (mut msn, mut part) = (None, None);
     for kv in query.split('&') {
-        if let Some(v) = kv.strip_prefix("_HLS_msn=") {
-            msn = Some(
-                v.parse()
-                    .map_err(|_| HlsError::Query("_HLS_msn must be an integer"))?,
-            );
-        } else if let Some(v) = kv.strip_prefix("_HLS_part=") {
-            part = Some(
-                v.parse()
-                    .map_err(|_| HlsError::Query("_HLS_part must be an integer"))?,
-            );
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        match k {
+            "_HLS_msn" => {
+                let v = digits(v).ok_or(HlsError::Query("_HLS_msn must be an integer"))?;
+                if msn.replace(v).is_some() {
+                    return Err(HlsError::Query("_HLS_msn is repeated"));
+                }
+            }
+            "_HLS_part" => {
+                let v = digits(v).ok_or(HlsError::Query("_HLS_part must be an integer"))?;
+                if part.replace(v).is_some() {
+                    return Err(HlsError::Query("_HLS_part is repeated"));
+                }
+            }
+            _ => {}
         }
     }
     if part.is_some() && msn.is_none() {
@@ -326,23 +252,25 @@ pub fn parse_blocking_query(query: &str) -> Result<(Option<u64>, Option<u64>), H
     Ok((msn, part))
 }
 
-/// Parses `seg-{msn}.m4s` / `part-{msn}-{part}.m4s` names.
-pub fn parse_media_name(name: &str) -> Option<(u64, Option<u64>)> {
+/// Parses `seg-{msn}.m4s` → `(msn, None)` and `part-{msn}-{part}.m4s` →
+/// `(msn, Some(part))`.
+pub fn parse_media_name(name: &str) -> Option<(u64, Option<u32>)> {
     if let Some(n) = name
         .strip_prefix("seg-")
         .and_then(|n| n.strip_suffix(".m4s"))
     {
-        return n.parse().ok().map(|m| (m, None));
+        return digits(n).map(|m| (m, None));
     }
     let n = name.strip_prefix("part-")?.strip_suffix(".m4s")?;
     let (m, p) = n.split_once('-')?;
-    Some((m.parse().ok()?, Some(p.parse().ok()?)))
+    Some((digits(m)?, Some(digits(p)?)))
 }
 
 /// µs since the epoch as RFC 3339 with milliseconds, UTC.
-fn rfc3339(us: u64) -> String {
+pub(crate) fn rfc3339(us: u64) -> String {
     let secs = us / 1_000_000;
     let ms = (us / 1000) % 1000;
+    // u64 µs are at most ~213 million days: i64 holds them.
     let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
@@ -366,6 +294,8 @@ fn rfc3339(us: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use amphi_core::Frame;
+    use bytes::Bytes;
     use proptest::prelude::*;
     use std::sync::Arc;
 
@@ -379,55 +309,109 @@ mod tests {
         }
     }
 
-    #[test]
-    fn parts_segments_and_playlists() {
-        let mut s = Segmenter::new(100);
-        let mut events = Vec::new();
-        for q in 0..230 {
-            events.extend(s.push(&frame(q)));
+    fn live(n: u64) -> Segmenter {
+        let mut s = Segmenter::new(SegmenterConfig::default());
+        for q in 0..n {
+            s.push(&frame(q));
         }
-        assert_eq!(
-            events
-                .iter()
-                .filter(|e| matches!(e, HlsEvent::Segment { .. }))
-                .count(),
-            2
-        );
-        assert_eq!(
-            events
-                .iter()
-                .filter(|e| matches!(e, HlsEvent::Part { .. }))
-                .count(),
-            9
-        );
+        s
+    }
+
+    #[test]
+    fn live_playlist_has_the_ll_hls_tags() {
+        let s = live(1030); // 10 segments, then parts 0 of msn 10
         let pl = s.live_playlist();
-        assert!(pl.contains("#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES"));
-        assert!(pl.contains("seg-0.m4s") && pl.contains("seg-1.m4s"));
-        assert!(pl.contains("part-2-0.m4s"));
-        assert!(pl.contains("#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"part-2-1.m4s\""));
-        assert!(s.part(2, 0).is_some() && s.part(2, 1).is_none());
-        assert_eq!(s.ready(2, Some(0)), Ready::Now);
-        assert_eq!(s.ready(2, Some(1)), Ready::Wait);
-        assert_eq!(s.ready(9, None), Ready::TooFar);
+        let lines: Vec<&str> = pl.lines().collect();
         assert_eq!(
-            s.segment(1).unwrap().len(),
-            s.segments()
-                .nth(1)
-                .unwrap()
-                .parts
-                .iter()
-                .map(Bytes::len)
-                .sum::<usize>()
+            &lines[..7],
+            [
+                "#EXTM3U",
+                "#EXT-X-VERSION:9",
+                "#EXT-X-TARGETDURATION:2",
+                "#EXT-X-PART-INF:PART-TARGET=0.5",
+                "#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=1.5",
+                "#EXT-X-MEDIA-SEQUENCE:4",
+                "#EXT-X-MAP:URI=\"init.mp4\"",
+            ]
         );
-        // A gap (restart) closes the segment and marks a discontinuity.
-        s.push(&frame(500));
+        assert!(pl.contains(
+            "#EXT-X-PROGRAM-DATE-TIME:2025-11-24T16:00:08.000Z\n#EXTINF:2.000,\nseg-4.m4s\n"
+        ));
+        assert!(pl.contains("#EXTINF:2.000,\nseg-9.m4s\n"));
+        // Parts only for the last three segments and the open one.
+        assert!(!pl.contains("part-6-"));
+        assert!(pl.contains("#EXT-X-PART:DURATION=0.500,URI=\"part-7-0.m4s\",INDEPENDENT=YES\n"));
+        assert!(pl.contains("part-10-0.m4s"));
+        assert!(pl.ends_with("#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"part-10-1.m4s\"\n"));
+        assert!(!pl.contains("ENDLIST"));
+    }
+
+    #[test]
+    fn blocking_reload_follows_the_edge() {
+        let s = live(230); // segments 0, 1 complete; msn 2 has part 0
+        assert_eq!(s.blocking_reload_ready(1, None), Ready::Now);
+        assert_eq!(s.blocking_reload_ready(2, None), Ready::Wait);
+        assert_eq!(s.blocking_reload_ready(2, Some(0)), Ready::Now);
+        assert_eq!(s.blocking_reload_ready(2, Some(1)), Ready::Wait);
+        assert_eq!(s.blocking_reload_ready(3, Some(0)), Ready::Wait);
+        assert_eq!(s.blocking_reload_ready(3, None), Ready::Wait);
+        assert_eq!(s.blocking_reload_ready(4, None), Ready::TooFar);
+        // Six parts ahead is the limit for 0.5 s parts.
+        assert_eq!(s.blocking_reload_ready(3, Some(2)), Ready::Wait);
+        assert_eq!(s.blocking_reload_ready(3, Some(3)), Ready::TooFar);
+        assert_eq!(
+            s.blocking_reload_ready(u64::MAX, Some(u32::MAX)),
+            Ready::TooFar
+        );
+        assert_eq!(s.ready(0, Some(9)), Ready::Now);
+        let mut s = s;
+        s.finish();
+        assert_eq!(s.blocking_reload_ready(3, None), Ready::Now);
+    }
+
+    #[test]
+    fn vod_playlist_lists_every_segment_without_parts() {
+        let mut s = Segmenter::new(SegmenterConfig {
+            keep_all: true,
+            ..SegmenterConfig::default()
+        })
+        .with_uri_prefix("replay/");
+        for q in (0..250).chain(5000..5100) {
+            s.push(&frame(q));
+        }
         s.finish();
         let vod = s.vod_playlist();
-        assert!(vod.contains("#EXT-X-DISCONTINUITY"));
+        assert!(vod.contains("#EXT-X-PLAYLIST-TYPE:VOD\n"));
+        assert!(vod.contains("#EXT-X-MEDIA-SEQUENCE:0\n"));
+        assert!(vod.contains("#EXTINF:1.000,\nreplay/seg-2.m4s\n"));
+        assert!(vod.contains("#EXT-X-DISCONTINUITY\n#EXT-X-PROGRAM-DATE-TIME:2025-11-24T16:01:40.000Z\n#EXTINF:2.000,\nreplay/seg-3.m4s\n"));
+        assert!(!vod.contains("EXT-X-PART"));
         assert!(vod.ends_with("#EXT-X-ENDLIST\n"));
-        assert!(s.live_playlist().contains("#EXT-X-ENDLIST"));
+        assert!(s.live_playlist().ends_with("#EXT-X-ENDLIST\n"));
+    }
+
+    #[test]
+    fn evicted_discontinuities_are_counted() {
+        let mut s = Segmenter::new(3);
+        for q in (0..100).chain(1000..1500) {
+            s.push(&frame(q));
+        }
+        assert!(
+            s.live_playlist()
+                .contains("#EXT-X-DISCONTINUITY-SEQUENCE:1\n")
+        );
+    }
+
+    #[test]
+    fn dates_and_numbers() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(rfc3339(1_764_000_000_123_000), "2025-11-24T16:00:00.123Z");
+        assert_eq!(rfc3339(951_782_400_000_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(secs(500), "0.5");
+        assert_eq!(secs(1500), "1.5");
+        assert_eq!(secs(2000), "2");
+        assert_eq!(secs(20), "0.02");
+        assert_eq!(span_secs(25), "0.500");
     }
 
     #[test]
@@ -435,44 +419,94 @@ mod tests {
         assert_eq!(parse_media_name("seg-12.m4s"), Some((12, None)));
         assert_eq!(parse_media_name("part-12-3.m4s"), Some((12, Some(3))));
         assert_eq!(parse_media_name("part-12.m4s"), None);
+        assert_eq!(parse_media_name("seg-+1.m4s"), None);
+        assert_eq!(parse_media_name("part-1-99999999999.m4s"), None);
         assert_eq!(
             parse_blocking_query("_HLS_msn=4&_HLS_part=1").unwrap(),
             (Some(4), Some(1))
         );
+        assert_eq!(
+            parse_blocking_query("token=abc&_HLS_msn=4").unwrap(),
+            (Some(4), None)
+        );
+        assert_eq!(parse_blocking_query("").unwrap(), (None, None));
         assert!(parse_blocking_query("_HLS_part=1").is_err());
         assert!(parse_blocking_query("_HLS_msn=x").is_err());
+        assert!(parse_blocking_query("_HLS_msn=").is_err());
+        assert!(parse_blocking_query("_HLS_msn=1&_HLS_msn=2").is_err());
+        assert!(parse_blocking_query("_HLS_msn=99999999999999999999999").is_err());
+    }
+
+    /// Every media URI a playlist names (parts, segments, but not the
+    /// preload hint, which names the future).
+    fn listed_uris(pl: &str) -> Vec<String> {
+        pl.lines()
+            .filter(|l| !l.starts_with("#EXT-X-PRELOAD-HINT") && !l.starts_with("#EXT-X-MAP"))
+            .filter_map(|l| {
+                if let Some(rest) = l.split("URI=\"").nth(1) {
+                    rest.split('"').next().map(str::to_owned)
+                } else if !l.starts_with('#') && !l.is_empty() {
+                    Some(l.to_owned())
+                } else {
+                    None
+                }
+            })
+            .collect()
     }
 
     proptest! {
         #[test]
-        fn names_and_queries_never_panic_and_roundtrip(s in ".{0,60}", m in 0u64..1_000_000, p in 0u64..10) {
+        fn names_and_queries_never_panic_and_roundtrip(s in ".{0,60}", m in any::<u64>(), p in any::<u32>()) {
             let _ = parse_media_name(&s);
             let _ = parse_blocking_query(&s);
             prop_assert_eq!(parse_media_name(&format!("part-{m}-{p}.m4s")), Some((m, Some(p))));
             prop_assert_eq!(parse_media_name(&format!("seg-{m}.m4s")), Some((m, None)));
+            prop_assert_eq!(parse_blocking_query(&format!("_HLS_part={p}&x=&_HLS_msn={m}")), Ok((Some(m), Some(p))));
         }
 
         #[test]
-        fn every_listed_uri_resolves(n in 1u64..400, gap_at in 0u64..400) {
-            let mut s = Segmenter::new(1000);
+        fn every_listed_uri_resolves(
+            n in 1u64..700,
+            gaps in proptest::collection::vec((0u64..700, 1u64..300), 0..4),
+            window in 3usize..8,
+            finish in any::<bool>(),
+        ) {
+            let mut s = Segmenter::new(window);
+            let mut seq = 0;
             for q in 0..n {
-                let seq = if q >= gap_at { q + 50 } else { q };
+                seq += gaps.iter().filter(|g| g.0 == q).map(|g| g.1).sum::<u64>();
                 s.push(&frame(seq));
-            }
-            let pl = s.live_playlist();
-            let mut total_frames = 0;
-            for line in pl.lines() {
-                let uri = line.split("URI=\"").nth(1).map(|r| r.split('"').next().unwrap_or("")).or(if line.ends_with(".m4s") { Some(line) } else { None });
-                if let Some(uri) = uri && !line.starts_with("#EXT-X-PRELOAD-HINT") && !line.starts_with("#EXT-X-MAP") {
-                    let (m, p) = parse_media_name(uri).unwrap();
-                    let found = match p { Some(p) => s.part(m, p).is_some(), None => s.segment(m).is_some() };
-                    prop_assert!(found, "{} is listed but not served", uri);
+                seq += 1;
+                if q % 37 == 0 {
+                    for pl in [s.live_playlist(), s.vod_playlist()] {
+                        for uri in listed_uris(&pl) {
+                            let (m, p) = parse_media_name(&uri).unwrap();
+                            let found = match p { Some(p) => s.part(m, p).is_some(), None => s.segment(m).is_some() };
+                            prop_assert!(found, "{} is listed but not served", uri);
+                        }
+                    }
                 }
             }
-            for seg in s.segments() { total_frames += seg.frames; }
-            prop_assert!(total_frames <= n);
-            let msns: Vec<u64> = s.segments().map(|x| x.msn).collect();
-            prop_assert!(msns.windows(2).all(|w| w[1] == w[0] + 1));
+            if finish { s.finish(); }
+            let pl = s.live_playlist();
+            prop_assert!(pl.starts_with("#EXTM3U\n"));
+            let media_seq: u64 = pl.lines().find_map(|l| l.strip_prefix("#EXT-X-MEDIA-SEQUENCE:")).unwrap().parse().unwrap();
+            let segs: Vec<u64> = listed_uris(&pl).iter().filter_map(|u| parse_media_name(u)).filter(|x| x.1.is_none()).map(|x| x.0).collect();
+            // Listed segments are consecutive from EXT-X-MEDIA-SEQUENCE.
+            for (i, m) in segs.iter().enumerate() {
+                prop_assert_eq!(*m, media_seq + i as u64);
+            }
+            for uri in listed_uris(&pl) {
+                let (m, p) = parse_media_name(&uri).unwrap();
+                let found = match p { Some(p) => s.part(m, p).is_some(), None => s.segment(m).is_some() };
+                prop_assert!(found, "{} is listed but not served", uri);
+            }
+            // EXTINF never exceeds the target duration.
+            for l in pl.lines().filter_map(|l| l.strip_prefix("#EXTINF:")) {
+                let d: f64 = l.trim_end_matches(',').parse().unwrap();
+                prop_assert!(d <= 2.0 && d > 0.0);
+            }
+            prop_assert_eq!(pl.contains("#EXT-X-PRELOAD-HINT"), !finish);
         }
     }
 }
