@@ -32,6 +32,30 @@ pub fn tone_ratio(samples: &[f32], freq: f32, rate: u32) -> f32 {
     if n == 0 { 0.0 } else { sum / n as f32 }
 }
 
+/// Amplitude (0..=1 for a full-scale sine) of the `freq` component of
+/// `samples`, measured through a Hann window so that a loud tone nearby
+/// does not leak into it: fit for short blocks such as one 20 ms frame,
+/// where the tone rarely falls on an exact bin.
+pub fn tone_amplitude(samples: &[f32], freq: f32, rate: u32) -> f32 {
+    let n = samples.len();
+    if n < 2 {
+        return 0.0;
+    }
+    let w = 2.0 * std::f32::consts::PI * freq / rate as f32;
+    let coeff = 2.0 * w.cos();
+    let (mut s1, mut s2) = (0f32, 0f32);
+    let mut wsum = 0f32;
+    for (i, x) in samples.iter().enumerate() {
+        let hann = 0.5 - 0.5 * (2.0 * std::f32::consts::PI * i as f32 / (n - 1) as f32).cos();
+        wsum += hann;
+        let s0 = x * hann + coeff * s1 - s2;
+        s2 = s1;
+        s1 = s0;
+    }
+    let power = (s1 * s1 + s2 * s2 - coeff * s1 * s2).max(0.0);
+    2.0 * power.sqrt() / wsum
+}
+
 /// The candidate frequency with the most energy.
 pub fn dominant_frequency(samples: &[f32], rate: u32, candidates: &[f32]) -> Option<f32> {
     candidates
@@ -78,5 +102,21 @@ mod tests {
         );
         assert!(peak(&s) <= 1.0 && rms(&s) > 0.4);
         assert_eq!(tone_ratio(&[0.0; 9600], 440.0, 48_000), 0.0);
+    }
+
+    #[test]
+    fn measures_a_tone_in_one_frame_despite_a_loud_neighbour() {
+        let s: Vec<f32> = (0..960)
+            .map(|i| {
+                let t = i as f32 / 48_000.0;
+                0.8 * (2.0 * std::f32::consts::PI * 440.0 * t).sin()
+                    + 0.01 * (2.0 * std::f32::consts::PI * 660.0 * t).sin()
+            })
+            .collect();
+        let a = tone_amplitude(&s, 440.0, 48_000);
+        let b = tone_amplitude(&s, 660.0, 48_000);
+        assert!((a - 0.8).abs() < 0.08, "{a}");
+        assert!((b - 0.01).abs() < 0.003, "{b}");
+        assert!(tone_amplitude(&s[..1], 440.0, 48_000) == 0.0);
     }
 }

@@ -12,24 +12,34 @@ pub mod ogg;
 pub mod opus;
 pub mod wire;
 
+pub use jitter::{Jitter, JitterConfig, JitterStats, Pop};
 pub use mixer::{Mixer, MixerConfig, MixerStats, Tick};
-pub use ogg::{OggPager, PageReader};
-pub use wire::WsBatcher;
+pub use ogg::{OggError, OggPager, OwnedPage, Page, PageReader, parse_page};
+pub use opus::{Decoder, Encoder, packet_samples};
+pub use wire::{Message, WireError, WsBatcher, decode_message, encode_message, ws_binary_frame};
 
 /// Why a media operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum MediaError {
-    /// libopus refused (its error code).
+    /// libopus refused (its error code, e.g. -4 for an invalid packet).
     #[error("opus error {0}")]
     Opus(i32),
     /// A bitrate outside 16–128 kbit/s.
     #[error("bitrate {0} is outside 16000..=128000")]
     Bitrate(i32),
+    /// A packet longer than the buffer it was to be decoded into.
+    #[error("packet of {needed} samples does not fit in {room}")]
+    OutputTooSmall {
+        /// Samples the packet carries.
+        needed: usize,
+        /// Samples the output could hold.
+        room: usize,
+    },
     /// Bytes that do not form a valid Ogg page.
-    #[error("invalid ogg page: {0}")]
-    Ogg(&'static str),
+    #[error(transparent)]
+    Ogg(#[from] OggError),
     /// Bytes that do not form a valid `live.ws` message.
-    #[error("invalid live.ws message: {0}")]
-    Wire(&'static str),
+    #[error(transparent)]
+    Wire(#[from] WireError),
 }

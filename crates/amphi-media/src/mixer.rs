@@ -1,6 +1,10 @@
 //! The mixer of one space: every 20 ms, one frame of each audible speaker,
 //! summed with a limiter, encoded once into the program; and for speakers
 //! who want it, a mix-minus (everyone but themselves) to hear the others.
+//!
+//! Sans-IO: the media thread pushes packets as they arrive and calls
+//! [`Mixer::tick`] every 20 ms with the capture time; nothing here reads a
+//! clock or a socket.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -9,18 +13,19 @@ use amphi_core::{Frame, ParticipantId, SpeakerLevel};
 use bytes::Bytes;
 
 use crate::MediaError;
-use crate::jitter::{Jitter, Pop};
+use crate::jitter::{Jitter, JitterConfig, JitterStats, Pop, Pushed};
 use crate::opus::{Decoder, Encoder, FRAME, MAX_PACKET_SAMPLES};
 
 /// Settings of a mixer.
 #[derive(Debug, Clone)]
 pub struct MixerConfig {
-    /// Program bitrate, bit/s.
+    /// Program bitrate, bit/s (16000..=128000).
     pub bitrate: i32,
-    /// Mix-minus bitrate, bit/s.
+    /// Mix-minus bitrate, bit/s: speakers only need to understand each
+    /// other.
     pub return_bitrate: i32,
-    /// Jitter buffer depth in packets (20 ms each).
-    pub jitter_depth: usize,
+    /// Per-speaker jitter buffer.
+    pub jitter: JitterConfig,
 }
 
 impl Default for MixerConfig {
@@ -28,24 +33,34 @@ impl Default for MixerConfig {
         MixerConfig {
             bitrate: 32_000,
             return_bitrate: 32_000,
-            jitter_depth: 2,
+            jitter: JitterConfig::default(),
         }
     }
 }
 
-/// Counters of a mixer.
+/// Counters of a mixer, over its life (removed speakers included).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct MixerStats {
+    /// Program frames produced.
     pub frames: u64,
+    /// Packets accepted from audible speakers.
     pub packets: u64,
+    /// Frames concealed (lost packets, undecodable packets, deepening).
     pub concealed: u64,
+    /// Packets that arrived after their slot was concealed.
+    pub late: u64,
+    /// Duplicate packets.
+    pub duplicate: u64,
+    /// Packets libopus could not decode.
     pub decode_errors: u64,
+    /// Packets from unknown or inaudible speakers, dropped at ingest.
     pub dropped_inaudible: u64,
+    /// Program frames in which the limiter reduced the gain.
     pub limited_frames: u64,
 }
 
 /// What one tick produced.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Tick {
     /// The program frame.
     pub frame: Frame,
@@ -53,12 +68,49 @@ pub struct Tick {
     pub mix_minus: Vec<(ParticipantId, Bytes)>,
 }
 
+/// The limiter keeps every output at or below this (-1 dBFS): the margin
+/// absorbs the codec's overshoot so decoded audio stays within [-1, 1].
+pub const CEILING: f32 = 0.89;
+/// Per-sample gain recovery after limiting (~0.2 s from half gain).
+const RELEASE: f32 = 0.00005;
+
+/// A peak limiter: instant attack (the gain drops to exactly what the
+/// loudest sample needs, so nothing ever passes the ceiling), slow release
+/// (no pumping between syllables).
+#[derive(Debug, Clone, Copy)]
+struct Limiter {
+    gain: f32,
+}
+
+impl Limiter {
+    const fn new() -> Self {
+        Limiter { gain: 1.0 }
+    }
+
+    /// Limits `pcm` in place; returns whether the gain had to drop.
+    fn apply(&mut self, pcm: &mut [f32; FRAME]) -> bool {
+        let mut limited = false;
+        for x in pcm.iter_mut() {
+            // NaN from a broken decoder must not poison the gain.
+            let v = if x.is_finite() { *x } else { 0.0 };
+            if (v * self.gain).abs() > CEILING {
+                self.gain = CEILING / v.abs();
+                limited = true;
+            }
+            *x = (v * self.gain).clamp(-CEILING, CEILING);
+            self.gain = (self.gain + RELEASE).min(1.0);
+        }
+        limited
+    }
+}
+
 struct Speaker {
     jitter: Jitter,
     decoder: Decoder,
+    /// Decoded audio not yet mixed (a 40 or 60 ms packet spans ticks).
     pcm: VecDeque<f32>,
     audible: bool,
-    ret: Option<Encoder>,
+    ret: Option<(Encoder, Limiter)>,
     frame: [f32; FRAME],
 }
 
@@ -66,11 +118,15 @@ struct Speaker {
 pub struct Mixer {
     cfg: MixerConfig,
     encoder: Encoder,
+    limiter: Limiter,
     speakers: BTreeMap<ParticipantId, Speaker>,
     seq: u64,
-    gain: f32,
     mix: [f32; FRAME],
+    program: [f32; FRAME],
+    scratch: [f32; FRAME],
     decoded: Box<[f32; MAX_PACKET_SAMPLES]>,
+    levels: Vec<SpeakerLevel>,
+    no_levels: Arc<[SpeakerLevel]>,
     stats: MixerStats,
 }
 
@@ -83,39 +139,50 @@ impl std::fmt::Debug for Mixer {
     }
 }
 
-/// The limiter keeps the sum below this.
-const CEILING: f32 = 0.95;
-/// Per-sample gain recovery after limiting (~0.25 s from half gain).
-const RELEASE: f32 = 0.00005;
-
-fn level(samples: &[f32]) -> u8 {
-    let rms = (samples.iter().map(|x| x * x).sum::<f32>() / samples.len() as f32).sqrt();
-    if rms <= 1e-5 {
+/// Loudness 0..=127 from the RMS: -60 dBFS and below is 0, full scale 127.
+pub fn level(samples: &[f32]) -> u8 {
+    if samples.is_empty() {
         return 0;
     }
-    // -60 dBFS .. 0 dBFS onto 0..127.
+    let rms = (samples.iter().map(|x| x * x).sum::<f32>() / samples.len() as f32).sqrt();
+    if !rms.is_finite() || rms <= 1e-3 {
+        return 0;
+    }
     let db = 20.0 * rms.log10();
-    (((db + 60.0) / 60.0).clamp(0.0, 1.0) * 127.0) as u8
+    (((db + 60.0) / 60.0).clamp(0.0, 1.0) * 127.0).round() as u8
 }
 
 impl Mixer {
     /// A mixer with no speakers; it already produces (silent) frames.
     pub fn new(cfg: MixerConfig) -> Result<Self, MediaError> {
+        // Fail early on a bad return bitrate rather than at the first
+        // speaker who asks for one.
+        drop(Encoder::new(cfg.return_bitrate)?);
         Ok(Mixer {
             encoder: Encoder::new(cfg.bitrate)?,
             cfg,
+            limiter: Limiter::new(),
             speakers: BTreeMap::new(),
             seq: 0,
-            gain: 1.0,
             mix: [0.0; FRAME],
+            program: [0.0; FRAME],
+            scratch: [0.0; FRAME],
             decoded: Box::new([0.0; MAX_PACKET_SAMPLES]),
+            levels: Vec::new(),
+            no_levels: Arc::from(Vec::new()),
             stats: MixerStats::default(),
         })
     }
 
-    /// Continues a program from `seq` (after a restart).
+    /// Continues a program from `seq` (after a restart), so that sequence
+    /// numbers stay gap-free for the life of the space.
     pub fn set_next_seq(&mut self, seq: u64) {
         self.seq = seq;
+    }
+
+    /// Sequence number the next tick will carry.
+    pub fn next_seq(&self) -> u64 {
+        self.seq
     }
 
     /// Counters so far.
@@ -125,36 +192,36 @@ impl Mixer {
 
     /// Per-speaker jitter-buffer counters (received, late, duplicate,
     /// missing/concealed).
-    pub fn speaker_stats(&self) -> Vec<(ParticipantId, crate::jitter::JitterStats)> {
+    pub fn speaker_stats(&self) -> Vec<(ParticipantId, JitterStats)> {
         self.speakers
             .iter()
             .map(|(pid, s)| (*pid, s.jitter.stats()))
             .collect()
     }
 
-    /// Adds (or updates) a speaker. Starts inaudible until told otherwise.
+    /// Adds a speaker, or updates whether they get a mix-minus. A new
+    /// speaker starts inaudible: the room core, not the client, decides
+    /// when they may be heard (no hot mics).
     pub fn add_speaker(
         &mut self,
         pid: ParticipantId,
         wants_return: bool,
     ) -> Result<(), MediaError> {
+        let ret = match self.speakers.get(&pid) {
+            Some(s) if s.ret.is_some() == wants_return => return Ok(()),
+            _ if wants_return => Some((Encoder::new(self.cfg.return_bitrate)?, Limiter::new())),
+            _ => None,
+        };
         if let Some(s) = self.speakers.get_mut(&pid) {
-            if wants_return && s.ret.is_none() {
-                s.ret = Some(Encoder::new(self.cfg.return_bitrate)?);
-            }
+            s.ret = ret;
             return Ok(());
         }
-        let ret = if wants_return {
-            Some(Encoder::new(self.cfg.return_bitrate)?)
-        } else {
-            None
-        };
         self.speakers.insert(
             pid,
             Speaker {
-                jitter: Jitter::new(self.cfg.jitter_depth),
+                jitter: Jitter::new(self.cfg.jitter),
                 decoder: Decoder::new()?,
-                pcm: VecDeque::with_capacity(MAX_PACKET_SAMPLES * 2),
+                pcm: VecDeque::with_capacity(MAX_PACKET_SAMPLES + 2 * FRAME),
                 audible: false,
                 ret,
                 frame: [0.0; FRAME],
@@ -168,24 +235,30 @@ impl Mixer {
         self.speakers.remove(&pid);
     }
 
-    /// Whether `pid` may be heard. Turning it off drops their buffered audio
-    /// at once, so nothing said before a mute plays after it.
+    /// Whether `pid` may be heard. Turning it off drops their buffered and
+    /// decoded audio at once, so nothing said before a mute plays after it.
     pub fn set_audible(&mut self, pid: ParticipantId, audible: bool) {
         if let Some(s) = self.speakers.get_mut(&pid) {
             if !audible && s.audible {
                 s.jitter.reset();
                 s.pcm.clear();
+                s.decoder.reset();
             }
             s.audible = audible;
         }
     }
 
-    /// A packet from `pid`'s ingest.
-    pub fn push_packet(&mut self, pid: ParticipantId, rtp_seq: u16, _rtp_ts: u32, payload: Bytes) {
+    /// A packet from `pid`'s ingest. Packets of unknown or inaudible
+    /// speakers are dropped here, before any decoding.
+    pub fn push_packet(&mut self, pid: ParticipantId, rtp_seq: u16, rtp_ts: u32, payload: Bytes) {
         match self.speakers.get_mut(&pid) {
             Some(s) if s.audible => {
                 self.stats.packets += 1;
-                s.jitter.push(rtp_seq, payload);
+                match s.jitter.push(rtp_seq, rtp_ts, payload) {
+                    Pushed::Late => self.stats.late += 1,
+                    Pushed::Duplicate => self.stats.duplicate += 1,
+                    Pushed::Queued | Pushed::Reset | Pushed::Overflow => {}
+                }
             }
             _ => self.stats.dropped_inaudible += 1,
         }
@@ -194,35 +267,16 @@ impl Mixer {
     /// Produces the next program frame, stamped `captured_at_us`.
     pub fn tick(&mut self, captured_at_us: u64) -> Tick {
         self.mix = [0.0; FRAME];
-        let mut levels = Vec::new();
+        self.levels.clear();
         for (pid, s) in self.speakers.iter_mut() {
             s.frame = [0.0; FRAME];
             if !s.audible {
                 continue;
             }
-            while s.pcm.len() < FRAME {
-                let n = match s.jitter.pop() {
-                    Pop::Packet(p) => match s.decoder.decode(&p, &mut self.decoded) {
-                        Ok(n) => n,
-                        Err(_) => {
-                            self.stats.decode_errors += 1;
-                            s.decoder.conceal(&mut self.decoded)
-                        }
-                    },
-                    Pop::Missing => {
-                        self.stats.concealed += 1;
-                        s.decoder.conceal(&mut self.decoded)
-                    }
-                    Pop::Idle => break,
-                };
-                if n == 0 {
-                    break;
-                }
-                s.pcm.extend(&self.decoded[..n]);
-            }
+            Self::fill(s, &mut self.decoded, &mut self.stats);
             let take = s.pcm.len().min(FRAME);
             for (dst, src) in s.frame.iter_mut().zip(s.pcm.drain(..take)) {
-                *dst = src;
+                *dst = if src.is_finite() { src } else { 0.0 };
             }
             // A sender far ahead (long packets, clock drift) must not build
             // latency: keep at most two frames of decoded audio.
@@ -231,7 +285,7 @@ impl Mixer {
             }
             let l = level(&s.frame);
             if l > 0 {
-                levels.push(SpeakerLevel {
+                self.levels.push(SpeakerLevel {
                     participant: *pid,
                     level: l,
                 });
@@ -241,76 +295,94 @@ impl Mixer {
             }
         }
 
-        let mut program = self.mix;
-        if self.limit(&mut program) {
+        self.program = self.mix;
+        if self.limiter.apply(&mut self.program) {
             self.stats.limited_frames += 1;
         }
-        let opus = match self.encoder.encode(&program) {
+        let opus = match self.encoder.encode(&self.program) {
             Ok(p) => p,
             // The encoder cannot fail on a valid 20 ms float frame; if it
-            // ever does, a packet of digital silence keeps the stream going.
+            // ever does, a CELT packet of digital silence keeps the stream
+            // going.
             Err(_) => Bytes::from_static(&[0xf8, 0xff, 0xfe]),
+        };
+        let speakers = if self.levels.is_empty() {
+            self.no_levels.clone()
+        } else {
+            Arc::from(&self.levels[..])
         };
         let frame = Frame {
             seq: self.seq,
             captured_at_us,
             opus,
-            program_level: level(&program),
-            speakers: Arc::from(levels),
+            program_level: level(&self.program),
+            speakers,
         };
         self.seq += 1;
         self.stats.frames += 1;
 
         let mut mix_minus = Vec::new();
         for (pid, s) in self.speakers.iter_mut() {
-            let Some(enc) = s.ret.as_mut() else { continue };
-            let mut mm = [0f32; FRAME];
-            for ((o, m), own) in mm.iter_mut().zip(self.mix.iter()).zip(s.frame.iter()) {
-                *o = (m - own).clamp(-CEILING, CEILING);
+            let Some((enc, limiter)) = s.ret.as_mut() else {
+                continue;
+            };
+            for ((o, m), own) in self.scratch.iter_mut().zip(&self.mix).zip(&s.frame) {
+                *o = m - own;
             }
-            if let Ok(p) = enc.encode(&mm) {
+            limiter.apply(&mut self.scratch);
+            if let Ok(p) = enc.encode(&self.scratch) {
                 mix_minus.push((*pid, p));
             }
         }
         Tick { frame, mix_minus }
     }
 
-    /// A peak limiter: instant attack, slow release. Returns whether it
-    /// had to reduce the gain.
-    fn limit(&mut self, pcm: &mut [f32; FRAME]) -> bool {
-        let mut limited = false;
-        for x in pcm.iter_mut() {
-            let y = *x * self.gain;
-            if y.abs() > CEILING {
-                self.gain = CEILING / x.abs();
-                limited = true;
+    /// Decodes packets from the speaker's jitter buffer until a frame's
+    /// worth of audio is ready (or the buffer has nothing to give).
+    fn fill(s: &mut Speaker, decoded: &mut [f32; MAX_PACKET_SAMPLES], stats: &mut MixerStats) {
+        while s.pcm.len() < FRAME {
+            let n = match s.jitter.pop() {
+                Pop::Packet(p) => match s.decoder.decode(&p, &mut decoded[..]) {
+                    Ok(n) => n,
+                    Err(_) => {
+                        stats.decode_errors += 1;
+                        stats.concealed += 1;
+                        s.decoder.conceal(&mut decoded[..])
+                    }
+                },
+                Pop::Missing => {
+                    stats.concealed += 1;
+                    s.decoder.conceal(&mut decoded[..])
+                }
+                Pop::Empty => break,
+            };
+            if n == 0 {
+                break;
             }
-            *x = (*x * self.gain).clamp(-CEILING, CEILING);
-            self.gain = (self.gain + RELEASE).min(1.0);
+            s.pcm.extend(&decoded[..n]);
         }
-        limited
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::analysis::{peak, tone_ratio};
+    use crate::analysis::{peak, tone_amplitude, tone_ratio};
     use crate::opus::Decoder;
 
-    fn sine(freq: f32, amp: f32, k: usize) -> [f32; FRAME] {
-        let mut f = [0f32; FRAME];
-        for (i, s) in f.iter_mut().enumerate() {
-            *s =
-                amp * (2.0 * std::f32::consts::PI * freq * (k * FRAME + i) as f32 / 48_000.0).sin();
-        }
-        f
+    fn sine(freq: f32, amp: f32, from: usize, len: usize) -> Vec<f32> {
+        (from..from + len)
+            .map(|i| amp * (2.0 * std::f32::consts::PI * freq * i as f32 / 48_000.0).sin())
+            .collect()
     }
 
+    /// A speaker's client: a tone, encoded in packets of `samples`.
     struct Sender {
         enc: Encoder,
         freq: f32,
         amp: f32,
+        at: usize,
+        seq: u16,
     }
 
     impl Sender {
@@ -319,16 +391,28 @@ mod tests {
                 enc: Encoder::new(64_000).unwrap(),
                 freq,
                 amp,
+                at: 0,
+                seq: 0,
             }
         }
-        fn packet(&mut self, k: usize) -> Bytes {
-            self.enc.encode(&sine(self.freq, self.amp, k)).unwrap()
+        /// Next packet: (rtp seq, rtp ts, payload).
+        fn packet(&mut self, samples: usize) -> (u16, u32, Bytes) {
+            let pcm = sine(self.freq, self.amp, self.at, samples);
+            let p = self.enc.encode_samples(&pcm).unwrap();
+            let out = (self.seq, self.at as u32, p);
+            self.at += samples;
+            self.seq = self.seq.wrapping_add(1);
+            out
+        }
+        fn send(&mut self, m: &mut Mixer, pid: ParticipantId) {
+            let (s, t, p) = self.packet(FRAME);
+            m.push_packet(pid, s, t, p);
         }
     }
 
     fn decode_all(packets: &[Bytes]) -> Vec<f32> {
         let mut d = Decoder::new().unwrap();
-        let mut buf = [0f32; MAX_PACKET_SAMPLES];
+        let mut buf = [0f32; FRAME];
         let mut out = Vec::new();
         for p in packets {
             let n = d.decode(p, &mut buf).unwrap();
@@ -337,83 +421,231 @@ mod tests {
         out
     }
 
-    #[test]
-    fn two_speakers_mix_unclipped_mute_removes_one_and_mix_minus_excludes_self() {
-        let (a, b) = (ParticipantId(1), ParticipantId(2));
+    const A: ParticipantId = ParticipantId(1);
+    const B: ParticipantId = ParticipantId(2);
+
+    fn two_speakers() -> (Mixer, Sender, Sender) {
         let mut m = Mixer::new(MixerConfig::default()).unwrap();
-        m.add_speaker(a, true).unwrap();
-        m.add_speaker(b, false).unwrap();
-        m.set_audible(a, true);
-        m.set_audible(b, true);
-        let (mut sa, mut sb) = (Sender::new(440.0, 0.9), Sender::new(1000.0, 0.9));
+        m.add_speaker(A, true).unwrap();
+        m.add_speaker(B, false).unwrap();
+        m.set_audible(A, true);
+        m.set_audible(B, true);
+        // Both near full scale: their sum is nearly twice that.
+        (m, Sender::new(440.0, 0.98), Sender::new(660.0, 0.98))
+    }
+
+    #[test]
+    fn two_loud_speakers_are_both_heard_without_clipping() {
+        let (mut m, mut sa, mut sb) = two_speakers();
         let mut program = Vec::new();
-        let mut returned = Vec::new();
-        for k in 0..100 {
-            m.push_packet(a, k as u16, 0, sa.packet(k));
-            m.push_packet(b, k as u16, 0, sb.packet(k));
-            let t = m.tick(k as u64);
-            assert_eq!(t.frame.seq, k as u64);
-            program.push(t.frame.opus);
-            for (pid, p) in t.mix_minus {
-                assert_eq!(pid, a);
-                returned.push(p);
+        for k in 0..100u64 {
+            sa.send(&mut m, A);
+            sb.send(&mut m, B);
+            let t = m.tick(1_000 + k * 20_000);
+            assert_eq!(t.frame.seq, k);
+            assert_eq!(t.frame.captured_at_us, 1_000 + k * 20_000);
+            if k > 5 {
+                assert_eq!(t.frame.speakers.len(), 2);
+                assert!(
+                    t.frame.speakers.iter().all(|l| l.level > 110),
+                    "{:?}",
+                    t.frame.speakers
+                );
+                assert!(t.frame.program_level > 110);
             }
+            program.push(t.frame.opus);
         }
         let pcm = decode_all(&program);
         let tail = &pcm[pcm.len() / 2..];
-        assert!(tone_ratio(tail, 440.0, 48_000) > 0.3, "440 missing");
-        assert!(tone_ratio(tail, 1000.0, 48_000) > 0.3, "1000 missing");
-        assert!(peak(tail) < 1.0, "the program clipped: {}", peak(tail));
+        let (r440, r660) = (
+            tone_ratio(tail, 440.0, 48_000),
+            tone_ratio(tail, 660.0, 48_000),
+        );
+        assert!(r440 > 0.35 && r660 > 0.35, "440: {r440}, 660: {r660}");
+        assert!(peak(&pcm) <= 1.0, "the program clipped: {}", peak(&pcm));
+        assert!(m.stats().limited_frames > 0);
+        assert_eq!(m.stats().concealed, 0);
+    }
+
+    #[test]
+    fn a_muted_speaker_is_gone_from_the_next_frame() {
+        let (mut m, mut sa, mut sb) = two_speakers();
+        let mut program = Vec::new();
+        for k in 0..50 {
+            sa.send(&mut m, A);
+            sb.send(&mut m, B);
+            program.push(m.tick(k).frame.opus);
+        }
+        // B's packets keep coming (the client does not know it is muted),
+        // and some are already buffered.
+        m.set_audible(B, false);
+        let muted_at = program.len();
+        for k in 50..100 {
+            sa.send(&mut m, A);
+            sb.send(&mut m, B);
+            let t = m.tick(k);
+            assert!(t.frame.speakers.iter().all(|l| l.participant == A));
+            program.push(t.frame.opus);
+        }
+        let mut d = Decoder::new().unwrap();
+        let mut buf = [0f32; FRAME];
+        for (i, p) in program.iter().enumerate() {
+            let n = d.decode(p, &mut buf).unwrap();
+            let (a, b) = (
+                tone_amplitude(&buf[..n], 440.0, 48_000),
+                tone_amplitude(&buf[..n], 660.0, 48_000),
+            );
+            if i > 10 && i < muted_at {
+                assert!(b > 0.2, "frame {i}: B should be heard ({b})");
+            }
+            // The codec's 6.5 ms lookahead carries the end of the frame
+            // before the mute into the first frame after it; from the
+            // next one on, nothing of B.
+            if i > muted_at {
+                assert!(b < 0.005, "frame {i}: B heard after the mute ({b})");
+                assert!(a > 0.3, "frame {i}: A lost ({a})");
+            }
+        }
+        assert!(m.stats().dropped_inaudible >= 50);
+    }
+
+    #[test]
+    fn mix_minus_carries_the_others_but_not_oneself() {
+        let (mut m, mut sa, mut sb) = two_speakers();
+        let mut returned = Vec::new();
+        for k in 0..100 {
+            sa.send(&mut m, A);
+            sb.send(&mut m, B);
+            let t = m.tick(k);
+            assert_eq!(t.mix_minus.len(), 1, "only A asked for return audio");
+            for (pid, p) in t.mix_minus {
+                assert_eq!(pid, A);
+                returned.push(p);
+            }
+        }
         let ret = decode_all(&returned);
-        let rtail = &ret[ret.len() / 2..];
-        assert!(tone_ratio(rtail, 1000.0, 48_000) > 0.8, "A must hear B");
+        let tail = &ret[ret.len() / 2..];
+        assert!(tone_ratio(tail, 660.0, 48_000) > 0.8, "A must hear B");
         assert!(
-            tone_ratio(rtail, 440.0, 48_000) < 0.02,
+            tone_ratio(tail, 440.0, 48_000) < 0.01,
             "A must not hear itself"
         );
-
-        // Mute B: from the next tick on, B is gone from the program.
-        m.set_audible(b, false);
-        let mut after = Vec::new();
-        for k in 100..200 {
-            m.push_packet(a, k as u16, 0, sa.packet(k));
-            m.push_packet(b, k as u16, 0, sb.packet(k));
-            after.push(m.tick(k as u64).frame.opus);
-        }
-        let pcm = decode_all(&after);
-        let tail = &pcm[9600..];
-        assert!(
-            tone_ratio(tail, 1000.0, 48_000) < 0.01,
-            "a muted speaker is heard"
-        );
-        assert!(tone_ratio(tail, 440.0, 48_000) > 0.8);
-        assert!(m.stats().dropped_inaudible >= 100);
+        assert!(peak(&ret) <= 1.0);
     }
 
     #[test]
     fn silence_is_still_a_continuous_stream() {
         let mut m = Mixer::new(MixerConfig::default()).unwrap();
-        let seqs: Vec<u64> = (0..50).map(|k| m.tick(k).frame.seq).collect();
+        m.add_speaker(A, true).unwrap();
+        m.set_audible(A, true);
+        let ticks: Vec<Tick> = (0..50).map(|k| m.tick(k * 20_000)).collect();
+        let seqs: Vec<u64> = ticks.iter().map(|t| t.frame.seq).collect();
         assert_eq!(seqs, (0..50).collect::<Vec<_>>());
-        let f = m.tick(99).frame;
-        assert_eq!(f.program_level, 0);
-        assert!(f.speakers.is_empty());
-        assert!(!f.opus.is_empty());
+        assert!(ticks.iter().all(|t| t.frame.program_level == 0
+            && t.frame.speakers.is_empty()
+            && !t.frame.opus.is_empty()
+            && t.mix_minus.len() == 1));
+        let pcm = decode_all(
+            &ticks
+                .iter()
+                .map(|t| t.frame.opus.clone())
+                .collect::<Vec<_>>(),
+        );
+        assert_eq!(pcm.len(), 50 * FRAME);
+        assert!(peak(&pcm) < 1e-3);
+        // A restarted program continues its numbering.
+        m.set_next_seq(1_000);
+        assert_eq!(m.tick(0).frame.seq, 1_000);
+        assert_eq!(m.tick(0).frame.seq, 1_001);
     }
 
     #[test]
-    fn lost_packets_are_concealed() {
-        let a = ParticipantId(1);
+    fn lost_packets_are_concealed_and_late_ones_counted() {
         let mut m = Mixer::new(MixerConfig::default()).unwrap();
-        m.add_speaker(a, false).unwrap();
-        m.set_audible(a, true);
+        m.add_speaker(A, false).unwrap();
+        m.set_audible(A, true);
         let mut s = Sender::new(440.0, 0.5);
-        for k in 0..50 {
-            if k % 10 != 5 {
-                m.push_packet(a, k as u16, 0, s.packet(k));
+        let mut held = None;
+        let mut program = Vec::new();
+        for k in 0..61 {
+            let (seq, ts, p) = s.packet(FRAME);
+            match k % 10 {
+                5 => held = Some((seq, ts, p)),
+                // Packet 5 shows up five ticks later: its slot is gone.
+                0 if k > 0 => {
+                    m.push_packet(A, seq, ts, p);
+                    if let Some((seq, ts, p)) = held.take() {
+                        m.push_packet(A, seq, ts, p);
+                    }
+                }
+                _ => m.push_packet(A, seq, ts, p),
             }
-            m.tick(0);
+            program.push(m.tick(k).frame.opus);
         }
-        assert!(m.stats().concealed >= 3);
+        let st = m.stats();
+        assert!(st.concealed >= 3, "{st:?}");
+        assert!(st.late >= 3, "{st:?}");
+        assert_eq!(st.packets, 61);
+        // Concealment keeps the tone going.
+        let pcm = decode_all(&program);
+        assert!(tone_ratio(&pcm[9600..], 440.0, 48_000) > 0.7);
+    }
+
+    #[test]
+    fn long_and_short_packets_play_continuously() {
+        for samples in [480usize, 1920, 2880] {
+            let mut m = Mixer::new(MixerConfig::default()).unwrap();
+            m.add_speaker(A, false).unwrap();
+            m.set_audible(A, true);
+            let mut s = Sender::new(440.0, 0.5);
+            let mut program = Vec::new();
+            let mut sent = 0;
+            for k in 0..150 {
+                // The sender keeps pace with the clock.
+                while sent < (k + 1) * FRAME {
+                    let (seq, ts, p) = s.packet(samples);
+                    m.push_packet(A, seq, ts, p);
+                    sent += samples;
+                }
+                program.push(m.tick(k as u64).frame.opus);
+            }
+            let st = m.stats();
+            assert_eq!(
+                (st.concealed, st.decode_errors),
+                (0, 0),
+                "{samples}: {st:?}"
+            );
+            let pcm = decode_all(&program);
+            // Heard without a gap once started.
+            let started = pcm.iter().position(|x| x.abs() > 0.1).unwrap();
+            let rest = &pcm[started + 9600..];
+            assert!(tone_ratio(rest, 440.0, 48_000) > 0.8, "{samples}");
+            for block in rest.chunks(FRAME) {
+                assert!(peak(block) > 0.3, "{samples}: a gap");
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_and_inaudible_speakers_are_dropped_at_ingest() {
+        let mut m = Mixer::new(MixerConfig::default()).unwrap();
+        m.add_speaker(A, false).unwrap();
+        let mut s = Sender::new(440.0, 0.5);
+        for k in 0..20 {
+            s.send(&mut m, A);
+            s.send(&mut m, ParticipantId(99));
+            assert_eq!(m.tick(k).frame.program_level, 0, "not yet audible");
+        }
+        assert_eq!(m.stats().dropped_inaudible, 40);
+        assert_eq!(m.stats().packets, 0);
+        m.remove_speaker(A);
+        assert!(m.speaker_stats().is_empty());
+        assert!(
+            Mixer::new(MixerConfig {
+                bitrate: 1,
+                ..MixerConfig::default()
+            })
+            .is_err()
+        );
     }
 }

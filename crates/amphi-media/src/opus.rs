@@ -29,8 +29,11 @@ impl std::fmt::Debug for Encoder {
 }
 
 impl Encoder {
-    /// A mono 48 kHz encoder at `bitrate` bit/s (16000..=128000).
-    pub fn new(bitrate: i32) -> Result<Self, MediaError> {
+    /// A mono 48 kHz encoder (application AUDIO: the program is speech,
+    /// music and jingles alike) at `bitrate_bps` bit/s, 16000..=128000 as
+    /// the spec allows.
+    pub fn new(bitrate_bps: i32) -> Result<Self, MediaError> {
+        let bitrate = bitrate_bps;
         if !(16_000..=128_000).contains(&bitrate) {
             return Err(MediaError::Bitrate(bitrate));
         }
@@ -56,15 +59,25 @@ impl Encoder {
         Ok(enc)
     }
 
-    /// Encodes one 20 ms frame into one packet.
+    /// Encodes one 20 ms frame into one packet (one `Bytes`, the only
+    /// allocation).
     pub fn encode(&mut self, pcm: &[f32; FRAME]) -> Result<Bytes, MediaError> {
-        // SAFETY: `pcm` holds FRAME samples and `out` MAX_PACKET_BYTES bytes,
-        // as the lengths passed say.
+        self.encode_samples(pcm)
+    }
+
+    /// Encodes `pcm` of any duration Opus allows (2.5 to 60 ms); tests use
+    /// it to make the 10, 40 and 60 ms packets some speakers send.
+    pub(crate) fn encode_samples(&mut self, pcm: &[f32]) -> Result<Bytes, MediaError> {
+        if ![120, 240, 480, 960, 1920, 2880].contains(&pcm.len()) {
+            return Err(MediaError::Opus(unsafe_ffi::OPUS_BAD_ARG));
+        }
+        // SAFETY: `pcm` holds `pcm.len()` samples and `out` MAX_PACKET_BYTES
+        // bytes, as the lengths passed say.
         let n = unsafe {
             unsafe_ffi::opus_encode_float(
                 self.st,
                 pcm.as_ptr(),
-                FRAME as i32,
+                pcm.len() as i32,
                 self.out.as_mut_ptr(),
                 MAX_PACKET_BYTES as i32,
             )
@@ -84,6 +97,13 @@ impl Drop for Encoder {
 }
 
 /// An Opus decoder for one speaker.
+///
+/// Speakers may send packets of any legal duration (2.5 to 120 ms), so
+/// [`Decoder::decode`] writes into a caller's slice and refuses, with
+/// [`MediaError::OutputTooSmall`], a packet longer than that slice: a
+/// 40 ms packet into a 960-sample frame is an error, never a truncation or
+/// a panic. The mixer decodes into a [`MAX_PACKET_SAMPLES`] buffer and so
+/// accepts every duration.
 pub struct Decoder {
     st: *mut unsafe_ffi::OpusDecoder,
 }
@@ -98,7 +118,7 @@ impl std::fmt::Debug for Decoder {
 }
 
 impl Decoder {
-    /// A mono 48 kHz decoder.
+    /// A mono 48 kHz decoder (stereo packets are mixed down).
     pub fn new() -> Result<Self, MediaError> {
         let mut err = 0i32;
         // SAFETY: valid arguments; the pointer is checked.
@@ -109,25 +129,32 @@ impl Decoder {
         Ok(Decoder { st })
     }
 
-    /// Decodes one packet of any legal duration (up to 120 ms) into `out`,
-    /// returning the number of samples written. Stereo packets are mixed
-    /// down by libopus. A malformed packet is an error, never a panic.
-    pub fn decode(
-        &mut self,
-        packet: &[u8],
-        out: &mut [f32; MAX_PACKET_SAMPLES],
-    ) -> Result<usize, MediaError> {
+    /// Decodes one packet into `out`, returning the number of samples
+    /// written. A malformed packet, or one longer than `out`, is an error;
+    /// the decoder stays usable either way.
+    pub fn decode(&mut self, packet: &[u8], out: &mut [f32]) -> Result<usize, MediaError> {
         if packet.is_empty() || packet.len() > MAX_PACKET_BYTES * 6 {
             return Err(MediaError::Opus(unsafe_ffi::OPUS_INVALID_PACKET));
         }
-        // SAFETY: `packet` and `out` are valid for the lengths given.
+        let samples =
+            packet_samples(packet).ok_or(MediaError::Opus(unsafe_ffi::OPUS_INVALID_PACKET))?;
+        let room = out.len().min(MAX_PACKET_SAMPLES);
+        if samples as usize > room {
+            return Err(MediaError::OutputTooSmall {
+                needed: samples as usize,
+                room: out.len(),
+            });
+        }
+        // SAFETY: `packet` holds `packet.len()` bytes and `out` at least
+        // `room` samples, as the lengths passed say; libopus writes at most
+        // `room` samples.
         let n = unsafe {
             unsafe_ffi::opus_decode_float(
                 self.st,
                 packet.as_ptr(),
                 packet.len() as i32,
                 out.as_mut_ptr(),
-                MAX_PACKET_SAMPLES as i32,
+                room as i32,
                 0,
             )
         };
@@ -137,10 +164,15 @@ impl Decoder {
         Ok(n as usize)
     }
 
-    /// Packet-loss concealment: 20 ms of plausible audio for a lost packet.
-    pub fn conceal(&mut self, out: &mut [f32; MAX_PACKET_SAMPLES]) -> usize {
+    /// Packet-loss concealment: writes 20 ms of plausible audio for a lost
+    /// packet (continuing the last decoded signal, fading out) and returns
+    /// the number of samples, [`FRAME`]; 0 if `out` is shorter than that.
+    pub fn conceal(&mut self, out: &mut [f32]) -> usize {
+        if out.len() < FRAME {
+            return 0;
+        }
         // SAFETY: a null packet asks libopus for PLC of FRAME samples into
-        // `out`, which is larger.
+        // `out`, which holds at least FRAME.
         let n = unsafe {
             unsafe_ffi::opus_decode_float(
                 self.st,
@@ -152,6 +184,21 @@ impl Decoder {
             )
         };
         n.max(0) as usize
+    }
+
+    /// Forgets the signal decoded so far, so that a speaker unmuted later
+    /// does not start with concealment or ringing from before the mute.
+    pub fn reset(&mut self) {
+        // SAFETY: `st` is a live decoder; OPUS_RESET_STATE takes no
+        // argument (the crate's varargs panic only on a missing or mistyped
+        // one).
+        unsafe {
+            unsafe_ffi::opus_decoder_ctl_impl(
+                self.st,
+                unsafe_ffi::OPUS_RESET_STATE,
+                unsafe_ffi::varargs!(),
+            );
+        }
     }
 }
 
@@ -200,7 +247,7 @@ mod tests {
         let mut enc = Encoder::new(32_000).unwrap();
         let mut dec = Decoder::new().unwrap();
         let mut out = Vec::new();
-        let mut buf = [0f32; MAX_PACKET_SAMPLES];
+        let mut buf = [0f32; FRAME];
         for k in 0..100 {
             let pkt = enc.encode(&sine(440.0, 0.5, k * FRAME)).unwrap();
             assert_eq!(packet_samples(&pkt), Some(960));
@@ -208,9 +255,85 @@ mod tests {
             out.extend_from_slice(&buf[..n]);
         }
         let tail = &out[9600..];
-        assert!(tone_ratio(tail, 440.0, 48_000) > 0.8);
-        assert!(tone_ratio(tail, 1000.0, 48_000) < 0.01);
-        assert!(dec.conceal(&mut buf) == FRAME);
+        let r = tone_ratio(tail, 440.0, 48_000);
+        assert!(r > 0.9, "440 Hz share {r}");
+        for other in [330.0, 660.0, 880.0, 1000.0] {
+            let r = tone_ratio(tail, other, 48_000);
+            assert!(r < 0.01, "{other} Hz share {r}");
+        }
+        let candidates = [330.0, 440.0, 660.0, 880.0, 1000.0];
+        assert_eq!(
+            crate::analysis::dominant_frequency(tail, 48_000, &candidates),
+            Some(440.0)
+        );
+        assert!((crate::analysis::rms(tail) - 0.5 / 2f32.sqrt()).abs() < 0.05);
+    }
+
+    #[test]
+    fn packets_of_every_duration_decode_or_are_refused_never_truncated() {
+        let mut enc = Encoder::new(32_000).unwrap();
+        let tone: Vec<f32> = (0..2880)
+            .map(|i| 0.5 * (2.0 * std::f32::consts::PI * 440.0 * i as f32 / 48_000.0).sin())
+            .collect();
+        for samples in [480usize, 960, 1920, 2880] {
+            let pkt = enc.encode_samples(&tone[..samples]).unwrap();
+            assert_eq!(packet_samples(&pkt), Some(samples as u32));
+            let mut dec = Decoder::new().unwrap();
+            let mut frame = [0f32; FRAME];
+            match dec.decode(&pkt, &mut frame) {
+                Ok(n) => assert_eq!((n, samples <= FRAME), (samples, true)),
+                Err(e) => assert_eq!(
+                    (e, samples > FRAME),
+                    (
+                        MediaError::OutputTooSmall {
+                            needed: samples,
+                            room: FRAME
+                        },
+                        true
+                    )
+                ),
+            }
+            let mut big = [0f32; MAX_PACKET_SAMPLES];
+            assert_eq!(dec.decode(&pkt, &mut big), Ok(samples));
+        }
+        assert!(enc.encode_samples(&tone[..1000]).is_err());
+    }
+
+    #[test]
+    fn toc_durations_follow_rfc_6716() {
+        // config 1 (SILK NB 20 ms), one frame.
+        assert_eq!(packet_samples(&[1 << 3]), Some(960));
+        // config 3 (SILK NB 60 ms), two frames (code 1).
+        assert_eq!(packet_samples(&[(3 << 3) | 1]), Some(5760));
+        // config 12 (hybrid SWB 10 ms), code 2.
+        assert_eq!(packet_samples(&[(12 << 3) | 2]), Some(960));
+        // config 16 (CELT NB 2.5 ms), code 3 with 48 frames = 120 ms.
+        assert_eq!(packet_samples(&[(16 << 3) | 3, 48]), Some(5760));
+        // 49 frames of 2.5 ms is over 120 ms: invalid.
+        assert_eq!(packet_samples(&[(16 << 3) | 3, 49]), None);
+        // config 31 (CELT FB 20 ms), code 3 with no frame count byte.
+        assert_eq!(packet_samples(&[(31 << 3) | 3]), None);
+        assert_eq!(packet_samples(&[(31 << 3) | 3, 0]), None);
+    }
+
+    #[test]
+    fn a_reset_decoder_forgets_the_previous_signal() {
+        let mut enc = Encoder::new(32_000).unwrap();
+        let mut dec = Decoder::new().unwrap();
+        let mut buf = [0f32; FRAME];
+        for k in 0..10 {
+            let n = dec.decode(&enc.encode(&sine(440.0, 0.8, k * FRAME)).unwrap(), &mut buf);
+            assert_eq!(n, Ok(FRAME));
+        }
+        assert_eq!(dec.conceal(&mut buf), FRAME);
+        assert!(crate::analysis::peak(&buf) > 0.05, "PLC continues the tone");
+        dec.reset();
+        assert_eq!(dec.conceal(&mut buf), FRAME);
+        assert!(
+            crate::analysis::peak(&buf) < 1e-3,
+            "nothing left after reset"
+        );
+        assert_eq!(dec.conceal(&mut buf[..100]), 0);
     }
 
     #[test]

@@ -5,15 +5,45 @@ use amphi_core::Frame;
 use amphi_core::frame::{FRAME_US, History};
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::MediaError;
-
 /// Format version of a message.
 pub const VERSION: u8 = 1;
+/// Most frames one message carries (`n` is one byte).
+pub const MAX_FRAMES: usize = 255;
 const HEADER: usize = 19;
 
-/// Encodes consecutive frames (1..=255) as one message payload.
+/// Why bytes are not a `live.ws` message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WireError {
+    /// Fewer bytes than the 19-byte header.
+    #[error("message of {0} bytes is shorter than the header")]
+    Short(usize),
+    /// A version other than [`VERSION`].
+    #[error("unknown version {0}")]
+    Version(u8),
+    /// `n` is zero.
+    #[error("message with no frames")]
+    NoFrames,
+    /// Frame `index` (or its length) runs past the end.
+    #[error("frame {index} is truncated")]
+    Truncated {
+        /// Index of the frame in the message.
+        index: usize,
+    },
+    /// Bytes after the last frame.
+    #[error("{0} trailing bytes")]
+    Trailing(usize),
+}
+
+/// Encodes consecutive frames as one message payload. The caller passes
+/// 1..=[`MAX_FRAMES`] frames (as [`WsBatcher`] does); frames beyond the
+/// 255th are left out rather than corrupting `n`.
 pub fn encode_message(frames: &[Frame]) -> Bytes {
-    let frames = &frames[..frames.len().min(255)];
+    debug_assert!(
+        !frames.is_empty(),
+        "a live.ws message carries 1..=255 frames"
+    );
+    let frames = &frames[..frames.len().min(MAX_FRAMES)];
     let body: usize = frames.iter().map(|f| 2 + f.opus.len()).sum();
     let mut b = BytesMut::with_capacity(HEADER + body);
     b.put_u8(VERSION);
@@ -80,37 +110,35 @@ impl Message<'_> {
     }
 }
 
-/// Decodes a message payload, checking every bound.
-pub fn decode_message(b: &[u8]) -> Result<Message<'_>, MediaError> {
+/// Decodes a message payload (without its WebSocket header), checking
+/// every bound: any bytes give a message or an error, never a panic.
+pub fn decode_message(b: &[u8]) -> Result<Message<'_>, WireError> {
     if b.len() < HEADER {
-        return Err(MediaError::Wire("shorter than the header"));
+        return Err(WireError::Short(b.len()));
     }
     if b[0] != VERSION {
-        return Err(MediaError::Wire("unknown version"));
+        return Err(WireError::Version(b[0]));
     }
     let n = usize::from(b[1]);
     if n == 0 {
-        return Err(MediaError::Wire("no frames"));
+        return Err(WireError::NoFrames);
     }
     let first_seq = u64::from_be_bytes([b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9]]);
     let captured_at_us =
         u64::from_be_bytes([b[10], b[11], b[12], b[13], b[14], b[15], b[16], b[17]]);
     let mut frames = Vec::with_capacity(n);
     let mut at = HEADER;
-    for _ in 0..n {
-        let len_bytes = b
-            .get(at..at + 2)
-            .ok_or(MediaError::Wire("truncated length"))?;
-        let len = usize::from(u16::from_be_bytes([len_bytes[0], len_bytes[1]]));
+    for index in 0..n {
+        let Some(&[hi, lo]) = b.get(at..at + 2) else {
+            return Err(WireError::Truncated { index });
+        };
+        let len = usize::from(u16::from_be_bytes([hi, lo]));
         at += 2;
-        frames.push(
-            b.get(at..at + len)
-                .ok_or(MediaError::Wire("truncated frame"))?,
-        );
+        frames.push(b.get(at..at + len).ok_or(WireError::Truncated { index })?);
         at += len;
     }
     if at != b.len() {
-        return Err(MediaError::Wire("trailing bytes"));
+        return Err(WireError::Trailing(b.len() - at));
     }
     Ok(Message {
         first_seq,
