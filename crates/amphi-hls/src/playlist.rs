@@ -9,6 +9,8 @@
 use std::fmt::Write;
 use std::str::FromStr;
 
+use bytes::Bytes;
+
 use crate::HlsError;
 pub use crate::segmenter::{HlsEvent, Segment, Segmenter, SegmenterConfig};
 use crate::segmenter::{Open, Part};
@@ -161,26 +163,75 @@ impl Segmenter {
         self.part_lines(o, c.msn, &c.parts);
     }
 
+    /// Seconds of the newest segments a delta playlist always lists: six
+    /// target durations, the minimum RFC 8216bis allows.
+    fn skip_until_ms(&self) -> u64 {
+        6 * self.target_duration() * 1000
+    }
+
     /// The LL-HLS media playlist: the window of segments, the parts of the
     /// last three target durations and of the segment in progress, and a
     /// preload hint for the next part (or `EXT-X-ENDLIST` once finished).
-    pub fn live_playlist(&self) -> String {
+    /// Rendered once per new part and shared.
+    pub fn live_playlist(&self) -> Bytes {
+        self.live_cache[0]
+            .get_or_init(|| Bytes::from(self.render_live(false)))
+            .clone()
+    }
+
+    /// The delta update asked for with `_HLS_skip=YES` (see [`wants_skip`]):
+    /// the live playlist with the segments older than `CAN-SKIP-UNTIL`
+    /// replaced by one `EXT-X-SKIP` line, so a long DVR window does not cost
+    /// every player its whole size on every part.
+    pub fn live_playlist_delta(&self) -> Bytes {
+        self.live_cache[1]
+            .get_or_init(|| Bytes::from(self.render_live(true)))
+            .clone()
+    }
+
+    fn render_live(&self, delta: bool) -> String {
         let mut o = String::with_capacity(256 + self.segments.len() * 200);
         self.header(&mut o);
         let _ = writeln!(o, "#EXT-X-PART-INF:PART-TARGET={}", secs(self.part_ms()));
         let _ = writeln!(
             o,
-            "#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK={}",
-            secs(3 * self.part_ms())
+            "#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK={},CAN-SKIP-UNTIL={}",
+            secs(3 * self.part_ms()),
+            secs(self.skip_until_ms())
         );
         self.sequence_lines(&mut o);
         o.push_str("#EXT-X-MAP:URI=\"init.mp4\"\n");
+        // Segments that end at least CAN-SKIP-UNTIL before the playlist's end.
+        let skipped = if delta {
+            let open_ms = self.open.as_ref().map_or(0, |c| {
+                c.parts
+                    .iter()
+                    .map(|p| p.span)
+                    .sum::<u64>()
+                    .saturating_mul(20)
+            });
+            let mut after_ms = open_ms;
+            let mut keep = 0;
+            for s in self.segments.iter().rev() {
+                if after_ms >= self.skip_until_ms() {
+                    break;
+                }
+                after_ms += s.span.saturating_mul(20);
+                keep += 1;
+            }
+            self.segments.len() - keep
+        } else {
+            0
+        };
+        if skipped > 0 {
+            let _ = writeln!(o, "#EXT-X-SKIP:SKIPPED-SEGMENTS={skipped}");
+        }
         // Parts older than three target durations from the edge are dropped.
         let seg_ms = self.cfg.segment_frames() * 20;
         let with_parts = usize::try_from((3 * self.target_duration() * 1000).div_ceil(seg_ms))
             .unwrap_or(usize::MAX);
         let n = self.segments.len();
-        for (i, s) in self.segments.iter().enumerate() {
+        for (i, s) in self.segments.iter().enumerate().skip(skipped) {
             self.segment_lines(&mut o, s, i + with_parts >= n);
         }
         if let Some(c) = &self.open {
@@ -252,6 +303,14 @@ pub fn parse_blocking_query(query: &str) -> Result<(Option<u64>, Option<u32>), H
     Ok((msn, part))
 }
 
+/// Whether a playlist request asks for a delta update (`_HLS_skip=YES`,
+/// or `v2`, which also allows skipping date ranges; we have none).
+pub fn wants_skip(query: &str) -> bool {
+    query
+        .split('&')
+        .any(|kv| kv == "_HLS_skip=YES" || kv == "_HLS_skip=v2")
+}
+
 /// Parses `seg-{msn}.m4s` → `(msn, None)` and `part-{msn}-{part}.m4s` →
 /// `(msn, Some(part))`.
 pub fn parse_media_name(name: &str) -> Option<(u64, Option<u32>)> {
@@ -309,6 +368,35 @@ mod tests {
         }
     }
 
+    fn text(b: Bytes) -> String {
+        String::from_utf8(b.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn delta_updates_skip_old_segments_and_cache_until_the_next_part() {
+        let mut s = Segmenter::new(100);
+        for q in 0..1030 {
+            s.push(&frame(q));
+        }
+        let full = s.live_playlist();
+        assert_eq!(full.as_ptr(), s.live_playlist().as_ptr(), "rendered once");
+        let delta = text(s.live_playlist_delta());
+        // 10 segments of 2 s and 0.5 s open: keep the newest 6 (12 s).
+        assert!(delta.contains("#EXT-X-MEDIA-SEQUENCE:0\n"));
+        assert!(delta.contains("#EXT-X-SKIP:SKIPPED-SEGMENTS=4\n"));
+        assert!(!delta.contains("seg-3.m4s") && delta.contains("seg-4.m4s"));
+        assert!(delta.len() < full.len());
+        for q in 1030..1055 {
+            s.push(&frame(q));
+        }
+        let next = s.live_playlist();
+        assert_ne!(full.as_ptr(), next.as_ptr());
+        assert!(text(next).contains("part-10-1.m4s"));
+        assert!(!text(live(300).live_playlist_delta()).contains("EXT-X-SKIP"));
+        assert!(wants_skip("token=a&_HLS_skip=YES"));
+        assert!(!wants_skip("_HLS_skip=NO"));
+    }
+
     fn live(n: u64) -> Segmenter {
         let mut s = Segmenter::new(SegmenterConfig::default());
         for q in 0..n {
@@ -320,7 +408,7 @@ mod tests {
     #[test]
     fn live_playlist_has_the_ll_hls_tags() {
         let s = live(1030); // 10 segments, then parts 0 of msn 10
-        let pl = s.live_playlist();
+        let pl = text(s.live_playlist());
         let lines: Vec<&str> = pl.lines().collect();
         assert_eq!(
             &lines[..7],
@@ -329,7 +417,7 @@ mod tests {
                 "#EXT-X-VERSION:9",
                 "#EXT-X-TARGETDURATION:2",
                 "#EXT-X-PART-INF:PART-TARGET=0.5",
-                "#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=1.5",
+                "#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=1.5,CAN-SKIP-UNTIL=12",
                 "#EXT-X-MEDIA-SEQUENCE:4",
                 "#EXT-X-MAP:URI=\"init.mp4\"",
             ]
@@ -387,7 +475,7 @@ mod tests {
         assert!(vod.contains("#EXT-X-DISCONTINUITY\n#EXT-X-PROGRAM-DATE-TIME:2025-11-24T16:01:40.000Z\n#EXTINF:2.000,\nreplay/seg-3.m4s\n"));
         assert!(!vod.contains("EXT-X-PART"));
         assert!(vod.ends_with("#EXT-X-ENDLIST\n"));
-        assert!(s.live_playlist().ends_with("#EXT-X-ENDLIST\n"));
+        assert!(text(s.live_playlist()).ends_with("#EXT-X-ENDLIST\n"));
     }
 
     #[test]
@@ -396,10 +484,7 @@ mod tests {
         for q in (0..100).chain(1000..1500) {
             s.push(&frame(q));
         }
-        assert!(
-            s.live_playlist()
-                .contains("#EXT-X-DISCONTINUITY-SEQUENCE:1\n")
-        );
+        assert!(text(s.live_playlist()).contains("#EXT-X-DISCONTINUITY-SEQUENCE:1\n"));
     }
 
     #[test]
@@ -478,7 +563,7 @@ mod tests {
                 s.push(&frame(seq));
                 seq += 1;
                 if q % 37 == 0 {
-                    for pl in [s.live_playlist(), s.vod_playlist()] {
+                    for pl in [text(s.live_playlist()), text(s.live_playlist_delta()), s.vod_playlist()] {
                         for uri in listed_uris(&pl) {
                             let (m, p) = parse_media_name(&uri).unwrap();
                             let found = match p { Some(p) => s.part(m, p).is_some(), None => s.segment(m).is_some() };
@@ -488,7 +573,7 @@ mod tests {
                 }
             }
             if finish { s.finish(); }
-            let pl = s.live_playlist();
+            let pl = text(s.live_playlist());
             prop_assert!(pl.starts_with("#EXTM3U\n"));
             let media_seq: u64 = pl.lines().find_map(|l| l.strip_prefix("#EXT-X-MEDIA-SEQUENCE:")).unwrap().parse().unwrap();
             let segs: Vec<u64> = listed_uris(&pl).iter().filter_map(|u| parse_media_name(u)).filter(|x| x.1.is_none()).map(|x| x.0).collect();

@@ -8,6 +8,7 @@
 //! past the targets the playlist announces, and decode times (`seq × 960`)
 //! stay exact whatever is missing.
 
+use std::cell::OnceCell;
 use std::collections::VecDeque;
 use std::time::Duration;
 
@@ -152,6 +153,9 @@ pub struct Segmenter {
     pub(crate) discontinuity_sequence: u64,
     pub(crate) ended: bool,
     pub(crate) prefix: String,
+    /// The live playlist (full, delta) rendered once per change: every
+    /// blocked request wakes on the same part and gets the same `Bytes`.
+    pub(crate) live_cache: [OnceCell<bytes::Bytes>; 2],
 }
 
 impl Segmenter {
@@ -172,12 +176,14 @@ impl Segmenter {
             discontinuity_sequence: 0,
             ended: false,
             prefix: String::new(),
+            live_cache: Default::default(),
         }
     }
 
     /// Prefixes every media URI in the playlists (e.g. `replay/`).
     pub fn with_uri_prefix(mut self, prefix: &str) -> Self {
         self.prefix = prefix.to_owned();
+        self.live_cache = Default::default();
         self
     }
 
@@ -199,6 +205,14 @@ impl Segmenter {
     /// Adds the next program frame. Frames whose sequence number is not
     /// above the last one are dropped: decode times must only grow.
     pub fn push(&mut self, frame: &Frame) -> Vec<HlsEvent> {
+        let events = self.cut(frame);
+        if !events.is_empty() {
+            self.live_cache = Default::default();
+        }
+        events
+    }
+
+    fn cut(&mut self, frame: &Frame) -> Vec<HlsEvent> {
         let mut events = Vec::new();
         if self.ended {
             return events;
@@ -350,6 +364,7 @@ impl Segmenter {
         let mut events = Vec::new();
         self.close_segment(&mut events);
         self.ended = true;
+        self.live_cache = Default::default();
         events
     }
 
