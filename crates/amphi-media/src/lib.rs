@@ -16,7 +16,9 @@ pub use jitter::{Jitter, JitterConfig, JitterStats, Pop};
 pub use mixer::{Mixer, MixerConfig, MixerStats, Tick};
 pub use ogg::{OggError, OggPager, OwnedPage, Page, PageReader, parse_page};
 pub use opus::{Decoder, Encoder, packet_samples};
-pub use wire::{Message, WireError, WsBatcher, decode_message, encode_message, ws_binary_frame};
+pub use wire::{
+    Message, WireError, WsBatcher, decode_message, encode_message, ws_binary_frame, ws_message,
+};
 
 /// Why a media operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

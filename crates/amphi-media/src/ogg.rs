@@ -97,26 +97,29 @@ pub fn crc32(data: &[u8]) -> u32 {
 /// the first page, `last_flags` on the last. With no packets, one empty page
 /// is written with granule `empty_granule` (an EOS page must still say
 /// where the stream ends). Returns the pages written.
-fn write_pages(
+fn write_pages<P: AsRef<[u8]>>(
     out: &mut BytesMut,
+    body: &mut Vec<u8>,
     serial: u32,
     page_seq: &mut u32,
-    packets: &[(&[u8], u64)],
+    packets: &[(P, u64)],
     (first_flags, last_flags): (u8, u8),
     empty_granule: u64,
 ) -> usize {
+    body.clear();
     let mut w = PageWriter {
         out,
         serial,
         page_seq,
         lacing: [0; 255],
         nlacing: 0,
-        body: Vec::new(),
+        body,
         granule: NO_GRANULE,
         flags: first_flags,
         pages: 0,
     };
     for (p, granule) in packets {
+        let p = p.as_ref();
         let mut rest: &[u8] = p;
         loop {
             if w.nlacing == 255 {
@@ -150,7 +153,8 @@ struct PageWriter<'a> {
     page_seq: &'a mut u32,
     lacing: [u8; 255],
     nlacing: usize,
-    body: Vec<u8>,
+    /// The page's data so far (a scratch buffer reused across pages).
+    body: &'a mut Vec<u8>,
     granule: u64,
     flags: u8,
     pages: usize,
@@ -170,7 +174,7 @@ impl PageWriter<'_> {
         self.out.put_u32_le(0);
         self.out.put_u8(self.nlacing as u8);
         self.out.put_slice(&self.lacing[..self.nlacing]);
-        self.out.put_slice(&self.body);
+        self.out.put_slice(self.body);
         let crc = crc32(&self.out[start..]);
         self.out[start + 22..start + 26].copy_from_slice(&crc.to_le_bytes());
         *self.page_seq = self.page_seq.wrapping_add(1);
@@ -216,6 +220,8 @@ pub struct OggPager {
     page_seq: u32,
     /// Granule at the end of the last frame pushed.
     last_granule: u64,
+    /// Page body scratch, kept between pages.
+    scratch: Vec<u8>,
 }
 
 impl OggPager {
@@ -232,6 +238,7 @@ impl OggPager {
             origin: 0,
             page_seq: 2,
             last_granule: 0,
+            scratch: Vec::new(),
         }
     }
 
@@ -247,11 +254,12 @@ impl OggPager {
     /// 0) and OpusTags (page 1), the same bytes for every listener.
     pub fn headers(&self) -> Bytes {
         let mut out = BytesMut::with_capacity(2 * HEADER + 64);
+        let mut body = Vec::new();
         let mut seq = 0;
-        let head: &[u8] = &opus_head();
-        write_pages(&mut out, self.serial, &mut seq, &[(head, 0)], (BOS, 0), 0);
-        let tags: &[u8] = &opus_tags();
-        write_pages(&mut out, self.serial, &mut seq, &[(tags, 0)], (0, 0), 0);
+        let (head, tags) = (opus_head(), opus_tags());
+        let s = self.serial;
+        write_pages(&mut out, &mut body, s, &mut seq, &[(head, 0)], (BOS, 0), 0);
+        write_pages(&mut out, &mut body, s, &mut seq, &[(tags, 0)], (0, 0), 0);
         out.freeze()
     }
 
@@ -280,13 +288,13 @@ impl OggPager {
 
     fn page(&mut self, last_flags: u8) -> Bytes {
         let body: usize = self.pending.iter().map(|(p, _)| p.len()).sum();
-        let mut out = BytesMut::with_capacity(HEADER + self.pending.len() * 2 + body);
-        let packets: Vec<(&[u8], u64)> = self.pending.iter().map(|(p, g)| (&p[..], *g)).collect();
+        let mut out = BytesMut::with_capacity(HEADER + 255 + body);
         write_pages(
             &mut out,
+            &mut self.scratch,
             self.serial,
             &mut self.page_seq,
-            &packets,
+            &self.pending,
             (0, last_flags),
             self.last_granule,
         );

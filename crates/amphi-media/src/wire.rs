@@ -43,9 +43,23 @@ pub fn encode_message(frames: &[Frame]) -> Bytes {
         !frames.is_empty(),
         "a live.ws message carries 1..=255 frames"
     );
+    let mut b = BytesMut::with_capacity(message_len(frames));
+    put_message(&mut b, frames);
+    b.freeze()
+}
+
+/// Payload length of the message [`encode_message`] makes of `frames`.
+fn message_len(frames: &[Frame]) -> usize {
     let frames = &frames[..frames.len().min(MAX_FRAMES)];
-    let body: usize = frames.iter().map(|f| 2 + f.opus.len()).sum();
-    let mut b = BytesMut::with_capacity(HEADER + body);
+    HEADER
+        + frames
+            .iter()
+            .map(|f| 2 + f.opus.len().min(usize::from(u16::MAX)))
+            .sum::<usize>()
+}
+
+fn put_message(b: &mut BytesMut, frames: &[Frame]) {
+    let frames = &frames[..frames.len().min(MAX_FRAMES)];
     b.put_u8(VERSION);
     b.put_u8(frames.len() as u8);
     b.put_u64(frames.first().map_or(0, |f| f.seq));
@@ -56,14 +70,21 @@ pub fn encode_message(frames: &[Frame]) -> Bytes {
         b.put_u16(len as u16);
         b.put_slice(&f.opus[..len]);
     }
+}
+
+/// The message for `frames` inside its WebSocket frame, built in one
+/// buffer: what the fan-out writes to every listener.
+pub fn ws_message(frames: &[Frame]) -> Bytes {
+    let len = message_len(frames);
+    let mut b = BytesMut::with_capacity(10 + len);
+    put_ws_header(&mut b, 0x82, len);
+    put_message(&mut b, frames);
     b.freeze()
 }
 
-/// A complete unmasked server-to-client binary WebSocket frame.
-pub fn ws_binary_frame(payload: &[u8]) -> Bytes {
-    let mut b = BytesMut::with_capacity(payload.len() + 10);
-    b.put_u8(0x82);
-    match payload.len() {
+fn put_ws_header(b: &mut BytesMut, first: u8, len: usize) {
+    b.put_u8(first);
+    match len {
         n if n < 126 => b.put_u8(n as u8),
         n if n <= usize::from(u16::MAX) => {
             b.put_u8(126);
@@ -74,6 +95,12 @@ pub fn ws_binary_frame(payload: &[u8]) -> Bytes {
             b.put_u64(n as u64);
         }
     }
+}
+
+/// A complete unmasked server-to-client binary WebSocket frame.
+pub fn ws_binary_frame(payload: &[u8]) -> Bytes {
+    let mut b = BytesMut::with_capacity(payload.len() + 10);
+    put_ws_header(&mut b, 0x82, payload.len());
     b.put_slice(payload);
     b.freeze()
 }
@@ -171,7 +198,7 @@ impl WsBatcher {
         if self.pending.len() < self.per_message {
             return None;
         }
-        let msg = ws_binary_frame(&encode_message(&self.pending));
+        let msg = ws_message(&self.pending);
         self.pending.clear();
         Some(msg)
     }
@@ -180,10 +207,7 @@ impl WsBatcher {
     /// frame, at most 255 frames each.
     pub fn resume(history: &History, from_seq: u64) -> Vec<Bytes> {
         let frames: Vec<Frame> = history.since(from_seq).cloned().collect();
-        frames
-            .chunks(255)
-            .map(|c| ws_binary_frame(&encode_message(c)))
-            .collect()
+        frames.chunks(255).map(ws_message).collect()
     }
 }
 
@@ -231,19 +255,80 @@ mod tests {
         let second = decode_message(strip_ws(&r[1])).unwrap();
         assert_eq!((first.first_seq, first.frames.len()), (100, 255));
         assert_eq!((second.first_seq, second.frames.len()), (355, 245));
+
+        // Older than the window: from the oldest kept; the gap shows.
+        let mut small = History::new(100);
+        for s in 0..600 {
+            small.push(frame(s, 10));
+        }
+        let r = WsBatcher::resume(&small, 3);
+        assert_eq!(r.len(), 1);
+        let m = decode_message(strip_ws(&r[0])).unwrap();
+        assert_eq!((m.first_seq, m.frames.len()), (500, 100));
+        assert_eq!(m.captured_at_us, 1000 + 500 * FRAME_US);
+        // Already up to date: nothing to resend.
+        assert!(WsBatcher::resume(&small, 600).is_empty());
+        assert!(WsBatcher::resume(&History::new(10), 0).is_empty());
+    }
+
+    #[test]
+    fn websocket_header_uses_the_shortest_length_form() {
+        for (len, header) in [
+            (0usize, vec![0x82, 0]),
+            (125, vec![0x82, 125]),
+            (126, vec![0x82, 126, 0, 126]),
+            (65_535, vec![0x82, 126, 0xff, 0xff]),
+            (65_536, vec![0x82, 127, 0, 0, 0, 0, 0, 1, 0, 0]),
+        ] {
+            let payload = vec![0xab; len];
+            let f = ws_binary_frame(&payload);
+            assert_eq!(&f[..header.len()], &header[..], "{len}");
+            assert_eq!(&f[header.len()..], &payload[..]);
+        }
+        let c = ws_close_frame(CLOSE_SPACE_ENDED, "ended");
+        assert_eq!(&c[..], b"\x88\x07\x0f\xa0ended");
+    }
+
+    #[test]
+    fn message_layout_matches_the_document() {
+        let mut f = frame(0x0102, 2);
+        f.opus = Bytes::from_static(&[0xaa, 0xbb]);
+        f.captured_at_us = 0x0a0b;
+        let m = encode_message(&[f.clone(), frame(0x0103, 1)]);
+        let mut expect = vec![
+            1, 2, 0, 0, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 0, 0, 0x0a, 0x0b, 9,
+        ];
+        expect.extend_from_slice(&[0, 2, 0xaa, 0xbb, 0, 1, 7]);
+        assert_eq!(&m[..], &expect[..]);
     }
 
     #[test]
     fn rejects_malformed_messages() {
-        assert!(decode_message(&[]).is_err());
+        assert_eq!(decode_message(&[]), Err(WireError::Short(0)));
         let good = encode_message(&[frame(5, 4)]);
-        assert!(decode_message(&good[..good.len() - 1]).is_err());
+        assert_eq!(
+            decode_message(&good[..good.len() - 1]),
+            Err(WireError::Truncated { index: 0 })
+        );
+        assert_eq!(
+            decode_message(&good[..HEADER + 1]),
+            Err(WireError::Truncated { index: 0 })
+        );
         let mut extra = good.to_vec();
         extra.push(0);
-        assert!(decode_message(&extra).is_err());
+        assert_eq!(decode_message(&extra), Err(WireError::Trailing(1)));
         let mut v2 = good.to_vec();
         v2[0] = 2;
-        assert!(decode_message(&v2).is_err());
+        assert_eq!(decode_message(&v2), Err(WireError::Version(2)));
+        let mut none = good.to_vec();
+        none[1] = 0;
+        assert_eq!(decode_message(&none), Err(WireError::NoFrames));
+        let mut more = good.to_vec();
+        more[1] = 2;
+        assert_eq!(
+            decode_message(&more),
+            Err(WireError::Truncated { index: 1 })
+        );
     }
 
     proptest! {
@@ -253,6 +338,7 @@ mod tests {
             let payload = encode_message(&frames);
             let framed = ws_binary_frame(&payload);
             prop_assert_eq!(strip_ws(&framed), &payload[..]);
+            prop_assert_eq!(&ws_message(&frames), &framed);
             let m = decode_message(&payload).unwrap();
             prop_assert_eq!(m.first_seq, start);
             prop_assert_eq!(m.frames.len(), frames.len());
