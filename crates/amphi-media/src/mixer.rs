@@ -648,4 +648,75 @@ mod tests {
             .is_err()
         );
     }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Add(u8, bool),
+        Remove(u8),
+        Audible(u8, bool),
+        Garbage(u8, u16, Vec<u8>),
+        Tone(u8, u16),
+        Tick,
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            1 => (0u8..4, any::<bool>()).prop_map(|(p, r)| Op::Add(p, r)),
+            1 => (0u8..4).prop_map(Op::Remove),
+            1 => (0u8..4, any::<bool>()).prop_map(|(p, a)| Op::Audible(p, a)),
+            1 => (0u8..4, any::<u16>(), proptest::collection::vec(any::<u8>(), 0..80))
+                .prop_map(|(p, s, b)| Op::Garbage(p, s, b)),
+            3 => (0u8..4, 0u16..40).prop_map(|(p, s)| Op::Tone(p, s)),
+            3 => Just(Op::Tick),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+        /// Whatever speakers send and whatever the room decides, the
+        /// program keeps its numbering, stays under the ceiling and only
+        /// names audible speakers.
+        #[test]
+        fn any_sequence_of_events_keeps_the_program_sound(ops in proptest::collection::vec(op(), 0..120)) {
+            let loud = {
+                let mut e = Encoder::new(64_000).unwrap();
+                e.encode(&std::array::from_fn(|i| if i % 20 < 10 { 1.0 } else { -1.0 })).unwrap()
+            };
+            let mut m = Mixer::new(MixerConfig::default()).unwrap();
+            let mut audible = std::collections::BTreeSet::new();
+            let mut expect_seq = 0;
+            for op in ops {
+                match op {
+                    Op::Add(p, r) => m.add_speaker(ParticipantId(p.into()), r).unwrap(),
+                    Op::Remove(p) => {
+                        m.remove_speaker(ParticipantId(p.into()));
+                        audible.remove(&p);
+                    }
+                    Op::Audible(p, a) => {
+                        m.set_audible(ParticipantId(p.into()), a);
+                        if a && m.speakers.contains_key(&ParticipantId(p.into())) {
+                            audible.insert(p);
+                        } else {
+                            audible.remove(&p);
+                        }
+                    }
+                    Op::Garbage(p, s, b) => m.push_packet(ParticipantId(p.into()), s, 0, Bytes::from(b)),
+                    Op::Tone(p, s) => m.push_packet(ParticipantId(p.into()), s, u32::from(s) * 960, loud.clone()),
+                    Op::Tick => {
+                        let t = m.tick(0);
+                        proptest::prop_assert_eq!(t.frame.seq, expect_seq);
+                        expect_seq += 1;
+                        proptest::prop_assert!(m.program.iter().all(|x| x.abs() <= CEILING));
+                        for l in t.frame.speakers.iter() {
+                            proptest::prop_assert!(audible.contains(&(l.participant.0 as u8)));
+                        }
+                        for (pid, _) in &t.mix_minus {
+                            proptest::prop_assert!(m.speakers.contains_key(pid));
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
