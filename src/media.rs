@@ -228,7 +228,7 @@ impl MediaPlane {
         // time the node was down, so the recording shows the gap.
         let first_seq = last_recorded(self.recorder.root(), cell.id).map_or(0, |(seq, at_us)| {
             let down_us = wall_us().saturating_sub(at_us);
-            seq + 1 + down_us / 20_000
+            seq.saturating_add(1).saturating_add(down_us / 20_000)
         });
         let _ = self.tx.send(Cmd::Start {
             cell: cell.clone(),

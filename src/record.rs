@@ -36,6 +36,12 @@ pub struct RecordStats {
     pub dropped_frames: AtomicU64,
 }
 
+/// The longest gap between two recorded frames that is taken as time the
+/// node was down (6 h of 20 ms frames) and filled with silence in
+/// `recording.opus`; a larger jump can only come from a damaged segment,
+/// whose frames are skipped rather than padded with hours of silence.
+pub const MAX_GAP_FRAMES: u64 = 6 * 3600 * 50;
+
 /// Called when a space's replay outputs are ready.
 pub type Done = Box<dyn FnOnce() + Send>;
 
@@ -201,7 +207,9 @@ impl Worker {
             match msg {
                 Msg::Frame(space, frame) => {
                     let buf = self.open.entry(space).or_default();
-                    let gap = buf.last().is_some_and(|l| frame.seq != l.seq + 1);
+                    let gap = buf
+                        .last()
+                        .is_some_and(|l| l.seq.checked_add(1) != Some(frame.seq));
                     if gap {
                         self.flush(space);
                     }
@@ -284,8 +292,15 @@ pub fn recorded_frames(root: &Path, space: SpaceId) -> std::io::Result<Vec<Frame
         match frames::decode(&data) {
             Ok(frames) => {
                 for fr in frames {
-                    if out.last().is_none_or(|l| fr.seq > l.seq) {
-                        out.push(fr);
+                    match out.last() {
+                        Some(l) if fr.seq <= l.seq => {}
+                        Some(l) if fr.seq - l.seq > MAX_GAP_FRAMES => tracing::warn!(
+                            file = %f.display(),
+                            from = l.seq,
+                            to = fr.seq,
+                            "skipping a frame past an impossible gap (damaged segment)"
+                        ),
+                        _ => out.push(fr),
                     }
                 }
             }
@@ -326,7 +341,7 @@ pub fn finalize(root: &Path, space: SpaceId) -> anyhow::Result<()> {
         if let Some(p) = pager.push(f) {
             ogg.extend_from_slice(&p);
         }
-        next = f.seq + 1;
+        next = f.seq.saturating_add(1);
     }
     ogg.extend_from_slice(&pager.finish());
     write_durable(&dir.join("recording.opus"), &ogg)?;
@@ -346,4 +361,57 @@ pub fn finalize(root: &Path, space: SpaceId) -> anyhow::Result<()> {
     write_durable(&hls.join("replay.m3u8"), seg.vod_playlist().as_bytes())?;
     write_durable(&dir.join("complete"), b"")?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use amphi_media::ogg::PacketReader;
+
+    fn frame(seq: u64) -> Frame {
+        Frame {
+            seq,
+            captured_at_us: seq.saturating_mul(20_000),
+            opus: Bytes::from_static(&[0xf8, 0xff, 0xfe]),
+            program_level: 0,
+            speakers: Arc::from(Vec::new()),
+        }
+    }
+
+    fn write_segment(root: &Path, space: SpaceId, seqs: &[u64]) {
+        let frames: Vec<Frame> = seqs.iter().copied().map(frame).collect();
+        let dir = space_dir(root, space).join("frames");
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("{:020}.amfs", seqs[0]));
+        fs::write(path, frames::encode(&frames)).unwrap();
+    }
+
+    /// A damaged segment whose sequence numbers jump to the end of u64
+    /// (found by fuzzing the Ogg pager) neither panics nor pads the replay
+    /// with years of silence: the good frames and a real outage's silence
+    /// are kept, the impossible ones skipped.
+    #[test]
+    fn finalize_survives_damaged_sequence_numbers() {
+        let tmp = tempfile::tempdir().unwrap();
+        let space = SpaceId(7);
+        write_segment(tmp.path(), space, &(0..100).collect::<Vec<_>>());
+        // A node down for 10 s: 500 frames of silence in the replay.
+        write_segment(tmp.path(), space, &(600..700).collect::<Vec<_>>());
+        write_segment(tmp.path(), space, &[700 + MAX_GAP_FRAMES + 1]);
+        write_segment(tmp.path(), space, &[u64::MAX - 1, u64::MAX]);
+        finalize(tmp.path(), space).unwrap();
+
+        let ogg = fs::read(space_dir(tmp.path(), space).join("recording.opus")).unwrap();
+        let mut r = PacketReader::new();
+        r.push(&ogg);
+        let mut packets = 0;
+        let mut last_granule = 0;
+        while let Some((_, granule)) = r.next_packet() {
+            packets += 1;
+            last_granule = last_granule.max(granule);
+        }
+        // OpusHead + OpusTags + 100 + 500 silence + 100.
+        assert_eq!(packets, 2 + 700);
+        assert_eq!(last_granule, 700 * 960);
+    }
 }

@@ -268,7 +268,9 @@ impl OggPager {
     /// at most 1275 bytes never do below 50 frames per page, the `Bytes`
     /// hold several consecutive pages.)
     pub fn push(&mut self, frame: &Frame) -> Option<Bytes> {
-        let granule = (frame.seq + 1)
+        let granule = frame
+            .seq
+            .saturating_add(1)
             .saturating_sub(self.origin)
             .saturating_mul(u64::from(FRAME_SAMPLES));
         self.pending.push((frame.opus.clone(), granule));
@@ -576,6 +578,23 @@ mod tests {
         let (p, n) = parse_page(b).unwrap();
         assert_eq!(n, b.len());
         (p.granule, p.seq, p.flags, p.packets.len())
+    }
+
+    /// Fuzz-found: the last sequence number of u64 overflowed the
+    /// granule computation.
+    #[test]
+    fn the_last_sequence_number_does_not_overflow() {
+        let mut p = OggPager::new(1, 1);
+        let f = Frame {
+            seq: u64::MAX,
+            captured_at_us: 0,
+            opus: Bytes::from_static(&[0xf8]),
+            program_level: 0,
+            speakers: Arc::from(Vec::new()),
+        };
+        let page = p.push(&f).expect("one frame per page");
+        let (parsed, _) = parse_page(&page).unwrap();
+        assert_eq!(parsed.granule, u64::MAX);
     }
 
     #[test]

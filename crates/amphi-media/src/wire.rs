@@ -131,9 +131,11 @@ pub struct Message<'a> {
 }
 
 impl Message<'_> {
-    /// Capture time of frame `k` of this message.
+    /// Capture time of frame `k` of this message (saturating: the fields
+    /// come off the network and may hold anything).
     pub fn captured_at(&self, k: usize) -> u64 {
-        self.captured_at_us + k as u64 * FRAME_US
+        self.captured_at_us
+            .saturating_add((k as u64).saturating_mul(FRAME_US))
     }
 }
 
@@ -300,6 +302,19 @@ mod tests {
         ];
         expect.extend_from_slice(&[0, 2, 0xaa, 0xbb, 0, 1, 7]);
         assert_eq!(&m[..], &expect[..]);
+    }
+
+    /// Fuzz-found: a capture time near u64::MAX overflowed when frame k's
+    /// time was computed.
+    #[test]
+    fn capture_times_saturate() {
+        let bytes = [
+            1, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0, 0,
+            0, 0,
+        ];
+        let m = decode_message(&bytes).unwrap();
+        assert_eq!(m.captured_at(0), u64::MAX);
+        assert_eq!(m.captured_at(1), u64::MAX);
     }
 
     #[test]
