@@ -1,46 +1,65 @@
+// The lobby (/): live and scheduled spaces, refreshed every few seconds, and
+// the form that creates a space with the operator's admin token.
 import { api, tokens, say, describe } from "/assets/api.js";
 
 const status = document.getElementById("status");
 const admin = document.getElementById("admin");
 admin.value = localStorage.getItem("amphi.admin") || "";
+const hostName = document.getElementById("host-name");
+hostName.value = localStorage.getItem("amphi.name") || hostName.value;
 
 function card(space) {
   const li = document.createElement("li");
-  const a = document.createElement("a");
-  a.href = `/s/${space.id}`;
-  a.textContent = space.title;
-  const n = document.createElement("span");
-  n.className = "count";
-  n.textContent = space.state === "live"
-    ? `${space.listener_count} listening · ${space.stage.length} on stage`
-    : (space.scheduled_for ? new Date(space.scheduled_for).toLocaleString() : "scheduled");
-  li.append(a, n);
+  const a = Object.assign(document.createElement("a"), { href: `/s/${space.id}`, className: "title" });
+  if (space.state === "live") {
+    const dot = Object.assign(document.createElement("span"), { className: "dot", ariaHidden: "true" });
+    a.append(dot);
+  }
+  a.append(space.title);
+  a.dataset.testid = `space-${space.id}`;
+  const who = space.stage.map((m) => m.name).slice(0, 4).join(", ");
+  const info = document.createElement("span");
+  info.className = "count";
+  info.textContent = space.state === "live"
+    ? `${space.listener_count} listening${who ? ` · ${who}` : ""}`
+    : space.scheduled_for ? new Date(space.scheduled_for).toLocaleString() : "not started yet";
+  li.append(a, info);
   return li;
 }
 
+function empty(text) {
+  return Object.assign(document.createElement("li"), { className: "empty", textContent: text });
+}
+
+let failing = false;
 async function refresh() {
-  for (const state of ["live", "scheduled"]) {
-    const list = document.getElementById(state === "live" ? "live" : "scheduled");
-    try {
-      const { spaces } = await api("GET", `/api/v1/spaces?state=${state}`);
-      list.replaceChildren(...(spaces.length ? spaces.map(card) : [Object.assign(document.createElement("li"), {
-        className: "empty", textContent: state === "live" ? "Nothing live right now." : "Nothing scheduled.",
-      })]));
-    } catch (e) {
-      say(status, describe(e), true);
-    }
+  try {
+    const [live, scheduled] = await Promise.all([
+      api("GET", "/api/v1/spaces?state=live"),
+      api("GET", "/api/v1/spaces?state=scheduled"),
+    ]);
+    document.getElementById("live").replaceChildren(...(live.spaces.length ? live.spaces.map(card) : [empty("Nothing live right now.")]));
+    document.getElementById("scheduled").replaceChildren(...(scheduled.spaces.length ? scheduled.spaces.map(card) : [empty("Nothing scheduled.")]));
+    if (failing) say(status, "");
+    failing = false;
+  } catch (e) {
+    failing = true;
+    say(status, `Cannot load the spaces: ${describe(e)}`, true);
   }
 }
 
 document.getElementById("create").addEventListener("submit", async (ev) => {
   ev.preventDefault();
+  const submit = ev.target.querySelector("button[type=submit]");
+  submit.disabled = true;
   localStorage.setItem("amphi.admin", admin.value);
+  localStorage.setItem("amphi.name", hostName.value.trim());
   try {
     const res = await api("POST", "/api/v1/spaces", {
       token: admin.value,
       body: {
-        title: document.getElementById("title").value,
-        host_name: document.getElementById("host-name").value,
+        title: document.getElementById("title").value.trim(),
+        host_name: hostName.value.trim() || "Host",
         max_stage: Number(document.getElementById("max-stage").value),
         record: document.getElementById("record").checked,
       },
@@ -48,19 +67,32 @@ document.getElementById("create").addEventListener("submit", async (ev) => {
     tokens.set(res.space.id, res.host.token);
     const link = `${location.origin}/s/${res.space.id}`;
     const p = document.getElementById("created");
-    p.hidden = false;
-    const a = Object.assign(document.createElement("a"), { href: link, textContent: link });
+    const a = Object.assign(document.createElement("a"), { href: `/s/${res.space.id}`, textContent: link });
     a.dataset.testid = "space-link";
-    p.replaceChildren("Created: ", a, " ");
     const copy = Object.assign(document.createElement("button"), { type: "button", textContent: "Copy link" });
-    copy.addEventListener("click", () => navigator.clipboard?.writeText(link).then(() => say(status, "Link copied.")).catch(() => say(status, link)));
-    p.append(copy);
-    say(status, "Space created. Open it to go live.");
+    copy.dataset.testid = "copy-link";
+    copy.addEventListener("click", async () => {
+      try {
+        await navigator.clipboard.writeText(link);
+        say(status, "Link copied.");
+      } catch {
+        say(status, `Copy this link: ${link}`);
+      }
+    });
+    const open = Object.assign(document.createElement("a"), { href: `/s/${res.space.id}`, className: "button primary", textContent: "Open your space" });
+    p.replaceChildren(
+      Object.assign(document.createElement("span"), { textContent: "Share this link with your audience:" }),
+      a, copy, open,
+    );
+    p.hidden = false;
+    say(status, `“${res.space.title}” was created. Open it to go live.`);
     refresh();
   } catch (e) {
-    say(status, describe(e), true);
+    say(status, e.status === 401 ? `The admin token was refused: ${describe(e)}` : describe(e), true);
+  } finally {
+    submit.disabled = false;
   }
 });
 
 refresh();
-setInterval(refresh, 5000);
+setInterval(() => { if (!document.hidden) refresh(); }, 4000);

@@ -1,5 +1,17 @@
-// Plays decoded program audio with a small adaptive jitter buffer.
-// Mono Float32 chunks arrive over the port; output is 128-sample quanta.
+// The program's playout: decoded mono Float32 chunks arrive over the port and
+// leave as 128-sample render quanta, behind a small adaptive jitter buffer.
+//
+// Why adaptive: messages arrive every 100 ms (5 frames each), so the buffer
+// naturally swings by 100 ms; network jitter comes on top. Start playing at
+// ~100 ms buffered; each underrun deepens the target by 20 ms (up to 400 ms);
+// a long calm stretch gives 10 ms back (down to 60 ms). If the buffer grows
+// well past the target (a burst after a stall, a resume from history) the
+// oldest audio is dropped so the listener stays close to live.
+const MIN = 0.06;
+const START = 0.1;
+const MAX = 0.4;
+const CALM_SECONDS = 15;
+
 class AmphiPlayer extends AudioWorkletProcessor {
   constructor() {
     super();
@@ -7,17 +19,28 @@ class AmphiPlayer extends AudioWorkletProcessor {
     this.offset = 0;
     this.buffered = 0;
     this.playing = false;
-    this.target = 0.1 * sampleRate;   // start after 100 ms
-    this.max = 0.5 * sampleRate;      // never hold more than 500 ms
+    this.target = START * sampleRate;
     this.underruns = 0;
+    this.dropped = 0;
+    this.calm = 0;
+    this.sinceReport = 0;
     this.port.onmessage = (e) => {
-      if (e.data === "reset") { this.queue = []; this.offset = 0; this.buffered = 0; this.playing = false; return; }
+      if (e.data === "reset") {
+        this.queue = [];
+        this.offset = 0;
+        this.buffered = 0;
+        this.playing = false;
+        return;
+      }
       this.queue.push(e.data);
       this.buffered += e.data.length;
-      while (this.buffered > this.max && this.queue.length > 1) {
-        // Too far behind live: drop the oldest audio to catch up.
-        const dropped = this.queue.shift();
-        this.buffered -= dropped.length - this.offset;
+      // Headroom above the target: one message (100 ms) plus margin.
+      const ceiling = this.target + 0.25 * sampleRate;
+      while (this.buffered > ceiling && this.queue.length > 1) {
+        const old = this.queue.shift();
+        const n = old.length - this.offset;
+        this.buffered -= n;
+        this.dropped += n;
         this.offset = 0;
       }
     };
@@ -25,9 +48,24 @@ class AmphiPlayer extends AudioWorkletProcessor {
 
   process(_inputs, outputs) {
     const out = outputs[0][0];
+    this.sinceReport += out.length;
+    if (this.sinceReport >= sampleRate / 4) {
+      this.sinceReport = 0;
+      this.port.postMessage({
+        bufferedMs: (this.buffered / sampleRate) * 1000,
+        targetMs: (this.target / sampleRate) * 1000,
+        underruns: this.underruns,
+        droppedMs: (this.dropped / sampleRate) * 1000,
+        playing: this.playing,
+      });
+    }
     if (!this.playing) {
-      if (this.buffered >= this.target) this.playing = true;
-      else { out.fill(0); return true; }
+      if (this.buffered >= this.target) {
+        this.playing = true;
+      } else {
+        out.fill(0);
+        return true;
+      }
     }
     let i = 0;
     while (i < out.length && this.queue.length) {
@@ -37,17 +75,27 @@ class AmphiPlayer extends AudioWorkletProcessor {
       i += n;
       this.offset += n;
       this.buffered -= n;
-      if (this.offset >= chunk.length) { this.queue.shift(); this.offset = 0; }
+      if (this.offset >= chunk.length) {
+        this.queue.shift();
+        this.offset = 0;
+      }
     }
     if (i < out.length) {
-      // Underrun: play silence and rebuild a slightly deeper buffer.
+      // Underrun: silence now, and rebuild a slightly deeper buffer.
       out.fill(0, i);
       this.playing = false;
       this.underruns++;
-      this.target = Math.min(this.target + 0.02 * sampleRate, 0.3 * sampleRate);
-      this.port.postMessage({ underruns: this.underruns });
+      this.calm = 0;
+      this.target = Math.min(this.target + 0.02 * sampleRate, MAX * sampleRate);
+    } else {
+      this.calm += out.length;
+      if (this.calm >= CALM_SECONDS * sampleRate) {
+        this.calm = 0;
+        this.target = Math.max(this.target - 0.01 * sampleRate, MIN * sampleRate);
+      }
     }
     return true;
   }
 }
+
 registerProcessor("amphi-player", AmphiPlayer);

@@ -1,150 +1,252 @@
+// The space page (/s/{id}): join, the live view from the events WebSocket,
+// the controls of each role, listening and speaking. Every control calls the
+// REST API; what the page shows comes from the events channel, never from
+// guessing that a call worked.
 import { api, tokens, say, describe } from "/assets/api.js";
 import { Player } from "/assets/listen.js";
 import { Mic } from "/assets/speak.js";
 
-const spaceId = location.pathname.split("/").filter(Boolean)[1];
+const spaceId = location.pathname.split("/").filter(Boolean)[1] || "";
 const $ = (id) => document.getElementById(id);
 const status = $("status");
-const state = { space: null, you: null, talking: {}, player: null, mic: null };
+const state = { space: null, you: null, talking: {}, player: null, mic: null, events: "closed", removed: null, reactionsSeen: {} };
+
 window.amphi = {
   state,
+  /** dB of the program this page plays, at each frequency (e2e tests). */
   toneProbe: (freqs) => (state.player ? state.player.probe(freqs) : freqs.map(() => -Infinity)),
+  /** Player counters: frames received/lost, reconnects, buffer, delay. */
+  stats: () => (state.player ? { ...state.player.stats } : null),
+  /** Whether the page holds a live microphone track. */
+  micLive: () => Boolean(state.mic && state.mic.stream && state.mic.stream.getAudioTracks().some((t) => t.readyState === "live")),
 };
+
+const ROLE = { host: "host", cohost: "co-host", speaker: "speaker", listener: "listener" };
+const isMod = () => state.you && (state.you.role === "host" || state.you.role === "cohost");
 
 function err(e) { say(status, describe(e), true); }
 
 async function act(method, path, body) {
   try {
     await api(method, `/api/v1/spaces/${spaceId}${path}`, { token: tokens.get(spaceId), body });
-    say(status, "");
+    if (status.classList.contains("error")) say(status, "");
+    return true;
   } catch (e) {
     err(e);
+    return false;
   }
 }
 
 function initials(name) {
-  return name.split(/\s+/).map((w) => w[0] || "").join("").slice(0, 2).toUpperCase();
+  return name.trim().split(/\s+/).map((w) => [...w][0] || "").join("").slice(0, 2).toUpperCase() || "?";
 }
 
-function button(label, onClick, testid) {
-  const b = document.createElement("button");
-  b.type = "button";
-  b.textContent = label;
+function el(tag, props = {}, ...children) {
+  const e = Object.assign(document.createElement(tag), props);
+  e.append(...children);
+  return e;
+}
+
+function button(label, onClick, testid, cls) {
+  const b = el("button", { type: "button", textContent: label });
   if (testid) b.dataset.testid = testid;
+  if (cls) b.className = cls;
   b.addEventListener("click", onClick);
   return b;
+}
+
+// Keeps keyboard focus on the same control across re-renders of a list.
+function keepFocus(container, rebuild) {
+  const active = document.activeElement;
+  const id = container.contains(active) ? active.dataset.testid : null;
+  rebuild();
+  if (id) container.querySelector(`[data-testid="${CSS.escape(id)}"]`)?.focus();
+}
+
+function stageItem(m) {
+  const you = state.you;
+  const me = you && m.participant_id === you.participant_id;
+  const level = m.muted ? 0 : state.talking[m.participant_id] || 0;
+  const talking = level > 8;
+  const li = el("li", { className: talking ? "talking" : "" });
+  li.dataset.pid = m.participant_id;
+  li.dataset.testid = `stage-${m.name}`;
+  const av = el("div", { className: "avatar", textContent: initials(m.name) });
+  av.style.setProperty("--level", String(Math.min(1, level / 64)));
+  av.setAttribute("aria-hidden", "true");
+  const who = el("strong", { className: "name", textContent: m.name + (me ? " (you)" : "") });
+  const role = el("span", { className: "role", textContent: ROLE[m.role] || m.role });
+  li.append(av, who, role);
+  const flags = [];
+  if (m.muted) {
+    li.append(el("span", { className: "mutedmark", textContent: "🔇 muted" }));
+    flags.push("muted");
+  }
+  if (talking) flags.push("speaking");
+  li.setAttribute("aria-label", [m.name + (me ? " (you)" : ""), ROLE[m.role] || m.role, ...flags].join(", "));
+
+  if (isMod() && !me && m.role !== "host") {
+    const name = m.name;
+    const pid = m.participant_id;
+    const actions = el("div", { className: "actions", role: "group" });
+    actions.setAttribute("aria-label", `Actions for ${name}`);
+    if (!m.muted) actions.append(button("Mute", () => act("POST", `/participants/${pid}/mute`), `mute-${name}`));
+    actions.append(button("Move to audience", () => act("DELETE", `/stage/${pid}`), `demote-${name}`));
+    if (you.role === "host") {
+      actions.append(m.role === "cohost"
+        ? button("Dismiss co-host", () => act("DELETE", `/cohosts/${pid}`), `dismiss-${name}`)
+        : button("Make co-host", () => act("POST", `/cohosts/${pid}`), `appoint-${name}`));
+    }
+    actions.append(button("Remove", () => act("POST", `/participants/${pid}/remove`, { ban: false }), `remove-${name}`));
+    actions.append(button("Ban", () => {
+      if (confirm(`Ban ${name} from this space? They will not be able to rejoin.`)) {
+        act("POST", `/participants/${pid}/remove`, { ban: true });
+      }
+    }, `ban-${name}`, "danger"));
+    li.append(actions);
+  }
+  return li;
+}
+
+function handItem(h) {
+  const me = state.you && h.participant_id === state.you.participant_id;
+  const li = el("li", {}, el("span", { textContent: `✋ ${h.name}${me ? " (you)" : ""}` }));
+  if (isMod()) {
+    li.append(button("Accept", () => act("POST", `/stage/${h.participant_id}`), `accept-${h.name}`, "primary"));
+  }
+  return li;
 }
 
 function render() {
   const { space, you } = state;
   if (!space) return;
+  const live = space.state === "live";
+  const onStage = Boolean(you && you.on_stage);
   document.title = `${space.title} — amphi`;
   $("title").textContent = space.title;
-  $("meta").textContent = space.state === "live"
-    ? `${space.listener_count} listening · ${space.stage.length}/${space.max_stage} on stage`
-    : space.state === "scheduled" ? "Not live yet" : "Ended";
-  $("live-badge").hidden = space.state !== "live";
-  const mod = you && (you.role === "host" || you.role === "cohost");
-  const onStage = you && you.on_stage;
+  $("state").textContent = space.state === "live" ? "Live" : space.state === "scheduled" ? "Scheduled" : "Ended";
+  $("state").className = `pill ${space.state}`;
+  const audience = `${space.listener_count} listening`;
+  $("meta").textContent = space.state === "ended"
+    ? ""
+    : `· ${audience} · ${space.stage.length}/${space.max_stage} on stage`;
+  $("live-badge").hidden = !live;
+  if (!state.player) $("delay").textContent = "";
 
-  // The stage.
-  $("stage").replaceChildren(...space.stage.map((m) => {
-    const li = document.createElement("li");
-    li.dataset.pid = m.participant_id;
-    const av = document.createElement("div");
-    av.className = "avatar" + ((state.talking[m.participant_id] || 0) > 20 && !m.muted ? " talking" : "");
-    av.textContent = initials(m.name);
-    av.setAttribute("aria-hidden", "true");
-    const name = document.createElement("strong");
-    name.textContent = m.name + (you && m.participant_id === you.participant_id ? " (you)" : "");
-    const role = document.createElement("span");
-    role.className = "role";
-    role.textContent = m.role === "cohost" ? "co-host" : m.role;
-    li.append(av, name, role);
-    if (m.muted) li.append(Object.assign(document.createElement("span"), { className: "mutedmark", textContent: "🔇 muted" }));
-    if (mod && m.participant_id !== you.participant_id) {
-      const actions = document.createElement("div");
-      actions.className = "actions";
-      if (!m.muted) actions.append(button("Mute", () => act("POST", `/participants/${m.participant_id}/mute`), `mute-${m.name}`));
-      if (m.role !== "host") {
-        actions.append(button("To audience", () => act("DELETE", `/stage/${m.participant_id}`), `demote-${m.name}`));
-        if (you.role === "host") {
-          actions.append(m.role === "cohost"
-            ? button("Dismiss co-host", () => act("DELETE", `/cohosts/${m.participant_id}`))
-            : button("Make co-host", () => act("POST", `/cohosts/${m.participant_id}`)));
-        }
-        actions.append(button("Remove", () => act("POST", `/participants/${m.participant_id}/remove`, { ban: false })));
-        actions.append(button("Ban", () => act("POST", `/participants/${m.participant_id}/remove`, { ban: true })));
-      }
-      li.append(actions);
-    }
-    return li;
-  }));
-
-  // Raised hands (moderators act on them).
+  keepFocus($("stage"), () => $("stage").replaceChildren(...space.stage.map(stageItem)));
   const hands = space.hands_raised || [];
   $("hands-box").hidden = hands.length === 0;
-  $("hands").replaceChildren(...hands.map((h) => {
-    const li = document.createElement("li");
-    li.append(Object.assign(document.createElement("span"), { textContent: `✋ ${h.name}` }));
-    if (mod) li.append(button("Bring on stage", () => act("POST", `/stage/${h.participant_id}`), `accept-${h.name}`));
-    return li;
-  }));
+  keepFocus($("hands"), () => $("hands").replaceChildren(...hands.map(handItem)));
 
-  // Your controls.
-  const live = space.state === "live";
-  $("start").hidden = !(mod && space.state === "scheduled");
+  // Your controls, from your role now.
+  $("start").hidden = !(isMod() && space.state === "scheduled");
   $("end").hidden = !(you && you.role === "host" && space.state !== "ended");
   $("hand").hidden = !you || onStage || !live;
   $("hand").textContent = you && you.hand_raised ? "Lower hand" : "✋ Raise hand";
+  $("hand").setAttribute("aria-pressed", String(Boolean(you && you.hand_raised)));
   $("mic").hidden = !(onStage && live && !state.mic);
   $("mute-self").hidden = !(onStage && live);
-  $("mute-self").textContent = you && you.muted ? "Unmute" : "Mute";
+  $("mute-self").textContent = you && you.muted ? "🎙 Unmute" : "Mute";
+  $("mute-self").setAttribute("aria-pressed", String(Boolean(you && you.muted)));
   $("leave-stage").hidden = !(onStage && you.role !== "host");
-  $("listen").hidden = !live;
+  // Speakers hear the others on their WHIP connection; the program would
+  // play their own voice back, late.
+  $("listen").hidden = !live || Boolean(state.mic);
   $("listen").textContent = state.player ? "■ Stop listening" : "▶ Listen";
 
-  if (space.state === "ended") {
-    $("room").hidden = true;
-    $("ended").hidden = false;
-    if (!space.record) {
-      $("ended").querySelector("p").textContent = "This space was not recorded.";
-      $("replay").hidden = true;
-    } else if (space.replay && !$("replay").getAttribute("src")) {
-      $("replay").src = space.replay.ogg;
-    } else if (!space.replay) {
-      say(status, "The recording is being published…");
-    }
-  }
-  // Leaving the stage (or being moved) releases the microphone.
+  if (space.state === "ended") showEnded();
+
+  // Off stage (left, moved, removed) or not live: the microphone goes.
   if (state.mic && (!onStage || !live)) {
-    state.mic.stop();
-    state.mic = null;
-    say(status, "You are back in the audience; your microphone was released.");
+    stopMic();
+    if (live) say(status, "You are back in the audience; your microphone was released.");
   }
-  if (state.mic) state.mic.setEnabled(!(you && you.muted));
+  if (state.mic && you && you.muted) state.mic.setEnabled(false);
+  if (state.mic && you && !you.muted) state.mic.setEnabled(true);
+}
+
+function showEnded() {
+  const space = state.space;
+  stopMic();
+  stopPlayer();
+  $("join").hidden = true;
+  $("room").hidden = true;
+  $("ended").hidden = false;
+  if (!space.record) {
+    $("ended-text").textContent = "This space was not recorded.";
+  } else if (space.replay) {
+    $("ended-text").textContent = "Listen to the recording:";
+    if (!$("replay").getAttribute("src")) $("replay").src = space.replay.ogg;
+    $("replay").hidden = false;
+    $("replay-link").href = space.replay.ogg;
+    $("replay-link").hidden = false;
+  } else {
+    $("ended-text").textContent = "The recording is being published…";
+    pollReplay();
+  }
+}
+
+let replayPoll = null;
+function pollReplay() {
+  if (replayPoll) return;
+  replayPoll = setInterval(async () => {
+    try {
+      const s = await api("GET", `/api/v1/spaces/${spaceId}`);
+      state.space = s;
+      if (s.replay || !s.record) {
+        clearInterval(replayPoll);
+        replayPoll = null;
+        render();
+      }
+    } catch { /* try again next tick */ }
+  }, 1000);
 }
 
 function floatReactions(counts) {
+  const box = $("floats");
   for (const [emoji, n] of Object.entries(counts || {})) {
-    for (let i = 0; i < Math.min(n, 5); i++) {
-      const s = document.createElement("span");
-      s.textContent = emoji;
-      s.style.left = `${Math.random() * 40}px`;
-      s.style.animationDelay = `${i * 0.15}s`;
-      $("floats").append(s);
-      setTimeout(() => s.remove(), 2600);
+    state.reactionsSeen[emoji] = (state.reactionsSeen[emoji] || 0) + n;
+    for (let i = 0; i < Math.min(n, 6); i++) {
+      if (box.childElementCount > 40) return;
+      const s = el("span", { textContent: emoji });
+      s.style.left = `${Math.random() * 70}%`;
+      s.style.animationDelay = `${i * 0.18}s`;
+      s.addEventListener("animationend", () => s.remove());
+      box.append(s);
+      setTimeout(() => s.remove(), 4000);
     }
   }
 }
 
+function removed(banned) {
+  state.removed = { banned };
+  stopMic();
+  stopPlayer();
+  tokens.drop(spaceId);
+  $("room").hidden = true;
+  say(status, banned ? "You were removed from this space and banned from rejoining." : "You were removed from this space. You can join again.", true);
+  if (!banned) $("join").hidden = false;
+}
+
+let eventsBackoff = 500;
+let failedOpens = 0;
 function connectEvents() {
   const token = tokens.get(spaceId);
+  if (!token) return;
   const proto = location.protocol === "https:" ? "wss" : "ws";
   const ws = new WebSocket(`${proto}://${location.host}/api/v1/spaces/${spaceId}/events?token=${encodeURIComponent(token)}`);
-  let closedByServer = false;
+  state.events = "connecting";
+  let opened = false;
+  let terminal = false;
+  ws.onopen = () => {
+    opened = true;
+    failedOpens = 0;
+    eventsBackoff = 500;
+    state.events = "open";
+  };
   ws.onmessage = (ev) => {
-    const m = JSON.parse(ev.data);
+    let m;
+    try { m = JSON.parse(ev.data); } catch { return; }
     if (m.type === "snapshot" || m.type === "update") {
       state.space = m.space;
       state.you = m.you;
@@ -152,34 +254,36 @@ function connectEvents() {
       floatReactions(m.reactions);
       render();
     } else if (m.type === "removed") {
-      closedByServer = true;
-      state.mic?.stop();
-      state.mic = null;
-      state.player?.stop();
-      state.player = null;
-      tokens.drop(spaceId);
-      $("room").hidden = true;
-      say(status, m.banned ? "You were removed and banned from this space." : "You were removed from this space.", true);
+      terminal = true;
+      removed(Boolean(m.banned));
     } else if (m.type === "ended") {
-      closedByServer = true;
-      state.space = { ...state.space, state: "ended" };
-      state.mic?.stop();
-      state.mic = null;
-      state.player?.stop();
-      state.player = null;
+      terminal = true;
+      if (state.space) state.space = { ...state.space, state: "ended" };
       render();
-      // The replay is published moments after the end: poll until it is.
-      const poll = setInterval(async () => {
-        await loadSpace();
-        if (state.space && (state.space.replay || !state.space.record)) {
-          clearInterval(poll);
-          say(status, "");
-        }
-      }, 1000);
     }
   };
-  ws.onclose = () => {
-    if (!closedByServer) setTimeout(connectEvents, 1000);
+  ws.onclose = async () => {
+    state.events = "closed";
+    if (terminal || state.removed) return;
+    if (!opened && ++failedOpens >= 3) {
+      // Refused three times: find out whether the space or the pass is gone.
+      try {
+        const s = await api("GET", `/api/v1/spaces/${spaceId}`);
+        state.space = s;
+        if (s.state === "ended") { render(); return; }
+        tokens.drop(spaceId);
+        $("room").hidden = true;
+        $("join").hidden = false;
+        say(status, "Your pass for this space is no longer valid. Join again.", true);
+        render();
+        return;
+      } catch (e) {
+        if (e.status === 404) { say(status, "This space does not exist.", true); return; }
+      }
+    }
+    say(status, "Connection to the space lost; reconnecting…");
+    setTimeout(connectEvents, eventsBackoff);
+    eventsBackoff = Math.min(eventsBackoff * 2, 8000);
   };
 }
 
@@ -187,49 +291,77 @@ async function loadSpace() {
   try {
     state.space = await api("GET", `/api/v1/spaces/${spaceId}`);
     render();
+    return true;
   } catch (e) {
-    err(e);
+    if (e.status === 404) say(status, "This space does not exist.", true);
+    else err(e);
+    return false;
   }
 }
 
-async function enter() {
+function enter() {
   $("join").hidden = true;
   $("room").hidden = false;
   connectEvents();
 }
 
-$("join").addEventListener("submit", async (ev) => {
-  ev.preventDefault();
-  try {
-    const res = await api("POST", `/api/v1/spaces/${spaceId}/join`, { body: { name: $("name").value } });
-    tokens.set(spaceId, res.token);
-    enter();
-  } catch (e) {
-    err(e);
-  }
-});
+function stopPlayer() {
+  state.player?.stop();
+  state.player = null;
+  $("delay").textContent = "";
+}
 
-$("listen").addEventListener("click", async () => {
-  if (state.player) {
-    state.player.stop();
-    state.player = null;
-    $("live-badge").querySelector("#delay").textContent = "";
-    render();
-    return;
-  }
+function stopMic() {
+  state.mic?.stop();
+  state.mic = null;
+}
+
+async function startPlayer() {
   const p = new Player(spaceId, tokens.get(spaceId), {
     fallbackEl: $("fallback"),
-    onDelay: (ms) => { $("delay").textContent = `· ${(ms / 1000).toFixed(1)} s`; },
+    onDelay: (ms) => { $("delay").textContent = ` · ${(ms / 1000).toFixed(1)} s`; },
     onStatus: (text, bad) => say(status, text, bad),
+    onEnded: () => {
+      if (state.space) state.space = { ...state.space, state: "ended" };
+      render();
+    },
   });
   state.player = p;
   render();
   try {
     await p.start();
   } catch (e) {
-    state.player = null;
+    if (state.player === p) stopPlayer();
     err(e);
     render();
+  }
+}
+
+$("join").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const btn = $("join").querySelector("button");
+  btn.disabled = true;
+  try {
+    const res = await api("POST", `/api/v1/spaces/${spaceId}/join`, { body: { name: $("name").value.trim() } });
+    tokens.set(spaceId, res.token);
+    state.removed = null;
+    say(status, "");
+    enter();
+  } catch (e) {
+    if (e.status === 503) say(status, `This space is full right now. ${describe(e)}`, true);
+    else if (e.status === 403) say(status, `You cannot join this space: ${e.message}`, true);
+    else err(e);
+  } finally {
+    btn.disabled = false;
+  }
+});
+
+$("listen").addEventListener("click", () => {
+  if (state.player) {
+    stopPlayer();
+    render();
+  } else {
+    startPlayer();
   }
 });
 
@@ -239,31 +371,66 @@ $("end").addEventListener("click", () => {
   if (confirm("End this space for everyone?")) act("POST", "/end");
 });
 $("leave-stage").addEventListener("click", () => act("DELETE", `/stage/${state.you.participant_id}`));
-$("mute-self").addEventListener("click", () => act("POST", `/participants/${state.you.participant_id}/${state.you.muted ? "unmute" : "mute"}`));
+$("mute-self").addEventListener("click", () => {
+  const muting = !state.you.muted;
+  // Silencing is safe to do at once; unmuting waits for the server's word.
+  if (muting) state.mic?.setEnabled(false);
+  act("POST", `/participants/${state.you.participant_id}/${muting ? "mute" : "unmute"}`);
+});
 $("mic").addEventListener("click", async () => {
-  const mic = new Mic(spaceId, tokens.get(spaceId), $("return-audio"));
+  const mic = new Mic(spaceId, tokens.get(spaceId), {
+    returnEl: $("return-audio"),
+    onState: (s) => {
+      if (state.mic !== mic) return;
+      if (s === "failed") say(status, "The audio connection failed. Start your mic again.", true);
+      if (s === "mic-ended") say(status, "Your microphone stopped (unplugged or taken by another app).", true);
+      if (s === "failed" || s === "mic-ended") { stopMic(); render(); }
+    },
+  });
+  stopPlayer();
   state.mic = mic;
+  render();
   $("mic").disabled = true;
+  say(status, "Starting your microphone…");
   try {
     await mic.start();
-    say(status, "You are live on stage.");
+    if (state.mic === mic) {
+      if (state.you && state.you.muted) mic.setEnabled(false);
+      say(status, state.you && state.you.muted ? "You are on stage, muted." : "You are live on stage.");
+    }
   } catch (e) {
-    state.mic = null;
-    if (e && e.name === "NotAllowedError") say(status, "Microphone access was refused: allow it in the browser to speak.", true);
-    else err(e);
+    if (state.mic === mic) state.mic = null;
+    mic.stop();
+    if (e && e.name === "NotAllowedError") {
+      say(status, "Microphone access was refused. Allow the microphone for this site, then press “Start your mic” again.", true);
+    } else if (e && e.code !== "cancelled") {
+      err(e);
+    }
   } finally {
     $("mic").disabled = false;
     render();
   }
 });
-$("leave").addEventListener("click", () => {
-  state.mic?.stop();
-  state.player?.stop();
+$("leave").addEventListener("click", async () => {
+  stopMic();
+  stopPlayer();
+  // A listener on stage or with a hand up steps down before leaving.
+  if (state.you && state.you.on_stage && state.you.role !== "host") await act("DELETE", `/stage/${state.you.participant_id}`);
+  else if (state.you && state.you.hand_raised) await act("DELETE", "/hand");
   location.href = "/";
 });
 document.querySelectorAll("[data-emoji]").forEach((b) =>
   b.addEventListener("click", () => act("POST", "/reactions", { emoji: b.dataset.emoji })));
+window.addEventListener("pagehide", () => stopMic());
 
-loadSpace();
-if (tokens.get(spaceId)) enter();
-else $("join").hidden = false;
+(async () => {
+  const ok = await loadSpace();
+  if (!ok) return;
+  if (state.space.state === "ended") return;
+  if (tokens.get(spaceId)) enter();
+  else {
+    $("join").hidden = false;
+    $("name").value = localStorage.getItem("amphi.name") || "";
+  }
+})();
+$("name").addEventListener("change", () => localStorage.setItem("amphi.name", $("name").value.trim()));

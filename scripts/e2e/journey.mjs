@@ -1,8 +1,19 @@
-// The browser journey (see scripts/e2e-browser). Exits non-zero on failure.
+// The browser journey (run by scripts/e2e-browser). Real Chromium, real
+// `amphi serve`, fake microphones playing tones: the host says 440 Hz, the
+// guest 880 Hz; listeners' pages report what their program output carries
+// through window.amphi.toneProbe. Exits non-zero on the first failure or on
+// any console error.
+//
+// AMPHI_WEB_DIR=web serves the pages from the working tree instead of the
+// copy embedded in the binary (quick iteration on web/ without a rebuild).
+import { readFile } from "node:fs/promises";
+import { join, extname } from "node:path";
 import { chromium } from "playwright-core";
 
-const { BASE, ADMIN, OUT, WAVS } = process.env;
+const { BASE, ADMIN, OUT, WAVS, AMPHI_WEB_DIR } = process.env;
 const errors = [];
+const pages = [];
+const step = (s) => console.log(`-- ${s}`);
 
 async function browser(wav) {
   return chromium.launch({
@@ -13,18 +24,47 @@ async function browser(wav) {
       "--autoplay-policy=no-user-gesture-required",
       "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
       `--use-file-for-fake-audio-capture=${wav}`,
+      // The server's ICE candidate is 127.0.0.1, which Chromium ignores
+      // unless told otherwise.
       "--allow-loopback-in-peer-connection",
+      // Pages fulfilled by the test (AMPHI_WEB_DIR) have no address space of
+      // their own, so Chromium would treat their WebSockets to 127.0.0.1 as
+      // a public page reaching into the local network.
+      ...(AMPHI_WEB_DIR ? ["--disable-features=LocalNetworkAccessChecks"] : []),
     ],
   });
 }
 
+const TYPES = { ".html": "text/html", ".js": "text/javascript", ".css": "text/css" };
+async function serveWorkingTree(ctx) {
+  await ctx.route(`${BASE}/**`, async (route) => {
+    const path = new URL(route.request().url()).pathname;
+    let file = null;
+    if (path === "/") file = "index.html";
+    else if (/^\/s\/[^/]+$/.test(path)) file = "space.html";
+    else if (path.startsWith("/assets/")) file = path.slice("/assets/".length);
+    if (!file || file.includes("..")) return route.continue();
+    try {
+      const body = await readFile(join(AMPHI_WEB_DIR, file));
+      return route.fulfill({ status: 200, body, contentType: TYPES[extname(file)] || "application/octet-stream" });
+    } catch {
+      return route.fulfill({ status: 404, body: "no such file" });
+    }
+  });
+}
+
 async function page(b, who) {
-  const ctx = await b.newContext({ viewport: { width: 420, height: 900 } });
+  const ctx = await b.newContext({ viewport: { width: 375, height: 812 } });
+  if (AMPHI_WEB_DIR) await serveWorkingTree(ctx);
   const p = await ctx.newPage();
-  p.on("console", (m) => { if (m.type() === "error") errors.push(`${who}: ${m.text()}`); });
-  p.on("pageerror", (e) => errors.push(`${who}: ${e.message}`));
+  p.on("console", (m) => { if (m.type() === "error") errors.push(`${who}: console: ${m.text()}`); });
+  p.on("pageerror", (e) => errors.push(`${who}: uncaught: ${e.message}`));
   p.on("dialog", (d) => d.accept());
-  p.on("response", (r) => { if (r.status() >= 400) console.error(`${who}: HTTP ${r.status()} ${r.request().method()} ${r.url()}`); });
+  p.on("response", (r) => {
+    if (r.status() >= 400) console.error(`   ${who}: HTTP ${r.status()} ${r.request().method()} ${r.url()}`);
+  });
+  p.setDefaultTimeout(15000);
+  pages.push([who, p]);
   return p;
 }
 
@@ -39,14 +79,32 @@ async function until(what, fn, ms = 15000) {
   throw new Error(`timed out: ${what} (last: ${JSON.stringify(last)})`);
 }
 
+function check(cond, what) {
+  if (!cond) throw new Error(what);
+}
+
 // dB at 440 and 880 Hz in a listener page's program analyser.
 const probe = (p) => p.evaluate(() => window.amphi.toneProbe([440, 880]));
 const heard = (db) => db > -60;
+const silent = (db) => db < -75;
+const fmt = (dbs) => dbs.map((d) => `${d.toFixed(0)} dB`).join(" / ");
+
+async function noSideScroll(p, who) {
+  const w = await p.evaluate(() => document.documentElement.scrollWidth);
+  check(w <= 375, `${who}: the page is ${w} px wide at a 375 px viewport`);
+}
+
+async function joinAndListen(p, link, name) {
+  await p.goto(link);
+  await p.fill("[data-testid=join-name]", name);
+  await p.click("[data-testid=join]");
+  await p.click("[data-testid=listen]");
+}
 
 const hostB = await browser(`${WAVS}/host.wav`);
 const guestB = await browser(`${WAVS}/guest.wav`);
 try {
-  // 1. The host creates a space in the lobby and goes live.
+  step("1. the host creates a space in the lobby, goes live and speaks");
   const host = await page(hostB, "host");
   await host.goto(BASE + "/");
   await host.fill("[data-testid=admin-token]", ADMIN);
@@ -54,60 +112,119 @@ try {
   await host.fill("[data-testid=host-name]", "Hana");
   await host.click("[data-testid=create]");
   const link = await (await host.waitForSelector("[data-testid=space-link]")).getAttribute("href");
-  await host.goto(link);
+  await until("the lobby lists the new space", () => host.evaluate(() =>
+    document.querySelector("[data-testid=scheduled-list]").textContent.includes("Browser journey")));
+  await noSideScroll(host, "lobby");
+  await host.screenshot({ path: `${OUT}/lobby.png`, fullPage: true });
+  await host.goto(BASE + link);
   await host.click("[data-testid=go-live]");
   await host.click("[data-testid=mic]");
-  await until("host publishing", () => host.evaluate(() => document.getElementById("status").textContent.includes("live on stage")));
+  await until("the host publishes", () => host.evaluate(() => document.getElementById("status").textContent.includes("live on stage")));
 
-  // 2. A listener joins from another browser and hears the host.
+  step("2. a listener in another browser hears the host's 440 Hz");
   const guest = await page(guestB, "guest");
-  await guest.goto(link);
-  await guest.fill("[data-testid=join-name]", "Gus");
-  await guest.click("[data-testid=join]");
-  await guest.click("[data-testid=listen]");
-  await until("listener hears 440 Hz", async () => { const [a] = await probe(guest); return heard(a) && a; });
+  await joinAndListen(guest, BASE + link, "Gus");
+  const first = await until("the listener hears 440 Hz", async () => { const t = await probe(guest); return heard(t[0]) && !heard(t[1]) && t; });
+  console.log(`   listener hears ${fmt(first)} (440 / 880)`);
+  const delay = await until("the LIVE badge shows the delay", () => guest.evaluate(() => {
+    const s = window.amphi.stats();
+    return !document.querySelector("[data-testid=live-badge]").hidden && s && s.delayMs !== null && s;
+  }));
+  console.log(`   delay ${delay.delayMs} ms (jitter buffer ${delay.bufferedMs.toFixed(0)} ms)`);
+  check(delay.delayMs < 2000, `listener delay ${delay.delayMs} ms`);
 
-  // 3. Hand up, brought on stage, speaks: a third listener hears both.
+  step("2b. the listener's connection drops; it resumes from the next frame");
+  const before = await guest.evaluate(() => window.amphi.stats());
+  await guest.evaluate(() => window.amphi.state.player.drop());
+  const after = await until("the player resumes", () => guest.evaluate((n) => {
+    const s = window.amphi.stats();
+    return s.resumed >= 1 && s.received > n + 50 && s;
+  }, before.received));
+  check(after.lost === 0, `${after.lost} frames lost across the reconnect`);
+  await until("440 Hz after the resume", async () => heard((await probe(guest))[0]));
+  console.log(`   resumed with ${after.lost} frames lost, ${after.underruns} underruns so far`);
+
+  step("2c. a reaction floats on the host's page");
+  await host.evaluate(() => {
+    window.floated = [];
+    new MutationObserver((ms) => ms.forEach((m) => {
+      m.addedNodes.forEach((n) => window.floated.push({ text: n.textContent, at: performance.now() }));
+      m.removedNodes.forEach((n) => window.floated.push({ gone: n.textContent, at: performance.now() }));
+    })).observe(document.getElementById("floats"), { childList: true });
+  });
+  await guest.click("[data-testid=react-clap]");
+  await until("the host sees the clap", () => host.evaluate(() => window.amphi.state.reactionsSeen["👏"] >= 1), 5000);
+  const floated = await until("a clap floats up on the host's page", () => host.evaluate(() => {
+    const f = window.floated;
+    return f.length >= 2 && f;
+  }), 5000);
+  console.log(`   floated: ${JSON.stringify(floated)}`);
+
+  step("3. hand raised, accepted, the guest speaks: a third listener hears both");
   await guest.click("[data-testid=hand]");
-  await host.click("[data-testid=accept-Gus]", { timeout: 10000 });
-  await guest.click("[data-testid=mic]", { timeout: 10000 });
+  await host.click("[data-testid=accept-Gus]");
+  await guest.click("[data-testid=mic]");
+  await until("the guest publishes", () => guest.evaluate(() => document.getElementById("status").textContent.includes("live on stage")));
+  check(await guest.evaluate(() => window.amphi.state.player === null), "the new speaker still plays the program");
   const third = await page(hostB, "listener");
-  await third.goto(link);
-  await third.fill("[data-testid=join-name]", "Lia");
-  await third.click("[data-testid=join]");
-  await third.click("[data-testid=listen]");
-  await until("third listener hears both tones", async () => { const [a, b] = await probe(third); return heard(a) && heard(b) && [a, b]; });
+  await joinAndListen(third, BASE + link, "Lia");
+  const both = await until("the third listener hears both tones", async () => { const t = await probe(third); return heard(t[0]) && heard(t[1]) && t; });
+  console.log(`   third listener hears ${fmt(both)}`);
+  await until("the stage shows someone talking", () => third.evaluate(() => document.querySelectorAll("#stage li.talking").length > 0));
+  for (const [p, who] of [[host, "host"], [guest, "speaker"], [third, "listener"]]) {
+    await noSideScroll(p, who);
+    await p.screenshot({ path: `${OUT}/${who}.png`, fullPage: true });
+  }
 
-  // 4. The host mutes Gus: 880 Hz leaves the program, 440 stays.
+  step("4. the host mutes the guest: 880 Hz leaves the program, 440 stays");
   await host.click("[data-testid=mute-Gus]");
-  await until("880 Hz gone after mute", async () => { const [a, b] = await probe(third); return heard(a) && b < -75 && [a, b]; });
+  const muted = await until("880 Hz gone after the mute", async () => { const t = await probe(third); return heard(t[0]) && silent(t[1]) && t; });
+  console.log(`   after the mute ${fmt(muted)}`);
+  await until("the guest's page shows the mute", () => guest.evaluate(() => window.amphi.state.you.muted));
+  check(await guest.evaluate(() => window.amphi.state.mic.stream.getAudioTracks()[0].enabled === false),
+    "the muted guest's track is still enabled locally");
 
-  await host.screenshot({ path: `${OUT}/host.png`, fullPage: true });
-  await guest.screenshot({ path: `${OUT}/speaker.png`, fullPage: true });
-  await third.screenshot({ path: `${OUT}/listener.png`, fullPage: true });
+  step("5. moved to the audience, the guest's microphone is released");
+  const deleted = guest.waitForResponse((r) => r.request().method() === "DELETE" && r.url().includes("/whip/"), { timeout: 10000 });
+  await host.click("[data-testid=demote-Gus]");
+  await until("the guest is back in the audience", () => guest.evaluate(() => window.amphi.state.you && !window.amphi.state.you.on_stage));
+  check(!(await guest.evaluate(() => window.amphi.micLive())), "the guest's microphone is still live");
+  const del = await deleted;
+  check(del.status() < 300, `DELETE of the WHIP session answered ${del.status()}`);
+  await until("the guest's hand button is back", () => guest.evaluate(() => !document.querySelector("[data-testid=hand]").hidden));
 
-  // 5. The host ends the space: listeners get the replay, which the
-  //    browser can load and seek (Range requests on recording.opus).
+  step("6. the host ends the space: listeners get a seekable replay");
   await host.click("[data-testid=end]");
-  await until("replay offered to the listener", () => third.evaluate(() => !document.getElementById("ended").hidden));
+  await until("replay offered to the listener", () => third.evaluate(() => !document.getElementById("replay").hidden));
   const duration = await until("replay duration known", () => third.evaluate(async () => {
     const a = document.getElementById("replay");
     if (!a.src) return false;
-    a.preload = "metadata";
-    a.load();
-    await new Promise((r) => { a.onloadedmetadata = r; setTimeout(r, 3000); });
+    if (!(a.duration > 1 && Number.isFinite(a.duration))) {
+      a.load();
+      await new Promise((r) => { a.onloadedmetadata = r; setTimeout(r, 3000); });
+    }
     if (!(a.duration > 1 && Number.isFinite(a.duration))) return false;
     a.currentTime = a.duration / 2;
     await new Promise((r) => { a.onseeked = r; setTimeout(r, 3000); });
     return Math.abs(a.currentTime - a.duration / 2) < 1 && a.duration;
-  }));
-  console.log(`replay: ${duration.toFixed(1)} s, seekable`);
+  }), 20000);
+  console.log(`   replay: ${duration.toFixed(1)} s, seekable`);
   await third.screenshot({ path: `${OUT}/replay.png`, fullPage: true });
   if (errors.length) throw new Error("console errors:\n" + errors.join("\n"));
-  console.log("browser journey: 1 passed, 0 failed");
+  console.log("browser journey: passed");
 } catch (e) {
-  console.error("browser journey failed:", e.message);
-  console.error(errors.join("\n"));
+  console.error("browser journey FAILED:", e.message);
+  for (const [who, p] of pages) {
+    const d = await p.evaluate(() => ({
+      status: document.getElementById("status")?.textContent,
+      you: window.amphi?.state?.you,
+      reactions: window.amphi?.state?.reactionsSeen,
+      stats: window.amphi?.stats?.(),
+      tones: window.amphi?.toneProbe?.([440, 880]),
+    })).catch((x) => x.message);
+    console.error(`   ${who}: ${JSON.stringify(d)}`);
+  }
+  if (errors.length) console.error(errors.join("\n"));
   process.exitCode = 1;
 } finally {
   await hostB.close();
