@@ -37,8 +37,10 @@ pub struct SpaceCell {
     pub live: RwLock<Option<Arc<LiveMedia>>>,
     /// Talking levels of the last update period, from the media plane.
     pub talking: Mutex<HashMap<ParticipantId, u8>>,
-    /// Listener connections counted on this node for this space.
+    /// Listener count last shown to events clients (all nodes).
     pub listener_count: AtomicU64,
+    /// Listeners of this space on the cluster's other nodes (their reports).
+    pub remote_listeners: AtomicU64,
     /// The recording has been cut into its replay outputs.
     pub replay_ready: AtomicBool,
 }
@@ -78,16 +80,23 @@ impl SpaceCell {
             live: RwLock::new(None),
             talking: Mutex::new(HashMap::new()),
             listener_count: AtomicU64::new(0),
+            remote_listeners: AtomicU64::new(0),
             replay_ready: AtomicBool::new(false),
         });
         cell.refresh_update();
         cell
     }
 
-    /// Listeners now: stream connections on this node.
-    pub fn listeners(&self) -> u64 {
+    /// Listener streams of this space on this node.
+    pub fn local_listeners(&self) -> u64 {
         let live = self.live.read();
         live.as_ref().map_or(0, |l| l.listeners())
+    }
+
+    /// Listeners now: stream connections on this node plus the other
+    /// nodes' latest counts.
+    pub fn listeners(&self) -> u64 {
+        self.local_listeners() + self.remote_listeners.load(Ordering::Relaxed)
     }
 
     /// The public JSON view of the space.
@@ -210,6 +219,8 @@ pub struct App {
     pub per_ip: Arc<crate::front::PerIp>,
     pub command_limiter: crate::listen::KeyedLimiter,
     pub started: std::time::Instant,
+    /// Membership of a cluster (`--nats`); `None` on a lone node.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 impl App {
@@ -221,6 +232,8 @@ impl App {
             let cell = SpaceCell::new(space);
             self.spaces.write().insert(cell.id, cell.clone());
             match state {
+                // In a cluster the lease decides who mixes a live space.
+                SpaceState::Live if self.cluster.is_some() => {}
                 SpaceState::Live => self.media.start_space(&cell),
                 SpaceState::Ended if record && self.media.recorder.is_complete(cell.id) => {
                     cell.replay_is_ready()
@@ -286,15 +299,52 @@ impl App {
         let cell = SpaceCell::new(space);
         self.spaces.write().insert(id, cell.clone());
         self.metrics.spaces_created.inc();
+        if let Some(c) = &self.cluster {
+            // The node where a space is created owns it first.
+            c.ensure_owner(id).await?;
+        }
         Ok((cell, host))
+    }
+
+    /// Takes in a space's state written by its owner on another node.
+    pub fn adopt_space(&self, space: Space) -> Arc<SpaceCell> {
+        let existing = self.spaces.read().get(&space.id).cloned();
+        let cell = match existing {
+            Some(cell) => {
+                cell.inner.lock().space = space.clone();
+                cell.dirty.store(true, Ordering::Release);
+                cell
+            }
+            None => {
+                let cell = SpaceCell::new(space.clone());
+                self.spaces
+                    .write()
+                    .entry(space.id)
+                    .or_insert_with(|| cell.clone())
+                    .clone()
+            }
+        };
+        // A local copy, so the node lists its spaces after a restart even
+        // before NATS answers.
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = store.lock().save_space(&space, now_ms()) {
+                tracing::warn!(error = %e, "could not keep a local copy of a space");
+            }
+        });
+        cell
     }
 
     async fn persist(&self, space: Space) -> Result<(), ApiError> {
         let store = self.store.clone();
+        let local = space.clone();
         let res =
-            tokio::task::spawn_blocking(move || store.lock().save_space(&space, now_ms())).await;
+            tokio::task::spawn_blocking(move || store.lock().save_space(&local, now_ms())).await;
         match res {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(())) => match &self.cluster {
+                Some(c) => c.write_space(&space).await,
+                None => Ok(()),
+            },
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "could not persist a space");
                 self.metrics.storage_errors.inc();
@@ -350,7 +400,18 @@ impl App {
                 self.egress.close_tag(target.0);
             }
             Outcome::Started => self.media.start_space(cell),
-            Outcome::Ended => self.media.stop_space(cell),
+            Outcome::Ended => {
+                let last = cell
+                    .live
+                    .read()
+                    .as_ref()
+                    .and_then(|l| l.history.lock().last_seq())
+                    .unwrap_or(0);
+                self.media.stop_space(cell);
+                if let Some(c) = &self.cluster {
+                    c.release(cell.id, last).await;
+                }
+            }
             Outcome::Changed | Outcome::Unchanged => {}
         }
         cell.dirty.store(true, Ordering::Release);

@@ -223,6 +223,13 @@ pub async fn handle(mut stream: TcpStream, app: Arc<App>) {
             _ => return,
         }
     };
+    if let (Some(cluster), Some(id)) = (&app.cluster, head.space)
+        && let Ok(cell) = app.space(id)
+    {
+        // An edge: the first listener of a space mixed elsewhere starts
+        // this node's feed of its frames.
+        cluster.live_media(&cell).await;
+    }
     match admit(&app, &head) {
         Ok(listener) if listener.head_only => {
             app.egress.release();

@@ -2,6 +2,7 @@
 
 mod api;
 mod app;
+mod cluster;
 mod error;
 mod events;
 mod front;

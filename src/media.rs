@@ -58,7 +58,11 @@ pub struct MediaConfig {
     pub ogg_frames_per_page: usize,
     pub ws_frames_per_message: usize,
     pub egress: Arc<Egress>,
-    pub data_dir: std::path::PathBuf,
+    /// Where recordings go (shared storage lets a new origin continue one).
+    pub recordings_dir: std::path::PathBuf,
+    /// The cluster's frame bus: every program frame of a space this node
+    /// originates, encoded once, for the edges (`None` on a lone node).
+    pub bus: Option<tokio::sync::mpsc::Sender<(SpaceId, Bytes)>>,
 }
 
 /// Segments the live HLS keeps: the whole space, up to 2 hours, is the
@@ -101,6 +105,65 @@ impl LiveMedia {
     }
 }
 
+/// Cuts a space's listener outputs from its frames, once per frame for
+/// every listener: the history, the LL-HLS parts, the Ogg pages and the
+/// WebSocket messages. The origin's mixer and an edge's bus feed both use
+/// it, so an edge's outputs are the origin's, built locally.
+pub struct Cutters {
+    pager: OggPager,
+    batcher: WsBatcher,
+}
+
+impl Cutters {
+    pub fn new(space: SpaceId, ogg_frames_per_page: usize, ws_frames_per_message: usize) -> Self {
+        Cutters {
+            pager: OggPager::new(ogg_serial(space), ogg_frames_per_page),
+            batcher: WsBatcher::new(ws_frames_per_message),
+        }
+    }
+
+    /// Takes one frame into every output.
+    pub fn cut(&mut self, cell: &SpaceCell, live: &LiveMedia, egress: &Egress, frame: &Frame) {
+        if !frame.speakers.is_empty() {
+            let mut talking = cell.talking.lock();
+            for s in frame.speakers.iter() {
+                let e = talking.entry(s.participant).or_insert(0);
+                *e = (*e).max(s.level);
+            }
+        }
+        live.history.lock().push(frame.clone());
+        if !live.hls.lock().push(frame).is_empty() {
+            live.hls_tick.send_modify(|t| *t += 1);
+        }
+        if let Some(page) = self.pager.push(frame) {
+            egress.publish(&live.ogg, page, frame.seq);
+        }
+        if let Some(msg) = self.batcher.push(frame) {
+            egress.publish(&live.ws, msg, frame.seq);
+        }
+    }
+
+    /// The end of the space: the last page, the HLS end, a close frame to
+    /// every WebSocket listener (no reconnect), then the outputs close.
+    pub fn finish(&mut self, live: &LiveMedia, egress: &Egress) {
+        let last = live.history.lock().last_seq().unwrap_or(0);
+        if let Some(page) = self.pager.flush() {
+            egress.publish(&live.ogg, page, last);
+        }
+        live.hls.lock().finish();
+        live.hls_tick.send_modify(|t| *t += 1);
+        let bye =
+            amphi_media::wire::ws_close_frame(amphi_media::wire::CLOSE_SPACE_ENDED, "space ended");
+        egress.publish(&live.ws, bye, last);
+        egress.close_output(&live.ogg);
+        egress.close_output(&live.ws);
+    }
+}
+
+fn ogg_serial(space: SpaceId) -> u32 {
+    (space.0 as u32) ^ ((space.0 >> 32) as u32)
+}
+
 enum Cmd {
     Start {
         cell: Arc<SpaceCell>,
@@ -109,6 +172,9 @@ enum Cmd {
         first_seq: u64,
     },
     Stop {
+        space: SpaceId,
+    },
+    Abandon {
         space: SpaceId,
     },
     AddSession {
@@ -129,6 +195,7 @@ struct MediaStats {
     packets: AtomicU64,
     packets_unrouted: AtomicU64,
     sessions_replaced: AtomicU64,
+    bus_dropped: AtomicU64,
 }
 
 /// Handle to the media plane.
@@ -144,6 +211,8 @@ pub struct MediaPlane {
     alive: Arc<AtomicBool>,
     pub recorder: Arc<Recorder>,
     speaker_stats: Arc<SpeakerStats>,
+    /// Spaces mixed on this node now.
+    mixing: Mutex<std::collections::HashSet<SpaceId>>,
 }
 
 /// Per-speaker counters, refreshed by the mixer thread once a second.
@@ -162,7 +231,7 @@ impl MediaPlane {
         let (tx, rx) = crossbeam_channel::bounded(1024);
         let stats = Arc::new(MediaStats::default());
         let alive = Arc::new(AtomicBool::new(true));
-        let recorder = Arc::new(Recorder::start(&cfg.data_dir)?);
+        let recorder = Arc::new(Recorder::start(&cfg.recordings_dir)?);
         let speaker_stats: Arc<SpeakerStats> = Arc::new(Mutex::new(Vec::new()));
         let mixer = MixThread {
             speaker_stats: speaker_stats.clone(),
@@ -196,6 +265,7 @@ impl MediaPlane {
             alive,
             recorder,
             speaker_stats,
+            mixing: Mutex::new(Default::default()),
         })
     }
 
@@ -209,37 +279,74 @@ impl MediaPlane {
         self.alive.load(Ordering::Acquire)
     }
 
-    /// Gives a space that went live its outputs and its mixer.
-    pub fn start_space(&self, cell: &Arc<SpaceCell>) {
-        let serial = (cell.id.0 as u32) ^ ((cell.id.0 >> 32) as u32);
-        let pager = OggPager::new(serial, self.cfg.ogg_frames_per_page);
-        let live = Arc::new(LiveMedia {
+    /// Fresh, empty outputs for a live space (an origin's or an edge's).
+    pub fn new_live_media(&self, space: SpaceId) -> Arc<LiveMedia> {
+        let pager = OggPager::new(ogg_serial(space), self.cfg.ogg_frames_per_page);
+        Arc::new(LiveMedia {
             ogg: self.egress.new_output(),
             ws: self.egress.new_output(),
             ogg_headers: pager.headers(),
             history: Mutex::new(History::new(HISTORY_FRAMES)),
             hls: Mutex::new(Segmenter::new(HLS_DVR_SEGMENTS)),
             hls_tick: tokio::sync::watch::channel(0).0,
-        });
+        })
+    }
+
+    /// Output cutters configured like this node's.
+    pub fn cutters(&self, space: SpaceId) -> Cutters {
+        Cutters::new(
+            space,
+            self.cfg.ogg_frames_per_page,
+            self.cfg.ws_frames_per_message,
+        )
+    }
+
+    /// The fan-out the outputs publish to.
+    pub fn egress(&self) -> &Arc<Egress> {
+        &self.egress
+    }
+
+    /// Gives a space that went live its outputs and its mixer.
+    pub fn start_space(&self, cell: &Arc<SpaceCell>) {
+        self.start_space_with(cell, None, 0);
+    }
+
+    /// Starts mixing a space here, keeping `live` (the outputs this node
+    /// already served as an edge, so its listeners carry on) and numbering
+    /// frames from at least `min_seq` (where the previous origin stopped).
+    pub fn start_space_with(
+        &self,
+        cell: &Arc<SpaceCell>,
+        live: Option<Arc<LiveMedia>>,
+        min_seq: u64,
+    ) {
+        let live = live.unwrap_or_else(|| self.new_live_media(cell.id));
         *cell.live.write() = Some(live.clone());
+        self.mixing.lock().insert(cell.id);
         let record = cell.inner.lock().space.record;
         // A space that was live before a restart continues its program:
         // sequence numbers go on from the last recorded frame, skipping the
         // time the node was down, so the recording shows the gap.
-        let first_seq = last_recorded(self.recorder.root(), cell.id).map_or(0, |(seq, at_us)| {
+        let resumed = last_recorded(self.recorder.root(), cell.id).map_or(0, |(seq, at_us)| {
             let down_us = wall_us().saturating_sub(at_us);
             seq.saturating_add(1).saturating_add(down_us / 20_000)
         });
+        let after_history = live
+            .history
+            .lock()
+            .last_seq()
+            .map_or(0, |s| s.saturating_add(1));
         let _ = self.tx.send(Cmd::Start {
             cell: cell.clone(),
             live,
             record,
-            first_seq,
+            first_seq: resumed.max(min_seq).max(after_history),
         });
     }
 
     /// Stops a space's media: its mixer, its sessions, its listeners.
     pub fn stop_space(&self, cell: &Arc<SpaceCell>) {
+        self.mixing.lock().remove(&cell.id);
         let _ = self.tx.send(Cmd::Stop { space: cell.id });
         let sessions: Vec<ParticipantId> = cell.gates.lock().keys().copied().collect();
         for pid in sessions {
@@ -247,6 +354,26 @@ impl MediaPlane {
         }
         // New listeners are refused from now on; the mixer thread closes the
         // outputs after their last units, so nothing follows the close.
+        cell.live.write().take();
+    }
+
+    /// Whether this node mixes `space` now (it is its origin).
+    pub fn is_mixing(&self, space: SpaceId) -> bool {
+        self.mixing.lock().contains(&space)
+    }
+
+    /// Stops mixing a space another node now owns: its sessions and
+    /// listeners here are closed (they reconnect, and find the new origin),
+    /// and nothing is finished or cut, since the space goes on elsewhere.
+    pub fn abandon_space(&self, cell: &Arc<SpaceCell>) {
+        if !self.mixing.lock().remove(&cell.id) {
+            return;
+        }
+        let _ = self.tx.send(Cmd::Abandon { space: cell.id });
+        let sessions: Vec<ParticipantId> = cell.gates.lock().keys().copied().collect();
+        for pid in sessions {
+            self.rtc.close_participant(cell.id, pid);
+        }
         cell.live.write().take();
     }
 
@@ -301,6 +428,12 @@ impl MediaPlane {
             "WHIP sessions closed because their participant opened a newer one.",
             l(&s.sessions_replaced),
         );
+        counter(
+            out,
+            "amphi_bus_frames_dropped_total",
+            "Program frames not handed to the cluster bus (its queue was full).",
+            l(&s.bus_dropped),
+        );
         self.rtc.stats().render_prometheus(out);
         let rows = self.speaker_stats.lock().clone();
         for (name, help, pick) in [
@@ -349,8 +482,7 @@ struct SpaceMix {
     cell: Arc<SpaceCell>,
     live: Arc<LiveMedia>,
     mixer: Mixer,
-    pager: OggPager,
-    batcher: WsBatcher,
+    cutters: Cutters,
     speakers: HashMap<ParticipantId, Speaker>,
     record: bool,
 }
@@ -427,11 +559,13 @@ impl MixThread {
                     }
                 };
                 mixer.set_next_seq(first_seq);
-                let serial = (cell.id.0 as u32) ^ ((cell.id.0 >> 32) as u32);
                 let mix = SpaceMix {
                     record,
-                    pager: OggPager::new(serial, self.cfg.ogg_frames_per_page),
-                    batcher: WsBatcher::new(self.cfg.ws_frames_per_message),
+                    cutters: Cutters::new(
+                        cell.id,
+                        self.cfg.ogg_frames_per_page,
+                        self.cfg.ws_frames_per_message,
+                    ),
                     cell: cell.clone(),
                     live,
                     mixer,
@@ -441,25 +575,19 @@ impl MixThread {
             }
             Cmd::Stop { space } => {
                 if let Some(mut mix) = self.spaces.remove(&space) {
-                    if let Some(page) = mix.pager.flush() {
-                        let last = mix.live.history.lock().last_seq().unwrap_or(0);
-                        self.egress.publish(&mix.live.ogg, page, last);
-                    }
-                    mix.live.hls.lock().finish();
-                    mix.live.hls_tick.send_modify(|t| *t += 1);
-                    let last = mix.live.history.lock().last_seq().unwrap_or(0);
-                    let bye = amphi_media::wire::ws_close_frame(
-                        amphi_media::wire::CLOSE_SPACE_ENDED,
-                        "space ended",
-                    );
-                    self.egress.publish(&mix.live.ws, bye, last);
-                    self.egress.close_output(&mix.live.ogg);
-                    self.egress.close_output(&mix.live.ws);
+                    mix.cutters.finish(&mix.live, &self.egress);
                     if mix.record {
                         let cell = mix.cell.clone();
                         self.recorder
                             .end(space, Box::new(move || cell.replay_is_ready()));
                     }
+                }
+                self.sessions.retain(|_, (s, _)| *s != space);
+            }
+            Cmd::Abandon { space } => {
+                if let Some(mix) = self.spaces.remove(&space) {
+                    self.egress.close_output(&mix.live.ogg);
+                    self.egress.close_output(&mix.live.ws);
                 }
                 self.sessions.retain(|_, (s, _)| *s != space);
             }
@@ -553,25 +681,16 @@ impl MixThread {
             let tick = mix.mixer.tick(captured_at_us);
             let frame = tick.frame;
             self.stats.frames.fetch_add(1, Ordering::Relaxed);
-            if !frame.speakers.is_empty() {
-                let mut talking = mix.cell.talking.lock();
-                for s in frame.speakers.iter() {
-                    let e = talking.entry(s.participant).or_insert(0);
-                    *e = (*e).max(s.level);
-                }
+            if let Some(bus) = &self.cfg.bus
+                && bus
+                    .try_send((mix.cell.id, amphi_cluster::encode_frame(&frame)))
+                    .is_err()
+            {
+                self.stats.bus_dropped.fetch_add(1, Ordering::Relaxed);
             }
-            mix.live.history.lock().push(frame.clone());
-            if !mix.live.hls.lock().push(&frame).is_empty() {
-                mix.live.hls_tick.send_modify(|t| *t += 1);
-            }
+            mix.cutters.cut(&mix.cell, &mix.live, &self.egress, &frame);
             if mix.record {
                 self.recorder.frame(mix.cell.id, frame.clone());
-            }
-            if let Some(page) = mix.pager.push(&frame) {
-                self.egress.publish(&mix.live.ogg, page, frame.seq);
-            }
-            if let Some(msg) = mix.batcher.push(&frame) {
-                self.egress.publish(&mix.live.ws, msg, frame.seq);
             }
             for (pid, opus) in tick.mix_minus {
                 if let Some(sp) = mix.speakers.get(&pid) {

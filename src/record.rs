@@ -80,9 +80,10 @@ pub fn last_recorded(root: &Path, id: SpaceId) -> Option<(u64, u64)> {
 }
 
 impl Recorder {
-    /// Starts the recorder writing under `<data_dir>/recordings`.
-    pub fn start(data_dir: &Path) -> anyhow::Result<Self> {
-        let root = data_dir.join("recordings");
+    /// Starts the recorder writing under `root` (`<data>/recordings` by
+    /// default).
+    pub fn start(root: &Path) -> anyhow::Result<Self> {
+        let root = root.to_path_buf();
         fs::create_dir_all(&root)?;
         // Bounded: if the disk stalls for a long time, frames are dropped
         // (and counted) rather than piling up in memory or blocking mixing.

@@ -22,6 +22,40 @@ use crate::record::space_dir;
 /// Longest a blocking playlist request waits for its part.
 const BLOCK_LIMIT: Duration = Duration::from_secs(3);
 
+/// In a cluster, a replay recorded on another node is there: redirect.
+pub async fn replay_elsewhere(
+    State(app): State<Arc<App>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if let Some(c) = &app.cluster {
+        let path = req.uri().path().to_owned();
+        let id = path
+            .strip_prefix("/spaces/")
+            .and_then(|r| r.split('/').next())
+            .and_then(|s| s.parse::<SpaceId>().ok());
+        if let Some(cell) = id.and_then(|id| app.space(id).ok()) {
+            let (state, record) = {
+                let inner = cell.inner.lock();
+                (inner.space.state, inner.space.record)
+            };
+            let is_replay = path.ends_with("/recording.opus") || path.contains("/hls/replay");
+            if is_replay
+                && state == SpaceState::Ended
+                && record
+                && !app.media.recorder.is_complete(cell.id)
+                && let Some(base) = c.recorded_at(cell.id).await
+                && let Ok(v) = HeaderValue::from_str(&format!("{base}{path}"))
+            {
+                let mut res = StatusCode::TEMPORARY_REDIRECT.into_response();
+                res.headers_mut().insert(header::LOCATION, v);
+                return res;
+            }
+        }
+    }
+    next.run(req).await
+}
+
 pub fn router() -> Router<Arc<App>> {
     Router::new()
         .route("/spaces/{id}/hls/live.m3u8", get(live_playlist))
@@ -62,6 +96,9 @@ async fn live_playlist(
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
     let cell = cell(&app, &id)?;
+    if let Some(c) = &app.cluster {
+        c.live_media(&cell).await;
+    }
     let live = cell
         .live
         .read()
@@ -114,6 +151,9 @@ async fn live_media(
     let cell = cell(&app, &id)?;
     let (msn, part) =
         parse_media_name(&name).ok_or_else(|| ApiError::not_found("no such HLS resource"))?;
+    if let Some(c) = &app.cluster {
+        c.live_media(&cell).await;
+    }
     let live = cell
         .live
         .read()

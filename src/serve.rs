@@ -85,6 +85,24 @@ pub struct ServeArgs {
     /// Fan-out worker threads (default: one per core).
     #[arg(long, env = "AMPHI_FANOUT_WORKERS")]
     pub fanout_workers: Option<usize>,
+    /// Where recordings are written (default `<data-dir>/recordings`). In a
+    /// cluster, a directory every node shares lets the node that takes
+    /// over a space continue its recording.
+    #[arg(long, env = "AMPHI_RECORDINGS_DIR")]
+    pub recordings_dir: Option<PathBuf>,
+    /// Join a cluster through this NATS server (e.g. nats://127.0.0.1:4222).
+    /// Without it the node stands alone: SQLite and local files, no other
+    /// service.
+    #[arg(long, env = "AMPHI_NATS")]
+    pub nats: Option<String>,
+    /// This node's name in the cluster (default: generated once and kept in
+    /// the data dir).
+    #[arg(long, env = "AMPHI_NODE_ID")]
+    pub node_id: Option<String>,
+    /// The URL other nodes and clients reach this node's HTTP at (default:
+    /// http://<--http>).
+    #[arg(long, env = "AMPHI_PUBLIC_URL")]
+    pub public_url: Option<String>,
     /// Shared key of identity tokens from the operator's own app (HS256);
     /// a ban then follows the identity.
     #[arg(long, env = "AMPHI_IDENTITY_KEY", hide_env_values = true)]
@@ -120,7 +138,46 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let store = Store::open(&args.data_dir).context("opening the database")?;
-    let token_key = TokenKey::from_bytes(store.secret("token_key", rand::random)?);
+    let mut token_key_bytes = store.secret("token_key", rand::random)?;
+    let (cluster, bus, bus_rx) = match &args.nats {
+        None => (None, None, None),
+        Some(url) => {
+            let node = match &args.node_id {
+                Some(n) => n.clone(),
+                None => match store.setting("node_id")? {
+                    Some(n) => n,
+                    None => {
+                        let n = format!("n{:08x}", rand::random::<u32>());
+                        store.set_setting("node_id", &n)?;
+                        n
+                    }
+                },
+            };
+            if node.is_empty()
+                || !node
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                anyhow::bail!("--node-id must be letters, digits, - or _");
+            }
+            let http = args
+                .public_url
+                .clone()
+                .unwrap_or_else(|| format!("http://{}", args.http));
+            let cluster = crate::cluster::Cluster::connect(url, node.clone(), http)
+                .await
+                .with_context(|| format!("joining the cluster at {url}"))?;
+            // Every node signs and checks tokens with the same key.
+            let shared = cluster.shared_secret("token_key", &token_key_bytes).await?;
+            token_key_bytes = shared
+                .try_into()
+                .map_err(|_| anyhow::anyhow!("the cluster's token key is not 32 bytes"))?;
+            eprintln!("amphi: node {node} joined the cluster at {url}");
+            let (tx, rx) = tokio::sync::mpsc::channel(crate::cluster::BUS_QUEUE);
+            (Some(cluster), Some(tx), Some(rx))
+        }
+    };
+    let token_key = TokenKey::from_bytes(token_key_bytes);
     let admin_token = match std::env::var("AMPHI_ADMIN_TOKEN") {
         Ok(t) if !t.is_empty() => t,
         _ => match store.setting("admin_token")? {
@@ -157,7 +214,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ogg_frames_per_page: (args.ogg_page_ms / 20).clamp(1, 50) as usize,
         ws_frames_per_message: (args.ws_batch_ms / 20).clamp(1, 50) as usize,
         egress: egress.clone(),
-        data_dir: args.data_dir.clone(),
+        recordings_dir: args
+            .recordings_dir
+            .clone()
+            .unwrap_or_else(|| args.data_dir.join("recordings")),
+        bus,
     })
     .context("starting the media plane")?;
     let app = Arc::new(App {
@@ -183,10 +244,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .as_deref()
             .map(|k| TokenKey::derive(k.as_bytes())),
         started: Instant::now(),
+        cluster: cluster.clone(),
     });
     app.load().context("loading spaces")?;
 
     let router = router(app.clone());
+    if let (Some(cluster), Some(rx)) = (&cluster, bus_rx) {
+        cluster.start(&app, router.clone(), rx);
+    }
     let listener = bind_http(args.http)?;
     eprintln!(
         "amphi listening on http://{} (WebRTC on udp/{}), data in {}",
@@ -258,6 +323,14 @@ fn router(app: Arc<App>) -> Router {
                 "method not allowed on this route",
             )
         })
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            crate::cluster::route_to_owner,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            crate::replay::replay_elsewhere,
+        ))
         .layer(axum::middleware::from_fn_with_state(app.clone(), observe))
         .layer(DefaultBodyLimit::max(crate::api::MAX_BODY))
         .with_state(app)
@@ -276,7 +349,9 @@ async fn observe(State(app): State<Arc<App>>, req: Request, next: Next) -> Respo
 }
 
 async fn readyz(State(app): State<Arc<App>>) -> Response {
-    if app.media.healthy() {
+    if app.cluster.as_ref().is_some_and(|c| !c.connected()) {
+        ApiError::unavailable("this node lost its connection to NATS", 1).into_response()
+    } else if app.media.healthy() {
         "ready\n".into_response()
     } else {
         ApiError::unavailable("the media plane is not running", 1).into_response()
@@ -384,6 +459,9 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
         l(&e.closed_gone),
     );
     app.media.render_metrics(&mut out);
+    if let Some(c) = &app.cluster {
+        c.render_metrics(&mut out);
+    }
     gauge(
         &mut out,
         "amphi_uptime_seconds",

@@ -401,3 +401,87 @@ pub fn end_and_measure_recording(s: &Server, id: &str, host: &str, freq: f32) ->
     });
     seconds_of_tone(&ffmpeg_listen(&rec, 3600.0), freq)
 }
+
+/// A real `nats-server` with JetStream on loopback, killed (by PID) when
+/// the handle drops. `restart` keeps its port and its store.
+pub struct Nats {
+    pub child: Child,
+    pub port: u16,
+    pub monitor: u16,
+    pub store: tempfile::TempDir,
+}
+
+impl Nats {
+    pub fn start() -> Nats {
+        let store = tempfile::tempdir().expect("tempdir");
+        let (port, monitor) = (free_port(), free_port());
+        let n = Nats {
+            child: Nats::spawn(port, monitor, store.path()),
+            port,
+            monitor,
+            store,
+        };
+        n.wait_ready();
+        n
+    }
+
+    fn spawn(port: u16, monitor: u16, store: &Path) -> Child {
+        let bin = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("nats-server is required: run scripts/test (it installs it)");
+        Command::new(bin)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-m", &monitor.to_string()])
+            .args(["-js", "-sd"])
+            .arg(store)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn nats-server")
+    }
+
+    fn wait_ready(&self) {
+        wait_for(10, "nats-server", || {
+            reqwest::blocking::get(format!(
+                "http://127.0.0.1:{}/healthz?js-enabled-only=true",
+                self.monitor
+            ))
+            .is_ok_and(|r| r.status().is_success())
+        });
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// kill -9 and start again on the same port and store.
+    pub fn restart(&mut self, down_for: Duration) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::thread::sleep(down_for);
+        self.child = Nats::spawn(self.port, self.monitor, self.store.path());
+        self.wait_ready();
+    }
+
+    /// The server's total payload bytes sent to clients (`/varz`).
+    pub fn out_bytes(&self) -> u64 {
+        let v: Value = reqwest::blocking::get(format!("http://127.0.0.1:{}/varz", self.monitor))
+            .expect("varz")
+            .json()
+            .expect("varz json");
+        v["out_bytes"].as_u64().expect("out_bytes")
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts a cluster node `name` on `nats`.
+pub fn node(nats: &Nats, name: &str) -> Server {
+    Server::start(&["--nats", &nats.url(), "--node-id", name])
+}

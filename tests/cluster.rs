@@ -1,0 +1,256 @@
+//! Three amphi nodes on a real `nats-server` (JetStream): any node serves
+//! any space, control applies at the owner, the bus carries each frame once
+//! per edge, and the cluster survives a dead edge and a NATS restart.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+fn view(s: &Server, id: &str) -> Value {
+    call("GET", &s.url(&format!("/api/v1/spaces/{id}")), None, None).body
+}
+
+fn hears(s: &Server, id: &str, freq: f32) -> f32 {
+    let pcm = ffmpeg_listen(&s.url(&format!("/spaces/{id}/live.opus")), 3.0);
+    assert!(
+        pcm.len() > 48_000 * 2,
+        "only {} samples from {}",
+        pcm.len(),
+        s.port
+    );
+    tone_share(&pcm[48_000..], freq)
+}
+
+/// Reads `n` messages and checks they follow each other with no gap;
+/// returns the next expected frame.
+fn read_contiguous(r: &mut WsReader, mut next: Option<u64>, n: usize) -> u64 {
+    for _ in 0..n {
+        let (first, count) = r.next();
+        if let Some(want) = next {
+            assert_eq!(first, want, "a gap or an overlap in the sequence");
+        }
+        next = Some(first + count);
+    }
+    next.expect("read at least one message")
+}
+
+#[test]
+fn a_space_on_one_node_is_heard_and_run_through_the_others() {
+    let nats = Nats::start();
+    let a = node(&nats, "a");
+    let b = node(&nats, "b");
+    let c = node(&nats, "c");
+
+    // Created and started on A.
+    let (id, host, _) = live_space(&a, "cluster");
+    // C reads it live.
+    wait_for(5, "C sees the space live", || {
+        view(&c, &id)["state"] == "live"
+    });
+    // The host publishes through C: the WHIP call is forwarded to A.
+    let _peer = publish_tone(&c, &id, &host, 440, 30);
+    wait_for_audio(&a, 100.0);
+
+    // B and C each decode the tone (ffmpeg as the player).
+    for s in [&b, &c] {
+        let share = hears(s, &id, 440.0);
+        assert!(share > 0.5, "440 Hz share {share} through port {}", s.port);
+    }
+
+    // A hand raised through C is seen on A; a stage change through B lands.
+    let (pid, tok) = join(&c, &id, "Cleo");
+    let r = call(
+        "POST",
+        &c.url(&format!("/api/v1/spaces/{id}/hand")),
+        Some(&tok),
+        None,
+    );
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let hands = view(&a, &id)["hands_raised"].clone();
+    assert!(
+        hands
+            .as_array()
+            .is_some_and(|h| h.iter().any(|x| x["participant_id"] == pid.as_str())),
+        "A's view has no raised hand right after the call returned: {hands}"
+    );
+    let r = call(
+        "POST",
+        &b.url(&format!("/api/v1/spaces/{id}/stage/{pid}")),
+        Some(&host),
+        None,
+    );
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    wait_for(5, "C sees Cleo on stage", || {
+        view(&c, &id)["stage"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|m| m["participant_id"] == pid.as_str()))
+    });
+    // Bad input across nodes is still a clear error from the owner.
+    let r = call(
+        "POST",
+        &b.url(&format!("/api/v1/spaces/{id}/participants/{pid}/mute")),
+        Some("not-a-token"),
+        None,
+    );
+    assert_eq!(r.status, 401, "{:?}", r.body);
+    assert_eq!(r.body["error"]["code"], "invalid_token");
+
+    // The audience is the sum of the nodes' counts.
+    let mut r1 = WsReader::connect(b.port, &format!("/spaces/{id}/live.ws"), None);
+    let mut r2 = WsReader::connect(c.port, &format!("/spaces/{id}/live.ws"), None);
+    r1.next();
+    r2.next();
+    wait_for(5, "A counts the listeners of B and C", || {
+        view(&a, &id)["listener_count"].as_u64() >= Some(2)
+    });
+
+    // Ending through B: the listeners of C get the end of the stream, and
+    // the replay (recorded on A) is reachable through C.
+    let r = call(
+        "POST",
+        &b.url(&format!("/api/v1/spaces/{id}/end")),
+        Some(&host),
+        None,
+    );
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    wait_for(5, "C sees the end", || view(&c, &id)["state"] == "ended");
+    let rec = c.url(&format!("/spaces/{id}/recording.opus"));
+    wait_for(5, "the replay through C", || {
+        call("GET", &rec, None, None).status == 200
+    });
+    let secs = seconds_of_tone(&ffmpeg_listen(&rec, 3600.0), 440.0);
+    assert!(secs > 2.0, "only {secs} s of the tone in the replay");
+}
+
+#[test]
+fn nats_traffic_is_flat_from_one_listener_to_thousands() {
+    let nats = Nats::start();
+    let a = node(&nats, "a");
+    let b = node(&nats, "b");
+    let (id, host, _) = live_space(&a, "flat");
+    let _peer = publish_tone(&a, &id, &host, 440, 60);
+    wait_for_audio(&a, 50.0);
+
+    let rate = |secs: f64| {
+        let t0 = Instant::now();
+        let b0 = nats.out_bytes();
+        std::thread::sleep(Duration::from_secs_f64(secs));
+        (nats.out_bytes() - b0) as f64 / t0.elapsed().as_secs_f64()
+    };
+    let mut one = WsReader::connect(b.port, &format!("/spaces/{id}/live.ws"), None);
+    one.next();
+    let with_one = rate(4.0);
+
+    let n = 2000;
+    let mut load = Command::new(env!("CARGO_BIN_EXE_amphi"))
+        .args(["load", "--server", &format!("127.0.0.1:{}", b.port)])
+        .args([
+            "--space",
+            &id,
+            "-n",
+            &n.to_string(),
+            "--ramp",
+            "1",
+            "--duration",
+            "15",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("amphi load");
+    wait_for(15, "the listeners on B", || {
+        metric(&b, "amphi_fanout_listeners") >= n as f64
+    });
+    let with_many = rate(4.0);
+    let _ = load.kill();
+    let _ = load.wait();
+    println!(
+        "NATS egress: {with_one:.0} B/s with 1 listener on the edge, {with_many:.0} B/s with {}",
+        n + 1
+    );
+    assert!(with_one > 3000.0, "the edge got no frames: {with_one} B/s");
+    assert!(
+        with_many < with_one * 1.3,
+        "NATS egress grew with the audience: {with_one:.0} → {with_many:.0} B/s"
+    );
+}
+
+#[test]
+fn a_killed_edge_loses_nothing_and_its_listeners_resume_elsewhere() {
+    let nats = Nats::start();
+    let a = node(&nats, "a");
+    let mut b = node(&nats, "b");
+    let c = node(&nats, "c");
+    let (id, host, _) = live_space(&a, "edge death");
+    let _peer = publish_tone(&a, &id, &host, 440, 60);
+    wait_for_audio(&a, 50.0);
+
+    let path = format!("/spaces/{id}/live.ws");
+    let mut on_b = WsReader::connect(b.port, &path, None);
+    let mut on_c = WsReader::connect(c.port, &path, None);
+    let next_b = read_contiguous(&mut on_b, None, 10);
+    let next_c = read_contiguous(&mut on_c, None, 5);
+
+    b.kill();
+    // C's listener carries on without a gap (3 s of messages).
+    read_contiguous(&mut on_c, Some(next_c), 30);
+    // B's listener resumes on C from the first frame it did not get.
+    let mut resumed = WsReader::connect(c.port, &format!("{path}?from_seq={next_b}"), None);
+    let after = read_contiguous(&mut resumed, Some(next_b), 20);
+    assert!(after > next_b + 100, "resumed only up to {after}");
+}
+
+#[test]
+fn restarting_nats_keeps_the_audio_and_the_control() {
+    let mut nats = Nats::start();
+    let a = node(&nats, "a");
+    let b = node(&nats, "b");
+    let (id, host, _) = live_space(&a, "nats restart");
+    let _peer = publish_tone(&a, &id, &host, 440, 60);
+    wait_for_audio(&a, 50.0);
+    let path = format!("/spaces/{id}/live.ws");
+    let mut on_b = WsReader::connect(b.port, &path, None);
+    let before = read_contiguous(&mut on_b, None, 5);
+
+    nats.restart(Duration::from_secs(1));
+
+    // Within seconds the edge's listener hears the program again, with no
+    // operator action; the sequence only moves forward.
+    let t0 = Instant::now();
+    let mut last = before;
+    let mut flowing = 0;
+    while flowing < 20 {
+        let (first, count) = on_b.next();
+        assert!(
+            first >= last,
+            "the sequence went backwards: {first} < {last}"
+        );
+        last = first + count;
+        flowing += 1;
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "no audio after the restart"
+        );
+    }
+    // And control works again through the edge.
+    let (pid, tok) = join(&b, &id, "Ned");
+    wait_for(15, "a hand raised through B after the restart", || {
+        call(
+            "POST",
+            &b.url(&format!("/api/v1/spaces/{id}/hand")),
+            Some(&tok),
+            None,
+        )
+        .status
+            == 200
+    });
+    wait_for(5, "A sees it", || {
+        view(&a, &id)["hands_raised"]
+            .as_array()
+            .is_some_and(|h| h.iter().any(|x| x["participant_id"] == pid.as_str()))
+    });
+}
