@@ -254,3 +254,68 @@ fn restarting_nats_keeps_the_audio_and_the_control() {
             .is_some_and(|h| h.iter().any(|x| x["participant_id"] == pid.as_str()))
     });
 }
+
+#[test]
+fn when_the_origin_dies_another_node_takes_the_space_and_its_recording_goes_on() {
+    let nats = Nats::start();
+    let shared = tempfile::tempdir().expect("tempdir");
+    let rec = shared.path().to_str().expect("utf-8 path");
+    let start = |name: &str| {
+        Server::start(&[
+            "--nats",
+            &nats.url(),
+            "--node-id",
+            name,
+            "--recordings-dir",
+            rec,
+        ])
+    };
+    let mut a = start("a");
+    let b = start("b");
+    let c = start("c");
+    let (id, host, _) = live_space(&a, "takeover");
+    let mut peer = publish_tone(&a, &id, &host, 440, 60);
+    wait_for_audio(&a, 50.0);
+    let path = format!("/spaces/{id}/live.ws");
+    let mut on_c = WsReader::connect(c.port, &path, None);
+    let before = read_contiguous(&mut on_c, None, 25);
+
+    a.kill();
+    peer.kill();
+    // While A's lease is still valid, an owner-only call cannot land.
+    let r = call(
+        "POST",
+        &b.url(&format!("/api/v1/spaces/{id}/end")),
+        Some(&host),
+        None,
+    );
+    assert_eq!(r.status, 503, "{:?}", r.body);
+    // Once it expires, the speaker reconnecting through B makes B the
+    // origin; the numbering goes on forward and C hears the tone again.
+    std::thread::sleep(Duration::from_secs(9));
+    let _peer = publish_tone(&b, &id, &host, 440, 60);
+    let t_takeover = Instant::now();
+    wait_for_audio(&b, 50.0);
+    assert_eq!(metric(&b, "amphi_takeovers_total"), 1.0);
+    let mut again = WsReader::connect(c.port, &path, None);
+    let (first, _) = again.next();
+    assert!(
+        first > before,
+        "the sequence went back: {first} <= {before}"
+    );
+    let share = hears(&c, &id, 440.0);
+    assert!(
+        share > 0.5,
+        "440 Hz share {share} through C after the takeover"
+    );
+    assert_eq!(view(&c, &id)["state"], "live");
+
+    // The recording (shared storage) holds both origins' parts.
+    let after_takeover = t_takeover.elapsed().as_secs_f64();
+    let secs = end_and_measure_recording(&c, &id, &host, 440.0);
+    println!("replay: {secs:.1} s of tone; {after_takeover:.1} s since B took over");
+    assert!(
+        secs > after_takeover + 1.0,
+        "the replay has {secs:.1} s of tone, not more than B's {after_takeover:.1} s"
+    );
+}
