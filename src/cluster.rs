@@ -50,8 +50,9 @@ use crate::media::LiveMedia;
 use crate::metrics::{counter, gauge};
 use crate::timefmt::now_ms;
 
-/// How long an edge keeps a space's feed after its last listener left.
-pub const EDGE_LINGER: Duration = Duration::from_secs(15);
+/// NATS unreachable for this long, a node stops serving other nodes'
+/// spaces: its copy of their state may be stale.
+pub const STALE_AFTER: Duration = Duration::from_secs(5);
 /// A node's count report older than this no longer counts.
 const COUNTS_FRESH: Duration = Duration::from_secs(3);
 /// How long a forwarded call waits for the owner.
@@ -110,6 +111,10 @@ pub struct Cluster {
     /// Serialises an edge's start, so concurrent first listeners share one.
     edge_start: tokio::sync::Mutex<()>,
     connected: AtomicBool,
+    /// Since when NATS has been unreachable (`None`: connected).
+    disconnected_since: Mutex<Option<Instant>>,
+    /// How long an edge keeps a feed nobody listens to.
+    edge_linger: Duration,
     app: OnceLock<Weak<App>>,
     stats: ClusterStats,
 }
@@ -144,7 +149,12 @@ async fn bucket(js: &jetstream::Context, name: &str, history: i64) -> anyhow::Re
 
 impl Cluster {
     /// Connects to NATS (retrying until it answers) and opens the buckets.
-    pub async fn connect(url: &str, node: String, http: String) -> anyhow::Result<Arc<Self>> {
+    pub async fn connect(
+        url: &str,
+        node: String,
+        http: String,
+        edge_linger: Duration,
+    ) -> anyhow::Result<Arc<Self>> {
         let connected = Arc::new(AtomicBool::new(false));
         let flag = connected.clone();
         let client = async_nats::ConnectOptions::new()
@@ -191,6 +201,8 @@ impl Cluster {
             edges: Mutex::new(HashMap::new()),
             edge_start: tokio::sync::Mutex::new(()),
             connected: AtomicBool::new(true),
+            disconnected_since: Mutex::new(None),
+            edge_linger,
             app: OnceLock::new(),
             stats: ClusterStats::default(),
         });
@@ -200,8 +212,14 @@ impl Cluster {
             loop {
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 let Some(c) = c.upgrade() else { return };
-                c.connected
-                    .store(connected.load(Ordering::Acquire), Ordering::Release);
+                let up = connected.load(Ordering::Acquire);
+                c.connected.store(up, Ordering::Release);
+                let mut since = c.disconnected_since.lock();
+                match (up, *since) {
+                    (true, Some(_)) => *since = None,
+                    (false, None) => *since = Some(Instant::now()),
+                    _ => {}
+                }
             }
         });
         Ok(cluster)
@@ -924,7 +942,7 @@ impl Cluster {
                     if e.live.listeners() > 0 {
                         *e.last_used.lock() = Instant::now();
                     }
-                    e.last_used.lock().elapsed() > EDGE_LINGER
+                    e.last_used.lock().elapsed() > self.edge_linger
                 })
                 .map(|(id, _)| *id)
                 .collect();
@@ -938,6 +956,23 @@ impl Cluster {
     /// Whether NATS is reachable now.
     pub fn connected(&self) -> bool {
         self.connected.load(Ordering::Acquire)
+    }
+
+    /// Refuses to serve a space mixed elsewhere (or the list of spaces,
+    /// `None`) once this node has been cut off from NATS for
+    /// [`STALE_AFTER`]: what it holds may no longer be true.
+    pub fn check_fresh(&self, app: &App, space: Option<SpaceId>) -> Result<(), ApiError> {
+        let cut_off = self
+            .disconnected_since
+            .lock()
+            .is_some_and(|t| t.elapsed() > STALE_AFTER);
+        if cut_off && !space.is_some_and(|id| app.media.is_mixing(id)) {
+            return Err(ApiError::unavailable(
+                "this node has lost the cluster; its copy of the space may be stale: try another node",
+                2,
+            ));
+        }
+        Ok(())
     }
 
     /// Cluster counters in the Prometheus text format.
@@ -1117,6 +1152,19 @@ fn owner_only(method: &axum::http::Method, path: &str) -> Option<SpaceId> {
     .flatten()
 }
 
+/// For reads of cluster state: `Some(Some(id))` for one space's view,
+/// events or HLS, `Some(None)` for the list of spaces.
+fn served_space(path: &str) -> Option<Option<SpaceId>> {
+    if path == "/api/v1/spaces" {
+        return Some(None);
+    }
+    let rest = path
+        .strip_prefix("/api/v1/spaces/")
+        .or_else(|| path.strip_prefix("/spaces/"))?;
+    let id = rest.split('/').next()?.parse().ok()?;
+    Some(Some(id))
+}
+
 /// Middleware: a call only a space's owner may run is forwarded there (or,
 /// if the owner is gone, this node takes the space over and runs it).
 pub async fn route_to_owner(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
@@ -1127,6 +1175,11 @@ pub async fn route_to_owner(State(app): State<Arc<App>>, req: Request, next: Nex
         return next.run(req).await;
     }
     let Some(id) = owner_only(req.method(), req.uri().path()) else {
+        if let Some(space) = served_space(req.uri().path())
+            && let Err(e) = cluster.check_fresh(&app, space)
+        {
+            return e.into_response();
+        }
         return next.run(req).await;
     };
     if app.space(id).is_err() {
@@ -1167,5 +1220,21 @@ mod tests {
         assert!(owner_only(&Method::OPTIONS, &p("whip")).is_none());
         assert!(owner_only(&Method::POST, "/api/v1/spaces/nothex/start").is_none());
         assert!(owner_only(&Method::POST, "/api/v1/spaces").is_none());
+    }
+
+    #[test]
+    fn reads_of_cluster_state_are_recognised() {
+        let id: SpaceId = "0123456789abcdef".parse().unwrap();
+        assert_eq!(served_space("/api/v1/spaces"), Some(None));
+        assert_eq!(
+            served_space("/api/v1/spaces/0123456789abcdef"),
+            Some(Some(id))
+        );
+        assert_eq!(
+            served_space("/spaces/0123456789abcdef/hls/live.m3u8"),
+            Some(Some(id))
+        );
+        assert_eq!(served_space("/metrics"), None);
+        assert_eq!(served_space("/spaces/xyz/live.opus"), None);
     }
 }

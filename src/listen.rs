@@ -226,6 +226,9 @@ pub async fn handle(mut stream: TcpStream, app: Arc<App>) {
     if let (Some(cluster), Some(id)) = (&app.cluster, head.space)
         && let Ok(cell) = app.space(id)
     {
+        if let Err(e) = cluster.check_fresh(&app, Some(id)) {
+            return refuse(&mut stream, &e).await;
+        }
         // An edge: the first listener of a space mixed elsewhere starts
         // this node's feed of its frames.
         cluster.live_media(&cell).await;

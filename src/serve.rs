@@ -103,6 +103,10 @@ pub struct ServeArgs {
     /// http://<--http>).
     #[arg(long, env = "AMPHI_PUBLIC_URL")]
     pub public_url: Option<String>,
+    /// Seconds an edge keeps receiving a space's frames after its last
+    /// listener left (a quick return needs no new subscription).
+    #[arg(long, env = "AMPHI_EDGE_LINGER", default_value_t = 15)]
+    pub edge_linger: u64,
     /// Shared key of identity tokens from the operator's own app (HS256);
     /// a ban then follows the identity.
     #[arg(long, env = "AMPHI_IDENTITY_KEY", hide_env_values = true)]
@@ -164,7 +168,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 .public_url
                 .clone()
                 .unwrap_or_else(|| format!("http://{}", args.http));
-            let cluster = crate::cluster::Cluster::connect(url, node.clone(), http)
+            let linger = Duration::from_secs(args.edge_linger);
+            let cluster = crate::cluster::Cluster::connect(url, node.clone(), http, linger)
                 .await
                 .with_context(|| format!("joining the cluster at {url}"))?;
             // Every node signs and checks tokens with the same key.

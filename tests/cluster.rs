@@ -319,3 +319,80 @@ fn when_the_origin_dies_another_node_takes_the_space_and_its_recording_goes_on()
         "the replay has {secs:.1} s of tone, not more than B's {after_takeover:.1} s"
     );
 }
+
+#[test]
+fn a_node_cut_off_from_nats_stops_serving_what_may_be_stale() {
+    let mut nats = Nats::start();
+    let a = node(&nats, "a");
+    let b = node(&nats, "b");
+    let (id, _host, _) = live_space(&a, "partition");
+    let space = format!("/api/v1/spaces/{id}");
+    wait_for(5, "B sees the space", || view(&b, &id)["state"] == "live");
+
+    nats.stop();
+    std::thread::sleep(Duration::from_secs(7));
+    // B only holds a copy: it refuses to serve it, and says why.
+    let r = call("GET", &b.url(&space), None, None);
+    assert_eq!(r.status, 503, "{:?}", r.body);
+    assert!(
+        r.body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("lost the cluster")
+    );
+    assert_eq!(
+        call("GET", &b.url("/api/v1/spaces"), None, None).status,
+        503
+    );
+    assert_eq!(call("GET", &b.url("/readyz"), None, None).status, 503);
+    // A mixes the space: what it serves is the truth.
+    assert_eq!(call("GET", &a.url(&space), None, None).status, 200);
+
+    nats.start_again();
+    wait_for(15, "B serves the space again", || {
+        call("GET", &b.url(&space), None, None).status == 200
+    });
+}
+
+#[test]
+fn an_edge_unsubscribes_after_its_last_listener_leaves() {
+    let nats = Nats::start();
+    let a = node(&nats, "a");
+    let b = Server::start(&[
+        "--nats",
+        &nats.url(),
+        "--node-id",
+        "b",
+        "--edge-linger",
+        "1",
+    ]);
+    let (id, host, _) = live_space(&a, "linger");
+    let _peer = publish_tone(&a, &id, &host, 440, 60);
+    wait_for_audio(&a, 50.0);
+    let in_rate = |secs: f64| {
+        let b0 = metric(&b, "amphi_nats_in_bytes_total");
+        std::thread::sleep(Duration::from_secs_f64(secs));
+        (metric(&b, "amphi_nats_in_bytes_total") - b0) / secs
+    };
+    let idle = in_rate(2.0);
+    let mut r = WsReader::connect(b.port, &format!("/spaces/{id}/live.ws"), None);
+    r.next();
+    assert_eq!(metric(&b, "amphi_edges"), 1.0);
+    let feeding = in_rate(2.0);
+    drop(r);
+    wait_for(10, "the edge to unsubscribe", || {
+        metric(&b, "amphi_edges") == 0.0
+    });
+    let after = in_rate(2.0);
+    println!("B receives {idle:.0} B/s idle, {feeding:.0} B/s feeding, {after:.0} B/s after");
+    assert!(feeding > 3000.0, "{feeding}");
+    assert!(
+        after < feeding / 4.0,
+        "still {after:.0} B/s after the last listener left"
+    );
+    // A listener coming back starts a new feed, with the history.
+    let mut again = WsReader::connect(b.port, &format!("/spaces/{id}/live.ws?from_seq=0"), None);
+    let (first, _) = again.next();
+    let (newest, _) = again.next();
+    assert!(newest > first, "{first} {newest}");
+}

@@ -457,9 +457,19 @@ impl Nats {
 
     /// kill -9 and start again on the same port and store.
     pub fn restart(&mut self, down_for: Duration) {
+        self.stop();
+        std::thread::sleep(down_for);
+        self.start_again();
+    }
+
+    /// kill -9 (see [`Nats::start_again`]).
+    pub fn stop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        std::thread::sleep(down_for);
+    }
+
+    /// Starts a stopped server again on the same port and store.
+    pub fn start_again(&mut self) {
         self.child = Nats::spawn(self.port, self.monitor, self.store.path());
         self.wait_ready();
     }
