@@ -185,23 +185,39 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let token_key = TokenKey::from_bytes(token_key_bytes);
     let admin_token = match std::env::var("AMPHI_ADMIN_TOKEN") {
         Ok(t) if !t.is_empty() => t,
-        _ => match store.setting("admin_token")? {
-            Some(t) => {
-                eprintln!("admin token: {t} (stored in {})", args.data_dir.display());
-                t
+        _ => {
+            let (local, fresh) = match store.setting("admin_token")? {
+                Some(t) => (t, false),
+                None => {
+                    let t: String = (0..32)
+                        .map(|_| format!("{:x}", rand::random::<u8>() % 16))
+                        .collect();
+                    store.set_setting("admin_token", &t)?;
+                    (t, true)
+                }
+            };
+            match &cluster {
+                // One admin token for the whole cluster: the first node's.
+                Some(c) => {
+                    let shared = c.shared_secret("admin_token", local.as_bytes()).await?;
+                    let t = String::from_utf8(shared)
+                        .map_err(|_| anyhow::anyhow!("the cluster's admin token is not UTF-8"))?;
+                    if t != local {
+                        store.set_setting("admin_token", &t)?;
+                    }
+                    eprintln!("admin token: {t} (the cluster's, kept in NATS)");
+                    t
+                }
+                None => {
+                    let how = if fresh { "generated; " } else { "" };
+                    eprintln!(
+                        "admin token: {local} ({how}stored in {})",
+                        args.data_dir.display()
+                    );
+                    local
+                }
             }
-            None => {
-                let t: String = (0..32)
-                    .map(|_| format!("{:x}", rand::random::<u8>() % 16))
-                    .collect();
-                store.set_setting("admin_token", &t)?;
-                eprintln!(
-                    "admin token: {t} (generated; stored in {})",
-                    args.data_dir.display()
-                );
-                t
-            }
-        },
+        }
     };
     let egress = Arc::new(Egress::start(EgressConfig {
         workers: args

@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# A three-node cluster on one real nats-server: the space is mixed on A
+# (origin) and heard through edges B and C. Measures what the capacity
+# model (docs/SCALING.md) needs: NATS egress per edge with 1 and with N
+# listeners per edge, each node's CPU per listener-second, and the latency
+# of a WebSocket listener on the origin vs on an edge.
+#
+# Usage: bench/cluster.sh [LISTENERS_PER_EDGE] [SECONDS]   (default 5000 15)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${1:-5000}
+SECS=${2:-15}
+BIN=${AMPHI_BIN:-target/release/amphi}
+[ -x "$BIN" ] || cargo build --release --bin amphi
+NATS=$(command -v nats-server || echo /usr/sbin/nats-server)
+ulimit -n "$(ulimit -Hn)"
+TMP=$(mktemp -d)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$TMP"; }
+trap cleanup EXIT
+ADMIN=bench-admin
+NP=18422; NM=18822
+
+"$NATS" -a 127.0.0.1 -p $NP -m $NM -js -sd "$TMP/js" >"$TMP/nats.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 50); do curl -fs "http://127.0.0.1:$NM/healthz" >/dev/null && break; sleep 0.1; done
+
+declare -A PID
+for n in a:18501 b:18502 c:18503; do
+  name=${n%%:*}; port=${n##*:}
+  AMPHI_ADMIN_TOKEN=$ADMIN AMPHI_LOG=warn "$BIN" serve --http 127.0.0.1:$port --data-dir "$TMP/$name" \
+    --nats nats://127.0.0.1:$NP --node-id "$name" 2>>"$TMP/amphi.log" &
+  PIDS+=($!); PID[$name]=$!
+done
+for port in 18501 18502 18503; do
+  for _ in $(seq 100); do curl -fs http://127.0.0.1:$port/healthz >/dev/null && break; sleep 0.1; done
+done
+c=$(curl -fs -X POST http://127.0.0.1:18501/api/v1/spaces -H "Authorization: Bearer $ADMIN" -H 'Content-Type: application/json' -d '{"title":"bench","record":false}')
+SPACE=$(echo "$c" | python3 -c 'import json,sys; print(json.load(sys.stdin)["space"]["id"])')
+HOST=$(echo "$c" | python3 -c 'import json,sys; print(json.load(sys.stdin)["host"]["token"])')
+curl -fs -X POST "http://127.0.0.1:18501/api/v1/spaces/$SPACE/start" -H "Authorization: Bearer $HOST" >/dev/null
+python3 scripts/whip_client.py --url "http://127.0.0.1:18501/api/v1/spaces/$SPACE/whip" --token "$HOST" \
+  --freq 440 --seconds 600 --loopback-only 2>>"$TMP/whip.log" &
+PIDS+=($!)
+sleep 3
+
+nats_out() { curl -fs "http://127.0.0.1:$NM/varz" | python3 -c 'import json,sys; print(json.load(sys.stdin)["out_bytes"])'; }
+cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
+rate() { # seconds → NATS egress bytes/s over that window (wall-clock timed)
+  local b0 b1 t0 t1; t0=$(date +%s%N); b0=$(nats_out); sleep "$1"; b1=$(nats_out); t1=$(date +%s%N)
+  echo $(( (b1 - b0) * 1000000000 / (t1 - t0) ))
+}
+
+echo "== 1 WebSocket listener on each edge; latency of 20 on the origin vs 20 on an edge" >&2
+"$BIN" load --server 127.0.0.1:18502 --space "$SPACE" -n 1 --output ws --duration $((SECS + 40)) >/dev/null 2>&1 &
+PIDS+=($!)
+"$BIN" load --server 127.0.0.1:18503 --space "$SPACE" -n 1 --output ws --duration $((SECS + 40)) >/dev/null 2>&1 &
+PIDS+=($!)
+sleep 3
+"$BIN" load --server 127.0.0.1:18501 --space "$SPACE" -n 20 --output ws --duration 8 --warmup 2 --json >"$TMP/a-ws-idle.json" 2>/dev/null &
+L1=$!
+"$BIN" load --server 127.0.0.1:18502 --space "$SPACE" -n 20 --output ws --duration 8 --warmup 2 --json >"$TMP/b-ws-idle.json" 2>/dev/null &
+L2=$!
+wait $L1 $L2 || true
+ONE=$(rate 5)
+
+echo "== $N listeners on each edge (Ogg), 1 WebSocket listener on the origin" >&2
+TK=$(getconf CLK_TCK)
+a0=$(cpu_ticks "${PID[a]}"); b0=$(cpu_ticks "${PID[b]}"); c0=$(cpu_ticks "${PID[c]}")
+"$BIN" load --server 127.0.0.1:18502 --space "$SPACE" -n "$N" --ramp 2 --duration "$SECS" --warmup 2 --pid "${PID[b]}" --json >"$TMP/b.json" 2>/dev/null &
+LB=$!
+"$BIN" load --server 127.0.0.1:18503 --space "$SPACE" -n "$N" --ramp 2 --duration "$SECS" --warmup 2 --pid "${PID[c]}" --json >"$TMP/c.json" 2>/dev/null &
+LC=$!
+"$BIN" load --server 127.0.0.1:18501 --space "$SPACE" -n 20 --output ws --duration "$SECS" --warmup 2 --json >"$TMP/a-ws.json" 2>/dev/null &
+LA=$!
+"$BIN" load --server 127.0.0.1:18502 --space "$SPACE" -n 20 --output ws --duration "$SECS" --warmup 2 --json >"$TMP/b-ws.json" 2>/dev/null &
+LW=$!
+sleep 5
+MANY=$(rate 5)
+AUDIENCE=$(curl -fs "http://127.0.0.1:18501/api/v1/spaces/$SPACE" | python3 -c 'import json,sys; print(json.load(sys.stdin)["listener_count"])')
+wait $LB $LC $LA $LW || true
+a1=$(cpu_ticks "${PID[a]}"); b1=$(cpu_ticks "${PID[b]}"); c1=$(cpu_ticks "${PID[c]}")
+FRAMES=$(curl -fs "http://127.0.0.1:18502/metrics" | awk '$1=="amphi_bus_frames_received_total"{print $2}')
+
+python3 - "$TMP" "$ONE" "$MANY" "$N" "$SECS" "$TK" "$a0" "$a1" "$b0" "$b1" "$c0" "$c1" "$AUDIENCE" "$FRAMES" <<'PY'
+import json, sys
+tmp, one, many, n, secs, tk = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]), int(sys.argv[6])
+a0, a1, b0, b1, c0, c1 = map(int, sys.argv[7:13])
+audience, frames = sys.argv[13], sys.argv[14]
+load = lambda f: json.load(open(f"{tmp}/{f}"))
+b, c, a, bw = load("b.json"), load("c.json"), load("a-ws.json"), load("b-ws.json")
+ai, bi = load("a-ws-idle.json"), load("b-ws-idle.json")
+span = secs + 2
+cpu = lambda t0, t1: (t1 - t0) / tk
+print(f"NATS egress, 2 edges:          {one:>8} B/s with 1 listener each, {many:>8} B/s with {n} each (x{many/one:.2f})")
+print(f"per edge:                      {one/2:>8.0f} B/s = {one*8/2/1000:.1f} kbit/s ({frames} frames received by B)")
+print(f"audience on the origin's view: {audience} (expected {2*n + 42}, counted once a second)")
+print(f"CPU over the run (s):          origin {cpu(a0,a1):.2f}, edge B {cpu(b0,b1):.2f}, edge C {cpu(c0,c1):.2f}")
+keys = ("admitted", "refused", "first_byte_ms_p99", "realtime_ratio_p50", "max_gap_ms_max",
+        "stalls_over_300ms", "server_cpu_us_per_listener_sec", "server_rss_delta_bytes_per_listener")
+for name, r in (("edge B Ogg", b), ("edge C Ogg", c)):
+    print(f"{name}: {json.dumps({k: r.get(k) for k in keys})}")
+lat = ("latency_ms_p50", "latency_ms_p99", "ws_seq_gaps")
+print(f"light load, 20 WebSocket listeners on the origin: {json.dumps({k: ai.get(k) for k in lat})}")
+print(f"light load, 20 WebSocket listeners on edge B:     {json.dumps({k: bi.get(k) for k in lat})}")
+print(f"under load, 20 WebSocket listeners on the origin: {json.dumps({k: a.get(k) for k in lat})}")
+print(f"under load, 20 WebSocket listeners on edge B:     {json.dumps({k: bw.get(k) for k in lat})}")
+PY
