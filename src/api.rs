@@ -239,6 +239,7 @@ async fn list(
                         s,
                         c.listeners(),
                         c.replay_ready.load(std::sync::atomic::Ordering::Acquire),
+                        c.on_air.load(std::sync::atomic::Ordering::Acquire),
                     ),
                 )
             })

@@ -43,6 +43,9 @@ pub struct SpaceCell {
     pub remote_listeners: AtomicU64,
     /// The recording has been cut into its replay outputs.
     pub replay_ready: AtomicBool,
+    /// Some node mixes this space now (in a cluster, false while a live
+    /// space has lost its origin and no node has taken it over).
+    pub on_air: AtomicBool,
 }
 
 /// Room state guarded together.
@@ -82,6 +85,7 @@ impl SpaceCell {
             listener_count: AtomicU64::new(0),
             remote_listeners: AtomicU64::new(0),
             replay_ready: AtomicBool::new(false),
+            on_air: AtomicBool::new(true),
         });
         cell.refresh_update();
         cell
@@ -106,6 +110,7 @@ impl SpaceCell {
             &inner.space,
             self.listeners(),
             self.replay_ready.load(Ordering::Acquire),
+            self.on_air.load(Ordering::Acquire),
         )
     }
 
@@ -122,7 +127,11 @@ impl SpaceCell {
             let mut inner = self.inner.lock();
             let reactions = inner.reactions.take();
             let ready = self.replay_ready.load(Ordering::Acquire);
-            (space_view(&inner.space, self.listeners(), ready), reactions)
+            let on_air = self.on_air.load(Ordering::Acquire);
+            (
+                space_view(&inner.space, self.listeners(), ready, on_air),
+                reactions,
+            )
         };
         let talking: serde_json::Map<String, Value> = self
             .talking
@@ -162,7 +171,7 @@ impl SpaceCell {
 }
 
 /// The JSON view of a space (docs/api.md `Space`).
-pub fn space_view(s: &Space, listener_count: u64, replay_ready: bool) -> Value {
+pub fn space_view(s: &Space, listener_count: u64, replay_ready: bool, on_air: bool) -> Value {
     let id = s.id;
     let stage: Vec<Value> = s
         .stage()
@@ -188,6 +197,7 @@ pub fn space_view(s: &Space, listener_count: u64, replay_ready: bool) -> Value {
         "ended_at": s.ended_at_ms.and_then(rfc3339),
         "stage": stage,
         "listener_count": listener_count,
+        "on_air": s.state == SpaceState::Live && on_air,
         "hands_raised": hands,
         "listen": listen_urls(id),
         "replay": replay,

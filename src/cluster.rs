@@ -20,7 +20,7 @@
 //! - **Counts**: every node publishes its listeners and reactions per space
 //!   about once a second; the audience is the sum.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
@@ -115,6 +115,7 @@ pub struct Cluster {
     disconnected_since: Mutex<Option<Instant>>,
     /// How long an edge keeps a feed nobody listens to.
     edge_linger: Duration,
+    started: Instant,
     app: OnceLock<Weak<App>>,
     stats: ClusterStats,
 }
@@ -203,6 +204,7 @@ impl Cluster {
             connected: AtomicBool::new(true),
             disconnected_since: Mutex::new(None),
             edge_linger,
+            started: Instant::now(),
             app: OnceLock::new(),
             stats: ClusterStats::default(),
         });
@@ -874,10 +876,12 @@ impl Cluster {
             .filter_map(|c| {
                 let listeners = c.local_listeners();
                 let r = reactions.remove(&c.id).unwrap_or_default();
-                (listeners > 0 || !r.is_empty()).then(|| SpaceCounts {
+                let mixing = app.media.is_mixing(c.id);
+                (listeners > 0 || !r.is_empty() || mixing).then(|| SpaceCounts {
                     space: c.id,
                     listeners,
                     reactions: r.into_iter().collect(),
+                    mixing,
                 })
             })
             .collect();
@@ -889,20 +893,34 @@ impl Cluster {
             .client
             .publish(COUNTS_SUBJECT, report.encode().into())
             .await;
-        // Recount every space's remote audience from fresh reports.
+        // Recount every space's remote audience from fresh reports, and
+        // whether some node still mixes it.
         let mut remote: HashMap<SpaceId, u64> = HashMap::new();
+        let mut mixed_elsewhere: HashSet<SpaceId> = HashSet::new();
         {
             let mut reports = self.remote.lock();
             reports.retain(|_, (at, _)| at.elapsed() < COUNTS_FRESH);
             for (_, r) in reports.values() {
                 for s in &r.spaces {
                     *remote.entry(s.space).or_insert(0) += s.listeners;
+                    if s.mixing {
+                        mixed_elsewhere.insert(s.space);
+                    }
                 }
             }
         }
+        // Right after start, the others' reports have not arrived yet.
+        let settled = self.started.elapsed() > COUNTS_FRESH;
         for c in &cells {
             c.remote_listeners
                 .store(remote.get(&c.id).copied().unwrap_or(0), Ordering::Relaxed);
+            let on_air = !settled || app.media.is_mixing(c.id) || mixed_elsewhere.contains(&c.id);
+            if c.on_air.swap(on_air, Ordering::AcqRel) != on_air {
+                c.dirty.store(true, Ordering::Release);
+                if !on_air && c.inner.lock().space.state == SpaceState::Live {
+                    tracing::warn!(space = %c.id, "no node mixes this live space (its origin is gone)");
+                }
+            }
         }
     }
 

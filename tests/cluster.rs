@@ -280,8 +280,18 @@ fn when_the_origin_dies_another_node_takes_the_space_and_its_recording_goes_on()
     let mut on_c = WsReader::connect(c.port, &path, None);
     let before = read_contiguous(&mut on_c, None, 25);
 
+    assert_eq!(view(&c, &id)["on_air"], true);
     a.kill();
     peer.kill();
+    // Within seconds every node says the live space is off the air.
+    let t_dead = Instant::now();
+    wait_for(6, "C to see that nobody mixes the space", || {
+        view(&c, &id)["on_air"] == false
+    });
+    println!(
+        "off the air on C after {:.1} s",
+        t_dead.elapsed().as_secs_f64()
+    );
     // While A's lease is still valid, an owner-only call cannot land.
     let r = call(
         "POST",
@@ -309,6 +319,9 @@ fn when_the_origin_dies_another_node_takes_the_space_and_its_recording_goes_on()
         "440 Hz share {share} through C after the takeover"
     );
     assert_eq!(view(&c, &id)["state"], "live");
+    wait_for(5, "C to see the space on the air again", || {
+        view(&c, &id)["on_air"] == true
+    });
 
     // The recording (shared storage) holds both origins' parts.
     let after_takeover = t_takeover.elapsed().as_secs_f64();

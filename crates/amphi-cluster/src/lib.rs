@@ -98,6 +98,9 @@ pub struct SpaceCounts {
     pub listeners: u64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reactions: Vec<(String, u64)>,
+    /// The reporting node mixes the space (it is its origin).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mixing: bool,
 }
 
 /// Reports bigger than this are refused (about 20 000 spaces per node).
@@ -138,6 +141,7 @@ mod tests {
                 space: SpaceId(7),
                 listeners: 1200,
                 reactions: vec![("👏".into(), 3)],
+                mixing: true,
             }],
         };
         assert_eq!(CountsReport::decode(&r.encode()), Some(r));
