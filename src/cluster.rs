@@ -315,7 +315,7 @@ impl Cluster {
             }
             Err(Err(e)) => {
                 tracing::error!(space = %space.id, error = %e, "could not write the space's state to NATS");
-                Err(ApiError::unavailable(
+                Err(ApiError::cluster_unavailable(
                     "the cluster's state store is unavailable; try again",
                     2,
                 ))
@@ -394,7 +394,7 @@ impl Cluster {
             Ok(_) => Ok(None),
             Err(e) => {
                 tracing::warn!(space = %id, error = %e, "could not read a lease");
-                Err(ApiError::unavailable(
+                Err(ApiError::cluster_unavailable(
                     "the cluster's state store is unavailable; try again",
                     2,
                 ))
@@ -468,7 +468,7 @@ impl Cluster {
             self.become_origin(id, previous.as_ref());
             return Ok(LeaseDecision::Mine { revision: rev });
         }
-        Err(ApiError::unavailable(
+        Err(ApiError::cluster_unavailable(
             "the space's ownership is changing; try again",
             1,
         ))
@@ -592,7 +592,7 @@ impl Cluster {
             };
         let Some(reply) = reply else {
             self.stats.forward_failures.fetch_add(1, Ordering::Relaxed);
-            return ApiError::unavailable(
+            return ApiError::cluster_unavailable(
                 "the node that owns this space did not answer; try again",
                 2,
             )
@@ -985,7 +985,7 @@ impl Cluster {
             .lock()
             .is_some_and(|t| t.elapsed() > STALE_AFTER);
         if cut_off && !space.is_some_and(|id| app.media.is_mixing(id)) {
-            return Err(ApiError::unavailable(
+            return Err(ApiError::cluster_unavailable(
                 "this node has lost the cluster; its copy of the space may be stale: try another node",
                 2,
             ));

@@ -66,6 +66,18 @@ impl ApiError {
         e
     }
 
+    /// 503 for a cluster that cannot answer now (NATS unreachable, an
+    /// owner that does not answer, ownership changing hands).
+    pub fn cluster_unavailable(message: impl Into<String>, retry_after: u32) -> Self {
+        let mut e = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "cluster_unavailable",
+            message,
+        );
+        e.retry_after = Some(retry_after);
+        e
+    }
+
     /// The JSON body.
     pub fn body(&self) -> String {
         json!({"error": {"code": self.code, "message": self.message}}).to_string()

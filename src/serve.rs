@@ -371,7 +371,7 @@ async fn observe(State(app): State<Arc<App>>, req: Request, next: Next) -> Respo
 
 async fn readyz(State(app): State<Arc<App>>) -> Response {
     if app.cluster.as_ref().is_some_and(|c| !c.connected()) {
-        ApiError::unavailable("this node lost its connection to NATS", 1).into_response()
+        ApiError::cluster_unavailable("this node lost its connection to NATS", 1).into_response()
     } else if app.media.healthy() {
         "ready\n".into_response()
     } else {
