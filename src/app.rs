@@ -248,8 +248,17 @@ impl App {
                 SpaceState::Ended if record && self.media.recorder.is_complete(cell.id) => {
                     cell.replay_is_ready()
                 }
-                // Ended while the node died before its replay was cut: cut it now.
-                SpaceState::Ended if record => {
+                // Ended while the node died before its replay was cut: cut it
+                // now (in a cluster, only where its frames were recorded).
+                SpaceState::Ended
+                    if record
+                        && (self.cluster.is_none()
+                            || crate::record::last_recorded(
+                                self.media.recorder.root(),
+                                cell.id,
+                            )
+                            .is_some()) =>
+                {
                     let c = cell.clone();
                     self.media
                         .recorder
@@ -419,7 +428,8 @@ impl App {
                     .unwrap_or(0);
                 self.media.stop_space(cell);
                 if let Some(c) = &self.cluster {
-                    c.release(cell.id, last).await;
+                    let recorded = cell.inner.lock().space.record;
+                    c.release(cell.id, last, recorded).await;
                 }
             }
             Outcome::Changed | Outcome::Unchanged => {}

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use amphi_cluster::{
     CONFIG_BUCKET, COUNTS_SUBJECT, CountsReport, ForwardReply, ForwardRequest, LEASES_BUCKET,
-    Lease, LeaseDecision, SPACES_BUCKET, SpaceCounts, lease,
+    Lease, LeaseDecision, REPLAYS_BUCKET, SPACES_BUCKET, SpaceCounts, lease,
 };
 use amphi_core::room::{Space, SpaceState};
 use amphi_core::{Frame, SpaceId};
@@ -99,6 +99,11 @@ pub struct Cluster {
     client: async_nats::Client,
     spaces_kv: kv::Store,
     leases_kv: kv::Store,
+    replays_kv: kv::Store,
+    /// Where each published replay lives (from the replays bucket).
+    replays: Mutex<HashMap<SpaceId, String>>,
+    /// Spaces this node ended and recorded, whose replay is being cut.
+    pending_replays: Mutex<HashSet<SpaceId>>,
     /// Revision of each space's state key as last written or applied here.
     revisions: Mutex<HashMap<SpaceId, u64>>,
     /// Spaces this node owns: lease revision to renew at.
@@ -189,12 +194,16 @@ impl Cluster {
                     )
                 })??;
         let leases_kv = bucket(&js, LEASES_BUCKET, 1).await?;
+        let replays_kv = bucket(&js, REPLAYS_BUCKET, 1).await?;
         let cluster = Arc::new(Cluster {
             node,
             http,
             client,
             spaces_kv,
             leases_kv,
+            replays_kv,
+            replays: Mutex::new(HashMap::new()),
+            pending_replays: Mutex::new(HashSet::new()),
             revisions: Mutex::new(HashMap::new()),
             owned: Mutex::new(HashMap::new()),
             remote: Mutex::new(HashMap::new()),
@@ -256,11 +265,22 @@ impl Cluster {
     ) {
         let _ = self.app.set(Arc::downgrade(app));
         tokio::spawn(self.clone().watch_spaces());
+        tokio::spawn(self.clone().watch_replays());
         tokio::spawn(self.clone().publish_frames(bus));
         tokio::spawn(self.clone().serve_history());
         tokio::spawn(self.clone().serve_forwarded(router));
         tokio::spawn(self.clone().counts());
         tokio::spawn(self.clone().housekeeping());
+        // Replays this node cut (or is cutting) before a restart.
+        for c in app.spaces.read().values() {
+            let s = &c.inner.lock().space;
+            if s.state == SpaceState::Ended
+                && s.record
+                && crate::record::last_recorded(app.media.recorder.root(), c.id).is_some()
+            {
+                self.pending_replays.lock().insert(c.id);
+            }
+        }
         // Live spaces this node originated before a restart: if the lease
         // is still ours, carry on mixing them.
         let live: Vec<Arc<SpaceCell>> = app
@@ -323,14 +343,15 @@ impl Cluster {
         }
     }
 
-    /// Follows the spaces bucket and brings every local copy up to date.
-    async fn watch_spaces(self: Arc<Self>) {
+    /// Follows a bucket from its start, resuming after NATS restarts from
+    /// the last revision seen.
+    async fn follow(&self, kv: &kv::Store, what: &str, mut apply: impl FnMut(&Self, &kv::Entry)) {
         let mut from = 0u64;
         loop {
             let watch = if from == 0 {
-                self.spaces_kv.watch_all().await
+                kv.watch_all().await
             } else {
-                self.spaces_kv.watch_all_from_revision(from + 1).await
+                kv.watch_all_from_revision(from + 1).await
             };
             match watch {
                 Ok(mut w) => {
@@ -339,19 +360,72 @@ impl Cluster {
                             Ok(e) => {
                                 from = from.max(e.revision);
                                 if e.operation == kv::Operation::Put {
-                                    self.apply_entry(&e.key, &e.value, e.revision);
+                                    apply(self, &e);
                                 }
                             }
                             Err(err) => {
-                                tracing::warn!(error = %err, "space watch error");
+                                tracing::warn!(bucket = what, error = %err, "watch error");
                                 break;
                             }
                         }
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, "could not watch the spaces bucket"),
+                Err(e) => tracing::warn!(bucket = what, error = %e, "could not watch a bucket"),
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Follows the spaces bucket and brings every local copy up to date.
+    async fn watch_spaces(self: Arc<Self>) {
+        let kv = self.spaces_kv.clone();
+        self.follow(&kv, SPACES_BUCKET, |c, e| {
+            c.apply_entry(&e.key, &e.value, e.revision)
+        })
+        .await;
+    }
+
+    /// Follows the replays bucket: a replay cut on any node is offered by
+    /// every node's view of the space (and redirected to).
+    async fn watch_replays(self: Arc<Self>) {
+        let kv = self.replays_kv.clone();
+        self.follow(&kv, REPLAYS_BUCKET, |c, e| {
+            let Ok(id) = e.key.parse::<SpaceId>() else {
+                return;
+            };
+            let Ok(http) = String::from_utf8(e.value.to_vec()) else {
+                return;
+            };
+            c.replays.lock().insert(id, http);
+            if let Some(cell) = c.app().and_then(|a| a.space(id).ok()) {
+                cell.replay_is_ready();
+            }
+        })
+        .await;
+    }
+
+    /// Publishes the replays this node finished cutting.
+    async fn publish_replays(&self) {
+        let Some(app) = self.app() else { return };
+        let pending: Vec<SpaceId> = self.pending_replays.lock().iter().copied().collect();
+        for id in pending {
+            let ready = app
+                .space(id)
+                .is_ok_and(|c| c.replay_ready.load(Ordering::Acquire));
+            if !ready {
+                continue;
+            }
+            let key = amphi_cluster::space_key(id);
+            match self
+                .replays_kv
+                .put(&key, Bytes::from(self.http.clone()))
+                .await
+            {
+                Ok(_) => {
+                    self.pending_replays.lock().remove(&id);
+                }
+                Err(e) => tracing::warn!(space = %id, error = %e, "could not publish a replay"),
+            }
         }
     }
 
@@ -379,6 +453,9 @@ impl Cluster {
         let ended = space.state == SpaceState::Ended;
         let cell = app.adopt_space(space);
         cell.sync_gates();
+        if self.replays.lock().contains_key(&id) {
+            cell.replay_is_ready();
+        }
         if ended {
             self.stop_edge(id, true);
         }
@@ -493,7 +570,10 @@ impl Cluster {
 
     /// Called by the owner when a space ends: the lease stays, marked
     /// ended, so other nodes know where its recording was made.
-    pub async fn release(&self, id: SpaceId, last_seq: u64) {
+    pub async fn release(&self, id: SpaceId, last_seq: u64, recorded: bool) {
+        if recorded {
+            self.pending_replays.lock().insert(id);
+        }
         let Some(rev) = self.owned.lock().remove(&id) else {
             return;
         };
@@ -504,10 +584,13 @@ impl Cluster {
             .await;
     }
 
-    /// Where a space's replay lives, if another node recorded it.
-    pub async fn recorded_at(&self, id: SpaceId) -> Option<String> {
-        let (lease, _) = self.read_lease(id).await.ok()??;
-        (lease.node != self.node).then_some(lease.http)
+    /// Where a space's replay lives, if another node cut it.
+    pub fn replay_at(&self, id: SpaceId) -> Option<String> {
+        self.replays
+            .lock()
+            .get(&id)
+            .filter(|http| **http != self.http)
+            .cloned()
     }
 
     /// Renews this node's leases; a lease another node took is given up.
@@ -951,6 +1034,7 @@ impl Cluster {
         loop {
             iv.tick().await;
             self.renew().await;
+            self.publish_replays().await;
             // Edges nobody listens to any more.
             let idle: Vec<SpaceId> = self
                 .edges

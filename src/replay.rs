@@ -44,7 +44,7 @@ pub async fn replay_elsewhere(
                 && state == SpaceState::Ended
                 && record
                 && !app.media.recorder.is_complete(cell.id)
-                && let Some(base) = c.recorded_at(cell.id).await
+                && let Some(base) = c.replay_at(cell.id)
                 && let Ok(v) = HeaderValue::from_str(&format!("{base}{path}"))
             {
                 let mut res = StatusCode::TEMPORARY_REDIRECT.into_response();

@@ -118,6 +118,9 @@ fn a_space_on_one_node_is_heard_and_run_through_the_others() {
     );
     assert_eq!(r.status, 200, "{:?}", r.body);
     wait_for(5, "C sees the end", || view(&c, &id)["state"] == "ended");
+    wait_for(8, "C offers the replay", || {
+        view(&c, &id)["replay"]["ogg"].is_string()
+    });
     let rec = c.url(&format!("/spaces/{id}/recording.opus"));
     wait_for(5, "the replay through C", || {
         call("GET", &rec, None, None).status == 200
@@ -248,11 +251,14 @@ fn restarting_nats_keeps_the_audio_and_the_control() {
         .status
             == 200
     });
-    wait_for(5, "A sees it", || {
-        view(&a, &id)["hands_raised"]
-            .as_array()
-            .is_some_and(|h| h.iter().any(|x| x["participant_id"] == pid.as_str()))
-    });
+    // B's copy follows the owner's writes again (its watch resumed).
+    for (s, who) in [(&a, "A"), (&b, "B")] {
+        wait_for(5, &format!("{who} sees the hand"), || {
+            view(s, &id)["hands_raised"]
+                .as_array()
+                .is_some_and(|h| h.iter().any(|x| x["participant_id"] == pid.as_str()))
+        });
+    }
 }
 
 #[test]

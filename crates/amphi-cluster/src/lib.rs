@@ -12,6 +12,7 @@
 //! | `amphi.counts`                    | each node's listeners and reactions, 1/s     |
 //! | KV `amphi_spaces` / `<id>`        | the space's rules state (JSON), owner-written |
 //! | KV `amphi_leases` / `<id>`        | who owns the space, renewed every 2 s        |
+//! | KV `amphi_replays` / `<id>`       | where a space's replay was cut, once ready   |
 //! | KV `amphi_config` / `token_key`…  | secrets every node shares                    |
 
 pub mod forward;
@@ -45,6 +46,9 @@ pub enum WireError {
 pub const SPACES_BUCKET: &str = "amphi_spaces";
 /// Key-value bucket of ownership leases.
 pub const LEASES_BUCKET: &str = "amphi_leases";
+/// Key-value bucket of published replays: space → the URL of the node
+/// that cut it (written once, when the replay is ready).
+pub const REPLAYS_BUCKET: &str = "amphi_replays";
 /// Key-value bucket of shared secrets.
 pub const CONFIG_BUCKET: &str = "amphi_config";
 /// Subject of the per-node count reports.
