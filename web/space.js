@@ -124,13 +124,16 @@ function render() {
   const onStage = Boolean(you && you.on_stage);
   document.title = `${space.title} — amphi`;
   $("title").textContent = space.title;
-  $("state").textContent = space.state === "live" ? "Live" : space.state === "scheduled" ? "Scheduled" : "Ended";
-  $("state").className = `pill ${space.state}`;
+  // In a cluster a live space can lose its mixing node for a few seconds
+  // until another one takes it over (on_air false): say so.
+  const offAir = live && space.on_air === false;
+  $("state").textContent = offAir ? "Reconnecting…" : space.state === "live" ? "Live" : space.state === "scheduled" ? "Scheduled" : "Ended";
+  $("state").className = `pill ${offAir ? "scheduled" : space.state}`;
   const audience = `${space.listener_count} listening`;
   $("meta").textContent = space.state === "ended"
     ? ""
     : `· ${audience} · ${space.stage.length}/${space.max_stage} on stage`;
-  $("live-badge").hidden = !live;
+  $("live-badge").hidden = !live || offAir;
   if (!state.player) $("delay").textContent = "";
 
   keepFocus($("stage"), () => $("stage").replaceChildren(...space.stage.map(stageItem)));
