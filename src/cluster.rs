@@ -840,10 +840,12 @@ impl Cluster {
         let feed_cell = cell.clone();
         let feed_live = live.clone();
         let egress = app.media.egress().clone();
-        let stats = Arc::downgrade(&app);
+        let weak_app = Arc::downgrade(&app);
         let task = tokio::spawn(async move {
             while let Some(msg) = sub.next().await {
-                let Some(app) = stats.upgrade() else { return };
+                let Some(app) = weak_app.upgrade() else {
+                    return;
+                };
                 let cluster = app.cluster.as_ref();
                 let frame: Frame = match amphi_cluster::decode_frame(&msg.payload) {
                     Ok(f) => f,

@@ -45,9 +45,10 @@ pub const MAX_SESSIONS_PER_SPEAKER: usize = 2;
 
 /// Frames kept for resumes and catch-up: 30 s.
 pub const HISTORY_FRAMES: usize = 1500;
-/// How far behind wall time the program's capture stamp is: the jitter
-/// buffer's depth, so latency measured from `captured_at` includes it.
-const JITTER_DEPTH_US: u64 = 40_000;
+/// How far behind wall time the program's capture stamp is when nobody
+/// speaks (with speakers it is their jitter buffers' measured depth), so
+/// latency measured from `captured_at` includes the buffering.
+const IDLE_JITTER_DEPTH_US: u64 = 40_000;
 
 /// Settings of the media plane.
 #[derive(Debug, Clone)]
@@ -673,12 +674,13 @@ impl MixThread {
             }
             *self.speaker_stats.lock() = all;
         }
-        let captured_at_us = wall_us().saturating_sub(JITTER_DEPTH_US);
+        let now_us = wall_us();
         for mix in self.spaces.values_mut() {
             for (pid, sp) in &mix.speakers {
                 mix.mixer.set_audible(*pid, sp.gate.load(Ordering::Acquire));
             }
-            let tick = mix.mixer.tick(captured_at_us);
+            let depth = mix.mixer.buffered_us().unwrap_or(IDLE_JITTER_DEPTH_US);
+            let tick = mix.mixer.tick(now_us.saturating_sub(depth));
             let frame = tick.frame;
             self.stats.frames.fetch_add(1, Ordering::Relaxed);
             if let Some(bus) = &self.cfg.bus

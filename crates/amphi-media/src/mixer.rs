@@ -190,6 +190,21 @@ impl Mixer {
         self.stats
     }
 
+    /// How long audio waits in the deepest audible speaker's jitter buffer
+    /// (plus its not yet mixed decoded samples), in µs: the program's audio
+    /// was captured at least this long before it is mixed. `None` with no
+    /// audible speaker.
+    pub fn buffered_us(&self) -> Option<u64> {
+        self.speakers
+            .values()
+            .filter(|s| s.audible)
+            .map(|s| {
+                let frames = s.jitter.queued().max(s.jitter.target_frames()) as u64;
+                frames * 20_000 + s.pcm.len() as u64 * 1_000_000 / 48_000
+            })
+            .max()
+    }
+
     /// Per-speaker jitter-buffer counters (received, late, duplicate,
     /// missing/concealed).
     pub fn speaker_stats(&self) -> Vec<(ParticipantId, JitterStats)> {
@@ -589,6 +604,23 @@ mod tests {
         // Concealment keeps the tone going.
         let pcm = decode_all(&program);
         assert!(tone_ratio(&pcm[9600..], 440.0, 48_000) > 0.7);
+    }
+
+    #[test]
+    fn buffered_time_follows_the_audible_speakers_queues() {
+        let mut m = Mixer::new(MixerConfig::default()).unwrap();
+        assert_eq!(m.buffered_us(), None);
+        m.add_speaker(A, false).unwrap();
+        m.set_audible(A, true);
+        let mut s = Sender::new(440.0, 0.5);
+        for _ in 0..5 {
+            let (seq, ts, p) = s.packet(FRAME);
+            m.push_packet(A, seq, ts, p);
+        }
+        let deep = m.buffered_us().unwrap();
+        assert!((100_000..=200_000).contains(&deep), "{deep}");
+        m.set_audible(A, false);
+        assert_eq!(m.buffered_us(), None);
     }
 
     #[test]
