@@ -36,6 +36,16 @@ pub struct ForwardReply {
     pub body: Bytes,
 }
 
+/// The longest prefix of `s` of at most `max` bytes that is still UTF-8
+/// (cut on a character boundary, so the decoder accepts it).
+fn utf8_prefix(s: &str, max: usize) -> &str {
+    let mut n = s.len().min(max);
+    while !s.is_char_boundary(n) {
+        n -= 1;
+    }
+    &s[..n]
+}
+
 fn put_headers(b: &mut BytesMut, headers: &[(String, String)]) {
     let headers: Vec<_> = headers
         .iter()
@@ -118,10 +128,11 @@ impl Reader<'_> {
 
 impl ForwardRequest {
     /// The request's bytes (a body past [`MAX_BODY`] is cut: the API
-    /// refuses such bodies before anything is forwarded).
+    /// refuses such bodies before anything is forwarded; a method past 255
+    /// bytes or a path past 65,535 is cut on a character boundary).
     pub fn encode(&self) -> Bytes {
-        let method = &self.method.as_bytes()[..self.method.len().min(255)];
-        let path = &self.path.as_bytes()[..self.path.len().min(usize::from(u16::MAX))];
+        let method = utf8_prefix(&self.method, 255).as_bytes();
+        let path = utf8_prefix(&self.path, usize::from(u16::MAX)).as_bytes();
         let body = &self.body[..self.body.len().min(MAX_BODY)];
         let mut b = BytesMut::with_capacity(16 + path.len() + body.len());
         b.put_u8(VERSION);
@@ -211,6 +222,20 @@ mod tests {
         assert_eq!(ForwardRequest::decode(&b), Err(WireError::Utf8("method")));
         let b = Bytes::from_static(&[1, 0x01, 0x2c, 200]);
         assert_eq!(ForwardReply::decode(&b), Err(WireError::TooLong("headers")));
+    }
+
+    #[test]
+    fn long_fields_are_cut_on_a_character_boundary() {
+        // 'é' is two bytes: 255 bytes would end inside the 128th.
+        let req = ForwardRequest {
+            method: "é".repeat(200),
+            path: format!("//{}", "é".repeat(40_000)),
+            headers: vec![],
+            body: Bytes::new(),
+        };
+        let got = ForwardRequest::decode(&req.encode()).expect("an encoded request decodes");
+        assert_eq!(got.method, "é".repeat(127));
+        assert_eq!(got.path, format!("//{}", "é".repeat(32_766)));
     }
 
     proptest! {
