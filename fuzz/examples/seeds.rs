@@ -6,8 +6,9 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use amphi_core::Frame;
+use amphi_cluster::{CountsReport, ForwardReply, ForwardRequest, Lease, SpaceCounts};
 use amphi_core::token::{Claims, IdentityClaims, TokenKey};
+use amphi_core::{Frame, SpeakerLevel};
 use amphi_core::{ParticipantId, SpaceId};
 use amphi_fuzz::room::{Input, run};
 use amphi_media::OggPager;
@@ -210,6 +211,75 @@ fn main() {
     }
     write(&dir, "room_commands", "lively", &best.1);
 
+    // cluster_frames: a bus frame with two speakers, a history reply.
+    let mut spoken = frames[2].clone();
+    spoken.speakers = Arc::from(vec![
+        SpeakerLevel {
+            participant: ParticipantId(2),
+            level: 90,
+        },
+        SpeakerLevel {
+            participant: ParticipantId(5),
+            level: 12,
+        },
+    ]);
+    write(
+        &dir,
+        "cluster_frames",
+        "frame",
+        &amphi_cluster::encode_frame(&spoken),
+    );
+    write(
+        &dir,
+        "cluster_frames",
+        "history",
+        &amphi_cluster::encode_frames(&frames[..5]),
+    );
+
+    // cluster_forward: a forwarded command and the owner's refusal.
+    let req = ForwardRequest {
+        method: "POST".into(),
+        path: "/api/v1/spaces/00c0ffee12345678/hand".into(),
+        headers: vec![
+            ("authorization".into(), format!("Bearer {valid}")),
+            ("content-type".into(), "application/json".into()),
+        ],
+        body: Bytes::from_static(b"{}"),
+    };
+    write(&dir, "cluster_forward", "request", &req.encode());
+    let rep = ForwardReply {
+        status: 409,
+        headers: vec![("content-type".into(), "application/json".into())],
+        body: Bytes::from_static(br#"{"error":{"code":"conflict","message":"the stage is full"}}"#),
+    };
+    write(&dir, "cluster_forward", "reply", &rep.encode());
+
+    // cluster_control: a lease, a count report, a history request.
+    let lease = Lease {
+        node: "node-1".into(),
+        http: "http://10.0.0.1:8080".into(),
+        seq: 1009,
+        at_ms: 1_700_000_000_000,
+        ended: false,
+    };
+    write(&dir, "cluster_control", "lease", &lease.encode());
+    let counts = CountsReport {
+        node: "node-2".into(),
+        spaces: vec![SpaceCounts {
+            space: SpaceId(0x00c0ffee12345678),
+            listeners: 1200,
+            reactions: vec![("👏".into(), 3)],
+            mixing: true,
+        }],
+    };
+    write(&dir, "cluster_control", "counts", &counts.encode());
+    write(
+        &dir,
+        "cluster_control",
+        "history_request",
+        &amphi_cluster::encode_history_request(1000),
+    );
+
     check(&dir, best.0);
 }
 
@@ -236,6 +306,20 @@ fn check(dir: &Path, room_accepted: usize) {
     let offer = String::from_utf8(read("whip_sdp", "browser_offer")).expect("ascii offer");
     assert!(amphi_rtc::summarize_offer(&offer).is_ok());
     assert!(str0m::change::SdpOffer::from_sdp_string(&offer).is_ok());
+    let bus = |n: &str| Bytes::from(read("cluster_frames", n));
+    assert!(amphi_cluster::decode_frame(&bus("frame")).is_ok_and(|f| f.speakers.len() == 2));
+    assert_eq!(
+        amphi_cluster::decode_frames(&bus("history")).map(|f| f.len()),
+        Ok(5)
+    );
+    assert!(ForwardRequest::decode(&Bytes::from(read("cluster_forward", "request"))).is_ok());
+    assert!(ForwardReply::decode(&Bytes::from(read("cluster_forward", "reply"))).is_ok());
+    assert!(Lease::decode(&read("cluster_control", "lease")).is_some());
+    assert!(CountsReport::decode(&read("cluster_control", "counts")).is_some());
+    assert_eq!(
+        amphi_cluster::decode_history_request(&read("cluster_control", "history_request")),
+        Ok(1000)
+    );
     assert!(
         room_accepted >= 2,
         "the room seed has only {room_accepted} accepted commands"
