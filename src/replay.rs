@@ -12,15 +12,23 @@ use bytes::Bytes;
 
 use amphi_core::SpaceId;
 use amphi_core::room::SpaceState;
-use amphi_hls::playlist::{Ready, parse_blocking_query, parse_media_name};
-use amphi_hls::{Resource, cache_control, fmp4};
+use amphi_hls::playlist::{Ready, parse_blocking_query, parse_media_name, wants_skip};
+use amphi_hls::{PartLookup, Resource, cache_control, fmp4};
 
 use crate::app::{App, SpaceCell};
 use crate::error::ApiError;
+use crate::media::LiveMedia;
 use crate::record::space_dir;
 
 /// Longest a blocking playlist request waits for its part.
 const BLOCK_LIMIT: Duration = Duration::from_secs(3);
+
+/// Longest a request for the part named by `EXT-X-PRELOAD-HINT` (or the one
+/// after it) is held before it gets a 404. Parts come every 500 ms, so only
+/// a stalled program ever reaches it; it also bounds what a flood of such
+/// requests can hold: each is one future parked on the space's
+/// `hls_tick`, gone after this long.
+const PRELOAD_LIMIT: Duration = Duration::from_secs(3);
 
 /// In a cluster, a replay recorded on another node is there: redirect.
 pub async fn replay_elsewhere(
@@ -90,10 +98,36 @@ fn body(kind: Resource, content_type: &'static str, data: impl Into<axum::body::
 
 const M3U8: &str = "application/vnd.apple.mpegurl";
 
+/// An error of the live HLS resources: never cached (a 404 for a part that
+/// is about to exist must not stick in a CDN), readable cross-origin (a
+/// browser player sees the status, not a network error).
+fn live_error(e: ApiError) -> Response {
+    let mut res = e.into_response();
+    let h = res.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    res
+}
+
 async fn live_playlist(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
     RawQuery(q): RawQuery,
+) -> Response {
+    live_playlist_inner(app, id, q)
+        .await
+        .unwrap_or_else(live_error)
+}
+
+/// The live playlist, after waiting for `_HLS_msn`/`_HLS_part` if asked;
+/// the delta update if `_HLS_skip=YES` (or `v2`) asks for it.
+async fn live_playlist_inner(
+    app: Arc<App>,
+    id: String,
+    q: Option<String>,
 ) -> Result<Response, ApiError> {
     let cell = cell(&app, &id)?;
     if let Some(c) = &app.cluster {
@@ -110,8 +144,9 @@ async fn live_playlist(
             )),
             _ => ApiError::conflict("the space is not live"),
         })?;
-    let (msn, part) = parse_blocking_query(q.as_deref().unwrap_or(""))
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let query = q.as_deref().unwrap_or("");
+    let (msn, part) =
+        parse_blocking_query(query).map_err(|e| ApiError::bad_request(e.to_string()))?;
     if let Some(msn) = msn {
         let mut rx = live.hls_tick.subscribe();
         let wait = async {
@@ -135,7 +170,14 @@ async fn live_playlist(
             r?;
         }
     }
-    let text = live.hls.lock().live_playlist();
+    let text = {
+        let hls = live.hls.lock();
+        if wants_skip(query) {
+            hls.live_playlist_delta()
+        } else {
+            hls.live_playlist()
+        }
+    };
     Ok(body(Resource::LivePlaylist, M3U8, text))
 }
 
@@ -147,7 +189,16 @@ async fn init(State(app): State<Arc<App>>, Path(id): Path<String>) -> Result<Res
 async fn live_media(
     State(app): State<Arc<App>>,
     Path((id, name)): Path<(String, String)>,
-) -> Result<Response, ApiError> {
+) -> Response {
+    live_media_inner(app, id, name)
+        .await
+        .unwrap_or_else(live_error)
+}
+
+/// A live part or segment. The part the preload hint names (or the one
+/// after it) is held until it is published, at most [`PRELOAD_LIMIT`];
+/// anything else that does not exist is a 404 at once.
+async fn live_media_inner(app: Arc<App>, id: String, name: String) -> Result<Response, ApiError> {
     let cell = cell(&app, &id)?;
     let (msn, part) =
         parse_media_name(&name).ok_or_else(|| ApiError::not_found("no such HLS resource"))?;
@@ -159,15 +210,34 @@ async fn live_media(
         .read()
         .clone()
         .ok_or_else(|| ApiError::not_found("the space is not live"))?;
-    let data = {
-        let hls = live.hls.lock();
-        match part {
-            Some(p) => hls.part(msn, p),
-            None => hls.segment(msn),
-        }
+    let data = match part {
+        Some(p) => hinted_part(&live, msn, p).await,
+        None => live.hls.lock().segment(msn),
     };
     let data = data.ok_or_else(|| ApiError::not_found("no such segment (yet, or any more)"))?;
     Ok(body(Resource::Media, "video/mp4", data))
+}
+
+/// A part's bytes, waiting (at most [`PRELOAD_LIMIT`]) if it is the next
+/// one to be published; `None` for a 404.
+async fn hinted_part(live: &LiveMedia, msn: u64, part: u32) -> Option<Bytes> {
+    // Subscribed before looking, so a part published in between wakes us.
+    let mut rx = live.hls_tick.subscribe();
+    let wait = async {
+        loop {
+            match live.hls.lock().lookup_part(msn, part) {
+                PartLookup::Found(bytes) => return Some(bytes),
+                PartLookup::NotFound => return None,
+                PartLookup::Pending => {}
+            }
+            // An error means the sender is gone: nothing more will come.
+            rx.changed().await.ok()?;
+        }
+    };
+    tokio::time::timeout(PRELOAD_LIMIT, wait)
+        .await
+        .ok()
+        .flatten()
 }
 
 /// The replay directory of an ended, recorded space, or why not.

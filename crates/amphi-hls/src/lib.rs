@@ -15,7 +15,9 @@ pub mod playlist;
 pub mod segmenter;
 
 pub use playlist::{Ready, parse_blocking_query, parse_media_name};
-pub use segmenter::{HlsEvent, Segment, Segmenter, SegmenterConfig};
+pub use segmenter::{
+    HlsEvent, PRELOAD_PARTS_AHEAD, PartLookup, Segment, Segmenter, SegmenterConfig,
+};
 
 /// Frames per part: 500 ms.
 pub const PART_FRAMES: u64 = 25;

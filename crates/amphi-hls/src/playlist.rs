@@ -1,7 +1,8 @@
 //! Playlists naming what the [`Segmenter`] cut: the LL-HLS media playlist
-//! for live (RFC 8216bis, version 9: parts, preload hint, blocking reload)
-//! and the VOD playlist for replay; plus the parsers for the request side
-//! (`_HLS_msn`/`_HLS_part`, media names), which never panic.
+//! for live (RFC 8216bis, version 9: parts, preload hint, blocking reload,
+//! delta updates) and the VOD playlist for replay; plus the parsers for the
+//! request side (`_HLS_msn`/`_HLS_part`, `_HLS_skip`, media names), which
+//! never panic.
 //!
 //! URIs are relative (`init.mp4`, `seg-{msn}.m4s`, `part-{msn}-{part}.m4s`)
 //! so the server, a CDN or a directory on disk can map them.
@@ -12,7 +13,9 @@ use std::str::FromStr;
 use bytes::Bytes;
 
 use crate::HlsError;
-pub use crate::segmenter::{HlsEvent, Segment, Segmenter, SegmenterConfig};
+pub use crate::segmenter::{
+    HlsEvent, PRELOAD_PARTS_AHEAD, PartLookup, Segment, Segmenter, SegmenterConfig,
+};
 use crate::segmenter::{Open, Part};
 
 /// Whether a blocking playlist request (`_HLS_msn`/`_HLS_part`) can be
@@ -179,14 +182,48 @@ impl Segmenter {
             .clone()
     }
 
-    /// The delta update asked for with `_HLS_skip=YES` (see [`wants_skip`]):
-    /// the live playlist with the segments older than `CAN-SKIP-UNTIL`
-    /// replaced by one `EXT-X-SKIP` line, so a long DVR window does not cost
-    /// every player its whole size on every part.
+    /// The delta update asked for with `_HLS_skip=YES` (see [`wants_skip`],
+    /// RFC 8216bis §6.2.5.1): the live playlist with the segments further
+    /// than `CAN-SKIP-UNTIL` from its end replaced by one `EXT-X-SKIP` line,
+    /// so a long DVR window does not cost every player its whole size on
+    /// every part. Everything else (sequence numbers, parts, preload hint)
+    /// is the full playlist's, line for line. Once the stream is finished
+    /// (`EXT-X-ENDLIST`) the directive is ignored and this is the full
+    /// playlist.
     pub fn live_playlist_delta(&self) -> Bytes {
+        if self.ended {
+            return self.live_playlist();
+        }
         self.live_cache[1]
             .get_or_init(|| Bytes::from(self.render_live(true)))
             .clone()
+    }
+
+    /// How many of the oldest segments a delta update replaces: those that
+    /// end further than the Skip Boundary (`CAN-SKIP-UNTIL`) from the end of
+    /// the playlist, which is the end of the newest part. A segment that
+    /// ends exactly at the boundary stays. A client may only ask for a delta
+    /// when its copy is no older than half the boundary (RFC 8216bis
+    /// §6.3.7), so its copy holds every skipped segment.
+    fn delta_skipped(&self) -> usize {
+        let open_ms = self.open.as_ref().map_or(0, |c| {
+            c.parts
+                .iter()
+                .map(|p| p.span)
+                .sum::<u64>()
+                .saturating_mul(20)
+        });
+        // Newest first: media after the end of each segment.
+        let mut after_ms = open_ms;
+        let mut keep = 0;
+        for s in self.segments.iter().rev() {
+            if after_ms > self.skip_until_ms() {
+                break;
+            }
+            after_ms = after_ms.saturating_add(s.span.saturating_mul(20));
+            keep += 1;
+        }
+        self.segments.len() - keep
     }
 
     fn render_live(&self, delta: bool) -> String {
@@ -201,28 +238,14 @@ impl Segmenter {
         );
         self.sequence_lines(&mut o);
         o.push_str("#EXT-X-MAP:URI=\"init.mp4\"\n");
-        // Segments that end at least CAN-SKIP-UNTIL before the playlist's end.
-        let skipped = if delta {
-            let open_ms = self.open.as_ref().map_or(0, |c| {
-                c.parts
-                    .iter()
-                    .map(|p| p.span)
-                    .sum::<u64>()
-                    .saturating_mul(20)
-            });
-            let mut after_ms = open_ms;
-            let mut keep = 0;
-            for s in self.segments.iter().rev() {
-                if after_ms >= self.skip_until_ms() {
-                    break;
-                }
-                after_ms += s.span.saturating_mul(20);
-                keep += 1;
-            }
-            self.segments.len() - keep
+        let skipped = if delta && !self.ended {
+            self.delta_skipped()
         } else {
             0
         };
+        // After the header and the sequence numbers, which a delta keeps
+        // unchanged (SKIPPED-SEGMENTS leaves EXT-X-DISCONTINUITY-SEQUENCE
+        // alone), so hls.js finds them before the skip.
         if skipped > 0 {
             let _ = writeln!(o, "#EXT-X-SKIP:SKIPPED-SEGMENTS={skipped}");
         }
@@ -395,6 +418,103 @@ mod tests {
         assert!(!text(live(300).live_playlist_delta()).contains("EXT-X-SKIP"));
         assert!(wants_skip("token=a&_HLS_skip=YES"));
         assert!(!wants_skip("_HLS_skip=NO"));
+    }
+
+    /// `n` frames into a segmenter with a long (DVR) window.
+    fn dvr(n: u64) -> Segmenter {
+        let mut s = Segmenter::new(100);
+        for q in 0..n {
+            s.push(&frame(q));
+        }
+        s
+    }
+
+    /// `SKIPPED-SEGMENTS` of a playlist, 0 without `EXT-X-SKIP`.
+    fn skipped_in(pl: &str) -> usize {
+        pl.lines()
+            .find_map(|l| l.strip_prefix("#EXT-X-SKIP:SKIPPED-SEGMENTS="))
+            .map_or(0, |n| n.parse().unwrap())
+    }
+
+    /// What RFC 8216bis §6.2.5.1 makes of `full` when `skipped` segments are
+    /// skipped: the lines of those segments (every tag after `EXT-X-MAP` up
+    /// to the last one's URI) become one `EXT-X-SKIP`, and every other line
+    /// stays as it is.
+    fn expected_delta(full: &str, skipped: usize) -> String {
+        if skipped == 0 {
+            return full.to_owned();
+        }
+        let lines: Vec<&str> = full.lines().collect();
+        let map = lines
+            .iter()
+            .position(|l| l.starts_with("#EXT-X-MAP"))
+            .unwrap();
+        let last = (map..lines.len())
+            .filter(|&i| !lines[i].starts_with('#'))
+            .nth(skipped - 1)
+            .unwrap();
+        let skip = format!("#EXT-X-SKIP:SKIPPED-SEGMENTS={skipped}");
+        let mut out: Vec<&str> = lines[..=map].to_vec();
+        out.push(&skip);
+        out.extend_from_slice(&lines[last + 1..]);
+        out.join("\n") + "\n"
+    }
+
+    /// Milliseconds of media after the end of each kept segment, up to the
+    /// end of the newest part.
+    fn after_each_segment(s: &Segmenter) -> Vec<u64> {
+        let open: u64 = s
+            .open
+            .as_ref()
+            .map_or(0, |c| c.parts.iter().map(|p| p.span * 20).sum());
+        let spans: Vec<u64> = s.segments().map(|g| g.span * 20).collect();
+        (0..spans.len())
+            .map(|i| open + spans[i + 1..].iter().sum::<u64>())
+            .collect()
+    }
+
+    #[test]
+    fn delta_skips_segments_further_than_the_boundary_and_keeps_the_rest() {
+        // Ten 2 s segments, no part after them: segment 3 ends exactly 12 s
+        // before the end, so it stays; 0..=2 end further away.
+        let mut s = dvr(1000);
+        assert_eq!(s.edge(), (10, 0));
+        let full = text(s.live_playlist());
+        let delta = text(s.live_playlist_delta());
+        assert_eq!(skipped_in(&delta), 3);
+        assert!(delta.contains("#EXT-X-MAP:URI=\"init.mp4\"\n#EXT-X-SKIP:SKIPPED-SEGMENTS=3\n#EXT-X-PROGRAM-DATE-TIME:2025-11-24T16:00:06.000Z\n"));
+        assert!(!delta.contains("seg-2.m4s") && delta.contains("seg-3.m4s"));
+        assert_eq!(delta, expected_delta(&full, 3));
+        // Same media sequence; the parts and the hint are all there.
+        assert!(delta.contains("#EXT-X-MEDIA-SEQUENCE:0\n"));
+        for l in full.lines().filter(|l| l.starts_with("#EXT-X-PART:")) {
+            assert!(delta.contains(l), "{l} is missing from the delta");
+        }
+        assert!(delta.ends_with("#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"part-10-0.m4s\"\n"));
+        // Half a second more: segment 3 is now 12.5 s from the end.
+        for q in 1000..1025 {
+            s.push(&frame(q));
+        }
+        let delta = text(s.live_playlist_delta());
+        assert_eq!(skipped_in(&delta), 4);
+        assert_eq!(delta, expected_delta(&text(s.live_playlist()), 4));
+        // A window shorter than the boundary has nothing to skip.
+        let short = dvr(650);
+        assert_eq!(short.live_playlist_delta(), short.live_playlist());
+    }
+
+    #[test]
+    fn a_finished_stream_ignores_skip() {
+        let mut s = dvr(1030);
+        assert_eq!(skipped_in(&text(s.live_playlist_delta())), 4);
+        s.finish();
+        let full = s.live_playlist();
+        let delta = s.live_playlist_delta();
+        assert_eq!(delta, full);
+        assert_eq!(delta.as_ptr(), full.as_ptr(), "the same shared bytes");
+        let delta = text(delta);
+        assert!(!delta.contains("EXT-X-SKIP") && !delta.contains("PRELOAD-HINT"));
+        assert!(delta.ends_with("#EXT-X-ENDLIST\n"));
     }
 
     fn live(n: u64) -> Segmenter {
@@ -592,6 +712,62 @@ mod tests {
                 prop_assert!(d <= 2.0 && d > 0.0);
             }
             prop_assert_eq!(pl.contains("#EXT-X-PRELOAD-HINT"), !finish);
+        }
+
+        /// Whatever the window and the restarts, a delta update is the full
+        /// playlist with exactly the segments that end further than the
+        /// Skip Boundary from its end replaced by `EXT-X-SKIP`; it keeps
+        /// every part and the hint, and the hinted part is worth waiting
+        /// for while every listed one is there.
+        #[test]
+        fn deltas_skip_what_the_rfc_allows_and_nothing_else(
+            n in 1u64..1500,
+            gaps in proptest::collection::vec((0u64..1500, 1u64..300), 0..4),
+            window in 3usize..20,
+            finish in any::<bool>(),
+        ) {
+            let mut s = Segmenter::new(window);
+            let mut seq = 0;
+            let check = |s: &Segmenter| -> Result<(), TestCaseError> {
+                let full = text(s.live_playlist());
+                let delta = text(s.live_playlist_delta());
+                let skipped = skipped_in(&delta);
+                prop_assert_eq!(&delta, &expected_delta(&full, skipped));
+                if s.is_finished() {
+                    prop_assert_eq!(skipped, 0);
+                } else {
+                    let after = after_each_segment(s);
+                    for (i, a) in after.iter().enumerate() {
+                        prop_assert_eq!(i < skipped, *a > 12_000, "segment {} ends {} ms before the end", i, a);
+                    }
+                    let hint = full.lines().find_map(|l| l.strip_prefix("#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"")).unwrap();
+                    let (m, p) = parse_media_name(hint.trim_end_matches('"')).unwrap();
+                    prop_assert_eq!(s.lookup_part(m, p.unwrap()), crate::PartLookup::Pending);
+                }
+                for l in full.lines().filter(|l| l.starts_with("#EXT-X-PART:")) {
+                    prop_assert!(delta.contains(l), "{} is missing from the delta", l);
+                }
+                for uri in listed_uris(&delta) {
+                    let (m, p) = parse_media_name(&uri).unwrap();
+                    if let Some(p) = p {
+                        prop_assert!(matches!(s.lookup_part(m, p), crate::PartLookup::Found(_)));
+                    }
+                }
+                Ok(())
+            };
+            for q in 0..n {
+                seq += gaps.iter().filter(|g| g.0 == q).map(|g| g.1).sum::<u64>();
+                s.push(&frame(seq));
+                seq += 1;
+                if q % 53 == 0 {
+                    check(&s)?;
+                }
+            }
+            check(&s)?;
+            if finish {
+                s.finish();
+                check(&s)?;
+            }
         }
     }
 }

@@ -62,6 +62,26 @@ impl SegmenterConfig {
     }
 }
 
+/// Parts past the one `EXT-X-PRELOAD-HINT` names that a request may still
+/// be held for ([`Segmenter::lookup_part`]): the hinted part and the one
+/// right after it. Anything further ahead is not worth holding.
+pub const PRELOAD_PARTS_AHEAD: u64 = 1;
+
+/// What a request for `part-{msn}-{part}.m4s` should get
+/// ([`Segmenter::lookup_part`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PartLookup {
+    /// Published: serve these bytes.
+    Found(Bytes),
+    /// Not published yet, but it is the part the preload hint names (or the
+    /// one after it): hold the request until the segmenter moves, then look
+    /// again.
+    Pending,
+    /// Evicted, passed over (a restart closed its segment early), never
+    /// going to exist, or too far ahead of the live edge: answer 404 now.
+    NotFound,
+}
+
 /// What a pushed frame completed, with the bytes to publish.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HlsEvent {
@@ -405,6 +425,31 @@ impl Segmenter {
         self.kept(msn)?.parts.get(idx).map(|p| p.bytes.clone())
     }
 
+    /// Whether a request for part `part` of segment `msn` can be answered
+    /// now, is for the part the playlist's `EXT-X-PRELOAD-HINT` names (or
+    /// [`PRELOAD_PARTS_AHEAD`] after it) and should be held until it is
+    /// published, or is a 404. Once the stream is finished nothing is
+    /// pending any more.
+    pub fn lookup_part(&self, msn: u64, part: u32) -> PartLookup {
+        if let Some(bytes) = self.part(msn, part) {
+            return PartLookup::Found(bytes);
+        }
+        if self.ended || part >= self.cfg.segment_parts {
+            return PartLookup::NotFound;
+        }
+        // Count parts as if the segment in progress will get all of its
+        // parts. If a restart closes it early, the next segment's parts
+        // are nearer than counted: at worst a 404 instead of a hold.
+        let per = u128::from(self.cfg.segment_parts);
+        let (edge_msn, edge_part) = self.edge();
+        let asked = u128::from(msn) * per + u128::from(part);
+        let hint = u128::from(edge_msn) * per + u128::from(edge_part);
+        match asked.checked_sub(hint) {
+            Some(ahead) if ahead <= u128::from(PRELOAD_PARTS_AHEAD) => PartLookup::Pending,
+            _ => PartLookup::NotFound,
+        }
+    }
+
     /// The live edge: the msn of the segment in progress (or next to start)
     /// and how many of its parts are published.
     pub fn edge(&self) -> (u64, u32) {
@@ -537,6 +582,68 @@ mod tests {
             matches!(ev.last(), Some(HlsEvent::SegmentReady { msn: 1, duration, .. }) if *duration == Duration::from_millis(600))
         );
         assert!(s.push(&frame(130)).is_empty());
+    }
+
+    #[test]
+    fn requests_for_the_hinted_part_and_the_next_wait_others_are_404() {
+        use PartLookup::{Found, NotFound, Pending};
+        let found = |l: PartLookup| matches!(l, Found(_));
+        // Nothing published yet: the hint is part-0-0.
+        let mut s = Segmenter::new(100);
+        assert_eq!(s.lookup_part(0, 0), Pending);
+        assert_eq!(s.lookup_part(0, 1), Pending);
+        assert_eq!(s.lookup_part(0, 2), NotFound);
+        // Segments 0 and 1, part 0 of segment 2: the hint is part-2-1.
+        for q in 0..230 {
+            s.push(&frame(q));
+        }
+        assert_eq!(s.edge(), (2, 1));
+        assert!(found(s.lookup_part(2, 0)) && found(s.lookup_part(1, 3)));
+        assert_eq!(s.lookup_part(2, 0), Found(s.part(2, 0).unwrap()));
+        assert_eq!(s.lookup_part(2, 1), Pending);
+        assert_eq!(s.lookup_part(2, 2), Pending);
+        assert_eq!(s.lookup_part(2, 3), NotFound);
+        assert_eq!(s.lookup_part(3, 0), NotFound);
+        // No such part index, ever.
+        assert_eq!(s.lookup_part(2, 4), NotFound);
+        assert_eq!(s.lookup_part(1, 4), NotFound);
+        assert_eq!(s.lookup_part(u64::MAX, u32::MAX), NotFound);
+        assert_eq!(s.lookup_part(u64::MAX, 0), NotFound);
+        // Once published, the hinted part is found.
+        for q in 230..250 {
+            s.push(&frame(q));
+        }
+        assert!(found(s.lookup_part(2, 1)));
+        // Hint on the last part of a segment: the next is part 0 of the
+        // following segment.
+        for q in 250..375 {
+            s.push(&frame(q));
+        }
+        assert_eq!(s.edge(), (3, 3));
+        assert_eq!(s.lookup_part(3, 3), Pending);
+        assert_eq!(s.lookup_part(4, 0), Pending);
+        assert_eq!(s.lookup_part(4, 1), NotFound);
+        // A restart closes segment 3 with three parts: part-3-3 will never
+        // exist, part-4-0 is the new hint.
+        s.mark_gap();
+        s.push(&frame(10_000));
+        assert_eq!(s.edge(), (4, 0));
+        assert_eq!(s.lookup_part(3, 3), NotFound);
+        assert!(found(s.lookup_part(3, 2)));
+        assert_eq!(s.lookup_part(4, 0), Pending);
+        // The end cuts the frame in progress into a last, short part.
+        s.finish();
+        assert!(found(s.lookup_part(4, 0)));
+        assert_eq!(s.lookup_part(4, 1), NotFound);
+        assert_eq!(s.lookup_part(5, 0), NotFound);
+        // Evicted parts are gone.
+        let mut s = Segmenter::new(3);
+        for q in 0..1000 {
+            s.push(&frame(q));
+        }
+        assert_eq!(s.lookup_part(0, 0), NotFound);
+        assert!(found(s.lookup_part(9, 3)));
+        assert_eq!(s.lookup_part(10, 0), Pending);
     }
 
     proptest! {
