@@ -315,7 +315,7 @@ impl Segmenter {
         let (Some(first), Some(last)) = (open.pending.first(), open.pending.last()) else {
             return;
         };
-        let (first_seq, span) = (first.seq, last.seq - first.seq + 1);
+        let (first_seq, span) = (first.seq, (last.seq - first.seq).saturating_add(1));
         let bytes = fragment(
             self.fragment_seq,
             first_seq.saturating_mul(u64::from(FRAME_DURATION)),
@@ -346,7 +346,8 @@ impl Segmenter {
             self.next_msn = open.msn;
             return;
         };
-        let span = last.first_seq + last.span - open.first_seq;
+        // (last.first_seq ≥ open.first_seq; no overflow at the end of u64.)
+        let span = (last.first_seq - open.first_seq).saturating_add(last.span);
         let mut bytes = BytesMut::with_capacity(open.parts.iter().map(|p| p.bytes.len()).sum());
         for p in &open.parts {
             bytes.extend_from_slice(&p.bytes);
@@ -469,7 +470,7 @@ mod tests {
     fn frame(seq: u64) -> Frame {
         Frame {
             seq,
-            captured_at_us: 1_764_000_000_000_000 + seq * 20_000,
+            captured_at_us: 1_764_000_000_000_000u64.wrapping_add(seq.wrapping_mul(20_000)),
             opus: Bytes::from(vec![seq as u8; 3 + (seq % 5) as usize]),
             program_level: 0,
             speakers: Arc::from(Vec::new()),
@@ -512,6 +513,18 @@ mod tests {
         assert_eq!(s.part(2, 1), None);
         assert_eq!(s.segment(1), Some(segs[1].1.clone()));
         assert_eq!(s.edge(), (2, 1));
+    }
+
+    /// Fuzz-found (recording_frames): a part ending at the last sequence
+    /// number of u64 overflowed the segment's span.
+    #[test]
+    fn the_end_of_the_sequence_space_does_not_overflow() {
+        let mut s = Segmenter::new(SegmenterConfig::default());
+        for seq in [0, u64::MAX - 30, u64::MAX - 1, u64::MAX] {
+            s.push(&frame(seq));
+        }
+        s.finish();
+        assert!(s.segments().all(|g| g.span >= 1));
     }
 
     #[test]
