@@ -1224,8 +1224,8 @@ async fn run_forwarded(router: Router, req: ForwardRequest) -> ForwardReply {
         .filter(|(n, _)| {
             matches!(
                 n.as_str(),
-                "content-type" | "location" | "retry-after" | "www-authenticate"
-            )
+                "content-type" | "location" | "retry-after" | "www-authenticate" | "cache-control"
+            ) || n.as_str().starts_with("access-control-")
         })
         .filter_map(|(n, v)| Some((n.as_str().to_owned(), v.to_str().ok()?.to_owned())))
         .collect();

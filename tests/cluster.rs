@@ -98,6 +98,21 @@ fn a_space_on_one_node_is_heard_and_run_through_the_others() {
     );
     assert_eq!(r.status, 401, "{:?}", r.body);
     assert_eq!(r.body["error"]["code"], "invalid_token");
+    // A forwarded WHIP answer keeps its CORS headers (browsers on other
+    // origins publish through any node).
+    let r = call(
+        "POST",
+        &b.url(&format!("/api/v1/spaces/{id}/whip")),
+        Some(&host),
+        Some(serde_json::json!({"not": "sdp"})),
+    );
+    assert_eq!(r.status, 415, "{:?}", r.body);
+    assert_eq!(
+        r.headers
+            .get("access-control-allow-origin")
+            .and_then(|v| v.to_str().ok()),
+        Some("*")
+    );
 
     // The audience is the sum of the nodes' counts.
     let mut r1 = WsReader::connect(b.port, &format!("/spaces/{id}/live.ws"), None);
