@@ -114,7 +114,7 @@ pub struct Cluster {
     reactions: Mutex<HashMap<SpaceId, BTreeMap<String, u64>>>,
     edges: Mutex<HashMap<SpaceId, Arc<Edge>>>,
     /// Serialises an edge's start, so concurrent first listeners share one.
-    edge_start: tokio::sync::Mutex<()>,
+    edge_start: Mutex<HashMap<SpaceId, Arc<tokio::sync::Mutex<()>>>>,
     connected: AtomicBool,
     /// Since when NATS has been unreachable (`None`: connected).
     disconnected_since: Mutex<Option<Instant>>,
@@ -209,7 +209,7 @@ impl Cluster {
             remote: Mutex::new(HashMap::new()),
             reactions: Mutex::new(HashMap::new()),
             edges: Mutex::new(HashMap::new()),
-            edge_start: tokio::sync::Mutex::new(()),
+            edge_start: Mutex::new(HashMap::new()),
             connected: AtomicBool::new(true),
             disconnected_since: Mutex::new(None),
             edge_linger,
@@ -796,7 +796,10 @@ impl Cluster {
             return None;
         }
         let app = self.app()?;
-        let _serial = self.edge_start.lock().await;
+        // One start per space at a time (a slow origin delays only its own
+        // space's first listeners).
+        let gate = self.edge_start.lock().entry(cell.id).or_default().clone();
+        let _serial = gate.lock().await;
         if let Some(live) = cell.live.read().clone() {
             return Some(live);
         }
@@ -886,6 +889,7 @@ impl Cluster {
         let Some(edge) = self.edges.lock().remove(&id) else {
             return;
         };
+        self.edge_start.lock().remove(&id);
         let Some(app) = self.app() else { return };
         self.stats.edges_stopped.fetch_add(1, Ordering::Relaxed);
         let task = edge.task.abort_handle();
