@@ -247,6 +247,7 @@ pub async fn handle(mut stream: TcpStream, app: Arc<App>) {
                 return;
             };
             let NewListenerFor {
+                place,
                 output,
                 pending,
                 next_unit,
@@ -262,12 +263,16 @@ pub async fn handle(mut stream: TcpStream, app: Arc<App>) {
             if let Err(e) = app.egress.add_reserved_listener(&output, nl) {
                 tracing::warn!(error = %e, "could not hand a listener to the fan-out");
             }
+            // Counted by its output now (or gone): the space's place returns.
+            drop(place);
         }
         Err(e) => refuse(&mut stream, &e).await,
     }
 }
 
 struct NewListenerFor {
+    /// The space's place, held until the output counts the listener.
+    place: Option<crate::media::Admitting>,
     output: Arc<amphi_egress::Output>,
     pending: Bytes,
     next_unit: u64,
@@ -323,10 +328,11 @@ fn admit(app: &App, head: &Head) -> Result<NewListenerFor, ApiError> {
         .read()
         .clone()
         .ok_or_else(|| ApiError::conflict("the space is not live"))?;
-    let here = live.listeners();
-    // The node-wide place is taken last and atomically: exactly
-    // --max-listeners are admitted however many arrive at once.
-    if here >= app.admission.max_per_space
+    // The space's place and the node-wide place are each taken atomically:
+    // exactly --max-listeners-per-space and --max-listeners are admitted
+    // however many arrive at once (a refused listener gives its places back).
+    let place = live.try_admit(app.admission.max_per_space);
+    if place.is_none()
         || !app.admission.take()
         || !app.egress.try_reserve(app.admission.max_listeners)
     {
@@ -348,6 +354,7 @@ fn admit(app: &App, head: &Head) -> Result<NewListenerFor, ApiError> {
             ).as_bytes());
             if head.method_head {
                 return Ok(NewListenerFor {
+                    place,
                     output: live.ogg.clone(),
                     pending: pending.freeze(),
                     next_unit: 0,
@@ -364,6 +371,7 @@ fn admit(app: &App, head: &Head) -> Result<NewListenerFor, ApiError> {
                 .last()
                 .map_or_else(|| live.ogg.next_seq(), |u| u.seq + 1);
             Ok(NewListenerFor {
+                place,
                 output: live.ogg.clone(),
                 pending: pending.freeze(),
                 next_unit,
@@ -395,6 +403,7 @@ fn admit(app: &App, head: &Head) -> Result<NewListenerFor, ApiError> {
                 _ => {}
             }
             Ok(NewListenerFor {
+                place,
                 output: live.ws.clone(),
                 pending: pending.freeze(),
                 next_unit,

@@ -81,12 +81,28 @@ pub struct LiveMedia {
     pub hls: Mutex<Segmenter>,
     /// Bumped whenever a part or segment is published (blocking reloads).
     pub hls_tick: tokio::sync::watch::Sender<u64>,
+    /// Listeners admitted but not yet handed to the fan-out (so the
+    /// per-space cap holds under a storm).
+    pub admitting: AtomicU64,
 }
 
 impl LiveMedia {
     /// Listener streams attached on this node.
     pub fn listeners(&self) -> u64 {
         self.ogg.listeners() + self.ws.listeners()
+    }
+
+    /// Takes one of the space's `max` places for a listener being admitted,
+    /// atomically with every other admission; the place is given back when
+    /// the returned guard drops (by then the listener is counted by its
+    /// output, or was refused).
+    pub fn try_admit(self: &Arc<Self>, max: u64) -> Option<Admitting> {
+        self.admitting
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (self.listeners() + n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Admitting(self.clone()))
     }
 
     /// WebSocket frames carrying the history from `from` up to frame
@@ -163,6 +179,15 @@ impl Cutters {
 
 fn ogg_serial(space: SpaceId) -> u32 {
     (space.0 as u32) ^ ((space.0 >> 32) as u32)
+}
+
+/// A place taken with [`LiveMedia::try_admit`].
+pub struct Admitting(Arc<LiveMedia>);
+
+impl Drop for Admitting {
+    fn drop(&mut self) {
+        self.0.admitting.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 enum Cmd {
@@ -290,6 +315,7 @@ impl MediaPlane {
             history: Mutex::new(History::new(HISTORY_FRAMES)),
             hls: Mutex::new(Segmenter::new(HLS_DVR_SEGMENTS)),
             hls_tick: tokio::sync::watch::channel(0).0,
+            admitting: AtomicU64::new(0),
         })
     }
 

@@ -122,3 +122,30 @@ fn a_third_whip_session_replaces_the_oldest() {
         p.kill();
     }
 }
+
+/// 300 listeners arriving at once on a space capped at 50: exactly 50 are
+/// admitted, however the admissions interleave.
+#[test]
+fn the_per_space_cap_holds_under_a_storm() {
+    let s = Server::start(&["--max-listeners-per-space", "50"]);
+    let (id, _, _) = live_space(&s, "capped");
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(300));
+    let threads: Vec<_> = (0..300)
+        .map(|_| {
+            let (port, id, barrier) = (s.port, id.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+                c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                barrier.wait();
+                write!(c, "GET /spaces/{id}/live.opus HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+                let mut head = [0u8; 12];
+                c.read_exact(&mut head).unwrap();
+                let admitted = &head[9..12] == b"200";
+                (admitted, c)
+            })
+        })
+        .collect();
+    let results: Vec<(bool, TcpStream)> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let admitted = results.iter().filter(|(a, _)| *a).count();
+    assert_eq!(admitted, 50, "{admitted} admitted for 50 places");
+}
