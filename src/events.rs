@@ -36,6 +36,14 @@ pub async fn events(
         .on_upgrade(move |socket| client(app, cell, claims, socket)))
 }
 
+/// What ended a wait for the next update.
+enum Wait {
+    /// An update (`true`), or the client went away (`false`).
+    Changed(bool),
+    /// This node's copy of the space may be stale (cluster).
+    Stale,
+}
+
 fn you(cell: &SpaceCell, claims: &Claims) -> Option<Value> {
     let inner = cell.inner.lock();
     let s = &inner.space;
@@ -97,19 +105,39 @@ async fn client(app: Arc<App>, cell: Arc<SpaceCell>, claims: Claims, mut socket:
         }
         // Wait for a change, reading (and discarding) what the client sends
         // so closes and pings are handled.
+        let mut stale_check = tokio::time::interval(Duration::from_secs(1));
         let changed = async {
             loop {
                 tokio::select! {
-                    r = rx.changed() => return r.is_ok(),
+                    r = rx.changed() => return Wait::Changed(r.is_ok()),
                     m = socket.recv() => match m {
-                        Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return false,
+                        Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return Wait::Changed(false),
                         Some(Ok(_)) => {}
                     },
+                    // In a cluster, a node cut off from NATS stops sending
+                    // what may be stale: the client reconnects elsewhere.
+                    _ = stale_check.tick() => {
+                        if let Some(c) = &app.cluster
+                            && c.check_fresh(&app, Some(cell.id)).is_err()
+                        {
+                            return Wait::Stale;
+                        }
+                    }
                 }
             }
         };
-        if !changed.await {
-            break;
+        match changed.await {
+            Wait::Changed(true) => {}
+            Wait::Changed(false) => break,
+            Wait::Stale => {
+                let _ = socket
+                    .send(Message::Close(Some(axum::extract::ws::CloseFrame {
+                        code: 1013,
+                        reason: "this node lost the cluster; reconnect".into(),
+                    })))
+                    .await;
+                break;
+            }
         }
         tokio::time::sleep(MIN_INTERVAL).await;
     }

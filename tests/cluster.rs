@@ -362,6 +362,16 @@ fn a_node_cut_off_from_nats_stops_serving_what_may_be_stale() {
     let (id, _host, _) = live_space(&a, "partition");
     let space = format!("/api/v1/spaces/{id}");
     wait_for(5, "B sees the space", || view(&b, &id)["state"] == "live");
+    let (_, tok) = join(&b, &id, "Pia");
+    let url = format!(
+        "ws://127.0.0.1:{}/api/v1/spaces/{id}/events?token={tok}",
+        b.port
+    );
+    let (mut events, _) = tokio_tungstenite::tungstenite::connect(url.as_str()).expect("events");
+    if let tokio_tungstenite::tungstenite::stream::MaybeTlsStream::Plain(t) = events.get_mut() {
+        t.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    }
+    assert!(events.read().expect("snapshot").is_text());
 
     nats.stop();
     std::thread::sleep(Duration::from_secs(7));
@@ -381,6 +391,15 @@ fn a_node_cut_off_from_nats_stops_serving_what_may_be_stale() {
     assert_eq!(call("GET", &b.url("/readyz"), None, None).status, 503);
     // A mixes the space: what it serves is the truth.
     assert_eq!(call("GET", &a.url(&space), None, None).status, 200);
+    // B's events client is told to go elsewhere (1013: try again later).
+    let close = loop {
+        match events.read() {
+            Ok(tokio_tungstenite::tungstenite::Message::Close(f)) => break f,
+            Ok(_) => continue,
+            Err(e) => panic!("no close frame from B: {e}"),
+        }
+    };
+    assert_eq!(close.map(|f| u16::from(f.code)), Some(1013));
 
     nats.start_again();
     wait_for(15, "B serves the space again", || {
