@@ -11,6 +11,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::WireError;
+use crate::reader::Reader;
 
 const VERSION: u8 = 1;
 /// The largest forwarded body: the API's own body limit is smaller.
@@ -61,69 +62,35 @@ fn put_headers(b: &mut BytesMut, headers: &[(String, String)]) {
     }
 }
 
-struct Reader<'a> {
-    b: &'a Bytes,
-    at: usize,
+fn len(r: &mut Reader, width: usize, what: &'static str) -> Result<usize, WireError> {
+    usize::try_from(r.uint(width, what)?).map_err(|_| WireError::TooLong(what))
 }
 
-impl Reader<'_> {
-    fn take(&mut self, n: usize, what: &'static str) -> Result<Bytes, WireError> {
-        let end = self.at.checked_add(n).ok_or(WireError::Truncated(what))?;
-        if end > self.b.len() {
-            return Err(WireError::Truncated(what));
-        }
-        let s = self.b.slice(self.at..end);
-        self.at = end;
-        Ok(s)
-    }
+fn string(r: &mut Reader, width: usize, what: &'static str) -> Result<String, WireError> {
+    let n = len(r, width, what)?;
+    let s = r.take(n, what)?;
+    String::from_utf8(s.to_vec()).map_err(|_| WireError::Utf8(what))
+}
 
-    fn len(&mut self, width: usize, what: &'static str) -> Result<usize, WireError> {
-        let s = self.take(width, what)?;
-        Ok(s.iter().fold(0usize, |a, &x| (a << 8) | usize::from(x)))
+fn headers(r: &mut Reader) -> Result<Vec<(String, String)>, WireError> {
+    let n = len(r, 1, "header count")?;
+    if n > MAX_HEADERS {
+        return Err(WireError::TooLong("headers"));
     }
+    (0..n)
+        .map(|_| Ok((string(r, 1, "header name")?, string(r, 2, "header value")?)))
+        .collect()
+}
 
-    fn string(&mut self, width: usize, what: &'static str) -> Result<String, WireError> {
-        let n = self.len(width, what)?;
-        let s = self.take(n, what)?;
-        String::from_utf8(s.to_vec()).map_err(|_| WireError::Utf8(what))
+/// The body, which ends the message.
+fn body(r: &mut Reader) -> Result<Bytes, WireError> {
+    let n = len(r, 4, "body length")?;
+    if n > MAX_BODY {
+        return Err(WireError::TooLong("body"));
     }
-
-    fn headers(&mut self) -> Result<Vec<(String, String)>, WireError> {
-        let n = self.len(1, "header count")?;
-        if n > MAX_HEADERS {
-            return Err(WireError::TooLong("headers"));
-        }
-        (0..n)
-            .map(|_| {
-                Ok((
-                    self.string(1, "header name")?,
-                    self.string(2, "header value")?,
-                ))
-            })
-            .collect()
-    }
-
-    fn body(&mut self) -> Result<Bytes, WireError> {
-        let n = self.len(4, "body length")?;
-        if n > MAX_BODY {
-            return Err(WireError::TooLong("body"));
-        }
-        let body = self.take(n, "body")?;
-        match self.b.len() - self.at {
-            0 => Ok(body),
-            n => Err(WireError::Trailing(n)),
-        }
-    }
-
-    fn version(&mut self) -> Result<(), WireError> {
-        if self.b.is_empty() {
-            return Err(WireError::Short(0));
-        }
-        match self.len(1, "version")? as u8 {
-            VERSION => Ok(()),
-            v => Err(WireError::Version(v)),
-        }
-    }
+    let body = r.take(n, "body")?;
+    r.end()?;
+    Ok(body)
 }
 
 impl ForwardRequest {
@@ -148,12 +115,12 @@ impl ForwardRequest {
 
     /// Parses a forwarded request; any bytes give a request or an error.
     pub fn decode(b: &Bytes) -> Result<Self, WireError> {
-        let mut r = Reader { b, at: 0 };
-        r.version()?;
-        let method = r.string(1, "method")?;
-        let path = r.string(2, "path")?;
-        let headers = r.headers()?;
-        let body = r.body()?;
+        let mut r = Reader::new(b);
+        r.version(VERSION)?;
+        let method = string(&mut r, 1, "method")?;
+        let path = string(&mut r, 2, "path")?;
+        let headers = headers(&mut r)?;
+        let body = body(&mut r)?;
         Ok(ForwardRequest {
             method,
             path,
@@ -178,11 +145,11 @@ impl ForwardReply {
 
     /// Parses an owner's reply.
     pub fn decode(b: &Bytes) -> Result<Self, WireError> {
-        let mut r = Reader { b, at: 0 };
-        r.version()?;
-        let status = r.len(2, "status")? as u16;
-        let headers = r.headers()?;
-        let body = r.body()?;
+        let mut r = Reader::new(b);
+        r.version(VERSION)?;
+        let status = r.uint(2, "status")? as u16;
+        let headers = headers(&mut r)?;
+        let body = body(&mut r)?;
         Ok(ForwardReply {
             status,
             headers,

@@ -14,6 +14,7 @@ use amphi_core::{Frame, ParticipantId, SpeakerLevel};
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::WireError;
+use crate::reader::Reader;
 
 const VERSION: u8 = 1;
 /// Frames one history reply carries at most (30 s of program).
@@ -38,75 +39,26 @@ fn put_record(b: &mut BytesMut, f: &Frame) {
     b.put_slice(&f.opus[..len]);
 }
 
-/// Reads bounded fields off a `Bytes`, never panicking.
-struct Reader<'a> {
-    b: &'a Bytes,
-    at: usize,
-}
-
-impl Reader<'_> {
-    fn take(&mut self, n: usize, what: &'static str) -> Result<&[u8], WireError> {
-        let end = self.at.checked_add(n).ok_or(WireError::Truncated(what))?;
-        let s = self.b.get(self.at..end).ok_or(WireError::Truncated(what))?;
-        self.at = end;
-        Ok(s)
+fn record(r: &mut Reader) -> Result<Frame, WireError> {
+    let seq = r.uint(8, "seq")?;
+    let captured_at_us = r.uint(8, "captured_at")?;
+    let program_level = r.uint(1, "program_level")? as u8;
+    let n = r.uint(1, "speakers")?;
+    let mut speakers = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let participant = ParticipantId(r.uint(8, "speaker")?);
+        let level = r.uint(1, "speaker level")? as u8;
+        speakers.push(SpeakerLevel { participant, level });
     }
-
-    fn u8(&mut self, what: &'static str) -> Result<u8, WireError> {
-        Ok(self.take(1, what)?[0])
-    }
-
-    fn u16(&mut self, what: &'static str) -> Result<u16, WireError> {
-        let s = self.take(2, what)?;
-        Ok(u16::from_be_bytes([s[0], s[1]]))
-    }
-
-    fn u64(&mut self, what: &'static str) -> Result<u64, WireError> {
-        let s = self.take(8, what)?;
-        let mut a = [0u8; 8];
-        a.copy_from_slice(s);
-        Ok(u64::from_be_bytes(a))
-    }
-
-    fn record(&mut self) -> Result<Frame, WireError> {
-        let seq = self.u64("seq")?;
-        let captured_at_us = self.u64("captured_at")?;
-        let program_level = self.u8("program_level")?;
-        let n = self.u8("speakers")?;
-        let mut speakers = Vec::with_capacity(usize::from(n));
-        for _ in 0..n {
-            let participant = ParticipantId(self.u64("speaker")?);
-            let level = self.u8("speaker level")?;
-            speakers.push(SpeakerLevel { participant, level });
-        }
-        let len = usize::from(self.u16("opus length")?);
-        let start = self.at;
-        self.take(len, "opus")?;
-        Ok(Frame {
-            seq,
-            captured_at_us,
-            opus: self.b.slice(start..start + len),
-            program_level,
-            speakers: Arc::from(speakers),
-        })
-    }
-
-    fn version(&mut self) -> Result<(), WireError> {
-        if self.b.is_empty() {
-            return Err(WireError::Short(0));
-        }
-        match self.u8("version")? {
-            VERSION => Ok(()),
-            v => Err(WireError::Version(v)),
-        }
-    }
-
-    fn end(&self) -> Result<(), WireError> {
-        match self.b.len() - self.at {
-            0 => Ok(()),
-            n => Err(WireError::Trailing(n)),
-        }
-    }
+    let len = r.uint(2, "opus length")? as usize;
+    let opus = r.take(len, "opus")?;
+    Ok(Frame {
+        seq,
+        captured_at_us,
+        opus,
+        program_level,
+        speakers: Arc::from(speakers),
+    })
 }
 
 /// The bus message of one frame.
@@ -119,9 +71,9 @@ pub fn encode_frame(f: &Frame) -> Bytes {
 
 /// Decodes a frame message; the Opus bytes share the message's buffer.
 pub fn decode_frame(b: &Bytes) -> Result<Frame, WireError> {
-    let mut r = Reader { b, at: 0 };
-    r.version()?;
-    let f = r.record()?;
+    let mut r = Reader::new(b);
+    r.version(VERSION)?;
+    let f = record(&mut r)?;
     r.end()?;
     Ok(f)
 }
@@ -141,15 +93,15 @@ pub fn encode_frames<'a>(frames: impl IntoIterator<Item = &'a Frame>) -> Bytes {
 
 /// Decodes a history reply.
 pub fn decode_frames(b: &Bytes) -> Result<Vec<Frame>, WireError> {
-    let mut r = Reader { b, at: 0 };
-    r.version()?;
-    let n = usize::from(r.u16("count")?);
+    let mut r = Reader::new(b);
+    r.version(VERSION)?;
+    let n = r.uint(2, "count")? as usize;
     if n > MAX_HISTORY_FRAMES {
         return Err(WireError::TooLong("count"));
     }
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
-        out.push(r.record()?);
+        out.push(record(&mut r)?);
     }
     r.end()?;
     Ok(out)

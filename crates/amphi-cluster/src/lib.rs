@@ -18,6 +18,7 @@
 pub mod forward;
 pub mod frames;
 pub mod lease;
+mod reader;
 
 use amphi_core::SpaceId;
 
