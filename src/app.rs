@@ -1,7 +1,7 @@
 //! The node's shared state: the spaces it owns and the thin shell that runs
 //! the room core's commands, persists them and tells the media plane.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -57,13 +57,35 @@ pub struct SpaceInner {
     pub presence: HashMap<ParticipantId, (String, u32)>,
 }
 
+/// Updates whose reactions a client that fell behind still gets (4 s).
+const REACTION_LOG: usize = 16;
+
 /// One coalesced events update, shared by every client of the space.
 #[derive(Debug, Default)]
 pub struct Update {
-    /// `"space":…,"reactions":…,"talking":…`, serialised once per update
-    /// and spliced into every client's message next to its own `you`.
+    /// `"space":…,"talking":…`, serialised once per update and spliced
+    /// into every client's message next to its own `you` and reactions.
     pub shared: String,
     pub ended: bool,
+    /// Number of this update.
+    pub number: u64,
+    /// The reactions of the recent updates that had some, by update
+    /// number: a client that skipped updates (it sends at most 4 a second)
+    /// sums those it has not reported, so no reaction is lost.
+    pub reactions: Arc<[(u64, BTreeMap<String, u32>)]>,
+}
+
+impl Update {
+    /// The reactions of the updates after `after`, summed.
+    pub fn reactions_since(&self, after: u64) -> BTreeMap<&str, u64> {
+        let mut sum = BTreeMap::new();
+        for (_, counts) in self.reactions.iter().filter(|(g, _)| *g > after) {
+            for (emoji, n) in counts {
+                *sum.entry(emoji.as_str()).or_insert(0) += u64::from(*n);
+            }
+        }
+        sum
+    }
 }
 
 impl SpaceCell {
@@ -123,6 +145,7 @@ impl SpaceCell {
 
     /// Rebuilds the shared update for events clients.
     pub fn refresh_update(&self) {
+        let previous = self.updates.borrow().clone();
         let (space, reactions) = {
             let mut inner = self.inner.lock();
             let reactions = inner.reactions.take();
@@ -140,14 +163,24 @@ impl SpaceCell {
             .map(|(pid, level)| (pid.to_string(), json!(level)))
             .collect();
         let ended = space.get("state").and_then(Value::as_str) == Some(SpaceState::Ended.as_str());
-        let shared = format!(
-            "\"space\":{},\"reactions\":{},\"talking\":{}",
-            space,
-            json!(reactions),
-            Value::Object(talking)
-        );
-        self.updates
-            .send_replace(Arc::new(Update { shared, ended }));
+        let shared = format!("\"space\":{},\"talking\":{}", space, Value::Object(talking));
+        let number = previous.number + 1;
+        let log = if reactions.is_empty() {
+            previous.reactions.clone()
+        } else {
+            let keep = previous.reactions.len().saturating_sub(REACTION_LOG - 1);
+            previous.reactions[keep..]
+                .iter()
+                .cloned()
+                .chain(std::iter::once((number, reactions)))
+                .collect()
+        };
+        self.updates.send_replace(Arc::new(Update {
+            shared,
+            ended,
+            number,
+            reactions: log,
+        }));
     }
 
     /// Brings every ingest gate in line with the rules, now.
@@ -455,5 +488,39 @@ impl App {
                 cell.refresh_update();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A client that sends at most 4 updates a second may skip some: the
+    /// reactions of the skipped ones still reach it, once.
+    #[test]
+    fn reactions_of_skipped_updates_are_not_lost() {
+        let opts = SpaceOptions {
+            title: "t".into(),
+            scheduled_for_ms: None,
+            max_stage: 13,
+            record: false,
+            public: true,
+        };
+        let space = Space::new(SpaceId(1), ParticipantId(2), "Host", opts, 0).unwrap();
+        let cell = SpaceCell::new(space);
+        let joined = cell.updates.borrow().number;
+        cell.inner.lock().reactions.add("👏").unwrap();
+        cell.refresh_update();
+        cell.inner.lock().reactions.add("👏").unwrap();
+        cell.inner.lock().reactions.add("🔥").unwrap();
+        cell.refresh_update();
+        // An update with no reaction of its own comes last.
+        cell.refresh_update();
+        let update = cell.updates.borrow().clone();
+        let sum = update.reactions_since(joined);
+        assert_eq!(sum.get("👏"), Some(&2));
+        assert_eq!(sum.get("🔥"), Some(&1));
+        assert!(update.reactions_since(update.number).is_empty());
+        assert!(!update.shared.contains("reactions"));
     }
 }

@@ -59,8 +59,14 @@ fn you(cell: &SpaceCell, claims: &Claims) -> Option<Value> {
     }))
 }
 
-fn message(kind: &str, update: &Update, you: Value) -> String {
-    format!("{{\"type\":\"{kind}\",\"you\":{you},{}}}", update.shared)
+/// One client's message: the shared part, its own `you`, and the
+/// reactions of the updates after the last one it was sent.
+fn message(kind: &str, update: &Update, you: Value, reactions_after: u64) -> String {
+    let reactions = json!(update.reactions_since(reactions_after));
+    format!(
+        "{{\"type\":\"{kind}\",\"you\":{you},\"reactions\":{reactions},{}}}",
+        update.shared
+    )
 }
 
 async fn client(app: Arc<App>, cell: Arc<SpaceCell>, claims: Claims, mut socket: WebSocket) {
@@ -75,6 +81,8 @@ async fn client(app: Arc<App>, cell: Arc<SpaceCell>, claims: Claims, mut socket:
     }
     let mut rx = cell.updates.subscribe();
     let mut first = true;
+    // The snapshot carries no reactions: a client counts from when it came.
+    let mut reported = rx.borrow().number;
     loop {
         let update = rx.borrow_and_update().clone();
         let Some(you) = you(&cell, &claims) else {
@@ -91,12 +99,13 @@ async fn client(app: Arc<App>, cell: Arc<SpaceCell>, claims: Claims, mut socket:
         let kind = if first { "snapshot" } else { "update" };
         first = false;
         if socket
-            .send(Message::Text(message(kind, &update, you).into()))
+            .send(Message::Text(message(kind, &update, you, reported).into()))
             .await
             .is_err()
         {
             break;
         }
+        reported = update.number;
         if update.ended {
             let _ = socket
                 .send(Message::Text(json!({"type": "ended"}).to_string().into()))

@@ -184,6 +184,16 @@ try {
   check(await guest.evaluate(() => window.amphi.state.mic.stream.getAudioTracks()[0].enabled === false),
     "the muted guest's track is still enabled locally");
 
+  step("4b. the host makes the guest co-host: the guest gets the moderator's controls, then loses them");
+  await host.click("[data-testid=appoint-Gus]");
+  await until("the guest is co-host", () => guest.evaluate(() => window.amphi.state.you.role === "cohost"));
+  await third.click("[data-testid=hand]");
+  await until("the co-host can accept Lia's hand", () => guest.evaluate(() => Boolean(document.querySelector("[data-testid=accept-Lia]"))));
+  check(!(await third.evaluate(() => Boolean(document.querySelector("[data-testid=accept-Lia]")))), "a listener sees moderator controls");
+  await host.click("[data-testid=dismiss-Gus]");
+  await until("the guest is a speaker again", () => guest.evaluate(() => window.amphi.state.you.role === "speaker"));
+  await until("the guest lost the moderator's controls", () => guest.evaluate(() => !document.querySelector("[data-testid=accept-Lia]")));
+
   step("5. moved to the audience, the guest's microphone is released");
   const deleted = guest.waitForResponse((r) => r.request().method() === "DELETE" && r.url().includes("/whip/"), { timeout: 10000 });
   await host.click("[data-testid=demote-Gus]");
