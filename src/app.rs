@@ -287,7 +287,7 @@ impl App {
                     if record
                         && (self.cluster.is_none()
                             || crate::record::last_recorded(
-                                self.media.recorder.root(),
+                                self.media.recorder.storage().as_ref(),
                                 cell.id,
                             )
                             .is_some()) =>

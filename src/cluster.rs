@@ -276,7 +276,8 @@ impl Cluster {
             let s = &c.inner.lock().space;
             if s.state == SpaceState::Ended
                 && s.record
-                && crate::record::last_recorded(app.media.recorder.root(), c.id).is_some()
+                && crate::record::last_recorded(app.media.recorder.storage().as_ref(), c.id)
+                    .is_some()
             {
                 self.pending_replays.lock().insert(c.id);
             }

@@ -30,7 +30,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the server (HTTP API, WHIP ingest, listener outputs, web app).
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Load-test a node: N listeners on live.opus / live.ws, measured.
     Load(amphi_load::LoadArgs),
 }
@@ -45,7 +45,7 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match cli.command {
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => serve::run(*args),
         Command::Load(args) => amphi_load::run(args),
     }
 }

@@ -60,7 +60,7 @@ pub struct MediaConfig {
     pub ws_frames_per_message: usize,
     pub egress: Arc<Egress>,
     /// Where recordings go (shared storage lets a new origin continue one).
-    pub recordings_dir: std::path::PathBuf,
+    pub recordings: Arc<dyn amphi_storage::Storage>,
     /// The cluster's frame bus: every program frame of a space this node
     /// originates, encoded once, for the edges (`None` on a lone node).
     pub bus: Option<tokio::sync::mpsc::Sender<(SpaceId, Bytes)>>,
@@ -257,7 +257,7 @@ impl MediaPlane {
         let (tx, rx) = crossbeam_channel::bounded(1024);
         let stats = Arc::new(MediaStats::default());
         let alive = Arc::new(AtomicBool::new(true));
-        let recorder = Arc::new(Recorder::start(&cfg.recordings_dir)?);
+        let recorder = Arc::new(Recorder::start(cfg.recordings.clone())?);
         let speaker_stats: Arc<SpeakerStats> = Arc::new(Mutex::new(Vec::new()));
         let mixer = MixThread {
             speaker_stats: speaker_stats.clone(),
@@ -354,10 +354,11 @@ impl MediaPlane {
         // A space that was live before a restart continues its program:
         // sequence numbers go on from the last recorded frame, skipping the
         // time the node was down, so the recording shows the gap.
-        let resumed = last_recorded(self.recorder.root(), cell.id).map_or(0, |(seq, at_us)| {
-            let down_us = wall_us().saturating_sub(at_us);
-            seq.saturating_add(1).saturating_add(down_us / 20_000)
-        });
+        let resumed =
+            last_recorded(self.recorder.storage().as_ref(), cell.id).map_or(0, |(seq, at_us)| {
+                let down_us = wall_us().saturating_sub(at_us);
+                seq.saturating_add(1).saturating_add(down_us / 20_000)
+            });
         let after_history = live
             .history
             .lock()

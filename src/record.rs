@@ -3,14 +3,12 @@
 //! closes, so a killed server loses at most the segment in progress. When a
 //! space ends, the segments are cut into `recording.opus` and an HLS VOD.
 //!
-//! Layout under `<data>/recordings/<space>/`: `frames/<first seq>.amfs`,
-//! then at the end `recording.opus`, `hls/init.mp4`, `hls/seg-N.m4s`,
-//! `hls/replay.m3u8` and the marker `complete`.
+//! Keys in the recordings storage (`amphi-storage`: `<data>/recordings` or
+//! S3): `<space>/frames/<first seq>.amfs`, then at the end
+//! `<space>/recording.opus`, `<space>/hls/init.mp4`, `<space>/hls/seg-N.m4s`,
+//! `<space>/hls/replay.m3u8` and the marker `<space>/complete`.
 
 use std::collections::HashMap;
-use std::fs;
-use std::io::Write;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -20,6 +18,7 @@ use amphi_hls::playlist::Segmenter;
 use amphi_hls::{SEGMENT_FRAMES, fmp4, frames};
 use amphi_media::OggPager;
 use amphi_media::opus::Encoder;
+use amphi_storage::Storage;
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
 
@@ -54,43 +53,41 @@ enum Msg {
 /// Handle to the recorder thread.
 pub struct Recorder {
     tx: Sender<Msg>,
-    root: PathBuf,
+    storage: Arc<dyn Storage>,
     pub stats: Arc<RecordStats>,
     thread: parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
-/// Where a space's recording lives.
-pub fn space_dir(root: &Path, id: SpaceId) -> PathBuf {
-    root.join(id.to_string())
+/// The key of a space's object `name` (`recording.opus`, `hls/seg-3.m4s`).
+pub fn key(id: SpaceId, name: &str) -> String {
+    format!("{id}/{name}")
+}
+
+/// The frame segments of a space, in order.
+fn segment_keys(storage: &dyn Storage, id: SpaceId) -> std::io::Result<Vec<String>> {
+    let mut keys = storage.list(&key(id, "frames/"))?;
+    keys.retain(|k| k.ends_with(".amfs"));
+    keys.sort();
+    Ok(keys)
 }
 
 /// The last frame already recorded for a space: (seq, captured_at_us).
-pub fn last_recorded(root: &Path, id: SpaceId) -> Option<(u64, u64)> {
-    let dir = space_dir(root, id).join("frames");
-    let mut files: Vec<PathBuf> = fs::read_dir(&dir)
-        .ok()?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "amfs"))
-        .collect();
-    files.sort();
-    let last = files.last()?;
-    let data = Bytes::from(fs::read(last).ok()?);
+pub fn last_recorded(storage: &dyn Storage, id: SpaceId) -> Option<(u64, u64)> {
+    let keys = segment_keys(storage, id).ok()?;
+    let data = storage.get(keys.last()?).ok()??;
     let frames = frames::decode(&data).ok()?;
     frames.last().map(|f| (f.seq, f.captured_at_us))
 }
 
 impl Recorder {
-    /// Starts the recorder writing under `root` (`<data>/recordings` by
-    /// default).
-    pub fn start(root: &Path) -> anyhow::Result<Self> {
-        let root = root.to_path_buf();
-        fs::create_dir_all(&root)?;
+    /// Starts the recorder writing to `storage`.
+    pub fn start(storage: Arc<dyn Storage>) -> anyhow::Result<Self> {
         // Bounded: if the disk stalls for a long time, frames are dropped
         // (and counted) rather than piling up in memory or blocking mixing.
         let (tx, rx) = crossbeam_channel::bounded(50 * 60);
         let stats = Arc::new(RecordStats::default());
         let worker = Worker {
-            root: root.clone(),
+            storage: storage.clone(),
             rx,
             stats: stats.clone(),
             open: HashMap::new(),
@@ -100,15 +97,15 @@ impl Recorder {
             .spawn(move || worker.run())?;
         Ok(Recorder {
             tx,
-            root,
+            storage,
             stats,
             thread: parking_lot::Mutex::new(Some(thread)),
         })
     }
 
-    /// The recordings directory.
-    pub fn root(&self) -> &Path {
-        &self.root
+    /// Where the recordings are.
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.storage
     }
 
     /// Records one program frame (called by the mixer thread; never blocks).
@@ -131,9 +128,12 @@ impl Recorder {
         }
     }
 
-    /// Whether the replay of `space` is ready.
+    /// Whether the replay of `space` is ready (blocking: call it off the
+    /// async runtime when the storage is remote).
     pub fn is_complete(&self, space: SpaceId) -> bool {
-        space_dir(&self.root, space).join("complete").exists()
+        self.storage
+            .exists(&key(space, "complete"))
+            .unwrap_or(false)
     }
 
     /// Recorder counters in the Prometheus text format.
@@ -180,26 +180,10 @@ impl Recorder {
 }
 
 struct Worker {
-    root: PathBuf,
+    storage: Arc<dyn Storage>,
     rx: Receiver<Msg>,
     stats: Arc<RecordStats>,
     open: HashMap<SpaceId, Vec<Frame>>,
-}
-
-/// Writes `data` to `path` atomically and durably: temp file, fsync,
-/// rename, fsync of the directory.
-pub fn write_durable(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-    }
-    fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
 }
 
 impl Worker {
@@ -223,7 +207,7 @@ impl Worker {
                 Msg::End(space, done) => {
                     self.flush(space);
                     self.open.remove(&space);
-                    if let Err(e) = finalize(&self.root, space) {
+                    if let Err(e) = finalize(self.storage.as_ref(), space) {
                         tracing::error!(space = %space, error = %e, "could not cut the replay");
                         self.stats.errors.fetch_add(1, Ordering::Relaxed);
                     } else {
@@ -250,11 +234,10 @@ impl Worker {
             return;
         }
         let frames = std::mem::take(buf);
-        let dir = space_dir(&self.root, space).join("frames");
-        let path = dir.join(format!("{:020}.amfs", frames[0].seq));
+        let name = format!("frames/{:020}.amfs", frames[0].seq);
         let data = frames::encode(&frames);
         let started = Instant::now();
-        let res = fs::create_dir_all(&dir).and_then(|_| write_durable(&path, &data));
+        let res = self.storage.put(&key(space, &name), data.clone());
         self.stats
             .write_us_total
             .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
@@ -276,27 +259,19 @@ impl Worker {
 }
 
 /// Every recorded frame of a space, in order.
-pub fn recorded_frames(root: &Path, space: SpaceId) -> std::io::Result<Vec<Frame>> {
-    let dir = space_dir(root, space).join("frames");
-    let mut files: Vec<PathBuf> = match fs::read_dir(&dir) {
-        Ok(rd) => rd
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "amfs"))
-            .collect(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(e),
-    };
-    files.sort();
+pub fn recorded_frames(storage: &dyn Storage, space: SpaceId) -> std::io::Result<Vec<Frame>> {
     let mut out: Vec<Frame> = Vec::new();
-    for f in files {
-        let data = Bytes::from(fs::read(&f)?);
+    for f in segment_keys(storage, space)? {
+        let Some(data) = storage.get(&f)? else {
+            continue;
+        };
         match frames::decode(&data) {
             Ok(frames) => {
                 for fr in frames {
                     match out.last() {
                         Some(l) if fr.seq <= l.seq => {}
                         Some(l) if fr.seq - l.seq > MAX_GAP_FRAMES => tracing::warn!(
-                            file = %f.display(),
+                            segment = %f,
                             from = l.seq,
                             to = fr.seq,
                             "skipping a frame past an impossible gap (damaged segment)"
@@ -306,7 +281,7 @@ pub fn recorded_frames(root: &Path, space: SpaceId) -> std::io::Result<Vec<Frame
                 }
             }
             Err(e) => {
-                tracing::warn!(file = %f.display(), error = %e, "skipping a damaged recording segment")
+                tracing::warn!(segment = %f, error = %e, "skipping a damaged recording segment")
             }
         }
     }
@@ -314,10 +289,8 @@ pub fn recorded_frames(root: &Path, space: SpaceId) -> std::io::Result<Vec<Frame
 }
 
 /// Cuts `recording.opus` and the HLS VOD from the frame segments.
-pub fn finalize(root: &Path, space: SpaceId) -> anyhow::Result<()> {
-    let dir = space_dir(root, space);
-    fs::create_dir_all(&dir)?;
-    let frames = recorded_frames(root, space)?;
+pub fn finalize(storage: &dyn Storage, space: SpaceId) -> anyhow::Result<()> {
+    let frames = recorded_frames(storage, space)?;
 
     // Ogg: one continuous stream; gaps (a restart) are filled with silence
     // so the file's duration is the space's wall-clock duration.
@@ -345,22 +318,30 @@ pub fn finalize(root: &Path, space: SpaceId) -> anyhow::Result<()> {
         next = f.seq.saturating_add(1);
     }
     ogg.extend_from_slice(&pager.finish());
-    write_durable(&dir.join("recording.opus"), &ogg)?;
 
     // HLS VOD: the same frames as fMP4 segments; gaps are discontinuities.
-    let hls = dir.join("hls");
-    fs::create_dir_all(&hls)?;
     let mut seg = Segmenter::new(usize::MAX).with_uri_prefix("replay/");
     for f in &frames {
         seg.push(f);
     }
     seg.finish();
-    fs::write(hls.join("init.mp4"), fmp4::init_segment())?;
-    for s in seg.segments() {
-        fs::write(hls.join(format!("seg-{}.m4s", s.msn)), &s.bytes)?;
-    }
-    write_durable(&hls.join("replay.m3u8"), seg.vod_playlist().as_bytes())?;
-    write_durable(&dir.join("complete"), b"")?;
+    let mut objects = vec![
+        (key(space, "recording.opus"), Bytes::from(ogg)),
+        (key(space, "hls/init.mp4"), fmp4::init_segment()),
+    ];
+    objects.extend(seg.segments().map(|s| {
+        (
+            key(space, &format!("hls/seg-{}.m4s", s.msn)),
+            s.bytes.clone(),
+        )
+    }));
+    objects.push((
+        key(space, "hls/replay.m3u8"),
+        Bytes::from(seg.vod_playlist()),
+    ));
+    storage.put_many(objects)?;
+    // Last, once everything else is stored: the replay is published.
+    storage.put(&key(space, "complete"), Bytes::new())?;
     Ok(())
 }
 
@@ -379,12 +360,12 @@ mod tests {
         }
     }
 
-    fn write_segment(root: &Path, space: SpaceId, seqs: &[u64]) {
+    fn write_segment(storage: &dyn Storage, space: SpaceId, seqs: &[u64]) {
         let frames: Vec<Frame> = seqs.iter().copied().map(frame).collect();
-        let dir = space_dir(root, space).join("frames");
-        fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(format!("{:020}.amfs", seqs[0]));
-        fs::write(path, frames::encode(&frames)).unwrap();
+        let name = format!("frames/{:020}.amfs", seqs[0]);
+        storage
+            .put(&key(space, &name), frames::encode(&frames))
+            .unwrap();
     }
 
     /// A damaged segment whose sequence numbers jump to the end of u64
@@ -394,15 +375,17 @@ mod tests {
     #[test]
     fn finalize_survives_damaged_sequence_numbers() {
         let tmp = tempfile::tempdir().unwrap();
+        let storage = amphi_storage::LocalDir::new(tmp.path()).unwrap();
         let space = SpaceId(7);
-        write_segment(tmp.path(), space, &(0..100).collect::<Vec<_>>());
+        write_segment(&storage, space, &(0..100).collect::<Vec<_>>());
         // A node down for 10 s: 500 frames of silence in the replay.
-        write_segment(tmp.path(), space, &(600..700).collect::<Vec<_>>());
-        write_segment(tmp.path(), space, &[700 + MAX_GAP_FRAMES + 1]);
-        write_segment(tmp.path(), space, &[u64::MAX - 1, u64::MAX]);
-        finalize(tmp.path(), space).unwrap();
+        write_segment(&storage, space, &(600..700).collect::<Vec<_>>());
+        write_segment(&storage, space, &[700 + MAX_GAP_FRAMES + 1]);
+        write_segment(&storage, space, &[u64::MAX - 1, u64::MAX]);
+        finalize(&storage, space).unwrap();
+        assert!(storage.exists(&key(space, "complete")).unwrap());
 
-        let ogg = fs::read(space_dir(tmp.path(), space).join("recording.opus")).unwrap();
+        let ogg = storage.get(&key(space, "recording.opus")).unwrap().unwrap();
         let mut r = PacketReader::new();
         r.push(&ogg);
         let mut packets = 0;

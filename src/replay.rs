@@ -18,7 +18,6 @@ use amphi_hls::{PartLookup, Resource, cache_control, fmp4};
 use crate::app::{App, SpaceCell};
 use crate::error::ApiError;
 use crate::media::LiveMedia;
-use crate::record::space_dir;
 
 /// Longest a blocking playlist request waits for its part.
 const BLOCK_LIMIT: Duration = Duration::from_secs(3);
@@ -51,7 +50,7 @@ pub async fn replay_elsewhere(
             if is_replay
                 && state == SpaceState::Ended
                 && record
-                && !app.media.recorder.is_complete(cell.id)
+                && !replay_stored(&app, cell.id).await
                 && let Some(base) = c.replay_at(cell.id)
                 && let Ok(v) = HeaderValue::from_str(&format!("{base}{path}"))
             {
@@ -240,8 +239,16 @@ async fn hinted_part(live: &LiveMedia, msn: u64, part: u32) -> Option<Bytes> {
         .flatten()
 }
 
-/// The replay directory of an ended, recorded space, or why not.
-fn replay_dir(app: &App, cell: &SpaceCell) -> Result<std::path::PathBuf, ApiError> {
+/// Whether the replay of `id` is in this node's recordings storage.
+async fn replay_stored(app: &Arc<App>, id: SpaceId) -> bool {
+    let rec = app.media.recorder.clone();
+    tokio::task::spawn_blocking(move || rec.is_complete(id))
+        .await
+        .unwrap_or(false)
+}
+
+/// Checks that the replay of an ended, recorded space is published.
+async fn replay_ready(app: &Arc<App>, cell: &SpaceCell) -> Result<(), ApiError> {
     let (state, record) = {
         let inner = cell.inner.lock();
         (inner.space.state, inner.space.record)
@@ -254,10 +261,28 @@ fn replay_dir(app: &App, cell: &SpaceCell) -> Result<std::path::PathBuf, ApiErro
     if !record {
         return Err(ApiError::not_found("this space was not recorded"));
     }
-    if !app.media.recorder.is_complete(cell.id) {
+    if !replay_stored(app, cell.id).await {
         return Err(ApiError::unavailable("the recording is being finalised", 1));
     }
-    Ok(space_dir(app.media.recorder.root(), cell.id))
+    Ok(())
+}
+
+/// One object of a space's replay from the recordings storage.
+async fn replay_object(app: &Arc<App>, id: SpaceId, name: &str) -> Result<Bytes, ApiError> {
+    let storage = app.media.recorder.storage().clone();
+    let key = crate::record::key(id, name);
+    match tokio::task::spawn_blocking(move || storage.get(&key)).await {
+        Ok(Ok(Some(b))) => Ok(b),
+        Ok(Ok(None)) => Err(ApiError::not_found("no such replay file")),
+        Ok(Err(e)) => {
+            tracing::error!(space = %id, error = %e, "could not read a replay");
+            Err(ApiError::unavailable(
+                "the recordings storage did not answer",
+                2,
+            ))
+        }
+        Err(_) => Err(ApiError::internal("reading the replay failed")),
+    }
 }
 
 async fn replay_playlist(
@@ -265,10 +290,8 @@ async fn replay_playlist(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let cell = cell(&app, &id)?;
-    let dir = replay_dir(&app, &cell)?;
-    let data = tokio::fs::read(dir.join("hls/replay.m3u8"))
-        .await
-        .map_err(|_| ApiError::not_found("no replay"))?;
+    replay_ready(&app, &cell).await?;
+    let data = replay_object(&app, cell.id, "hls/replay.m3u8").await?;
     Ok(body(Resource::VodPlaylist, M3U8, data))
 }
 
@@ -277,15 +300,13 @@ async fn replay_media(
     Path((id, name)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let cell = cell(&app, &id)?;
-    let dir = replay_dir(&app, &cell)?;
+    replay_ready(&app, &cell).await?;
     let (msn, None) =
         parse_media_name(&name).ok_or_else(|| ApiError::not_found("no such HLS resource"))?
     else {
         return Err(ApiError::not_found("replays have segments, not parts"));
     };
-    let data = tokio::fs::read(dir.join(format!("hls/seg-{msn}.m4s")))
-        .await
-        .map_err(|_| ApiError::not_found("no such segment"))?;
+    let data = replay_object(&app, cell.id, &format!("hls/seg-{msn}.m4s")).await?;
     Ok(body(Resource::Media, "video/mp4", data))
 }
 
@@ -333,12 +354,8 @@ async fn recording(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let cell = cell(&app, &id)?;
-    let dir = replay_dir(&app, &cell)?;
-    let data = Bytes::from(
-        tokio::fs::read(dir.join("recording.opus"))
-            .await
-            .map_err(|_| ApiError::not_found("no recording"))?,
-    );
+    replay_ready(&app, &cell).await?;
+    let data = replay_object(&app, cell.id, "recording.opus").await?;
     let len = data.len() as u64;
     let range = headers
         .get(header::RANGE)

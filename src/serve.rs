@@ -90,6 +90,13 @@ pub struct ServeArgs {
     /// over a space continue its recording.
     #[arg(long, env = "AMPHI_RECORDINGS_DIR")]
     pub recordings_dir: Option<PathBuf>,
+    /// Keep recordings in S3-compatible object storage instead of a
+    /// directory: s3://bucket/prefix (region, endpoint and credentials from
+    /// the AWS_* environment variables, e.g. AWS_ENDPOINT_URL,
+    /// AWS_ALLOW_HTTP=true for a local server). Shared by every node of a
+    /// cluster.
+    #[arg(long, env = "AMPHI_RECORDINGS_URL")]
+    pub recordings_url: Option<String>,
     /// Join a cluster through this NATS server (e.g. nats://127.0.0.1:4222).
     /// Without it the node stands alone: SQLite and local files, no other
     /// service.
@@ -228,6 +235,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ..EgressConfig::default()
     })?);
     let rtc_addr = args.rtc.unwrap_or(args.http);
+    let recordings_dir = args
+        .recordings_dir
+        .clone()
+        .unwrap_or_else(|| args.data_dir.join("recordings"));
+    let recordings = amphi_storage::open(args.recordings_url.as_deref(), &recordings_dir)
+        .context("opening the recordings storage")?;
+    eprintln!("amphi: recordings in {}", recordings.describe());
     let media = MediaPlane::start(MediaConfig {
         rtc_bind: rtc_addr,
         advertise_ip: args.advertise_ip,
@@ -235,10 +249,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ogg_frames_per_page: (args.ogg_page_ms / 20).clamp(1, 50) as usize,
         ws_frames_per_message: (args.ws_batch_ms / 20).clamp(1, 50) as usize,
         egress: egress.clone(),
-        recordings_dir: args
-            .recordings_dir
-            .clone()
-            .unwrap_or_else(|| args.data_dir.join("recordings")),
+        recordings,
         bus,
     })
     .context("starting the media plane")?;

@@ -40,6 +40,11 @@ impl Server {
     }
 
     pub fn start_in(data: &Path, extra: &[&str]) -> Server {
+        Server::start_with_env(data, extra, &[])
+    }
+
+    /// [`Server::start_in`] with extra environment variables.
+    pub fn start_with_env(data: &Path, extra: &[&str], envs: &[(&str, &str)]) -> Server {
         let port = free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_amphi"))
             .arg("serve")
@@ -50,6 +55,7 @@ impl Server {
             .args(extra)
             .env("AMPHI_ADMIN_TOKEN", ADMIN)
             .env("AMPHI_LOG", "warn")
+            .envs(envs.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
