@@ -261,8 +261,12 @@ impl Worker {
 /// Every recorded frame of a space, in order.
 pub fn recorded_frames(storage: &dyn Storage, space: SpaceId) -> std::io::Result<Vec<Frame>> {
     let mut out: Vec<Frame> = Vec::new();
-    for f in segment_keys(storage, space)? {
-        let Some(data) = storage.get(&f)? else {
+    // All segments fetched at once: on object storage, one round trip per
+    // 2 s segment in turn would make an hour's replay wait a minute.
+    let keys = segment_keys(storage, space)?;
+    let segments = storage.get_many(&keys)?;
+    for (f, data) in keys.iter().zip(segments) {
+        let Some(data) = data else {
             continue;
         };
         match frames::decode(&data) {

@@ -269,9 +269,20 @@ async fn replay_ready(app: &Arc<App>, cell: &SpaceCell) -> Result<(), ApiError> 
 
 /// One object of a space's replay from the recordings storage.
 async fn replay_object(app: &Arc<App>, id: SpaceId, name: &str) -> Result<Bytes, ApiError> {
+    from_storage(app, id, name, |s, key| s.get(key)).await
+}
+
+/// Runs one blocking read of a space's replay object `name` off the async
+/// runtime: a missing object is a 404, a failing store a 503.
+async fn from_storage<T: Send + 'static>(
+    app: &Arc<App>,
+    id: SpaceId,
+    name: &str,
+    read: impl FnOnce(&dyn amphi_storage::Storage, &str) -> std::io::Result<Option<T>> + Send + 'static,
+) -> Result<T, ApiError> {
     let storage = app.media.recorder.storage().clone();
     let key = crate::record::key(id, name);
-    match tokio::task::spawn_blocking(move || storage.get(&key)).await {
+    match tokio::task::spawn_blocking(move || read(storage.as_ref(), &key)).await {
         Ok(Ok(Some(b))) => Ok(b),
         Ok(Ok(None)) => Err(ApiError::not_found("no such replay file")),
         Ok(Err(e)) => {
@@ -355,8 +366,9 @@ async fn recording(
 ) -> Result<Response, ApiError> {
     let cell = cell(&app, &id)?;
     replay_ready(&app, &cell).await?;
-    let data = replay_object(&app, cell.id, "recording.opus").await?;
-    let len = data.len() as u64;
+    // A Range request reads only its bytes from the store (a ranged GET on
+    // S3); its bounds are checked against the object's size first.
+    let len = from_storage(&app, cell.id, "recording.opus", |s, k| s.size(k)).await?;
     let range = headers
         .get(header::RANGE)
         .map(|v| v.to_str().ok().and_then(parse_range));
@@ -377,8 +389,13 @@ async fn recording(
     };
     let part = if len == 0 {
         Bytes::new()
+    } else if status == StatusCode::OK {
+        replay_object(&app, cell.id, "recording.opus").await?
     } else {
-        data.slice(start as usize..=end as usize)
+        from_storage(&app, cell.id, "recording.opus", move |s, k| {
+            s.get_range(k, start..end + 1)
+        })
+        .await?
     };
     let mut res = (status, part).into_response();
     let h = res.headers_mut();

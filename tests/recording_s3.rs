@@ -1,13 +1,18 @@
 //! Recordings in S3-compatible object storage (`--recordings-url`), against
 //! a real S3 server on loopback (moto's, from PyPI; `scripts/test` installs
 //! it): the frame segments and the replay are objects in the bucket, not
-//! files on the node, and a killed node's uploaded segments survive.
+//! files on the node; the replay is read back from the bucket (whole, by
+//! `Range`, as HLS); a killed node's uploaded segments survive; and a store
+//! that fails never stops the live space.
 
 mod common;
 
 use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use common::*;
+
+const BUCKET: &str = "amphi-test";
 
 /// moto's S3 server, killed by PID on drop.
 struct S3 {
@@ -16,44 +21,56 @@ struct S3 {
 }
 
 impl S3 {
+    /// Starts moto on a free loopback port and creates the bucket.
     fn start() -> S3 {
-        let port = free_port();
+        let s3 = S3::start_on(free_port());
+        s3.create_bucket();
+        s3
+    }
+
+    /// Starts moto on `port` (empty: moto keeps its objects in memory).
+    fn start_on(port: u16) -> S3 {
+        let moto = Command::new("python3")
+            .args(["-c", "import moto.server"])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(
+            moto,
+            "moto (a local S3 server, `pip install 'moto[server]'`) is required: \
+             run scripts/test, it installs scripts/requirements.txt"
+        );
         let child = Command::new("python3")
-            .args([
-                "-m",
-                "moto.server",
-                "-H",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-            ])
+            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p"])
+            .arg(port.to_string())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("python3 -m moto.server (run scripts/test: it installs moto)");
+            .expect("python3 -m moto.server");
         let s3 = S3 { child, port };
-        wait_for(
-            20,
-            "the S3 server (is moto installed? scripts/test installs it)",
-            || reqwest::blocking::get(s3.url("/")).is_ok_and(|r| r.status().is_success()),
-        );
-        let c = reqwest::blocking::Client::new();
-        let r = c
-            .put(s3.url("/amphi-test"))
+        wait_for(30, "the S3 server (moto) to answer", || {
+            reqwest::blocking::get(s3.url("/")).is_ok_and(|r| r.status().is_success())
+        });
+        s3
+    }
+
+    fn create_bucket(&self) {
+        let r = reqwest::blocking::Client::new()
+            .put(self.url(&format!("/{BUCKET}")))
             .send()
             .expect("create the bucket");
-        assert!(r.status().is_success(), "{:?}", r.status());
-        s3
+        assert!(r.status().is_success(), "create the bucket: {}", r.status());
     }
 
     fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{}", self.port, path)
     }
 
-    /// The keys under `prefix` in the bucket (S3 ListObjectsV2).
+    /// The keys under `prefix` in the bucket (S3 ListObjectsV2, straight
+    /// from the server, not through amphi).
     fn keys(&self, prefix: &str) -> Vec<String> {
         let body = reqwest::blocking::get(self.url(&format!(
-            "/amphi-test?list-type=2&prefix={prefix}&max-keys=1000"
+            "/{BUCKET}?list-type=2&prefix={prefix}&max-keys=1000"
         )))
         .expect("list")
         .text()
@@ -74,46 +91,94 @@ impl S3 {
             ("AWS_REGION", "us-east-1".into()),
         ]
     }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Drop for S3 {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
 }
 
 fn node(s3: &S3, data: &std::path::Path) -> Server {
     let env = s3.env();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    Server::start_with_env(data, &["--recordings-url", "s3://amphi-test/rec"], &env)
+    Server::start_with_env(
+        data,
+        &["--recordings-url", &format!("s3://{BUCKET}/rec")],
+        &env,
+    )
+}
+
+/// Nothing of the recordings on the node's own disk.
+fn nothing_on_disk(data: &std::path::Path) {
+    let dir = data.join("recordings");
+    let files: Vec<_> = std::fs::read_dir(&dir)
+        .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    assert!(files.is_empty(), "recordings on the local disk: {files:?}");
+}
+
+fn ffprobe_duration(url: &str) -> f64 {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-show_entries", "format=duration"])
+        .args(["-of", "csv=p=0", url])
+        .output()
+        .expect("ffprobe is required: run scripts/test");
+    assert!(
+        out.status.success(),
+        "ffprobe {url}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("a duration")
 }
 
 #[test]
-fn a_recording_in_s3_is_the_tone_and_survives_a_kill() {
+fn a_tone_recorded_to_s3_is_replayed_from_the_bucket() {
     let s3 = S3::start();
     let data = tempfile::tempdir().unwrap();
-    let mut s = node(&s3, data.path());
-    let (id, host, _) = live_space(&s, "s3");
-    let mut peer = publish_tone(&s, &id, &host, 440, 60);
-    wait_for_audio(&s, 50.0);
-    std::thread::sleep(std::time::Duration::from_secs(6));
-    // Segments are uploaded as they close (every 2 s).
-    let segments = s3.keys(&format!("rec/{id}/frames/"));
-    assert!(segments.len() >= 2, "segments in S3: {segments:?}");
-
-    // kill -9 and restart: the recording goes on in the same objects.
-    s.kill();
-    peer.kill();
     let s = node(&s3, data.path());
-    let _peer = publish_tone(&s, &id, &host, 440, 60);
+    let (id, host, _) = live_space(&s, "s3");
+    let mut speaker = publish_tone(&s, &id, &host, 440, 8);
     wait_for_audio(&s, 50.0);
-    std::thread::sleep(std::time::Duration::from_secs(3));
-    let secs = end_and_measure_recording(&s, &id, &host, 440.0);
-    println!("replay from S3: {secs:.1} s of tone across a kill -9");
-    assert!(secs > 5.0, "only {secs} s of the tone in the replay");
+    // Segments are uploaded as they close (every 2 s), while live.
+    wait_for(10, "two frame segments in the bucket", || {
+        s3.keys(&format!("rec/{id}/frames/")).len() >= 2
+    });
+    let started = Instant::now();
+    while speaker.0.try_wait().unwrap().is_none() && started.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    speaker.kill();
 
-    // The replay is made of objects in the bucket, and nothing on disk.
+    let r = call(
+        "POST",
+        &s.url(&format!("/api/v1/spaces/{id}/end")),
+        Some(&host),
+        None,
+    );
+    assert_eq!(r.status, 200);
+    let ended = Instant::now();
+    let rec = s.url(&format!("/spaces/{id}/recording.opus"));
+    wait_for(2, "the replay within 2 s of the end", || {
+        call("GET", &rec, None, None).status == 200
+    });
+    let ready = ended.elapsed();
+    let tone = seconds_of_tone(&ffmpeg_listen(&rec, 3600.0), 440.0);
+    println!("replay from S3 ready {ready:?} after the end; {tone:.1} s of the 8 s tone");
+    assert!(
+        (tone - 8.0).abs() <= 1.0,
+        "the recording holds {tone} s of the 8 s tone"
+    );
+
+    // The objects are in the bucket, and nothing is on the node's disk.
     let keys = s3.keys(&format!("rec/{id}/"));
     for want in [
         "recording.opus",
@@ -126,33 +191,122 @@ fn a_recording_in_s3_is_the_tone_and_survives_a_kill() {
             "{want} missing from S3: {keys:?}"
         );
     }
-    assert!(!data.path().join("recordings").join(&id).exists());
+    assert!(
+        keys.iter().filter(|k| k.ends_with(".m4s")).count() >= 4,
+        "{keys:?}"
+    );
+    nothing_on_disk(data.path());
 
-    // Range requests and the HLS VOD read from S3.
-    let r = reqwest::blocking::Client::new()
-        .get(s.url(&format!("/spaces/{id}/recording.opus")))
-        .header("Range", "bytes=0-99")
+    // Range requests are ranged reads of the object.
+    let client = reqwest::blocking::Client::new();
+    let whole = client.get(&rec).send().unwrap().bytes().unwrap();
+    let r = client
+        .get(&rec)
+        .header("Range", "bytes=100-199")
         .send()
         .unwrap();
-    assert_eq!(r.status().as_u16(), 206);
-    assert_eq!(r.bytes().unwrap().len(), 100);
-    let playlist = call(
-        "GET",
-        &s.url(&format!("/spaces/{id}/hls/replay.m3u8")),
-        None,
-        None,
+    assert_eq!(r.status(), 206);
+    assert_eq!(
+        r.headers()["content-range"].to_str().unwrap(),
+        format!("bytes 100-199/{}", whole.len())
     );
-    assert_eq!(playlist.status, 200);
-    let text = playlist.body.as_str().unwrap_or_default().to_owned();
-    let first = text
-        .lines()
-        .find(|l| l.ends_with(".m4s"))
-        .expect("a segment in the VOD playlist");
-    let seg = call(
-        "GET",
-        &s.url(&format!("/spaces/{id}/hls/{first}")),
-        None,
-        None,
+    assert_eq!(r.bytes().unwrap(), whole.slice(100..200));
+    let r = client
+        .get(&rec)
+        .header("Range", "bytes=-50")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(r.bytes().unwrap(), whole.slice(whole.len() - 50..));
+    for bad in ["bytes=999999999-", "bytes=abc"] {
+        let r = client.get(&rec).header("Range", bad).send().unwrap();
+        assert_eq!(r.status(), 416, "{bad}");
+    }
+
+    // The HLS VOD, from the bucket, plays in ffmpeg with the same audio.
+    let total = ffprobe_duration(&rec);
+    let vod = s.url(&format!("/spaces/{id}/hls/replay.m3u8"));
+    let vod_duration = ffprobe_duration(&vod);
+    assert!(
+        (vod_duration - total).abs() < 0.5,
+        "vod {vod_duration} s vs ogg {total} s"
     );
-    assert_eq!(seg.status, 200, "{first}");
+    let vod_tone = seconds_of_tone(&ffmpeg_listen(&vod, 3600.0), 440.0);
+    assert!(vod_tone >= 7.0, "{vod_tone} s of the tone in the HLS VOD");
+
+    // The recorder's metrics count the uploads.
+    assert!(metric(&s, "amphi_recording_segments_total") >= 4.0);
+    assert!(metric(&s, "amphi_recording_bytes_total") > 10_000.0);
+    assert!(metric(&s, "amphi_recording_write_microseconds_total") > 0.0);
+    assert_eq!(metric(&s, "amphi_recording_errors_total"), 0.0);
+    assert_eq!(metric(&s, "amphi_recording_finalized_total"), 1.0);
+}
+
+#[test]
+fn a_recording_in_s3_is_the_tone_and_survives_a_kill() {
+    let s3 = S3::start();
+    let data = tempfile::tempdir().unwrap();
+    let mut s = node(&s3, data.path());
+    let (id, host, _) = live_space(&s, "s3");
+    let mut peer = publish_tone(&s, &id, &host, 440, 60);
+    wait_for_audio(&s, 50.0);
+    std::thread::sleep(Duration::from_secs(6));
+    // Segments are uploaded as they close (every 2 s).
+    let segments = s3.keys(&format!("rec/{id}/frames/"));
+    assert!(segments.len() >= 2, "segments in S3: {segments:?}");
+
+    // kill -9 and restart: the recording goes on in the same objects.
+    s.kill();
+    peer.kill();
+    let s = node(&s3, data.path());
+    let _peer = publish_tone(&s, &id, &host, 440, 60);
+    wait_for_audio(&s, 50.0);
+    std::thread::sleep(Duration::from_secs(3));
+    let secs = end_and_measure_recording(&s, &id, &host, 440.0);
+    println!("replay from S3: {secs:.1} s of tone across a kill -9");
+    // About 6 s before the kill (less the segment in progress) and 3 s
+    // after the restart.
+    assert!(secs > 5.0, "only {secs} s of the tone in the replay");
+    let kept = s3.keys(&format!("rec/{id}/frames/"));
+    for seg in &segments {
+        assert!(kept.contains(seg), "{seg} lost: {kept:?}");
+    }
+    assert!(s3.keys(&format!("rec/{id}/complete")).len() == 1);
+    nothing_on_disk(data.path());
+}
+
+#[test]
+fn a_failing_s3_store_never_stops_the_live_space() {
+    let mut s3 = S3::start();
+    let port = s3.port;
+    let data = tempfile::tempdir().unwrap();
+    let s = node(&s3, data.path());
+    let (id, host, _) = live_space(&s, "S3 down");
+    // The store goes away before the first segment closes.
+    s3.stop();
+    let _speaker = publish_tone(&s, &id, &host, 440, 40);
+    wait_for(20, "a failed segment upload", || {
+        metric(&s, "amphi_recording_errors_total") >= 1.0
+    });
+    // The space is live and audible regardless.
+    let pcm = ffmpeg_listen(&s.url(&format!("/spaces/{id}/live.opus")), 2.0);
+    assert!(
+        tone_share(&pcm, 440.0) > 0.5,
+        "the live space suffered from the storage failure"
+    );
+    assert_eq!(metric(&s, "amphi_recording_dropped_frames_total"), 0.0);
+
+    // The store comes back (empty: moto keeps nothing): recording resumes.
+    let s3 = S3::start_on(port);
+    s3.create_bucket();
+    let before = metric(&s, "amphi_recording_segments_total");
+    wait_for(15, "segments uploaded again", || {
+        metric(&s, "amphi_recording_segments_total") >= before + 2.0
+    });
+    let tone = end_and_measure_recording(&s, &id, &host, 440.0);
+    assert!(
+        tone >= 3.0,
+        "the recording kept {tone} s after the store came back"
+    );
+    assert_eq!(s3.keys(&format!("rec/{id}/complete")).len(), 1);
 }

@@ -16,12 +16,16 @@
 
 use std::fs;
 use std::io::{self, Write};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::TryStreamExt;
+use object_store::ClientConfigKey;
 use object_store::ObjectStore;
+use object_store::aws::AmazonS3ConfigKey;
 use object_store::path::Path as ObjectPath;
 
 /// A place for whole objects.
@@ -30,6 +34,11 @@ pub trait Storage: Send + Sync + 'static {
     fn put(&self, key: &str, data: Bytes) -> io::Result<()>;
     /// The object at `key`, if any.
     fn get(&self, key: &str) -> io::Result<Option<Bytes>>;
+    /// Bytes `range` of the object at `key`, if it exists; the range must
+    /// lie within the object (see [`Storage::size`]).
+    fn get_range(&self, key: &str, range: Range<u64>) -> io::Result<Option<Bytes>>;
+    /// The size in bytes of the object at `key`, if it exists.
+    fn size(&self, key: &str) -> io::Result<Option<u64>>;
     /// The keys under `prefix` (a `/`-ended folder), sorted.
     fn list(&self, prefix: &str) -> io::Result<Vec<String>>;
     /// Whether `key` exists.
@@ -40,6 +49,11 @@ pub trait Storage: Send + Sync + 'static {
     /// where the storage allows it. Each is durable when this returns.
     fn put_many(&self, objects: Vec<(String, Bytes)>) -> io::Result<()> {
         objects.into_iter().try_for_each(|(k, v)| self.put(&k, v))
+    }
+    /// Reads many objects at once (a recording's frame segments), in the
+    /// order of `keys`: in parallel where the storage allows it.
+    fn get_many(&self, keys: &[String]) -> io::Result<Vec<Option<Bytes>>> {
+        keys.iter().map(|k| self.get(k)).collect()
     }
 }
 
@@ -120,6 +134,29 @@ impl Storage for LocalDir {
     fn get(&self, key: &str) -> io::Result<Option<Bytes>> {
         match fs::read(self.path(key)?) {
             Ok(b) => Ok(Some(Bytes::from(b))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn get_range(&self, key: &str, range: Range<u64>) -> io::Result<Option<Bytes>> {
+        use std::os::unix::fs::FileExt;
+        let f = match fs::File::open(self.path(key)?) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let len = usize::try_from(range.end.saturating_sub(range.start))
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "range too long"))?;
+        let mut buf = vec![0; len];
+        f.read_exact_at(&mut buf, range.start)?;
+        Ok(Some(Bytes::from(buf)))
+    }
+
+    fn size(&self, key: &str) -> io::Result<Option<u64>> {
+        match fs::metadata(self.path(key)?) {
+            Ok(m) if m.is_file() => Ok(Some(m.len())),
+            Ok(_) => Ok(None),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         }
@@ -209,10 +246,30 @@ impl ObjectStorage {
                 "the recordings URL names no bucket",
             ));
         }
-        let store = object_store::aws::AmazonS3Builder::from_env()
+        let mut builder = object_store::aws::AmazonS3Builder::from_env()
             .with_bucket_name(bucket)
-            .build()
-            .map_err(to_io)?;
+            // A store that does not answer fails a request within seconds
+            // (the defaults retry for up to 3 minutes): the recorder thread
+            // moves on, counting the lost segment, instead of falling
+            // minutes behind. AWS_TIMEOUT / AWS_CONNECT_TIMEOUT override.
+            .with_retry(object_store::RetryConfig {
+                backoff: object_store::BackoffConfig {
+                    init_backoff: Duration::from_millis(100),
+                    max_backoff: Duration::from_secs(2),
+                    base: 2.0,
+                },
+                max_retries: 3,
+                retry_timeout: Duration::from_secs(10),
+            });
+        for (var, key, default) in [
+            ("AWS_TIMEOUT", ClientConfigKey::Timeout, "10s"),
+            ("AWS_CONNECT_TIMEOUT", ClientConfigKey::ConnectTimeout, "3s"),
+        ] {
+            if std::env::var_os(var).is_none() {
+                builder = builder.with_config(AmazonS3ConfigKey::Client(key), default);
+            }
+        }
+        let store = builder.build().map_err(to_io)?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("amphi-storage")
@@ -296,6 +353,28 @@ impl Storage for ObjectStorage {
         })
     }
 
+    fn get_range(&self, key: &str, range: Range<u64>) -> io::Result<Option<Bytes>> {
+        let (store, path) = (self.store.clone(), self.path(key)?);
+        self.run(async move {
+            match store.get_range(&path, range).await {
+                Ok(b) => Ok(Some(b)),
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(to_io(e)),
+            }
+        })
+    }
+
+    fn size(&self, key: &str) -> io::Result<Option<u64>> {
+        let (store, path) = (self.store.clone(), self.path(key)?);
+        self.run(async move {
+            match store.head(&path).await {
+                Ok(meta) => Ok(Some(meta.size)),
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(to_io(e)),
+            }
+        })
+    }
+
     fn list(&self, prefix: &str) -> io::Result<Vec<String>> {
         let (store, path) = (self.store.clone(), self.path(prefix.trim_end_matches('/'))?);
         let metas: Vec<object_store::ObjectMeta> =
@@ -320,6 +399,32 @@ impl Storage for ObjectStorage {
         self.url.clone()
     }
 
+    fn get_many(&self, keys: &[String]) -> io::Result<Vec<Option<Bytes>>> {
+        use futures_util::StreamExt;
+        let paths = keys
+            .iter()
+            .map(|k| self.path(k))
+            .collect::<io::Result<Vec<_>>>()?;
+        let store = self.store.clone();
+        self.run(async move {
+            futures_util::stream::iter(paths)
+                .map(|path| {
+                    let store = store.clone();
+                    async move {
+                        match store.get(&path).await {
+                            Ok(r) => r.bytes().await.map(Some),
+                            Err(object_store::Error::NotFound { .. }) => Ok(None),
+                            Err(e) => Err(e),
+                        }
+                    }
+                })
+                .buffered(Self::PARALLEL)
+                .try_collect::<Vec<_>>()
+                .await
+                .map_err(to_io)
+        })
+    }
+
     fn put_many(&self, objects: Vec<(String, Bytes)>) -> io::Result<()> {
         use futures_util::StreamExt;
         let puts = objects
@@ -333,13 +438,18 @@ impl Storage for ObjectStorage {
                     let store = store.clone();
                     async move { store.put(&path, data.into()).await.map(|_| ()) }
                 })
-                .buffer_unordered(32)
+                .buffer_unordered(Self::PARALLEL)
                 .try_collect::<Vec<()>>()
                 .await
                 .map(|_| ())
                 .map_err(to_io)
         })
     }
+}
+
+impl ObjectStorage {
+    /// How many requests a `put_many` or `get_many` has in flight.
+    const PARALLEL: usize = 32;
 }
 
 impl Drop for ObjectStorage {
@@ -390,6 +500,27 @@ mod tests {
         assert!(s.list("8/frames/").unwrap().is_empty());
         assert!(s.exists("7/frames/00000000000000000002.amfs").unwrap());
         assert!(!s.exists("7/complete").unwrap());
+    }
+
+    #[test]
+    fn local_ranges_and_sizes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = LocalDir::new(tmp.path()).unwrap();
+        s.put("1/recording.opus", Bytes::from_static(b"0123456789"))
+            .unwrap();
+        assert_eq!(s.size("1/recording.opus").unwrap(), Some(10));
+        assert_eq!(s.size("1/other").unwrap(), None);
+        assert_eq!(s.size("1").unwrap(), None, "a folder is no object");
+        assert_eq!(
+            s.get_range("1/recording.opus", 2..5).unwrap().unwrap(),
+            Bytes::from_static(b"234")
+        );
+        assert_eq!(
+            s.get_range("1/recording.opus", 9..10).unwrap().unwrap(),
+            Bytes::from_static(b"9")
+        );
+        assert!(s.get_range("1/other", 0..1).unwrap().is_none());
+        assert!(s.get_range("1/recording.opus", 8..12).is_err());
     }
 
     #[test]
