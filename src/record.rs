@@ -402,4 +402,82 @@ mod tests {
         assert_eq!(packets, 2 + 700);
         assert_eq!(last_granule, 700 * 960);
     }
+
+    /// Figures, not a check (`cargo test -p amphi --bin amphi -- --ignored
+    /// --nocapture finalize_an_hour`): cutting the replay of an hour-long
+    /// space, from the local directory and from a real S3 server on
+    /// loopback (moto, if installed).
+    #[test]
+    #[ignore]
+    fn finalize_an_hour_timed() {
+        let space = SpaceId(9);
+        let fill = |storage: &dyn Storage| {
+            let segs: Vec<(String, Bytes)> = (0..1800u64)
+                .map(|i| {
+                    let frames: Vec<Frame> = (i * 100..(i + 1) * 100)
+                        .map(|seq| Frame {
+                            opus: Bytes::from(vec![0xf8; 80]),
+                            ..frame(seq)
+                        })
+                        .collect();
+                    (
+                        key(space, &format!("frames/{:020}.amfs", i * 100)),
+                        frames::encode(&frames),
+                    )
+                })
+                .collect();
+            storage.put_many(segs).unwrap();
+        };
+        let time = |name: &str, storage: &dyn Storage| {
+            fill(storage);
+            let t = Instant::now();
+            let n = recorded_frames(storage, space).unwrap().len();
+            println!("{name}: {n} frames read back in {:?}", t.elapsed());
+            let t = Instant::now();
+            finalize(storage, space).unwrap();
+            println!("{name}: an hour's replay cut in {:?}", t.elapsed());
+            assert!(storage.exists(&key(space, "complete")).unwrap());
+        };
+        let tmp = tempfile::tempdir().unwrap();
+        time("local", &amphi_storage::LocalDir::new(tmp.path()).unwrap());
+
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let Ok(mut moto) = std::process::Command::new("python3")
+            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p"])
+            .arg(port.to_string())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+        else {
+            return;
+        };
+        let url = format!("http://127.0.0.1:{port}");
+        let client = reqwest::blocking::Client::new();
+        let up = (0..100).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            client
+                .put(format!("{url}/timed"))
+                .send()
+                .is_ok_and(|r| r.status().is_success())
+        });
+        if up {
+            let s3 = amphi_storage::ObjectStorage::from_url_with(
+                "s3://timed/rec",
+                amphi_storage::AmazonS3Builder::new()
+                    .with_endpoint(&url)
+                    .with_allow_http(true)
+                    .with_access_key_id("test")
+                    .with_secret_access_key("test")
+                    .with_region("us-east-1"),
+            )
+            .unwrap();
+            time("s3 (moto on loopback)", &s3);
+        }
+        let _ = moto.kill();
+        let _ = moto.wait();
+    }
 }

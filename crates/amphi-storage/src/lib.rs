@@ -25,6 +25,7 @@ use bytes::Bytes;
 use futures_util::TryStreamExt;
 use object_store::ClientConfigKey;
 use object_store::ObjectStore;
+pub use object_store::aws::AmazonS3Builder;
 use object_store::aws::AmazonS3ConfigKey;
 use object_store::path::Path as ObjectPath;
 
@@ -233,6 +234,12 @@ impl ObjectStorage {
     /// `s3://bucket[/prefix]`; the rest of the configuration (region,
     /// endpoint, credentials, `AWS_ALLOW_HTTP`) comes from the environment.
     pub fn from_url(url: &str) -> io::Result<Self> {
+        Self::from_url_with(url, AmazonS3Builder::from_env())
+    }
+
+    /// [`ObjectStorage::from_url`] configured by `builder` instead of the
+    /// environment (the bucket comes from `url`).
+    pub fn from_url_with(url: &str, builder: AmazonS3Builder) -> io::Result<Self> {
         let rest = url.strip_prefix("s3://").ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -246,7 +253,7 @@ impl ObjectStorage {
                 "the recordings URL names no bucket",
             ));
         }
-        let mut builder = object_store::aws::AmazonS3Builder::from_env()
+        let mut builder = builder
             .with_bucket_name(bucket)
             // A store that does not answer fails a request within seconds
             // (the defaults retry for up to 3 minutes): the recorder thread
