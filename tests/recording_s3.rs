@@ -310,3 +310,79 @@ fn a_failing_s3_store_never_stops_the_live_space() {
     );
     assert_eq!(s3.keys(&format!("rec/{id}/complete")).len(), 1);
 }
+
+/// S3 is shared storage for a cluster: when the origin of a live space
+/// dies, the node that takes the space over continues the same recording
+/// in the same bucket, and every node serves the replay from it.
+#[test]
+fn a_node_taking_over_a_space_continues_its_recording_in_s3() {
+    let s3 = S3::start();
+    let nats = Nats::start();
+    let env = s3.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let start = |i: usize, name: &str| {
+        Server::start_with_env(
+            dirs[i].path(),
+            &[
+                "--nats",
+                &nats.url(),
+                "--node-id",
+                name,
+                "--recordings-url",
+                &format!("s3://{BUCKET}/rec"),
+            ],
+            &env,
+        )
+    };
+    let mut a = start(0, "a");
+    let b = start(1, "b");
+    let c = start(2, "c");
+    let (id, host, _) = live_space(&a, "takeover");
+    let mut peer = publish_tone(&a, &id, &host, 440, 60);
+    wait_for_audio(&a, 50.0);
+    wait_for(10, "A's segments in the bucket", || {
+        s3.keys(&format!("rec/{id}/frames/")).len() >= 2
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let from_a = s3.keys(&format!("rec/{id}/frames/"));
+    a.kill();
+    peer.kill();
+    // Once A's lease expires (8 s), the speaker reconnecting through B
+    // makes B the origin.
+    std::thread::sleep(Duration::from_secs(9));
+    let _peer = publish_tone(&b, &id, &host, 440, 60);
+    let t_takeover = Instant::now();
+    wait_for_audio(&b, 50.0);
+    assert_eq!(metric(&b, "amphi_takeovers_total"), 1.0);
+    std::thread::sleep(Duration::from_secs(4));
+
+    let after_takeover = t_takeover.elapsed().as_secs_f64();
+    let secs = end_and_measure_recording(&b, &id, &host, 440.0);
+    println!("replay from S3: {secs:.1} s of tone; {after_takeover:.1} s since B took over");
+    assert!(
+        secs > after_takeover + 2.0,
+        "the replay has {secs:.1} s of tone, not more than B's {after_takeover:.1} s"
+    );
+    let frames = s3.keys(&format!("rec/{id}/frames/"));
+    for seg in &from_a {
+        assert!(frames.contains(seg), "A's {seg} lost: {frames:?}");
+    }
+    assert!(frames.len() > from_a.len(), "no segment of B: {frames:?}");
+    // C never mixed the space: it serves the replay from the bucket
+    // itself, not by a redirect.
+    let no_redirect = reqwest::blocking::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let rec = format!("/spaces/{id}/recording.opus");
+    wait_for(5, "C to know the space ended", || {
+        no_redirect
+            .get(c.url(&rec))
+            .send()
+            .is_ok_and(|r| r.status() == 200)
+    });
+    for d in &dirs {
+        nothing_on_disk(d.path());
+    }
+}
