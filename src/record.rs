@@ -56,6 +56,9 @@ pub struct Recorder {
     storage: Arc<dyn Storage>,
     pub stats: Arc<RecordStats>,
     thread: parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Spaces whose replay is known to be in the storage: a replay is never
+    /// withdrawn, so each is checked there once, not on every request.
+    complete: parking_lot::Mutex<std::collections::HashSet<SpaceId>>,
 }
 
 /// The key of a space's object `name` (`recording.opus`, `hls/seg-3.m4s`).
@@ -100,6 +103,7 @@ impl Recorder {
             storage,
             stats,
             thread: parking_lot::Mutex::new(Some(thread)),
+            complete: Default::default(),
         })
     }
 
@@ -131,9 +135,17 @@ impl Recorder {
     /// Whether the replay of `space` is ready (blocking: call it off the
     /// async runtime when the storage is remote).
     pub fn is_complete(&self, space: SpaceId) -> bool {
-        self.storage
+        if self.complete.lock().contains(&space) {
+            return true;
+        }
+        let stored = self
+            .storage
             .exists(&key(space, "complete"))
-            .unwrap_or(false)
+            .unwrap_or(false);
+        if stored {
+            self.complete.lock().insert(space);
+        }
+        stored
     }
 
     /// Recorder counters in the Prometheus text format.
