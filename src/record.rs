@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use amphi_core::{Frame, SpaceId};
 use amphi_hls::playlist::Segmenter;
@@ -94,6 +94,7 @@ impl Recorder {
             rx,
             stats: stats.clone(),
             open: HashMap::new(),
+            retries: Vec::new(),
         };
         let thread = std::thread::Builder::new()
             .name("amphi-recorder".into())
@@ -196,11 +197,53 @@ struct Worker {
     rx: Receiver<Msg>,
     stats: Arc<RecordStats>,
     open: HashMap<SpaceId, Vec<Frame>>,
+    /// Replays whose cut failed (the store was down): tried again later.
+    retries: Vec<Retry>,
+}
+
+/// A replay cut to try again at `at`.
+struct Retry {
+    space: SpaceId,
+    done: Done,
+    at: Instant,
+    attempt: u32,
+}
+
+/// The wait before trying a failed replay cut again: 1 s, 2 s, 4 s, …, at
+/// most a minute.
+fn retry_delay(attempt: u32) -> Duration {
+    Duration::from_secs(1u64 << attempt.min(6)).min(Duration::from_secs(60))
 }
 
 impl Worker {
     fn run(mut self) {
-        while let Ok(msg) = self.rx.recv() {
+        loop {
+            let next_retry = self.retries.iter().map(|r| r.at).min();
+            // Due retries first: frames of other spaces arrive every 20 ms
+            // and must not starve them.
+            if next_retry.is_some_and(|at| at <= Instant::now()) {
+                self.retry_due();
+                continue;
+            }
+            let msg = match next_retry {
+                None => match self.rx.recv() {
+                    Ok(m) => m,
+                    Err(_) => return,
+                },
+                Some(at) => {
+                    match self
+                        .rx
+                        .recv_timeout(at.saturating_duration_since(Instant::now()))
+                    {
+                        Ok(m) => m,
+                        Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                            self.retry_due();
+                            continue;
+                        }
+                        Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+                    }
+                }
+            };
             match msg {
                 Msg::Frame(space, frame) => {
                     let buf = self.open.entry(space).or_default();
@@ -219,14 +262,10 @@ impl Worker {
                 Msg::End(space, done) => {
                     self.flush(space);
                     self.open.remove(&space);
-                    if let Err(e) = finalize(self.storage.as_ref(), space) {
-                        tracing::error!(space = %space, error = %e, "could not cut the replay");
-                        self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                    } else {
-                        self.stats.finalized.fetch_add(1, Ordering::Relaxed);
-                        done();
-                    }
+                    self.cut(space, done, 0);
                 }
+                // Cuts still failing are left: a restarted node cuts every
+                // ended space's replay that is not complete.
                 Msg::Shutdown => {
                     let spaces: Vec<SpaceId> = self.open.keys().copied().collect();
                     for s in spaces {
@@ -235,6 +274,40 @@ impl Worker {
                     return;
                 }
             }
+        }
+    }
+
+    /// Cuts the replay of `space`; if the store fails, tries again later
+    /// (a store that is down when a space ends delays its replay, and does
+    /// not lose it until the node restarts).
+    fn cut(&mut self, space: SpaceId, done: Done, attempt: u32) {
+        match finalize(self.storage.as_ref(), space) {
+            Ok(()) => {
+                self.stats.finalized.fetch_add(1, Ordering::Relaxed);
+                done();
+            }
+            Err(e) => {
+                let wait = retry_delay(attempt);
+                tracing::error!(space = %space, error = %e, attempt, retry_in = ?wait, "could not cut the replay");
+                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                self.retries.push(Retry {
+                    space,
+                    done,
+                    at: Instant::now() + wait,
+                    attempt: attempt + 1,
+                });
+            }
+        }
+    }
+
+    fn retry_due(&mut self) {
+        let now = Instant::now();
+        let (due, later) = std::mem::take(&mut self.retries)
+            .into_iter()
+            .partition::<Vec<_>, _>(|r| r.at <= now);
+        self.retries = later;
+        for r in due {
+            self.cut(r.space, r.done, r.attempt);
         }
     }
 
@@ -413,6 +486,12 @@ mod tests {
         // OpusHead + OpusTags + 100 + 500 silence + 100.
         assert_eq!(packets, 2 + 700);
         assert_eq!(last_granule, 700 * 960);
+    }
+
+    #[test]
+    fn failed_cuts_are_retried_sooner_then_every_minute() {
+        let waits: Vec<u64> = (0..9).map(|a| retry_delay(a).as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
     }
 
     /// Figures, not a check (`cargo test -p amphi --bin amphi -- --ignored

@@ -7,7 +7,10 @@
 
 mod common;
 
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -101,6 +104,59 @@ impl S3 {
 impl Drop for S3 {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A TCP proxy in front of the S3 server that can be shut, to play an
+/// outage of the store without losing what moto holds: shutting it cuts
+/// every connection and drops new ones at once.
+struct Gate {
+    port: u16,
+    open: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl Gate {
+    fn new(upstream: u16) -> Gate {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let open = Arc::new(AtomicBool::new(true));
+        let conns = Arc::new(Mutex::new(Vec::<TcpStream>::new()));
+        let (o, c) = (open.clone(), conns.clone());
+        // The accept loop ends with the test process.
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                if !o.load(Ordering::SeqCst) {
+                    continue; // dropped: the client sees the connection close
+                }
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
+                let mut cs = c.lock().unwrap();
+                cs.extend([client.try_clone().unwrap(), server.try_clone().unwrap()]);
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(Shutdown::Write);
+                    });
+                }
+            }
+        });
+        Gate { port, open, conns }
+    }
+
+    fn shut(&self) {
+        self.open.store(false, Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(Shutdown::Both);
+        }
+    }
+
+    fn reopen(&self) {
+        self.open.store(true, Ordering::SeqCst);
     }
 }
 
@@ -385,4 +441,62 @@ fn a_node_taking_over_a_space_continues_its_recording_in_s3() {
     for d in &dirs {
         nothing_on_disk(d.path());
     }
+}
+
+/// The store is down when the space ends: the replay is "being finalised"
+/// (503) meanwhile, and cut as soon as the store is back, with all of the
+/// tone recorded before.
+#[test]
+fn a_store_down_at_the_end_delays_the_replay_and_loses_nothing() {
+    let s3 = S3::start();
+    let gate = Gate::new(s3.port);
+    let data = tempfile::tempdir().unwrap();
+    let mut env = s3.env();
+    env[0].1 = format!("http://127.0.0.1:{}", gate.port);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let s = Server::start_with_env(
+        data.path(),
+        &["--recordings-url", &format!("s3://{BUCKET}/rec")],
+        &env,
+    );
+    let (id, host, _) = live_space(&s, "S3 down at the end");
+    let mut speaker = publish_tone(&s, &id, &host, 440, 8);
+    wait_for_audio(&s, 50.0);
+    let started = Instant::now();
+    while speaker.0.try_wait().unwrap().is_none() && started.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    speaker.kill();
+    // Every segment is stored (the last one closes at the end).
+    std::thread::sleep(Duration::from_secs(1));
+    gate.shut();
+    let r = call(
+        "POST",
+        &s.url(&format!("/api/v1/spaces/{id}/end")),
+        Some(&host),
+        None,
+    );
+    assert_eq!(r.status, 200);
+    let rec = s.url(&format!("/spaces/{id}/recording.opus"));
+    wait_for(15, "a failed replay cut", || {
+        metric(&s, "amphi_recording_errors_total") >= 1.0
+    });
+    assert_eq!(call("GET", &rec, None, None).status, 503);
+    assert_eq!(metric(&s, "amphi_recording_finalized_total"), 0.0);
+
+    gate.reopen();
+    let back = Instant::now();
+    wait_for(30, "the replay once the store is back", || {
+        call("GET", &rec, None, None).status == 200
+    });
+    let tone = seconds_of_tone(&ffmpeg_listen(&rec, 3600.0), 440.0);
+    println!(
+        "replay cut {:?} after the store came back; {tone:.1} s of the 8 s tone",
+        back.elapsed()
+    );
+    assert!(
+        (tone - 8.0).abs() <= 1.0,
+        "the recording holds {tone} s of the 8 s tone"
+    );
+    assert_eq!(metric(&s, "amphi_recording_finalized_total"), 1.0);
 }
