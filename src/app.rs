@@ -270,6 +270,16 @@ impl App {
     /// Loads every stored space; live ones get their media back.
     pub fn load(&self) -> anyhow::Result<()> {
         let spaces = self.store.lock().load_spaces()?;
+        // Which replays are stored, asked all at once (one request per space
+        // on S3, 32 in flight) rather than one by one below.
+        let recorded: Vec<SpaceId> = spaces
+            .iter()
+            .filter(|s| s.state == SpaceState::Ended && s.record)
+            .map(|s| s.id)
+            .collect();
+        if let Err(e) = self.media.recorder.check_complete(&recorded) {
+            tracing::warn!(error = %e, "could not list the stored replays");
+        }
         for space in spaces {
             let (state, record) = (space.state, space.record);
             let cell = SpaceCell::new(space);

@@ -149,6 +149,22 @@ impl Recorder {
         stored
     }
 
+    /// Checks which of `spaces` have their replay in the storage, all at
+    /// once (in parallel on S3), so that a restarted node's
+    /// [`Recorder::is_complete`] for each of them asks nothing more.
+    pub fn check_complete(&self, spaces: &[SpaceId]) -> std::io::Result<()> {
+        let keys: Vec<String> = spaces.iter().map(|&s| key(s, "complete")).collect();
+        let found = self.storage.exists_many(&keys)?;
+        let mut known = self.complete.lock();
+        known.extend(
+            spaces
+                .iter()
+                .zip(found)
+                .filter_map(|(&s, there)| there.then_some(s)),
+        );
+        Ok(())
+    }
+
     /// Recorder counters in the Prometheus text format.
     pub fn render_metrics(&self, out: &mut String) {
         let s = &self.stats;

@@ -200,7 +200,7 @@ fn ffprobe_duration(url: &str) -> f64 {
 fn a_tone_recorded_to_s3_is_replayed_from_the_bucket() {
     let s3 = S3::start();
     let data = tempfile::tempdir().unwrap();
-    let s = node(&s3, data.path());
+    let mut s = node(&s3, data.path());
     let (id, host, _) = live_space(&s, "s3");
     let mut speaker = publish_tone(&s, &id, &host, 440, 8);
     wait_for_audio(&s, 50.0);
@@ -296,6 +296,20 @@ fn a_tone_recorded_to_s3_is_replayed_from_the_bucket() {
     assert!(metric(&s, "amphi_recording_write_microseconds_total") > 0.0);
     assert_eq!(metric(&s, "amphi_recording_errors_total"), 0.0);
     assert_eq!(metric(&s, "amphi_recording_finalized_total"), 1.0);
+
+    // A restarted node finds the replay in the bucket: served at once, not
+    // cut again.
+    s.kill();
+    let s = node(&s3, data.path());
+    let view = call("GET", &s.url(&format!("/api/v1/spaces/{id}")), None, None);
+    assert!(!view.body["replay"].is_null(), "{:?}", view.body);
+    let again = reqwest::blocking::get(s.url(&format!("/spaces/{id}/recording.opus")))
+        .unwrap()
+        .bytes()
+        .unwrap();
+    assert_eq!(again, whole);
+    assert_eq!(metric(&s, "amphi_recording_finalized_total"), 0.0);
+    nothing_on_disk(data.path());
 }
 
 #[test]

@@ -56,6 +56,11 @@ pub trait Storage: Send + Sync + 'static {
     fn get_many(&self, keys: &[String]) -> io::Result<Vec<Option<Bytes>>> {
         keys.iter().map(|k| self.get(k)).collect()
     }
+    /// Whether each of `keys` exists (a restarted node's replays): in
+    /// parallel where the storage allows it.
+    fn exists_many(&self, keys: &[String]) -> io::Result<Vec<bool>> {
+        keys.iter().map(|k| self.exists(k)).collect()
+    }
 }
 
 impl std::fmt::Debug for dyn Storage {
@@ -404,6 +409,32 @@ impl Storage for ObjectStorage {
 
     fn describe(&self) -> String {
         self.url.clone()
+    }
+
+    fn exists_many(&self, keys: &[String]) -> io::Result<Vec<bool>> {
+        use futures_util::StreamExt;
+        let paths = keys
+            .iter()
+            .map(|k| self.path(k))
+            .collect::<io::Result<Vec<_>>>()?;
+        let store = self.store.clone();
+        self.run(async move {
+            futures_util::stream::iter(paths)
+                .map(|path| {
+                    let store = store.clone();
+                    async move {
+                        match store.head(&path).await {
+                            Ok(_) => Ok(true),
+                            Err(object_store::Error::NotFound { .. }) => Ok(false),
+                            Err(e) => Err(e),
+                        }
+                    }
+                })
+                .buffered(Self::PARALLEL)
+                .try_collect::<Vec<_>>()
+                .await
+                .map_err(to_io)
+        })
     }
 
     fn get_many(&self, keys: &[String]) -> io::Result<Vec<Option<Bytes>>> {
