@@ -44,15 +44,18 @@ pub const MAX_GAP_FRAMES: u64 = 6 * 3600 * 50;
 /// Called when a space's replay outputs are ready.
 pub type Done = Box<dyn FnOnce() + Send>;
 
-enum Msg {
-    Frame(SpaceId, Frame),
+/// What the recorder is told besides frames (which have a bounded channel
+/// of their own): unbounded, so that the mixer thread, which ends spaces,
+/// never waits for a recorder that is behind.
+enum Ctl {
     End(SpaceId, Done),
     Shutdown,
 }
 
 /// Handle to the recorder thread.
 pub struct Recorder {
-    tx: Sender<Msg>,
+    tx: Sender<(SpaceId, Frame)>,
+    ctl: Sender<Ctl>,
     storage: Arc<dyn Storage>,
     pub stats: Arc<RecordStats>,
     thread: parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -88,10 +91,12 @@ impl Recorder {
         // Bounded: if the disk stalls for a long time, frames are dropped
         // (and counted) rather than piling up in memory or blocking mixing.
         let (tx, rx) = crossbeam_channel::bounded(50 * 60);
+        let (ctl, ctl_rx) = crossbeam_channel::unbounded();
         let stats = Arc::new(RecordStats::default());
         let worker = Worker {
             storage: storage.clone(),
             rx,
+            ctl: ctl_rx,
             stats: stats.clone(),
             open: HashMap::new(),
             retries: Vec::new(),
@@ -101,6 +106,7 @@ impl Recorder {
             .spawn(move || worker.run())?;
         Ok(Recorder {
             tx,
+            ctl,
             storage,
             stats,
             thread: parking_lot::Mutex::new(Some(thread)),
@@ -115,19 +121,20 @@ impl Recorder {
 
     /// Records one program frame (called by the mixer thread; never blocks).
     pub fn frame(&self, space: SpaceId, frame: Frame) {
-        if self.tx.try_send(Msg::Frame(space, frame)).is_err() {
+        if self.tx.try_send((space, frame)).is_err() {
             self.stats.dropped_frames.fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    /// The space ended: flush and cut the replay outputs, then call `done`.
+    /// The space ended: flush and cut the replay outputs, then call `done`
+    /// (called by the mixer thread; never blocks).
     pub fn end(&self, space: SpaceId, done: Done) {
-        let _ = self.tx.send(Msg::End(space, done));
+        let _ = self.ctl.send(Ctl::End(space, done));
     }
 
     /// Flushes what is open (without finalising) and stops.
     pub fn shutdown(&self) {
-        let _ = self.tx.send(Msg::Shutdown);
+        let _ = self.ctl.send(Ctl::Shutdown);
         if let Some(t) = self.thread.lock().take() {
             let _ = t.join();
         }
@@ -210,7 +217,8 @@ impl Recorder {
 
 struct Worker {
     storage: Arc<dyn Storage>,
-    rx: Receiver<Msg>,
+    rx: Receiver<(SpaceId, Frame)>,
+    ctl: Receiver<Ctl>,
     stats: Arc<RecordStats>,
     open: HashMap<SpaceId, Vec<Frame>>,
     /// Replays whose cut failed (the store was down): tried again later.
@@ -241,55 +249,58 @@ impl Worker {
                 self.retry_due();
                 continue;
             }
-            let msg = match next_retry {
-                None => match self.rx.recv() {
-                    Ok(m) => m,
+            let wait = next_retry.map_or(Duration::from_secs(3600), |at| {
+                at.saturating_duration_since(Instant::now())
+            });
+            crossbeam_channel::select! {
+                recv(self.rx) -> m => match m {
+                    Ok((space, frame)) => self.frame(space, frame),
                     Err(_) => return,
                 },
-                Some(at) => {
-                    match self
-                        .rx
-                        .recv_timeout(at.saturating_duration_since(Instant::now()))
-                    {
-                        Ok(m) => m,
-                        Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
-                            self.retry_due();
-                            continue;
+                recv(self.ctl) -> m => {
+                    // The frames sent before this message (by the same
+                    // mixer thread) are all queued by now: take them first
+                    // (only those: a recorder that is behind still ends).
+                    for _ in 0..self.rx.len() {
+                        match self.rx.try_recv() {
+                            Ok((space, frame)) => self.frame(space, frame),
+                            Err(_) => break,
                         }
-                        Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
                     }
-                }
-            };
-            match msg {
-                Msg::Frame(space, frame) => {
-                    let buf = self.open.entry(space).or_default();
-                    let gap = buf
-                        .last()
-                        .is_some_and(|l| l.seq.checked_add(1) != Some(frame.seq));
-                    if gap {
-                        self.flush(space);
+                    match m {
+                        Ok(Ctl::End(space, done)) => {
+                            self.flush(space);
+                            self.open.remove(&space);
+                            self.cut(space, done, 0);
+                        }
+                        // Cuts still failing are left: a restarted node cuts
+                        // every ended space's replay that is not complete.
+                        Ok(Ctl::Shutdown) | Err(_) => {
+                            let spaces: Vec<SpaceId> = self.open.keys().copied().collect();
+                            for s in spaces {
+                                self.flush(s);
+                            }
+                            return;
+                        }
                     }
-                    let buf = self.open.entry(space).or_default();
-                    buf.push(frame);
-                    if buf.len() as u64 >= SEGMENT_FRAMES {
-                        self.flush(space);
-                    }
-                }
-                Msg::End(space, done) => {
-                    self.flush(space);
-                    self.open.remove(&space);
-                    self.cut(space, done, 0);
-                }
-                // Cuts still failing are left: a restarted node cuts every
-                // ended space's replay that is not complete.
-                Msg::Shutdown => {
-                    let spaces: Vec<SpaceId> = self.open.keys().copied().collect();
-                    for s in spaces {
-                        self.flush(s);
-                    }
-                    return;
-                }
+                },
+                default(wait) => {}
             }
+        }
+    }
+
+    fn frame(&mut self, space: SpaceId, frame: Frame) {
+        let buf = self.open.entry(space).or_default();
+        let gap = buf
+            .last()
+            .is_some_and(|l| l.seq.checked_add(1) != Some(frame.seq));
+        if gap {
+            self.flush(space);
+        }
+        let buf = self.open.entry(space).or_default();
+        buf.push(frame);
+        if buf.len() as u64 >= SEGMENT_FRAMES {
+            self.flush(space);
         }
     }
 
@@ -502,6 +513,82 @@ mod tests {
         // OpusHead + OpusTags + 100 + 500 silence + 100.
         assert_eq!(packets, 2 + 700);
         assert_eq!(last_granule, 700 * 960);
+    }
+
+    /// A store whose writes wait until it is let go.
+    struct Stuck {
+        inner: amphi_storage::LocalDir,
+        open: Arc<(parking_lot::Mutex<bool>, parking_lot::Condvar)>,
+    }
+
+    impl Storage for Stuck {
+        fn put(&self, key: &str, data: Bytes) -> std::io::Result<()> {
+            let (m, c) = &*self.open;
+            let mut open = m.lock();
+            while !*open {
+                c.wait(&mut open);
+            }
+            self.inner.put(key, data)
+        }
+        fn get(&self, key: &str) -> std::io::Result<Option<Bytes>> {
+            self.inner.get(key)
+        }
+        fn get_range(
+            &self,
+            key: &str,
+            range: std::ops::Range<u64>,
+        ) -> std::io::Result<Option<Bytes>> {
+            self.inner.get_range(key, range)
+        }
+        fn size(&self, key: &str) -> std::io::Result<Option<u64>> {
+            self.inner.size(key)
+        }
+        fn list(&self, prefix: &str) -> std::io::Result<Vec<String>> {
+            self.inner.list(prefix)
+        }
+        fn exists(&self, key: &str) -> std::io::Result<bool> {
+            self.inner.exists(key)
+        }
+        fn describe(&self) -> String {
+            "stuck".into()
+        }
+    }
+
+    /// A store that hangs never blocks the mixer: frames beyond the
+    /// recorder's queue are dropped and counted, and ending a space returns
+    /// at once; the replay is cut once the store moves again.
+    #[test]
+    fn a_hung_store_never_blocks_the_mixer() {
+        let tmp = tempfile::tempdir().unwrap();
+        let open = Arc::new((parking_lot::Mutex::new(false), parking_lot::Condvar::new()));
+        let storage = Arc::new(Stuck {
+            inner: amphi_storage::LocalDir::new(tmp.path()).unwrap(),
+            open: open.clone(),
+        });
+        let rec = Recorder::start(storage.clone()).unwrap();
+        let space = SpaceId(5);
+        let t = Instant::now();
+        for seq in 0..5000 {
+            rec.frame(space, frame(seq));
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        rec.end(space, Box::new(move || tx.send(()).unwrap()));
+        assert!(
+            t.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            t.elapsed()
+        );
+        assert!(rec.stats.dropped_frames.load(Ordering::Relaxed) > 0);
+
+        *open.0.lock() = true;
+        open.1.notify_all();
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("the replay once the store moves");
+        assert!(storage.exists(&key(space, "complete")).unwrap());
+        let kept = recorded_frames(storage.as_ref(), space).unwrap().len() as u64;
+        let dropped = rec.stats.dropped_frames.load(Ordering::Relaxed);
+        assert_eq!(kept + dropped, 5000);
+        rec.shutdown();
     }
 
     #[test]
