@@ -231,6 +231,8 @@ struct Retry {
     done: Done,
     at: Instant,
     attempt: u32,
+    /// The space's last segment, if it could not be stored either.
+    last: Vec<Frame>,
 }
 
 /// The wait before trying a failed replay cut again: 1 s, 2 s, 4 s, …, at
@@ -269,9 +271,8 @@ impl Worker {
                     }
                     match m {
                         Ok(Ctl::End(space, done)) => {
-                            self.flush(space);
-                            self.open.remove(&space);
-                            self.cut(space, done, 0);
+                            let last = self.open.remove(&space).unwrap_or_default();
+                            self.cut(space, done, 0, last);
                         }
                         // Cuts still failing are left: a restarted node cuts
                         // every ended space's replay that is not complete.
@@ -307,8 +308,20 @@ impl Worker {
     /// Cuts the replay of `space`; if the store fails, tries again later
     /// (a store that is down when a space ends delays its replay, and does
     /// not lose it until the node restarts).
-    fn cut(&mut self, space: SpaceId, done: Done, attempt: u32) {
-        match finalize(self.storage.as_ref(), space) {
+    /// The segment still open at the end (`last`) is kept until it is
+    /// stored too, so the replay loses nothing.
+    fn cut(&mut self, space: SpaceId, done: Done, attempt: u32, mut last: Vec<Frame>) {
+        let stored = match last.is_empty() {
+            true => Ok(()),
+            false => self.put_segment(space, &last),
+        };
+        if stored.is_ok() {
+            last.clear();
+        }
+        match stored
+            .map_err(anyhow::Error::from)
+            .and_then(|()| finalize(self.storage.as_ref(), space))
+        {
             Ok(()) => {
                 self.stats.finalized.fetch_add(1, Ordering::Relaxed);
                 done();
@@ -316,12 +329,16 @@ impl Worker {
             Err(e) => {
                 let wait = retry_delay(attempt);
                 tracing::error!(space = %space, error = %e, attempt, retry_in = ?wait, "could not cut the replay");
-                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                if last.is_empty() {
+                    // (A failed last segment was counted by put_segment.)
+                    self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                }
                 self.retries.push(Retry {
                     space,
                     done,
                     at: Instant::now() + wait,
                     attempt: attempt + 1,
+                    last,
                 });
             }
         }
@@ -334,7 +351,7 @@ impl Worker {
             .partition::<Vec<_>, _>(|r| r.at <= now);
         self.retries = later;
         for r in due {
-            self.cut(r.space, r.done, r.attempt);
+            self.cut(r.space, r.done, r.attempt, r.last);
         }
     }
 
@@ -346,27 +363,34 @@ impl Worker {
             return;
         }
         let frames = std::mem::take(buf);
+        // A full or failing store never stops the live space: the segment
+        // is lost (a gap in the recording), counted and logged.
+        if let Err(e) = self.put_segment(space, &frames) {
+            tracing::error!(space = %space, error = %e, "recording segment lost");
+        }
+    }
+
+    /// Stores one frame segment, counted in the metrics.
+    fn put_segment(&self, space: SpaceId, frames: &[Frame]) -> std::io::Result<()> {
         let name = format!("frames/{:020}.amfs", frames[0].seq);
-        let data = frames::encode(&frames);
+        let data = frames::encode(frames);
         let started = Instant::now();
         let res = self.storage.put(&key(space, &name), data.clone());
         self.stats
             .write_us_total
             .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-        match res {
+        match &res {
             Ok(()) => {
                 self.stats.segments.fetch_add(1, Ordering::Relaxed);
                 self.stats
                     .bytes
                     .fetch_add(data.len() as u64, Ordering::Relaxed);
             }
-            Err(e) => {
-                // A full or failing disk never stops the live space: the
-                // segment is lost (a gap in the recording), counted, logged.
+            Err(_) => {
                 self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(space = %space, error = %e, "recording segment lost");
             }
         }
+        res
     }
 }
 
@@ -515,14 +539,19 @@ mod tests {
         assert_eq!(last_granule, 700 * 960);
     }
 
-    /// A store whose writes wait until it is let go.
+    /// A store whose writes wait until it is let go, or fail while it is
+    /// `down`.
     struct Stuck {
         inner: amphi_storage::LocalDir,
         open: Arc<(parking_lot::Mutex<bool>, parking_lot::Condvar)>,
+        down: std::sync::atomic::AtomicBool,
     }
 
     impl Storage for Stuck {
         fn put(&self, key: &str, data: Bytes) -> std::io::Result<()> {
+            if self.down.load(Ordering::SeqCst) {
+                return Err(std::io::Error::other("the store is down"));
+            }
             let (m, c) = &*self.open;
             let mut open = m.lock();
             while !*open {
@@ -564,6 +593,7 @@ mod tests {
         let storage = Arc::new(Stuck {
             inner: amphi_storage::LocalDir::new(tmp.path()).unwrap(),
             open: open.clone(),
+            down: Default::default(),
         });
         let rec = Recorder::start(storage.clone()).unwrap();
         let space = SpaceId(5);
@@ -588,6 +618,43 @@ mod tests {
         let kept = recorded_frames(storage.as_ref(), space).unwrap().len() as u64;
         let dropped = rec.stats.dropped_frames.load(Ordering::Relaxed);
         assert_eq!(kept + dropped, 5000);
+        rec.shutdown();
+    }
+
+    /// A store that is down when a space ends: the cut, and the segment
+    /// still open at the end, are tried again until it is back; the replay
+    /// then has every frame.
+    #[test]
+    fn a_store_down_at_the_end_loses_not_even_the_last_segment() {
+        let tmp = tempfile::tempdir().unwrap();
+        let storage = Arc::new(Stuck {
+            inner: amphi_storage::LocalDir::new(tmp.path()).unwrap(),
+            open: Arc::new((parking_lot::Mutex::new(true), parking_lot::Condvar::new())),
+            down: Default::default(),
+        });
+        let rec = Recorder::start(storage.clone()).unwrap();
+        let space = SpaceId(6);
+        for seq in 0..150 {
+            rec.frame(space, frame(seq));
+        }
+        // The first segment (100 frames) is stored; then the store goes.
+        let t = Instant::now();
+        while rec.stats.segments.load(Ordering::Relaxed) < 1 && t.elapsed().as_secs() < 5 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        storage.down.store(true, Ordering::SeqCst);
+        let (tx, rx) = std::sync::mpsc::channel();
+        rec.end(space, Box::new(move || tx.send(()).unwrap()));
+        assert!(rx.recv_timeout(Duration::from_millis(1500)).is_err());
+        assert!(!storage.exists(&key(space, "complete")).unwrap());
+        assert!(rec.stats.errors.load(Ordering::Relaxed) >= 1);
+
+        storage.down.store(false, Ordering::SeqCst);
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("the replay once the store is back");
+        let frames = recorded_frames(storage.as_ref(), space).unwrap();
+        assert_eq!(frames.len(), 150);
+        assert_eq!(rec.stats.finalized.load(Ordering::Relaxed), 1);
         rec.shutdown();
     }
 
