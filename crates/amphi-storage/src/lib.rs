@@ -260,8 +260,9 @@ impl ObjectStorage {
         }
         let mut builder = builder
             .with_bucket_name(bucket)
-            // A store that does not answer fails a request within seconds
-            // (the defaults retry for up to 3 minutes): the recorder thread
+            // A short blip is retried over (0.1 s, 0.2 s, … up to 2 s
+            // apart); a store that does not answer fails a request within
+            // seconds (the defaults retry for up to 3 minutes): the recorder thread
             // moves on, counting the lost segment, instead of falling
             // minutes behind. AWS_TIMEOUT / AWS_CONNECT_TIMEOUT override.
             .with_retry(object_store::RetryConfig {
@@ -270,7 +271,7 @@ impl ObjectStorage {
                     max_backoff: Duration::from_secs(2),
                     base: 2.0,
                 },
-                max_retries: 3,
+                max_retries: 5,
                 retry_timeout: Duration::from_secs(10),
             });
         for (var, key, default) in [
