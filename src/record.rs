@@ -1,7 +1,9 @@
 //! The recorder: its own thread writes the program of every recorded space
-//! as frame segments (2 s each), each fsynced and renamed into place as it
-//! closes, so a killed server loses at most the segment in progress. When a
-//! space ends, the segments are cut into `recording.opus` and an HLS VOD.
+//! as frame segments (2 s each), each stored durably as it closes (fsynced
+//! and renamed into place, or one S3 PUT), so a killed server loses at most
+//! the segment in progress. When a space ends, the segments are cut into
+//! `recording.opus` and an HLS VOD; if the store fails then, the cut is
+//! tried again until it succeeds.
 //!
 //! Keys in the recordings storage (`amphi-storage`: `<data>/recordings` or
 //! S3): `<space>/frames/<first seq>.amfs`, then at the end
