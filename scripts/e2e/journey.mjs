@@ -24,9 +24,6 @@ async function browser(wav) {
       "--autoplay-policy=no-user-gesture-required",
       "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
       `--use-file-for-fake-audio-capture=${wav}`,
-      // The server's ICE candidate is 127.0.0.1, which Chromium ignores
-      // unless told otherwise.
-      "--allow-loopback-in-peer-connection",
       // Pages fulfilled by the test (AMPHI_WEB_DIR) have no address space of
       // their own, so Chromium would treat their WebSockets to 127.0.0.1 as
       // a public page reaching into the local network.

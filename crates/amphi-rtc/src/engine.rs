@@ -84,6 +84,7 @@ impl RtcEngine {
             stats,
             sessions: Vec::new(),
             by_source: HashMap::new(),
+            own: crate::hostaddr::OwnAddrs::default(),
             provider,
         };
         let join = std::thread::Builder::new()
@@ -129,6 +130,8 @@ struct Thread {
     sessions: Vec<Session>,
     /// Remote address → session, learned once a datagram was accepted.
     by_source: HashMap<SocketAddr, SessionId>,
+    /// This host's interface addresses (sources accepted on loopback).
+    own: crate::hostaddr::OwnAddrs,
     provider: Arc<str0m::config::CryptoProvider>,
 }
 
@@ -193,9 +196,15 @@ impl Thread {
         self.stats
             .bytes_in
             .fetch_add(data.len() as u64, Ordering::Relaxed);
-        // Bound to loopback, only loopback peers are answered: a browser's
-        // other host candidates never make us send off this interface.
-        if self.local.ip().is_loopback() && !source.ip().is_loopback() {
+        // Bound to loopback, only this host's own peers are answered. A
+        // stock browser never gathers a loopback candidate: it sends from
+        // its own interface address (e.g. 192.0.2.2) to 127.0.0.1, and the
+        // kernel delivers that over `lo`. Such a source is this host, so it
+        // is accepted; anything else cannot be answered from loopback.
+        if self.local.ip().is_loopback()
+            && !source.ip().is_loopback()
+            && !self.own.contains(source.ip(), Instant::now())
+        {
             self.stats.garbage_datagrams.fetch_add(1, Ordering::Relaxed);
             return;
         }

@@ -8,6 +8,7 @@
 //! muted, removed or off-stage participant reaches nobody.
 
 mod engine;
+mod hostaddr;
 mod sdp;
 
 use std::fmt;
