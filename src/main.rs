@@ -1,20 +1,6 @@
-//! `amphi`: the live audio rooms server.
-
-mod api;
-mod app;
-mod cluster;
-mod error;
-mod events;
-mod front;
-mod listen;
-mod media;
-mod metrics;
-mod openapi;
-mod record;
-mod replay;
-mod serve;
-mod timefmt;
-mod web;
+//! `amphi`: the live audio rooms server. This binary only parses the
+//! command line; the node is the `amphi-node` library, the load generator
+//! `amphi-load`.
 
 use clap::{Parser, Subcommand};
 
@@ -30,7 +16,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the server (HTTP API, WHIP ingest, listener outputs, web app).
-    Serve(Box<serve::ServeArgs>),
+    Serve(Box<amphi_node::Config>),
     /// Load-test a node: N listeners on live.opus / live.ws, measured.
     Load(amphi_load::LoadArgs),
 }
@@ -45,7 +31,7 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match cli.command {
-        Command::Serve(args) => serve::run(*args),
+        Command::Serve(config) => amphi_node::Node::load(*config)?.run(),
         Command::Load(args) => amphi_load::run(args),
     }
 }

@@ -1,5 +1,5 @@
-//! `amphi serve`: wires the store, the room core, the media plane, the
-//! fan-out and the HTTP front door into one process.
+//! One node: wires the store, the room core, the media plane, the fan-out
+//! and the HTTP front door into one process. `Node::load(config)?.run()`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -28,9 +28,10 @@ use crate::listen::{Admission, KeyedLimiter};
 use crate::media::{MediaConfig, MediaPlane};
 use crate::metrics::{Metrics, counter, gauge, gauge_family};
 
-/// Options of `amphi serve`. Every flag has an `AMPHI_*` environment twin.
+/// A node's settings: the options of `amphi serve`. Every flag has an
+/// `AMPHI_*` environment twin.
 #[derive(Debug, Clone, Args)]
-pub struct ServeArgs {
+pub struct Config {
     /// HTTP address (API, web app, listener streams).
     #[arg(long, env = "AMPHI_HTTP", default_value = "127.0.0.1:8080")]
     pub http: SocketAddr,
@@ -120,14 +121,64 @@ pub struct ServeArgs {
     pub identity_key: Option<String>,
 }
 
-/// Runs the server until SIGINT/SIGTERM.
-pub fn run(args: ServeArgs) -> anyhow::Result<()> {
-    raise_nofile_limit();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("amphi-http")
-        .build()?;
-    rt.block_on(serve(args))
+/// A loaded node: its state restored, its sockets bound, its threads
+/// running; [`Node::run`] serves until SIGINT/SIGTERM.
+pub struct Node {
+    rt: tokio::runtime::Runtime,
+    app: Arc<App>,
+    router: Router,
+    listener: tokio::net::TcpListener,
+}
+
+impl Node {
+    /// Opens the store, joins the cluster if asked, starts the media plane
+    /// and the fan-out, restores the spaces and binds the HTTP address.
+    pub fn load(config: Config) -> anyhow::Result<Node> {
+        raise_nofile_limit();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .thread_name("amphi-http")
+            .build()?;
+        let (app, router, listener) = rt.block_on(load(config))?;
+        Ok(Node {
+            rt,
+            app,
+            router,
+            listener,
+        })
+    }
+
+    /// The bound HTTP address.
+    pub fn http_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until SIGINT/SIGTERM, then stops the media plane (keeping the
+    /// open recording segment).
+    pub fn run(self) -> anyhow::Result<()> {
+        let Node {
+            rt,
+            app,
+            router,
+            listener,
+        } = self;
+        rt.block_on(async move {
+            let ticker = app.clone();
+            tokio::spawn(async move {
+                let mut iv = tokio::time::interval(Duration::from_millis(250));
+                loop {
+                    iv.tick().await;
+                    ticker.tick_updates();
+                }
+            });
+            tokio::select! {
+                _ = crate::front::serve(listener, app.clone(), router) => {}
+                _ = shutdown_signal() => eprintln!("amphi: shutting down"),
+            }
+            app.media.shutdown();
+        });
+        Ok(())
+    }
 }
 
 fn raise_nofile_limit() {
@@ -145,7 +196,7 @@ fn raise_nofile_limit() {
     }
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+async fn load(args: Config) -> anyhow::Result<(Arc<App>, Router, tokio::net::TcpListener)> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let store = Store::open(&args.data_dir).context("opening the database")?;
@@ -292,21 +343,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         args.data_dir.display()
     );
 
-    let ticker = app.clone();
-    tokio::spawn(async move {
-        let mut iv = tokio::time::interval(Duration::from_millis(250));
-        loop {
-            iv.tick().await;
-            ticker.tick_updates();
-        }
-    });
-
-    tokio::select! {
-        _ = crate::front::serve(listener, app.clone(), router) => {}
-        _ = shutdown_signal() => eprintln!("amphi: shutting down"),
-    }
-    app.media.shutdown();
-    Ok(())
+    Ok((app, router, listener))
 }
 
 fn bind_http(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {

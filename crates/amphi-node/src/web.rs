@@ -9,7 +9,7 @@ use include_dir::{Dir, include_dir};
 
 use crate::error::ApiError;
 
-static WEB: Dir<'_> = include_dir!("$CARGO_MANIFEST_DIR/web");
+static WEB: Dir<'_> = include_dir!("$CARGO_MANIFEST_DIR/../../web");
 
 /// Routes of the web app.
 pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {

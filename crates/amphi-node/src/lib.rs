@@ -1,0 +1,22 @@
+//! One amphi node as a library: the HTTP front door, the REST API and
+//! events, WHIP ingest, the mixed program and its outputs, recording, and
+//! cluster membership. The `amphi` binary parses its command line into a
+//! [`Config`] and calls `Node::load(config)?.run()`.
+
+mod api;
+mod app;
+mod cluster;
+mod error;
+mod events;
+mod front;
+mod listen;
+mod media;
+mod metrics;
+mod node;
+mod openapi;
+mod record;
+mod replay;
+mod timefmt;
+mod web;
+
+pub use node::{Config, Node};
