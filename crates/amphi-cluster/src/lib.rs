@@ -1,7 +1,11 @@
-//! The cluster's wire, without IO: which NATS subjects and key-value keys
-//! amphi uses, the bytes of the messages nodes exchange, and the ownership
-//! lease rules. The async shell (`src/cluster.rs` of the binary) moves these
-//! over a real NATS connection; everything that parses bytes from the
+//! The cluster without IO: which NATS subjects and key-value keys amphi
+//! uses, the bytes of the messages nodes exchange, and every decision a
+//! node takes about the others, as state machines with time as an input:
+//! who owns a space ([`Ownership`], over the [`Lease`] rules), when to be
+//! an edge of a space ([`Edges`]), whether the node is cut off
+//! ([`Partition`]), and the audience summed from the other nodes' reports
+//! ([`Audience`]). The async shell (`cluster.rs` of `amphi-node`) moves
+//! these over a real NATS connection; everything that parses bytes from the
 //! network lives here, bounded and fuzzed.
 //!
 //! | subject / key                     | what                                        |
@@ -15,16 +19,24 @@
 //! | KV `amphi_replays` / `<id>`       | where a space's replay was cut, once ready   |
 //! | KV `amphi_config` / `token_key`…  | secrets every node shares                    |
 
+pub mod audience;
+pub mod edges;
 pub mod forward;
 pub mod frames;
 pub mod lease;
+pub mod ownership;
+pub mod partition;
 mod reader;
 
 use amphi_core::SpaceId;
 
+pub use audience::{Audience, Tally};
+pub use edges::{EdgeAction, Edges};
 pub use forward::{ForwardReply, ForwardRequest};
 pub use frames::{decode_frame, decode_frames, encode_frame, encode_frames};
 pub use lease::{Lease, LeaseDecision};
+pub use ownership::{Claim, LeaseWrite, Ownership, OwnershipEvent, WriteResult};
+pub use partition::{Partition, STALE_AFTER};
 
 /// Errors of the cluster's message codecs.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -1,0 +1,438 @@
+//! One node's side of the ownership leases, as a state machine: which
+//! spaces it owns, the compare-and-set writes that win, renew and release
+//! them, and what follows (start mixing with the sequence continued, stop
+//! acting as the owner). The shell reads the lease key, hands it to
+//! [`Ownership::claim`], performs the [`LeaseWrite`] it gets, reports the
+//! result with [`Ownership::written`], and drains [`Ownership::poll_event`].
+//! Time is an input (`now_ms`, the wall clock the leases are written in).
+//!
+//! Safety comes from two rules together: a takeover is a compare-and-set at
+//! the revision the taker read, so two writers never both win; and an owner
+//! counts its lease valid only for [`TTL_MS`] after the `at_ms` it last
+//! wrote, exactly as long as every other node does, so the old owner stops
+//! acting as such before anyone may take the space over
+//! ([`Ownership::owns`]).
+
+use std::collections::{HashMap, VecDeque};
+
+use amphi_core::SpaceId;
+
+use crate::lease::{Lease, LeaseDecision, TTL_MS};
+
+/// A compare-and-set on a space's lease key, to perform and report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseWrite {
+    /// Identifies the write in [`Ownership::written`].
+    pub id: u64,
+    pub space: SpaceId,
+    pub value: Lease,
+    /// Update at this revision; `None`: create the key (it must not exist).
+    pub revision: Option<u64>,
+}
+
+/// How a [`LeaseWrite`] went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteResult {
+    /// Written; the key's new revision.
+    Written(u64),
+    /// The revision moved (or the key exists): another writer won.
+    Conflict,
+    /// No answer (NATS unreachable, timeout): the write may or may not
+    /// have happened.
+    Failed,
+}
+
+/// What a node should do with a call about a space.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// This node owns the space and its lease is valid: act here.
+    Mine,
+    /// Another node owns it: forward there.
+    Owner(Lease),
+    /// The space ended; nothing to own.
+    Ended(Lease),
+    /// Perform this write, then report it with [`Ownership::written`].
+    Write(LeaseWrite),
+    /// Read the lease again (a write lost a race or went unanswered).
+    Retry,
+}
+
+/// What changed in this node's ownership.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OwnershipEvent {
+    /// This node owns `space` now. A live space starts being mixed here,
+    /// its frames numbered from `first_seq` (past the previous origin's).
+    Acquired {
+        space: SpaceId,
+        first_seq: u64,
+        /// The node it was taken over from (`None`: acquired fresh, or
+        /// this node's own lease from before a restart).
+        from: Option<String>,
+    },
+    /// Another node took `space` over: stop acting as its owner.
+    Lost { space: SpaceId },
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    revision: u64,
+    /// `at_ms` of the lease value last written successfully.
+    at_ms: i64,
+    /// A renewal is in flight.
+    renewing: bool,
+}
+
+#[derive(Debug, Clone)]
+enum Attempt {
+    /// Create, take over or resume: becomes [`Held`] if written.
+    Acquire {
+        space: SpaceId,
+        at_ms: i64,
+        previous: Option<Lease>,
+    },
+    Renew {
+        space: SpaceId,
+        at_ms: i64,
+    },
+    Release,
+}
+
+/// One node's leases.
+#[derive(Debug)]
+pub struct Ownership {
+    me: String,
+    http: String,
+    held: HashMap<SpaceId, Held>,
+    writes: HashMap<u64, Attempt>,
+    next_write: u64,
+    events: VecDeque<OwnershipEvent>,
+}
+
+impl Ownership {
+    /// The leases of node `me`, whose HTTP API is at `http`.
+    pub fn new(me: impl Into<String>, http: impl Into<String>) -> Self {
+        Ownership {
+            me: me.into(),
+            http: http.into(),
+            held: HashMap::new(),
+            writes: HashMap::new(),
+            next_write: 1,
+            events: VecDeque::new(),
+        }
+    }
+
+    /// This node's id.
+    pub fn node(&self) -> &str {
+        &self.me
+    }
+
+    /// Whether this node owns `space` with a lease valid at `now_ms`.
+    pub fn owns(&self, space: SpaceId, now_ms: i64) -> bool {
+        self.held
+            .get(&space)
+            .is_some_and(|h| now_ms.saturating_sub(h.at_ms) < TTL_MS)
+    }
+
+    /// Whether this node holds `space`'s lease, valid or not (it has not
+    /// learnt that another node took it).
+    pub fn holds(&self, space: SpaceId) -> bool {
+        self.held.contains_key(&space)
+    }
+
+    /// Spaces held now.
+    pub fn held(&self) -> usize {
+        self.held.len()
+    }
+
+    fn lease(&self, seq: u64, now_ms: i64, ended: bool) -> Lease {
+        Lease {
+            node: self.me.clone(),
+            http: self.http.clone(),
+            seq,
+            at_ms: now_ms,
+            ended,
+        }
+    }
+
+    fn write(
+        &mut self,
+        attempt: Attempt,
+        space: SpaceId,
+        value: Lease,
+        revision: Option<u64>,
+    ) -> LeaseWrite {
+        let id = self.next_write;
+        self.next_write += 1;
+        self.writes.insert(id, attempt);
+        LeaseWrite {
+            id,
+            space,
+            value,
+            revision,
+        }
+    }
+
+    /// Decides about `space` given its lease key as just read (`None`: no
+    /// key) at `revision`.
+    pub fn claim(&mut self, space: SpaceId, current: Option<(&Lease, u64)>, now_ms: i64) -> Claim {
+        match Lease::decide(current, &self.me, now_ms) {
+            LeaseDecision::Ended(l) => {
+                self.drop_held(space);
+                Claim::Ended(l)
+            }
+            LeaseDecision::Owner(l) => {
+                // We thought it ours: it was taken while we could not renew.
+                self.drop_held(space);
+                Claim::Owner(l)
+            }
+            LeaseDecision::Mine { revision } => {
+                let held = self.held.get(&space).copied();
+                match held {
+                    Some(h) if h.revision == revision && self.owns(space, now_ms) => Claim::Mine,
+                    _ => {
+                        // Ours from before a restart, or expired while we
+                        // could not renew: win it again before acting.
+                        let previous = current.map(|(l, _)| l.clone());
+                        let seq = previous.as_ref().map_or(0, |l| l.seq);
+                        let attempt = Attempt::Acquire {
+                            space,
+                            at_ms: now_ms,
+                            previous: if held.is_some() { None } else { previous },
+                        };
+                        Claim::Write(self.write(
+                            attempt,
+                            space,
+                            self.lease(seq, now_ms, false),
+                            Some(revision),
+                        ))
+                    }
+                }
+            }
+            LeaseDecision::Acquire => {
+                let attempt = Attempt::Acquire {
+                    space,
+                    at_ms: now_ms,
+                    previous: None,
+                };
+                Claim::Write(self.write(attempt, space, self.lease(0, now_ms, false), None))
+            }
+            LeaseDecision::TakeOver { revision, previous } => {
+                let seq = previous.seq;
+                let attempt = Attempt::Acquire {
+                    space,
+                    at_ms: now_ms,
+                    previous: Some(previous),
+                };
+                Claim::Write(self.write(
+                    attempt,
+                    space,
+                    self.lease(seq, now_ms, false),
+                    Some(revision),
+                ))
+            }
+        }
+    }
+
+    fn drop_held(&mut self, space: SpaceId) {
+        if self.held.remove(&space).is_some() {
+            self.events.push_back(OwnershipEvent::Lost { space });
+        }
+    }
+
+    /// The result of a write this machine asked for. For a write from
+    /// [`Ownership::claim`] the answer is [`Claim::Mine`] or
+    /// [`Claim::Retry`]; for renewals and releases it is `None`.
+    pub fn written(&mut self, id: u64, result: WriteResult, now_ms: i64) -> Option<Claim> {
+        let attempt = self.writes.remove(&id)?;
+        match attempt {
+            Attempt::Acquire {
+                space,
+                at_ms,
+                previous,
+            } => {
+                let WriteResult::Written(revision) = result else {
+                    return Some(Claim::Retry);
+                };
+                let fresh = !self.held.contains_key(&space);
+                self.held.insert(
+                    space,
+                    Held {
+                        revision,
+                        at_ms,
+                        renewing: false,
+                    },
+                );
+                if fresh {
+                    let first_seq = previous.as_ref().map_or(0, |p| p.next_seq(now_ms));
+                    let from = previous.filter(|p| p.node != self.me).map(|p| p.node);
+                    self.events.push_back(OwnershipEvent::Acquired {
+                        space,
+                        first_seq,
+                        from,
+                    });
+                }
+                Some(Claim::Mine)
+            }
+            Attempt::Renew { space, at_ms } => {
+                let h = self.held.get_mut(&space)?;
+                h.renewing = false;
+                match result {
+                    WriteResult::Written(revision) => {
+                        h.revision = revision;
+                        h.at_ms = h.at_ms.max(at_ms);
+                    }
+                    WriteResult::Conflict => self.drop_held(space),
+                    // Try again at the next renewal; the lease expires on
+                    // its own if NATS stays away.
+                    WriteResult::Failed => {}
+                }
+                None
+            }
+            Attempt::Release => None,
+        }
+    }
+
+    /// The renewals due at `now_ms`: one per held space with none in
+    /// flight, carrying the space's last program frame (`last_seq`).
+    /// Called every [`crate::lease::RENEW_MS`].
+    pub fn renewals(&mut self, now_ms: i64, last_seq: impl Fn(SpaceId) -> u64) -> Vec<LeaseWrite> {
+        let due: Vec<(SpaceId, u64)> = self
+            .held
+            .iter_mut()
+            .filter(|(_, h)| !h.renewing)
+            .map(|(s, h)| {
+                h.renewing = true;
+                (*s, h.revision)
+            })
+            .collect();
+        due.into_iter()
+            .map(|(space, revision)| {
+                let value = self.lease(last_seq(space), now_ms, false);
+                self.write(
+                    Attempt::Renew {
+                        space,
+                        at_ms: now_ms,
+                    },
+                    space,
+                    value,
+                    Some(revision),
+                )
+            })
+            .collect()
+    }
+
+    /// The space ended here: its lease is kept, marked ended at
+    /// `last_seq`, so other nodes know where it was recorded. `None` if
+    /// this node did not hold it.
+    pub fn release(&mut self, space: SpaceId, last_seq: u64, now_ms: i64) -> Option<LeaseWrite> {
+        let h = self.held.remove(&space)?;
+        let value = self.lease(last_seq, now_ms, true);
+        Some(self.write(Attempt::Release, space, value, Some(h.revision)))
+    }
+
+    /// The next change to act on.
+    pub fn poll_event(&mut self) -> Option<OwnershipEvent> {
+        self.events.pop_front()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lease::RENEW_MS;
+
+    const S: SpaceId = SpaceId(7);
+
+    fn won(o: &mut Ownership, c: Claim, rev: u64, now: i64) {
+        let Claim::Write(w) = c else {
+            panic!("expected a write, got {c:?}")
+        };
+        assert_eq!(
+            o.written(w.id, WriteResult::Written(rev), now),
+            Some(Claim::Mine)
+        );
+    }
+
+    #[test]
+    fn acquiring_a_new_space_starts_at_zero() {
+        let mut a = Ownership::new("a", "http://a");
+        let c = a.claim(S, None, 1_000);
+        let Claim::Write(w) = &c else { panic!() };
+        assert_eq!(w.revision, None);
+        assert_eq!(w.value.node, "a");
+        won(&mut a, c, 1, 1_000);
+        assert_eq!(
+            a.poll_event(),
+            Some(OwnershipEvent::Acquired {
+                space: S,
+                first_seq: 0,
+                from: None
+            })
+        );
+        assert!(a.owns(S, 1_000 + TTL_MS - 1));
+        assert!(!a.owns(S, 1_000 + TTL_MS));
+    }
+
+    #[test]
+    fn a_restarted_owner_resumes_its_own_lease() {
+        let mut a = Ownership::new("a", "http://a");
+        let old = Lease {
+            node: "a".into(),
+            http: "http://a".into(),
+            seq: 500,
+            at_ms: 10_000,
+            ended: false,
+        };
+        let c = a.claim(S, Some((&old, 4)), 11_000);
+        let Claim::Write(w) = &c else { panic!() };
+        assert_eq!((w.revision, w.value.seq), (Some(4), 500));
+        won(&mut a, c, 5, 11_000);
+        assert_eq!(
+            a.poll_event(),
+            Some(OwnershipEvent::Acquired {
+                space: S,
+                first_seq: 501 + 50,
+                from: None
+            })
+        );
+        let now = 11_000 + RENEW_MS;
+        let lease = Lease {
+            at_ms: 11_000,
+            ..old
+        };
+        assert_eq!(a.claim(S, Some((&lease, 5)), now), Claim::Mine);
+    }
+
+    #[test]
+    fn a_failed_renewal_keeps_the_space_a_conflict_loses_it() {
+        let mut a = Ownership::new("a", "http://a");
+        let c = a.claim(S, None, 0);
+        won(&mut a, c, 1, 0);
+        a.poll_event();
+        let r = a.renewals(RENEW_MS, |_| 9);
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].value.seq, 9);
+        // No second renewal while one is in flight.
+        assert!(a.renewals(RENEW_MS + 1, |_| 9).is_empty());
+        assert_eq!(a.written(r[0].id, WriteResult::Failed, RENEW_MS), None);
+        assert!(a.holds(S));
+        let r = a.renewals(2 * RENEW_MS, |_| 9);
+        a.written(r[0].id, WriteResult::Conflict, 2 * RENEW_MS);
+        assert!(!a.holds(S));
+        assert_eq!(a.poll_event(), Some(OwnershipEvent::Lost { space: S }));
+    }
+
+    #[test]
+    fn releasing_marks_the_lease_ended() {
+        let mut a = Ownership::new("a", "http://a");
+        let c = a.claim(S, None, 0);
+        won(&mut a, c, 3, 0);
+        let w = a.release(S, 77, 100).expect("held");
+        assert_eq!(
+            (w.revision, w.value.seq, w.value.ended),
+            (Some(3), 77, true)
+        );
+        assert!(!a.holds(S));
+        assert_eq!(a.release(S, 77, 100), None);
+    }
+}
