@@ -1,5 +1,7 @@
-//! The cluster shell (`amphi serve --nats URL`): moves the sans-IO messages
-//! of `amphi-cluster` over a real NATS connection.
+//! The cluster shell (`amphi serve --nats URL`): the [`Membership`] of a
+//! node in a cluster. It moves the sans-IO messages of `amphi-cluster` over
+//! a real NATS connection and carries out the decisions of its state
+//! machines ([`Ownership`], [`Edges`], [`Partition`], [`Audience`]).
 //!
 //! - **State**: the owner of a space writes its rules state to the
 //!   JetStream key-value bucket `amphi_spaces` after every change (compare-
@@ -13,59 +15,51 @@
 //!   for a live space, becomes its origin, continuing the frame numbering.
 //! - **Media**: the origin publishes each program frame once on
 //!   `amphi.space.<id>.frames`. A node with listeners for a space it does not
-//!   originate (an edge) subscribes when its first listener arrives, asks
-//!   the origin for the last 30 s, and cuts its own outputs from the frames:
-//!   no per-listener traffic crosses nodes. It unsubscribes when its last
-//!   listener has been gone for [`EDGE_LINGER`].
+//!   originate (an edge) subscribes once its first listener is admitted,
+//!   asks the origin for the last 30 s, and cuts its own outputs from the
+//!   frames: no per-listener traffic crosses nodes. It unsubscribes when its
+//!   last listener has been gone for the edge linger.
 //! - **Counts**: every node publishes its listeners and reactions per space
 //!   about once a second; the audience is the sum.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use amphi_cluster::{
-    CONFIG_BUCKET, COUNTS_SUBJECT, CountsReport, ForwardReply, ForwardRequest, LEASES_BUCKET,
-    Lease, LeaseDecision, REPLAYS_BUCKET, SPACES_BUCKET, SpaceCounts, lease,
+    Audience, CONFIG_BUCKET, COUNTS_SUBJECT, Claim, CountsReport, EdgeAction, Edges, ForwardReply,
+    ForwardRequest, LEASES_BUCKET, Lease, LeaseWrite, Ownership, OwnershipEvent, Partition,
+    REPLAYS_BUCKET, SPACES_BUCKET, WriteResult, lease,
 };
-use amphi_core::room::{Space, SpaceState};
+use amphi_core::room::Space;
 use amphi_core::{Frame, SpaceId};
 use async_nats::jetstream::{self, kv};
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tower::ServiceExt;
 
-use crate::app::{App, SpaceCell};
+use super::{EdgeSink, Forwarded, Host, Membership, Owner};
 use crate::error::ApiError;
-use crate::media::LiveMedia;
 use crate::metrics::{counter, gauge};
 use crate::timefmt::now_ms;
 
-/// NATS unreachable for this long, a node stops serving other nodes'
-/// spaces: its copy of their state may be stale.
-pub const STALE_AFTER: Duration = Duration::from_secs(5);
-/// A node's count report older than this no longer counts.
-const COUNTS_FRESH: Duration = Duration::from_secs(3);
 /// How long a forwarded call waits for the owner.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long an edge waits for the origin's history.
 const HISTORY_TIMEOUT: Duration = Duration::from_secs(2);
 /// Frames queued between the mixer and the bus publisher (2 s of 50 spaces).
-pub const BUS_QUEUE: usize = 5000;
-
-/// Marks a request forwarded by another node (a request extension, which
-/// no client can set): it is served here, never forwarded again.
-#[derive(Clone, Copy)]
-struct Forwarded;
+const BUS_QUEUE: usize = 5000;
+/// Largest API call body forwarded (the owner's router has its own limit).
+const MAX_FORWARD_BODY: usize = amphi_cluster::forward::MAX_BODY;
 
 /// Counters of the cluster shell.
 #[derive(Default)]
@@ -84,18 +78,17 @@ struct ClusterStats {
     edges_stopped: AtomicU64,
 }
 
-/// An edge's feed of one space.
-struct Edge {
-    live: Arc<LiveMedia>,
-    task: tokio::task::JoinHandle<()>,
-    /// Last time the edge had a listener (or an HLS request).
-    last_used: Mutex<Instant>,
+/// A running edge feed: the task reading the bus, and the outputs it cuts
+/// (shared so the shell can close them when the feed stops).
+struct Feed {
+    task: tokio::task::AbortHandle,
+    sink: Arc<Mutex<Option<Box<dyn EdgeSink>>>>,
 }
 
-/// This node's membership of the cluster.
-pub struct Cluster {
-    pub node: String,
-    pub http: String,
+/// This node's membership of a cluster over NATS.
+pub struct Nats {
+    node: String,
+    http: String,
     client: async_nats::Client,
     spaces_kv: kv::Store,
     leases_kv: kv::Store,
@@ -106,23 +99,19 @@ pub struct Cluster {
     pending_replays: Mutex<HashSet<SpaceId>>,
     /// Revision of each space's state key as last written or applied here.
     revisions: Mutex<HashMap<SpaceId, u64>>,
-    /// Spaces this node owns: lease revision to renew at.
-    owned: Mutex<HashMap<SpaceId, u64>>,
-    /// Other nodes' latest reports.
-    remote: Mutex<HashMap<String, (Instant, CountsReport)>>,
+    ownership: Mutex<Ownership>,
+    audience: Mutex<Audience>,
     /// Reactions sent on this node since the last report.
     reactions: Mutex<HashMap<SpaceId, BTreeMap<String, u64>>>,
-    edges: Mutex<HashMap<SpaceId, Arc<Edge>>>,
+    edges: Mutex<Edges>,
+    feeds: Mutex<HashMap<SpaceId, Feed>>,
     /// Serialises an edge's start, so concurrent first listeners share one.
     edge_start: Mutex<HashMap<SpaceId, Arc<tokio::sync::Mutex<()>>>>,
-    connected: AtomicBool,
-    /// Since when NATS has been unreachable (`None`: connected).
-    disconnected_since: Mutex<Option<Instant>>,
-    /// How long an edge keeps a feed nobody listens to.
-    edge_linger: Duration,
-    started: Instant,
-    app: OnceLock<Weak<App>>,
-    stats: ClusterStats,
+    partition: Arc<Mutex<Partition>>,
+    bus: mpsc::Sender<(SpaceId, Bytes)>,
+    bus_rx: Mutex<Option<mpsc::Receiver<(SpaceId, Bytes)>>>,
+    host: OnceLock<Weak<dyn Host>>,
+    stats: Arc<ClusterStats>,
 }
 
 async fn bucket(js: &jetstream::Context, name: &str, history: i64) -> anyhow::Result<kv::Store> {
@@ -153,16 +142,18 @@ async fn bucket(js: &jetstream::Context, name: &str, history: i64) -> anyhow::Re
         .map_err(|e| anyhow::anyhow!("could not open the key-value bucket {name}: {e}"))
 }
 
-impl Cluster {
+impl Nats {
     /// Connects to NATS (retrying until it answers) and opens the buckets.
+    /// `http` is this node's base URL for the others (WHIP redirects,
+    /// replays).
     pub async fn connect(
         url: &str,
         node: String,
         http: String,
         edge_linger: Duration,
     ) -> anyhow::Result<Arc<Self>> {
-        let connected = Arc::new(AtomicBool::new(false));
-        let flag = connected.clone();
+        let partition = Arc::new(Mutex::new(Partition::new()));
+        let link = partition.clone();
         let client = async_nats::ConnectOptions::new()
             .name(format!("amphi {node}"))
             .retry_on_initial_connect()
@@ -172,11 +163,11 @@ impl Cluster {
             })
             .request_timeout(Some(FORWARD_TIMEOUT))
             .event_callback(move |ev| {
-                let flag = flag.clone();
+                let link = link.clone();
                 async move {
                     match ev {
-                        async_nats::Event::Connected => flag.store(true, Ordering::Release),
-                        async_nats::Event::Disconnected => flag.store(false, Ordering::Release),
+                        async_nats::Event::Connected => link.lock().connected(),
+                        async_nats::Event::Disconnected => link.lock().disconnected(Instant::now()),
                         _ => {}
                     }
                     tracing::info!(event = %ev, "nats");
@@ -195,7 +186,10 @@ impl Cluster {
                 })??;
         let leases_kv = bucket(&js, LEASES_BUCKET, 1).await?;
         let replays_kv = bucket(&js, REPLAYS_BUCKET, 1).await?;
-        let cluster = Arc::new(Cluster {
+        let (bus, bus_rx) = mpsc::channel(BUS_QUEUE);
+        Ok(Arc::new(Nats {
+            ownership: Mutex::new(Ownership::new(node.clone(), http.clone())),
+            audience: Mutex::new(Audience::new(node.clone(), Instant::now())),
             node,
             http,
             client,
@@ -205,106 +199,30 @@ impl Cluster {
             replays: Mutex::new(HashMap::new()),
             pending_replays: Mutex::new(HashSet::new()),
             revisions: Mutex::new(HashMap::new()),
-            owned: Mutex::new(HashMap::new()),
-            remote: Mutex::new(HashMap::new()),
             reactions: Mutex::new(HashMap::new()),
-            edges: Mutex::new(HashMap::new()),
+            edges: Mutex::new(Edges::new(edge_linger)),
+            feeds: Mutex::new(HashMap::new()),
             edge_start: Mutex::new(HashMap::new()),
-            connected: AtomicBool::new(true),
-            disconnected_since: Mutex::new(None),
-            edge_linger,
-            started: Instant::now(),
-            app: OnceLock::new(),
-            stats: ClusterStats::default(),
-        });
-        // The event callback's flag is the truth from here on.
-        let c = Arc::downgrade(&cluster);
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                let Some(c) = c.upgrade() else { return };
-                let up = connected.load(Ordering::Acquire);
-                c.connected.store(up, Ordering::Release);
-                let mut since = c.disconnected_since.lock();
-                match (up, *since) {
-                    (true, Some(_)) => *since = None,
-                    (false, None) => *since = Some(Instant::now()),
-                    _ => {}
-                }
-            }
-        });
-        Ok(cluster)
+            partition,
+            bus,
+            bus_rx: Mutex::new(Some(bus_rx)),
+            host: OnceLock::new(),
+            stats: Arc::default(),
+        }))
     }
 
-    /// A secret every node shares: the first node's `local` wins.
-    pub async fn shared_secret(&self, name: &str, local: &[u8]) -> anyhow::Result<Vec<u8>> {
-        let js = jetstream::new(self.client.clone());
-        let config = bucket(&js, CONFIG_BUCKET, 1).await?;
-        match config.create(name, Bytes::copy_from_slice(local)).await {
-            Ok(_) => Ok(local.to_vec()),
-            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => config
-                .get(name)
-                .await?
-                .map(|b| b.to_vec())
-                .ok_or_else(|| anyhow::anyhow!("shared secret {name} vanished")),
-            Err(e) => Err(e.into()),
-        }
+    /// This node's id in the cluster.
+    pub fn node(&self) -> &str {
+        &self.node
     }
 
-    fn app(&self) -> Option<Arc<App>> {
-        self.app.get().and_then(Weak::upgrade)
-    }
-
-    /// Starts the background work: state watch, leases, counts, the frame
-    /// bus, history and forwarded calls.
-    pub fn start(
-        self: &Arc<Self>,
-        app: &Arc<App>,
-        router: Router,
-        bus: mpsc::Receiver<(SpaceId, Bytes)>,
-    ) {
-        let _ = self.app.set(Arc::downgrade(app));
-        tokio::spawn(self.clone().watch_spaces());
-        tokio::spawn(self.clone().watch_replays());
-        tokio::spawn(self.clone().publish_frames(bus));
-        tokio::spawn(self.clone().serve_history());
-        tokio::spawn(self.clone().serve_forwarded(router));
-        tokio::spawn(self.clone().counts());
-        tokio::spawn(self.clone().housekeeping());
-        // Replays this node cut (or is cutting) before a restart.
-        for c in app.spaces.read().values() {
-            let s = &c.inner.lock().space;
-            if s.state == SpaceState::Ended
-                && s.record
-                && crate::record::last_recorded(app.media.recorder.storage().as_ref(), c.id)
-                    .is_some()
-            {
-                self.pending_replays.lock().insert(c.id);
-            }
-        }
-        // Live spaces this node originated before a restart: if the lease
-        // is still ours, carry on mixing them.
-        let live: Vec<Arc<SpaceCell>> = app
-            .spaces
-            .read()
-            .values()
-            .filter(|c| c.inner.lock().space.state == SpaceState::Live)
-            .cloned()
-            .collect();
-        let me = self.clone();
-        tokio::spawn(async move {
-            for cell in live {
-                if let Ok(LeaseDecision::Mine { .. }) = me.ensure_owner(cell.id).await {
-                    tracing::info!(space = %cell.id, "resuming a space this node originates");
-                }
-            }
-        });
+    fn host(&self) -> Option<Arc<dyn Host>> {
+        self.host.get().and_then(Weak::upgrade)
     }
 
     // ---- state -------------------------------------------------------
 
-    /// Writes a space's state (the owner, after a change).
-    pub async fn write_space(&self, space: &Space) -> Result<(), ApiError> {
+    async fn write_space(&self, space: &Space) -> Result<(), ApiError> {
         let key = amphi_cluster::space_key(space.id);
         let body = Bytes::from(serde_json::to_vec(space).unwrap_or_default());
         let known = self.revisions.lock().get(&space.id).copied();
@@ -398,8 +316,8 @@ impl Cluster {
                 return;
             };
             c.replays.lock().insert(id, http);
-            if let Some(cell) = c.app().and_then(|a| a.space(id).ok()) {
-                cell.replay_is_ready();
+            if let Some(host) = c.host() {
+                host.replay_published(id);
             }
         })
         .await;
@@ -407,13 +325,10 @@ impl Cluster {
 
     /// Publishes the replays this node finished cutting.
     async fn publish_replays(&self) {
-        let Some(app) = self.app() else { return };
+        let Some(host) = self.host() else { return };
         let pending: Vec<SpaceId> = self.pending_replays.lock().iter().copied().collect();
         for id in pending {
-            let ready = app
-                .space(id)
-                .is_ok_and(|c| c.replay_ready.load(Ordering::Acquire));
-            if !ready {
+            if !host.replay_cut(id) {
                 continue;
             }
             let key = amphi_cluster::space_key(id);
@@ -431,7 +346,7 @@ impl Cluster {
     }
 
     fn apply_entry(&self, key: &str, value: &[u8], revision: u64) {
-        let Some(app) = self.app() else { return };
+        let Some(host) = self.host() else { return };
         let Ok(id) = key.parse::<SpaceId>() else {
             return;
         };
@@ -451,14 +366,13 @@ impl Cluster {
             *known = revision;
         }
         self.stats.state_applied.fetch_add(1, Ordering::Relaxed);
-        let ended = space.state == SpaceState::Ended;
-        let cell = app.adopt_space(space);
-        cell.sync_gates();
+        let ended = space.state == amphi_core::room::SpaceState::Ended;
+        host.adopt(space);
         if self.replays.lock().contains_key(&id) {
-            cell.replay_is_ready();
+            host.replay_published(id);
         }
-        if ended {
-            self.stop_edge(id, true);
+        if ended && let Some(action) = self.edges.lock().ended(id) {
+            self.carry_out(action);
         }
     }
 
@@ -480,71 +394,54 @@ impl Cluster {
         }
     }
 
-    fn my_lease(&self, seq: u64, ended: bool) -> Lease {
-        Lease {
-            node: self.node.clone(),
-            http: self.http.clone(),
-            seq,
-            at_ms: now_ms(),
-            ended,
+    /// Performs a lease write the ownership machine asked for.
+    async fn write_lease(&self, w: &LeaseWrite) -> WriteResult {
+        let key = amphi_cluster::space_key(w.space);
+        let value = Bytes::from(w.value.encode());
+        match w.revision {
+            Some(rev) => match self.leases_kv.update(&key, value, rev).await {
+                Ok(rev) => WriteResult::Written(rev),
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                    WriteResult::Conflict
+                }
+                Err(e) => {
+                    tracing::warn!(space = %w.space, error = %e, "could not write a lease");
+                    WriteResult::Failed
+                }
+            },
+            None => match self.leases_kv.create(&key, value).await {
+                Ok(rev) => WriteResult::Written(rev),
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => WriteResult::Conflict,
+                Err(e) => {
+                    tracing::warn!(space = %w.space, error = %e, "could not create a lease");
+                    WriteResult::Failed
+                }
+            },
         }
     }
 
     /// Makes sure someone owns `id`, taking it over if its owner is gone.
-    /// Returns `Mine` when this node owns it now, `Owner` when another does.
-    pub async fn ensure_owner(&self, id: SpaceId) -> Result<LeaseDecision, ApiError> {
+    async fn ensure_owner(&self, id: SpaceId) -> Result<Claim, ApiError> {
         for _ in 0..3 {
             let current = self.read_lease(id).await?;
-            let decision =
-                Lease::decide(current.as_ref().map(|(l, r)| (l, *r)), &self.node, now_ms());
-            let key = amphi_cluster::space_key(id);
-            let (res, previous) = match &decision {
-                LeaseDecision::Owner(_) | LeaseDecision::Ended(_) => return Ok(decision),
-                LeaseDecision::Mine { revision } => {
-                    if self.owned.lock().contains_key(&id) {
-                        return Ok(decision);
-                    }
-                    // Ours from before a restart: renew it and resume.
-                    let prev = current.map(|(l, _)| l);
-                    let seq = prev.as_ref().map_or(0, |l| l.seq);
-                    (
-                        self.leases_kv
-                            .update(&key, self.my_lease(seq, false).encode().into(), *revision)
-                            .await
-                            .ok(),
-                        prev,
-                    )
+            let claim =
+                self.ownership
+                    .lock()
+                    .claim(id, current.as_ref().map(|(l, r)| (l, *r)), now_ms());
+            let claim = match claim {
+                Claim::Write(w) => {
+                    let result = self.write_lease(&w).await;
+                    self.ownership
+                        .lock()
+                        .written(w.id, result, now_ms())
+                        .unwrap_or(Claim::Retry)
                 }
-                LeaseDecision::Acquire => (
-                    self.leases_kv
-                        .create(&key, self.my_lease(0, false).encode().into())
-                        .await
-                        .ok(),
-                    None,
-                ),
-                LeaseDecision::TakeOver { revision, previous } => (
-                    self.leases_kv
-                        .update(
-                            &key,
-                            self.my_lease(previous.seq, false).encode().into(),
-                            *revision,
-                        )
-                        .await
-                        .ok(),
-                    Some(previous.clone()),
-                ),
+                other => other,
             };
-            let Some(rev) = res else {
-                // Another node won the race (or NATS hiccuped): read again.
-                continue;
-            };
-            self.owned.lock().insert(id, rev);
-            if previous.as_ref().is_some_and(|p| p.node != self.node) {
-                self.stats.takeovers.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(space = %id, from = ?previous.as_ref().map(|p| &p.node), "took over a space whose owner stopped renewing");
+            self.act_on_ownership();
+            if claim != Claim::Retry {
+                return Ok(claim);
             }
-            self.become_origin(id, previous.as_ref());
-            return Ok(LeaseDecision::Mine { revision: rev });
         }
         Err(ApiError::cluster_unavailable(
             "the space's ownership is changing; try again",
@@ -552,96 +449,60 @@ impl Cluster {
         ))
     }
 
-    /// This node owns `id` now: if the space is live and not mixed here,
-    /// start mixing it, keeping the outputs it served as an edge.
-    fn become_origin(&self, id: SpaceId, previous: Option<&Lease>) {
-        let Some(app) = self.app() else { return };
-        let Ok(cell) = app.space(id) else { return };
-        if cell.inner.lock().space.state != SpaceState::Live || app.media.is_mixing(id) {
-            return;
-        }
-        let edge = self.edges.lock().remove(&id);
-        let live = edge.map(|e| {
-            e.task.abort();
-            e.live.clone()
-        });
-        let min_seq = previous.map_or(0, |p| p.next_seq(now_ms()));
-        app.media.start_space_with(&cell, live, min_seq);
-    }
-
-    /// Called by the owner when a space ends: the lease stays, marked
-    /// ended, so other nodes know where its recording was made.
-    pub async fn release(&self, id: SpaceId, last_seq: u64, recorded: bool) {
-        if recorded {
-            self.pending_replays.lock().insert(id);
-        }
-        let Some(rev) = self.owned.lock().remove(&id) else {
-            return;
-        };
-        let key = amphi_cluster::space_key(id);
-        let _ = self
-            .leases_kv
-            .update(&key, self.my_lease(last_seq, true).encode().into(), rev)
-            .await;
-    }
-
-    /// Where a space's replay lives, if another node cut it.
-    pub fn replay_at(&self, id: SpaceId) -> Option<String> {
-        self.replays
-            .lock()
-            .get(&id)
-            .filter(|http| **http != self.http)
-            .cloned()
-    }
-
-    /// Renews this node's leases; a lease another node took is given up.
-    async fn renew(&self) {
-        let Some(app) = self.app() else { return };
-        let owned: Vec<(SpaceId, u64)> = self.owned.lock().iter().map(|(k, v)| (*k, *v)).collect();
-        for (id, rev) in owned {
-            let seq = app
-                .spaces
-                .read()
-                .get(&id)
-                .and_then(|c| {
-                    c.live
-                        .read()
-                        .as_ref()
-                        .and_then(|l| l.history.lock().last_seq())
-                })
-                .unwrap_or(0);
-            let key = amphi_cluster::space_key(id);
-            match self
-                .leases_kv
-                .update(&key, self.my_lease(seq, false).encode().into(), rev)
-                .await
-            {
-                Ok(rev) => {
-                    if let Some(r) = self.owned.lock().get_mut(&id) {
-                        *r = rev;
+    /// Carries out what the ownership machine decided.
+    fn act_on_ownership(&self) {
+        loop {
+            let event = self.ownership.lock().poll_event();
+            let Some(event) = event else { return };
+            let Some(host) = self.host() else { continue };
+            match event {
+                OwnershipEvent::Acquired {
+                    space,
+                    first_seq,
+                    from,
+                } => {
+                    if let Some(from) = from {
+                        self.stats.takeovers.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(space = %space, %from, "took over a space whose owner stopped renewing");
                     }
+                    // An edge becoming the origin keeps its outputs: the
+                    // bus feed stops, the mixer feeds them from now on.
+                    if self.edges.lock().became_origin(space)
+                        && let Some(feed) = self.feeds.lock().remove(&space)
+                    {
+                        feed.task.abort();
+                        drop(feed.sink.lock().take());
+                    }
+                    host.become_origin(space, first_seq);
                 }
-                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
-                    // Someone took the space while we could not renew (a
-                    // partition): stop acting as its owner.
-                    self.owned.lock().remove(&id);
+                OwnershipEvent::Lost { space } => {
                     self.stats.leases_lost.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(space = %id, "lost the lease of a space to another node; no longer its origin");
-                    if let Ok(cell) = app.space(id) {
-                        app.media.abandon_space(&cell);
-                    }
+                    tracing::error!(space = %space, "lost the lease of a space to another node; no longer its origin");
+                    host.abandon(space);
                 }
-                Err(e) => tracing::warn!(space = %id, error = %e, "could not renew a lease"),
             }
         }
     }
 
+    /// Renews this node's leases; a lease another node took is given up.
+    async fn renew(&self) {
+        let Some(host) = self.host() else { return };
+        let writes = self
+            .ownership
+            .lock()
+            .renewals(now_ms(), |id| host.last_seq(id).unwrap_or(0));
+        for w in writes {
+            let result = self.write_lease(&w).await;
+            self.ownership.lock().written(w.id, result, now_ms());
+        }
+        self.act_on_ownership();
+    }
+
     // ---- forwarding -----------------------------------------------------
 
-    /// Sends an API call to `node` and returns its answer.
-    async fn forward(&self, node: &str, req: Request) -> Response {
+    async fn forward_to(&self, node: &str, req: Request) -> Response {
         let (parts, body) = req.into_parts();
-        let Ok(body) = axum::body::to_bytes(body, crate::api::MAX_BODY).await else {
+        let Ok(body) = axum::body::to_bytes(body, MAX_FORWARD_BODY).await else {
             return ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",
@@ -756,7 +617,7 @@ impl Cluster {
             }
         };
         while let Some(msg) = sub.next().await {
-            let (Some(reply), Some(app)) = (msg.reply.clone(), self.app()) else {
+            let (Some(reply), Some(host)) = (msg.reply.clone(), self.host()) else {
                 continue;
             };
             let Some(id) = msg
@@ -767,62 +628,53 @@ impl Cluster {
             else {
                 continue;
             };
-            if !app.media.is_mixing(id) {
-                continue;
-            }
             let Ok(from) = amphi_cluster::decode_history_request(&msg.payload) else {
                 continue;
             };
-            let Ok(cell) = app.space(id) else { continue };
-            let live = cell.live.read().clone();
-            let Some(live) = live else { continue };
-            let body = {
-                let h = live.history.lock();
-                amphi_cluster::encode_frames(h.since(from))
+            let Some(body) = host.history(id, from) else {
+                continue;
             };
             let _ = self.client.publish(reply, body).await;
         }
     }
 
-    /// The outputs of a live space on this node: the origin's, or an edge
-    /// fed from the bus (started now if this is its first listener).
-    pub async fn live_media(&self, cell: &Arc<SpaceCell>) -> Option<Arc<LiveMedia>> {
-        if let Some(live) = cell.live.read().clone() {
-            if let Some(e) = self.edges.lock().get(&cell.id) {
-                *e.last_used.lock() = Instant::now();
-            }
-            return Some(live);
+    /// Starts this node's feed of a space mixed elsewhere, after a listener
+    /// of it was admitted: subscribe first, then fetch the history, so
+    /// nothing falls between.
+    async fn attach_edge(&self, id: SpaceId) {
+        let Some(host) = self.host() else { return };
+        if !host.is_live(id) || host.is_mixing(id) {
+            return;
         }
-        if cell.inner.lock().space.state != SpaceState::Live {
-            return None;
-        }
-        let app = self.app()?;
         // One start per space at a time (a slow origin delays only its own
         // space's first listeners).
-        let gate = self.edge_start.lock().entry(cell.id).or_default().clone();
+        let gate = self.edge_start.lock().entry(id).or_default().clone();
         let _serial = gate.lock().await;
-        if let Some(live) = cell.live.read().clone() {
-            return Some(live);
+        let action = self.edges.lock().admitted(id, Instant::now());
+        if action != Some(EdgeAction::Subscribe(id)) {
+            return;
         }
-        let live = app.media.new_live_media(cell.id);
-        let mut cutters = app.media.cutters(cell.id);
-        // Subscribe first, then fetch the history: nothing falls between.
         let mut sub = match self
             .client
-            .subscribe(amphi_cluster::frames_subject(cell.id))
+            .subscribe(amphi_cluster::frames_subject(id))
             .await
         {
             Ok(s) => s,
             Err(e) => {
-                tracing::warn!(space = %cell.id, error = %e, "could not subscribe to a space's frames");
-                return None;
+                tracing::warn!(space = %id, error = %e, "could not subscribe to a space's frames");
+                self.edges.lock().subscribe_failed(id);
+                return;
             }
+        };
+        let Some(mut sink) = host.open_edge(id) else {
+            self.edges.lock().subscribe_failed(id);
+            return;
         };
         let mut last: Option<u64> = None;
         let history = tokio::time::timeout(
             HISTORY_TIMEOUT,
             self.client.request(
-                amphi_cluster::history_subject(cell.id),
+                amphi_cluster::history_subject(id),
                 Bytes::copy_from_slice(&amphi_cluster::encode_history_request(0)),
             ),
         )
@@ -831,105 +683,77 @@ impl Cluster {
             Ok(Ok(m)) => match amphi_cluster::decode_frames(&m.payload) {
                 Ok(frames) => {
                     for f in &frames {
-                        cutters.cut(cell, &live, app.media.egress(), f);
+                        sink.frame(f);
                         last = Some(f.seq);
                     }
                 }
-                Err(e) => tracing::warn!(space = %cell.id, error = %e, "malformed history reply"),
+                Err(e) => tracing::warn!(space = %id, error = %e, "malformed history reply"),
             },
             _ => {
-                tracing::info!(space = %cell.id, "no history from the origin; starting from the live edge")
+                tracing::info!(space = %id, "no history from the origin; starting from the live edge")
             }
         }
-        let feed_cell = cell.clone();
-        let feed_live = live.clone();
-        let egress = app.media.egress().clone();
-        let weak_app = Arc::downgrade(&app);
+        let sink = Arc::new(Mutex::new(Some(sink)));
+        let feed_sink = sink.clone();
+        let stats = self.stats.clone();
         let task = tokio::spawn(async move {
             while let Some(msg) = sub.next().await {
-                let Some(app) = weak_app.upgrade() else {
-                    return;
-                };
-                let cluster = app.cluster.as_ref();
                 let frame: Frame = match amphi_cluster::decode_frame(&msg.payload) {
                     Ok(f) => f,
                     Err(_) => {
-                        if let Some(c) = cluster {
-                            c.stats.frames_bad.fetch_add(1, Ordering::Relaxed);
-                        }
+                        stats.frames_bad.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
                 };
-                if let Some(c) = cluster {
-                    c.stats.frames_received.fetch_add(1, Ordering::Relaxed);
-                }
+                stats.frames_received.fetch_add(1, Ordering::Relaxed);
                 if last.is_some_and(|l| frame.seq <= l) {
                     continue;
                 }
                 last = Some(frame.seq);
-                cutters.cut(&feed_cell, &feed_live, &egress, &frame);
+                match feed_sink.lock().as_mut() {
+                    Some(s) => s.frame(&frame),
+                    None => return,
+                }
             }
         });
-        self.edges.lock().insert(
-            cell.id,
-            Arc::new(Edge {
-                live: live.clone(),
-                task,
-                last_used: Mutex::new(Instant::now()),
-            }),
+        self.feeds.lock().insert(
+            id,
+            Feed {
+                task: task.abort_handle(),
+                sink,
+            },
         );
-        *cell.live.write() = Some(live.clone());
+        // The linger may have run out while the feed was starting: the
+        // machine counts it again (a running feed is always an edge).
+        self.edges.lock().admitted(id, Instant::now());
         self.stats.edges_started.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(space = %cell.id, "edge: subscribed to the space's frames");
-        Some(live)
+        tracing::info!(space = %id, "edge: subscribed to the space's frames");
     }
 
-    /// Stops an edge feed: at the space's end (`ended`: listeners get the
-    /// end of the stream), or when nobody listens any more.
-    fn stop_edge(&self, id: SpaceId, ended: bool) {
-        let Some(edge) = self.edges.lock().remove(&id) else {
+    /// Carries out an edge decision to unsubscribe.
+    fn carry_out(&self, action: EdgeAction) {
+        let EdgeAction::Unsubscribe { space, ended } = action else {
             return;
         };
-        self.edge_start.lock().remove(&id);
-        let Some(app) = self.app() else { return };
+        self.edge_start.lock().remove(&space);
+        let Some(feed) = self.feeds.lock().remove(&space) else {
+            return;
+        };
         self.stats.edges_stopped.fetch_add(1, Ordering::Relaxed);
-        let task = edge.task.abort_handle();
-        let egress = app.media.egress().clone();
-        let cell = app.space(id).ok();
         tokio::spawn(async move {
             if ended {
                 // The last frames may still be on the way.
                 tokio::time::sleep(Duration::from_millis(300)).await;
             }
-            task.abort();
-            if let Some(cell) = &cell {
-                let mut live = cell.live.write();
-                if live.as_ref().is_some_and(|l| Arc::ptr_eq(l, &edge.live)) {
-                    *live = None;
-                }
-            }
-            let mut cutters = app.media.cutters(id);
-            if ended {
-                cutters.finish(&edge.live, &egress);
-            } else {
-                egress.close_output(&edge.live.ogg);
-                egress.close_output(&edge.live.ws);
+            feed.task.abort();
+            let sink = feed.sink.lock().take();
+            if let Some(sink) = sink {
+                sink.close(ended);
             }
         });
     }
 
     // ---- counts and housekeeping ---------------------------------------
-
-    /// Notes a reaction sent on this node, for the next report.
-    pub fn note_reaction(&self, id: SpaceId, emoji: &str) {
-        *self
-            .reactions
-            .lock()
-            .entry(id)
-            .or_default()
-            .entry(emoji.to_owned())
-            .or_insert(0) += 1;
-    }
 
     async fn counts(self: Arc<Self>) {
         let mut sub = self.client.subscribe(COUNTS_SUBJECT).await.ok();
@@ -958,23 +782,26 @@ impl Cluster {
     }
 
     async fn report(&self) {
-        let Some(app) = self.app() else { return };
+        let Some(host) = self.host() else { return };
         let mut reactions = std::mem::take(&mut *self.reactions.lock());
-        let cells: Vec<Arc<SpaceCell>> = app.spaces.read().values().cloned().collect();
-        let spaces: Vec<SpaceCounts> = cells
-            .iter()
-            .filter_map(|c| {
-                let listeners = c.local_listeners();
-                let r = reactions.remove(&c.id).unwrap_or_default();
-                let mixing = app.media.is_mixing(c.id);
-                (listeners > 0 || !r.is_empty() || mixing).then(|| SpaceCounts {
-                    space: c.id,
-                    listeners,
+        let mut spaces = host.counts();
+        for s in &mut spaces {
+            if let Some(r) = reactions.remove(&s.space) {
+                s.reactions = r.into_iter().collect();
+            }
+        }
+        // Reactions of spaces with no listener here and not mixed here.
+        spaces.extend(
+            reactions
+                .into_iter()
+                .filter(|(_, r)| !r.is_empty())
+                .map(|(space, r)| amphi_cluster::SpaceCounts {
+                    space,
+                    listeners: 0,
                     reactions: r.into_iter().collect(),
-                    mixing,
-                })
-            })
-            .collect();
+                    mixing: false,
+                }),
+        );
         let report = CountsReport {
             node: self.node.clone(),
             spaces,
@@ -983,57 +810,19 @@ impl Cluster {
             .client
             .publish(COUNTS_SUBJECT, report.encode().into())
             .await;
-        // Recount every space's remote audience from fresh reports, and
-        // whether some node still mixes it.
-        let mut remote: HashMap<SpaceId, u64> = HashMap::new();
-        let mut mixed_elsewhere: HashSet<SpaceId> = HashSet::new();
-        {
-            let mut reports = self.remote.lock();
-            reports.retain(|_, (at, _)| at.elapsed() < COUNTS_FRESH);
-            for (_, r) in reports.values() {
-                for s in &r.spaces {
-                    *remote.entry(s.space).or_insert(0) += s.listeners;
-                    if s.mixing {
-                        mixed_elsewhere.insert(s.space);
-                    }
-                }
-            }
-        }
-        // Right after start, the others' reports have not arrived yet.
-        let settled = self.started.elapsed() > COUNTS_FRESH;
-        for c in &cells {
-            c.remote_listeners
-                .store(remote.get(&c.id).copied().unwrap_or(0), Ordering::Relaxed);
-            let on_air = !settled || app.media.is_mixing(c.id) || mixed_elsewhere.contains(&c.id);
-            if c.on_air.swap(on_air, Ordering::AcqRel) != on_air {
-                c.dirty.store(true, Ordering::Release);
-                if !on_air && c.inner.lock().space.state == SpaceState::Live {
-                    tracing::warn!(space = %c.id, "no node mixes this live space (its origin is gone)");
-                }
-            }
-        }
+        let tally = self.audience.lock().tally(Instant::now());
+        host.set_audience(&tally);
     }
 
     fn take_report(&self, r: CountsReport) {
-        if let Some(app) = self.app() {
+        if let Some(host) = self.host() {
             for s in &r.spaces {
-                if s.reactions.is_empty() {
-                    continue;
-                }
-                let Ok(cell) = app.space(s.space) else {
-                    continue;
-                };
-                let mut inner = cell.inner.lock();
-                for (emoji, n) in &s.reactions {
-                    for _ in 0..(*n).min(1000) {
-                        let _ = inner.reactions.add(emoji);
-                    }
+                if !s.reactions.is_empty() {
+                    host.add_reactions(s.space, &s.reactions);
                 }
             }
         }
-        self.remote
-            .lock()
-            .insert(r.node.clone(), (Instant::now(), r));
+        self.audience.lock().take(r, Instant::now());
     }
 
     async fn housekeeping(self: Arc<Self>) {
@@ -1042,50 +831,160 @@ impl Cluster {
             iv.tick().await;
             self.renew().await;
             self.publish_replays().await;
-            // Edges nobody listens to any more.
-            let idle: Vec<SpaceId> = self
+            let Some(host) = self.host() else { continue };
+            let idle = self
                 .edges
                 .lock()
-                .iter()
-                .filter(|(_, e)| {
-                    if e.live.listeners() > 0 {
-                        *e.last_used.lock() = Instant::now();
-                    }
-                    e.last_used.lock().elapsed() > self.edge_linger
-                })
-                .map(|(id, _)| *id)
-                .collect();
-            for id in idle {
-                tracing::info!(space = %id, "edge: no listeners; unsubscribing");
-                self.stop_edge(id, false);
+                .tick(Instant::now(), |id| host.local_listeners(id));
+            for action in idle {
+                if let EdgeAction::Unsubscribe { space, .. } = action {
+                    tracing::info!(space = %space, "edge: no listeners; unsubscribing");
+                }
+                self.carry_out(action);
             }
         }
     }
 
-    /// Whether NATS is reachable now.
-    pub fn connected(&self) -> bool {
-        self.connected.load(Ordering::Acquire)
+    fn is_cut_off(&self) -> bool {
+        self.partition.lock().is_cut_off(Instant::now())
+    }
+}
+
+impl Membership for Nats {
+    fn start(self: Arc<Self>, host: Arc<dyn Host>, router: Router) {
+        let _ = self.host.set(Arc::downgrade(&host));
+        let Some(bus) = self.bus_rx.lock().take() else {
+            return;
+        };
+        tokio::spawn(self.clone().watch_spaces());
+        tokio::spawn(self.clone().watch_replays());
+        tokio::spawn(self.clone().publish_frames(bus));
+        tokio::spawn(self.clone().serve_history());
+        tokio::spawn(self.clone().serve_forwarded(router));
+        tokio::spawn(self.clone().counts());
+        tokio::spawn(self.clone().housekeeping());
+        // Replays this node cut (or is cutting) before a restart.
+        self.pending_replays.lock().extend(host.recorded_here());
+        // Live spaces this node originated before a restart: if the lease
+        // is still ours, carry on mixing them.
+        let live = host.live_spaces();
+        let me = self.clone();
+        tokio::spawn(async move {
+            for id in live {
+                if let Ok(Claim::Mine) = me.ensure_owner(id).await {
+                    tracing::info!(space = %id, "this node owns a live space it knew");
+                }
+            }
+        });
     }
 
-    /// Refuses to serve a space mixed elsewhere (or the list of spaces,
-    /// `None`) once this node has been cut off from NATS for
-    /// [`STALE_AFTER`]: what it holds may no longer be true.
-    pub fn check_fresh(&self, app: &App, space: Option<SpaceId>) -> Result<(), ApiError> {
-        let cut_off = self
-            .disconnected_since
+    fn shared_secret<'a>(
+        &'a self,
+        name: &'a str,
+        local: &'a [u8],
+    ) -> BoxFuture<'a, anyhow::Result<Vec<u8>>> {
+        Box::pin(async move {
+            let js = jetstream::new(self.client.clone());
+            let config = bucket(&js, CONFIG_BUCKET, 1).await?;
+            match config.create(name, Bytes::copy_from_slice(local)).await {
+                Ok(_) => Ok(local.to_vec()),
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => config
+                    .get(name)
+                    .await?
+                    .map(|b| b.to_vec())
+                    .ok_or_else(|| anyhow::anyhow!("shared secret {name} vanished")),
+                Err(e) => Err(e.into()),
+            }
+        })
+    }
+
+    fn owner(&self, space: SpaceId) -> BoxFuture<'_, Result<Owner, ApiError>> {
+        Box::pin(async move {
+            // A space nobody here knows is a 404 for the handler to give.
+            if !self.host().is_some_and(|h| h.has_space(space)) {
+                return Ok(Owner::Here);
+            }
+            match self.ensure_owner(space).await? {
+                Claim::Owner(lease) => Ok(Owner::Elsewhere(lease.node)),
+                _ => Ok(Owner::Here),
+            }
+        })
+    }
+
+    fn forward(&self, owner: String, req: Request) -> BoxFuture<'_, Response> {
+        Box::pin(async move { self.forward_to(&owner, req).await })
+    }
+
+    fn write_state<'a>(&'a self, space: &'a Space) -> BoxFuture<'a, Result<(), ApiError>> {
+        Box::pin(self.write_space(space))
+    }
+
+    fn release(&self, space: SpaceId, last_seq: u64, recorded: bool) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if recorded {
+                self.pending_replays.lock().insert(space);
+            }
+            let write = self.ownership.lock().release(space, last_seq, now_ms());
+            if let Some(w) = write {
+                let result = self.write_lease(&w).await;
+                self.ownership.lock().written(w.id, result, now_ms());
+            }
+        })
+    }
+
+    fn frame_sink(&self) -> Option<mpsc::Sender<(SpaceId, Bytes)>> {
+        Some(self.bus.clone())
+    }
+
+    fn attach(&self, space: SpaceId) -> BoxFuture<'_, ()> {
+        Box::pin(self.attach_edge(space))
+    }
+
+    fn note_reaction(&self, space: SpaceId, emoji: &str) {
+        *self
+            .reactions
             .lock()
-            .is_some_and(|t| t.elapsed() > STALE_AFTER);
-        if cut_off && !space.is_some_and(|id| app.media.is_mixing(id)) {
-            return Err(ApiError::cluster_unavailable(
-                "this node has lost the cluster; its copy of the space may be stale: try another node",
-                2,
-            ));
-        }
-        Ok(())
+            .entry(space)
+            .or_default()
+            .entry(emoji.to_owned())
+            .or_insert(0) += 1;
     }
 
-    /// Cluster counters in the Prometheus text format.
-    pub fn render_metrics(&self, out: &mut String) {
+    fn replay_at(&self, space: SpaceId) -> Option<String> {
+        self.replays
+            .lock()
+            .get(&space)
+            .filter(|http| **http != self.http)
+            .cloned()
+    }
+
+    fn recorded_elsewhere(&self, _space: SpaceId) -> bool {
+        true
+    }
+
+    fn check_fresh(&self, space: Option<SpaceId>) -> Result<(), ApiError> {
+        let mixed_here = space.is_some_and(|id| self.host().is_some_and(|h| h.is_mixing(id)));
+        if self.partition.lock().may_serve(mixed_here, Instant::now()) {
+            return Ok(());
+        }
+        Err(ApiError::cluster_unavailable(
+            "this node has lost the cluster; its copy of the space may be stale: try another node",
+            2,
+        ))
+    }
+
+    fn ready(&self) -> Result<(), ApiError> {
+        if self.partition.lock().is_connected() {
+            Ok(())
+        } else {
+            Err(ApiError::cluster_unavailable(
+                "this node lost its connection to NATS",
+                1,
+            ))
+        }
+    }
+
+    fn render_metrics(&self, out: &mut String) {
         let s = &self.stats;
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let n = self.client.statistics();
@@ -1093,7 +992,7 @@ impl Cluster {
             out,
             "amphi_nats_connected",
             "1 while this node is connected to NATS.",
-            f64::from(u8::from(self.connected())),
+            f64::from(u8::from(self.partition.lock().is_connected())),
         );
         counter(
             out,
@@ -1195,7 +1094,7 @@ impl Cluster {
             out,
             "amphi_owned_spaces",
             "Spaces this node owns now.",
-            self.owned.lock().len() as f64,
+            self.ownership.lock().held() as f64,
         );
     }
 }
@@ -1238,112 +1137,5 @@ async fn run_forwarded(router: Router, req: ForwardRequest) -> ForwardReply {
         status: parts.status.as_u16(),
         headers,
         body,
-    }
-}
-
-/// The space a mutating call acts on, if only its owner may run it.
-fn owner_only(method: &axum::http::Method, path: &str) -> Option<SpaceId> {
-    use axum::http::Method;
-    if !matches!(
-        *method,
-        Method::POST | Method::DELETE | Method::PUT | Method::PATCH
-    ) {
-        return None;
-    }
-    let rest = path.strip_prefix("/api/v1/spaces/")?;
-    let (id, action) = rest.split_once('/')?;
-    let first = action.split('/').next().unwrap_or("");
-    matches!(
-        first,
-        "start" | "end" | "hand" | "stage" | "cohosts" | "participants" | "whip"
-    )
-    .then(|| id.parse().ok())
-    .flatten()
-}
-
-/// For reads of cluster state: `Some(Some(id))` for one space's view,
-/// events or HLS, `Some(None)` for the list of spaces.
-fn served_space(path: &str) -> Option<Option<SpaceId>> {
-    if path == "/api/v1/spaces" {
-        return Some(None);
-    }
-    let rest = path
-        .strip_prefix("/api/v1/spaces/")
-        .or_else(|| path.strip_prefix("/spaces/"))?;
-    let id = rest.split('/').next()?.parse().ok()?;
-    Some(Some(id))
-}
-
-/// Middleware: a call only a space's owner may run is forwarded there (or,
-/// if the owner is gone, this node takes the space over and runs it).
-pub async fn route_to_owner(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
-    let Some(cluster) = app.cluster.clone() else {
-        return next.run(req).await;
-    };
-    if req.extensions().get::<Forwarded>().is_some() {
-        return next.run(req).await;
-    }
-    let Some(id) = owner_only(req.method(), req.uri().path()) else {
-        if let Some(space) = served_space(req.uri().path())
-            && let Err(e) = cluster.check_fresh(&app, space)
-        {
-            return e.into_response();
-        }
-        return next.run(req).await;
-    };
-    if app.space(id).is_err() {
-        return next.run(req).await;
-    }
-    match cluster.ensure_owner(id).await {
-        Ok(LeaseDecision::Owner(lease)) => cluster.forward(&lease.node, req).await,
-        Ok(_) => next.run(req).await,
-        Err(e) => e.into_response(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use axum::http::Method;
-
-    #[test]
-    fn only_owner_actions_are_routed() {
-        let id = "0123456789abcdef";
-        let p = |s: &str| format!("/api/v1/spaces/{id}/{s}");
-        for a in [
-            "start",
-            "end",
-            "hand",
-            "stage/0000000000000001",
-            "participants/0000000000000001/mute",
-            "whip",
-            "whip/abc",
-        ] {
-            assert!(owner_only(&Method::POST, &p(a)).is_some(), "{a}");
-        }
-        assert!(owner_only(&Method::DELETE, &p("hand")).is_some());
-        for a in ["join", "reactions", "events"] {
-            assert!(owner_only(&Method::POST, &p(a)).is_none(), "{a}");
-        }
-        assert!(owner_only(&Method::GET, &p("start")).is_none());
-        assert!(owner_only(&Method::OPTIONS, &p("whip")).is_none());
-        assert!(owner_only(&Method::POST, "/api/v1/spaces/nothex/start").is_none());
-        assert!(owner_only(&Method::POST, "/api/v1/spaces").is_none());
-    }
-
-    #[test]
-    fn reads_of_cluster_state_are_recognised() {
-        let id: SpaceId = "0123456789abcdef".parse().unwrap();
-        assert_eq!(served_space("/api/v1/spaces"), Some(None));
-        assert_eq!(
-            served_space("/api/v1/spaces/0123456789abcdef"),
-            Some(Some(id))
-        );
-        assert_eq!(
-            served_space("/spaces/0123456789abcdef/hls/live.m3u8"),
-            Some(Some(id))
-        );
-        assert_eq!(served_space("/metrics"), None);
-        assert_eq!(served_space("/spaces/xyz/live.opus"), None);
     }
 }

@@ -1,0 +1,328 @@
+//! What a node asks of "the others", behind one trait: [`Membership`].
+//!
+//! A lone node ([`Lone`]) owns every space, forwards nothing, and counts
+//! only its own listeners. A node in a cluster ([`nats::Nats`], `--nats
+//! URL`) asks NATS: who owns a space (leases), the owner's answer to a
+//! forwarded call, the state the owners write, the frames of the spaces
+//! mixed elsewhere, the other nodes' counts. The node's handlers call the
+//! trait and never ask which of the two they have.
+//!
+//! The dependency runs one way: this module knows nothing of the handlers
+//! or the media plane. What a membership needs from the node (adopt a
+//! state written elsewhere, start or stop mixing a space it won or lost,
+//! cut an edge's outputs from frames, ...) is the [`Host`] trait, which the
+//! node implements above this module.
+
+pub mod nats;
+
+use std::sync::Arc;
+
+use amphi_cluster::{SpaceCounts, Tally};
+use amphi_core::room::Space;
+use amphi_core::{Frame, SpaceId};
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+
+use crate::error::ApiError;
+
+/// Who runs a space's commands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Owner {
+    /// This node: run them here.
+    Here,
+    /// Another node (its id): forward them there.
+    Elsewhere(String),
+}
+
+/// What the node asks of the others.
+pub trait Membership: Send + Sync + 'static {
+    /// Starts following the others, once the node can serve (`router`
+    /// runs the calls other nodes forward here). Live spaces are resumed
+    /// here: on the node that owns them.
+    fn start(self: Arc<Self>, host: Arc<dyn Host>, router: Router);
+
+    /// A secret every member shares: the first member's `local` wins.
+    fn shared_secret<'a>(
+        &'a self,
+        name: &'a str,
+        local: &'a [u8],
+    ) -> BoxFuture<'a, anyhow::Result<Vec<u8>>>;
+
+    /// Who owns `space` now; this node takes it if nobody does (or its
+    /// owner is gone).
+    fn owner(&self, space: SpaceId) -> BoxFuture<'_, Result<Owner, ApiError>>;
+
+    /// Runs `req` on node `owner` and answers with its response.
+    fn forward(&self, owner: String, req: Request) -> BoxFuture<'_, Response>;
+
+    /// Publishes a space's state after a change made here, its owner.
+    fn write_state<'a>(&'a self, space: &'a Space) -> BoxFuture<'a, Result<(), ApiError>>;
+
+    /// The space ended here at frame `last_seq` (`recorded`: its replay is
+    /// being cut here).
+    fn release(&self, space: SpaceId, last_seq: u64, recorded: bool) -> BoxFuture<'_, ()>;
+
+    /// Where the frames of the spaces mixed here go for the others
+    /// (`None`: nobody else listens).
+    fn frame_sink(&self) -> Option<tokio::sync::mpsc::Sender<(SpaceId, Bytes)>>;
+
+    /// A listener of `space` has been admitted here (or a request for its
+    /// HLS is served): make sure the space's outputs exist on this node.
+    fn attach(&self, space: SpaceId) -> BoxFuture<'_, ()>;
+
+    /// A reaction sent on this node, for the others' audiences.
+    fn note_reaction(&self, space: SpaceId, emoji: &str);
+
+    /// Where a replay cut on another node lives (its base URL).
+    fn replay_at(&self, space: SpaceId) -> Option<String>;
+
+    /// Whether another member may have recorded `space` (so a node with
+    /// none of its frames must not cut its replay).
+    fn recorded_elsewhere(&self, space: SpaceId) -> bool;
+
+    /// Refuses to serve a space (`None`: the list of spaces) whose copy
+    /// here may be stale.
+    fn check_fresh(&self, space: Option<SpaceId>) -> Result<(), ApiError>;
+
+    /// Whether the node can reach the others.
+    fn ready(&self) -> Result<(), ApiError>;
+
+    /// Counters in the Prometheus text format.
+    fn render_metrics(&self, out: &mut String);
+}
+
+/// An edge's outputs of a space, cut from the frames the origin publishes.
+pub trait EdgeSink: Send {
+    /// Takes one frame (in sequence order, none twice).
+    fn frame(&mut self, frame: &Frame);
+    /// The feed stops: `ended`, the space ended (listeners get the end of
+    /// the stream); otherwise nobody listens any more. Dropping a sink
+    /// without closing it keeps its outputs (the node became the origin
+    /// and its mixer feeds them now).
+    fn close(self: Box<Self>, ended: bool);
+}
+
+/// What a membership needs from the node.
+pub trait Host: Send + Sync + 'static {
+    /// Whether the node knows `space`.
+    fn has_space(&self, space: SpaceId) -> bool;
+    /// Whether `space` is live.
+    fn is_live(&self, space: SpaceId) -> bool;
+    /// Whether this node mixes `space` (it is its origin).
+    fn is_mixing(&self, space: SpaceId) -> bool;
+    /// The live spaces the node knows.
+    fn live_spaces(&self) -> Vec<SpaceId>;
+    /// Ended spaces whose recording holds frames written by this node.
+    fn recorded_here(&self) -> Vec<SpaceId>;
+    /// Takes in a space's state written by its owner on another node.
+    fn adopt(&self, space: Space);
+    /// The replay of `space` is published (on some node).
+    fn replay_published(&self, space: SpaceId);
+    /// Whether the replay of `space` has been cut here.
+    fn replay_cut(&self, space: SpaceId) -> bool;
+    /// The last program frame of a space mixed here.
+    fn last_seq(&self, space: SpaceId) -> Option<u64>;
+    /// The encoded frames of a space mixed here, from `from` on.
+    fn history(&self, space: SpaceId, from: u64) -> Option<Bytes>;
+    /// This node owns `space` now: if it is live, mix it here, numbering
+    /// frames from at least `first_seq` and keeping the outputs it served
+    /// as an edge.
+    fn become_origin(&self, space: SpaceId, first_seq: u64);
+    /// Another node owns `space` now: stop mixing it here.
+    fn abandon(&self, space: SpaceId);
+    /// Fresh outputs for `space` fed from the bus (it is served as an
+    /// edge from now on); `None` if the space is not live.
+    fn open_edge(&self, space: SpaceId) -> Option<Box<dyn EdgeSink>>;
+    /// Listeners of `space` on this node now.
+    fn local_listeners(&self, space: SpaceId) -> u64;
+    /// This node's listeners and whether it mixes, per space worth
+    /// reporting (reactions left empty).
+    fn counts(&self) -> Vec<SpaceCounts>;
+    /// The other nodes' listeners of every space, and which spaces some
+    /// other node mixes (every space the node knows takes its line, so a
+    /// count drops to zero when the last remote listener leaves).
+    fn set_audience(&self, tally: &Tally);
+    /// Reactions sent on other nodes.
+    fn add_reactions(&self, space: SpaceId, reactions: &[(String, u64)]);
+}
+
+/// A node on its own: it owns every space, forwards nothing, and its
+/// audience is its own listeners.
+pub struct Lone;
+
+impl Membership for Lone {
+    fn start(self: Arc<Self>, host: Arc<dyn Host>, _router: Router) {
+        for space in host.live_spaces() {
+            host.become_origin(space, 0);
+        }
+    }
+
+    fn shared_secret<'a>(
+        &'a self,
+        _name: &'a str,
+        local: &'a [u8],
+    ) -> BoxFuture<'a, anyhow::Result<Vec<u8>>> {
+        Box::pin(async move { Ok(local.to_vec()) })
+    }
+
+    fn owner(&self, _space: SpaceId) -> BoxFuture<'_, Result<Owner, ApiError>> {
+        Box::pin(async { Ok(Owner::Here) })
+    }
+
+    fn forward(&self, _owner: String, _req: Request) -> BoxFuture<'_, Response> {
+        Box::pin(async {
+            ApiError::cluster_unavailable("this node is not in a cluster", 1).into_response()
+        })
+    }
+
+    fn write_state<'a>(&'a self, _space: &'a Space) -> BoxFuture<'a, Result<(), ApiError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn release(&self, _space: SpaceId, _last_seq: u64, _recorded: bool) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+
+    fn frame_sink(&self) -> Option<tokio::sync::mpsc::Sender<(SpaceId, Bytes)>> {
+        None
+    }
+
+    fn attach(&self, _space: SpaceId) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+
+    fn note_reaction(&self, _space: SpaceId, _emoji: &str) {}
+
+    fn replay_at(&self, _space: SpaceId) -> Option<String> {
+        None
+    }
+
+    fn recorded_elsewhere(&self, _space: SpaceId) -> bool {
+        false
+    }
+
+    fn check_fresh(&self, _space: Option<SpaceId>) -> Result<(), ApiError> {
+        Ok(())
+    }
+
+    fn ready(&self) -> Result<(), ApiError> {
+        Ok(())
+    }
+
+    fn render_metrics(&self, _out: &mut String) {}
+}
+
+/// Marks a request forwarded by another node (a request extension, which
+/// no client can set): it is served here, never forwarded again.
+#[derive(Clone, Copy)]
+pub(crate) struct Forwarded;
+
+/// Middleware: a call only a space's owner may run is forwarded there (or,
+/// if the owner is gone, this node takes the space over and runs it); a
+/// read of a space this node may hold a stale copy of is refused.
+pub async fn route_to_owner(
+    State(members): State<Arc<dyn Membership>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if req.extensions().get::<Forwarded>().is_some() {
+        return next.run(req).await;
+    }
+    let Some(id) = owner_only(req.method(), req.uri().path()) else {
+        if let Some(space) = served_space(req.uri().path())
+            && let Err(e) = members.check_fresh(space)
+        {
+            return e.into_response();
+        }
+        return next.run(req).await;
+    };
+    match members.owner(id).await {
+        Ok(Owner::Elsewhere(node)) => members.forward(node, req).await,
+        Ok(Owner::Here) => next.run(req).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// The space a mutating call acts on, if only its owner may run it.
+fn owner_only(method: &axum::http::Method, path: &str) -> Option<SpaceId> {
+    use axum::http::Method;
+    if !matches!(
+        *method,
+        Method::POST | Method::DELETE | Method::PUT | Method::PATCH
+    ) {
+        return None;
+    }
+    let rest = path.strip_prefix("/api/v1/spaces/")?;
+    let (id, action) = rest.split_once('/')?;
+    let first = action.split('/').next().unwrap_or("");
+    matches!(
+        first,
+        "start" | "end" | "hand" | "stage" | "cohosts" | "participants" | "whip"
+    )
+    .then(|| id.parse().ok())
+    .flatten()
+}
+
+/// For reads of cluster state: `Some(Some(id))` for one space's view,
+/// events or HLS, `Some(None)` for the list of spaces.
+fn served_space(path: &str) -> Option<Option<SpaceId>> {
+    if path == "/api/v1/spaces" {
+        return Some(None);
+    }
+    let rest = path
+        .strip_prefix("/api/v1/spaces/")
+        .or_else(|| path.strip_prefix("/spaces/"))?;
+    let id = rest.split('/').next()?.parse().ok()?;
+    Some(Some(id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::Method;
+
+    #[test]
+    fn only_owner_actions_are_routed() {
+        let id = "0123456789abcdef";
+        let p = |s: &str| format!("/api/v1/spaces/{id}/{s}");
+        for a in [
+            "start",
+            "end",
+            "hand",
+            "stage/0000000000000001",
+            "participants/0000000000000001/mute",
+            "whip",
+            "whip/abc",
+        ] {
+            assert!(owner_only(&Method::POST, &p(a)).is_some(), "{a}");
+        }
+        assert!(owner_only(&Method::DELETE, &p("hand")).is_some());
+        for a in ["join", "reactions", "events"] {
+            assert!(owner_only(&Method::POST, &p(a)).is_none(), "{a}");
+        }
+        assert!(owner_only(&Method::GET, &p("start")).is_none());
+        assert!(owner_only(&Method::OPTIONS, &p("whip")).is_none());
+        assert!(owner_only(&Method::POST, "/api/v1/spaces/nothex/start").is_none());
+        assert!(owner_only(&Method::POST, "/api/v1/spaces").is_none());
+    }
+
+    #[test]
+    fn reads_of_cluster_state_are_recognised() {
+        let id: SpaceId = "0123456789abcdef".parse().unwrap();
+        assert_eq!(served_space("/api/v1/spaces"), Some(None));
+        assert_eq!(
+            served_space("/api/v1/spaces/0123456789abcdef"),
+            Some(Some(id))
+        );
+        assert_eq!(
+            served_space("/spaces/0123456789abcdef/hls/live.m3u8"),
+            Some(Some(id))
+        );
+        assert_eq!(served_space("/metrics"), None);
+        assert_eq!(served_space("/spaces/xyz/live.opus"), None);
+    }
+}

@@ -1,0 +1,204 @@
+//! The node as its membership sees it: [`Host`] implemented over the
+//! node's spaces and media plane, so the cluster shell can act on the node
+//! without importing it (the dependency runs from here down to `cluster`).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use amphi_cluster::{SpaceCounts, Tally};
+use amphi_core::room::{Space, SpaceState};
+use amphi_core::{Frame, SpaceId};
+use amphi_egress::Egress;
+use bytes::Bytes;
+
+use crate::app::{App, SpaceCell};
+use crate::cluster::{EdgeSink, Host};
+use crate::media::{Cutters, LiveMedia};
+
+impl App {
+    fn cells(&self) -> Vec<Arc<SpaceCell>> {
+        self.spaces.read().values().cloned().collect()
+    }
+
+    fn state_of(&self, space: SpaceId) -> Option<SpaceState> {
+        let cell = self.space(space).ok()?;
+        Some(cell.inner.lock().space.state)
+    }
+}
+
+impl Host for App {
+    fn has_space(&self, space: SpaceId) -> bool {
+        self.spaces.read().contains_key(&space)
+    }
+
+    fn is_live(&self, space: SpaceId) -> bool {
+        self.state_of(space) == Some(SpaceState::Live)
+    }
+
+    fn is_mixing(&self, space: SpaceId) -> bool {
+        self.media.is_mixing(space)
+    }
+
+    fn live_spaces(&self) -> Vec<SpaceId> {
+        self.cells()
+            .into_iter()
+            .filter(|c| c.inner.lock().space.state == SpaceState::Live)
+            .map(|c| c.id)
+            .collect()
+    }
+
+    fn recorded_here(&self) -> Vec<SpaceId> {
+        self.cells()
+            .into_iter()
+            .filter(|c| {
+                let s = &c.inner.lock().space;
+                s.state == SpaceState::Ended && s.record
+            })
+            .filter(|c| {
+                crate::record::last_recorded(self.media.recorder.storage().as_ref(), c.id)
+                    .is_some()
+            })
+            .map(|c| c.id)
+            .collect()
+    }
+
+    fn adopt(&self, space: Space) {
+        self.adopt_space(space).sync_gates();
+    }
+
+    fn replay_published(&self, space: SpaceId) {
+        if let Ok(cell) = self.space(space) {
+            cell.replay_is_ready();
+        }
+    }
+
+    fn replay_cut(&self, space: SpaceId) -> bool {
+        self.space(space)
+            .is_ok_and(|c| c.replay_ready.load(Ordering::Acquire))
+    }
+
+    fn last_seq(&self, space: SpaceId) -> Option<u64> {
+        let cell = self.space(space).ok()?;
+        let live = cell.live.read().clone()?;
+        live.history.lock().last_seq()
+    }
+
+    fn history(&self, space: SpaceId, from: u64) -> Option<Bytes> {
+        if !self.media.is_mixing(space) {
+            return None;
+        }
+        let cell = self.space(space).ok()?;
+        let live = cell.live.read().clone()?;
+        let h = live.history.lock();
+        Some(amphi_cluster::encode_frames(h.since(from)))
+    }
+
+    fn become_origin(&self, space: SpaceId, first_seq: u64) {
+        let Ok(cell) = self.space(space) else { return };
+        if cell.inner.lock().space.state != SpaceState::Live || self.media.is_mixing(space) {
+            return;
+        }
+        // The outputs this node served as an edge (if it was one) carry on,
+        // fed by the mixer from now on.
+        let live = cell.live.read().clone();
+        self.media.start_space_with(&cell, live, first_seq);
+    }
+
+    fn abandon(&self, space: SpaceId) {
+        if let Ok(cell) = self.space(space) {
+            self.media.abandon_space(&cell);
+        }
+    }
+
+    fn open_edge(&self, space: SpaceId) -> Option<Box<dyn EdgeSink>> {
+        let cell = self.space(space).ok()?;
+        if cell.inner.lock().space.state != SpaceState::Live {
+            return None;
+        }
+        let live = self.media.new_live_media(space);
+        *cell.live.write() = Some(live.clone());
+        Some(Box::new(EdgeOutputs {
+            cutters: self.media.cutters(space),
+            egress: self.media.egress().clone(),
+            cell,
+            live,
+        }))
+    }
+
+    fn local_listeners(&self, space: SpaceId) -> u64 {
+        self.space(space).map_or(0, |c| c.local_listeners())
+    }
+
+    fn counts(&self) -> Vec<SpaceCounts> {
+        self.cells()
+            .into_iter()
+            .filter_map(|c| {
+                let listeners = c.local_listeners();
+                let mixing = self.media.is_mixing(c.id);
+                (listeners > 0 || mixing).then(|| SpaceCounts {
+                    space: c.id,
+                    listeners,
+                    reactions: Vec::new(),
+                    mixing,
+                })
+            })
+            .collect()
+    }
+
+    fn set_audience(&self, tally: &Tally) {
+        for c in self.cells() {
+            c.remote_listeners.store(
+                tally.remote.get(&c.id).copied().unwrap_or(0),
+                Ordering::Relaxed,
+            );
+            let on_air = tally.on_air(c.id, self.media.is_mixing(c.id));
+            if c.on_air.swap(on_air, Ordering::AcqRel) != on_air {
+                c.dirty.store(true, Ordering::Release);
+                if !on_air && c.inner.lock().space.state == SpaceState::Live {
+                    tracing::warn!(space = %c.id, "no node mixes this live space (its origin is gone)");
+                }
+            }
+        }
+    }
+
+    fn add_reactions(&self, space: SpaceId, reactions: &[(String, u64)]) {
+        let Ok(cell) = self.space(space) else { return };
+        let mut inner = cell.inner.lock();
+        for (emoji, n) in reactions {
+            for _ in 0..(*n).min(1000) {
+                let _ = inner.reactions.add(emoji);
+            }
+        }
+    }
+}
+
+/// An edge's outputs of a space: the same cutters the mixer uses, fed from
+/// the bus.
+struct EdgeOutputs {
+    cell: Arc<SpaceCell>,
+    live: Arc<LiveMedia>,
+    cutters: Cutters,
+    egress: Arc<Egress>,
+}
+
+impl EdgeSink for EdgeOutputs {
+    fn frame(&mut self, frame: &Frame) {
+        self.cutters
+            .cut(&self.cell, &self.live, &self.egress, frame);
+    }
+
+    fn close(mut self: Box<Self>, ended: bool) {
+        {
+            let mut live = self.cell.live.write();
+            if live.as_ref().is_some_and(|l| Arc::ptr_eq(l, &self.live)) {
+                *live = None;
+            }
+        }
+        if ended {
+            self.cutters.finish(&self.live, &self.egress);
+        } else {
+            self.egress.close_output(&self.live.ogg);
+            self.egress.close_output(&self.live.ws);
+        }
+    }
+}
