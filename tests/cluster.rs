@@ -449,3 +449,64 @@ fn an_edge_unsubscribes_after_its_last_listener_leaves() {
     let (newest, _) = again.next();
     assert!(newest > first, "{first} {newest}");
 }
+
+#[test]
+fn a_refused_listener_never_makes_an_edge_subscribe() {
+    let nats = Nats::start();
+    let a = node(&nats, "a");
+    // One edge per reason to refuse: the node is full, the space is full
+    // on this node, the join bucket is empty.
+    let full = Server::start(&[
+        "--nats",
+        &nats.url(),
+        "--node-id",
+        "full",
+        "--max-listeners",
+        "0",
+    ]);
+    let space_full = Server::start(&[
+        "--nats",
+        &nats.url(),
+        "--node-id",
+        "spacefull",
+        "--max-listeners-per-space",
+        "0",
+    ]);
+    let no_tokens = Server::start(&[
+        "--nats",
+        &nats.url(),
+        "--node-id",
+        "notokens",
+        "--join-rate",
+        "0.001",
+        "--join-burst",
+        "0",
+    ]);
+    let (id, host, _) = live_space(&a, "refused");
+    let _peer = publish_tone(&a, &id, &host, 440, 30);
+    wait_for_audio(&a, 50.0);
+    for edge in [&full, &space_full, &no_tokens] {
+        wait_for(10, "the edge to know the live space", || {
+            view(edge, &id)["state"] == "live"
+        });
+        // Refused for capacity, and (live.ws without an upgrade) for a
+        // malformed request: neither subscribes.
+        for (path, status) in [("live.opus", 503), ("live.ws", 426), ("live.opus", 503)] {
+            let r = call(
+                "GET",
+                &edge.url(&format!("/spaces/{id}/{path}")),
+                None,
+                None,
+            );
+            assert_eq!(r.status, status, "{path} on {}: {:?}", edge.port, r.body);
+        }
+        assert_eq!(
+            metric(edge, "amphi_edges_started_total"),
+            0.0,
+            "on {}",
+            edge.port
+        );
+        assert_eq!(metric(edge, "amphi_edges"), 0.0);
+        assert_eq!(metric(edge, "amphi_bus_frames_received_total"), 0.0);
+    }
+}

@@ -417,9 +417,7 @@ async fn react(
         }
         inner.reactions.add(&body.emoji)?;
     }
-    if let Some(c) = &app.cluster {
-        c.note_reaction(id, &body.emoji);
-    }
+    app.members.note_reaction(id, &body.emoji);
     Ok((StatusCode::ACCEPTED, Json(json!({}))).into_response())
 }
 

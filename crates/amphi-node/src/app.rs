@@ -262,8 +262,8 @@ pub struct App {
     pub per_ip: Arc<crate::front::PerIp>,
     pub command_limiter: crate::listen::KeyedLimiter,
     pub started: std::time::Instant,
-    /// Membership of a cluster (`--nats`); `None` on a lone node.
-    pub cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// What the node asks of the others (a lone node's answers itself).
+    pub members: Arc<dyn crate::cluster::Membership>,
 }
 
 impl App {
@@ -285,17 +285,17 @@ impl App {
             let cell = SpaceCell::new(space);
             self.spaces.write().insert(cell.id, cell.clone());
             match state {
-                // In a cluster the lease decides who mixes a live space.
-                SpaceState::Live if self.cluster.is_some() => {}
-                SpaceState::Live => self.media.start_space(&cell),
+                // Live spaces are resumed by the membership, on their
+                // owner (`Membership::start`).
                 SpaceState::Ended if record && self.media.recorder.is_complete(cell.id) => {
                     cell.replay_is_ready()
                 }
                 // Ended while the node died before its replay was cut: cut it
-                // now (in a cluster, only where its frames were recorded).
+                // now (where its frames were recorded, if another member
+                // may have recorded it).
                 SpaceState::Ended
                     if record
-                        && (self.cluster.is_none()
+                        && (!self.members.recorded_elsewhere(cell.id)
                             || crate::record::last_recorded(
                                 self.media.recorder.storage().as_ref(),
                                 cell.id,
@@ -361,10 +361,8 @@ impl App {
         let cell = SpaceCell::new(space);
         self.spaces.write().insert(id, cell.clone());
         self.metrics.spaces_created.inc();
-        if let Some(c) = &self.cluster {
-            // The node where a space is created owns it first.
-            c.ensure_owner(id).await?;
-        }
+        // The node where a space is created owns it first.
+        self.members.owner(id).await?;
         Ok((cell, host))
     }
 
@@ -403,10 +401,7 @@ impl App {
         let res =
             tokio::task::spawn_blocking(move || store.lock().save_space(&local, now_ms())).await;
         match res {
-            Ok(Ok(())) => match &self.cluster {
-                Some(c) => c.write_space(&space).await,
-                None => Ok(()),
-            },
+            Ok(Ok(())) => self.members.write_state(&space).await,
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "could not persist a space");
                 self.metrics.storage_errors.inc();
@@ -470,10 +465,8 @@ impl App {
                     .and_then(|l| l.history.lock().last_seq())
                     .unwrap_or(0);
                 self.media.stop_space(cell);
-                if let Some(c) = &self.cluster {
-                    let recorded = cell.inner.lock().space.record;
-                    c.release(cell.id, last, recorded).await;
-                }
+                let recorded = cell.inner.lock().space.record;
+                self.members.release(cell.id, last, recorded).await;
             }
             Outcome::Changed | Outcome::Unchanged => {}
         }

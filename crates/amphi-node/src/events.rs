@@ -126,9 +126,7 @@ async fn client(app: Arc<App>, cell: Arc<SpaceCell>, claims: Claims, mut socket:
                     // In a cluster, a node cut off from NATS stops sending
                     // what may be stale: the client reconnects elsewhere.
                     _ = stale_check.tick() => {
-                        if let Some(c) = &app.cluster
-                            && c.check_fresh(&app, Some(cell.id)).is_err()
-                        {
+                        if app.members.check_fresh(Some(cell.id)).is_err() {
                             return Wait::Stale;
                         }
                     }

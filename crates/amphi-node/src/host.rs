@@ -55,8 +55,7 @@ impl Host for App {
                 s.state == SpaceState::Ended && s.record
             })
             .filter(|c| {
-                crate::record::last_recorded(self.media.recorder.storage().as_ref(), c.id)
-                    .is_some()
+                crate::record::last_recorded(self.media.recorder.storage().as_ref(), c.id).is_some()
             })
             .map(|c| c.id)
             .collect()

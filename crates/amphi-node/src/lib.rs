@@ -9,6 +9,7 @@ mod cluster;
 mod error;
 mod events;
 mod front;
+mod host;
 mod listen;
 mod media;
 mod metrics;

@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -223,17 +224,18 @@ pub async fn handle(mut stream: TcpStream, app: Arc<App>) {
             _ => return,
         }
     };
-    if let (Some(cluster), Some(id)) = (&app.cluster, head.space)
-        && let Ok(cell) = app.space(id)
-    {
-        if let Err(e) = cluster.check_fresh(&app, Some(id)) {
-            return refuse(&mut stream, &e).await;
-        }
-        // An edge: the first listener of a space mixed elsewhere starts
-        // this node's feed of its frames.
-        cluster.live_media(&cell).await;
+    if let Err(e) = app.members.check_fresh(head.space) {
+        return refuse(&mut stream, &e).await;
     }
-    match admit(&app, &head) {
+    // Everything that can refuse the listener is decided first; only an
+    // admitted listener may make this node an edge of a space mixed
+    // elsewhere (its first one starts the feed of the space's frames).
+    let admitted = match precheck(&app, &head) {
+        Ok(a) => a,
+        Err(e) => return refuse(&mut stream, &e).await,
+    };
+    app.members.attach(admitted.space).await;
+    match admit(&app, &head, admitted) {
         Ok(listener) if listener.head_only => {
             app.egress.release();
             let _ =
@@ -281,7 +283,28 @@ struct NewListenerFor {
     head_only: bool,
 }
 
-fn admit(app: &App, head: &Head) -> Result<NewListenerFor, ApiError> {
+/// A listener that passed every check that does not need the space's
+/// outputs, holding a node-wide place ([`Egress::try_reserve`]).
+struct Prechecked {
+    space: SpaceId,
+    tag: u64,
+}
+
+fn at_capacity(app: &App, id: SpaceId) -> ApiError {
+    app.metrics.listeners_refused.inc();
+    let retry = 2 + rand::random::<u32>() % 9;
+    ApiError::unavailable(
+        format!(
+            "this node is at capacity; retry later or listen over HLS at /spaces/{id}/hls/live.m3u8"
+        ),
+        retry,
+    )
+}
+
+/// The checks before a listener may use (or make) the space's outputs on
+/// this node: the space, the token, the request, the per-space cap as far
+/// as it is known, the join bucket and the node's cap.
+fn precheck(app: &App, head: &Head) -> Result<Prechecked, ApiError> {
     let id = head
         .space
         .ok_or_else(|| ApiError::not_found("no such space"))?;
@@ -323,27 +346,34 @@ fn admit(app: &App, head: &Head) -> Result<NewListenerFor, ApiError> {
             "live.ws is a WebSocket: send Upgrade: websocket, Sec-WebSocket-Version: 13 and a key",
         ));
     }
-    let live = cell
-        .live
-        .read()
-        .clone()
-        .ok_or_else(|| ApiError::conflict("the space is not live"))?;
-    // The space's place and the node-wide place are each taken atomically:
-    // exactly --max-listeners-per-space and --max-listeners are admitted
-    // however many arrive at once (a refused listener gives its places back).
+    // The per-space cap is taken atomically below, once the outputs exist;
+    // a space already full here is refused before anything else is spent.
+    let full = match cell.live.read().as_ref() {
+        Some(live) => {
+            live.listeners() + live.admitting.load(Ordering::Acquire) >= app.admission.max_per_space
+        }
+        None => app.admission.max_per_space == 0,
+    };
+    if full || !app.admission.take() || !app.egress.try_reserve(app.admission.max_listeners) {
+        return Err(at_capacity(app, id));
+    }
+    Ok(Prechecked { space: id, tag })
+}
+
+fn admit(app: &App, head: &Head, pre: Prechecked) -> Result<NewListenerFor, ApiError> {
+    let Prechecked { space: id, tag } = pre;
+    let live = app.space(id).ok().and_then(|cell| cell.live.read().clone());
+    let Some(live) = live else {
+        app.egress.release();
+        return Err(ApiError::conflict("the space is not live"));
+    };
+    // The space's place is taken atomically: exactly
+    // --max-listeners-per-space are admitted however many arrive at once
+    // (a refused listener gives its places back).
     let place = live.try_admit(app.admission.max_per_space);
-    if place.is_none()
-        || !app.admission.take()
-        || !app.egress.try_reserve(app.admission.max_listeners)
-    {
-        app.metrics.listeners_refused.inc();
-        let retry = 2 + rand::random::<u32>() % 9;
-        return Err(ApiError::unavailable(
-            format!(
-                "this node is at capacity; retry later or listen over HLS at /spaces/{id}/hls/live.m3u8"
-            ),
-            retry,
-        ));
+    if place.is_none() {
+        app.egress.release();
+        return Err(at_capacity(app, id));
     }
     match head.kind {
         Kind::Ogg => {

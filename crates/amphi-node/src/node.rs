@@ -23,6 +23,8 @@ use amphi_egress::{Egress, EgressConfig};
 use amphi_store::Store;
 
 use crate::app::App;
+use crate::cluster::nats::Nats;
+use crate::cluster::{Lone, Membership};
 use crate::error::ApiError;
 use crate::listen::{Admission, KeyedLimiter};
 use crate::media::{MediaConfig, MediaPlane};
@@ -201,8 +203,8 @@ async fn load(args: Config) -> anyhow::Result<(Arc<App>, Router, tokio::net::Tcp
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let store = Store::open(&args.data_dir).context("opening the database")?;
     let mut token_key_bytes = store.secret("token_key", rand::random)?;
-    let (cluster, bus, bus_rx) = match &args.nats {
-        None => (None, None, None),
+    let members: Arc<dyn Membership> = match &args.nats {
+        None => Arc::new(Lone),
         Some(url) => {
             let node = match &args.node_id {
                 Some(n) => n.clone(),
@@ -227,19 +229,18 @@ async fn load(args: Config) -> anyhow::Result<(Arc<App>, Router, tokio::net::Tcp
                 .clone()
                 .unwrap_or_else(|| format!("http://{}", args.http));
             let linger = Duration::from_secs(args.edge_linger);
-            let cluster = crate::cluster::Cluster::connect(url, node.clone(), http, linger)
+            let nats = Nats::connect(url, node.clone(), http, linger)
                 .await
                 .with_context(|| format!("joining the cluster at {url}"))?;
-            // Every node signs and checks tokens with the same key.
-            let shared = cluster.shared_secret("token_key", &token_key_bytes).await?;
-            token_key_bytes = shared
-                .try_into()
-                .map_err(|_| anyhow::anyhow!("the cluster's token key is not 32 bytes"))?;
             eprintln!("amphi: node {node} joined the cluster at {url}");
-            let (tx, rx) = tokio::sync::mpsc::channel(crate::cluster::BUS_QUEUE);
-            (Some(cluster), Some(tx), Some(rx))
+            nats
         }
     };
+    // Every node signs and checks tokens with the same key.
+    let shared = members.shared_secret("token_key", &token_key_bytes).await?;
+    token_key_bytes = shared
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("the shared token key is not 32 bytes"))?;
     let token_key = TokenKey::from_bytes(token_key_bytes);
     let admin_token = match std::env::var("AMPHI_ADMIN_TOKEN") {
         Ok(t) if !t.is_empty() => t,
@@ -254,27 +255,23 @@ async fn load(args: Config) -> anyhow::Result<(Arc<App>, Router, tokio::net::Tcp
                     (t, true)
                 }
             };
-            match &cluster {
-                // One admin token for the whole cluster: the first node's.
-                Some(c) => {
-                    let shared = c.shared_secret("admin_token", local.as_bytes()).await?;
-                    let t = String::from_utf8(shared)
-                        .map_err(|_| anyhow::anyhow!("the cluster's admin token is not UTF-8"))?;
-                    if t != local {
-                        store.set_setting("admin_token", &t)?;
-                    }
-                    eprintln!("admin token: {t} (the cluster's, kept in NATS)");
-                    t
-                }
-                None => {
-                    let how = if fresh { "generated; " } else { "" };
-                    eprintln!(
-                        "admin token: {local} ({how}stored in {})",
-                        args.data_dir.display()
-                    );
-                    local
-                }
+            // One admin token for every member: the first one's.
+            let shared = members
+                .shared_secret("admin_token", local.as_bytes())
+                .await?;
+            let t = String::from_utf8(shared)
+                .map_err(|_| anyhow::anyhow!("the shared admin token is not UTF-8"))?;
+            if t != local {
+                store.set_setting("admin_token", &t)?;
+                eprintln!("admin token: {t} (the cluster's, kept in NATS)");
+            } else {
+                let how = if fresh { "generated; " } else { "" };
+                eprintln!(
+                    "admin token: {t} ({how}stored in {})",
+                    args.data_dir.display()
+                );
             }
+            t
         }
     };
     let egress = Arc::new(Egress::start(EgressConfig {
@@ -301,7 +298,7 @@ async fn load(args: Config) -> anyhow::Result<(Arc<App>, Router, tokio::net::Tcp
         ws_frames_per_message: (args.ws_batch_ms / 20).clamp(1, 50) as usize,
         egress: egress.clone(),
         recordings,
-        bus,
+        bus: members.frame_sink(),
     })
     .context("starting the media plane")?;
     let app = Arc::new(App {
@@ -327,14 +324,12 @@ async fn load(args: Config) -> anyhow::Result<(Arc<App>, Router, tokio::net::Tcp
             .as_deref()
             .map(|k| TokenKey::derive(k.as_bytes())),
         started: Instant::now(),
-        cluster: cluster.clone(),
+        members: members.clone(),
     });
     app.load().context("loading spaces")?;
 
     let router = router(app.clone());
-    if let (Some(cluster), Some(rx)) = (&cluster, bus_rx) {
-        cluster.start(&app, router.clone(), rx);
-    }
+    members.start(app.clone(), router.clone());
     let listener = bind_http(args.http)?;
     eprintln!(
         "amphi listening on http://{} (WebRTC on udp/{}), data in {}",
@@ -393,7 +388,7 @@ fn router(app: Arc<App>) -> Router {
             )
         })
         .layer(axum::middleware::from_fn_with_state(
-            app.clone(),
+            app.members.clone(),
             crate::cluster::route_to_owner,
         ))
         .layer(axum::middleware::from_fn_with_state(
@@ -418,8 +413,8 @@ async fn observe(State(app): State<Arc<App>>, req: Request, next: Next) -> Respo
 }
 
 async fn readyz(State(app): State<Arc<App>>) -> Response {
-    if app.cluster.as_ref().is_some_and(|c| !c.connected()) {
-        ApiError::cluster_unavailable("this node lost its connection to NATS", 1).into_response()
+    if let Err(e) = app.members.ready() {
+        e.into_response()
     } else if app.media.healthy() {
         "ready\n".into_response()
     } else {
@@ -528,9 +523,7 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
         l(&e.closed_gone),
     );
     app.media.render_metrics(&mut out);
-    if let Some(c) = &app.cluster {
-        c.render_metrics(&mut out);
-    }
+    app.members.render_metrics(&mut out);
     gauge(
         &mut out,
         "amphi_uptime_seconds",

@@ -29,35 +29,33 @@ const BLOCK_LIMIT: Duration = Duration::from_secs(3);
 /// `hls_tick`, gone after this long.
 const PRELOAD_LIMIT: Duration = Duration::from_secs(3);
 
-/// In a cluster, a replay recorded on another node is there: redirect.
+/// A replay recorded on another member is there: redirect.
 pub async fn replay_elsewhere(
     State(app): State<Arc<App>>,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    if let Some(c) = &app.cluster {
-        let path = req.uri().path().to_owned();
-        let id = path
-            .strip_prefix("/spaces/")
-            .and_then(|r| r.split('/').next())
-            .and_then(|s| s.parse::<SpaceId>().ok());
-        if let Some(cell) = id.and_then(|id| app.space(id).ok()) {
-            let (state, record) = {
-                let inner = cell.inner.lock();
-                (inner.space.state, inner.space.record)
-            };
-            let is_replay = path.ends_with("/recording.opus") || path.contains("/hls/replay");
-            if is_replay
-                && state == SpaceState::Ended
-                && record
-                && !replay_stored(&app, cell.id).await
-                && let Some(base) = c.replay_at(cell.id)
-                && let Ok(v) = HeaderValue::from_str(&format!("{base}{path}"))
-            {
-                let mut res = StatusCode::TEMPORARY_REDIRECT.into_response();
-                res.headers_mut().insert(header::LOCATION, v);
-                return res;
-            }
+    let path = req.uri().path().to_owned();
+    let id = path
+        .strip_prefix("/spaces/")
+        .and_then(|r| r.split('/').next())
+        .and_then(|s| s.parse::<SpaceId>().ok());
+    if let Some(cell) = id.and_then(|id| app.space(id).ok()) {
+        let (state, record) = {
+            let inner = cell.inner.lock();
+            (inner.space.state, inner.space.record)
+        };
+        let is_replay = path.ends_with("/recording.opus") || path.contains("/hls/replay");
+        if is_replay
+            && state == SpaceState::Ended
+            && record
+            && let Some(base) = app.members.replay_at(cell.id)
+            && !replay_stored(&app, cell.id).await
+            && let Ok(v) = HeaderValue::from_str(&format!("{base}{path}"))
+        {
+            let mut res = StatusCode::TEMPORARY_REDIRECT.into_response();
+            res.headers_mut().insert(header::LOCATION, v);
+            return res;
         }
     }
     next.run(req).await
@@ -129,9 +127,7 @@ async fn live_playlist_inner(
     q: Option<String>,
 ) -> Result<Response, ApiError> {
     let cell = cell(&app, &id)?;
-    if let Some(c) = &app.cluster {
-        c.live_media(&cell).await;
-    }
+    app.members.attach(cell.id).await;
     let live = cell
         .live
         .read()
@@ -201,9 +197,7 @@ async fn live_media_inner(app: Arc<App>, id: String, name: String) -> Result<Res
     let cell = cell(&app, &id)?;
     let (msn, part) =
         parse_media_name(&name).ok_or_else(|| ApiError::not_found("no such HLS resource"))?;
-    if let Some(c) = &app.cluster {
-        c.live_media(&cell).await;
-    }
+    app.members.attach(cell.id).await;
     let live = cell
         .live
         .read()

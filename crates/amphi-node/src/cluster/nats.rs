@@ -211,11 +211,6 @@ impl Nats {
         }))
     }
 
-    /// This node's id in the cluster.
-    pub fn node(&self) -> &str {
-        &self.node
-    }
-
     fn host(&self) -> Option<Arc<dyn Host>> {
         self.host.get().and_then(Weak::upgrade)
     }
@@ -843,10 +838,6 @@ impl Nats {
                 self.carry_out(action);
             }
         }
-    }
-
-    fn is_cut_off(&self) -> bool {
-        self.partition.lock().is_cut_off(Instant::now())
     }
 }
 
