@@ -100,12 +100,12 @@ impl Host for App {
         // The outputs this node served as an edge (if it was one) carry on,
         // fed by the mixer from now on.
         let live = cell.live.read().clone();
-        self.media.start_space_with(&cell, live, first_seq);
+        cell.start_media(&self.media, live, first_seq);
     }
 
     fn abandon(&self, space: SpaceId) {
         if let Ok(cell) = self.space(space) {
-            self.media.abandon_space(&cell);
+            cell.abandon_media(&self.media);
         }
     }
 
@@ -182,8 +182,7 @@ struct EdgeOutputs {
 
 impl EdgeSink for EdgeOutputs {
     fn frame(&mut self, frame: &Frame) {
-        self.cutters
-            .cut(&self.cell, &self.live, &self.egress, frame);
+        self.cutters.cut(&self.live, &self.egress, frame);
     }
 
     fn close(mut self: Box<Self>, ended: bool) {
