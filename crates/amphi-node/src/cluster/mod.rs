@@ -284,6 +284,138 @@ fn served_space(path: &str) -> Option<Option<SpaceId>> {
 mod tests {
     use super::*;
     use axum::http::Method;
+    use axum::routing::{get, post};
+    use tower::ServiceExt;
+
+    /// A membership whose answers the test sets: the routing is decided
+    /// by the trait alone.
+    struct Fixed {
+        owner: Owner,
+        fresh: bool,
+    }
+
+    impl Membership for Fixed {
+        fn start(self: Arc<Self>, _host: Arc<dyn Host>, _router: Router) {}
+        fn shared_secret<'a>(
+            &'a self,
+            _name: &'a str,
+            local: &'a [u8],
+        ) -> BoxFuture<'a, anyhow::Result<Vec<u8>>> {
+            Box::pin(async move { Ok(local.to_vec()) })
+        }
+        fn owner(&self, _space: SpaceId) -> BoxFuture<'_, Result<Owner, ApiError>> {
+            let owner = self.owner.clone();
+            Box::pin(async move { Ok(owner) })
+        }
+        fn forward(&self, owner: String, req: Request) -> BoxFuture<'_, Response> {
+            Box::pin(
+                async move { format!("forwarded {} to {owner}", req.uri().path()).into_response() },
+            )
+        }
+        fn write_state<'a>(&'a self, _space: &'a Space) -> BoxFuture<'a, Result<(), ApiError>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn release(&self, _space: SpaceId, _last_seq: u64, _recorded: bool) -> BoxFuture<'_, ()> {
+            Box::pin(async {})
+        }
+        fn frame_sink(&self) -> Option<tokio::sync::mpsc::Sender<(SpaceId, Bytes)>> {
+            None
+        }
+        fn attach(&self, _space: SpaceId) -> BoxFuture<'_, ()> {
+            Box::pin(async {})
+        }
+        fn note_reaction(&self, _space: SpaceId, _emoji: &str) {}
+        fn replay_at(&self, _space: SpaceId) -> Option<String> {
+            None
+        }
+        fn recorded_elsewhere(&self, _space: SpaceId) -> bool {
+            true
+        }
+        fn check_fresh(&self, _space: Option<SpaceId>) -> Result<(), ApiError> {
+            if self.fresh {
+                Ok(())
+            } else {
+                Err(ApiError::cluster_unavailable("stale", 2))
+            }
+        }
+        fn ready(&self) -> Result<(), ApiError> {
+            Ok(())
+        }
+        fn render_metrics(&self, _out: &mut String) {}
+    }
+
+    async fn answer(members: Arc<dyn Membership>, method: Method, path: &str) -> (u16, String) {
+        let router = Router::new()
+            .route("/api/v1/spaces", get(|| async { "list here" }))
+            .route("/api/v1/spaces/{id}", get(|| async { "view here" }))
+            .route(
+                "/api/v1/spaces/{id}/start",
+                post(|| async { "started here" }),
+            )
+            .route("/api/v1/spaces/{id}/join", post(|| async { "joined here" }))
+            .layer(axum::middleware::from_fn_with_state(
+                members,
+                route_to_owner,
+            ));
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let res = router.oneshot(req).await.unwrap();
+        let status = res.status().as_u16();
+        let body = axum::body::to_bytes(res.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    const SPACE: &str = "/api/v1/spaces/0123456789abcdef";
+
+    #[tokio::test]
+    async fn owner_calls_run_where_the_membership_says() {
+        let elsewhere: Arc<dyn Membership> = Arc::new(Fixed {
+            owner: Owner::Elsewhere("b".into()),
+            fresh: true,
+        });
+        let start = format!("{SPACE}/start");
+        assert_eq!(
+            answer(elsewhere.clone(), Method::POST, &start).await,
+            (200, format!("forwarded {start} to b"))
+        );
+        // Joins and reads are served by any node.
+        let join = format!("{SPACE}/join");
+        assert_eq!(
+            answer(elsewhere.clone(), Method::POST, &join).await.1,
+            "joined here"
+        );
+        assert_eq!(answer(elsewhere, Method::GET, SPACE).await.1, "view here");
+        // A lone node runs everything itself.
+        let lone: Arc<dyn Membership> = Arc::new(Lone);
+        assert_eq!(
+            answer(lone.clone(), Method::POST, &start).await.1,
+            "started here"
+        );
+        assert_eq!(
+            answer(lone, Method::GET, "/api/v1/spaces").await.1,
+            "list here"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stale_copy_is_not_served_but_owner_calls_still_route() {
+        let stale: Arc<dyn Membership> = Arc::new(Fixed {
+            owner: Owner::Here,
+            fresh: false,
+        });
+        assert_eq!(answer(stale.clone(), Method::GET, SPACE).await.0, 503);
+        assert_eq!(
+            answer(stale.clone(), Method::GET, "/api/v1/spaces").await.0,
+            503
+        );
+        let start = format!("{SPACE}/start");
+        assert_eq!(answer(stale, Method::POST, &start).await.1, "started here");
+    }
 
     #[test]
     fn only_owner_actions_are_routed() {
