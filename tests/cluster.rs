@@ -374,8 +374,19 @@ fn a_node_cut_off_from_nats_stops_serving_what_may_be_stale() {
     assert!(events.read().expect("snapshot").is_text());
 
     nats.stop();
-    std::thread::sleep(Duration::from_secs(7));
-    // B only holds a copy: it refuses to serve it, and says why.
+    let cut = Instant::now();
+    // B only holds a copy: once cut off for 5 s it refuses to serve it, and
+    // says why.
+    wait_for(10, "B to refuse its stale copy", || {
+        call("GET", &b.url(&space), None, None).status == 503
+    });
+    // (5 s after the client saw the disconnect, which can come a moment
+    // before `stop` returns.)
+    assert!(
+        cut.elapsed() >= Duration::from_secs(4),
+        "stale after only {:?}",
+        cut.elapsed()
+    );
     let r = call("GET", &b.url(&space), None, None);
     assert_eq!(r.status, 503, "{:?}", r.body);
     assert!(
