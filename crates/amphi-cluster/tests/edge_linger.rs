@@ -98,3 +98,85 @@ fn the_end_of_the_space_ends_the_feed_at_once() {
     );
     assert!(edges.tick(clock.instant(), |_| 0).is_empty());
 }
+
+mod prop {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Admit,
+        Leave,
+        Tick,
+        Advance(u64),
+        End,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            Just(Op::Admit),
+            Just(Op::Leave),
+            Just(Op::Tick),
+            (0u64..20_000).prop_map(Op::Advance),
+            Just(Op::End),
+        ]
+    }
+
+    proptest! {
+        /// Whatever listeners do: subscriptions and unsubscriptions
+        /// alternate, a feed with listeners is never dropped for idling,
+        /// and one is dropped only after a full linger with none.
+        #[test]
+        fn subscriptions_alternate_and_listened_feeds_stay(
+            ops in proptest::collection::vec(op(), 1..300),
+        ) {
+            let linger = Duration::from_secs(5);
+            let mut clock = Clock::new();
+            let mut edges = Edges::new(linger);
+            let mut subscribed = false;
+            let mut listeners = 0u64;
+            let mut last_listened = clock.ms;
+            for op in ops {
+                match op {
+                    Op::Admit => {
+                        listeners += 1;
+                        last_listened = clock.ms;
+                        match edges.admitted(S, clock.instant()) {
+                            Some(EdgeAction::Subscribe(_)) => {
+                                prop_assert!(!subscribed);
+                                subscribed = true;
+                            }
+                            None => prop_assert!(subscribed),
+                            other => prop_assert!(false, "{:?}", other),
+                        }
+                    }
+                    Op::Leave => listeners = listeners.saturating_sub(1),
+                    Op::Tick => {
+                        let n = listeners;
+                        if n > 0 {
+                            last_listened = clock.ms;
+                        }
+                        for a in edges.tick(clock.instant(), |_| n) {
+                            prop_assert_eq!(a, EdgeAction::Unsubscribe { space: S, ended: false });
+                            prop_assert!(subscribed);
+                            prop_assert_eq!(n, 0, "dropped a feed with listeners");
+                            prop_assert!(
+                                clock.ms - last_listened > linger.as_millis() as i64,
+                                "dropped before the linger ran out"
+                            );
+                            subscribed = false;
+                        }
+                    }
+                    Op::Advance(ms) => clock.advance(ms as i64),
+                    Op::End => {
+                        let a = edges.ended(S);
+                        prop_assert_eq!(a.is_some(), subscribed);
+                        subscribed = false;
+                        listeners = 0;
+                    }
+                }
+                prop_assert_eq!(edges.is_edge(S), subscribed);
+            }
+        }
+    }
+}

@@ -688,6 +688,12 @@ impl Nats {
                 tracing::info!(space = %id, "no history from the origin; starting from the live edge")
             }
         }
+        // This node may have become the origin meanwhile (a takeover): its
+        // mixer feeds the outputs now, the bus must not as well.
+        if host.is_mixing(id) {
+            self.edges.lock().became_origin(id);
+            return;
+        }
         let sink = Arc::new(Mutex::new(Some(sink)));
         let feed_sink = sink.clone();
         let stats = self.stats.clone();
