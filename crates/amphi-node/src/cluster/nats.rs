@@ -661,6 +661,11 @@ impl Nats {
                 return;
             }
         };
+        // Mixed here since the check above (a takeover): not an edge.
+        if host.is_mixing(id) {
+            self.edges.lock().became_origin(id);
+            return;
+        }
         let Some(mut sink) = host.open_edge(id) else {
             self.edges.lock().subscribe_failed(id);
             return;
