@@ -449,10 +449,11 @@ impl Space {
         Ok(())
     }
 
-    /// Whether `id` may join (be given a token), and in which role. `prior`
-    /// is the participant of a token the joiner already holds: a ban
-    /// follows the person across tokens. A removed participant who was not
-    /// banned comes back as a listener.
+    /// Whether `id` may join (be given a token), and in the role they hold
+    /// now (listener if the space does not remember them). `prior` is the
+    /// participant of a token the joiner already holds: a ban follows the
+    /// person across tokens. Removal without a ban does not refuse a join;
+    /// a removed `id` still has no right in the space.
     pub fn may_join(
         &self,
         id: ParticipantId,
