@@ -12,7 +12,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, post};
 
 use amphi_core::SpaceId;
-use amphi_core::room::SpaceState;
 use amphi_rtc::{RtcError, SessionId, SessionRequest};
 
 use crate::app::App;
@@ -96,19 +95,7 @@ async fn whip_publish(
             "WHIP offers are application/sdp",
         ));
     }
-    {
-        let inner = cell.inner.lock();
-        let role = inner
-            .space
-            .role_of(claims.pid)
-            .ok_or_else(|| ApiError::forbidden("you were removed from this space"))?;
-        if !role.on_stage() {
-            return Err(ApiError::forbidden("only stage members can publish audio"));
-        }
-        if inner.space.state != SpaceState::Live {
-            return Err(ApiError::conflict("the space is not live"));
-        }
-    }
+    cell.inner.lock().space.may_publish(claims.pid)?;
     let offer = String::from_utf8(body.to_vec())
         .map_err(|_| ApiError::bad_request("the SDP offer is not UTF-8"))?;
     let gate = cell.gate(claims.pid);
