@@ -15,9 +15,9 @@ fn sigterm_exits_cleanly_and_closes_the_recording_segment() {
     let mut s = Server::start_in(tmp.path(), &[]);
     let (id, host, _) = live_space(&s, "Drain");
     let mut speaker = publish_tone(&s, &id, &host, 440, 30);
-    wait_for_audio(&s, 50.0);
-    // 3.5 s of speech: one full 2 s segment and one open segment.
-    std::thread::sleep(Duration::from_millis(3500));
+    // 1 s, then 3.5 s of speech: one full 2 s segment and one open
+    // segment.
+    wait_for_audio(&s, 225.0);
     let pid = s.child.id().to_string();
     assert!(
         Command::new("kill")
