@@ -56,15 +56,21 @@ fn a_recorded_tone_is_replayed_at_once_with_range_and_hls() {
     let (id, host, _) = live_space(&s, "Recorded");
     let mut speaker = publish_tone(&s, &id, &host, 440, 10);
 
-    // While live: LL-HLS plays in ffmpeg and carries the tone.
-    wait_for(15, "a few HLS segments", || {
+    // While live: LL-HLS plays in ffmpeg and carries the tone. The
+    // segments that count are those cut once the speaker is heard.
+    let segments = || {
         let r = call(
             "GET",
             &s.url(&format!("/spaces/{id}/hls/live.m3u8")),
             None,
             None,
         );
-        r.status == 200 && r.body.as_str().unwrap_or("").matches("#EXTINF").count() >= 3
+        r.body.as_str().unwrap_or("").matches("#EXTINF").count()
+    };
+    common::wait_for_audio(&s, 1.0);
+    let before = segments();
+    wait_for(15, "a few HLS segments of speech", || {
+        segments() >= before + 3
     });
     let live = call(
         "GET",
@@ -85,7 +91,7 @@ fn a_recorded_tone_is_replayed_at_once_with_range_and_hls() {
     );
     let pcm = decode(
         &s.url(&format!("/spaces/{id}/hls/live.m3u8")),
-        &["-live_start_index", "0", "-t", "3"],
+        &["-live_start_index", "-2", "-t", "3"],
     );
     assert!(
         seconds_of_tone(&pcm, 440.0) > 1.0,
