@@ -297,6 +297,12 @@ fn when_the_origin_dies_another_node_takes_the_space_and_its_recording_goes_on()
     let (id, host, _) = live_space(&a, "takeover");
     let mut peer = publish_tone(&a, &id, &host, 440, 60);
     wait_for_audio(&a, 50.0);
+    // A's part of the recording: two segments closed once the speaker is
+    // heard (the one open at the kill is lost).
+    let stored = metric(&a, "amphi_recording_segments_total");
+    wait_for(10, "A to store two segments of speech", || {
+        metric(&a, "amphi_recording_segments_total") >= stored + 2.0
+    });
     let path = format!("/spaces/{id}/live.ws");
     let mut on_c = WsReader::connect(c.port, &path, None);
     let before = read_contiguous(&mut on_c, None, 25);
