@@ -5,9 +5,8 @@
 mod common;
 
 use std::process::Command;
-use std::time::{Duration, Instant};
 
-use common::{Server, live_space, publish_tone, wait_for_audio};
+use common::{Server, live_space, publish_tone, wait_for, wait_for_audio};
 
 #[test]
 fn sigterm_exits_cleanly_and_closes_the_recording_segment() {
@@ -26,17 +25,12 @@ fn sigterm_exits_cleanly_and_closes_the_recording_segment() {
             .unwrap()
             .success()
     );
-    let t0 = Instant::now();
-    let status = loop {
-        if let Some(st) = s.child.try_wait().unwrap() {
-            break st;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(5),
-            "amphi did not exit within 5 s of SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let mut status = None;
+    wait_for(5, "amphi to exit within 5 s of SIGTERM", || {
+        status = s.child.try_wait().unwrap();
+        status.is_some()
+    });
+    let status = status.expect("wait_for returns once it has exited");
     assert!(status.success(), "exit status {status}");
     speaker.kill();
 

@@ -141,10 +141,9 @@ fn a_recorded_tone_is_replayed_at_once_with_range_and_hls() {
     );
 
     // Speak for 10 s, then end.
-    let started = Instant::now();
-    while speaker.0.try_wait().unwrap().is_none() && started.elapsed() < Duration::from_secs(20) {
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for(20, "the speaker to finish its 10 s", || {
+        speaker.0.try_wait().unwrap().is_some()
+    });
     speaker.kill();
     let r = call(
         "POST",

@@ -11,7 +11,7 @@ use std::net::{Shutdown, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use common::*;
 
@@ -208,10 +208,9 @@ fn a_tone_recorded_to_s3_is_replayed_from_the_bucket() {
     wait_for(10, "two frame segments in the bucket", || {
         s3.keys(&format!("rec/{id}/frames/")).len() >= 2
     });
-    let started = Instant::now();
-    while speaker.0.try_wait().unwrap().is_none() && started.elapsed() < Duration::from_secs(20) {
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for(20, "the speaker to finish its 8 s", || {
+        speaker.0.try_wait().unwrap().is_some()
+    });
     speaker.kill();
 
     let r = call(
@@ -411,12 +410,15 @@ fn a_node_taking_over_a_space_continues_its_recording_in_s3() {
     let (id, host, _) = live_space(&a, "takeover");
     let mut peer = publish_tone(&a, &id, &host, 440, 60);
     wait_for_audio(&a, 50.0);
+    let stored = metric(&a, "amphi_recording_segments_total");
     wait_for(10, "A's segments in the bucket", || {
         s3.keys(&format!("rec/{id}/frames/")).len() >= 2
     });
-    // 2 s more of speech at A.
-    let heard = metric(&a, "amphi_ingest_packets_total");
-    wait_for_audio(&a, heard + 100.0);
+    // A's part of the replay: three segments stored since the speaker was
+    // heard (the one open at the kill is lost).
+    wait_for(10, "A's segments of speech in the bucket", || {
+        metric(&a, "amphi_recording_segments_total") >= stored + 3.0
+    });
     let from_a = s3.keys(&format!("rec/{id}/frames/"));
     a.kill();
     peer.kill();
@@ -479,10 +481,9 @@ fn a_store_down_at_the_end_delays_the_replay_and_loses_nothing() {
     let (id, host, _) = live_space(&s, "S3 down at the end");
     let mut speaker = publish_tone(&s, &id, &host, 440, 8);
     wait_for_audio(&s, 50.0);
-    let started = Instant::now();
-    while speaker.0.try_wait().unwrap().is_none() && started.elapsed() < Duration::from_secs(20) {
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for(20, "the speaker to finish its 8 s", || {
+        speaker.0.try_wait().unwrap().is_some()
+    });
     speaker.kill();
     // Every segment closed while the speaker spoke is stored (the last one
     // closes at the end).
