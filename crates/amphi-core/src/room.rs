@@ -1,8 +1,8 @@
 //! The rules of one space: lifecycle, roles, the stage, hands, mutes,
 //! removals and bans. A [`Space`] is mutated only through [`Space::apply`],
 //! which checks the actor's role *now* and returns what changed. Every other
-//! "may this participant do that?" (publish, listen, follow the events,
-//! react, join) is answered here too, beside it, so the handlers only ask.
+//! "may this participant do that?" (publish, use TURN, listen, follow the
+//! events, react, join) is answered here too, beside it, so the handlers only ask.
 //!
 //! Only participants that matter are kept: the stage, raised hands, and the
 //! removed and banned. A listener who only listens exists nowhere but in
@@ -403,6 +403,16 @@ impl Space {
         }
         if self.state != SpaceState::Live {
             return Err(conflict("the space is not live"));
+        }
+        Ok(())
+    }
+
+    /// Whether `id` may be given TURN credentials: a stage member, not
+    /// removed, in any state, so a speaker behind a firewall can gather
+    /// relay candidates before the space goes live.
+    pub fn may_use_turn(&self, id: ParticipantId) -> Result<(), RoomError> {
+        if !self.present(id)?.on_stage() {
+            return Err(forbidden("only stage members can publish audio"));
         }
         Ok(())
     }
@@ -1129,6 +1139,11 @@ mod tests {
                     let unmute = act(&mut probe, id.0, Command::Unmute { target: id });
                     prop_assert_eq!(publish, live && unmute.is_ok());
                     prop_assert!(!s.is_audible(id) || publish, "audible without the right to publish");
+                    prop_assert_eq!(
+                        s.may_use_turn(id).is_ok(),
+                        role.is_some_and(Role::on_stage)
+                    );
+                    prop_assert!(!publish || s.may_use_turn(id).is_ok());
                     // Events: whoever `apply` does not refuse as removed.
                     let mut probe = s.clone();
                     let lower = act(&mut probe, id.0, Command::LowerHand);
