@@ -14,14 +14,14 @@ use std::time::Duration;
 use base64::Engine;
 use bytes::{Bytes, BytesMut};
 use sha1::{Digest, Sha1};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use amphi_core::SpaceId;
-use amphi_core::room::SpaceState;
+use amphi_core::room::{Listener, RoomError};
 use amphi_egress::NewListener;
 
 use crate::app::App;
+use crate::conn::ListenerConn;
 use crate::error::ApiError;
 
 /// Largest request head a listener may send.
@@ -136,8 +136,8 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, &'static str> {
     }))
 }
 
-/// Serves one listener request on `stream`.
-pub async fn handle(mut stream: TcpStream, app: Arc<App>) {
+/// Serves one listener request on `stream` (plain or TLS).
+pub async fn handle<S: ListenerConn>(mut stream: S, app: Arc<App>) {
     app.metrics.listen_requests.inc();
     let mut buf = BytesMut::with_capacity(1024);
     let head = loop {
@@ -179,7 +179,7 @@ pub async fn handle(mut stream: TcpStream, app: Arc<App>) {
             let _ = stream.shutdown().await;
         }
         Ok(listener) => {
-            let Ok(std) = stream.into_std() else {
+            let Some((std, tls)) = stream.into_fanout().await else {
                 app.egress.release();
                 return;
             };
@@ -196,6 +196,7 @@ pub async fn handle(mut stream: TcpStream, app: Arc<App>) {
                 pending,
                 next_unit,
                 tag,
+                tls,
             };
             if let Err(e) = app.egress.add_reserved_listener(&output, nl) {
                 tracing::warn!(error = %e, "could not hand a listener to the fan-out");
@@ -244,35 +245,22 @@ fn precheck(app: &App, head: &Head) -> Result<Prechecked, ApiError> {
         .space
         .ok_or_else(|| ApiError::not_found("no such space"))?;
     let cell = app.space(id)?;
-    let tag = {
-        let inner = cell.inner.lock();
-        let s = &inner.space;
-        match s.state {
-            SpaceState::Live => {}
-            SpaceState::Scheduled => {
-                return Err(ApiError::conflict("the space has not started yet"));
-            }
-            SpaceState::Ended => {
-                return Err(ApiError::conflict(format!(
-                    "the space has ended; the replay is at /spaces/{id}/recording.opus"
-                )));
-            }
-        }
-        let claims = match &head.token {
-            Some(t) => Some(app.verify(id, t)?),
-            None if s.public => None,
-            None => {
-                return Err(ApiError::unauthorized(
-                    "this space needs a token: join first",
-                ));
-            }
-        };
-        if let Some(c) = &claims
-            && s.role_of(c.pid).is_none()
-        {
-            return Err(ApiError::forbidden("you were removed from this space"));
-        }
-        claims.map_or(0, |c| c.pid.0)
+    let verified = head.token.as_ref().map(|t| app.verify(id, t));
+    let who = match &verified {
+        None => Listener::Anonymous,
+        Some(Ok(c)) => Listener::Participant(c.pid),
+        Some(Err(_)) => Listener::Unverified,
+    };
+    if let Err(refused) = cell.inner.lock().space.may_listen(who) {
+        // A token that failed verification is refused with its own reason.
+        return Err(match (refused, verified) {
+            (RoomError::Unauthenticated(_), Some(Err(e))) => e,
+            (refused, _) => refused.into(),
+        });
+    }
+    let tag = match who {
+        Listener::Participant(pid) => pid.0,
+        Listener::Anonymous | Listener::Unverified => 0,
     };
     if head.kind == Kind::Ws && !head.ws_ok {
         return Err(ApiError::new(
@@ -379,7 +367,7 @@ fn admit(app: &App, head: &Head, pre: Prechecked) -> Result<NewListenerFor, ApiE
     }
 }
 
-async fn refuse(stream: &mut TcpStream, e: &ApiError) {
+async fn refuse<S: AsyncWrite + Unpin>(stream: &mut S, e: &ApiError) {
     let body = e.body();
     let retry = e
         .retry_after
