@@ -16,7 +16,7 @@ pub mod segmenter;
 
 pub use playlist::{Ready, parse_blocking_query, parse_media_name};
 pub use segmenter::{
-    HlsEvent, PRELOAD_PARTS_AHEAD, PartLookup, Segment, Segmenter, SegmenterConfig,
+    HlsEvent, PDT_REANCHOR_US, PRELOAD_PARTS_AHEAD, PartLookup, Segment, Segmenter, SegmenterConfig,
 };
 
 /// Frames per part: 500 ms.
@@ -64,9 +64,28 @@ pub fn cache_control_for(kind: Resource) -> &'static str {
 
 pub use cache_control_for as cache_control;
 
+/// `Content-Type` for each kind of HLS resource. The fMP4 media holds one
+/// audio track and nothing else, so it is `audio/mp4` (RFC 4337: `video/mp4`
+/// is for files with video); playlists are `application/vnd.apple.mpegurl`
+/// (RFC 8216 §4).
+pub fn content_type_for(kind: Resource) -> &'static str {
+    match kind {
+        Resource::Media => "audio/mp4",
+        Resource::LivePlaylist | Resource::VodPlaylist => "application/vnd.apple.mpegurl",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn audio_only_media_is_audio_mp4_and_playlists_are_mpegurl() {
+        assert_eq!(content_type_for(Resource::Media), "audio/mp4");
+        for kind in [Resource::LivePlaylist, Resource::VodPlaylist] {
+            assert_eq!(content_type_for(kind), "application/vnd.apple.mpegurl");
+        }
+    }
 
     #[test]
     fn media_is_immutable_and_live_playlists_are_short_lived() {
