@@ -1,7 +1,7 @@
 //! LL-HLS delivery directives against a real `amphi serve`: delta updates
 //! (`_HLS_skip=YES`, RFC 8216bis §6.2.5.1) and requests for the part named
 //! by `EXT-X-PRELOAD-HINT`, held until it is published (§6.2.6). A live
-//! space cuts its program (silence when nobody speaks) into 500 ms parts
+//! space cuts its program (silence when nobody speaks) into 400 ms parts
 //! and 2 s segments, so no speaker is needed.
 
 mod common;
@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use common::{Server, live_space, wait_for};
 
 /// Parts per segment of the server's cut.
-const PARTS: u64 = 4;
+const PARTS: u64 = 5;
 
 struct Got {
     status: u16,
@@ -226,7 +226,7 @@ fn the_preload_hinted_part_is_held_until_published() {
         g.status == 200 && text(&g).contains("#EXT-X-PART:")
     });
     // Catch the moment a part is published: the new playlist hints the
-    // next one, about one part (500 ms) away.
+    // next one, about one part (400 ms) away.
     let (m, p) = hint(&text(&get(&live)));
     let pl = get(&format!("{live}?_HLS_msn={m}&_HLS_part={p}"));
     assert_eq!(pl.status, 200);
@@ -255,7 +255,7 @@ fn the_preload_hinted_part_is_held_until_published() {
         assert_eq!(g.status, 200, "{}", String::from_utf8_lossy(&g.body));
         assert_eq!(g.content_type, "audio/mp4");
         assert!(g.cache_control.contains("immutable"));
-        assert_eq!(samples(&g.body), 25, "a whole 500 ms part");
+        assert_eq!(samples(&g.body), 20, "a whole 400 ms part");
     }
     eprintln!(
         "hinted part after {:?}, the next one after {:?}",
@@ -289,7 +289,7 @@ fn the_preload_hinted_part_is_held_until_published() {
         part_url(fm, fp),
         part_url(edge.0 + 5, 0),
         part_url(edge.0, 7),
-        part_url(0, 4),
+        part_url(0, 5),
         format!("{base}/seg-{}.m4s", edge.0),
         format!("{base}/seg-{}.m4s", edge.0 + 1),
     ] {

@@ -19,10 +19,10 @@ pub use segmenter::{
     HlsEvent, PDT_REANCHOR_US, PRELOAD_PARTS_AHEAD, PartLookup, Segment, Segmenter, SegmenterConfig,
 };
 
-/// Frames per part: 500 ms.
-pub const PART_FRAMES: u64 = 25;
+/// Frames per part: 400 ms.
+pub const PART_FRAMES: u64 = 20;
 /// Parts per segment: 2 s segments.
-pub const SEGMENT_PARTS: u64 = 4;
+pub const SEGMENT_PARTS: u64 = 5;
 /// Frames per segment.
 pub const SEGMENT_FRAMES: u64 = PART_FRAMES * SEGMENT_PARTS;
 
@@ -51,7 +51,7 @@ pub enum Resource {
 
 /// `Cache-Control` for each kind of HLS resource. Media is immutable, so a
 /// CDN may keep it for a year and absorb the audience; the live playlist
-/// changes every 500 ms, so caches may hold it for at most a second
+/// changes every part (400 ms), so caches may hold it for at most a second
 /// (blocking-reload URLs differ per part, so they cache well too); a VOD
 /// playlist never changes.
 pub fn cache_control_for(kind: Resource) -> &'static str {

@@ -22,7 +22,7 @@ use crate::{PART_FRAMES, SEGMENT_PARTS};
 /// How frames are cut and how much is kept for serving.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SegmenterConfig {
-    /// Frames per part (25 = 500 ms, the LL-HLS part target).
+    /// Frames per part (20 = 400 ms, the LL-HLS part target).
     pub part_frames: u32,
     /// Parts per segment (4 → 2 s segments).
     pub segment_parts: u32,
@@ -73,9 +73,9 @@ pub const PRELOAD_PARTS_AHEAD: u64 = 1;
 /// dating each segment by its first frame's stamp alone made consecutive
 /// dates differ by ±20 ms from the `EXTINF` between them; a date carried
 /// along the timeline does not. Only a stalled mixer (it skips ticks after
-/// 200 ms behind) moves the two apart for good; past a second of that the
-/// date jumps back to the stamps.
-pub const PDT_REANCHOR_US: u64 = 1_000_000;
+/// 200 ms behind) moves the two apart for good; past half a second of that
+/// the date jumps back to the stamps.
+pub const PDT_REANCHOR_US: u64 = 500_000;
 
 /// What a request for `part-{msn}-{part}.m4s` should get
 /// ([`Segmenter::lookup_part`]).
@@ -520,7 +520,7 @@ mod tests {
     }
 
     #[test]
-    fn gap_free_frames_make_500ms_parts_and_2s_segments() {
+    fn gap_free_frames_make_400ms_parts_and_2s_segments() {
         let mut s = Segmenter::new(SegmenterConfig::default());
         let mut parts = Vec::new();
         let mut segs = Vec::new();
@@ -536,17 +536,17 @@ mod tests {
                 }
             }
         }
-        // Part 0 of segment 0 is ready the moment frame 24 arrives.
-        assert_eq!(parts.len(), 9);
+        // Part 0 of segment 0 is ready the moment frame 19 arrives.
+        assert_eq!(parts.len(), 11);
         assert_eq!(parts[0].0, 0);
-        assert_eq!((parts[4].0, parts[4].1), (1, 0));
-        assert_eq!((parts[8].0, parts[8].1), (2, 0));
+        assert_eq!((parts[5].0, parts[5].1), (1, 0));
+        assert_eq!((parts[10].0, parts[10].1), (2, 0));
         assert_eq!(segs.len(), 2);
         assert_eq!(segs[1].2, Duration::from_secs(2));
-        let concat: Vec<u8> = parts[4..8].iter().flat_map(|p| p.2.to_vec()).collect();
+        let concat: Vec<u8> = parts[5..10].iter().flat_map(|p| p.2.to_vec()).collect();
         assert_eq!(segs[1].1.to_vec(), concat);
-        assert_eq!(tfdt(&parts[5].2), 125 * 960);
-        assert_eq!(s.part(2, 0), Some(parts[8].2.clone()));
+        assert_eq!(tfdt(&parts[6].2), 120 * 960);
+        assert_eq!(s.part(2, 0), Some(parts[10].2.clone()));
         assert_eq!(s.part(2, 1), None);
         assert_eq!(s.segment(1), Some(segs[1].1.clone()));
         assert_eq!(s.edge(), (2, 1));
@@ -648,15 +648,15 @@ mod tests {
             s.push(&frame(q));
         }
         assert_eq!(s.edge(), (2, 1));
-        assert!(found(s.lookup_part(2, 0)) && found(s.lookup_part(1, 3)));
+        assert!(found(s.lookup_part(2, 0)) && found(s.lookup_part(1, 4)));
         assert_eq!(s.lookup_part(2, 0), Found(s.part(2, 0).unwrap()));
         assert_eq!(s.lookup_part(2, 1), Pending);
         assert_eq!(s.lookup_part(2, 2), Pending);
         assert_eq!(s.lookup_part(2, 3), NotFound);
         assert_eq!(s.lookup_part(3, 0), NotFound);
         // No such part index, ever.
-        assert_eq!(s.lookup_part(2, 4), NotFound);
-        assert_eq!(s.lookup_part(1, 4), NotFound);
+        assert_eq!(s.lookup_part(2, 5), NotFound);
+        assert_eq!(s.lookup_part(1, 5), NotFound);
         assert_eq!(s.lookup_part(u64::MAX, u32::MAX), NotFound);
         assert_eq!(s.lookup_part(u64::MAX, 0), NotFound);
         // Once published, the hinted part is found.
@@ -666,20 +666,20 @@ mod tests {
         assert!(found(s.lookup_part(2, 1)));
         // Hint on the last part of a segment: the next is part 0 of the
         // following segment.
-        for q in 250..375 {
+        for q in 250..380 {
             s.push(&frame(q));
         }
-        assert_eq!(s.edge(), (3, 3));
-        assert_eq!(s.lookup_part(3, 3), Pending);
+        assert_eq!(s.edge(), (3, 4));
+        assert_eq!(s.lookup_part(3, 4), Pending);
         assert_eq!(s.lookup_part(4, 0), Pending);
         assert_eq!(s.lookup_part(4, 1), NotFound);
-        // A restart closes segment 3 with three parts: part-3-3 will never
+        // A restart closes segment 3 with four parts: part-3-4 will never
         // exist, part-4-0 is the new hint.
         s.mark_gap();
         s.push(&frame(10_000));
         assert_eq!(s.edge(), (4, 0));
-        assert_eq!(s.lookup_part(3, 3), NotFound);
-        assert!(found(s.lookup_part(3, 2)));
+        assert_eq!(s.lookup_part(3, 4), NotFound);
+        assert!(found(s.lookup_part(3, 3)));
         assert_eq!(s.lookup_part(4, 0), Pending);
         // The end cuts the frame in progress into a last, short part.
         s.finish();
@@ -692,7 +692,7 @@ mod tests {
             s.push(&frame(q));
         }
         assert_eq!(s.lookup_part(0, 0), NotFound);
-        assert!(found(s.lookup_part(9, 3)));
+        assert!(found(s.lookup_part(9, 4)));
         assert_eq!(s.lookup_part(10, 0), Pending);
     }
 
@@ -769,7 +769,7 @@ mod tests {
         /// them.
         #[test]
         fn program_dates_advance_by_the_media_between_segments(
-            wobble in proptest::collection::vec(-400_000i64..400_000, 1..900),
+            wobble in proptest::collection::vec(-200_000i64..200_000, 1..900),
             lost in proptest::collection::vec(any::<bool>(), 900),
         ) {
             let mut s = Segmenter::new(SegmenterConfig { keep_all: true, ..SegmenterConfig::default() });

@@ -23,7 +23,7 @@ use crate::media::LiveMedia;
 const BLOCK_LIMIT: Duration = Duration::from_secs(3);
 
 /// Longest a request for the part named by `EXT-X-PRELOAD-HINT` (or the one
-/// after it) is held before it gets a 404. Parts come every 500 ms, so only
+/// after it) is held before it gets a 404. Parts come every 400 ms, so only
 /// a stalled program ever reaches it; it also bounds what a flood of such
 /// requests can hold: each is one future parked on the space's
 /// `hls_tick`, gone after this long.
