@@ -256,6 +256,9 @@ pub struct App {
     pub egress: Arc<Egress>,
     pub media: MediaPlane,
     pub admission: crate::listen::Admission,
+    /// Ogg pages of history a new `live.opus` listener receives at once
+    /// (`--ogg-burst-ms`).
+    pub ogg_burst_pages: usize,
     pub reaction_limiter: crate::listen::KeyedLimiter,
     pub join_limiter: crate::listen::KeyedLimiter,
     pub identity_key: Option<TokenKey>,

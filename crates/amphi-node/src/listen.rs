@@ -20,7 +20,7 @@ use tokio::net::TcpStream;
 
 use amphi_core::SpaceId;
 use amphi_core::room::SpaceState;
-use amphi_egress::NewListener;
+use amphi_egress::{NewListener, Protocol};
 
 use crate::app::App;
 use crate::error::ApiError;
@@ -29,8 +29,6 @@ use crate::error::ApiError;
 const MAX_HEAD: usize = 8192;
 /// Time a client has to send its request head.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
-/// Ogg pages sent at once to a new listener so its player starts at once.
-const OGG_BURST_PAGES: usize = 5;
 
 /// Node-wide admission: a listener cap and a token-bucket join rate.
 #[derive(Debug)]
@@ -251,14 +249,18 @@ pub async fn handle(mut stream: TcpStream, app: Arc<App>) {
                 output,
                 pending,
                 next_unit,
+                burst_to,
                 tag,
+                protocol,
                 ..
             } = listener;
             let nl = NewListener {
                 stream: std,
                 pending,
                 next_unit,
+                burst_to,
                 tag,
+                protocol,
             };
             if let Err(e) = app.egress.add_reserved_listener(&output, nl) {
                 tracing::warn!(error = %e, "could not hand a listener to the fan-out");
@@ -276,7 +278,10 @@ struct NewListenerFor {
     output: Arc<amphi_egress::Output>,
     pending: Bytes,
     next_unit: u64,
+    /// The connect burst: units `next_unit..=burst_to` of the output's ring.
+    burst_to: Option<u64>,
     tag: u64,
+    protocol: Protocol,
     /// A HEAD request: send the response head and close.
     head_only: bool,
 }
@@ -328,6 +333,21 @@ fn admit(app: &App, head: &Head) -> Result<NewListenerFor, ApiError> {
         .read()
         .clone()
         .ok_or_else(|| ApiError::conflict("the space is not live"))?;
+    if head.kind == Kind::Ws
+        && let Some(from) = head.from_seq
+        && let Some(newest) = live.history.lock().last_seq()
+        && from > newest.saturating_add(1)
+    {
+        // Checked before any place is taken: nothing to give back.
+        return Err(ApiError::new(
+            axum::http::StatusCode::BAD_REQUEST,
+            "from_seq_ahead",
+            format!(
+                "from_seq {from} is ahead of the newest frame, {newest}: resume with at most {}, or connect without from_seq",
+                newest + 1
+            ),
+        ));
+    }
     // The space's place and the node-wide place are each taken atomically:
     // exactly --max-listeners-per-space and --max-listeners are admitted
     // however many arrive at once (a refused listener gives its places back).
@@ -358,24 +378,31 @@ fn admit(app: &App, head: &Head) -> Result<NewListenerFor, ApiError> {
                     output: live.ogg.clone(),
                     pending: pending.freeze(),
                     next_unit: 0,
+                    burst_to: None,
                     tag,
+                    protocol: Protocol::Http,
                     head_only: true,
                 });
             }
             pending.extend_from_slice(&live.ogg_headers);
-            let burst = live.ogg.recent(OGG_BURST_PAGES);
-            for u in &burst {
-                pending.extend_from_slice(&u.bytes);
-            }
-            let next_unit = burst
-                .last()
-                .map_or_else(|| live.ogg.next_seq(), |u| u.seq + 1);
+            // The burst: the newest pages of the output's ring, sent by the
+            // fan-out from the shared pages (no copy per listener) as fast
+            // as the socket takes them, so a player that buffers before it
+            // starts (Chromium's <audio> reads 32 KB at a time) starts at
+            // once — and plays that much behind live.
+            let burst = live.ogg.burst_range(app.ogg_burst_pages);
+            let (next_unit, burst_to) = match burst {
+                Some((first, last)) => (first, Some(last)),
+                None => (live.ogg.next_seq(), None),
+            };
             Ok(NewListenerFor {
                 place,
                 output: live.ogg.clone(),
                 pending: pending.freeze(),
                 next_unit,
+                burst_to,
                 tag,
+                protocol: Protocol::Http,
                 head_only: false,
             })
         }
@@ -407,7 +434,9 @@ fn admit(app: &App, head: &Head) -> Result<NewListenerFor, ApiError> {
                 output: live.ws.clone(),
                 pending: pending.freeze(),
                 next_unit,
+                burst_to: None,
                 tag,
+                protocol: Protocol::WebSocket,
                 head_only: false,
             })
         }
