@@ -443,6 +443,39 @@ fn admit(app: &App, head: &Head) -> Result<NewListenerFor, ApiError> {
     }
 }
 
+/// Routes for listener requests that reached the HTTP framework: a
+/// `live.opus` request on a kept-alive connection (a browser's `<audio>` in
+/// a page the node served reuses the page's connection). The front door
+/// sees only a connection's first request, so the answer is a redirect to
+/// the same URL with `Connection: close`: the client asks again on a new
+/// connection, which the front door hands to the fan-out.
+pub fn router() -> axum::Router<Arc<App>> {
+    axum::Router::new().route(
+        "/spaces/{id}/live.opus",
+        axum::routing::get(again_on_a_new_connection),
+    )
+}
+
+async fn again_on_a_new_connection(uri: axum::http::Uri) -> axum::response::Response {
+    use axum::http::{HeaderValue, StatusCode, header};
+    let target = uri
+        .path_and_query()
+        .map_or_else(|| uri.path().to_owned(), |p| p.as_str().to_owned());
+    let mut res = axum::response::Response::new(axum::body::Body::empty());
+    *res.status_mut() = StatusCode::TEMPORARY_REDIRECT;
+    let h = res.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&target) {
+        h.insert(header::LOCATION, v);
+    }
+    h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    res
+}
+
 async fn refuse(stream: &mut TcpStream, e: &ApiError) {
     let body = e.body();
     let retry = e

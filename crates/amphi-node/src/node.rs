@@ -394,6 +394,7 @@ fn router(app: Arc<App>) -> Router {
         .merge(crate::media::router())
         .merge(crate::replay::router())
         .merge(crate::web::router())
+        .merge(crate::listen::router())
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -539,6 +540,18 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
         "amphi_fanout_closed_total",
         "Listeners that went away.",
         l(&e.closed_gone),
+    );
+    counter(
+        &mut out,
+        "amphi_fanout_pongs_total",
+        "Pongs sent to live.ws listeners.",
+        l(&e.pongs),
+    );
+    counter(
+        &mut out,
+        "amphi_fanout_closed_ws_total",
+        "live.ws listeners closed by a close handshake (theirs echoed, or ours for a protocol violation).",
+        l(&e.closed_ws),
     );
     app.media.render_metrics(&mut out);
     if let Some(c) = &app.cluster {
