@@ -138,3 +138,32 @@ fn a_short_burst_is_configurable() {
     );
     speaker.kill();
 }
+
+#[test]
+fn a_request_can_ask_for_a_shorter_burst() {
+    let s = Server::start(&[]);
+    let (id, host, _) = live_space(&s, "Per-request burst");
+    let mut speaker = publish_tone(&s, &id, &host, 440, 20);
+    common::wait_for_audio(&s, 1.0);
+    std::thread::sleep(Duration::from_secs(4));
+    // The whole default burst (8 s, but 4 s of program so far) at once...
+    let url = s.url(&format!("/spaces/{id}/live.opus"));
+    let t0 = Instant::now();
+    let pcm = common::ffmpeg_listen(&url, 3.0);
+    assert!(pcm.len() >= 3 * 48_000 - 4800);
+    assert!(
+        t0.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        t0.elapsed()
+    );
+    // ...or 200 ms of it, for a player that wants to be near live.
+    let t0 = Instant::now();
+    let pcm = common::ffmpeg_listen(&format!("{url}?burst_ms=200"), 3.0);
+    assert!(pcm.len() >= 3 * 48_000 - 4800);
+    assert!(
+        t0.elapsed() > Duration::from_millis(2500),
+        "{:?}",
+        t0.elapsed()
+    );
+    speaker.kill();
+}

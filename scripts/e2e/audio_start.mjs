@@ -27,7 +27,7 @@ try {
   const res = await p.evaluate(async ({ src, wait }) => {
     // The live edge: the newest frame seq seen on live.ws.
     let edge = null;
-    const ws = new WebSocket(src.replace(/^http/, "ws").replace(/live\.opus$/, "live.ws"));
+    const ws = new WebSocket(src.replace(/^http/, "ws").replace(/live\.opus(\?.*)?$/, "live.ws"));
     ws.binaryType = "arraybuffer";
     ws.onmessage = (m) => {
       const v = new DataView(m.data);

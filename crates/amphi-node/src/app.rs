@@ -259,6 +259,8 @@ pub struct App {
     /// Ogg pages of history a new `live.opus` listener receives at once
     /// (`--ogg-burst-ms`).
     pub ogg_burst_pages: usize,
+    /// Duration of one Ogg page, in ms (`--ogg-page-ms`).
+    pub ogg_page_ms: u32,
     pub reaction_limiter: crate::listen::KeyedLimiter,
     pub join_limiter: crate::listen::KeyedLimiter,
     pub identity_key: Option<TokenKey>,

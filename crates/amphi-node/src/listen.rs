@@ -136,6 +136,8 @@ struct Head {
     kind: Kind,
     token: Option<String>,
     from_seq: Option<u64>,
+    /// `live.opus?burst_ms=N`: a shorter connect burst than the node's.
+    burst_ms: Option<u32>,
     ws_key: Option<String>,
     ws_ok: bool,
 }
@@ -159,6 +161,7 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, &'static str> {
     };
     let mut token = None;
     let mut from_seq = None;
+    let mut burst_ms = None;
     for kv in query.split('&') {
         if let Some(v) = kv.strip_prefix("token=") {
             token = Some(v.to_owned());
@@ -166,6 +169,11 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, &'static str> {
             from_seq = Some(
                 v.parse()
                     .map_err(|_| "from_seq must be a non-negative integer")?,
+            );
+        } else if let Some(v) = kv.strip_prefix("burst_ms=") {
+            burst_ms = Some(
+                v.parse()
+                    .map_err(|_| "burst_ms must be a non-negative integer")?,
             );
         }
     }
@@ -193,6 +201,7 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, &'static str> {
         kind,
         token,
         from_seq,
+        burst_ms,
         ws_ok: upgrade && version_ok && ws_key.is_some(),
         ws_key,
     }))
@@ -390,7 +399,10 @@ fn admit(app: &App, head: &Head) -> Result<NewListenerFor, ApiError> {
             // as the socket takes them, so a player that buffers before it
             // starts (Chromium's <audio> reads 32 KB at a time) starts at
             // once — and plays that much behind live.
-            let burst = live.ogg.burst_range(app.ogg_burst_pages);
+            let pages = head.burst_ms.map_or(app.ogg_burst_pages, |ms| {
+                (ms / app.ogg_page_ms.max(1)).clamp(1, app.ogg_burst_pages as u32) as usize
+            });
+            let burst = live.ogg.burst_range(pages);
             let (next_unit, burst_to) = match burst {
                 Some((first, last)) => (first, Some(last)),
                 None => (live.ogg.next_seq(), None),
@@ -528,6 +540,11 @@ mod tests {
         assert!(h.ws_ok);
         assert_eq!(h.space, Some(SpaceId(0x0123456789abcdef)));
         assert!(parse_head(b"GET /spaces/x/live.ws?from_seq=-1 HTTP/1.1\r\n\r\n").is_err());
+        let h = parse_head(b"GET /spaces/0123456789abcdef/live.opus?burst_ms=500 HTTP/1.1\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.burst_ms, Some(500));
+        assert!(parse_head(b"GET /spaces/x/live.opus?burst_ms=lots HTTP/1.1\r\n\r\n").is_err());
         assert!(
             parse_head(b"GET /spaces/x/live.opus HTTP/1.1\r\n")
                 .unwrap()

@@ -68,7 +68,8 @@ pub struct Config {
     /// (whole Ogg pages, at most 30000). Players that buffer before they
     /// start (Chromium's `<audio>` waits for 32 KB, about 7 s at
     /// 32 kbit/s) start at once, and then play this far behind live: the
-    /// burst is the latency cost. 0 sends one page. `live.ws` is unaffected.
+    /// burst is the latency cost. 0 sends one page. A request can ask for
+    /// less with `live.opus?burst_ms=N`. `live.ws` is unaffected.
     #[arg(long, env = "AMPHI_OGG_BURST_MS", default_value_t = 8000)]
     pub ogg_burst_ms: u32,
     /// Duration of one `live.ws` message, in ms (multiple of 20).
@@ -331,6 +332,7 @@ async fn load(args: Config) -> anyhow::Result<(Arc<App>, Router, tokio::net::Tcp
             args.join_burst,
         ),
         ogg_burst_pages,
+        ogg_page_ms,
         reaction_limiter: KeyedLimiter::new(5.0, 10.0),
         join_limiter: KeyedLimiter::new(args.join_rate, args.join_burst),
         per_ip: Arc::new(crate::front::PerIp::new(args.max_conns_per_ip)),
