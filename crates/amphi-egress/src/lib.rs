@@ -178,6 +178,9 @@ pub struct NewListener {
     pub tag: u64,
     /// What the client speaks.
     pub protocol: Protocol,
+    /// Over TLS: the sealer of the connection's records (its keys left
+    /// rustls after the handshake; `pending` is sealed like every unit).
+    pub tls: Option<Box<amphi_tls::RecordSealer>>,
 }
 
 /// The fan-out workers.

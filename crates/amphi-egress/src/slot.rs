@@ -4,6 +4,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use amphi_tls::{ContentType, RecordSealer, sealed_len};
 use bytes::Bytes;
 
 use crate::Protocol;
@@ -59,6 +60,11 @@ pub struct Slot<S: Read + Write = TcpStream> {
     pub(crate) reader: Reader,
     /// The worker's poll token for this socket.
     pub(crate) token: usize,
+    /// Over TLS: the connection's sealer, numbered at the start of `cur`.
+    /// Then `offset` counts sealed bytes; the unit is sealed into the
+    /// worker's scratch for each pass (the same bytes every time), so a
+    /// partly written unit costs an offset, not a copy.
+    pub(crate) tls: Option<Box<RecordSealer>>,
 }
 
 /// Source of units for a slot: the worker's recent units of that output.
@@ -105,13 +111,39 @@ impl<S: Read + Write> Slot<S> {
                 },
             },
             token: usize::MAX,
+            tls: None,
         }
+    }
+
+    /// A listener whose bytes are sealed into TLS records by `sealer`.
+    /// Its input is drained, not read: control frames over TLS would need
+    /// the client's records opened (not done yet), so a `wss` listener's
+    /// pings go unanswered.
+    pub(crate) fn with_tls(mut self, sealer: Option<Box<RecordSealer>>) -> Self {
+        if sealer.is_some() && matches!(self.reader, Reader::Ws { .. }) {
+            self.reader = Reader::Drain;
+        }
+        self.tls = sealer;
+        self
+    }
+
+    /// Bytes of the unit in flight on the wire (sealed, over TLS).
+    fn wire_len(&self) -> usize {
+        match self.tls {
+            None => self.cur.len(),
+            Some(_) => sealed_len(self.cur.len()),
+        }
+    }
+
+    /// Whether part of the unit in flight is still to be written.
+    pub(crate) fn in_flight(&self) -> bool {
+        self.offset < self.wire_len()
     }
 
     /// Whether the slot has bytes in flight: the rest of a unit, or a
     /// control reply waiting behind it.
     pub(crate) fn busy(&self) -> bool {
-        self.offset < self.cur.len()
+        self.in_flight()
             || matches!(&self.reader, Reader::Ws { ctl, .. } if !ctl.pending_reply().is_empty())
     }
 
@@ -183,17 +215,36 @@ impl<S: Read + Write> Slot<S> {
     /// Writes what it can: the rest of the unit in flight, then a control
     /// reply if one waits (never inside a unit), then the next units. A
     /// listener two or more units behind jumps to the newest unit, except
-    /// within its connect burst.
+    /// within its connect burst. `scratch` is the worker's buffer for
+    /// sealing TLS records.
     pub(crate) fn service<U: Units>(
         &mut self,
         units: &U,
         now: Instant,
         stall: Duration,
         t: &mut Tally,
+        scratch: &mut Vec<u8>,
     ) -> Service {
+        let mut sealed = false;
         loop {
-            if self.offset < self.cur.len() {
-                match self.stream.write(&self.cur[self.offset..]) {
+            if self.offset < self.wire_len() {
+                let bytes: &[u8] = match &self.tls {
+                    None => &self.cur[self.offset..],
+                    Some(sealer) => {
+                        if !sealed {
+                            scratch.clear();
+                            sealer.seal_at(
+                                sealer.seq(),
+                                ContentType::ApplicationData,
+                                &self.cur,
+                                scratch,
+                            );
+                            sealed = true;
+                        }
+                        &scratch[self.offset..]
+                    }
+                };
+                match self.stream.write(bytes) {
                     Ok(0) => return Service::Gone,
                     Ok(n) => {
                         t.writes += 1;
@@ -260,6 +311,10 @@ impl<S: Read + Write> Slot<S> {
             }
             match units.get(self.next_unit) {
                 Some(b) => {
+                    if let Some(sealer) = &mut self.tls {
+                        sealer.advance(RecordSealer::records_for(self.cur.len()));
+                    }
+                    sealed = false;
                     self.cur = b.clone();
                     self.offset = 0;
                     self.next_unit += 1;
@@ -384,7 +439,7 @@ mod tests {
                     now += Duration::from_millis(1100);
                     prop_assert!(slot.read(now).is_ok());
                 }
-                let v = slot.service(&ring, now, Duration::from_secs(600), &mut tally);
+                let v = slot.service(&ring, now, Duration::from_secs(600), &mut tally, &mut Vec::new());
                 prop_assert!(slot.next_unit <= seq as u64 + 1);
                 if v == Service::Closed {
                     // Pings queued behind a blocked peer came in a flood.
@@ -448,7 +503,7 @@ mod tests {
         let now = Instant::now();
         let mut t = Tally::default();
         assert_eq!(
-            slot.service(&ring, now, Duration::from_secs(5), &mut t),
+            slot.service(&ring, now, Duration::from_secs(5), &mut t, &mut Vec::new()),
             Service::Keep
         );
         assert_eq!(slot.stream.got.len(), 3);
@@ -456,7 +511,7 @@ mod tests {
         slot.read(now).unwrap();
         assert!(slot.busy());
         assert_eq!(
-            slot.service(&ring, now, Duration::from_secs(5), &mut t),
+            slot.service(&ring, now, Duration::from_secs(5), &mut t, &mut Vec::new()),
             Service::Keep
         );
         let mut expect = unit(0, 20).to_vec();
@@ -480,7 +535,7 @@ mod tests {
         // Part of unit 0 goes out; then the client closes with 1001.
         slot.stream.script = VecDeque::from([4]);
         assert_eq!(
-            slot.service(&ring, now, Duration::from_secs(5), &mut t),
+            slot.service(&ring, now, Duration::from_secs(5), &mut t, &mut Vec::new()),
             Service::Keep
         );
         slot.stream
@@ -489,7 +544,7 @@ mod tests {
         slot.read(now).unwrap();
         slot.stream.script = VecDeque::from([10_000, 10_000, 10_000]);
         assert_eq!(
-            slot.service(&ring, now, Duration::from_secs(5), &mut t),
+            slot.service(&ring, now, Duration::from_secs(5), &mut t, &mut Vec::new()),
             Service::Closed
         );
         let mut expect = unit(0, 9).to_vec();
@@ -517,7 +572,7 @@ mod tests {
         }
         slot.read(now).unwrap();
         assert_eq!(
-            slot.service(&ring, now, Duration::from_secs(5), &mut t),
+            slot.service(&ring, now, Duration::from_secs(5), &mut t, &mut Vec::new()),
             Service::Closed
         );
         assert_eq!(t.pongs, u64::from(MAX_CONTROL_PER_SEC));
@@ -539,7 +594,13 @@ mod tests {
         let mut t = Tally::default();
         let ring = Ring(VecDeque::new());
         assert_eq!(
-            slot.service(&ring, Instant::now(), Duration::from_secs(5), &mut t),
+            slot.service(
+                &ring,
+                Instant::now(),
+                Duration::from_secs(5),
+                &mut t,
+                &mut Vec::new()
+            ),
             Service::Closed
         );
         assert_eq!(&slot.stream.got[..4], &[0x88, 38, 0x03, 0xf0]);
@@ -570,7 +631,7 @@ mod tests {
         let mut ring = Ring((0..8).map(|s| (s, unit(s, 10))).collect());
         let now = Instant::now();
         let mut t = Tally::default();
-        slot.service(&ring, now, Duration::from_secs(5), &mut t);
+        slot.service(&ring, now, Duration::from_secs(5), &mut t, &mut Vec::new());
         let expect: Vec<u8> = (2..8).flat_map(|s| unit(s, 10).to_vec()).collect();
         assert_eq!(slot.stream.got, expect);
         assert_eq!(t.skipped, 0);
@@ -578,9 +639,9 @@ mod tests {
         // After the burst, a listener two behind skips as always.
         slot.stream.script = VecDeque::new();
         ring.0.extend((8..12).map(|s| (s, unit(s, 10))));
-        slot.service(&ring, now, Duration::from_secs(5), &mut t);
+        slot.service(&ring, now, Duration::from_secs(5), &mut t, &mut Vec::new());
         slot.stream.script = VecDeque::from(vec![10_000; 10]);
-        slot.service(&ring, now, Duration::from_secs(5), &mut t);
+        slot.service(&ring, now, Duration::from_secs(5), &mut t, &mut Vec::new());
         assert_eq!(t.skipped, 3);
     }
 }

@@ -89,6 +89,8 @@ pub(crate) struct Worker {
     poll: Poll,
     events: Events,
     tokens: Slab<Where>,
+    /// Where TLS listeners' units are sealed, one at a time.
+    scratch: Vec<u8>,
 }
 
 /// How often stalled listeners are retried and timed out between units.
@@ -113,6 +115,7 @@ impl Worker {
             poll: Poll::new()?,
             events: Events::with_capacity(256),
             tokens: Slab::new(),
+            scratch: Vec::with_capacity(64 * 1024),
         })
     }
 
@@ -133,6 +136,7 @@ impl Worker {
                         for slot in st.slots.drain(..) {
                             forget(&mut self.tokens, self.poll.registry(), &slot);
                             closed(&self.stats, &st.output, Service::Gone);
+                            drop(slot);
                         }
                     }
                 }
@@ -141,8 +145,10 @@ impl Worker {
                         let mut i = 0;
                         while i < st.slots.len() {
                             if st.slots[i].tag == tag {
-                                remove(st, &mut self.tokens, self.poll.registry(), i);
+                                let slot = remove(st, &mut self.tokens, self.poll.registry(), i);
+                                // Counted out before its socket closes.
                                 closed(&self.stats, &st.output, Service::Gone);
+                                drop(slot);
                             } else {
                                 i += 1;
                             }
@@ -192,8 +198,9 @@ impl Worker {
             burst_to,
             tag,
             protocol,
+            tls,
         } = listener;
-        let mut slot = Slot::new(stream, pending, next_unit, tag, protocol);
+        let mut slot = Slot::new(stream, pending, next_unit, tag, protocol).with_tls(tls);
         slot.burst_to = burst_to;
         let id = output.id;
         let index = self.state(output).slots.len();
@@ -238,13 +245,16 @@ impl Worker {
                 continue;
             };
             let verdict = match slot.read(now) {
-                Ok(()) if slot.busy() => slot.service(&st.recent, now, self.stall, &mut tally),
+                Ok(()) if slot.busy() => {
+                    slot.service(&st.recent, now, self.stall, &mut tally, &mut self.scratch)
+                }
                 Ok(()) => Service::Keep,
                 Err(v) => v,
             };
             if verdict != Service::Keep {
-                remove(st, &mut self.tokens, self.poll.registry(), i);
+                let slot = remove(st, &mut self.tokens, self.poll.registry(), i);
                 closed(&self.stats, &st.output, verdict);
+                drop(slot);
             }
         }
         self.count(tally);
@@ -265,11 +275,12 @@ impl Worker {
                 i += 1;
                 continue;
             }
-            match slot.service(&st.recent, now, self.stall, &mut tally) {
+            match slot.service(&st.recent, now, self.stall, &mut tally, &mut self.scratch) {
                 Service::Keep => i += 1,
                 verdict => {
-                    remove(st, &mut self.tokens, self.poll.registry(), i);
+                    let slot = remove(st, &mut self.tokens, self.poll.registry(), i);
                     closed(&self.stats, &st.output, verdict);
+                    drop(slot);
                 }
             }
         }
@@ -286,8 +297,9 @@ impl Worker {
 }
 
 /// Takes slot `i` out of its output (the last slot moves into its place)
-/// and stops watching its socket. The socket closes when the slot drops.
-fn remove(st: &mut OutState, tokens: &mut Slab<Where>, registry: &Registry, i: usize) {
+/// and stops watching its socket. The socket closes when the returned slot
+/// drops: count it out first, so a peer that sees the close sees the count.
+fn remove(st: &mut OutState, tokens: &mut Slab<Where>, registry: &Registry, i: usize) -> Slot {
     let slot = st.slots.swap_remove(i);
     forget(tokens, registry, &slot);
     if let Some(moved) = st.slots.get(i)
@@ -295,6 +307,7 @@ fn remove(st: &mut OutState, tokens: &mut Slab<Where>, registry: &Registry, i: u
     {
         w.1 = i;
     }
+    slot
 }
 
 fn forget(tokens: &mut Slab<Where>, registry: &Registry, slot: &Slot) {

@@ -84,6 +84,7 @@ fn fast_listener_gets_everything_slow_one_skips_and_is_closed() {
                     burst_to: None,
                     tag,
                     protocol: Protocol::Http,
+                    tls: None,
                 },
             )
             .unwrap();
@@ -150,6 +151,7 @@ fn new_listener_gets_its_burst_then_live_units_and_ban_closes_it() {
                 burst_to: None,
                 tag: 42,
                 protocol: Protocol::Http,
+                tls: None,
             },
         )
         .unwrap();

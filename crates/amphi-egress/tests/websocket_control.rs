@@ -109,6 +109,7 @@ impl Rig {
                     burst_to: None,
                     tag: 0,
                     protocol,
+                    tls: None,
                 },
             )
             .unwrap();
@@ -289,6 +290,7 @@ fn a_burst_from_the_ring_arrives_whole_and_in_order() {
                 burst_to: Some(burst.last().unwrap().seq),
                 tag: 0,
                 protocol: Protocol::Http,
+                tls: None,
             },
         )
         .unwrap();
