@@ -95,7 +95,9 @@ fn a_recorded_tone_is_replayed_at_once_with_range_and_hls() {
     );
     assert!(
         seconds_of_tone(&pcm, 440.0) > 1.0,
-        "no tone in the live HLS"
+        "no tone in the live HLS: {} s of {}",
+        seconds_of_tone(&pcm, 440.0),
+        pcm.len() as f64 / 48_000.0
     );
     // Blocking reload: asking for the next part waits for it.
     let t0 = Instant::now();
@@ -213,6 +215,18 @@ fn a_recorded_tone_is_replayed_at_once_with_range_and_hls() {
         "vod {vod_duration} vs ogg {total}"
     );
     assert!(seconds_of_tone(&decode(&vod, &[]), 440.0) > 8.5);
+    // Audio-only fMP4 is `audio/mp4` (RFC 4337), the playlist an HLS one.
+    let content_type = |path: &str| {
+        let r = client
+            .get(s.url(&format!("/spaces/{id}/hls/{path}")))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        r.headers()["content-type"].to_str().unwrap().to_owned()
+    };
+    assert_eq!(content_type("replay.m3u8"), "application/vnd.apple.mpegurl");
+    assert_eq!(content_type("init.mp4"), "audio/mp4");
+    assert_eq!(content_type("replay/seg-0.m4s"), "audio/mp4");
 
     // Unknown spaces get 404.
     assert_eq!(
