@@ -192,11 +192,11 @@ impl Program {
         self.spaces.insert(
             start.space,
             SpaceProgram {
-                source: Source::Mixed(Mixed {
+                source: Source::Mixed(Box::new(Mixed {
                     mixer,
                     speakers: HashMap::new(),
                     record: start.record,
-                }),
+                })),
                 cutters: Cutters::new(start.space, &self.cfg.cut, start.stores),
             },
         );

@@ -45,8 +45,9 @@ impl Mixed {
 /// Where a space's frames come from.
 #[derive(Debug)]
 pub(crate) enum Source {
-    /// Mixed on this node every tick.
-    Mixed(Mixed),
+    /// Mixed on this node every tick (boxed: a mixer holds its frames'
+    /// buffers inline).
+    Mixed(Box<Mixed>),
     /// Mixed on another node; its frames arrive with
     /// [`Program::remote_frame`](crate::Program::remote_frame).
     Edge,
