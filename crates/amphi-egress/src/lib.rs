@@ -13,6 +13,8 @@
 //! to the newest unit; one stuck for longer than the stall timeout is closed.
 //! Memory per listener never grows with how far behind it is.
 
+#[cfg(test)]
+mod sim;
 mod slot;
 mod worker;
 
