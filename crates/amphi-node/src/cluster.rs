@@ -566,7 +566,7 @@ impl Cluster {
             e.live.clone()
         });
         let min_seq = previous.map_or(0, |p| p.next_seq(now_ms()));
-        app.media.start_space_with(&cell, live, min_seq);
+        cell.start_media(&app.media, live, min_seq);
     }
 
     /// Called by the owner when a space ends: the lease stays, marked
@@ -628,7 +628,7 @@ impl Cluster {
                     self.stats.leases_lost.fetch_add(1, Ordering::Relaxed);
                     tracing::error!(space = %id, "lost the lease of a space to another node; no longer its origin");
                     if let Ok(cell) = app.space(id) {
-                        app.media.abandon_space(&cell);
+                        cell.abandon_media(&app.media);
                     }
                 }
                 Err(e) => tracing::warn!(space = %id, error = %e, "could not renew a lease"),
@@ -641,7 +641,7 @@ impl Cluster {
     /// Sends an API call to `node` and returns its answer.
     async fn forward(&self, node: &str, req: Request) -> Response {
         let (parts, body) = req.into_parts();
-        let Ok(body) = axum::body::to_bytes(body, crate::api::MAX_BODY).await else {
+        let Ok(body) = axum::body::to_bytes(body, crate::admission::MAX_BODY).await else {
             return ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",
@@ -806,7 +806,7 @@ impl Cluster {
         }
         let live = app.media.new_live_media(cell.id);
         // Cut on the media thread, by the same program as a mixed space.
-        app.media.start_edge(cell, &live);
+        app.media.start_edge(cell.id, &live);
         // Subscribe first, then fetch the history: nothing falls between.
         let mut sub = match self
             .client

@@ -3,21 +3,28 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Router;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
 use axum::response::Response;
+use axum::routing::get;
 use serde_json::{Value, json};
 
 use amphi_core::token::Claims;
 
-use crate::api::Token;
 use crate::app::{App, SpaceCell, Update};
+use crate::auth::Token;
 use crate::error::ApiError;
 
 /// Minimum time between two updates to one client.
 const MIN_INTERVAL: Duration = Duration::from_millis(250);
 
-pub async fn events(
+/// The events channel's route.
+pub fn router() -> Router<Arc<App>> {
+    Router::new().route("/api/v1/spaces/{id}/events", get(events))
+}
+
+async fn events(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
     token: Token,

@@ -3,8 +3,10 @@
 //! cluster membership. The `amphi` binary parses its command line into a
 //! [`Config`] and calls `Node::load(config)?.run()`.
 
+mod admission;
 mod api;
 mod app;
+mod auth;
 mod cluster;
 mod error;
 mod events;
@@ -18,5 +20,6 @@ mod record;
 mod replay;
 mod timefmt;
 mod web;
+mod whip;
 
 pub use node::{Config, Node};

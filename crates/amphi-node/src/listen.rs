@@ -7,13 +7,11 @@
 //! response head, stream headers and burst as one pending buffer — goes to
 //! [`amphi_egress`]. A refusal is a small fixed response written at once.
 
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine;
 use bytes::{Bytes, BytesMut};
-use parking_lot::Mutex;
 use sha1::{Digest, Sha1};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -31,69 +29,6 @@ const MAX_HEAD: usize = 8192;
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Ogg pages sent at once to a new listener so its player starts at once.
 const OGG_BURST_PAGES: usize = 5;
-
-/// Node-wide admission: a listener cap and a token-bucket join rate.
-#[derive(Debug)]
-pub struct Admission {
-    pub max_listeners: u64,
-    pub max_per_space: u64,
-    bucket: KeyedLimiter,
-}
-
-impl Admission {
-    pub fn new(max_listeners: u64, max_per_space: u64, rate: f64, burst: f64) -> Self {
-        Admission {
-            max_listeners,
-            max_per_space,
-            bucket: KeyedLimiter::new(rate, burst),
-        }
-    }
-
-    /// Takes one join from the node-wide bucket.
-    fn take(&self) -> bool {
-        self.bucket.check(0)
-    }
-}
-
-/// A per-key token bucket (reactions, hands): small, bounded map.
-#[derive(Debug)]
-pub struct KeyedLimiter {
-    map: Mutex<HashMap<u64, (f64, Instant)>>,
-    rate: f64,
-    burst: f64,
-}
-
-impl KeyedLimiter {
-    pub fn new(rate: f64, burst: f64) -> Self {
-        KeyedLimiter {
-            map: Mutex::new(HashMap::new()),
-            rate,
-            burst,
-        }
-    }
-
-    /// Whether `key` may act now.
-    pub fn check(&self, key: u64) -> bool {
-        let mut map = self.map.lock();
-        let now = Instant::now();
-        if map.len() > 100_000 {
-            // Forget idle keys rather than grow without bound.
-            let (rate, burst) = (self.rate, self.burst);
-            map.retain(|_, (tokens, at)| {
-                *tokens + now.duration_since(*at).as_secs_f64() * rate < burst
-            });
-        }
-        let e = map.entry(key).or_insert((self.burst, now));
-        e.0 = (e.0 + now.duration_since(e.1).as_secs_f64() * self.rate).min(self.burst);
-        e.1 = now;
-        if e.0 >= 1.0 {
-            e.0 -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
 
 /// Which listener output a request line asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -472,15 +407,5 @@ mod tests {
                 .is_none()
         );
         assert!(parse_head(b"\x00\x01garbage\r\n\r\n").is_err());
-    }
-
-    #[test]
-    fn token_bucket_limits_rate() {
-        let a = Admission::new(10, 10, 0.0, 3.0);
-        assert!(a.take() && a.take() && a.take());
-        assert!(!a.take());
-        let k = KeyedLimiter::new(0.0, 2.0);
-        assert!(k.check(1) && k.check(1) && !k.check(1));
-        assert!(k.check(2));
     }
 }

@@ -22,9 +22,9 @@ use amphi_core::token::TokenKey;
 use amphi_egress::{Egress, EgressConfig};
 use amphi_store::Store;
 
+use crate::admission::{Admission, KeyedLimiter};
 use crate::app::App;
 use crate::error::ApiError;
-use crate::listen::{Admission, KeyedLimiter};
 use crate::media::{MediaConfig, MediaPlane};
 use crate::metrics::{Metrics, counter, gauge, gauge_family};
 
@@ -320,7 +320,7 @@ async fn load(args: Config) -> anyhow::Result<(Arc<App>, Router, tokio::net::Tcp
         ),
         reaction_limiter: KeyedLimiter::new(5.0, 10.0),
         join_limiter: KeyedLimiter::new(args.join_rate, args.join_burst),
-        per_ip: Arc::new(crate::front::PerIp::new(args.max_conns_per_ip)),
+        per_ip: Arc::new(crate::admission::PerIp::new(args.max_conns_per_ip)),
         command_limiter: KeyedLimiter::new(args.command_rate, args.command_rate * 2.0),
         identity_key: args
             .identity_key
@@ -378,7 +378,8 @@ async fn shutdown_signal() {
 fn router(app: Arc<App>) -> Router {
     Router::new()
         .merge(crate::api::router())
-        .merge(crate::media::router())
+        .merge(crate::events::router())
+        .merge(crate::whip::router())
         .merge(crate::replay::router())
         .merge(crate::web::router())
         .route("/healthz", get(|| async { "ok\n" }))
@@ -401,7 +402,7 @@ fn router(app: Arc<App>) -> Router {
             crate::replay::replay_elsewhere,
         ))
         .layer(axum::middleware::from_fn_with_state(app.clone(), observe))
-        .layer(DefaultBodyLimit::max(crate::api::MAX_BODY))
+        .layer(DefaultBodyLimit::max(crate::admission::MAX_BODY))
         .with_state(app)
 }
 
