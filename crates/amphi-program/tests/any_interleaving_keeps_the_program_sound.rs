@@ -3,7 +3,7 @@
 //! come from spaces mixed here, units only from spaces started and not
 //! closed, one `Closed` per space that stops, and nothing left queued.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
