@@ -833,6 +833,9 @@ impl Cluster {
                 Ok(frames) => {
                     last = frames.last().map(|f| f.seq);
                     app.media.remote_frames(cell.id, frames);
+                    // The first listeners' bursts and resumes read what the
+                    // history made: wait until it is cut.
+                    app.media.sync().await;
                 }
                 Err(e) => tracing::warn!(space = %cell.id, error = %e, "malformed history reply"),
             },

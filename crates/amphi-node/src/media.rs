@@ -206,6 +206,9 @@ enum Cmd {
         live: Arc<LiveMedia>,
         ended: bool,
     },
+    /// Answered once every command before it is done and its units are
+    /// published.
+    Sync(tokio::sync::oneshot::Sender<()>),
     Shutdown,
 }
 
@@ -349,6 +352,16 @@ impl MediaPlane {
     pub fn remote_frames(&self, space: SpaceId, frames: Vec<Frame>) {
         if let Err(TrySendError::Full(_)) = self.tx.try_send(Cmd::RemoteFrames { space, frames }) {
             self.stats.remote_queue_full.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Returns once the media thread has done everything asked of it
+    /// before (at most 1 s: a stalled media thread does not hold the
+    /// caller).
+    pub async fn sync(&self) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.tx.try_send(Cmd::Sync(tx)).is_ok() {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), rx).await;
         }
     }
 
@@ -789,6 +802,10 @@ impl MixThread {
                 {
                     tracing::error!(error = %e, "could not add a speaker to the mixer");
                 }
+            }
+            Cmd::Sync(done) => {
+                self.carry();
+                let _ = done.send(());
             }
             Cmd::Shutdown => {}
         }
