@@ -121,6 +121,8 @@ fn one_speaker_ten_thousand_listeners_one_slow() {
     let mut published: Vec<Bytes> = Vec::new();
     let stall = Duration::from_secs(5);
     let mut tally = Tally::default();
+    // The worker's TLS sealing buffer (these listeners are plain TCP).
+    let mut scratch = Vec::new();
 
     for k in 0..500u32 {
         let now = t0 + Duration::from_millis(20) * (k + 1);
@@ -158,7 +160,10 @@ fn one_speaker_ten_thousand_listeners_one_slow() {
         // What a worker does on a unit: every listener, once.
         slots[slow].stream.left = 40;
         for slot in &mut slots {
-            assert_eq!(slot.service(&ring, now, stall, &mut tally), Service::Keep);
+            assert_eq!(
+                slot.service(&ring, now, stall, &mut tally, &mut scratch),
+                Service::Keep
+            );
         }
     }
 

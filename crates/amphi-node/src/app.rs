@@ -308,6 +308,11 @@ pub struct App {
     pub per_ip: Arc<crate::admission::PerIp>,
     pub command_limiter: crate::admission::KeyedLimiter,
     pub started: std::time::Instant,
+    /// ACME HTTP-01 key authorizations by token, served on the redirect
+    /// port while an order is pending.
+    pub acme_http01: RwLock<HashMap<String, String>>,
+    /// TURN servers offered to WHIP publishers (`--turn-url`).
+    pub turn: Option<crate::turn::Turn>,
     /// Membership of a cluster (`--nats`); `None` on a lone node.
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }

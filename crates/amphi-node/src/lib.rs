@@ -8,6 +8,7 @@ mod api;
 mod app;
 mod auth;
 mod cluster;
+mod conn;
 mod error;
 mod events;
 mod front;
@@ -17,8 +18,10 @@ mod metrics;
 mod node;
 mod openapi;
 mod record;
+mod redirect;
 mod replay;
 mod timefmt;
+mod turn;
 mod web;
 mod whip;
 

@@ -13,14 +13,14 @@ use std::time::Duration;
 use base64::Engine;
 use bytes::{Bytes, BytesMut};
 use sha1::{Digest, Sha1};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use amphi_core::SpaceId;
 use amphi_core::room::SpaceState;
 use amphi_egress::NewListener;
 
 use crate::app::App;
+use crate::conn::ListenerConn;
 use crate::error::ApiError;
 
 /// Largest request head a listener may send.
@@ -135,8 +135,8 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, &'static str> {
     }))
 }
 
-/// Serves one listener request on `stream`.
-pub async fn handle(mut stream: TcpStream, app: Arc<App>) {
+/// Serves one listener request on `stream` (plain or TLS).
+pub async fn handle<S: ListenerConn>(mut stream: S, app: Arc<App>) {
     app.metrics.listen_requests.inc();
     let mut buf = BytesMut::with_capacity(1024);
     let head = loop {
@@ -177,7 +177,7 @@ pub async fn handle(mut stream: TcpStream, app: Arc<App>) {
             let _ = stream.shutdown().await;
         }
         Ok(listener) => {
-            let Ok(std) = stream.into_std() else {
+            let Some((std, tls)) = stream.into_fanout().await else {
                 app.egress.release();
                 return;
             };
@@ -194,6 +194,7 @@ pub async fn handle(mut stream: TcpStream, app: Arc<App>) {
                 pending,
                 next_unit,
                 tag,
+                tls,
             };
             if let Err(e) = app.egress.add_reserved_listener(&output, nl) {
                 tracing::warn!(error = %e, "could not hand a listener to the fan-out");
@@ -349,7 +350,7 @@ fn admit(app: &App, head: &Head) -> Result<NewListenerFor, ApiError> {
     }
 }
 
-async fn refuse(stream: &mut TcpStream, e: &ApiError) {
+async fn refuse<S: AsyncWrite + Unpin>(stream: &mut S, e: &ApiError) {
     let body = e.body();
     let retry = e
         .retry_after

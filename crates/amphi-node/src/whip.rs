@@ -11,8 +11,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, post};
 
-use amphi_core::SpaceId;
 use amphi_core::room::SpaceState;
+use amphi_core::{ParticipantId, SpaceId};
 use amphi_rtc::{RtcError, SessionId, SessionRequest};
 
 use crate::app::App;
@@ -48,7 +48,7 @@ fn cors(res: &mut Response) {
     );
     h.insert(
         header::ACCESS_CONTROL_EXPOSE_HEADERS,
-        HeaderValue::from_static("Location"),
+        HeaderValue::from_static("Location, Link"),
     );
 }
 
@@ -58,8 +58,43 @@ fn with_cors(r: Result<Response, ApiError>) -> Response {
     res
 }
 
-async fn whip_options() -> Response {
-    with_cors(Ok(StatusCode::NO_CONTENT.into_response()))
+/// A CORS preflight, or a WHIP client asking for its ICE servers before it
+/// makes its offer (the browser needs TURN servers before it gathers): with
+/// a stage member's token the answer carries the TURN `Link`s.
+async fn whip_options(
+    State(app): State<Arc<App>>,
+    Path(params): Path<Vec<(String, String)>>,
+    token: Option<Token>,
+) -> Response {
+    let mut res = StatusCode::NO_CONTENT.into_response();
+    let space = params
+        .iter()
+        .find(|(k, _)| k == "id")
+        .and_then(|(_, v)| v.parse::<SpaceId>().ok());
+    if let (Some(id), Some(token)) = (space, token)
+        && let Ok(claims) = app.verify(id, &token.0)
+        && let Ok(cell) = app.space(id)
+        && cell
+            .inner
+            .lock()
+            .space
+            .role_of(claims.pid)
+            .is_some_and(|r| r.on_stage())
+    {
+        add_ice_servers(&app, &mut res, claims.pid);
+    }
+    with_cors(Ok(res))
+}
+
+/// The TURN servers (if configured) as `Link` headers, with credentials
+/// for `pid`.
+fn add_ice_servers(app: &App, res: &mut Response, pid: ParticipantId) {
+    let Some(turn) = &app.turn else { return };
+    for link in turn.links(&pid.to_string(), crate::timefmt::now_s()) {
+        if let Ok(v) = HeaderValue::from_str(&link) {
+            res.headers_mut().append(header::LINK, v);
+        }
+    }
 }
 
 async fn whip_post(
@@ -137,6 +172,7 @@ async fn whip_publish(
     if let Ok(v) = HeaderValue::from_str(&location) {
         h.insert(header::LOCATION, v);
     }
+    add_ice_servers(&app, &mut res, claims.pid);
     Ok(res)
 }
 
