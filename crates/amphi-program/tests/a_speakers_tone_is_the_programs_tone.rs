@@ -66,7 +66,10 @@ fn a_speakers_tone_is_the_programs_tone() {
     for (f, (seq, p)) in frames.iter().zip(&ws) {
         assert_eq!((f.seq, &f.opus), (*seq, p));
     }
-    // 3 s: one complete 2 s segment and the parts of the next.
-    assert_eq!(sim.units(SPACE, is_hls).len(), 4 + 1 + 2);
+    // LL-HLS: every complete part, and every complete segment, once.
+    let cut = amphi_hls::SegmenterConfig::default();
+    let parts = 150 / u64::from(cut.part_frames);
+    let segments = 150 / cut.segment_frames();
+    assert_eq!(sim.units(SPACE, is_hls).len() as u64, parts + segments);
     assert_eq!(sim.program.stats().lone_voice_frames, 150);
 }
