@@ -805,7 +805,8 @@ impl Cluster {
             return Some(live);
         }
         let live = app.media.new_live_media(cell.id);
-        let mut cutters = app.media.cutters(cell.id);
+        // Cut on the media thread, by the same program as a mixed space.
+        app.media.start_edge(cell.id, &live);
         // Subscribe first, then fetch the history: nothing falls between.
         let mut sub = match self
             .client
@@ -830,10 +831,11 @@ impl Cluster {
         match history {
             Ok(Ok(m)) => match amphi_cluster::decode_frames(&m.payload) {
                 Ok(frames) => {
-                    for f in &frames {
-                        cutters.cut(&live, app.media.egress(), f);
-                        last = Some(f.seq);
-                    }
+                    last = frames.last().map(|f| f.seq);
+                    app.media.remote_frames(cell.id, frames);
+                    // The first listeners' bursts and resumes read what the
+                    // history made: wait until it is cut.
+                    app.media.sync().await;
                 }
                 Err(e) => tracing::warn!(space = %cell.id, error = %e, "malformed history reply"),
             },
@@ -841,8 +843,7 @@ impl Cluster {
                 tracing::info!(space = %cell.id, "no history from the origin; starting from the live edge")
             }
         }
-        let feed_live = live.clone();
-        let egress = app.media.egress().clone();
+        let feed_space = cell.id;
         let weak_app = Arc::downgrade(&app);
         let task = tokio::spawn(async move {
             while let Some(msg) = sub.next().await {
@@ -866,7 +867,7 @@ impl Cluster {
                     continue;
                 }
                 last = Some(frame.seq);
-                cutters.cut(&feed_live, &egress, &frame);
+                app.media.remote_frames(feed_space, vec![frame]);
             }
         });
         self.edges.lock().insert(
@@ -893,7 +894,6 @@ impl Cluster {
         let Some(app) = self.app() else { return };
         self.stats.edges_stopped.fetch_add(1, Ordering::Relaxed);
         let task = edge.task.abort_handle();
-        let egress = app.media.egress().clone();
         let cell = app.space(id).ok();
         tokio::spawn(async move {
             if ended {
@@ -907,13 +907,9 @@ impl Cluster {
                     *live = None;
                 }
             }
-            let mut cutters = app.media.cutters(id);
-            if ended {
-                cutters.finish(&edge.live, &egress);
-            } else {
-                egress.close_output(&edge.live.ogg);
-                egress.close_output(&edge.live.ws);
-            }
+            // The media thread finishes (or just closes) the outputs after
+            // the frames already queued to it.
+            app.media.stop_edge(id, &edge.live, ended);
         });
     }
 
