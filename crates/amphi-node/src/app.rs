@@ -314,6 +314,8 @@ pub struct App {
     /// Why HTTPS cannot be served yet (an ACME node before its first
     /// certificate); `None` once a certificate is loaded.
     pub cert_pending: RwLock<Option<String>>,
+    /// TURN servers offered to WHIP publishers (`--turn-url`).
+    pub turn: Option<crate::turn::Turn>,
     /// Membership of a cluster (`--nats`); `None` on a lone node.
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }

@@ -22,6 +22,7 @@ mod record;
 mod redirect;
 mod replay;
 mod timefmt;
+mod turn;
 mod web;
 mod whip;
 

@@ -161,6 +161,24 @@ pub struct Config {
     /// seconds old (normally: when a third of its lifetime is left).
     #[arg(long, env = "AMPHI_ACME_RENEW_AFTER", hide = true)]
     pub acme_renew_after: Option<u64>,
+    /// A TURN server offered to WHIP publishers behind NATs and firewalls
+    /// (repeatable; e.g. turn:turn.example.org:3478?transport=udp and
+    /// turns:turn.example.org:5349?transport=tcp), as Link headers with
+    /// time-limited credentials. Needs --turn-secret.
+    #[arg(
+        long,
+        env = "AMPHI_TURN_URL",
+        value_delimiter = ',',
+        requires = "turn_secret"
+    )]
+    pub turn_url: Vec<String>,
+    /// The secret shared with the TURN servers (coturn: use-auth-secret,
+    /// static-auth-secret).
+    #[arg(long, env = "AMPHI_TURN_SECRET", hide_env_values = true)]
+    pub turn_secret: Option<String>,
+    /// Seconds a TURN credential stays valid.
+    #[arg(long, env = "AMPHI_TURN_TTL", default_value_t = 12 * 3600)]
+    pub turn_ttl: u64,
 }
 
 impl Config {
@@ -477,6 +495,7 @@ async fn load(args: Config) -> anyhow::Result<(Arc<App>, Router, tokio::net::Tcp
         started: Instant::now(),
         acme_http01: RwLock::new(Default::default()),
         cert_pending: RwLock::new(None),
+        turn: turn_config(&args)?,
         cluster: cluster.clone(),
     });
     app.load().context("loading spaces")?;
@@ -495,6 +514,23 @@ async fn load(args: Config) -> anyhow::Result<(Arc<App>, Router, tokio::net::Tcp
     );
 
     Ok((app, router, listener))
+}
+
+fn turn_config(args: &Config) -> anyhow::Result<Option<crate::turn::Turn>> {
+    let Some(secret) = &args.turn_secret else {
+        return Ok(None);
+    };
+    if args.turn_url.is_empty() {
+        anyhow::bail!("--turn-secret needs at least one --turn-url");
+    }
+    if let Some(bad) = args.turn_url.iter().find(|u| !crate::turn::valid_url(u)) {
+        anyhow::bail!("--turn-url {bad:?} is not a turn: or turns: URL");
+    }
+    Ok(Some(crate::turn::Turn {
+        urls: args.turn_url.clone(),
+        secret: secret.clone(),
+        ttl_s: args.turn_ttl.max(60),
+    }))
 }
 
 fn bind_http(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {

@@ -11,8 +11,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, post};
 
-use amphi_core::SpaceId;
-use amphi_core::room::SpaceState;
+use amphi_core::{ParticipantId, SpaceId};
 use amphi_rtc::{RtcError, SessionId, SessionRequest};
 
 use crate::app::App;
@@ -48,7 +47,7 @@ fn cors(res: &mut Response) {
     );
     h.insert(
         header::ACCESS_CONTROL_EXPOSE_HEADERS,
-        HeaderValue::from_static("Location"),
+        HeaderValue::from_static("Location, Link"),
     );
 }
 
@@ -58,8 +57,38 @@ fn with_cors(r: Result<Response, ApiError>) -> Response {
     res
 }
 
-async fn whip_options() -> Response {
-    with_cors(Ok(StatusCode::NO_CONTENT.into_response()))
+/// A CORS preflight, or a WHIP client asking for its ICE servers before it
+/// makes its offer (the browser needs TURN servers before it gathers): with
+/// a stage member's token the answer carries the TURN `Link`s.
+async fn whip_options(
+    State(app): State<Arc<App>>,
+    Path(params): Path<Vec<(String, String)>>,
+    token: Option<Token>,
+) -> Response {
+    let mut res = StatusCode::NO_CONTENT.into_response();
+    let space = params
+        .iter()
+        .find(|(k, _)| k == "id")
+        .and_then(|(_, v)| v.parse::<SpaceId>().ok());
+    if let (Some(id), Some(token)) = (space, token)
+        && let Ok(claims) = app.verify(id, &token.0)
+        && let Ok(cell) = app.space(id)
+        && cell.inner.lock().space.may_use_turn(claims.pid).is_ok()
+    {
+        add_ice_servers(&app, &mut res, claims.pid);
+    }
+    with_cors(Ok(res))
+}
+
+/// The TURN servers (if configured) as `Link` headers, with credentials
+/// for `pid`.
+fn add_ice_servers(app: &App, res: &mut Response, pid: ParticipantId) {
+    let Some(turn) = &app.turn else { return };
+    for link in turn.links(&pid.to_string(), crate::timefmt::now_s()) {
+        if let Ok(v) = HeaderValue::from_str(&link) {
+            res.headers_mut().append(header::LINK, v);
+        }
+    }
 }
 
 async fn whip_post(
@@ -96,19 +125,7 @@ async fn whip_publish(
             "WHIP offers are application/sdp",
         ));
     }
-    {
-        let inner = cell.inner.lock();
-        let role = inner
-            .space
-            .role_of(claims.pid)
-            .ok_or_else(|| ApiError::forbidden("you were removed from this space"))?;
-        if !role.on_stage() {
-            return Err(ApiError::forbidden("only stage members can publish audio"));
-        }
-        if inner.space.state != SpaceState::Live {
-            return Err(ApiError::conflict("the space is not live"));
-        }
-    }
+    cell.inner.lock().space.may_publish(claims.pid)?;
     let offer = String::from_utf8(body.to_vec())
         .map_err(|_| ApiError::bad_request("the SDP offer is not UTF-8"))?;
     let gate = cell.gate(claims.pid);
@@ -137,6 +154,7 @@ async fn whip_publish(
     if let Ok(v) = HeaderValue::from_str(&location) {
         h.insert(header::LOCATION, v);
     }
+    add_ice_servers(&app, &mut res, claims.pid);
     Ok(res)
 }
 
