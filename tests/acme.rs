@@ -221,7 +221,9 @@ fn api(c: &reqwest::blocking::Client, url: &str, token: &str, body: Option<Value
 
 /// What plain HTTP gets on the HTTPS port.
 fn plain_answer(port: u16, path: &str) -> String {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new(); // not listening yet
+    };
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     // One write: the node answers after the first byte.
     let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n");
@@ -440,4 +442,36 @@ fn with_a_redirect_port_the_node_answers_http_01() {
     ))
     .unwrap();
     assert_eq!(gone.status().as_u16(), 404);
+}
+
+#[test]
+fn a_failing_challenge_is_reported_and_retried() {
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    // Pebble validates on ports where nothing listens: every order fails.
+    let pebble = Pebble::start(PebbleTls::new(), free_port(), closed_port(), closed_port());
+    let node = AcmeNode::start(
+        data.path(),
+        port,
+        &pebble.directory(),
+        &pebble.tls.ca_pem(),
+        &[],
+    );
+    // The node runs, and says why it has no certificate: the CA's own
+    // reason for the failed TLS-ALPN-01 validation.
+    let mut answer = String::new();
+    wait_for(30, "the failed order's reason in /readyz", || {
+        answer = plain_answer(node.port, "/readyz");
+        answer.contains("failed")
+    });
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("tls-alpn-01"), "{answer}");
+    assert!(answer.contains("retrying in 3s"), "{answer}");
+    // Retried, with backoff.
+    wait_for(20, "the second failure", || {
+        plain_answer(node.port, "/readyz").contains("retrying in 6s")
+    });
+    // No certificate was stored, and no handshake succeeds.
+    assert!(!data.path().join("acme/cert.pem").exists());
+    assert!(verified_leaf(&pebble.root(), port).is_none());
 }
