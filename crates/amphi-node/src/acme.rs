@@ -455,9 +455,17 @@ pub async fn run(cfg: AcmeConfig, certs: Arc<Certs>, app: Arc<App>, current: Opt
                     cfg.names(),
                     wait.as_secs()
                 );
-                if current.is_none() {
+                let expired = current.is_some_and(|v| v.not_after <= SystemTime::now());
+                if current.is_none() || expired {
+                    // Nothing valid to serve: /readyz says so (a renewal
+                    // failing for a third of the lifetime ends here).
+                    let what = if expired {
+                        "the TLS certificate expired"
+                    } else {
+                        "no TLS certificate yet"
+                    };
                     *app.cert_pending.write() = Some(format!(
-                        "no TLS certificate yet: the ACME order for {} failed ({msg}); retrying in {}s",
+                        "{what}: the ACME order for {} failed ({msg}); retrying in {}s",
                         cfg.names(),
                         wait.as_secs()
                     ));

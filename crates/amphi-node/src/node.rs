@@ -133,7 +133,7 @@ pub struct Config {
     #[arg(long, env = "AMPHI_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
     /// With TLS on, a plain-HTTP address (e.g. 0.0.0.0:80) that answers
-    /// 308 to https, except ACME HTTP-01 challenges and /healthz.
+    /// 308 to https, except ACME HTTP-01 challenges, /healthz and /readyz.
     #[arg(long, env = "AMPHI_HTTP_REDIRECT")]
     pub http_redirect: Option<SocketAddr>,
     /// TLS handshakes started per second (bursts of as many); beyond it a
