@@ -1,0 +1,140 @@
+// The web app's journey over a network (run by scripts/e2e-netns): two
+// headless Chromiums, each in its own network namespace (their executables
+// are wrappers that `ip netns exec` Chromium), open the node at its
+// host-side veth address over HTTPS, trusting the test's leaf by its SPKI
+// hash. The host's page must be a secure context, go live and speak with a
+// fake microphone (440 Hz); the remote listener must hear 440 Hz.
+//
+// BASE=https://10.77.n.1:PORT ADMIN OUT WAVS SPKI HOST_CHROME LISTEN_CHROME
+import { chromium } from "playwright-core";
+
+const { BASE, ADMIN, OUT, WAVS, SPKI, HOST_CHROME, LISTEN_CHROME } = process.env;
+const errors = [];
+const pages = [];
+const step = (s) => console.log(`-- ${s}`);
+
+async function browser(exe, wav) {
+  return chromium.launch({
+    executablePath: exe,
+    args: [
+      "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+      "--disable-background-networking", "--disable-component-update", "--disable-sync",
+      "--autoplay-policy=no-user-gesture-required",
+      "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+      `--use-file-for-fake-audio-capture=${wav}`,
+      // Trust the test's leaf certificate (and only it), as a CA would be.
+      `--ignore-certificate-errors-spki-list=${SPKI}`,
+    ],
+  });
+}
+
+async function page(b, who) {
+  const ctx = await b.newContext({ viewport: { width: 375, height: 812 } });
+  const p = await ctx.newPage();
+  p.on("console", (m) => { if (m.type() === "error") errors.push(`${who}: console: ${m.text()}`); });
+  p.on("pageerror", (e) => errors.push(`${who}: uncaught: ${e.message}`));
+  p.on("dialog", (d) => d.accept());
+  p.on("response", (r) => {
+    if (r.status() >= 400) console.error(`   ${who}: HTTP ${r.status()} ${r.request().method()} ${r.url()}`);
+  });
+  p.setDefaultTimeout(20000);
+  pages.push([who, p]);
+  return p;
+}
+
+async function until(what, fn, ms = 20000) {
+  const end = Date.now() + ms;
+  let last;
+  while (Date.now() < end) {
+    last = await fn();
+    if (last) return last;
+    await new Promise((r) => setTimeout(r, 250));
+  }
+  throw new Error(`timed out: ${what} (last: ${JSON.stringify(last)})`);
+}
+
+function check(cond, what) {
+  if (!cond) throw new Error(what);
+}
+
+const probe = (p) => p.evaluate(() => window.amphi.toneProbe([440, 880]));
+const heard = (db) => db > -60;
+const fmt = (dbs) => dbs.map((d) => `${d.toFixed(0)} dB`).join(" / ");
+
+// The ICE pair the host's RTCPeerConnection uses: candidate types and addresses.
+const selectedPair = (p) => p.evaluate(async () => {
+  const pc = window.amphi.state.mic && window.amphi.state.mic.pc;
+  if (!pc) return null;
+  const stats = await pc.getStats();
+  let pair = null;
+  stats.forEach((s) => { if (s.type === "transport" && s.selectedCandidatePairId) pair = stats.get(s.selectedCandidatePairId); });
+  if (!pair) stats.forEach((s) => { if (s.type === "candidate-pair" && s.nominated && s.state === "succeeded") pair = s; });
+  if (!pair) return null;
+  const l = stats.get(pair.localCandidateId), r = stats.get(pair.remoteCandidateId);
+  return { local: `${l.candidateType} ${l.protocol} ${l.address}:${l.port}`, remote: `${r.candidateType} ${r.protocol} ${r.address}:${r.port}`, bytesSent: pair.bytesSent };
+});
+
+const hostB = await browser(HOST_CHROME, `${WAVS}/host.wav`);
+const listenB = await browser(LISTEN_CHROME, `${WAVS}/host.wav`);
+try {
+  step(`1. a remote host opens ${BASE}/ over HTTPS: a secure context with a microphone`);
+  const host = await page(hostB, "host");
+  await host.goto(BASE + "/");
+  const ctx = await host.evaluate(() => ({
+    secure: window.isSecureContext,
+    mic: Boolean(navigator.mediaDevices && navigator.mediaDevices.getUserMedia),
+    origin: location.origin,
+  }));
+  console.log(`   ${JSON.stringify(ctx)}`);
+  check(ctx.secure === true, "window.isSecureContext is not true over https");
+  check(ctx.mic, "navigator.mediaDevices.getUserMedia is missing");
+  await host.fill("[data-testid=admin-token]", ADMIN);
+  await host.fill("[data-testid=title]", "Over a network");
+  await host.fill("[data-testid=host-name]", "Hana");
+  await host.click("[data-testid=create]");
+  const link = await (await host.waitForSelector("[data-testid=space-link]")).getAttribute("href");
+  check(/^\/s\/[^/]+$/.test(link), `space link ${link}`);
+  await host.goto(BASE + link);
+  check(await host.evaluate(() => window.isSecureContext), "the space page is not a secure context");
+  await host.click("[data-testid=go-live]");
+  await host.click("[data-testid=mic]");
+  await until("the host publishes", () => host.evaluate(() => document.getElementById("status").textContent.includes("live on stage")), 30000);
+  const pair = await until("the host's ICE pair", () => selectedPair(host));
+  console.log(`   host's ICE pair: ${pair.local} -> ${pair.remote}`);
+  check(!/127\.0\.0\.1|::1/.test(pair.local + pair.remote), "the host's media went over loopback");
+
+  step("2. a listener in another namespace hears the host's 440 Hz over wss");
+  const listener = await page(listenB, "listener");
+  await listener.goto(BASE + link);
+  await listener.fill("[data-testid=join-name]", "Lia");
+  await listener.click("[data-testid=join]");
+  await listener.click("[data-testid=listen]");
+  const tones = await until("the listener hears 440 Hz", async () => { const t = await probe(listener); return heard(t[0]) && !heard(t[1]) && t; }, 30000);
+  console.log(`   listener hears ${fmt(tones)} (440 / 880)`);
+  const s = await until("the listener's delay", () => listener.evaluate(() => { const s = window.amphi.stats(); return s && s.delayMs !== null && s; }));
+  console.log(`   listener: ${s.received} frames, ${s.lost} lost, delay ${s.delayMs} ms`);
+  check(s.delayMs < 2000, `listener delay ${s.delayMs} ms`);
+  const sent = (await selectedPair(host)).bytesSent;
+  console.log(`   host has sent ${sent} bytes of media`);
+  await host.screenshot({ path: `${OUT}/netns-host.png`, fullPage: true });
+  await listener.screenshot({ path: `${OUT}/netns-listener.png`, fullPage: true });
+  if (errors.length) throw new Error("console errors:\n" + errors.join("\n"));
+  console.log("netns browser journey: passed");
+} catch (e) {
+  console.error("netns browser journey FAILED:", e.message);
+  for (const [who, p] of pages) {
+    const d = await p.evaluate(() => ({
+      url: location.href,
+      secure: window.isSecureContext,
+      status: document.getElementById("status")?.textContent,
+      stats: window.amphi?.stats?.(),
+      tones: window.amphi?.toneProbe?.([440, 880]),
+    })).catch((x) => x.message);
+    console.error(`   ${who}: ${JSON.stringify(d)}`);
+  }
+  if (errors.length) console.error(errors.join("\n"));
+  process.exitCode = 1;
+} finally {
+  await hostB.close();
+  await listenB.close();
+}
