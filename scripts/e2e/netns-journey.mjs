@@ -3,12 +3,15 @@
 // are wrappers that `ip netns exec` Chromium), open the node at its
 // host-side veth address over HTTPS, trusting the test's leaf by its SPKI
 // hash. The host's page must be a secure context, go live and speak with a
-// fake microphone (440 Hz); the remote listener must hear 440 Hz.
+// fake microphone (440 Hz); the remote listener must hear 440 Hz. Then a
+// guest whose namespace drops all UDP (GUEST_CHROME) is brought on stage:
+// the web app asks OPTIONS for the node's TURN server and publishes through
+// it over TCP (a relayed pair), and the listener hears its 880 Hz too.
 //
-// BASE=https://10.77.n.1:PORT ADMIN OUT WAVS SPKI HOST_CHROME LISTEN_CHROME
+// BASE=https://10.77.n.1:PORT ADMIN OUT WAVS SPKI HOST_CHROME LISTEN_CHROME GUEST_CHROME
 import { chromium } from "playwright-core";
 
-const { BASE, ADMIN, OUT, WAVS, SPKI, HOST_CHROME, LISTEN_CHROME } = process.env;
+const { BASE, ADMIN, OUT, WAVS, SPKI, HOST_CHROME, LISTEN_CHROME, GUEST_CHROME } = process.env;
 const errors = [];
 const pages = [];
 const step = (s) => console.log(`-- ${s}`);
@@ -36,6 +39,10 @@ async function page(b, who) {
   p.on("dialog", (d) => d.accept());
   p.on("response", (r) => {
     if (r.status() >= 400) console.error(`   ${who}: HTTP ${r.status()} ${r.request().method()} ${r.url()}`);
+  });
+  if (process.env.DEBUG_REQUESTS) p.on("requestfinished", async (r) => {
+    const res = await r.response();
+    console.log(`   ${who}: ${r.method()} ${r.url()} ${res && res.status()} link=${res && res.headers()["link"]}`);
   });
   p.setDefaultTimeout(20000);
   pages.push([who, p]);
@@ -71,11 +78,12 @@ const selectedPair = (p) => p.evaluate(async () => {
   if (!pair) stats.forEach((s) => { if (s.type === "candidate-pair" && s.nominated && s.state === "succeeded") pair = s; });
   if (!pair) return null;
   const l = stats.get(pair.localCandidateId), r = stats.get(pair.remoteCandidateId);
-  return { local: `${l.candidateType} ${l.protocol} ${l.address}:${l.port}`, remote: `${r.candidateType} ${r.protocol} ${r.address}:${r.port}`, bytesSent: pair.bytesSent };
+  return { relayProtocol: l.relayProtocol, local: `${l.candidateType} ${l.protocol}${l.relayProtocol ? ` (to TURN over ${l.relayProtocol})` : ""} ${l.address}:${l.port}`, remote: `${r.candidateType} ${r.protocol} ${r.address}:${r.port}`, bytesSent: pair.bytesSent };
 });
 
 const hostB = await browser(HOST_CHROME, `${WAVS}/host.wav`);
 const listenB = await browser(LISTEN_CHROME, `${WAVS}/host.wav`);
+const guestB = await browser(GUEST_CHROME, `${WAVS}/guest.wav`);
 try {
   step(`1. a remote host opens ${BASE}/ over HTTPS: a secure context with a microphone`);
   const host = await page(hostB, "host");
@@ -116,6 +124,30 @@ try {
   check(s.delayMs < 2000, `listener delay ${s.delayMs} ms`);
   const sent = (await selectedPair(host)).bytesSent;
   console.log(`   host has sent ${sent} bytes of media`);
+
+  step("3. a guest whose namespace drops all UDP is brought on stage and is heard through TURN over TCP");
+  const guest = await page(guestB, "guest");
+  const options = guest.waitForResponse((r) => r.request().method() === "OPTIONS" && r.url().endsWith("/whip"), { timeout: 30000 });
+  await guest.goto(BASE + link);
+  await guest.fill("[data-testid=join-name]", "Gus");
+  await guest.click("[data-testid=join]");
+  await guest.click("[data-testid=hand]");
+  await host.click("[data-testid=accept-Gus]");
+  await guest.click("[data-testid=mic]");
+  const links = (await options).headers()["link"] || "";
+  console.log(`   OPTIONS Link: ${links.replace(/credential="[^"]*"/, 'credential="…"')}`);
+  check(/rel="ice-server"/.test(links) && /transport=tcp/.test(links), "no TURN server in the OPTIONS answer");
+  await until("the guest publishes", () => guest.evaluate(() => document.getElementById("status").textContent.includes("live on stage")), 40000);
+  const gpair = await until("the guest's ICE pair", () => selectedPair(guest));
+  console.log(`   guest's ICE pair: ${gpair.local} -> ${gpair.remote}`);
+  check(gpair.local.startsWith("relay") && gpair.relayProtocol === "tcp", "the UDP-less guest's pair is not relayed over TCP");
+  await until("the listener hears both tones", async () => { const t = await probe(listener); return heard(t[0]) && heard(t[1]) && t; }, 30000);
+  await new Promise((r) => setTimeout(r, 1500));
+  const both = await probe(listener);
+  check(heard(both[0]) && heard(both[1]), `the listener lost a tone: ${fmt(both)}`);
+  const ls = await listener.evaluate(() => window.amphi.stats());
+  console.log(`   listener hears ${fmt(both)} (440 / 880); ${ls.received} frames received, ${ls.lost} lost, delay ${ls.delayMs} ms`);
+  await guest.screenshot({ path: `${OUT}/netns-guest.png`, fullPage: true });
   await host.screenshot({ path: `${OUT}/netns-host.png`, fullPage: true });
   await listener.screenshot({ path: `${OUT}/netns-listener.png`, fullPage: true });
   if (errors.length) throw new Error("console errors:\n" + errors.join("\n"));
@@ -123,12 +155,15 @@ try {
 } catch (e) {
   console.error("netns browser journey FAILED:", e.message);
   for (const [who, p] of pages) {
-    const d = await p.evaluate(() => ({
+    const d = await p.evaluate(async () => ({
       url: location.href,
       secure: window.isSecureContext,
       status: document.getElementById("status")?.textContent,
       stats: window.amphi?.stats?.(),
       tones: window.amphi?.toneProbe?.([440, 880]),
+      optionsLink: await fetch(location.pathname.replace("/s/", "/api/v1/spaces/") + "/whip", {
+        method: "OPTIONS", headers: { Authorization: `Bearer ${localStorage.getItem("amphi.token." + location.pathname.split("/")[2])}` },
+      }).then((r) => `${r.status} ${r.headers.get("Link")}`).catch((x) => x.message),
     })).catch((x) => x.message);
     console.error(`   ${who}: ${JSON.stringify(d)}`);
   }
@@ -137,4 +172,5 @@ try {
 } finally {
   await hostB.close();
   await listenB.close();
+  await guestB.close();
 }
