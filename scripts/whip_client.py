@@ -31,6 +31,7 @@ def parse_args():
     p.add_argument("--seconds", type=float, default=5.0, help="how long to publish")
     p.add_argument("--loopback-only", action="store_true", help="offer only 127.0.0.1 candidates")
     p.add_argument("--ice-from-link", action="store_true", help="ask OPTIONS on the WHIP URL for ICE servers (Link rel=ice-server, RFC 9725) and gather with them (TURN over TCP included)")
+    p.add_argument("--ice-url-prefix", default="", help="with --ice-from-link, keep only the ICE servers whose URL starts with this (e.g. turns:)")
     p.add_argument("--require-relay", action="store_true", help="exit 4 unless the selected candidate pair is relayed through TURN")
     p.add_argument("--return-out", help="offer sendrecv and write the audio the server returns (the other speakers) to this file as mono s16le 48 kHz")
     return p.parse_args()
@@ -168,6 +169,7 @@ async def main():
     if args.ice_from_link:
         status, headers, body = await asyncio.to_thread(http, "OPTIONS", args.url)
         servers = ice_servers_from_links(headers.get_all("Link") or [])
+        servers = [s for s in servers if s.urls.startswith(args.ice_url_prefix)]
         print(f"OPTIONS {status}: {len(servers)} ICE server(s): {[s.urls for s in servers]}", file=sys.stderr)
         if not servers:
             print("no ICE servers in the OPTIONS answer", file=sys.stderr)

@@ -135,17 +135,17 @@ try {
   await host.click("[data-testid=accept-Gus]");
   await guest.click("[data-testid=mic]");
   const links = (await options).headers()["link"] || "";
-  console.log(`   OPTIONS Link: ${links.replace(/credential="[^"]*"/, 'credential="…"')}`);
+  console.log(`   OPTIONS Link: ${links.replace(/credential="[^"]*"/g, 'credential="…"')}`);
   check(/rel="ice-server"/.test(links) && /transport=tcp/.test(links), "no TURN server in the OPTIONS answer");
   await until("the guest publishes", () => guest.evaluate(() => document.getElementById("status").textContent.includes("live on stage")), 40000);
   const gpair = await until("the guest's ICE pair", () => selectedPair(guest));
   console.log(`   guest's ICE pair: ${gpair.local} -> ${gpair.remote}`);
   // Through the TURN server over TCP; or, once the node offers ICE-TCP
   // (passive TCP candidates), straight to the node over TCP.
-  const viaTurn = gpair.local.startsWith("relay") && gpair.relayProtocol === "tcp";
+  const viaTurn = gpair.local.startsWith("relay") && ["tcp", "tls"].includes(gpair.relayProtocol);
   const iceTcp = / tcp /.test(` ${gpair.remote} `) && gpair.remote.startsWith("host");
   check(viaTurn || iceTcp, "the UDP-less guest's pair is neither relayed over TCP nor ICE-TCP");
-  console.log(`   the guest publishes ${viaTurn ? "through TURN over TCP" : "over ICE-TCP"}`);
+  console.log(`   the guest publishes ${viaTurn ? `through TURN over ${gpair.relayProtocol.toUpperCase()}` : "over ICE-TCP"}`);
   await until("the listener hears both tones", async () => { const t = await probe(listener); return heard(t[0]) && heard(t[1]) && t; }, 30000);
   // Over 3 s, not one look: the median level of each tone.
   const looks = [];
@@ -155,7 +155,9 @@ try {
   }
   const median = (k) => looks.map((t) => t[k]).sort((a, b) => a - b)[looks.length >> 1];
   const both = [median(0), median(1)];
-  check(heard(both[0]) && heard(both[1]), `the listener does not keep hearing both tones: medians ${fmt(both)}`);
+  // Two voices share the mix (each is lower than alone: -52..-58 dB seen for
+  // 440 Hz); an absent tone sits below -100 dB, so -66 dB still tells them apart.
+  check(both[0] > -66 && both[1] > -66, `the listener does not keep hearing both tones: medians ${fmt(both)}`);
   const ls = await listener.evaluate(() => window.amphi.stats());
   console.log(`   listener hears ${fmt(both)} (440 / 880, medians over 3 s); ${ls.received} frames received, ${ls.lost} lost, delay ${ls.delayMs} ms`);
   await guest.screenshot({ path: `${OUT}/netns-guest.png`, fullPage: true });
