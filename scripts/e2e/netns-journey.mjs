@@ -155,9 +155,10 @@ try {
   }
   const median = (k) => looks.map((t) => t[k]).sort((a, b) => a - b)[looks.length >> 1];
   const both = [median(0), median(1)];
-  // Two voices share the mix (each is lower than alone: -52..-58 dB seen for
-  // 440 Hz); an absent tone sits below -100 dB, so -66 dB still tells them apart.
-  check(both[0] > -66 && both[1] > -66, `the listener does not keep hearing both tones: medians ${fmt(both)}`);
+  // Two voices share the mix, each lower than alone (medians of -44..-62 dB
+  // seen over runs); an absent tone sits below -100 dB (the 880 Hz before the
+  // guest spoke: -117..-128 dB), so -70 dB still tells present from absent.
+  check(both[0] > -70 && both[1] > -70, `the listener does not keep hearing both tones: medians ${fmt(both)}`);
   const ls = await listener.evaluate(() => window.amphi.stats());
   console.log(`   listener hears ${fmt(both)} (440 / 880, medians over 3 s); ${ls.received} frames received, ${ls.lost} lost, delay ${ls.delayMs} ms`);
   await guest.screenshot({ path: `${OUT}/netns-guest.png`, fullPage: true });
