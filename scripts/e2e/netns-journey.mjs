@@ -1,17 +1,17 @@
 // The web app's journey over a network (run by scripts/e2e-netns): two
 // headless Chromiums, each in its own network namespace (their executables
-// are wrappers that `ip netns exec` Chromium), open the node at its
-// host-side veth address over HTTPS, trusting the test's leaf by its SPKI
-// hash. The host's page must be a secure context, go live and speak with a
+// are wrappers that `ip netns exec` Chromium with a $HOME whose NSS database
+// trusts the test CA), open the node at its host-side veth address over
+// HTTPS, with no certificate flag. The host's page must be a secure context, go live and speak with a
 // fake microphone (440 Hz); the remote listener must hear 440 Hz. Then a
 // guest whose namespace drops all UDP (GUEST_CHROME) is brought on stage:
 // the web app asks OPTIONS for the node's TURN server and publishes through
 // it over TCP (a relayed pair), and the listener hears its 880 Hz too.
 //
-// BASE=https://10.77.n.1:PORT ADMIN OUT WAVS SPKI HOST_CHROME LISTEN_CHROME GUEST_CHROME
+// BASE=https://10.77.n.1:PORT ADMIN OUT WAVS UNTRUSTING_CHROME HOST_CHROME LISTEN_CHROME GUEST_CHROME
 import { chromium } from "playwright-core";
 
-const { BASE, ADMIN, OUT, WAVS, SPKI, HOST_CHROME, LISTEN_CHROME, GUEST_CHROME } = process.env;
+const { BASE, ADMIN, OUT, WAVS, UNTRUSTING_CHROME, HOST_CHROME, LISTEN_CHROME, GUEST_CHROME } = process.env;
 const errors = [];
 const pages = [];
 const step = (s) => console.log(`-- ${s}`);
@@ -25,8 +25,6 @@ async function browser(exe, wav) {
       "--autoplay-policy=no-user-gesture-required",
       "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
       `--use-file-for-fake-audio-capture=${wav}`,
-      // Trust the test's leaf certificate (and only it), as a CA would be.
-      `--ignore-certificate-errors-spki-list=${SPKI}`,
     ],
   });
 }
@@ -80,6 +78,19 @@ const selectedPair = (p) => p.evaluate(async () => {
   const l = stats.get(pair.localCandidateId), r = stats.get(pair.remoteCandidateId);
   return { relayProtocol: l.relayProtocol, local: `${l.candidateType} ${l.protocol}${l.relayProtocol ? ` (to TURN over ${l.relayProtocol})` : ""} ${l.address}:${l.port}`, remote: `${r.candidateType} ${r.protocol} ${r.address}:${r.port}`, bytesSent: pair.bytesSent };
 });
+
+// The control first: without the test CA, Chromium refuses the node's certificate.
+{
+  const b = await browser(UNTRUSTING_CHROME, `${WAVS}/host.wav`);
+  const p = await b.newPage();
+  const refused = await p.goto(BASE + "/").then(() => null, (e) => e.message);
+  await b.close();
+  console.log(`-- 0. a Chromium without the test CA: ${refused ? refused.split("\n")[0] : "loaded the page"}`);
+  if (!refused || !refused.includes("ERR_CERT_AUTHORITY_INVALID")) {
+    console.error("netns browser journey FAILED: a browser that does not trust the test CA was not refused");
+    process.exit(1);
+  }
+}
 
 const hostB = await browser(HOST_CHROME, `${WAVS}/host.wav`);
 const listenB = await browser(LISTEN_CHROME, `${WAVS}/host.wav`);
