@@ -1,15 +1,20 @@
 //! WHIP ingest on str0m: every speaker's WebRTC session on one UDP socket.
 //!
-//! The engine is a thin thread around str0m's sans-IO `Rtc`: it receives
-//! datagrams, routes each to the session that accepts it, drives timeouts,
-//! sends what str0m asks, and turns received Opus into [`RtcEvent::Audio`].
-//! **The ingest gate lives here**: a session whose `audible` flag is false
-//! has its audio dropped (and counted) before it leaves this thread, so a
-//! muted, removed or off-stage participant reaches nobody.
+//! Split like quinn: [`Ingest`] (`ingest.rs`) is the sans-IO state machine
+//! around every session's str0m `Rtc`: it routes each datagram to its
+//! session in O(1) (STUN by the local ICE ufrag, the rest by source
+//! address), drives timeouts on the time it is given, and turns received
+//! Opus into [`RtcEvent::Audio`]. [`RtcEngine`] (`engine.rs`) is the thin
+//! thread that owns the UDP socket around it.
+//! **The ingest gate lives in `Ingest`**: a session whose `audible` flag is
+//! false has its audio dropped (and counted) before it leaves the RTC
+//! thread, so a muted, removed or off-stage participant reaches nobody.
 
 mod engine;
 mod hostaddr;
+pub mod ingest;
 mod sdp;
+pub mod stun;
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -23,7 +28,8 @@ use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
 
 pub use engine::RtcEngine;
-pub use sdp::{OfferSummary, summarize_offer};
+pub use ingest::Ingest;
+pub use sdp::{OfferSummary, summarize_offer, without_trickle};
 
 /// Settings of the engine.
 #[derive(Debug, Clone)]
