@@ -1,11 +1,15 @@
 //! The RTC thread: the thin socket loop around the sans-IO [`Ingest`].
 //!
-//! It owns the UDP socket, receives datagrams and commands, hands them and
-//! the time to the ingest, sends its transmits and forwards its events.
-//! Every decision (routing, the gate, timeouts) is the ingest's.
+//! It owns the sockets (one UDP socket; with `tcp_bind`, an ICE-TCP
+//! listener and its connections), waits on them with `poll(2)`, hands
+//! datagrams, RFC 4571 frames, commands and the time to the ingest, sends
+//! its transmits and forwards its events. Every decision (routing, the
+//! gate, timeouts) is the ingest's; this file only moves bytes.
 
-use std::io::ErrorKind;
-use std::net::{SocketAddr, UdpSocket};
+use std::collections::HashMap;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
@@ -13,18 +17,28 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
+use crate::framing::{self, Deframer};
 use crate::ingest::{Ingest, IngestConfig, Output, Transport};
 use crate::{Cmd, RtcConfig, RtcError, RtcEvent, RtcHandle, RtcStats, channel};
 
-/// Longest the thread sleeps in `recv` before looking at commands again.
+/// Longest the thread waits in `poll` before looking at commands again.
 const MAX_WAIT: Duration = Duration::from_millis(5);
 /// Shortest wait, so a timer due now cannot spin the loop.
 const MIN_WAIT: Duration = Duration::from_millis(1);
+/// Datagrams read per wake-up before the loop looks at timers again.
+const UDP_BATCH: usize = 64;
+/// An ICE-TCP connection that brings nothing for this long is closed
+/// (a live peer's consent checks come every few seconds).
+const TCP_IDLE: Duration = Duration::from_secs(20);
+/// Bytes queued for one ICE-TCP peer before packets are dropped (real-time
+/// audio is better dropped than late).
+const TCP_OUT_MAX: usize = 64 * 1024;
 
 /// The engine: its thread and its socket address.
 pub struct RtcEngine {
     handle: RtcHandle,
     local: SocketAddr,
+    tcp_local: Option<SocketAddr>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -41,12 +55,24 @@ impl RtcEngine {
     /// returned receiver.
     pub fn start(cfg: RtcConfig) -> Result<(RtcEngine, Receiver<RtcEvent>), RtcError> {
         let socket = UdpSocket::bind(cfg.bind)?;
+        socket.set_nonblocking(true)?;
         let local = socket.local_addr()?;
-        let advertised = match cfg.advertise_ip {
+        let advertise = |local: SocketAddr| match cfg.advertise_ip {
             Some(ip) => SocketAddr::new(ip, local.port()),
             None if local.ip().is_unspecified() => SocketAddr::from(([127, 0, 0, 1], local.port())),
             None => local,
         };
+        let advertised = advertise(local);
+        let listener = match cfg.tcp_bind {
+            Some(addr) => {
+                let l = TcpListener::bind(addr)?;
+                l.set_nonblocking(true)?;
+                Some(l)
+            }
+            None => None,
+        };
+        let tcp_local = listener.as_ref().map(TcpListener::local_addr).transpose()?;
+        let tcp_advertised = tcp_local.map(advertise);
         let (tx, rx) = channel();
         let (ev_tx, ev_rx) = crossbeam_channel::bounded(8192);
         let stats = Arc::new(RtcStats::default());
@@ -57,16 +83,23 @@ impl RtcEngine {
         let ingest = Ingest::new(
             IngestConfig {
                 udp: advertised,
-                tcp: None,
+                tcp: tcp_advertised,
                 loopback: local.ip().is_loopback(),
                 connect_timeout: cfg.connect_timeout,
                 max_sessions: cfg.max_sessions,
             },
             stats,
         );
+        let max_conns = cfg.max_sessions.saturating_mul(2).max(16);
         let mut thread = Thread {
             socket,
             advertised,
+            tcp: listener.map(|listener| Tcp {
+                listener,
+                advertised: tcp_advertised.unwrap_or(advertised),
+                conns: HashMap::new(),
+                max_conns,
+            }),
             rx,
             events: ev_tx,
             ingest,
@@ -78,6 +111,7 @@ impl RtcEngine {
             RtcEngine {
                 handle,
                 local,
+                tcp_local,
                 thread: Some(join),
             },
             ev_rx,
@@ -94,6 +128,11 @@ impl RtcEngine {
         self.local
     }
 
+    /// The bound ICE-TCP listener address, if `tcp_bind` was set.
+    pub fn tcp_local_addr(&self) -> Option<SocketAddr> {
+        self.tcp_local
+    }
+
     /// Closes every session and stops the thread.
     pub fn shutdown(mut self) {
         let _ = self.handle.tx.send(Cmd::Shutdown);
@@ -107,14 +146,35 @@ struct Thread {
     socket: UdpSocket,
     /// The UDP candidate address (the `destination` of every datagram).
     advertised: SocketAddr,
+    tcp: Option<Tcp>,
     rx: Receiver<Cmd>,
     events: Sender<RtcEvent>,
     ingest: Ingest,
 }
 
+/// The ICE-TCP side: a passive listener and its connections.
+struct Tcp {
+    listener: TcpListener,
+    /// The TCP candidate address (the `destination` of every frame).
+    advertised: SocketAddr,
+    conns: HashMap<SocketAddr, Conn>,
+    max_conns: usize,
+}
+
+/// One ICE-TCP connection.
+struct Conn {
+    stream: TcpStream,
+    deframer: Deframer,
+    /// Framed bytes not yet written.
+    out: Vec<u8>,
+    last_in: Instant,
+}
+
 impl Thread {
     fn run(&mut self) {
         let mut buf = vec![0u8; 2048];
+        let mut fds: Vec<libc::pollfd> = Vec::new();
+        let mut peers: Vec<SocketAddr> = Vec::new();
         loop {
             while let Ok(cmd) = self.rx.try_recv() {
                 if matches!(cmd, Cmd::Shutdown) {
@@ -127,13 +187,69 @@ impl Thread {
             let now = Instant::now();
             self.ingest.handle_timeout(now);
             self.flush();
+            self.reap_idle(now);
             let wait = self
                 .ingest
                 .poll_timeout()
                 .map_or(MAX_WAIT, |t| t.saturating_duration_since(Instant::now()))
                 .clamp(MIN_WAIT, MAX_WAIT);
-            let _ = self.socket.set_read_timeout(Some(wait));
-            match self.socket.recv_from(&mut buf) {
+            self.fill_pollfds(&mut fds, &mut peers);
+            // SAFETY: `fds` is a valid, initialised array of pollfd of the
+            // given length, alive for the call.
+            let n = unsafe {
+                libc::poll(
+                    fds.as_mut_ptr(),
+                    fds.len() as libc::nfds_t,
+                    wait.as_millis() as libc::c_int,
+                )
+            };
+            if n <= 0 {
+                continue;
+            }
+            if fds[0].revents != 0 {
+                self.read_udp(&mut buf);
+            }
+            if self.tcp.is_some() {
+                if fds[1].revents != 0 {
+                    self.accept();
+                }
+                for (fd, peer) in fds[2..].iter().zip(&peers) {
+                    if fd.revents & libc::POLLOUT != 0 {
+                        self.write_tcp(*peer);
+                    }
+                    if fd.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
+                        self.read_tcp(*peer);
+                    }
+                }
+            }
+        }
+    }
+
+    fn fill_pollfds(&self, fds: &mut Vec<libc::pollfd>, peers: &mut Vec<SocketAddr>) {
+        let pfd = |fd: i32, events: i16| libc::pollfd {
+            fd,
+            events,
+            revents: 0,
+        };
+        fds.clear();
+        peers.clear();
+        fds.push(pfd(self.socket.as_raw_fd(), libc::POLLIN));
+        if let Some(tcp) = &self.tcp {
+            fds.push(pfd(tcp.listener.as_raw_fd(), libc::POLLIN));
+            for (peer, c) in &tcp.conns {
+                let mut ev = libc::POLLIN;
+                if !c.out.is_empty() {
+                    ev |= libc::POLLOUT;
+                }
+                fds.push(pfd(c.stream.as_raw_fd(), ev));
+                peers.push(*peer);
+            }
+        }
+    }
+
+    fn read_udp(&mut self, buf: &mut [u8]) {
+        for _ in 0..UDP_BATCH {
+            match self.socket.recv_from(buf) {
                 Ok((n, source)) => {
                     self.ingest.handle_datagram(
                         Instant::now(),
@@ -144,11 +260,8 @@ impl Thread {
                     );
                     self.flush();
                 }
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
-                    ) => {}
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) => {
                     // ICMP errors (e.g. port unreachable after a peer left)
                     // surface here on Linux; they are not fatal.
@@ -158,12 +271,146 @@ impl Thread {
         }
     }
 
+    fn accept(&mut self) {
+        let Some(tcp) = &mut self.tcp else { return };
+        loop {
+            match tcp.listener.accept() {
+                Ok((stream, peer)) => {
+                    if tcp.conns.len() >= tcp.max_conns || stream.set_nonblocking(true).is_err() {
+                        self.ingest
+                            .stats()
+                            .garbage_datagrams
+                            .fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    let _ = stream.set_nodelay(true);
+                    tcp.conns.insert(
+                        peer,
+                        Conn {
+                            stream,
+                            deframer: Deframer::default(),
+                            out: Vec::new(),
+                            last_in: Instant::now(),
+                        },
+                    );
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// Reads what a connection has, hands every whole frame to the ingest.
+    fn read_tcp(&mut self, peer: SocketAddr) {
+        let Some(tcp) = &mut self.tcp else { return };
+        let destination = tcp.advertised;
+        let Some(c) = tcp.conns.get_mut(&peer) else {
+            return;
+        };
+        let mut close = false;
+        loop {
+            match c.stream.read(c.deframer.spare()) {
+                Ok(0) => {
+                    close = true;
+                    break;
+                }
+                Ok(n) => {
+                    c.deframer.filled(n);
+                    c.last_in = Instant::now();
+                    loop {
+                        match c.deframer.next_frame() {
+                            Ok(Some(f)) => self.ingest.handle_datagram(
+                                Instant::now(),
+                                Transport::Tcp,
+                                peer,
+                                destination,
+                                f,
+                            ),
+                            Ok(None) => break,
+                            Err(_) => {
+                                self.ingest
+                                    .stats()
+                                    .garbage_datagrams
+                                    .fetch_add(1, Ordering::Relaxed);
+                                close = true;
+                                break;
+                            }
+                        }
+                    }
+                    if close {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    close = true;
+                    break;
+                }
+            }
+        }
+        if close {
+            tcp.conns.remove(&peer);
+        }
+        self.flush();
+    }
+
+    /// Writes what is queued for a connection, as far as the socket takes.
+    fn write_tcp(&mut self, peer: SocketAddr) {
+        let Some(tcp) = &mut self.tcp else { return };
+        let Some(c) = tcp.conns.get_mut(&peer) else {
+            return;
+        };
+        let mut written = 0;
+        let mut close = false;
+        while written < c.out.len() {
+            match c.stream.write(&c.out[written..]) {
+                Ok(0) => {
+                    close = true;
+                    break;
+                }
+                Ok(n) => written += n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    close = true;
+                    break;
+                }
+            }
+        }
+        c.out.drain(..written);
+        if close {
+            tcp.conns.remove(&peer);
+        }
+    }
+
+    /// Closes ICE-TCP connections that brought nothing for a while.
+    fn reap_idle(&mut self, now: Instant) {
+        if let Some(tcp) = &mut self.tcp {
+            tcp.conns
+                .retain(|_, c| now.saturating_duration_since(c.last_in) < TCP_IDLE);
+        }
+    }
+
     /// Does what the ingest asks: sends, forwards events.
     fn flush(&mut self) {
         while let Some(out) = self.ingest.poll_output() {
             match out {
-                Output::Transmit(t) => {
+                Output::Transmit(t) if t.transport == Transport::Udp => {
                     let _ = self.socket.send_to(&t.contents, t.destination);
+                }
+                Output::Transmit(t) => {
+                    let Some(tcp) = &mut self.tcp else { continue };
+                    let Some(c) = tcp.conns.get_mut(&t.destination) else {
+                        continue;
+                    };
+                    if c.out.len() + 2 + t.contents.len() <= TCP_OUT_MAX {
+                        let was_empty = c.out.is_empty();
+                        framing::frame(&mut c.out, &t.contents);
+                        if was_empty {
+                            self.write_tcp(t.destination);
+                        }
+                    }
                 }
                 Output::Event(ev) => self.emit(ev),
             }

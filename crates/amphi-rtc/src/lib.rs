@@ -11,6 +11,7 @@
 //! thread, so a muted, removed or off-stage participant reaches nobody.
 
 mod engine;
+pub mod framing;
 mod hostaddr;
 pub mod ingest;
 mod sdp;
@@ -36,6 +37,11 @@ pub use sdp::{OfferSummary, summarize_offer, without_trickle};
 pub struct RtcConfig {
     /// UDP address to bind.
     pub bind: SocketAddr,
+    /// TCP address to listen on for ICE-TCP (RFC 6544 passive host
+    /// candidates, RFC 4571 framing), so a speaker whose UDP is blocked
+    /// can still publish. `None`: UDP only. A separate port for now; in
+    /// the end the node's HTTP port (the front door peeks the first bytes).
+    pub tcp_bind: Option<SocketAddr>,
     /// Address to advertise in candidates when `bind` is a wildcard.
     pub advertise_ip: Option<IpAddr>,
     /// A session that does not connect within this is closed.
@@ -48,6 +54,7 @@ impl Default for RtcConfig {
     fn default() -> Self {
         RtcConfig {
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            tcp_bind: None,
             advertise_ip: None,
             connect_timeout: Duration::from_secs(30),
             max_sessions: 500,

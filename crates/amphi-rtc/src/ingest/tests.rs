@@ -11,7 +11,7 @@ use amphi_core::{ParticipantId, SpaceId};
 use str0m::change::SdpAnswer;
 use str0m::format::Codec;
 use str0m::media::{Direction, Frequency, MediaKind, MediaTime, Mid};
-use str0m::net::{Protocol, Receive};
+use str0m::net::{Protocol, Receive, TcpType};
 use str0m::{Candidate, Input, Rtc};
 
 use super::{HostAddrs, Ingest, IngestConfig, Output, Transport};
@@ -47,12 +47,16 @@ struct Sim {
     ingest: Ingest,
     clients: Vec<Client>,
     events: Vec<RtcEvent>,
+    /// The transport of every datagram the ingest sent.
+    transports: Vec<Transport>,
 }
+
+const SERVER_TCP: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), 4001);
 
 fn config(udp: SocketAddr, loopback: bool) -> IngestConfig {
     IngestConfig {
         udp,
-        tcp: None,
+        tcp: Some(SERVER_TCP),
         loopback,
         connect_timeout: Duration::from_secs(30),
         max_sessions: 16,
@@ -70,6 +74,7 @@ impl Sim {
             ),
             clients: Vec::new(),
             events: Vec::new(),
+            transports: Vec::new(),
         }
     }
 
@@ -79,12 +84,29 @@ impl Sim {
 
     /// A client at `addr` offers; the ingest answers; returns its index.
     fn connect_client(&mut self, addr: SocketAddr, audible: bool) -> usize {
+        let candidate = Candidate::host(addr, "udp").expect("candidate");
+        self.connect_client_with(candidate, audible)
+    }
+
+    /// A client offering only an active ICE-TCP candidate at `addr`.
+    fn connect_tcp_client(&mut self, addr: SocketAddr) -> usize {
+        let candidate = Candidate::builder()
+            .tcp()
+            .host(addr)
+            .tcptype(TcpType::Active)
+            .build()
+            .expect("candidate");
+        self.connect_client_with(candidate, true)
+    }
+
+    fn connect_client_with(&mut self, candidate: Candidate, audible: bool) -> usize {
+        let addr = candidate.addr();
         let mut rtc = Rtc::builder()
             .set_crypto_provider(Arc::new(str0m::crypto::from_feature_flags()))
             .clear_codecs()
             .enable_opus(true, false)
             .build(self.now);
-        rtc.add_local_candidate(Candidate::host(addr, "udp").expect("candidate"));
+        rtc.add_local_candidate(candidate);
         let mut change = rtc.sdp_api();
         let mid = change.add_media(MediaKind::Audio, Direction::SendRecv, None, None, None);
         let (offer, pending) = change.apply().expect("offer");
@@ -129,7 +151,7 @@ impl Sim {
                 moved = true;
                 match out {
                     Output::Transmit(t) => {
-                        assert_eq!(t.transport, Transport::Udp);
+                        self.transports.push(t.transport);
                         let Some(c) = self.clients.iter_mut().find(|c| c.addr == t.destination)
                         else {
                             continue;
@@ -137,7 +159,10 @@ impl Sim {
                         let input = Input::Receive(
                             self.now,
                             Receive {
-                                proto: Protocol::Udp,
+                                proto: match t.transport {
+                                    Transport::Udp => Protocol::Udp,
+                                    Transport::Tcp => Protocol::Tcp,
+                                },
                                 source: t.source,
                                 destination: t.destination,
                                 contents: t.contents.as_slice().try_into().expect("datagram"),
@@ -157,9 +182,13 @@ impl Sim {
                         }
                         str0m::Output::Transmit(t) => {
                             moved = true;
+                            let transport = match t.proto {
+                                Protocol::Udp => Transport::Udp,
+                                _ => Transport::Tcp,
+                            };
                             self.ingest.handle_datagram(
                                 self.now,
-                                Transport::Udp,
+                                transport,
                                 t.source,
                                 t.destination,
                                 &t.contents,
@@ -499,4 +528,47 @@ fn a_connected_peer_that_goes_silent_is_closed_as_disconnected() {
         RtcEvent::Closed { id: i, reason: "disconnected", .. } if *i == id
     )));
     assert_eq!(sim.stats().sessions_timed_out.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn a_client_with_only_tcp_publishes_over_ice_tcp() {
+    let mut sim = Sim::new(config(SERVER, false), vec![]);
+    // An active ICE-TCP candidate: port 9, the peer connects out.
+    let c = sim.connect_tcp_client(client_addr(3, 9));
+    sim.run_until_connected();
+    sim.speak(20);
+    assert!(sim.audio_of(sim.clients[c].session).len() >= 15);
+    assert!(!sim.transports.is_empty());
+    assert!(sim.transports.iter().all(|t| *t == Transport::Tcp));
+    assert_eq!(sim.stats().garbage_datagrams.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn the_answer_offers_a_passive_tcp_candidate_beside_udp() {
+    let mut sim = Sim::new(config(SERVER, false), vec![]);
+    let mut rtc = Rtc::builder()
+        .set_crypto_provider(Arc::new(str0m::crypto::from_feature_flags()))
+        .build(sim.now);
+    let mut change = rtc.sdp_api();
+    change.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
+    let (offer, _) = change.apply().expect("offer");
+    let info = sim
+        .ingest
+        .create(
+            sim.now,
+            SessionRequest {
+                space: SpaceId(1),
+                participant: ParticipantId(1),
+                offer_sdp: offer.to_sdp_string(),
+                audible: Arc::new(AtomicBool::new(true)),
+            },
+        )
+        .expect("session");
+    let sdp = info.answer_sdp;
+    assert!(sdp.contains(" 10.0.0.1 4000 typ host"), "{sdp}");
+    assert!(sdp.contains(" tcp "), "{sdp}");
+    assert!(
+        sdp.contains(" 10.0.0.1 4001 typ host tcptype passive"),
+        "{sdp}"
+    );
 }
