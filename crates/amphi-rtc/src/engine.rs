@@ -284,6 +284,10 @@ impl Thread {
                         continue;
                     }
                     let _ = stream.set_nodelay(true);
+                    self.ingest
+                        .stats()
+                        .tcp_connections
+                        .fetch_add(1, Ordering::Relaxed);
                     tcp.conns.insert(
                         peer,
                         Conn {

@@ -164,6 +164,7 @@ pub struct RtcStats {
     pub garbage_datagrams: AtomicU64,
     pub events_dropped: AtomicU64,
     pub packets_out: AtomicU64,
+    pub tcp_connections: AtomicU64,
 }
 
 impl RtcStats {
@@ -171,7 +172,7 @@ impl RtcStats {
     pub fn render_prometheus(&self, out: &mut String) {
         use fmt::Write;
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let rows: [(&str, &str, &str, u64); 10] = [
+        let rows: [(&str, &str, &str, u64); 11] = [
             (
                 "amphi_rtc_sessions",
                 "gauge",
@@ -231,6 +232,12 @@ impl RtcStats {
                 "counter",
                 "Return-audio packets sent to speakers.",
                 l(&self.packets_out),
+            ),
+            (
+                "amphi_rtc_tcp_connections_total",
+                "counter",
+                "ICE-TCP connections accepted.",
+                l(&self.tcp_connections),
             ),
         ];
         for (name, kind, help, v) in rows {
