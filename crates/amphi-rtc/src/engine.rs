@@ -1,7 +1,7 @@
 //! The RTC thread: the thin socket loop around the sans-IO [`Ingest`].
 //!
-//! It owns the sockets (one UDP socket; with `tcp_bind`, an ICE-TCP
-//! listener and its connections), waits on them with `poll(2)`, hands
+//! It owns the sockets (one UDP socket; with ICE-TCP, its listener or the
+//! connections another server adopted to it), waits on them with `poll(2)`, hands
 //! datagrams, RFC 4571 frames, commands and the time to the ingest, sends
 //! its transmits and forwards its events. Every decision (routing, the
 //! gate, timeouts) is the ingest's; this file only moves bytes.
@@ -19,7 +19,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use crate::framing::{self, Deframer};
 use crate::ingest::{Ingest, IngestConfig, Output, Transport};
-use crate::{Cmd, RtcConfig, RtcError, RtcEvent, RtcHandle, RtcStats, channel};
+use crate::{Cmd, IceTcp, RtcConfig, RtcError, RtcEvent, RtcHandle, RtcStats, channel};
 
 /// Longest the thread waits in `poll` before looking at commands again.
 const MAX_WAIT: Duration = Duration::from_millis(5);
@@ -63,16 +63,22 @@ impl RtcEngine {
             None => local,
         };
         let advertised = advertise(local);
-        let listener = match cfg.tcp_bind {
-            Some(addr) => {
+        let (listener, tcp_port) = match cfg.ice_tcp {
+            IceTcp::Off => (None, None),
+            IceTcp::Listen(addr) => {
                 let l = TcpListener::bind(addr)?;
                 l.set_nonblocking(true)?;
-                Some(l)
+                let port = l.local_addr()?.port();
+                (Some(l), Some(port))
             }
-            None => None,
+            IceTcp::Adopted { port } => (None, Some(port)),
         };
         let tcp_local = listener.as_ref().map(TcpListener::local_addr).transpose()?;
-        let tcp_advertised = tcp_local.map(advertise);
+        let tcp_advertised = match (tcp_local, tcp_port) {
+            (Some(l), _) => Some(advertise(l)),
+            (None, Some(port)) => Some(SocketAddr::new(advertised.ip(), port)),
+            (None, None) => None,
+        };
         let (tx, rx) = channel();
         let (ev_tx, ev_rx) = crossbeam_channel::bounded(8192);
         let stats = Arc::new(RtcStats::default());
@@ -94,9 +100,9 @@ impl RtcEngine {
         let mut thread = Thread {
             socket,
             advertised,
-            tcp: listener.map(|listener| Tcp {
+            tcp: tcp_advertised.map(|advertised| Tcp {
                 listener,
-                advertised: tcp_advertised.unwrap_or(advertised),
+                advertised,
                 conns: HashMap::new(),
                 max_conns,
             }),
@@ -128,7 +134,7 @@ impl RtcEngine {
         self.local
     }
 
-    /// The bound ICE-TCP listener address, if `tcp_bind` was set.
+    /// The bound ICE-TCP listener address, with [`IceTcp::Listen`].
     pub fn tcp_local_addr(&self) -> Option<SocketAddr> {
         self.tcp_local
     }
@@ -152,9 +158,10 @@ struct Thread {
     ingest: Ingest,
 }
 
-/// The ICE-TCP side: a passive listener and its connections.
+/// The ICE-TCP side: its listener (unless connections are adopted) and
+/// its connections.
 struct Tcp {
-    listener: TcpListener,
+    listener: Option<TcpListener>,
     /// The TCP candidate address (the `destination` of every frame).
     advertised: SocketAddr,
     conns: HashMap<SocketAddr, Conn>,
@@ -209,11 +216,15 @@ impl Thread {
             if fds[0].revents != 0 {
                 self.read_udp(&mut buf);
             }
-            if self.tcp.is_some() {
-                if fds[1].revents != 0 {
-                    self.accept();
+            if let Some(tcp) = &self.tcp {
+                let mut first_conn = 1;
+                if tcp.listener.is_some() {
+                    first_conn = 2;
+                    if fds[1].revents != 0 {
+                        self.accept();
+                    }
                 }
-                for (fd, peer) in fds[2..].iter().zip(&peers) {
+                for (fd, peer) in fds[first_conn..].iter().zip(&peers) {
                     if fd.revents & libc::POLLOUT != 0 {
                         self.write_tcp(*peer);
                     }
@@ -235,7 +246,9 @@ impl Thread {
         peers.clear();
         fds.push(pfd(self.socket.as_raw_fd(), libc::POLLIN));
         if let Some(tcp) = &self.tcp {
-            fds.push(pfd(tcp.listener.as_raw_fd(), libc::POLLIN));
+            if let Some(l) = &tcp.listener {
+                fds.push(pfd(l.as_raw_fd(), libc::POLLIN));
+            }
             for (peer, c) in &tcp.conns {
                 let mut ev = libc::POLLIN;
                 if !c.out.is_empty() {
@@ -272,36 +285,43 @@ impl Thread {
     }
 
     fn accept(&mut self) {
-        let Some(tcp) = &mut self.tcp else { return };
         loop {
-            match tcp.listener.accept() {
-                Ok((stream, peer)) => {
-                    if tcp.conns.len() >= tcp.max_conns || stream.set_nonblocking(true).is_err() {
-                        self.ingest
-                            .stats()
-                            .garbage_datagrams
-                            .fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    }
-                    let _ = stream.set_nodelay(true);
-                    self.ingest
-                        .stats()
-                        .tcp_connections
-                        .fetch_add(1, Ordering::Relaxed);
-                    tcp.conns.insert(
-                        peer,
-                        Conn {
-                            stream,
-                            deframer: Deframer::default(),
-                            out: Vec::new(),
-                            last_in: Instant::now(),
-                        },
-                    );
-                }
+            let Some(listener) = self.tcp.as_ref().and_then(|t| t.listener.as_ref()) else {
+                return;
+            };
+            match listener.accept() {
+                Ok((stream, peer)) => self.adopt(stream, peer),
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(_) => return,
             }
         }
+    }
+
+    /// Takes an ICE-TCP connection: accepted here or handed over.
+    fn adopt(&mut self, stream: TcpStream, peer: SocketAddr) {
+        let stats = self.ingest.stats();
+        let Some(tcp) = &mut self.tcp else {
+            stats.garbage_datagrams.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        if tcp.conns.len() >= tcp.max_conns
+            || tcp.conns.contains_key(&peer)
+            || stream.set_nonblocking(true).is_err()
+        {
+            stats.garbage_datagrams.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let _ = stream.set_nodelay(true);
+        stats.tcp_connections.fetch_add(1, Ordering::Relaxed);
+        tcp.conns.insert(
+            peer,
+            Conn {
+                stream,
+                deframer: Deframer::default(),
+                out: Vec::new(),
+                last_in: Instant::now(),
+            },
+        );
     }
 
     /// Reads what a connection has, hands every whole frame to the ingest.
@@ -440,6 +460,7 @@ impl Thread {
                 self.ingest.close_participant(space, participant)
             }
             Cmd::Send { id, opus } => self.ingest.send_audio(Instant::now(), id, &opus),
+            Cmd::AdoptTcp { stream, peer } => self.adopt(stream, peer),
             Cmd::Shutdown => {}
         }
         self.flush();

@@ -82,6 +82,22 @@ impl Deframer {
     }
 }
 
+/// Whether the first bytes of a TCP connection are an ICE-TCP peer's: an
+/// RFC 4571 frame holding a STUN binding request (length, type 0x0001,
+/// magic cookie). `None` until 10 bytes are there. No HTTP request or TLS
+/// ClientHello starts so (they start with a letter or 0x16), so a front
+/// door can peek these bytes and route the connection.
+pub fn is_ice_tcp_preface(peek: &[u8]) -> Option<bool> {
+    if peek.len() < 10 {
+        // Decide early on what cannot be ICE-TCP: a STUN type starts 0x00.
+        return match peek.get(2) {
+            Some(&b) if b != 0 => Some(false),
+            _ => None,
+        };
+    }
+    Some(peek[2..4] == [0x00, 0x01] && peek[6..10] == [0x21, 0x12, 0xA4, 0x42])
+}
+
 /// Appends `contents` framed (length first) to `out`. `false` (and
 /// nothing appended) if it is too long for a frame.
 pub fn frame(out: &mut Vec<u8>, contents: &[u8]) -> bool {
@@ -128,6 +144,23 @@ mod tests {
         d.push(&[0xff, 0xff, 0]);
         assert_eq!(d.next_frame(), Err(FrameTooLong(65535)));
         assert!(!frame(&mut Vec::new(), &vec![0; 70_000]));
+    }
+
+    #[test]
+    fn the_preface_of_ice_tcp_is_told_from_http_and_tls() {
+        let mut stun = vec![0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xA4, 0x42];
+        stun.extend_from_slice(&[7; 12]);
+        let mut framed = Vec::new();
+        frame(&mut framed, &stun);
+        assert_eq!(is_ice_tcp_preface(&framed), Some(true));
+        assert_eq!(is_ice_tcp_preface(&framed[..5]), None);
+        assert_eq!(is_ice_tcp_preface(b"GET / HTTP/1.1\r\n"), Some(false));
+        assert_eq!(is_ice_tcp_preface(b"POST /api"), Some(false));
+        assert_eq!(
+            is_ice_tcp_preface(&[0x16, 0x03, 0x01, 0x02, 0x00, 1, 0, 0, 0, 0]),
+            Some(false)
+        );
+        assert_eq!(is_ice_tcp_preface(b"GE"), None);
     }
 
     proptest! {

@@ -37,11 +37,9 @@ pub use sdp::{OfferSummary, summarize_offer, without_trickle};
 pub struct RtcConfig {
     /// UDP address to bind.
     pub bind: SocketAddr,
-    /// TCP address to listen on for ICE-TCP (RFC 6544 passive host
-    /// candidates, RFC 4571 framing), so a speaker whose UDP is blocked
-    /// can still publish. `None`: UDP only. A separate port for now; in
-    /// the end the node's HTTP port (the front door peeks the first bytes).
-    pub tcp_bind: Option<SocketAddr>,
+    /// ICE-TCP (RFC 6544 passive host candidates, RFC 4571 framing), so a
+    /// speaker whose UDP is blocked can still publish.
+    pub ice_tcp: IceTcp,
     /// Address to advertise in candidates when `bind` is a wildcard.
     pub advertise_ip: Option<IpAddr>,
     /// A session that does not connect within this is closed.
@@ -54,12 +52,27 @@ impl Default for RtcConfig {
     fn default() -> Self {
         RtcConfig {
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
-            tcp_bind: None,
+            ice_tcp: IceTcp::Off,
             advertise_ip: None,
             connect_timeout: Duration::from_secs(30),
             max_sessions: 500,
         }
     }
+}
+
+/// Where ICE-TCP connections come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IceTcp {
+    /// UDP only: answers carry no TCP candidate.
+    Off,
+    /// The engine listens on this address itself (its own port).
+    Listen(SocketAddr),
+    /// Another server accepts the connections on this TCP port (the
+    /// node's HTTP front door, which tells them apart by their first bytes
+    /// with [`framing::is_ice_tcp_preface`]) and hands each over with
+    /// [`RtcHandle::adopt_tcp`]. The candidate is the UDP address's IP with
+    /// this port.
+    Adopted { port: u16 },
 }
 
 /// Identifier of one WHIP session, shown as 16 hex digits.
@@ -266,6 +279,10 @@ pub(crate) enum Cmd {
         id: SessionId,
         opus: Bytes,
     },
+    AdoptTcp {
+        stream: std::net::TcpStream,
+        peer: SocketAddr,
+    },
     Shutdown,
 }
 
@@ -315,6 +332,14 @@ impl RtcHandle {
     /// Sends one 20 ms Opus frame to a session that receives audio.
     pub fn send_audio(&self, id: SessionId, opus: Bytes) {
         let _ = self.tx.try_send(Cmd::Send { id, opus });
+    }
+
+    /// Hands over an accepted ICE-TCP connection (with
+    /// [`IceTcp::Adopted`]): the bytes already read from it are not lost
+    /// only if the caller peeked them (`MSG_PEEK`) rather than read them.
+    /// Refused (dropped, counted as garbage) without `IceTcp::Adopted`.
+    pub fn adopt_tcp(&self, stream: std::net::TcpStream, peer: SocketAddr) {
+        let _ = self.tx.try_send(Cmd::AdoptTcp { stream, peer });
     }
 
     /// The engine's counters.

@@ -17,7 +17,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use amphi_core::{ParticipantId, SpaceId};
-use amphi_rtc::{RtcConfig, RtcEngine, RtcEvent, RtcHandle, SessionRequest};
+use amphi_rtc::{IceTcp, RtcConfig, RtcEngine, RtcEvent, RtcHandle, SessionRequest};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 
@@ -123,7 +123,7 @@ impl Drop for Browser {
 #[test]
 fn stock_chromium_publishes_over_ice_tcp_alone() {
     let (engine, events) = RtcEngine::start(RtcConfig {
-        tcp_bind: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+        ice_tcp: IceTcp::Listen(SocketAddr::from(([127, 0, 0, 1], 0))),
         ..RtcConfig::default()
     })
     .expect("engine");

@@ -5,7 +5,7 @@
 //! comes out of the engine as audio.
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,8 +13,8 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use amphi_core::{ParticipantId, SpaceId};
-use amphi_rtc::framing::{Deframer, frame};
-use amphi_rtc::{RtcConfig, RtcEngine, RtcEvent, SessionRequest};
+use amphi_rtc::framing::{Deframer, frame, is_ice_tcp_preface};
+use amphi_rtc::{IceTcp, RtcConfig, RtcEngine, RtcEvent, SessionRequest};
 use str0m::change::SdpAnswer;
 use str0m::format::Codec;
 use str0m::media::{Direction, Frequency, MediaKind, MediaTime};
@@ -53,12 +53,71 @@ fn tcp_candidate(answer: &str) -> SocketAddr {
 #[test]
 fn a_peer_with_only_tcp_publishes_and_is_heard() {
     let (engine, events) = RtcEngine::start(RtcConfig {
-        tcp_bind: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+        ice_tcp: IceTcp::Listen(SocketAddr::from(([127, 0, 0, 1], 0))),
         ..RtcConfig::default()
     })
     .expect("engine");
     let tcp_local = engine.tcp_local_addr().expect("tcp listener");
+    publish_over_tcp(&engine, &events, tcp_local);
+    assert_eq!(
+        engine
+            .handle()
+            .stats()
+            .tcp_connections
+            .load(Ordering::Relaxed),
+        1
+    );
+    engine.shutdown();
+}
 
+/// As the node's HTTP front door will: another server accepts on its own
+/// port, peeks the first bytes, and hands ICE-TCP connections over.
+#[test]
+fn a_connection_handed_over_by_a_front_door_publishes() {
+    let front = TcpListener::bind("127.0.0.1:0").expect("front door");
+    let port = front.local_addr().unwrap().port();
+    let (engine, events) = RtcEngine::start(RtcConfig {
+        ice_tcp: IceTcp::Adopted { port },
+        ..RtcConfig::default()
+    })
+    .expect("engine");
+    assert_eq!(engine.tcp_local_addr(), None);
+    let rtc = engine.handle();
+    std::thread::spawn(move || {
+        for s in front.incoming().flatten() {
+            let mut peek = [0u8; 10];
+            let ice = loop {
+                let n = s.peek(&mut peek).unwrap_or(0);
+                match is_ice_tcp_preface(&peek[..n]) {
+                    Some(v) => break v,
+                    None if n == 0 => break false,
+                    None => std::thread::yield_now(),
+                }
+            };
+            assert!(ice, "the peer's first bytes were not ICE-TCP: {peek:?}");
+            let peer = s.peer_addr().unwrap();
+            rtc.adopt_tcp(s, peer);
+        }
+    });
+    publish_over_tcp(&engine, &events, SocketAddr::from(([127, 0, 0, 1], port)));
+    assert_eq!(
+        engine
+            .handle()
+            .stats()
+            .tcp_connections
+            .load(Ordering::Relaxed),
+        1
+    );
+    engine.shutdown();
+}
+
+/// A str0m peer with only an active TCP candidate publishes 25 Opus
+/// packets to the engine, whose answer must offer `tcp_candidate`.
+fn publish_over_tcp(
+    engine: &RtcEngine,
+    events: &crossbeam_channel::Receiver<RtcEvent>,
+    tcp_local: SocketAddr,
+) {
     let start = Instant::now();
     // The peer's active candidate: port 9, as RFC 6544 writes it.
     let local: SocketAddr = "127.0.0.1:9".parse().unwrap();
@@ -186,5 +245,4 @@ fn a_peer_with_only_tcp_publishes_and_is_heard() {
         }
     }
     assert!(connected);
-    engine.shutdown();
 }
