@@ -572,3 +572,53 @@ fn the_answer_offers_a_passive_tcp_candidate_beside_udp() {
         "{sdp}"
     );
 }
+
+#[test]
+fn a_check_that_fails_integrity_teaches_no_route() {
+    let mut sim = Sim::new(config(SERVER, false), vec![]);
+    let c = sim.connect_client(client_addr(2, 5000), true);
+    sim.run_until_connected();
+    let ufrag = sim
+        .ingest
+        .by_ufrag
+        .iter()
+        .find(|(_, id)| **id == sim.clients[c].session)
+        .map(|(u, _)| u.clone())
+        .expect("ufrag");
+    // An attacker who learned the ufrag (not the password) checks from
+    // elsewhere, then sends DTLS from there.
+    let attacker = client_addr(66, 6666);
+    let now = sim.now;
+    let mut check = binding_request(&format!("{ufrag}:evil"));
+    // A MESSAGE-INTEGRITY that cannot be right.
+    let len = u16::from_be_bytes([check[2], check[3]]) + 24;
+    check[2..4].copy_from_slice(&len.to_be_bytes());
+    check.extend_from_slice(&[0x00, 0x08, 0x00, 0x14]);
+    check.extend_from_slice(&[0xab; 20]);
+    sim.ingest
+        .handle_datagram(now, Transport::Udp, attacker, SERVER, &check);
+    let mut answered = false;
+    while let Some(out) = sim.ingest.poll_output() {
+        if let Output::Transmit(t) = out {
+            answered |= t.destination == attacker;
+        }
+    }
+    assert!(!answered, "a check without the password was answered");
+    assert!(
+        !sim.ingest
+            .by_source
+            .contains_key(&(Transport::Udp, attacker))
+    );
+    let before = sim.stats().garbage_datagrams.load(Ordering::Relaxed);
+    let mut dtls = vec![23, 254, 253];
+    dtls.extend_from_slice(&[0; 40]);
+    sim.ingest
+        .handle_datagram(now, Transport::Udp, attacker, SERVER, &dtls);
+    assert_eq!(
+        sim.stats().garbage_datagrams.load(Ordering::Relaxed),
+        before + 1
+    );
+    // The real peer is unaffected.
+    sim.speak(5);
+    assert!(!sim.audio_of(sim.clients[c].session).is_empty());
+}
