@@ -37,8 +37,9 @@ const log = (m) => fetch("/log", {method: "POST", body: String(m)});
     });
     const res = await fetch("/whip", {method: "POST", headers: {"content-type": "application/sdp"}, body: pc.localDescription.sdp});
     const answer = await res.text();
+    const strip = location.search.includes("tcponly");
     const tcpOnly = answer.split("\r\n")
-      .filter((l) => !(l.startsWith("a=candidate:") && !/ tcp /i.test(l)))
+      .filter((l) => !(strip && l.startsWith("a=candidate:") && !/ tcp /i.test(l)))
       .join("\r\n");
     log("answer candidates: " + tcpOnly.split("\r\n").filter((l) => l.startsWith("a=candidate:")).join(" | "));
     await pc.setRemoteDescription({type: "answer", sdp: tcpOnly});
@@ -85,7 +86,7 @@ fn serve(mut s: TcpStream, rtc: &RtcHandle, log: &Mutex<Vec<String>>) {
     let mut body = vec![0; len];
     let _ = r.read_exact(&mut body);
     let body = String::from_utf8_lossy(&body).into_owned();
-    let (status, ctype, out) = if first.starts_with("GET / ") {
+    let (status, ctype, out) = if first.starts_with("GET / ") || first.starts_with("GET /?") {
         ("200 OK", "text/html", PAGE.to_owned())
     } else if first.starts_with("POST /whip ") {
         let res = block_on(rtc.create_session(SessionRequest {
@@ -120,44 +121,57 @@ impl Drop for Browser {
     }
 }
 
-#[test]
-fn stock_chromium_publishes_over_ice_tcp_alone() {
-    let (engine, events) = RtcEngine::start(RtcConfig {
-        ice_tcp: IceTcp::Listen(SocketAddr::from(([127, 0, 0, 1], 0))),
-        ..RtcConfig::default()
-    })
-    .expect("engine");
-    let http = TcpListener::bind("127.0.0.1:0").expect("http");
+/// Serves the page and the offer endpoint on `bind`; returns its port.
+fn http_server(bind: &str, rtc: RtcHandle, log: Arc<Mutex<Vec<String>>>) -> u16 {
+    let http = TcpListener::bind(bind).expect("http");
     let port = http.local_addr().expect("addr").port();
-    let log = Arc::new(Mutex::new(Vec::new()));
-    {
-        let rtc = engine.handle();
-        let log = log.clone();
-        std::thread::spawn(move || {
-            for s in http.incoming().flatten() {
-                serve(s, &rtc, &log);
-            }
-        });
-    }
-    let profile = std::env::temp_dir().join(format!("amphi-ice-tcp-{}", std::process::id()));
-    let _browser = Browser(
-        Command::new(CHROMIUM)
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--use-fake-ui-for-media-stream",
-                "--use-fake-device-for-media-stream",
-            ])
-            .arg(format!("--user-data-dir={}", profile.display()))
-            .arg(format!("http://127.0.0.1:{port}/"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("chromium (scripts/test installs it)"),
-    );
+    std::thread::spawn(move || {
+        // A thread per connection: Chromium opens spare connections that
+        // may never send a request.
+        for s in http.incoming().flatten() {
+            let (rtc, log) = (rtc.clone(), log.clone());
+            std::thread::spawn(move || serve(s, &rtc, &log));
+        }
+    });
+    port
+}
+
+/// Starts headless Chromium on `url` (inside network namespace `netns`,
+/// if given) with a fake microphone.
+fn chromium(url: &str, netns: Option<&str>, extra: &[String]) -> (Browser, std::path::PathBuf) {
+    let profile = std::env::temp_dir().join(format!(
+        "amphi-ice-tcp-{}-{}",
+        std::process::id(),
+        netns.unwrap_or("host")
+    ));
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, CHROMIUM]);
+            c
+        }
+        None => Command::new(CHROMIUM),
+    };
+    cmd.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream",
+    ])
+    .args(extra)
+    .arg(format!("--user-data-dir={}", profile.display()))
+    .arg(url)
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    let child = cmd.spawn().expect("chromium (scripts/test installs it)");
+    (Browser(child), profile)
+}
+
+/// Waits for 100 Opus packets from the engine (30 s at most).
+fn wait_for_audio(events: &crossbeam_channel::Receiver<RtcEvent>, log: &Mutex<Vec<String>>) {
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut audio = 0;
     let mut connected = false;
@@ -175,6 +189,19 @@ fn stock_chromium_publishes_over_ice_tcp_alone() {
         }
     }
     assert!(connected);
+}
+
+#[test]
+fn stock_chromium_publishes_over_ice_tcp_alone() {
+    let (engine, events) = RtcEngine::start(RtcConfig {
+        ice_tcp: IceTcp::Listen(SocketAddr::from(([127, 0, 0, 1], 0))),
+        ..RtcConfig::default()
+    })
+    .expect("engine");
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let port = http_server("127.0.0.1:0", engine.handle(), log.clone());
+    let (browser, profile) = chromium(&format!("http://127.0.0.1:{port}/?tcponly"), None, &[]);
+    wait_for_audio(&events, &log);
     let tcp = engine
         .handle()
         .stats()
@@ -188,6 +215,124 @@ fn stock_chromium_publishes_over_ice_tcp_alone() {
         .expect("the page reported the answer");
     assert!(candidates.contains("tcptype passive"), "{candidates}");
     assert!(!candidates.contains(" udp "), "{candidates}");
+    drop(browser);
+    engine.shutdown();
+    let _ = std::fs::remove_dir_all(profile);
+}
+
+/// A network namespace joined to this one by a veth pair, removed on drop.
+struct Netns {
+    name: String,
+    host_if: String,
+}
+
+impl Netns {
+    /// `10.79.N.1` here, `10.79.N.2` inside; `None` if namespaces cannot
+    /// be made here (not root, no `ip`).
+    fn new(n: u8) -> Option<Netns> {
+        let pid = std::process::id();
+        let ns = Netns {
+            name: format!("amphi-rtc-{pid}"),
+            host_if: format!("art{}", pid % 100_000),
+        };
+        let ns_if = format!("arn{}", pid % 100_000);
+        let ip = |args: &[&str]| {
+            Command::new("ip")
+                .args(args)
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if !ip(&["netns", "add", &ns.name]) {
+            return None;
+        }
+        let here = format!("10.79.{n}.1/24");
+        let there = format!("10.79.{n}.2/24");
+        let ok = ip(&[
+            "link",
+            "add",
+            &ns.host_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &ns_if,
+        ]) && ip(&["link", "set", &ns_if, "netns", &ns.name])
+            && ip(&["addr", "add", &here, "dev", &ns.host_if])
+            && ip(&["link", "set", &ns.host_if, "up"])
+            && ip(&["-n", &ns.name, "addr", "add", &there, "dev", &ns_if])
+            && ip(&["-n", &ns.name, "link", "set", &ns_if, "up"])
+            && ip(&["-n", &ns.name, "link", "set", "lo", "up"]);
+        ok.then_some(ns)
+    }
+
+    /// Every UDP packet leaving the namespace is dropped (policy routing:
+    /// `ip rule ... ipproto udp blackhole`; no firewall tool needed).
+    fn block_udp(&self) -> bool {
+        Command::new("ip")
+            .args([
+                "-n",
+                &self.name,
+                "rule",
+                "add",
+                "ipproto",
+                "udp",
+                "blackhole",
+            ])
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// Issue 13, proof 2 at the engine: a browser on another host (a network
+/// namespace) whose UDP is dropped still publishes, with the answer as the
+/// engine writes it (UDP and TCP candidates; only TCP can work).
+#[test]
+fn chromium_on_a_host_that_drops_udp_publishes_over_ice_tcp() {
+    let Some(ns) = Netns::new(77) else {
+        eprintln!("SKIPPED: cannot make a network namespace here (needs root and iproute2)");
+        return;
+    };
+    assert!(ns.block_udp(), "ip rule ipproto udp blackhole");
+    let (engine, events) = RtcEngine::start(RtcConfig {
+        bind: "10.79.77.1:0".parse().unwrap(),
+        ice_tcp: IceTcp::Listen("10.79.77.1:0".parse().unwrap()),
+        ..RtcConfig::default()
+    })
+    .expect("engine");
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let port = http_server("10.79.77.1:0", engine.handle(), log.clone());
+    let origin = format!("http://10.79.77.1:{port}");
+    // getUserMedia needs a secure context; this test origin is declared one.
+    let (browser, profile) = chromium(
+        &format!("{origin}/"),
+        Some(&ns.name),
+        &[format!(
+            "--unsafely-treat-insecure-origin-as-secure={origin}"
+        )],
+    );
+    wait_for_audio(&events, &log);
+    let handle = engine.handle();
+    assert!(handle.stats().tcp_connections.load(Ordering::Relaxed) >= 1);
+    let lines = log.lock().expect("log").clone();
+    let candidates = lines
+        .iter()
+        .find(|l| l.starts_with("answer candidates:"))
+        .expect("the page reported the answer");
+    assert!(candidates.contains(" udp "), "{candidates}");
+    assert!(candidates.contains("tcptype passive"), "{candidates}");
+    drop(browser);
     engine.shutdown();
     let _ = std::fs::remove_dir_all(profile);
 }
