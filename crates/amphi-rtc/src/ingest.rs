@@ -40,6 +40,8 @@ use crate::{RtcError, RtcEvent, RtcStats, SessionId, SessionInfo, SessionRequest
 
 /// Most remote addresses remembered per session (ICE may try a few).
 const MAX_SOURCES: usize = 8;
+/// Timer entries per session (live and stale) before the heap is rebuilt.
+const MAX_TIMERS_PER_SESSION: usize = 16;
 
 /// The transport a datagram came on or leaves by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -464,6 +466,9 @@ impl Ingest {
                     if s.timeout != Some(t) {
                         s.timeout = Some(t);
                         self.timers.push(Reverse((t, id)));
+                        if self.timers.len() > MAX_TIMERS_PER_SESSION * self.sessions.len() + 64 {
+                            self.compact_timers();
+                        }
                     }
                     self.unqueue_front();
                 }
@@ -482,6 +487,21 @@ impl Ingest {
                         return Some(Output::Event(ev));
                     }
                 }
+            }
+        }
+    }
+
+    /// Rebuilds the timer heap from the live timers only: stale entries
+    /// later than a session's current timeout would otherwise wait for
+    /// their time to be dropped.
+    fn compact_timers(&mut self) {
+        self.timers.clear();
+        for (id, s) in &self.sessions {
+            if let Some(t) = s.timeout {
+                self.timers.push(Reverse((t, *id)));
+            }
+            if !s.connected {
+                self.timers.push(Reverse((s.deadline, *id)));
             }
         }
     }

@@ -300,20 +300,22 @@ impl Drop for Netns {
 /// engine writes it (UDP and TCP candidates; only TCP can work).
 #[test]
 fn chromium_on_a_host_that_drops_udp_publishes_over_ice_tcp() {
-    let Some(ns) = Netns::new(77) else {
+    // A subnet of this process's own, so two runs at once do not collide.
+    let n = (std::process::id() % 250) as u8;
+    let Some(ns) = Netns::new(n) else {
         eprintln!("SKIPPED: cannot make a network namespace here (needs root and iproute2)");
         return;
     };
     assert!(ns.block_udp(), "ip rule ipproto udp blackhole");
     let (engine, events) = RtcEngine::start(RtcConfig {
-        bind: "10.79.77.1:0".parse().unwrap(),
-        ice_tcp: IceTcp::Listen("10.79.77.1:0".parse().unwrap()),
+        bind: format!("10.79.{n}.1:0").parse().unwrap(),
+        ice_tcp: IceTcp::Listen(format!("10.79.{n}.1:0").parse().unwrap()),
         ..RtcConfig::default()
     })
     .expect("engine");
     let log = Arc::new(Mutex::new(Vec::new()));
-    let port = http_server("10.79.77.1:0", engine.handle(), log.clone());
-    let origin = format!("http://10.79.77.1:{port}");
+    let port = http_server(&format!("10.79.{n}.1:0"), engine.handle(), log.clone());
+    let origin = format!("http://10.79.{n}.1:{port}");
     // getUserMedia needs a secure context; this test origin is declared one.
     let (browser, profile) = chromium(
         &format!("{origin}/"),

@@ -2,6 +2,7 @@
 //! time: no socket, no sleep. Every datagram goes straight from one side's
 //! `poll_output` to the other's input; the clock jumps to the next timer.
 
+use std::cmp::Reverse;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -323,6 +324,12 @@ fn a_client_connects_and_its_opus_comes_out_as_audio() {
         })
         .collect();
     assert!(seqs.windows(2).all(|w| w[1] == w[0].wrapping_add(1)));
+    // Stale timer entries do not pile up.
+    assert!(
+        sim.ingest.timers.len() <= 16 + 64,
+        "{}",
+        sim.ingest.timers.len()
+    );
 }
 
 #[test]
@@ -621,4 +628,24 @@ fn a_check_that_fails_integrity_teaches_no_route() {
     // The real peer is unaffected.
     sim.speak(5);
     assert!(!sim.audio_of(sim.clients[c].session).is_empty());
+}
+
+#[test]
+fn stale_timers_are_compacted_away_and_live_ones_kept() {
+    let mut sim = Sim::new(config(SERVER, false), vec![]);
+    sim.connect_client(client_addr(2, 5000), true);
+    sim.run_until_connected();
+    let live = sim.ingest.poll_timeout().expect("a timer");
+    let id = sim.clients[0].session;
+    let far = sim.now + Duration::from_secs(3600);
+    for i in 0..1000 {
+        sim.ingest
+            .timers
+            .push(Reverse((far + Duration::from_millis(i), id)));
+    }
+    sim.ingest.compact_timers();
+    assert_eq!(sim.ingest.timers.len(), 1);
+    assert_eq!(sim.ingest.poll_timeout(), Some(live));
+    sim.speak(5);
+    assert!(!sim.audio_of(id).is_empty());
 }
