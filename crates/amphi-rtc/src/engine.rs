@@ -30,6 +30,9 @@ const UDP_BATCH: usize = 64;
 /// An ICE-TCP connection that brings nothing for this long is closed
 /// (a live peer's consent checks come every few seconds).
 const TCP_IDLE: Duration = Duration::from_secs(20);
+/// An ICE-TCP connection must bring a frame that reaches a session (a
+/// STUN check naming one) within this, or it is closed.
+const TCP_FIRST_FRAME: Duration = Duration::from_secs(10);
 /// Bytes queued for one ICE-TCP peer before packets are dropped (real-time
 /// audio is better dropped than late).
 const TCP_OUT_MAX: usize = 64 * 1024;
@@ -175,6 +178,8 @@ struct Conn {
     /// Framed bytes not yet written.
     out: Vec<u8>,
     last_in: Instant,
+    /// When it was taken; `None` once a frame reached a session.
+    unrouted_since: Option<Instant>,
 }
 
 impl Thread {
@@ -320,6 +325,7 @@ impl Thread {
                 deframer: Deframer::default(),
                 out: Vec::new(),
                 last_in: Instant::now(),
+                unrouted_since: Some(Instant::now()),
             },
         );
     }
@@ -343,13 +349,23 @@ impl Thread {
                     c.last_in = Instant::now();
                     loop {
                         match c.deframer.next_frame() {
-                            Ok(Some(f)) => self.ingest.handle_datagram(
-                                Instant::now(),
-                                Transport::Tcp,
-                                peer,
-                                destination,
-                                f,
-                            ),
+                            Ok(Some(f)) => {
+                                let routed = self.ingest.handle_datagram(
+                                    Instant::now(),
+                                    Transport::Tcp,
+                                    peer,
+                                    destination,
+                                    f,
+                                );
+                                if routed {
+                                    c.unrouted_since = None;
+                                } else if c.unrouted_since.is_some() {
+                                    // The first frames must be ICE: this
+                                    // connection is not a peer's.
+                                    close = true;
+                                    break;
+                                }
+                            }
                             Ok(None) => break,
                             Err(_) => {
                                 self.ingest
@@ -408,11 +424,15 @@ impl Thread {
         }
     }
 
-    /// Closes ICE-TCP connections that brought nothing for a while.
+    /// Closes ICE-TCP connections that brought nothing for a while, or no
+    /// check of a session soon enough.
     fn reap_idle(&mut self, now: Instant) {
         if let Some(tcp) = &mut self.tcp {
-            tcp.conns
-                .retain(|_, c| now.saturating_duration_since(c.last_in) < TCP_IDLE);
+            tcp.conns.retain(|_, c| {
+                now.saturating_duration_since(c.last_in) < TCP_IDLE
+                    && c.unrouted_since
+                        .is_none_or(|t| now.saturating_duration_since(t) < TCP_FIRST_FRAME)
+            });
         }
     }
 

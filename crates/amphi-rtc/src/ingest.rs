@@ -344,7 +344,8 @@ impl Ingest {
     }
 
     /// One datagram (or one RFC 4571 frame) from `source`, received on the
-    /// local candidate address `destination`.
+    /// local candidate address `destination`. Returns whether it reached a
+    /// session (`false`: counted as garbage, or it ended its session).
     pub fn handle_datagram(
         &mut self,
         now: Instant,
@@ -352,7 +353,7 @@ impl Ingest {
         source: SocketAddr,
         destination: SocketAddr,
         bytes: &[u8],
-    ) {
+    ) -> bool {
         self.stats.datagrams_in.fetch_add(1, Ordering::Relaxed);
         self.stats
             .bytes_in
@@ -363,7 +364,7 @@ impl Ingest {
         // answered from loopback.
         if self.cfg.loopback && !source.ip().is_loopback() && !self.host.is_own(source.ip(), now) {
             self.garbage();
-            return;
+            return false;
         }
         let id = match stun::classify(bytes) {
             Kind::Stun { ufrag: Some(u) } => self.by_ufrag.get(u),
@@ -371,15 +372,15 @@ impl Ingest {
         };
         let Some(&id) = id else {
             self.garbage();
-            return;
+            return false;
         };
         let Ok(contents) = bytes.try_into() else {
             self.garbage();
-            return;
+            return false;
         };
         let Some(s) = self.sessions.get_mut(&id) else {
             self.garbage();
-            return;
+            return false;
         };
         let input = Input::Receive(
             now,
@@ -392,9 +393,10 @@ impl Ingest {
         );
         if s.rtc.handle_input(input).is_err() {
             self.end(id, "rtc error");
-            return;
+            return false;
         }
         self.mark_ready(id);
+        true
     }
 
     /// Advances time: str0m timers that are due, connect deadlines.

@@ -246,3 +246,41 @@ fn publish_over_tcp(
     }
     assert!(connected);
 }
+
+/// Whether the engine closes `stream` within 3 s (EOF or reset).
+fn closed_by_engine(stream: &mut TcpStream) -> bool {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    matches!(stream.read(&mut buf), Ok(0))
+        || matches!(stream.read(&mut buf), Err(e) if e.kind() == ErrorKind::ConnectionReset)
+}
+
+#[test]
+fn a_tcp_connection_that_does_not_start_with_ice_is_closed() {
+    let (engine, _events) = RtcEngine::start(RtcConfig {
+        ice_tcp: IceTcp::Listen(SocketAddr::from(([127, 0, 0, 1], 0))),
+        ..RtcConfig::default()
+    })
+    .expect("engine");
+    let addr = engine.tcp_local_addr().expect("tcp listener");
+    // A well-framed packet that is no session's.
+    let mut s = TcpStream::connect(addr).unwrap();
+    let mut out = Vec::new();
+    frame(&mut out, &[0x80; 40]);
+    s.write_all(&out).unwrap();
+    assert!(
+        closed_by_engine(&mut s),
+        "framed garbage kept the connection"
+    );
+    // An HTTP request: its first "length" is far over a frame.
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    assert!(closed_by_engine(&mut s), "HTTP kept the connection");
+    let handle = engine.handle();
+    let stats = handle.stats();
+    assert_eq!(stats.tcp_connections.load(Ordering::Relaxed), 2);
+    assert!(stats.garbage_datagrams.load(Ordering::Relaxed) >= 2);
+    engine.shutdown();
+}
