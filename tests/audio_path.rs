@@ -9,6 +9,18 @@ use common::{
     wait_for_audio,
 };
 
+/// Packets received at the mixer, one number per speaker.
+fn speaker_packets(s: &Server) -> Vec<f64> {
+    call("GET", &s.url("/metrics"), None, None)
+        .body
+        .as_str()
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with("amphi_speaker_packets_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect()
+}
+
 #[test]
 fn the_tone_a_speaker_sends_is_the_tone_a_listener_decodes() {
     let s = Server::start(&[]);
@@ -45,8 +57,12 @@ fn muted_speaker_is_silent_and_two_speakers_mix_unclipped() {
 
     let mut a = publish_tone(&s, &id, &host, 440, 20);
     let mut b = publish_tone(&s, &id, &tok, 1000, 20);
-    wait_for_audio(&s, 200.0);
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    // Both voices reach the mixer, for long enough that the listener's
+    // burst of history already holds the two.
+    wait_for(20, "two speakers at the mixer", || {
+        let per_speaker = speaker_packets(&s);
+        per_speaker.len() == 2 && per_speaker.iter().all(|n| *n >= 100.0)
+    });
 
     let url = s.url(&format!("/spaces/{id}/live.opus"));
     let both = ffmpeg_listen(&url, 2.5);

@@ -406,6 +406,8 @@ $("mic").addEventListener("click", async () => {
     mic.stop();
     if (e && e.name === "NotAllowedError") {
       say(status, "Microphone access was refused. Allow the microphone for this site, then press “Start your mic” again.", true);
+    } else if (e && e.code === "insecure") {
+      say(status, e.message, true);
     } else if (e && e.code !== "cancelled") {
       err(e);
     }

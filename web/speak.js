@@ -19,6 +19,50 @@ function gathered(pc, ms) {
   });
 }
 
+/** Parses RFC 8288 Link header values with rel="ice-server" (RFC 9725
+ * §4.6) into RTCIceServer entries. */
+export function iceServersFromLinks(header) {
+  if (!header) return [];
+  const out = [];
+  // Links are comma-separated; commas inside <…> or "…" do not split.
+  const parts = [];
+  let cur = "", inUrl = false, inQuote = false;
+  for (const ch of header) {
+    if (ch === "<" && !inQuote) inUrl = true;
+    else if (ch === ">" && !inQuote) inUrl = false;
+    else if (ch === '"' && !inUrl) inQuote = !inQuote;
+    if (ch === "," && !inUrl && !inQuote) { parts.push(cur); cur = ""; } else cur += ch;
+  }
+  parts.push(cur);
+  for (const part of parts) {
+    const m = part.match(/<([^>]*)>/);
+    if (!m) continue;
+    const params = {};
+    for (const p of part.slice(part.indexOf(">") + 1).split(";")) {
+      const kv = p.match(/^\s*([a-zA-Z-]+)\s*=\s*"?([^"]*)"?\s*$/);
+      if (kv) params[kv[1].toLowerCase()] = kv[2];
+    }
+    if (params.rel !== "ice-server") continue;
+    const server = { urls: m[1] };
+    if (params.username) server.username = params.username;
+    if (params.credential) server.credential = params.credential;
+    out.push(server);
+  }
+  return out;
+}
+
+/** Why this page cannot use a microphone, or null if it can. Browsers
+ * give the microphone only to secure pages (https://, or localhost). */
+export function micUnavailableReason() {
+  if (!window.isSecureContext) {
+    return "Your browser only allows the microphone on a secure page (https://, or this machine's localhost). This page is plain http:// — ask the operator to turn on HTTPS, then open the https:// address.";
+  }
+  if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
+    return "This browser offers no microphone access (navigator.mediaDevices is missing).";
+  }
+  return null;
+}
+
 export class Mic {
   constructor(spaceId, token, { returnEl, onState } = {}) {
     this.spaceId = spaceId;
@@ -34,6 +78,8 @@ export class Mic {
    * NotAllowedError when the user (or policy) refuses the microphone, or an
    * ApiError when the server refuses the session. */
   async start() {
+    const why = micUnavailableReason();
+    if (why) throw new ApiError(0, "insecure", why);
     this.stream = await navigator.mediaDevices.getUserMedia({
       audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true },
     });
@@ -43,7 +89,17 @@ export class Mic {
     }
     const track = this.stream.getAudioTracks()[0];
     track.addEventListener("ended", () => this.onState("mic-ended"));
-    const pc = new RTCPeerConnection();
+    // TURN servers (if the node offers any) before gathering: a speaker
+    // behind a firewall that blocks UDP reaches the node through them.
+    let iceServers = [];
+    try {
+      const o = await fetch(`/api/v1/spaces/${this.spaceId}/whip`, {
+        method: "OPTIONS",
+        headers: { Authorization: `Bearer ${this.token}` },
+      });
+      iceServers = iceServersFromLinks(o.headers.get("Link"));
+    } catch { /* no ICE servers: host candidates only */ }
+    const pc = new RTCPeerConnection({ iceServers });
     this.pc = pc;
     pc.addTransceiver(track, { direction: "sendrecv", streams: [this.stream] });
     pc.ontrack = (e) => {

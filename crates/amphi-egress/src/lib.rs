@@ -129,6 +129,9 @@ pub struct NewListener {
     pub next_unit: u64,
     /// Who it is (a participant id), so a ban can close it; 0 if anonymous.
     pub tag: u64,
+    /// Over TLS: the sealer of the connection's records (its keys left
+    /// rustls after the handshake; `pending` is sealed like every unit).
+    pub tls: Option<Box<amphi_tls::RecordSealer>>,
 }
 
 /// The fan-out workers.

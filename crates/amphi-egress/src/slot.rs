@@ -4,6 +4,7 @@ use std::io::{ErrorKind, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use amphi_tls::{ContentType, RecordSealer, sealed_len};
 use bytes::Bytes;
 
 /// What servicing a listener decided.
@@ -27,6 +28,11 @@ pub struct Slot<S: Write = TcpStream> {
     pub(crate) next_unit: u64,
     pub(crate) tag: u64,
     pub(crate) behind_since: Option<Instant>,
+    /// Over TLS: the connection's sealer, numbered at the start of `cur`.
+    /// Then `offset` counts sealed bytes; the unit is sealed into the
+    /// worker's scratch for each pass (the same bytes every time), so a
+    /// partly written unit costs an offset, not a copy.
+    pub(crate) tls: Option<Box<RecordSealer>>,
 }
 
 /// Source of units for a slot: the worker's recent units of that output.
@@ -54,21 +60,60 @@ impl<S: Write> Slot<S> {
             next_unit,
             tag,
             behind_since: None,
+            tls: None,
         }
+    }
+
+    /// A listener whose bytes are sealed into TLS records by `sealer`.
+    pub(crate) fn with_tls(mut self, sealer: Option<Box<RecordSealer>>) -> Self {
+        self.tls = sealer;
+        self
+    }
+
+    /// Bytes of the unit in flight on the wire (sealed, over TLS).
+    fn wire_len(&self) -> usize {
+        match self.tls {
+            None => self.cur.len(),
+            Some(_) => sealed_len(self.cur.len()),
+        }
+    }
+
+    /// Whether part of the unit in flight is still to be written.
+    pub(crate) fn in_flight(&self) -> bool {
+        self.offset < self.wire_len()
     }
 
     /// Writes what it can: the rest of the unit in flight, then the next
     /// units. A listener two or more units behind jumps to the newest unit.
+    /// `scratch` is the worker's buffer for sealing TLS records.
     pub(crate) fn service<U: Units>(
         &mut self,
         units: &U,
         now: Instant,
         stall: Duration,
         t: &mut Tally,
+        scratch: &mut Vec<u8>,
     ) -> Service {
+        let mut sealed = false;
         loop {
-            if self.offset < self.cur.len() {
-                match self.stream.write(&self.cur[self.offset..]) {
+            if self.offset < self.wire_len() {
+                let bytes: &[u8] = match &self.tls {
+                    None => &self.cur[self.offset..],
+                    Some(sealer) => {
+                        if !sealed {
+                            scratch.clear();
+                            sealer.seal_at(
+                                sealer.seq(),
+                                ContentType::ApplicationData,
+                                &self.cur,
+                                scratch,
+                            );
+                            sealed = true;
+                        }
+                        &scratch[self.offset..]
+                    }
+                };
+                match self.stream.write(bytes) {
                     Ok(0) => return Service::Gone,
                     Ok(n) => {
                         t.writes += 1;
@@ -100,6 +145,10 @@ impl<S: Write> Slot<S> {
             }
             match units.get(self.next_unit) {
                 Some(b) => {
+                    if let Some(sealer) = &mut self.tls {
+                        sealer.advance(RecordSealer::records_for(self.cur.len()));
+                    }
+                    sealed = false;
                     self.cur = b.clone();
                     self.offset = 0;
                     self.next_unit += 1;
@@ -174,7 +223,7 @@ mod tests {
             for (seq, len) in lens.iter().enumerate() {
                 ring.0.push_back((seq as u64, unit(seq as u64, *len)));
                 if ring.0.len() > 8 { ring.0.pop_front(); }
-                let _ = slot.service(&ring, now, Duration::from_secs(60), &mut tally);
+                let _ = slot.service(&ring, now, Duration::from_secs(60), &mut tally, &mut Vec::new());
                 prop_assert!(slot.next_unit <= seq as u64 + 1);
             }
             // Cut what the peer got back into units.

@@ -75,6 +75,8 @@ pub(crate) struct Worker {
     ring: usize,
     stats: Arc<EgressStats>,
     outputs: HashMap<u64, OutState>,
+    /// Where TLS listeners' units are sealed, one at a time.
+    scratch: Vec<u8>,
 }
 
 /// How often stalled listeners are retried and timed out between units.
@@ -93,6 +95,7 @@ impl Worker {
             ring: ring.max(2),
             stats,
             outputs: HashMap::new(),
+            scratch: Vec::with_capacity(64 * 1024),
         }
     }
 
@@ -112,8 +115,10 @@ impl Worker {
                         pending,
                         next_unit,
                         tag,
+                        tls,
                     } = listener;
-                    st.slots.push(Slot::new(stream, pending, next_unit, tag));
+                    st.slots
+                        .push(Slot::new(stream, pending, next_unit, tag).with_tls(tls));
                     self.service_output(output.id, true);
                 }
                 Ok(Msg::CloseOutput { output }) => {
@@ -177,14 +182,12 @@ impl Worker {
         let mut i = 0;
         while i < st.slots.len() {
             let slot = &mut st.slots[i];
-            if only_behind
-                && slot.offset >= slot.cur.len()
-                && slot.next_unit > st.recent.newest().unwrap_or(0)
+            if only_behind && !slot.in_flight() && slot.next_unit > st.recent.newest().unwrap_or(0)
             {
                 i += 1;
                 continue;
             }
-            match slot.service(&st.recent, now, self.stall, &mut tally) {
+            match slot.service(&st.recent, now, self.stall, &mut tally, &mut self.scratch) {
                 Service::Keep => i += 1,
                 verdict => {
                     st.slots.swap_remove(i);

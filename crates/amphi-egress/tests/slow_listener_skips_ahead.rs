@@ -82,6 +82,7 @@ fn fast_listener_gets_everything_slow_one_skips_and_is_closed() {
                     pending: Bytes::new(),
                     next_unit: 0,
                     tag,
+                    tls: None,
                 },
             )
             .unwrap();
@@ -146,6 +147,7 @@ fn new_listener_gets_its_burst_then_live_units_and_ban_closes_it() {
                 pending: Bytes::from(burst),
                 next_unit: newest.seq + 1,
                 tag: 42,
+                tls: None,
             },
         )
         .unwrap();

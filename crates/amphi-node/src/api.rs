@@ -2,8 +2,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
-use axum::http::request::Parts;
+use axum::extract::{FromRequest, Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -12,16 +11,15 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
-use amphi_core::room::{Command, Role, SpaceOptions, SpaceState, validate_name};
+use amphi_core::room::{Command, SpaceOptions, SpaceState, validate_name};
 use amphi_core::token::{Claims, IdentityClaims, secrets_equal};
 use amphi_core::{ParticipantId, SpaceId};
 
+use crate::admission::MAX_BODY;
 use crate::app::{App, listen_urls};
+use crate::auth::Token;
 use crate::error::ApiError;
 use crate::timefmt::{now_s, parse_rfc3339};
-
-/// Largest request body accepted.
-pub const MAX_BODY: usize = 64 * 1024;
 
 type AppState = Arc<App>;
 
@@ -55,7 +53,6 @@ pub fn router() -> Router<AppState> {
             post(remove),
         )
         .route("/api/v1/spaces/{id}/reactions", post(react))
-        .route("/api/v1/spaces/{id}/events", get(crate::events::events))
         .route("/api/v1/openapi.json", get(openapi))
 }
 
@@ -100,49 +97,6 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
         serde_json::from_slice(bytes)
             .map(ApiJson)
             .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
-    }
-}
-
-/// The bearer token of a request (header, or `?token=`).
-pub fn bearer(parts: &Parts) -> Option<String> {
-    if let Some(v) = parts
-        .headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    {
-        return v.strip_prefix("Bearer ").map(|t| t.trim().to_owned());
-    }
-    token_from_query(parts.uri.query())
-}
-
-/// `token=` from a query string.
-pub fn token_from_query(query: Option<&str>) -> Option<String> {
-    query?
-        .split('&')
-        .find_map(|kv| kv.strip_prefix("token="))
-        .map(|t| t.to_owned())
-}
-
-/// A request's token, present but not yet verified (verification needs the
-/// space from the path).
-pub struct Token(pub String);
-
-impl<S: Send + Sync> FromRequestParts<S> for Token {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
-        bearer(parts)
-            .filter(|t| !t.is_empty())
-            .map(Token)
-            .ok_or_else(|| ApiError::unauthorized("a bearer token is required"))
-    }
-}
-
-impl<S: Send + Sync> axum::extract::OptionalFromRequestParts<S> for Token {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Option<Self>, ApiError> {
-        Ok(bearer(parts).filter(|t| !t.is_empty()).map(Token))
     }
 }
 
@@ -409,12 +363,7 @@ async fn react(
     }
     {
         let mut inner = cell.inner.lock();
-        if inner.space.role_of(claims.pid).is_none() {
-            return Err(ApiError::forbidden("you were removed from this space"));
-        }
-        if inner.space.state != SpaceState::Live {
-            return Err(ApiError::conflict("reactions are for live spaces"));
-        }
+        inner.space.may_react(claims.pid)?;
         inner.reactions.add(&body.emoji)?;
     }
     if let Some(c) = &app.cluster {
@@ -458,25 +407,12 @@ async fn join(
         }
         (None, _) => (ParticipantId(rand::random()), None),
     };
-    let role = {
-        let inner = cell.inner.lock();
-        let s = &inner.space;
-        if s.state == SpaceState::Ended {
-            return Err(ApiError::conflict("the space has ended"));
-        }
-        // A banned participant cannot come back, with their old token or
-        // their identity.
-        if let Some(Token(t)) = &prior
-            && let Ok(old) = app.verify(id, t)
-            && s.is_banned(old.pid)
-        {
-            return Err(ApiError::forbidden("you are banned from this space"));
-        }
-        if s.is_banned(pid) {
-            return Err(ApiError::forbidden("you are banned from this space"));
-        }
-        s.role_of(pid).unwrap_or(Role::Listener)
-    };
+    // A banned participant cannot come back, with their old token or their
+    // identity.
+    let prior = prior
+        .and_then(|Token(t)| app.verify(id, &t).ok())
+        .map(|c| c.pid);
+    let role = cell.inner.lock().space.may_join(pid, prior)?;
     let token = app.mint(id, pid, &name, idsub);
     app.metrics.joins.inc();
     Ok(Json(json!({

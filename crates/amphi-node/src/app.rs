@@ -35,8 +35,6 @@ pub struct SpaceCell {
     pub gates: Mutex<HashMap<ParticipantId, Arc<AtomicBool>>>,
     /// Media outputs while live.
     pub live: RwLock<Option<Arc<LiveMedia>>>,
-    /// Talking levels of the last update period, from the media plane.
-    pub talking: Mutex<HashMap<ParticipantId, u8>>,
     /// Listener count last shown to events clients (all nodes).
     pub listener_count: AtomicU64,
     /// Listeners of this space on the cluster's other nodes (their reports).
@@ -103,7 +101,6 @@ impl SpaceCell {
             updates: tx,
             gates: Mutex::new(HashMap::new()),
             live: RwLock::new(None),
-            talking: Mutex::new(HashMap::new()),
             listener_count: AtomicU64::new(0),
             remote_listeners: AtomicU64::new(0),
             replay_ready: AtomicBool::new(false),
@@ -157,11 +154,17 @@ impl SpaceCell {
             )
         };
         let talking: serde_json::Map<String, Value> = self
-            .talking
-            .lock()
-            .drain()
-            .map(|(pid, level)| (pid.to_string(), json!(level)))
-            .collect();
+            .live
+            .read()
+            .as_ref()
+            .map(|l| {
+                l.talking
+                    .lock()
+                    .drain()
+                    .map(|(pid, level)| (pid.to_string(), json!(level)))
+                    .collect()
+            })
+            .unwrap_or_default();
         let ended = space.get("state").and_then(Value::as_str) == Some(SpaceState::Ended.as_str());
         let shared = format!("\"space\":{},\"talking\":{}", space, Value::Object(talking));
         let number = previous.number + 1;
@@ -181,6 +184,49 @@ impl SpaceCell {
             number,
             reactions: log,
         }));
+    }
+
+    /// Whether the media plane heard a speaker since the last update.
+    pub fn is_talking(&self) -> bool {
+        self.live
+            .read()
+            .as_ref()
+            .is_some_and(|l| !l.talking.lock().is_empty())
+    }
+
+    /// Participants with an ingest gate (who may hold WHIP sessions).
+    pub fn publishers(&self) -> Vec<ParticipantId> {
+        self.gates.lock().keys().copied().collect()
+    }
+
+    /// Starts mixing this space on this node (see
+    /// [`MediaPlane::start_space`]): its outputs become the cell's.
+    pub fn start_media(
+        self: &Arc<Self>,
+        media: &MediaPlane,
+        live: Option<Arc<LiveMedia>>,
+        min_seq: u64,
+    ) {
+        let record = self.inner.lock().space.record;
+        let me = self.clone();
+        let ready: crate::media::ReplayReady = Box::new(move || me.replay_is_ready());
+        let live = media.start_space(self.id, record, ready, live, min_seq);
+        *self.live.write() = Some(live);
+    }
+
+    /// Stops this space's media at its end: new listeners are refused from
+    /// now on; the mixer closes the outputs after their last units.
+    pub fn stop_media(&self, media: &MediaPlane) {
+        media.stop_space(self.id, &self.publishers());
+        self.live.write().take();
+    }
+
+    /// Stops mixing a space another node now owns (nothing is finished or
+    /// cut: the space goes on elsewhere).
+    pub fn abandon_media(&self, media: &MediaPlane) {
+        if media.abandon_space(self.id, &self.publishers()) {
+            self.live.write().take();
+        }
     }
 
     /// Brings every ingest gate in line with the rules, now.
@@ -255,13 +301,18 @@ pub struct App {
     pub metrics: Metrics,
     pub egress: Arc<Egress>,
     pub media: MediaPlane,
-    pub admission: crate::listen::Admission,
-    pub reaction_limiter: crate::listen::KeyedLimiter,
-    pub join_limiter: crate::listen::KeyedLimiter,
+    pub admission: crate::admission::Admission,
+    pub reaction_limiter: crate::admission::KeyedLimiter,
+    pub join_limiter: crate::admission::KeyedLimiter,
     pub identity_key: Option<TokenKey>,
-    pub per_ip: Arc<crate::front::PerIp>,
-    pub command_limiter: crate::listen::KeyedLimiter,
+    pub per_ip: Arc<crate::admission::PerIp>,
+    pub command_limiter: crate::admission::KeyedLimiter,
     pub started: std::time::Instant,
+    /// ACME HTTP-01 key authorizations by token, served on the redirect
+    /// port while an order is pending.
+    pub acme_http01: RwLock<HashMap<String, String>>,
+    /// TURN servers offered to WHIP publishers (`--turn-url`).
+    pub turn: Option<crate::turn::Turn>,
     /// Membership of a cluster (`--nats`); `None` on a lone node.
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
@@ -287,7 +338,7 @@ impl App {
             match state {
                 // In a cluster the lease decides who mixes a live space.
                 SpaceState::Live if self.cluster.is_some() => {}
-                SpaceState::Live => self.media.start_space(&cell),
+                SpaceState::Live => cell.start_media(&self.media, None, 0),
                 SpaceState::Ended if record && self.media.recorder.is_complete(cell.id) => {
                     cell.replay_is_ready()
                 }
@@ -458,10 +509,10 @@ impl App {
         }
         match outcome {
             Outcome::Removed { target, .. } => {
-                self.media.close_participant(cell, target);
+                self.media.close_participant(cell.id, target);
                 self.egress.close_tag(target.0);
             }
-            Outcome::Started => self.media.start_space(cell),
+            Outcome::Started => cell.start_media(&self.media, None, 0),
             Outcome::Ended => {
                 let last = cell
                     .live
@@ -469,7 +520,7 @@ impl App {
                     .as_ref()
                     .and_then(|l| l.history.lock().last_seq())
                     .unwrap_or(0);
-                self.media.stop_space(cell);
+                cell.stop_media(&self.media);
                 if let Some(c) = &self.cluster {
                     let recorded = cell.inner.lock().space.record;
                     c.release(cell.id, last, recorded).await;
@@ -488,7 +539,7 @@ impl App {
         for cell in cells {
             let listeners = cell.listeners();
             let counted = cell.listener_count.swap(listeners, Ordering::Relaxed);
-            let talking = !cell.talking.lock().is_empty();
+            let talking = cell.is_talking();
             let reactions = !cell.inner.lock().reactions.is_empty();
             if cell.dirty.swap(false, Ordering::AcqRel)
                 || counted != listeners

@@ -566,7 +566,7 @@ impl Cluster {
             e.live.clone()
         });
         let min_seq = previous.map_or(0, |p| p.next_seq(now_ms()));
-        app.media.start_space_with(&cell, live, min_seq);
+        cell.start_media(&app.media, live, min_seq);
     }
 
     /// Called by the owner when a space ends: the lease stays, marked
@@ -628,7 +628,7 @@ impl Cluster {
                     self.stats.leases_lost.fetch_add(1, Ordering::Relaxed);
                     tracing::error!(space = %id, "lost the lease of a space to another node; no longer its origin");
                     if let Ok(cell) = app.space(id) {
-                        app.media.abandon_space(&cell);
+                        cell.abandon_media(&app.media);
                     }
                 }
                 Err(e) => tracing::warn!(space = %id, error = %e, "could not renew a lease"),
@@ -641,7 +641,7 @@ impl Cluster {
     /// Sends an API call to `node` and returns its answer.
     async fn forward(&self, node: &str, req: Request) -> Response {
         let (parts, body) = req.into_parts();
-        let Ok(body) = axum::body::to_bytes(body, crate::api::MAX_BODY).await else {
+        let Ok(body) = axum::body::to_bytes(body, crate::admission::MAX_BODY).await else {
             return ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",
@@ -831,7 +831,7 @@ impl Cluster {
             Ok(Ok(m)) => match amphi_cluster::decode_frames(&m.payload) {
                 Ok(frames) => {
                     for f in &frames {
-                        cutters.cut(cell, &live, app.media.egress(), f);
+                        cutters.cut(&live, app.media.egress(), f);
                         last = Some(f.seq);
                     }
                 }
@@ -841,7 +841,6 @@ impl Cluster {
                 tracing::info!(space = %cell.id, "no history from the origin; starting from the live edge")
             }
         }
-        let feed_cell = cell.clone();
         let feed_live = live.clone();
         let egress = app.media.egress().clone();
         let weak_app = Arc::downgrade(&app);
@@ -867,7 +866,7 @@ impl Cluster {
                     continue;
                 }
                 last = Some(frame.seq);
-                cutters.cut(&feed_cell, &feed_live, &egress, &frame);
+                cutters.cut(&feed_live, &egress, &frame);
             }
         });
         self.edges.lock().insert(

@@ -3,21 +3,28 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Router;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
 use axum::response::Response;
+use axum::routing::get;
 use serde_json::{Value, json};
 
 use amphi_core::token::Claims;
 
-use crate::api::Token;
 use crate::app::{App, SpaceCell, Update};
+use crate::auth::Token;
 use crate::error::ApiError;
 
 /// Minimum time between two updates to one client.
 const MIN_INTERVAL: Duration = Duration::from_millis(250);
 
-pub async fn events(
+/// The events channel's route.
+pub fn router() -> Router<Arc<App>> {
+    Router::new().route("/api/v1/spaces/{id}/events", get(events))
+}
+
+async fn events(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
     token: Token,
@@ -28,9 +35,7 @@ pub async fn events(
         .map_err(|_| ApiError::not_found("no such space"))?;
     let cell = app.space(id)?;
     let claims = app.verify(id, &token.0)?;
-    if cell.inner.lock().space.role_of(claims.pid).is_none() {
-        return Err(ApiError::forbidden("you were removed from this space"));
-    }
+    cell.inner.lock().space.may_follow_events(claims.pid)?;
     Ok(ws
         .max_message_size(4096)
         .on_upgrade(move |socket| client(app, cell, claims, socket)))
@@ -47,7 +52,7 @@ enum Wait {
 fn you(cell: &SpaceCell, claims: &Claims) -> Option<Value> {
     let inner = cell.inner.lock();
     let s = &inner.space;
-    let role = s.role_of(claims.pid)?;
+    let role = s.may_follow_events(claims.pid).ok()?;
     let member = s.member(claims.pid);
     Some(json!({
         "participant_id": claims.pid,

@@ -1,17 +1,54 @@
 //! The front door: one accept loop for every HTTP client. It peeks at the
 //! request line; listener streams go to [`crate::listen`] (raw, handed to a
 //! fan-out worker), everything else to hyper and the axum router.
+//!
+//! With HTTPS on, the first byte tells a TLS ClientHello from plain HTTP
+//! (answered 400); what does not need the request is decided before the
+//! costly handshake: the per-address cap, the handshake rate and the number
+//! of handshakes in flight. The request line is then read through TLS and
+//! sent the same two ways.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
+use bytes::BytesMut;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::admission::KeyedLimiter;
 use crate::app::App;
+use crate::conn::Prefixed;
 use crate::listen::{self, Kind};
+
+/// The answer to plain HTTP on the HTTPS port.
+const PLAIN_ON_TLS: &[u8] = b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: 80\r\nConnection: close\r\n\r\n{\"error\":{\"code\":\"bad_request\",\"message\":\"this port speaks HTTPS, not HTTP\"}}\n";
+
+/// TLS handshakes in flight at once; more are closed before any work.
+const MAX_HANDSHAKES: usize = 1024;
+/// Time a client has to complete its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// HTTPS on the front door.
+pub struct FrontTls {
+    config: Arc<tokio_rustls::rustls::ServerConfig>,
+    in_flight: tokio::sync::Semaphore,
+    rate: KeyedLimiter,
+}
+
+impl FrontTls {
+    /// HTTPS with `config`, starting at most `rate` handshakes a second
+    /// (bursts of `burst`).
+    pub fn new(config: Arc<tokio_rustls::rustls::ServerConfig>, rate: f64, burst: f64) -> Self {
+        FrontTls {
+            config,
+            in_flight: tokio::sync::Semaphore::new(MAX_HANDSHAKES),
+            rate: KeyedLimiter::new(rate, burst),
+        }
+    }
+}
 
 /// The answer to a source address over its connection limit.
 const TOO_MANY: &[u8] = b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\nRetry-After: 5\r\nContent-Length: 89\r\nConnection: close\r\n\r\n{\"error\":{\"code\":\"rate_limited\",\"message\":\"too many connections from your address\"}}\n";
@@ -20,7 +57,12 @@ const TOO_MANY: &[u8] = b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: applic
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Accepts connections until the listener fails for good.
-pub async fn serve(listener: TcpListener, app: Arc<App>, router: Router) {
+pub async fn serve(
+    listener: TcpListener,
+    app: Arc<App>,
+    router: Router,
+    tls: Option<Arc<FrontTls>>,
+) {
     loop {
         let stream = match listener.accept().await {
             Ok((s, _)) => s,
@@ -33,11 +75,12 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, router: Router) {
         };
         let app = app.clone();
         let router = router.clone();
-        tokio::spawn(async move { connection(stream, app, router).await });
+        let tls = tls.clone();
+        tokio::spawn(async move { connection(stream, app, router, tls).await });
     }
 }
 
-async fn connection(stream: TcpStream, app: Arc<App>, router: Router) {
+async fn connection(stream: TcpStream, app: Arc<App>, router: Router, tls: Option<Arc<FrontTls>>) {
     // Connections per source address are bounded (generously: NATs and load
     // tests share addresses). The guard counts this connection until it is
     // closed or handed to a fan-out worker.
@@ -52,6 +95,9 @@ async fn connection(stream: TcpStream, app: Arc<App>, router: Router) {
         return;
     };
     let deadline = Instant::now() + HEAD_TIMEOUT;
+    if let Some(tls) = tls {
+        return tls_connection(stream, app, router, &tls, deadline).await;
+    }
     let mut buf = [0u8; 256];
     let kind = loop {
         let n = match tokio::time::timeout_at(deadline.into(), stream.peek(&mut buf)).await {
@@ -77,16 +123,109 @@ async fn connection(stream: TcpStream, app: Arc<App>, router: Router) {
     };
     match kind {
         Some(Kind::Ogg | Kind::Ws) => listen::handle(stream, app).await,
-        None => {
-            let svc = TowerToHyperService::new(router);
-            let _ = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEAD_TIMEOUT)
-                .max_buf_size(64 * 1024)
-                .serve_connection(TokioIo::new(stream), svc)
-                .with_upgrades()
-                .await;
+        None => serve_http(stream, router).await,
+    }
+}
+
+/// Everything but listener streams: hyper and the axum router.
+async fn serve_http<S>(stream: S, router: Router)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = TowerToHyperService::new(router);
+    let _ = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEAD_TIMEOUT)
+        .max_buf_size(64 * 1024)
+        .serve_connection(TokioIo::new(stream), svc)
+        .with_upgrades()
+        .await;
+}
+
+async fn tls_connection(
+    mut stream: TcpStream,
+    app: Arc<App>,
+    router: Router,
+    tls: &FrontTls,
+    deadline: Instant,
+) {
+    let mut first = [0u8; 1];
+    match tokio::time::timeout_at(deadline.into(), stream.peek(&mut first)).await {
+        Ok(Ok(1)) => {}
+        _ => return,
+    }
+    if first[0] != 0x16 {
+        // Not a ClientHello: plain HTTP sent to the HTTPS port, or noise.
+        app.metrics.tls_plaintext_refused.inc();
+        let _ = tokio::time::timeout(
+            Duration::from_secs(2),
+            tokio::io::AsyncWriteExt::write_all(&mut stream, PLAIN_ON_TLS),
+        )
+        .await;
+        return;
+    }
+    // The ClientHello is read first (no crypto yet): a peer that never
+    // finishes it holds a small buffer until the deadline, not a place
+    // among the handshakes in flight.
+    let handshake_deadline = deadline.min(Instant::now() + HANDSHAKE_TIMEOUT);
+    let lazy = tokio_rustls::LazyConfigAcceptor::new(
+        tokio_rustls::rustls::server::Acceptor::default(),
+        stream,
+    );
+    let start = match tokio::time::timeout_at(handshake_deadline.into(), lazy).await {
+        Ok(Ok(start)) => start,
+        _ => {
+            app.metrics.tls_handshake_failures.inc();
+            return;
         }
+    };
+    // Admission before the costly part: a storm is shed here, before any
+    // signature or key exchange.
+    let permit = match tls.in_flight.try_acquire() {
+        Ok(p) if tls.rate.check(0) => p,
+        _ => {
+            app.metrics.tls_refused.inc();
+            return;
+        }
+    };
+    let accepted = tokio::time::timeout_at(
+        handshake_deadline.into(),
+        start.into_stream(tls.config.clone()),
+    )
+    .await;
+    drop(permit);
+    let mut stream = match accepted {
+        Ok(Ok(s)) => s,
+        _ => {
+            app.metrics.tls_handshake_failures.inc();
+            return;
+        }
+    };
+    app.metrics.tls_handshakes.inc();
+    if stream.get_ref().1.alpn_protocol() == Some(amphi_tls::ACME_TLS_ALPN) {
+        // A TLS-ALPN-01 validation: the handshake was all of it.
+        return;
+    }
+    // The request line, read through TLS (it cannot be peeked).
+    let mut head = BytesMut::with_capacity(512);
+    let kind = loop {
+        match listen::classify(&head) {
+            Some(k) => break k,
+            None if head.len() >= 256 => break None,
+            None => {}
+        }
+        match tokio::time::timeout_at(deadline.into(), stream.read_buf(&mut head)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return,
+        }
+    };
+    let stream = Prefixed {
+        prefix: head.freeze(),
+        inner: stream,
+    };
+    match kind {
+        Some(Kind::Ogg | Kind::Ws) => listen::handle(stream, app).await,
+        None => serve_http(stream, router).await,
     }
 }
 
@@ -101,69 +240,4 @@ fn peer_hung_up(stream: &TcpStream) -> bool {
     // SAFETY: one valid pollfd for a socket we own, zero timeout.
     let n = unsafe { libc::poll(&mut pfd, 1, 0) };
     n > 0 && pfd.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
-}
-
-/// Open connections per source address.
-#[derive(Debug)]
-pub struct PerIp {
-    max: u32,
-    counts: parking_lot::Mutex<std::collections::HashMap<std::net::IpAddr, u32>>,
-}
-
-/// Holds one connection's place in [`PerIp`].
-pub struct IpGuard {
-    owner: Arc<PerIp>,
-    ip: std::net::IpAddr,
-}
-
-impl PerIp {
-    pub fn new(max: u32) -> Self {
-        PerIp {
-            max,
-            counts: parking_lot::Mutex::new(std::collections::HashMap::new()),
-        }
-    }
-
-    /// Counts a connection from `ip`, or `None` if it is over the limit.
-    pub fn enter(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<IpGuard> {
-        let mut c = self.counts.lock();
-        let n = c.entry(ip).or_insert(0);
-        if *n >= self.max {
-            return None;
-        }
-        *n += 1;
-        Some(IpGuard {
-            owner: self.clone(),
-            ip,
-        })
-    }
-}
-
-impl Drop for IpGuard {
-    fn drop(&mut self) {
-        let mut c = self.owner.counts.lock();
-        if let Some(n) = c.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                c.remove(&self.ip);
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn per_ip_limit_counts_and_releases() {
-        let p = Arc::new(PerIp::new(2));
-        let ip: std::net::IpAddr = "127.0.0.9".parse().unwrap();
-        let a = p.enter(ip).unwrap();
-        let _b = p.enter(ip).unwrap();
-        assert!(p.enter(ip).is_none());
-        assert!(p.enter("127.0.0.10".parse().unwrap()).is_some());
-        drop(a);
-        assert!(p.enter(ip).is_some());
-    }
 }

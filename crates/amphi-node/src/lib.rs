@@ -3,9 +3,12 @@
 //! cluster membership. The `amphi` binary parses its command line into a
 //! [`Config`] and calls `Node::load(config)?.run()`.
 
+mod admission;
 mod api;
 mod app;
+mod auth;
 mod cluster;
+mod conn;
 mod error;
 mod events;
 mod front;
@@ -15,8 +18,11 @@ mod metrics;
 mod node;
 mod openapi;
 mod record;
+mod redirect;
 mod replay;
 mod timefmt;
+mod turn;
 mod web;
+mod whip;
 
 pub use node::{Config, Node};

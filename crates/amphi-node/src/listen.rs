@@ -7,22 +7,20 @@
 //! response head, stream headers and burst as one pending buffer — goes to
 //! [`amphi_egress`]. A refusal is a small fixed response written at once.
 
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine;
 use bytes::{Bytes, BytesMut};
-use parking_lot::Mutex;
 use sha1::{Digest, Sha1};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use amphi_core::SpaceId;
-use amphi_core::room::SpaceState;
+use amphi_core::room::{Listener, RoomError};
 use amphi_egress::NewListener;
 
 use crate::app::App;
+use crate::conn::ListenerConn;
 use crate::error::ApiError;
 
 /// Largest request head a listener may send.
@@ -31,69 +29,6 @@ const MAX_HEAD: usize = 8192;
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Ogg pages sent at once to a new listener so its player starts at once.
 const OGG_BURST_PAGES: usize = 5;
-
-/// Node-wide admission: a listener cap and a token-bucket join rate.
-#[derive(Debug)]
-pub struct Admission {
-    pub max_listeners: u64,
-    pub max_per_space: u64,
-    bucket: KeyedLimiter,
-}
-
-impl Admission {
-    pub fn new(max_listeners: u64, max_per_space: u64, rate: f64, burst: f64) -> Self {
-        Admission {
-            max_listeners,
-            max_per_space,
-            bucket: KeyedLimiter::new(rate, burst),
-        }
-    }
-
-    /// Takes one join from the node-wide bucket.
-    fn take(&self) -> bool {
-        self.bucket.check(0)
-    }
-}
-
-/// A per-key token bucket (reactions, hands): small, bounded map.
-#[derive(Debug)]
-pub struct KeyedLimiter {
-    map: Mutex<HashMap<u64, (f64, Instant)>>,
-    rate: f64,
-    burst: f64,
-}
-
-impl KeyedLimiter {
-    pub fn new(rate: f64, burst: f64) -> Self {
-        KeyedLimiter {
-            map: Mutex::new(HashMap::new()),
-            rate,
-            burst,
-        }
-    }
-
-    /// Whether `key` may act now.
-    pub fn check(&self, key: u64) -> bool {
-        let mut map = self.map.lock();
-        let now = Instant::now();
-        if map.len() > 100_000 {
-            // Forget idle keys rather than grow without bound.
-            let (rate, burst) = (self.rate, self.burst);
-            map.retain(|_, (tokens, at)| {
-                *tokens + now.duration_since(*at).as_secs_f64() * rate < burst
-            });
-        }
-        let e = map.entry(key).or_insert((self.burst, now));
-        e.0 = (e.0 + now.duration_since(e.1).as_secs_f64() * self.rate).min(self.burst);
-        e.1 = now;
-        if e.0 >= 1.0 {
-            e.0 -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
 
 /// Which listener output a request line asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -200,8 +135,8 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, &'static str> {
     }))
 }
 
-/// Serves one listener request on `stream`.
-pub async fn handle(mut stream: TcpStream, app: Arc<App>) {
+/// Serves one listener request on `stream` (plain or TLS).
+pub async fn handle<S: ListenerConn>(mut stream: S, app: Arc<App>) {
     app.metrics.listen_requests.inc();
     let mut buf = BytesMut::with_capacity(1024);
     let head = loop {
@@ -242,7 +177,7 @@ pub async fn handle(mut stream: TcpStream, app: Arc<App>) {
             let _ = stream.shutdown().await;
         }
         Ok(listener) => {
-            let Ok(std) = stream.into_std() else {
+            let Some((std, tls)) = stream.into_fanout().await else {
                 app.egress.release();
                 return;
             };
@@ -259,6 +194,7 @@ pub async fn handle(mut stream: TcpStream, app: Arc<App>) {
                 pending,
                 next_unit,
                 tag,
+                tls,
             };
             if let Err(e) = app.egress.add_reserved_listener(&output, nl) {
                 tracing::warn!(error = %e, "could not hand a listener to the fan-out");
@@ -286,35 +222,22 @@ fn admit(app: &App, head: &Head) -> Result<NewListenerFor, ApiError> {
         .space
         .ok_or_else(|| ApiError::not_found("no such space"))?;
     let cell = app.space(id)?;
-    let tag = {
-        let inner = cell.inner.lock();
-        let s = &inner.space;
-        match s.state {
-            SpaceState::Live => {}
-            SpaceState::Scheduled => {
-                return Err(ApiError::conflict("the space has not started yet"));
-            }
-            SpaceState::Ended => {
-                return Err(ApiError::conflict(format!(
-                    "the space has ended; the replay is at /spaces/{id}/recording.opus"
-                )));
-            }
-        }
-        let claims = match &head.token {
-            Some(t) => Some(app.verify(id, t)?),
-            None if s.public => None,
-            None => {
-                return Err(ApiError::unauthorized(
-                    "this space needs a token: join first",
-                ));
-            }
-        };
-        if let Some(c) = &claims
-            && s.role_of(c.pid).is_none()
-        {
-            return Err(ApiError::forbidden("you were removed from this space"));
-        }
-        claims.map_or(0, |c| c.pid.0)
+    let verified = head.token.as_ref().map(|t| app.verify(id, t));
+    let who = match &verified {
+        None => Listener::Anonymous,
+        Some(Ok(c)) => Listener::Participant(c.pid),
+        Some(Err(_)) => Listener::Unverified,
+    };
+    if let Err(refused) = cell.inner.lock().space.may_listen(who) {
+        // A token that failed verification is refused with its own reason.
+        return Err(match (refused, verified) {
+            (RoomError::Unauthenticated(_), Some(Err(e))) => e,
+            (refused, _) => refused.into(),
+        });
+    }
+    let tag = match who {
+        Listener::Participant(pid) => pid.0,
+        Listener::Anonymous | Listener::Unverified => 0,
     };
     if head.kind == Kind::Ws && !head.ws_ok {
         return Err(ApiError::new(
@@ -414,7 +337,7 @@ fn admit(app: &App, head: &Head) -> Result<NewListenerFor, ApiError> {
     }
 }
 
-async fn refuse(stream: &mut TcpStream, e: &ApiError) {
+async fn refuse<S: AsyncWrite + Unpin>(stream: &mut S, e: &ApiError) {
     let body = e.body();
     let retry = e
         .retry_after
@@ -472,15 +395,5 @@ mod tests {
                 .is_none()
         );
         assert!(parse_head(b"\x00\x01garbage\r\n\r\n").is_err());
-    }
-
-    #[test]
-    fn token_bucket_limits_rate() {
-        let a = Admission::new(10, 10, 0.0, 3.0);
-        assert!(a.take() && a.take() && a.take());
-        assert!(!a.take());
-        let k = KeyedLimiter::new(0.0, 2.0);
-        assert!(k.check(1) && k.check(1) && !k.check(1));
-        assert!(k.check(2));
     }
 }

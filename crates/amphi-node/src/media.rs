@@ -16,29 +16,22 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use axum::Router;
-use axum::body::Bytes as BodyBytes;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, post};
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, select};
 use parking_lot::Mutex;
 
 use amphi_core::frame::History;
-use amphi_core::room::SpaceState;
 use amphi_core::{Frame, ParticipantId, SpaceId};
 use amphi_egress::{Egress, Output};
 use amphi_hls::playlist::Segmenter;
 use amphi_media::{Mixer, MixerConfig, OggPager, WsBatcher};
 use amphi_rtc::{RtcConfig, RtcEngine, RtcError, RtcEvent, RtcHandle, SessionId, SessionRequest};
 
-use crate::api::Token;
-use crate::app::{App, SpaceCell};
-use crate::error::ApiError;
 use crate::metrics::counter;
 use crate::record::{Recorder, last_recorded};
+
+/// Called once a space's recording is cut into its replay.
+pub type ReplayReady = crate::record::Done;
 
 /// WHIP sessions one participant may hold at once.
 pub const MAX_SESSIONS_PER_SPEAKER: usize = 2;
@@ -84,6 +77,9 @@ pub struct LiveMedia {
     /// Listeners admitted but not yet handed to the fan-out (so the
     /// per-space cap holds under a storm).
     pub admitting: AtomicU64,
+    /// Loudest level of each speaker heard since the control plane last
+    /// took them (its events updates show who is talking).
+    pub talking: Mutex<HashMap<ParticipantId, u8>>,
 }
 
 impl LiveMedia {
@@ -140,9 +136,9 @@ impl Cutters {
     }
 
     /// Takes one frame into every output.
-    pub fn cut(&mut self, cell: &SpaceCell, live: &LiveMedia, egress: &Egress, frame: &Frame) {
+    pub fn cut(&mut self, live: &LiveMedia, egress: &Egress, frame: &Frame) {
         if !frame.speakers.is_empty() {
-            let mut talking = cell.talking.lock();
+            let mut talking = live.talking.lock();
             for s in frame.speakers.iter() {
                 let e = talking.entry(s.participant).or_insert(0);
                 *e = (*e).max(s.level);
@@ -192,7 +188,8 @@ impl Drop for Admitting {
 
 enum Cmd {
     Start {
-        cell: Arc<SpaceCell>,
+        space: SpaceId,
+        replay_ready: ReplayReady,
         live: Arc<LiveMedia>,
         record: bool,
         first_seq: u64,
@@ -316,6 +313,7 @@ impl MediaPlane {
             hls: Mutex::new(Segmenter::new(HLS_DVR_SEGMENTS)),
             hls_tick: tokio::sync::watch::channel(0).0,
             admitting: AtomicU64::new(0),
+            talking: Mutex::new(HashMap::new()),
         })
     }
 
@@ -333,29 +331,26 @@ impl MediaPlane {
         &self.egress
     }
 
-    /// Gives a space that went live its outputs and its mixer.
-    pub fn start_space(&self, cell: &Arc<SpaceCell>) {
-        self.start_space_with(cell, None, 0);
-    }
-
-    /// Starts mixing a space here, keeping `live` (the outputs this node
-    /// already served as an edge, so its listeners carry on) and numbering
-    /// frames from at least `min_seq` (where the previous origin stopped).
-    pub fn start_space_with(
+    /// Starts mixing a space here and returns its outputs: `live` if given
+    /// (the outputs this node already served as an edge, so its listeners
+    /// carry on), frames numbered from at least `min_seq` (where a previous
+    /// origin stopped). `replay_ready` is called once the recording is cut
+    /// after the end.
+    pub fn start_space(
         &self,
-        cell: &Arc<SpaceCell>,
+        space: SpaceId,
+        record: bool,
+        replay_ready: ReplayReady,
         live: Option<Arc<LiveMedia>>,
         min_seq: u64,
-    ) {
-        let live = live.unwrap_or_else(|| self.new_live_media(cell.id));
-        *cell.live.write() = Some(live.clone());
-        self.mixing.lock().insert(cell.id);
-        let record = cell.inner.lock().space.record;
+    ) -> Arc<LiveMedia> {
+        let live = live.unwrap_or_else(|| self.new_live_media(space));
+        self.mixing.lock().insert(space);
         // A space that was live before a restart continues its program:
         // sequence numbers go on from the last recorded frame, skipping the
         // time the node was down, so the recording shows the gap.
         let resumed =
-            last_recorded(self.recorder.storage().as_ref(), cell.id).map_or(0, |(seq, at_us)| {
+            last_recorded(self.recorder.storage().as_ref(), space).map_or(0, |(seq, at_us)| {
                 let down_us = wall_us().saturating_sub(at_us);
                 seq.saturating_add(1).saturating_add(down_us / 20_000)
             });
@@ -365,24 +360,24 @@ impl MediaPlane {
             .last_seq()
             .map_or(0, |s| s.saturating_add(1));
         let _ = self.tx.send(Cmd::Start {
-            cell: cell.clone(),
-            live,
+            space,
+            replay_ready,
+            live: live.clone(),
             record,
             first_seq: resumed.max(min_seq).max(after_history),
         });
+        live
     }
 
-    /// Stops a space's media: its mixer, its sessions, its listeners.
-    pub fn stop_space(&self, cell: &Arc<SpaceCell>) {
-        self.mixing.lock().remove(&cell.id);
-        let _ = self.tx.send(Cmd::Stop { space: cell.id });
-        let sessions: Vec<ParticipantId> = cell.gates.lock().keys().copied().collect();
-        for pid in sessions {
-            self.rtc.close_participant(cell.id, pid);
+    /// Stops a space's media: its mixer, the sessions of `publishers`,
+    /// its listeners (the mixer thread closes the outputs after their last
+    /// units; the caller stops admitting new listeners).
+    pub fn stop_space(&self, space: SpaceId, publishers: &[ParticipantId]) {
+        self.mixing.lock().remove(&space);
+        let _ = self.tx.send(Cmd::Stop { space });
+        for pid in publishers {
+            self.rtc.close_participant(space, *pid);
         }
-        // New listeners are refused from now on; the mixer thread closes the
-        // outputs after their last units, so nothing follows the close.
-        cell.live.write().take();
     }
 
     /// Whether this node mixes `space` now (it is its origin).
@@ -393,21 +388,21 @@ impl MediaPlane {
     /// Stops mixing a space another node now owns: its sessions and
     /// listeners here are closed (they reconnect, and find the new origin),
     /// and nothing is finished or cut, since the space goes on elsewhere.
-    pub fn abandon_space(&self, cell: &Arc<SpaceCell>) {
-        if !self.mixing.lock().remove(&cell.id) {
-            return;
+    /// Returns whether it was mixed here.
+    pub fn abandon_space(&self, space: SpaceId, publishers: &[ParticipantId]) -> bool {
+        if !self.mixing.lock().remove(&space) {
+            return false;
         }
-        let _ = self.tx.send(Cmd::Abandon { space: cell.id });
-        let sessions: Vec<ParticipantId> = cell.gates.lock().keys().copied().collect();
-        for pid in sessions {
-            self.rtc.close_participant(cell.id, pid);
+        let _ = self.tx.send(Cmd::Abandon { space });
+        for pid in publishers {
+            self.rtc.close_participant(space, *pid);
         }
-        cell.live.write().take();
+        true
     }
 
     /// Ends a participant's WHIP sessions (removal).
-    pub fn close_participant(&self, cell: &Arc<SpaceCell>, pid: ParticipantId) {
-        self.rtc.close_participant(cell.id, pid);
+    pub fn close_participant(&self, space: SpaceId, pid: ParticipantId) {
+        self.rtc.close_participant(space, pid);
     }
 
     /// Stops the mixing thread and the WebRTC engine.
@@ -493,11 +488,37 @@ impl MediaPlane {
         self.recorder.render_metrics(out);
     }
 
-    async fn create_session(
+    /// Opens a WHIP session from an offer (the RTC thread answers).
+    pub async fn create_session(
         &self,
         req: SessionRequest,
     ) -> Result<amphi_rtc::SessionInfo, RtcError> {
         self.rtc.create_session(req).await
+    }
+
+    /// Hands a connected-or-connecting session to the space's mixer: its
+    /// audio is mixed (while `gate` is open) and, if it asked, it gets the
+    /// mix-minus back.
+    pub fn add_session(
+        &self,
+        space: SpaceId,
+        pid: ParticipantId,
+        session: SessionId,
+        gate: Arc<AtomicBool>,
+        wants_return: bool,
+    ) {
+        let _ = self.tx.send(Cmd::AddSession {
+            space,
+            pid,
+            session,
+            gate,
+            wants_return,
+        });
+    }
+
+    /// Closes `session` if `owner` holds it (a WHIP DELETE).
+    pub fn close_session_of(&self, session: SessionId, owner: ParticipantId) {
+        self.rtc.close_session_of(session, owner);
     }
 }
 
@@ -507,7 +528,8 @@ struct Speaker {
 }
 
 struct SpaceMix {
-    cell: Arc<SpaceCell>,
+    space: SpaceId,
+    replay_ready: Option<ReplayReady>,
     live: Arc<LiveMedia>,
     mixer: Mixer,
     cutters: Cutters,
@@ -571,7 +593,8 @@ impl MixThread {
     fn command(&mut self, cmd: Cmd) {
         match cmd {
             Cmd::Start {
-                cell,
+                space,
+                replay_ready,
                 live,
                 record,
                 first_seq,
@@ -582,7 +605,7 @@ impl MixThread {
                 }) {
                     Ok(m) => m,
                     Err(e) => {
-                        tracing::error!(error = %e, space = %cell.id, "could not create a mixer");
+                        tracing::error!(error = %e, %space, "could not create a mixer");
                         return;
                     }
                 };
@@ -590,24 +613,25 @@ impl MixThread {
                 let mix = SpaceMix {
                     record,
                     cutters: Cutters::new(
-                        cell.id,
+                        space,
                         self.cfg.ogg_frames_per_page,
                         self.cfg.ws_frames_per_message,
                     ),
-                    cell: cell.clone(),
+                    space,
+                    replay_ready: Some(replay_ready),
                     live,
                     mixer,
                     speakers: HashMap::new(),
                 };
-                self.spaces.insert(cell.id, mix);
+                self.spaces.insert(space, mix);
             }
             Cmd::Stop { space } => {
                 if let Some(mut mix) = self.spaces.remove(&space) {
                     mix.cutters.finish(&mix.live, &self.egress);
-                    if mix.record {
-                        let cell = mix.cell.clone();
-                        self.recorder
-                            .end(space, Box::new(move || cell.replay_is_ready()));
+                    if mix.record
+                        && let Some(ready) = mix.replay_ready.take()
+                    {
+                        self.recorder.end(space, ready);
                     }
                 }
                 self.sessions.retain(|_, (s, _)| *s != space);
@@ -712,14 +736,14 @@ impl MixThread {
             self.stats.frames.fetch_add(1, Ordering::Relaxed);
             if let Some(bus) = &self.cfg.bus
                 && bus
-                    .try_send((mix.cell.id, amphi_cluster::encode_frame(&frame)))
+                    .try_send((mix.space, amphi_cluster::encode_frame(&frame)))
                     .is_err()
             {
                 self.stats.bus_dropped.fetch_add(1, Ordering::Relaxed);
             }
-            mix.cutters.cut(&mix.cell, &mix.live, &self.egress, &frame);
+            mix.cutters.cut(&mix.live, &self.egress, &frame);
             if mix.record {
-                self.recorder.frame(mix.cell.id, frame.clone());
+                self.recorder.frame(mix.space, frame.clone());
             }
             for (pid, opus) in tick.mix_minus {
                 if let Some(sp) = mix.speakers.get(&pid) {
@@ -732,151 +756,4 @@ impl MixThread {
             }
         }
     }
-}
-
-/// WHIP and the other media routes.
-pub fn router() -> Router<Arc<App>> {
-    Router::new()
-        .route(
-            "/api/v1/spaces/{id}/whip",
-            post(whip_post).options(whip_options),
-        )
-        .route(
-            "/api/v1/spaces/{id}/whip/{session}",
-            delete(whip_delete).options(whip_options),
-        )
-}
-
-fn cors(res: &mut Response) {
-    let h = res.headers_mut();
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_ORIGIN,
-        HeaderValue::from_static("*"),
-    );
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_METHODS,
-        HeaderValue::from_static("POST, DELETE, OPTIONS"),
-    );
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_HEADERS,
-        HeaderValue::from_static("Authorization, Content-Type"),
-    );
-    h.insert(
-        header::ACCESS_CONTROL_EXPOSE_HEADERS,
-        HeaderValue::from_static("Location"),
-    );
-}
-
-fn with_cors(r: Result<Response, ApiError>) -> Response {
-    let mut res = r.unwrap_or_else(IntoResponse::into_response);
-    cors(&mut res);
-    res
-}
-
-async fn whip_options() -> Response {
-    with_cors(Ok(StatusCode::NO_CONTENT.into_response()))
-}
-
-async fn whip_post(
-    State(app): State<Arc<App>>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    token: Option<Token>,
-    body: BodyBytes,
-) -> Response {
-    with_cors(whip_publish(app, id, headers, token, body).await)
-}
-
-async fn whip_publish(
-    app: Arc<App>,
-    id: String,
-    headers: HeaderMap,
-    token: Option<Token>,
-    body: BodyBytes,
-) -> Result<Response, ApiError> {
-    let id: SpaceId = id
-        .parse()
-        .map_err(|_| ApiError::not_found("no such space"))?;
-    let cell = app.space(id)?;
-    let token = token.ok_or_else(|| ApiError::unauthorized("a bearer token is required"))?;
-    let claims = app.verify(id, &token.0)?;
-    let ct = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if !ct.starts_with("application/sdp") {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "WHIP offers are application/sdp",
-        ));
-    }
-    {
-        let inner = cell.inner.lock();
-        let role = inner
-            .space
-            .role_of(claims.pid)
-            .ok_or_else(|| ApiError::forbidden("you were removed from this space"))?;
-        if !role.on_stage() {
-            return Err(ApiError::forbidden("only stage members can publish audio"));
-        }
-        if inner.space.state != SpaceState::Live {
-            return Err(ApiError::conflict("the space is not live"));
-        }
-    }
-    let offer = String::from_utf8(body.to_vec())
-        .map_err(|_| ApiError::bad_request("the SDP offer is not UTF-8"))?;
-    let gate = cell.gate(claims.pid);
-    let info = app
-        .media
-        .create_session(SessionRequest {
-            space: id,
-            participant: claims.pid,
-            offer_sdp: offer,
-            audible: gate.clone(),
-        })
-        .await
-        .map_err(|e| match e {
-            RtcError::TooManySessions => ApiError::unavailable(e.to_string(), 5),
-            other => ApiError::bad_request(other.to_string()),
-        })?;
-    let _ = app.media.tx.send(Cmd::AddSession {
-        space: id,
-        pid: claims.pid,
-        session: info.id,
-        gate,
-        wants_return: info.sends_return_audio,
-    });
-    let location = format!("/api/v1/spaces/{id}/whip/{}", info.id);
-    let mut res = (StatusCode::CREATED, info.answer_sdp).into_response();
-    let h = res.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/sdp"),
-    );
-    if let Ok(v) = HeaderValue::from_str(&location) {
-        h.insert(header::LOCATION, v);
-    }
-    Ok(res)
-}
-
-async fn whip_delete(
-    State(app): State<Arc<App>>,
-    Path((id, session)): Path<(String, String)>,
-    token: Option<Token>,
-) -> Response {
-    let r = async {
-        let id: SpaceId = id
-            .parse()
-            .map_err(|_| ApiError::not_found("no such space"))?;
-        let token = token.ok_or_else(|| ApiError::unauthorized("a bearer token is required"))?;
-        let claims = app.verify(id, &token.0)?;
-        let session: SessionId = session
-            .parse()
-            .map_err(|_| ApiError::not_found("no such session"))?;
-        app.media.rtc.close_session_of(session, claims.pid);
-        Ok(StatusCode::OK.into_response())
-    }
-    .await;
-    with_cors(r)
 }

@@ -62,6 +62,10 @@ pub struct Metrics {
     pub listeners_refused: Counter,
     pub listen_requests: Counter,
     pub refused_per_ip: Counter,
+    pub tls_handshakes: Counter,
+    pub tls_handshake_failures: Counter,
+    pub tls_refused: Counter,
+    pub tls_plaintext_refused: Counter,
 }
 
 impl Metrics {
@@ -133,6 +137,30 @@ impl Metrics {
             "amphi_storage_errors_total",
             "Failed writes to the database.",
             self.storage_errors.get(),
+        );
+        counter(
+            out,
+            "amphi_tls_handshakes_total",
+            "TLS handshakes completed.",
+            self.tls_handshakes.get(),
+        );
+        counter(
+            out,
+            "amphi_tls_handshake_failures_total",
+            "TLS handshakes that failed or timed out (garbage, a peer that stalls).",
+            self.tls_handshake_failures.get(),
+        );
+        counter(
+            out,
+            "amphi_tls_refused_total",
+            "Connections closed before a TLS handshake (handshake rate or concurrency over its limit).",
+            self.tls_refused.get(),
+        );
+        counter(
+            out,
+            "amphi_tls_plaintext_refused_total",
+            "Plain-HTTP requests to the HTTPS port (answered 400).",
+            self.tls_plaintext_refused.get(),
         );
         counter(
             out,

@@ -22,9 +22,9 @@ use amphi_core::token::TokenKey;
 use amphi_egress::{Egress, EgressConfig};
 use amphi_store::Store;
 
+use crate::admission::{Admission, KeyedLimiter};
 use crate::app::App;
 use crate::error::ApiError;
-use crate::listen::{Admission, KeyedLimiter};
 use crate::media::{MediaConfig, MediaPlane};
 use crate::metrics::{Metrics, counter, gauge, gauge_family};
 
@@ -119,7 +119,52 @@ pub struct Config {
     /// a ban then follows the identity.
     #[arg(long, env = "AMPHI_IDENTITY_KEY", hide_env_values = true)]
     pub identity_key: Option<String>,
+    /// HTTPS (and wss) on the --http address with this PEM certificate
+    /// chain (leaf first); a changed file is picked up within 2 s without
+    /// dropping connected listeners. Needs --tls-key.
+    #[arg(long, env = "AMPHI_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "AMPHI_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// With TLS on, a plain-HTTP address (e.g. 0.0.0.0:80) that answers
+    /// 308 to https, except ACME HTTP-01 challenges and /healthz.
+    #[arg(long, env = "AMPHI_HTTP_REDIRECT")]
+    pub http_redirect: Option<SocketAddr>,
+    /// TLS handshakes started per second (bursts of as many); beyond it a
+    /// new connection is closed before the handshake costs anything.
+    #[arg(long, env = "AMPHI_TLS_HANDSHAKE_RATE", default_value_t = 4000.0)]
+    pub tls_handshake_rate: f64,
+    /// A TURN server offered to WHIP publishers behind NATs and firewalls
+    /// (repeatable; e.g. turn:turn.example.org:3478?transport=udp and
+    /// turns:turn.example.org:5349?transport=tcp), as Link headers with
+    /// time-limited credentials. Needs --turn-secret.
+    #[arg(
+        long,
+        env = "AMPHI_TURN_URL",
+        value_delimiter = ',',
+        requires = "turn_secret"
+    )]
+    pub turn_url: Vec<String>,
+    /// The secret shared with the TURN servers (coturn: use-auth-secret,
+    /// static-auth-secret).
+    #[arg(long, env = "AMPHI_TURN_SECRET", hide_env_values = true)]
+    pub turn_secret: Option<String>,
+    /// Seconds a TURN credential stays valid.
+    #[arg(long, env = "AMPHI_TURN_TTL", default_value_t = 12 * 3600)]
+    pub turn_ttl: u64,
 }
+
+impl Config {
+    /// Whether the node serves HTTPS.
+    pub fn tls(&self) -> bool {
+        self.tls_cert.is_some()
+    }
+}
+
+/// How often the certificate files are checked for a renewal (two stat
+/// calls).
+const CERT_POLL: Duration = Duration::from_secs(2);
 
 /// A loaded node: its state restored, its sockets bound, its threads
 /// running; [`Node::run`] serves until SIGINT/SIGTERM.
@@ -128,6 +173,14 @@ pub struct Node {
     app: Arc<App>,
     router: Router,
     listener: tokio::net::TcpListener,
+    tls: Option<Tls>,
+    redirect: Option<tokio::net::TcpListener>,
+}
+
+/// HTTPS: the certificate and the front door's TLS.
+struct Tls {
+    certs: Arc<amphi_tls::Certs>,
+    front: Arc<crate::front::FrontTls>,
 }
 
 impl Node {
@@ -139,12 +192,32 @@ impl Node {
             .enable_all()
             .thread_name("amphi-http")
             .build()?;
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => {
+                let certs = Arc::new(
+                    amphi_tls::Certs::from_pem_files(cert, key)
+                        .context("loading the TLS certificate")?,
+                );
+                let server = amphi_tls::server_config(certs.clone()).context("configuring TLS")?;
+                let rate = config.tls_handshake_rate.max(1.0);
+                let front = Arc::new(crate::front::FrontTls::new(server, rate, rate));
+                Some(Tls { certs, front })
+            }
+            _ => None,
+        };
+        let redirect = match config.http_redirect {
+            Some(addr) if tls.is_some() => Some(rt.block_on(async { bind_http(addr) })?),
+            Some(_) => anyhow::bail!("--http-redirect needs TLS (--tls-cert and --tls-key)"),
+            None => None,
+        };
         let (app, router, listener) = rt.block_on(load(config))?;
         Ok(Node {
             rt,
             app,
             router,
             listener,
+            tls,
+            redirect,
         })
     }
 
@@ -161,8 +234,29 @@ impl Node {
             app,
             router,
             listener,
+            tls,
+            redirect,
         } = self;
         rt.block_on(async move {
+            if let Some(r) = redirect {
+                let port = listener.local_addr().map_or(443, |a| a.port());
+                tokio::spawn(crate::redirect::serve(r, app.clone(), port));
+            }
+            let front = tls.map(|t| {
+                let certs = t.certs.clone();
+                tokio::spawn(async move {
+                    let mut iv = tokio::time::interval(CERT_POLL);
+                    loop {
+                        iv.tick().await;
+                        match certs.reload_if_changed() {
+                            Ok(true) => eprintln!("amphi: TLS certificate reloaded"),
+                            Ok(false) => {}
+                            Err(e) => tracing::warn!(error = %e, "TLS certificate not reloaded"),
+                        }
+                    }
+                });
+                t.front
+            });
             let ticker = app.clone();
             tokio::spawn(async move {
                 let mut iv = tokio::time::interval(Duration::from_millis(250));
@@ -172,7 +266,7 @@ impl Node {
                 }
             });
             tokio::select! {
-                _ = crate::front::serve(listener, app.clone(), router) => {}
+                _ = crate::front::serve(listener, app.clone(), router, front) => {}
                 _ = shutdown_signal() => eprintln!("amphi: shutting down"),
             }
             app.media.shutdown();
@@ -222,10 +316,10 @@ async fn load(args: Config) -> anyhow::Result<(Arc<App>, Router, tokio::net::Tcp
             {
                 anyhow::bail!("--node-id must be letters, digits, - or _");
             }
-            let http = args
-                .public_url
-                .clone()
-                .unwrap_or_else(|| format!("http://{}", args.http));
+            let http = args.public_url.clone().unwrap_or_else(|| {
+                let scheme = if args.tls() { "https" } else { "http" };
+                format!("{scheme}://{}", args.http)
+            });
             let linger = Duration::from_secs(args.edge_linger);
             let cluster = crate::cluster::Cluster::connect(url, node.clone(), http, linger)
                 .await
@@ -320,13 +414,15 @@ async fn load(args: Config) -> anyhow::Result<(Arc<App>, Router, tokio::net::Tcp
         ),
         reaction_limiter: KeyedLimiter::new(5.0, 10.0),
         join_limiter: KeyedLimiter::new(args.join_rate, args.join_burst),
-        per_ip: Arc::new(crate::front::PerIp::new(args.max_conns_per_ip)),
+        per_ip: Arc::new(crate::admission::PerIp::new(args.max_conns_per_ip)),
         command_limiter: KeyedLimiter::new(args.command_rate, args.command_rate * 2.0),
         identity_key: args
             .identity_key
             .as_deref()
             .map(|k| TokenKey::derive(k.as_bytes())),
         started: Instant::now(),
+        acme_http01: RwLock::new(Default::default()),
+        turn: turn_config(&args)?,
         cluster: cluster.clone(),
     });
     app.load().context("loading spaces")?;
@@ -337,13 +433,31 @@ async fn load(args: Config) -> anyhow::Result<(Arc<App>, Router, tokio::net::Tcp
     }
     let listener = bind_http(args.http)?;
     eprintln!(
-        "amphi listening on http://{} (WebRTC on udp/{}), data in {}",
+        "amphi listening on {}://{} (WebRTC on udp/{}), data in {}",
+        if args.tls() { "https" } else { "http" },
         listener.local_addr()?,
         app.media.rtc_addr(),
         args.data_dir.display()
     );
 
     Ok((app, router, listener))
+}
+
+fn turn_config(args: &Config) -> anyhow::Result<Option<crate::turn::Turn>> {
+    let Some(secret) = &args.turn_secret else {
+        return Ok(None);
+    };
+    if args.turn_url.is_empty() {
+        anyhow::bail!("--turn-secret needs at least one --turn-url");
+    }
+    if let Some(bad) = args.turn_url.iter().find(|u| !crate::turn::valid_url(u)) {
+        anyhow::bail!("--turn-url {bad:?} is not a turn: or turns: URL");
+    }
+    Ok(Some(crate::turn::Turn {
+        urls: args.turn_url.clone(),
+        secret: secret.clone(),
+        ttl_s: args.turn_ttl.max(60),
+    }))
 }
 
 fn bind_http(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
@@ -378,7 +492,8 @@ async fn shutdown_signal() {
 fn router(app: Arc<App>) -> Router {
     Router::new()
         .merge(crate::api::router())
-        .merge(crate::media::router())
+        .merge(crate::events::router())
+        .merge(crate::whip::router())
         .merge(crate::replay::router())
         .merge(crate::web::router())
         .route("/healthz", get(|| async { "ok\n" }))
@@ -401,7 +516,7 @@ fn router(app: Arc<App>) -> Router {
             crate::replay::replay_elsewhere,
         ))
         .layer(axum::middleware::from_fn_with_state(app.clone(), observe))
-        .layer(DefaultBodyLimit::max(crate::api::MAX_BODY))
+        .layer(DefaultBodyLimit::max(crate::admission::MAX_BODY))
         .with_state(app)
 }
 

@@ -1,0 +1,151 @@
+//! Admission in front of everything: the node-wide listener cap and join
+//! bucket, per-key token buckets (joins, reactions, commands) and the
+//! per-address connection count. Refusing costs microseconds and never
+//! touches the media plane.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use parking_lot::Mutex;
+
+/// Largest request body accepted.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// Node-wide admission: a listener cap and a token-bucket join rate.
+#[derive(Debug)]
+pub struct Admission {
+    pub max_listeners: u64,
+    pub max_per_space: u64,
+    bucket: KeyedLimiter,
+}
+
+impl Admission {
+    pub fn new(max_listeners: u64, max_per_space: u64, rate: f64, burst: f64) -> Self {
+        Admission {
+            max_listeners,
+            max_per_space,
+            bucket: KeyedLimiter::new(rate, burst),
+        }
+    }
+
+    /// Takes one join from the node-wide bucket.
+    pub fn take(&self) -> bool {
+        self.bucket.check(0)
+    }
+}
+
+/// A per-key token bucket (reactions, hands): small, bounded map.
+#[derive(Debug)]
+pub struct KeyedLimiter {
+    map: Mutex<HashMap<u64, (f64, Instant)>>,
+    rate: f64,
+    burst: f64,
+}
+
+impl KeyedLimiter {
+    pub fn new(rate: f64, burst: f64) -> Self {
+        KeyedLimiter {
+            map: Mutex::new(HashMap::new()),
+            rate,
+            burst,
+        }
+    }
+
+    /// Whether `key` may act now.
+    pub fn check(&self, key: u64) -> bool {
+        let mut map = self.map.lock();
+        let now = Instant::now();
+        if map.len() > 100_000 {
+            // Forget idle keys rather than grow without bound.
+            let (rate, burst) = (self.rate, self.burst);
+            map.retain(|_, (tokens, at)| {
+                *tokens + now.duration_since(*at).as_secs_f64() * rate < burst
+            });
+        }
+        let e = map.entry(key).or_insert((self.burst, now));
+        e.0 = (e.0 + now.duration_since(e.1).as_secs_f64() * self.rate).min(self.burst);
+        e.1 = now;
+        if e.0 >= 1.0 {
+            e.0 -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Open connections per source address.
+#[derive(Debug)]
+pub struct PerIp {
+    max: u32,
+    counts: parking_lot::Mutex<std::collections::HashMap<std::net::IpAddr, u32>>,
+}
+
+/// Holds one connection's place in [`PerIp`].
+pub struct IpGuard {
+    owner: Arc<PerIp>,
+    ip: std::net::IpAddr,
+}
+
+impl PerIp {
+    pub fn new(max: u32) -> Self {
+        PerIp {
+            max,
+            counts: parking_lot::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    /// Counts a connection from `ip`, or `None` if it is over the limit.
+    pub fn enter(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<IpGuard> {
+        let mut c = self.counts.lock();
+        let n = c.entry(ip).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(IpGuard {
+            owner: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for IpGuard {
+    fn drop(&mut self) {
+        let mut c = self.owner.counts.lock();
+        if let Some(n) = c.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                c.remove(&self.ip);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_ip_limit_counts_and_releases() {
+        let p = Arc::new(PerIp::new(2));
+        let ip: std::net::IpAddr = "127.0.0.9".parse().unwrap();
+        let a = p.enter(ip).unwrap();
+        let _b = p.enter(ip).unwrap();
+        assert!(p.enter(ip).is_none());
+        assert!(p.enter("127.0.0.10".parse().unwrap()).is_some());
+        drop(a);
+        assert!(p.enter(ip).is_some());
+    }
+
+    #[test]
+    fn token_bucket_limits_rate() {
+        let a = Admission::new(10, 10, 0.0, 3.0);
+        assert!(a.take() && a.take() && a.take());
+        assert!(!a.take());
+        let k = KeyedLimiter::new(0.0, 2.0);
+        assert!(k.check(1) && k.check(1) && !k.check(1));
+        assert!(k.check(2));
+    }
+}
