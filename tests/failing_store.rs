@@ -22,6 +22,7 @@ fn storage_failure_keeps_the_space_live_and_the_recording_sound() {
         metric(&s, "amphi_recording_errors_total") >= 1.0
     });
     // The space is live and audible regardless.
+    common::wait_for_audio(&s, 50.0);
     let pcm = ffmpeg_listen(&s.url(&format!("/spaces/{id}/live.opus")), 2.0);
     assert!(
         tone_share(&pcm, 440.0) > 0.5,

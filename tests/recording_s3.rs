@@ -358,6 +358,7 @@ fn a_failing_s3_store_never_stops_the_live_space() {
         metric(&s, "amphi_recording_errors_total") >= 1.0
     });
     // The space is live and audible regardless.
+    wait_for_audio(&s, 50.0);
     let pcm = ffmpeg_listen(&s.url(&format!("/spaces/{id}/live.opus")), 2.0);
     assert!(
         tone_share(&pcm, 440.0) > 0.5,
