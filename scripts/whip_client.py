@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import fractions
 import math
+import re
 import sys
 import time
 import urllib.error
@@ -29,6 +30,9 @@ def parse_args():
     p.add_argument("--amplitude", type=float, default=0.5, help="0..1")
     p.add_argument("--seconds", type=float, default=5.0, help="how long to publish")
     p.add_argument("--loopback-only", action="store_true", help="offer only 127.0.0.1 candidates")
+    p.add_argument("--ice-from-link", action="store_true", help="ask OPTIONS on the WHIP URL for ICE servers (Link rel=ice-server, RFC 9725) and gather with them (TURN over TCP included)")
+    p.add_argument("--ice-url-prefix", default="", help="with --ice-from-link, keep only the ICE servers whose URL starts with this (e.g. turns:)")
+    p.add_argument("--require-relay", action="store_true", help="exit 4 unless the selected candidate pair is relayed through TURN")
     p.add_argument("--return-out", help="offer sendrecv and write the audio the server returns (the other speakers) to this file as mono s16le 48 kHz")
     return p.parse_args()
 
@@ -41,7 +45,12 @@ if args.loopback_only:
     aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]
 
 import av  # noqa: E402
-from aiortc import RTCPeerConnection, RTCSessionDescription  # noqa: E402
+from aiortc import (  # noqa: E402
+    RTCConfiguration,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
 from aiortc.mediastreams import MediaStreamTrack  # noqa: E402
 
 RATE = 48000
@@ -82,9 +91,62 @@ def http(method, url, body=None, content_type=None):
         req.add_header("Content-Type", content_type)
     try:
         with urllib.request.urlopen(req, timeout=10) as r:
-            return r.status, dict(r.headers), r.read().decode()
+            return r.status, r.headers, r.read().decode()
     except urllib.error.HTTPError as e:
-        return e.code, dict(e.headers), e.read().decode()
+        return e.code, e.headers, e.read().decode()
+
+
+def split_links(value):
+    """Splits one Link header value at commas outside <...> and quotes."""
+    parts, cur, in_url, in_quote = [], "", False, False
+    for ch in value:
+        if ch == "<" and not in_quote:
+            in_url = True
+        elif ch == ">" and not in_quote:
+            in_url = False
+        elif ch == '"' and not in_url:
+            in_quote = not in_quote
+        if ch == "," and not in_url and not in_quote:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    parts.append(cur)
+    return parts
+
+
+def ice_servers_from_links(values):
+    """RTCIceServer entries from Link headers with rel="ice-server"."""
+    servers = []
+    for value in values:
+        for part in split_links(value):
+            m = re.search(r"<([^>]*)>", part)
+            if not m:
+                continue
+            params = {}
+            for p in part[part.index(">") + 1 :].split(";"):
+                kv = re.match(r'^\s*([A-Za-z-]+)\s*=\s*"?([^"]*)"?\s*$', p)
+                if kv:
+                    params[kv.group(1).lower()] = kv.group(2)
+            if params.get("rel") != "ice-server":
+                continue
+            servers.append(
+                RTCIceServer(urls=m.group(1), username=params.get("username"), credential=params.get("credential"))
+            )
+    return servers
+
+
+async def selected_pair(pc):
+    """(local candidate type, remote address) of the ICE pair in use."""
+    try:
+        for t in pc.getTransceivers():
+            conn = t.sender.transport.transport._connection  # aioice's, no public accessor
+            pair = conn._nominated.get(1)
+            if pair is not None:
+                return pair.local_candidate.type, f"{pair.remote_candidate.host}:{pair.remote_candidate.port}"
+    except AttributeError:
+        pass
+    return None, None
 
 
 async def record_return(track, path):
@@ -103,7 +165,16 @@ async def record_return(track, path):
 
 
 async def main():
-    pc = RTCPeerConnection()
+    servers = []
+    if args.ice_from_link:
+        status, headers, body = await asyncio.to_thread(http, "OPTIONS", args.url)
+        servers = ice_servers_from_links(headers.get_all("Link") or [])
+        servers = [s for s in servers if s.urls.startswith(args.ice_url_prefix)]
+        print(f"OPTIONS {status}: {len(servers)} ICE server(s): {[s.urls for s in servers]}", file=sys.stderr)
+        if not servers:
+            print("no ICE servers in the OPTIONS answer", file=sys.stderr)
+            return 2
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=servers)) if servers else RTCPeerConnection()
     direction = "sendrecv" if args.return_out else "sendonly"
     pc.addTransceiver(ToneTrack(args.freq, args.amplitude), direction=direction)
     recorders = []
@@ -128,6 +199,12 @@ async def main():
             await pc.close()
             return 3
         await asyncio.sleep(0.05)
+    kind, remote = await selected_pair(pc)
+    print(f"connected: local candidate {kind} -> {remote}", file=sys.stderr, flush=True)
+    if args.require_relay and kind != "relay":
+        print(f"the selected pair is not relayed ({kind})", file=sys.stderr)
+        await pc.close()
+        return 4
     await asyncio.sleep(args.seconds)
     await asyncio.to_thread(http, "DELETE", location)
     await pc.close()

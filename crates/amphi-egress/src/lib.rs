@@ -20,6 +20,8 @@
 //! behind the unit in flight so frames never interleave.
 
 pub mod control;
+#[cfg(test)]
+mod sim;
 mod slot;
 mod worker;
 

@@ -316,6 +316,9 @@ pub struct App {
     /// ACME HTTP-01 key authorizations by token, served on the redirect
     /// port while an order is pending.
     pub acme_http01: RwLock<HashMap<String, String>>,
+    /// Why HTTPS cannot be served yet (an ACME node before its first
+    /// certificate); `None` once a certificate is loaded.
+    pub cert_pending: RwLock<Option<String>>,
     /// TURN servers offered to WHIP publishers (`--turn-url`).
     pub turn: Option<crate::turn::Turn>,
     /// What the node asks of the others (a lone node's answers itself).
@@ -323,6 +326,25 @@ pub struct App {
 }
 
 impl App {
+    /// Whether the node can serve (`/readyz`), and if not, why.
+    pub fn readiness(&self) -> Result<(), ApiError> {
+        if let Some(why) = self.cert_pending.read().clone() {
+            let mut e = ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "no_certificate",
+                why,
+            );
+            e.retry_after = Some(5);
+            Err(e)
+        } else if let Err(e) = self.members.ready() {
+            Err(e)
+        } else if self.media.healthy() {
+            Ok(())
+        } else {
+            Err(ApiError::unavailable("the media plane is not running", 1))
+        }
+    }
+
     /// Loads every stored space; live ones get their media back.
     pub fn load(&self) -> anyhow::Result<()> {
         let spaces = self.store.lock().load_spaces()?;

@@ -157,9 +157,19 @@ async fn tls_connection(
     if first[0] != 0x16 {
         // Not a ClientHello: plain HTTP sent to the HTTPS port, or noise.
         app.metrics.tls_plaintext_refused.inc();
+        // Before its first ACME certificate a node says so, to anyone.
+        let pending = app.cert_pending.read().as_ref().map(|why| {
+            let body = serde_json::json!({"error": {"code": "no_certificate", "message": why}})
+                .to_string();
+            format!(
+                "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 5\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+        });
+        let answer = pending.as_ref().map_or(PLAIN_ON_TLS, |p| p.as_bytes());
         let _ = tokio::time::timeout(
             Duration::from_secs(2),
-            tokio::io::AsyncWriteExt::write_all(&mut stream, PLAIN_ON_TLS),
+            tokio::io::AsyncWriteExt::write_all(&mut stream, answer),
         )
         .await;
         return;

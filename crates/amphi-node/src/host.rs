@@ -8,12 +8,11 @@ use std::sync::atomic::Ordering;
 use amphi_cluster::{SpaceCounts, Tally};
 use amphi_core::room::{Space, SpaceState};
 use amphi_core::{Frame, SpaceId};
-use amphi_egress::Egress;
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 
 use crate::app::{App, SpaceCell};
-use crate::cluster::{EdgeSink, Host};
-use crate::media::{Cutters, LiveMedia};
+use crate::cluster::Host;
 
 impl App {
     fn cells(&self) -> Vec<Arc<SpaceCell>> {
@@ -109,19 +108,39 @@ impl Host for App {
         }
     }
 
-    fn open_edge(&self, space: SpaceId) -> Option<Box<dyn EdgeSink>> {
-        let cell = self.space(space).ok()?;
+    fn open_edge(&self, space: SpaceId) -> bool {
+        let Ok(cell) = self.space(space) else {
+            return false;
+        };
         if cell.inner.lock().space.state != SpaceState::Live {
-            return None;
+            return false;
         }
         let live = self.media.new_live_media(space);
-        *cell.live.write() = Some(live.clone());
-        Some(Box::new(EdgeOutputs {
-            cutters: self.media.cutters(space),
-            egress: self.media.egress().clone(),
-            cell,
-            live,
-        }))
+        // Cut on the media thread, by the same program as a mixed space.
+        self.media.start_edge(space, &live);
+        *cell.live.write() = Some(live);
+        true
+    }
+
+    fn edge_frames(&self, space: SpaceId, frames: Vec<Frame>) {
+        self.media.remote_frames(space, frames);
+    }
+
+    fn sync_media(&self) -> BoxFuture<'_, ()> {
+        Box::pin(self.media.sync())
+    }
+
+    fn close_edge(&self, space: SpaceId, ended: bool) {
+        let Ok(cell) = self.space(space) else { return };
+        if self.media.is_mixing(space) {
+            return;
+        }
+        let live = cell.live.write().take();
+        if let Some(live) = live {
+            // The media thread finishes (or just closes) the outputs after
+            // the frames already queued to it.
+            self.media.stop_edge(space, &live, ended);
+        }
     }
 
     fn local_listeners(&self, space: SpaceId) -> u64 {
@@ -167,36 +186,6 @@ impl Host for App {
             for _ in 0..(*n).min(1000) {
                 let _ = inner.reactions.add(emoji);
             }
-        }
-    }
-}
-
-/// An edge's outputs of a space: the same cutters the mixer uses, fed from
-/// the bus.
-struct EdgeOutputs {
-    cell: Arc<SpaceCell>,
-    live: Arc<LiveMedia>,
-    cutters: Cutters,
-    egress: Arc<Egress>,
-}
-
-impl EdgeSink for EdgeOutputs {
-    fn frame(&mut self, frame: &Frame) {
-        self.cutters.cut(&self.live, &self.egress, frame);
-    }
-
-    fn close(mut self: Box<Self>, ended: bool) {
-        {
-            let mut live = self.cell.live.write();
-            if live.as_ref().is_some_and(|l| Arc::ptr_eq(l, &self.live)) {
-                *live = None;
-            }
-        }
-        if ended {
-            self.cutters.finish(&self.live, &self.egress);
-        } else {
-            self.egress.close_output(&self.live.ogg);
-            self.egress.close_output(&self.live.ws);
         }
     }
 }

@@ -3,6 +3,7 @@
 //! cluster membership. The `amphi` binary parses its command line into a
 //! [`Config`] and calls `Node::load(config)?.run()`.
 
+mod acme;
 mod admission;
 mod api;
 mod app;

@@ -1,30 +1,38 @@
-//! The media plane's shell: one thread owns every live space's mixer and
-//! output cutters, fed by the WebRTC engine; the HTTP side only reads the
-//! outputs it publishes.
+//! The media plane's shell: one thread runs the program of every space this
+//! node serves ([`amphi_program::Program`], a sans-IO state machine) and
+//! carries what it decides: units to the fan-out, frames to the recorder
+//! and the cluster bus, return audio to the WebRTC engine, talking levels
+//! to the control plane. The HTTP side only reads the outputs it publishes.
 //!
-//! Per 20 ms tick and per space: each audible speaker's next packet is
-//! decoded and mixed, the program is encoded once into a [`Frame`], the frame
-//! goes into the 30 s history, the Ogg pager and the WebSocket batcher cut
-//! their units from it once, and the fan-out sends those units to every
-//! listener. Ingest and mixing run on their own threads, apart from the HTTP
-//! runtime and the fan-out workers, so a join storm cannot delay the program.
+//! Per 20 ms tick and per space the program mixes each audible speaker's
+//! next packet, encodes the program once into a [`Frame`], and cuts it
+//! once into the 30 s history, the Ogg pages, the WebSocket messages and
+//! the LL-HLS parts; the fan-out sends those units to every listener. An
+//! edge's frames from the cluster bus are cut by the same program on the
+//! same thread. Ingest and mixing run on their own threads, apart from the
+//! HTTP runtime and the fan-out workers, so a join storm cannot delay the
+//! program.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use crossbeam_channel::{Receiver, Sender, select};
+use crossbeam_channel::{Receiver, Sender, TrySendError, select};
 use parking_lot::Mutex;
 
 use amphi_core::frame::History;
-use amphi_core::{Frame, ParticipantId, SpaceId};
+use amphi_core::{Frame, ParticipantId, SpaceId, SpeakerLevel};
 use amphi_egress::{Egress, Output};
 use amphi_hls::playlist::Segmenter;
-use amphi_media::{Mixer, MixerConfig, OggPager, WsBatcher};
+use amphi_media::{MixerConfig, OggPager};
+use amphi_program::{
+    CutConfig, Event, Output as ProgramOutput, Packet, Program, ProgramConfig, Session, StartSpace,
+    Stores, UnitKind, ogg_serial,
+};
 use amphi_rtc::{RtcConfig, RtcEngine, RtcError, RtcEvent, RtcHandle, SessionId, SessionRequest};
 
 use crate::metrics::counter;
@@ -34,14 +42,10 @@ use crate::record::{Recorder, last_recorded};
 pub type ReplayReady = crate::record::Done;
 
 /// WHIP sessions one participant may hold at once.
-pub const MAX_SESSIONS_PER_SPEAKER: usize = 2;
+pub const MAX_SESSIONS_PER_SPEAKER: usize = amphi_program::MAX_SESSIONS_PER_SPEAKER;
 
 /// Frames kept for resumes and catch-up: 30 s.
 pub const HISTORY_FRAMES: usize = 1500;
-/// How far behind wall time the program's capture stamp is when nobody
-/// speaks (with speakers it is their jitter buffers' measured depth), so
-/// latency measured from `captured_at` includes the buffering.
-const IDLE_JITTER_DEPTH_US: u64 = 40_000;
 
 /// Settings of the media plane.
 #[derive(Debug, Clone)]
@@ -59,6 +63,15 @@ pub struct MediaConfig {
     pub bus: Option<tokio::sync::mpsc::Sender<(SpaceId, Bytes)>>,
 }
 
+impl MediaConfig {
+    fn cut(&self) -> CutConfig {
+        CutConfig {
+            ogg_frames_per_page: self.ogg_frames_per_page,
+            ws_frames_per_message: self.ws_frames_per_message,
+        }
+    }
+}
+
 /// Segments the live HLS keeps: the whole space, up to 2 hours, is the
 /// DVR window (about 8 KB a segment at 32 kbit/s: 30 MB per space at most).
 pub const HLS_DVR_SEGMENTS: usize = 3600;
@@ -69,9 +82,10 @@ pub struct LiveMedia {
     pub ws: Arc<Output>,
     /// OpusHead and OpusTags pages, the start of every Ogg listener's stream.
     pub ogg_headers: Bytes,
-    pub history: Mutex<History>,
+    /// The recent frames (written by the program, read by resumes).
+    pub history: Arc<Mutex<History>>,
     /// The LL-HLS segmenter: parts and segments cut once from the frames.
-    pub hls: Mutex<Segmenter>,
+    pub hls: Arc<Mutex<Segmenter>>,
     /// Bumped whenever a part or segment is published (blocking reloads).
     pub hls_tick: tokio::sync::watch::Sender<u64>,
     /// Listeners admitted but not yet handed to the fan-out (so the
@@ -105,76 +119,48 @@ impl LiveMedia {
     /// `upto` (the last frame of the newest published message), so the live
     /// messages that follow continue without a gap or an overlap.
     pub fn resume_ws(&self, from: u64, upto: u64) -> Vec<Bytes> {
-        let history = self.history.lock();
-        let frames: Vec<Frame> = history
-            .since(from)
-            .take_while(|f| f.seq <= upto)
-            .cloned()
-            .collect();
-        frames
-            .chunks(255)
-            .map(|c| amphi_media::wire::ws_binary_frame(&amphi_media::wire::encode_message(c)))
-            .collect()
+        amphi_program::resume_ws(&self.history.lock(), from, upto)
     }
-}
 
-/// Cuts a space's listener outputs from its frames, once per frame for
-/// every listener: the history, the LL-HLS parts, the Ogg pages and the
-/// WebSocket messages. The origin's mixer and an edge's bus feed both use
-/// it, so an edge's outputs are the origin's, built locally.
-pub struct Cutters {
-    pager: OggPager,
-    batcher: WsBatcher,
-}
-
-impl Cutters {
-    pub fn new(space: SpaceId, ogg_frames_per_page: usize, ws_frames_per_message: usize) -> Self {
-        Cutters {
-            pager: OggPager::new(ogg_serial(space), ogg_frames_per_page),
-            batcher: WsBatcher::new(ws_frames_per_message),
+    /// The stores the program writes for these outputs.
+    fn stores(&self) -> Stores {
+        Stores {
+            history: self.history.clone(),
+            hls: self.hls.clone(),
         }
     }
 
-    /// Takes one frame into every output.
-    pub fn cut(&mut self, live: &LiveMedia, egress: &Egress, frame: &Frame) {
-        if !frame.speakers.is_empty() {
-            let mut talking = live.talking.lock();
-            for s in frame.speakers.iter() {
-                let e = talking.entry(s.participant).or_insert(0);
-                *e = (*e).max(s.level);
+    /// Hands one unit the program cut to its listeners.
+    fn publish(&self, egress: &Egress, kind: UnitKind, bytes: Bytes, last_frame: u64) {
+        match kind {
+            UnitKind::Ogg => egress.publish(&self.ogg, bytes, last_frame),
+            UnitKind::Ws => egress.publish(&self.ws, bytes, last_frame),
+            // Already in the segmenter: wake the blocked playlist requests.
+            UnitKind::HlsPart { .. } | UnitKind::HlsSegment { .. } => {
+                self.hls_tick.send_modify(|t| *t += 1)
             }
         }
-        live.history.lock().push(frame.clone());
-        if !live.hls.lock().push(frame).is_empty() {
-            live.hls_tick.send_modify(|t| *t += 1);
-        }
-        if let Some(page) = self.pager.push(frame) {
-            egress.publish(&live.ogg, page, frame.seq);
-        }
-        if let Some(msg) = self.batcher.push(frame) {
-            egress.publish(&live.ws, msg, frame.seq);
-        }
     }
 
-    /// The end of the space: the last page, the HLS end, a close frame to
-    /// every WebSocket listener (no reconnect), then the outputs close.
-    pub fn finish(&mut self, live: &LiveMedia, egress: &Egress) {
-        let last = live.history.lock().last_seq().unwrap_or(0);
-        if let Some(page) = self.pager.flush() {
-            egress.publish(&live.ogg, page, last);
+    /// The outputs are complete: wake HLS requests for the end, close the
+    /// listener streams (after the units already published).
+    fn close(&self, egress: &Egress, ended: bool) {
+        if ended {
+            self.hls_tick.send_modify(|t| *t += 1);
         }
-        live.hls.lock().finish();
-        live.hls_tick.send_modify(|t| *t += 1);
-        let bye =
-            amphi_media::wire::ws_close_frame(amphi_media::wire::CLOSE_SPACE_ENDED, "space ended");
-        egress.publish(&live.ws, bye, last);
-        egress.close_output(&live.ogg);
-        egress.close_output(&live.ws);
+        egress.close_output(&self.ogg);
+        egress.close_output(&self.ws);
     }
 }
 
-fn ogg_serial(space: SpaceId) -> u32 {
-    (space.0 as u32) ^ ((space.0 >> 32) as u32)
+/// Folds a frame's speaker levels into the space's talking levels for the
+/// next events update.
+fn note_talking(live: &LiveMedia, levels: &[SpeakerLevel]) {
+    let mut talking = live.talking.lock();
+    for s in levels {
+        let e = talking.entry(s.participant).or_insert(0);
+        *e = (*e).max(s.level);
+    }
 }
 
 /// A place taken with [`LiveMedia::try_admit`].
@@ -207,6 +193,22 @@ enum Cmd {
         gate: Arc<AtomicBool>,
         wants_return: bool,
     },
+    StartEdge {
+        space: SpaceId,
+        live: Arc<LiveMedia>,
+    },
+    RemoteFrames {
+        space: SpaceId,
+        frames: Vec<Frame>,
+    },
+    StopEdge {
+        space: SpaceId,
+        live: Arc<LiveMedia>,
+        ended: bool,
+    },
+    /// Answered once every command before it is done and its units are
+    /// published.
+    Sync(tokio::sync::oneshot::Sender<()>),
     Shutdown,
 }
 
@@ -219,6 +221,10 @@ struct MediaStats {
     packets_unrouted: AtomicU64,
     sessions_replaced: AtomicU64,
     bus_dropped: AtomicU64,
+    remote_frames: AtomicU64,
+    remote_dropped: AtomicU64,
+    /// Remote frames not queued to the media thread (its queue was full).
+    remote_queue_full: AtomicU64,
 }
 
 /// Handle to the media plane.
@@ -256,18 +262,29 @@ impl MediaPlane {
         let alive = Arc::new(AtomicBool::new(true));
         let recorder = Arc::new(Recorder::start(cfg.recordings.clone())?);
         let speaker_stats: Arc<SpeakerStats> = Arc::new(Mutex::new(Vec::new()));
+        let program = Program::new(
+            ProgramConfig {
+                mixer: MixerConfig {
+                    bitrate: cfg.bitrate,
+                    ..MixerConfig::default()
+                },
+                cut: cfg.cut(),
+                max_sessions_per_speaker: MAX_SESSIONS_PER_SPEAKER,
+            },
+            Instant::now(),
+        );
         let mixer = MixThread {
             speaker_stats: speaker_stats.clone(),
-            ticks: 0,
             recorder: recorder.clone(),
             rx,
             events,
             rtc: rtc.clone(),
             egress: cfg.egress.clone(),
-            cfg: cfg.clone(),
+            bus: cfg.bus.clone(),
+            program,
             spaces: HashMap::new(),
-            sessions: HashMap::new(),
             stats: stats.clone(),
+            stats_at: 0,
         };
         let alive2 = alive.clone();
         let thread = std::thread::Builder::new()
@@ -305,37 +322,67 @@ impl MediaPlane {
     /// Fresh, empty outputs for a live space (an origin's or an edge's).
     pub fn new_live_media(&self, space: SpaceId) -> Arc<LiveMedia> {
         let pager = OggPager::new(ogg_serial(space), self.cfg.ogg_frames_per_page);
+        let stores = Stores::new(HISTORY_FRAMES, HLS_DVR_SEGMENTS);
         Arc::new(LiveMedia {
             ogg: self.egress.new_output(),
             ws: self.egress.new_output(),
             ogg_headers: pager.headers(),
-            history: Mutex::new(History::new(HISTORY_FRAMES)),
-            hls: Mutex::new(Segmenter::new(HLS_DVR_SEGMENTS)),
+            history: stores.history,
+            hls: stores.hls,
             hls_tick: tokio::sync::watch::channel(0).0,
             admitting: AtomicU64::new(0),
             talking: Mutex::new(HashMap::new()),
         })
     }
 
-    /// Output cutters configured like this node's.
-    pub fn cutters(&self, space: SpaceId) -> Cutters {
-        Cutters::new(
+    /// Relays a space mixed on another node into `live`: the frames given
+    /// to [`MediaPlane::remote_frames`] are cut on the media thread, as a
+    /// mixed space's are. End it with [`MediaPlane::stop_edge`].
+    pub fn start_edge(&self, space: SpaceId, live: &Arc<LiveMedia>) {
+        let _ = self.tx.send(Cmd::StartEdge {
             space,
-            self.cfg.ogg_frames_per_page,
-            self.cfg.ws_frames_per_message,
-        )
+            live: live.clone(),
+        });
     }
 
-    /// The fan-out the outputs publish to.
-    pub fn egress(&self) -> &Arc<Egress> {
-        &self.egress
+    /// Frames of a relayed space, oldest first, from the cluster bus or
+    /// the origin's history. Never blocks: with the media thread's queue
+    /// full they are dropped and counted (the outputs skip them, as lost
+    /// bus messages).
+    pub fn remote_frames(&self, space: SpaceId, frames: Vec<Frame>) {
+        if let Err(TrySendError::Full(_)) = self.tx.try_send(Cmd::RemoteFrames { space, frames }) {
+            self.stats.remote_queue_full.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Returns once the media thread has done everything asked of it
+    /// before (at most 1 s: a stalled media thread does not hold the
+    /// caller).
+    pub async fn sync(&self) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.tx.try_send(Cmd::Sync(tx)).is_ok() {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), rx).await;
+        }
+    }
+
+    /// Ends the relay of a space into `live` (nothing happens if the space
+    /// is mixed here now, or relayed into other outputs): `ended`, the
+    /// space ended and its listeners get the end of the stream, after the
+    /// frames already queued; otherwise nobody listens any more and the
+    /// outputs just close.
+    pub fn stop_edge(&self, space: SpaceId, live: &Arc<LiveMedia>, ended: bool) {
+        let _ = self.tx.send(Cmd::StopEdge {
+            space,
+            live: live.clone(),
+            ended,
+        });
     }
 
     /// Starts mixing a space here and returns its outputs: `live` if given
     /// (the outputs this node already served as an edge, so its listeners
     /// carry on), frames numbered from at least `min_seq` (where a previous
-    /// origin stopped). `replay_ready` is called once the recording is cut
-    /// after the end.
+    /// origin stopped) and after any frame already in `live`. `replay_ready`
+    /// is called once the recording is cut after the end.
     pub fn start_space(
         &self,
         space: SpaceId,
@@ -354,17 +401,12 @@ impl MediaPlane {
                 let down_us = wall_us().saturating_sub(at_us);
                 seq.saturating_add(1).saturating_add(down_us / 20_000)
             });
-        let after_history = live
-            .history
-            .lock()
-            .last_seq()
-            .map_or(0, |s| s.saturating_add(1));
         let _ = self.tx.send(Cmd::Start {
             space,
             replay_ready,
             live: live.clone(),
             record,
-            first_seq: resumed.max(min_seq).max(after_history),
+            first_seq: resumed.max(min_seq),
         });
         live
     }
@@ -416,7 +458,6 @@ impl MediaPlane {
         }
         self.recorder.shutdown();
     }
-
     /// Media counters in the Prometheus text format.
     pub fn render_metrics(&self, out: &mut String) {
         let s = &self.stats;
@@ -456,6 +497,18 @@ impl MediaPlane {
             "amphi_bus_frames_dropped_total",
             "Program frames not handed to the cluster bus (its queue was full).",
             l(&s.bus_dropped),
+        );
+        counter(
+            out,
+            "amphi_edge_frames_cut_total",
+            "Frames of spaces mixed on other nodes cut into this node's outputs.",
+            l(&s.remote_frames),
+        );
+        counter(
+            out,
+            "amphi_edge_frames_dropped_total",
+            "Frames of spaces mixed on other nodes dropped (stale, for no relayed space, or the media thread's queue was full).",
+            l(&s.remote_dropped) + l(&s.remote_queue_full),
         );
         self.rtc.stats().render_prometheus(out);
         let rows = self.speaker_stats.lock().clone();
@@ -522,36 +575,31 @@ impl MediaPlane {
     }
 }
 
-struct Speaker {
-    gate: Arc<AtomicBool>,
-    sessions: Vec<(SessionId, bool)>,
-}
-
-struct SpaceMix {
-    space: SpaceId,
-    replay_ready: Option<ReplayReady>,
+/// A space as the shell sees it: where its units go, and its speakers'
+/// gates (read before every tick and passed to the program).
+struct ShellSpace {
     live: Arc<LiveMedia>,
-    mixer: Mixer,
-    cutters: Cutters,
-    speakers: HashMap<ParticipantId, Speaker>,
-    record: bool,
+    /// Called once the recording is cut, after the end.
+    replay_ready: Option<ReplayReady>,
+    gates: HashMap<ParticipantId, Arc<AtomicBool>>,
 }
 
+/// The media thread: a loop that feeds the program its inputs (commands,
+/// RTC events, the clock) and carries out its outputs.
 struct MixThread {
     rx: Receiver<Cmd>,
     events: Receiver<RtcEvent>,
     rtc: RtcHandle,
     egress: Arc<Egress>,
-    cfg: MediaConfig,
-    spaces: HashMap<SpaceId, SpaceMix>,
-    sessions: HashMap<SessionId, (SpaceId, ParticipantId)>,
+    bus: Option<tokio::sync::mpsc::Sender<(SpaceId, Bytes)>>,
+    program: Program,
+    spaces: HashMap<SpaceId, ShellSpace>,
     stats: Arc<MediaStats>,
     recorder: Arc<Recorder>,
     speaker_stats: Arc<SpeakerStats>,
-    ticks: u64,
+    /// Tick count at the last speaker-stats refresh.
+    stats_at: u64,
 }
-
-const TICK: Duration = Duration::from_millis(20);
 
 fn wall_us() -> u64 {
     SystemTime::now()
@@ -561,9 +609,8 @@ fn wall_us() -> u64 {
 
 impl MixThread {
     fn run(mut self) {
-        let mut deadline = Instant::now() + TICK;
         loop {
-            let timeout = crossbeam_channel::at(deadline);
+            let deadline = self.carry();
             select! {
                 recv(self.rx) -> cmd => match cmd {
                     Ok(Cmd::Shutdown) | Err(_) => break,
@@ -573,17 +620,94 @@ impl MixThread {
                     Ok(ev) => self.event(ev),
                     Err(_) => break,
                 },
-                recv(timeout) -> _ => {
-                    let now = Instant::now();
-                    if now.duration_since(deadline) > Duration::from_millis(10) {
-                        self.stats.late_ticks.fetch_add(1, Ordering::Relaxed);
+                recv(crossbeam_channel::at(deadline)) -> _ => {
+                    for (id, s) in &self.spaces {
+                        for (pid, gate) in &s.gates {
+                            self.program.set_audible(*id, *pid, gate.load(Ordering::Acquire));
+                        }
                     }
-                    self.tick();
-                    deadline += TICK;
-                    if now.duration_since(deadline) > Duration::from_millis(200) {
-                        // Far behind (a stalled machine): restart the clock
-                        // rather than burst out frames to catch up.
-                        deadline = now + TICK;
+                    self.program.handle_timeout(Instant::now(), wall_us());
+                    self.refresh_stats();
+                }
+            }
+        }
+    }
+
+    fn refresh_stats(&mut self) {
+        let p = self.program.stats();
+        let s = &self.stats;
+        s.frames.store(p.frames, Ordering::Relaxed);
+        s.late_ticks.store(p.late_ticks, Ordering::Relaxed);
+        s.packets.store(p.packets, Ordering::Relaxed);
+        s.packets_unrouted
+            .store(p.packets_unrouted, Ordering::Relaxed);
+        s.sessions_replaced
+            .store(p.sessions_replaced, Ordering::Relaxed);
+        s.remote_frames.store(p.remote_frames, Ordering::Relaxed);
+        s.remote_dropped.store(p.remote_dropped, Ordering::Relaxed);
+        if p.ticks >= self.stats_at + 50 {
+            self.stats_at = p.ticks;
+            *self.speaker_stats.lock() = self.program.speaker_stats();
+        }
+    }
+
+    /// Carries out everything the program decided; returns its next
+    /// deadline.
+    fn carry(&mut self) -> Instant {
+        loop {
+            match self.program.poll_output() {
+                ProgramOutput::Timeout(at) => return at,
+                ProgramOutput::Frame {
+                    space,
+                    frame,
+                    record,
+                } => {
+                    if let Some(bus) = &self.bus
+                        && bus
+                            .try_send((space, amphi_cluster::encode_frame(&frame)))
+                            .is_err()
+                    {
+                        self.stats.bus_dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if record {
+                        self.recorder.frame(space, frame);
+                    }
+                }
+                ProgramOutput::Unit {
+                    space,
+                    kind,
+                    bytes,
+                    last_frame,
+                } => {
+                    if let Some(s) = self.spaces.get(&space) {
+                        s.live.publish(&self.egress, kind, bytes, last_frame);
+                    }
+                }
+                ProgramOutput::MixMinus { session, opus } => {
+                    self.rtc.send_audio(SessionId(session.0), opus);
+                }
+                ProgramOutput::CloseSession(session) => {
+                    self.rtc.close_session(SessionId(session.0));
+                }
+                ProgramOutput::Event(Event::Talking { space, levels }) => {
+                    if let Some(s) = self.spaces.get(&space) {
+                        note_talking(&s.live, &levels);
+                    }
+                }
+                ProgramOutput::Event(Event::Closed {
+                    space,
+                    ended,
+                    record,
+                    ..
+                }) => {
+                    if let Some(s) = self.spaces.remove(&space) {
+                        s.live.close(&self.egress, ended);
+                        if ended
+                            && record
+                            && let Some(ready) = s.replay_ready
+                        {
+                            self.recorder.end(space, ready);
+                        }
                     }
                 }
             }
@@ -593,56 +717,73 @@ impl MixThread {
     fn command(&mut self, cmd: Cmd) {
         match cmd {
             Cmd::Start {
-                space,
+                space: id,
                 replay_ready,
                 live,
                 record,
                 first_seq,
             } => {
-                let mut mixer = match Mixer::new(MixerConfig {
-                    bitrate: self.cfg.bitrate,
-                    ..MixerConfig::default()
-                }) {
-                    Ok(m) => m,
-                    Err(e) => {
-                        tracing::error!(error = %e, %space, "could not create a mixer");
-                        return;
-                    }
-                };
-                mixer.set_next_seq(first_seq);
-                let mix = SpaceMix {
+                let start = StartSpace {
+                    space: id,
+                    first_seq,
                     record,
-                    cutters: Cutters::new(
-                        space,
-                        self.cfg.ogg_frames_per_page,
-                        self.cfg.ws_frames_per_message,
-                    ),
-                    space,
-                    replay_ready: Some(replay_ready),
-                    live,
-                    mixer,
-                    speakers: HashMap::new(),
+                    stores: live.stores(),
                 };
-                self.spaces.insert(space, mix);
-            }
-            Cmd::Stop { space } => {
-                if let Some(mut mix) = self.spaces.remove(&space) {
-                    mix.cutters.finish(&mix.live, &self.egress);
-                    if mix.record
-                        && let Some(ready) = mix.replay_ready.take()
-                    {
-                        self.recorder.end(space, ready);
+                match self.program.start_space(start) {
+                    Ok(()) => {
+                        self.spaces.insert(
+                            id,
+                            ShellSpace {
+                                live,
+                                replay_ready: Some(replay_ready),
+                                gates: HashMap::new(),
+                            },
+                        );
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, space = %id, "could not create a mixer");
                     }
                 }
-                self.sessions.retain(|_, (s, _)| *s != space);
             }
-            Cmd::Abandon { space } => {
-                if let Some(mix) = self.spaces.remove(&space) {
-                    self.egress.close_output(&mix.live.ogg);
-                    self.egress.close_output(&mix.live.ws);
+            Cmd::StartEdge { space: id, live } => {
+                if self.program.is_mixing(id) {
+                    return;
                 }
-                self.sessions.retain(|_, (s, _)| *s != space);
+                if self.program.is_edge(id) {
+                    // An earlier relay whose stop is still on its way.
+                    self.program.abandon_space(id);
+                    self.carry();
+                }
+                self.program.start_edge(id, live.stores());
+                self.spaces.insert(
+                    id,
+                    ShellSpace {
+                        live,
+                        replay_ready: None,
+                        gates: HashMap::new(),
+                    },
+                );
             }
+            Cmd::RemoteFrames { space, frames } => {
+                for frame in frames {
+                    self.program.remote_frame(space, frame);
+                }
+            }
+            Cmd::StopEdge { space, live, ended } => {
+                let ours = self
+                    .spaces
+                    .get(&space)
+                    .is_some_and(|s| Arc::ptr_eq(&s.live, &live));
+                if ours && self.program.is_edge(space) {
+                    if ended {
+                        self.program.stop_space(space);
+                    } else {
+                        self.program.abandon_space(space);
+                    }
+                }
+            }
+            Cmd::Stop { space } => self.program.stop_space(space),
+            Cmd::Abandon { space } => self.program.abandon_space(space),
             Cmd::AddSession {
                 space,
                 pid,
@@ -650,28 +791,21 @@ impl MixThread {
                 gate,
                 wants_return,
             } => {
-                let Some(mix) = self.spaces.get_mut(&space) else {
-                    self.rtc.close_session(session);
-                    return;
-                };
-                let sp = mix.speakers.entry(pid).or_insert_with(|| Speaker {
-                    gate,
-                    sessions: Vec::new(),
-                });
-                // A participant keeps at most MAX_SESSIONS_PER_SPEAKER
-                // sessions: a new one (a reconnect, a second tab) replaces
-                // the oldest, so a client cannot pile up sessions.
-                while sp.sessions.len() >= MAX_SESSIONS_PER_SPEAKER {
-                    let (old, _) = sp.sessions.remove(0);
-                    self.rtc.close_session(old);
-                    self.stats.sessions_replaced.fetch_add(1, Ordering::Relaxed);
+                if let Some(s) = self.spaces.get_mut(&space)
+                    && self.program.is_mixing(space)
+                {
+                    s.gates.insert(pid, gate);
                 }
-                sp.sessions.push((session, wants_return));
-                let wants = sp.sessions.iter().any(|(_, w)| *w);
-                if let Err(e) = mix.mixer.add_speaker(pid, wants) {
+                if let Err(e) =
+                    self.program
+                        .add_session(space, pid, Session(session.0), wants_return)
+                {
                     tracing::error!(error = %e, "could not add a speaker to the mixer");
                 }
-                self.sessions.insert(session, (space, pid));
+            }
+            Cmd::Sync(done) => {
+                self.carry();
+                let _ = done.send(());
             }
             Cmd::Shutdown => {}
         }
@@ -685,75 +819,18 @@ impl MixThread {
                 rtp_seq,
                 rtp_ts,
                 payload,
+                received_at,
                 ..
-            } => match self.spaces.get_mut(&space) {
-                Some(mix) if mix.speakers.contains_key(&participant) => {
-                    self.stats.packets.fetch_add(1, Ordering::Relaxed);
-                    mix.mixer.push_packet(participant, rtp_seq, rtp_ts, payload);
-                }
-                _ => {
-                    self.stats.packets_unrouted.fetch_add(1, Ordering::Relaxed);
-                }
-            },
-            RtcEvent::Closed { id, .. } => {
-                if let Some((space, pid)) = self.sessions.remove(&id)
-                    && let Some(mix) = self.spaces.get_mut(&space)
-                    && let Some(sp) = mix.speakers.get_mut(&pid)
-                {
-                    sp.sessions.retain(|(s, _)| *s != id);
-                    if sp.sessions.is_empty() {
-                        mix.speakers.remove(&pid);
-                        mix.mixer.remove_speaker(pid);
-                    }
-                }
-            }
+            } => self.program.handle_packet(Packet {
+                space,
+                participant,
+                rtp_seq,
+                rtp_ts,
+                payload,
+                received: received_at,
+            }),
+            RtcEvent::Closed { id, .. } => self.program.session_closed(Session(id.0)),
             _ => {}
-        }
-    }
-
-    fn tick(&mut self) {
-        self.ticks += 1;
-        if self.ticks.is_multiple_of(50) {
-            let mut all = Vec::new();
-            for (id, mix) in &self.spaces {
-                all.extend(
-                    mix.mixer
-                        .speaker_stats()
-                        .into_iter()
-                        .map(|(p, st)| (*id, p, st)),
-                );
-            }
-            *self.speaker_stats.lock() = all;
-        }
-        let now_us = wall_us();
-        for mix in self.spaces.values_mut() {
-            for (pid, sp) in &mix.speakers {
-                mix.mixer.set_audible(*pid, sp.gate.load(Ordering::Acquire));
-            }
-            let depth = mix.mixer.buffered_us().unwrap_or(IDLE_JITTER_DEPTH_US);
-            let tick = mix.mixer.tick(now_us.saturating_sub(depth));
-            let frame = tick.frame;
-            self.stats.frames.fetch_add(1, Ordering::Relaxed);
-            if let Some(bus) = &self.cfg.bus
-                && bus
-                    .try_send((mix.space, amphi_cluster::encode_frame(&frame)))
-                    .is_err()
-            {
-                self.stats.bus_dropped.fetch_add(1, Ordering::Relaxed);
-            }
-            mix.cutters.cut(&mix.live, &self.egress, &frame);
-            if mix.record {
-                self.recorder.frame(mix.space, frame.clone());
-            }
-            for (pid, opus) in tick.mix_minus {
-                if let Some(sp) = mix.speakers.get(&pid) {
-                    for (session, wants) in &sp.sessions {
-                        if *wants {
-                            self.rtc.send_audio(*session, opus.clone());
-                        }
-                    }
-                }
-            }
         }
     }
 }

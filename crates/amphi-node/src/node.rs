@@ -132,19 +132,45 @@ pub struct Config {
     /// HTTPS (and wss) on the --http address with this PEM certificate
     /// chain (leaf first); a changed file is picked up within 2 s without
     /// dropping connected listeners. Needs --tls-key.
-    #[arg(long, env = "AMPHI_TLS_CERT", requires = "tls_key")]
+    #[arg(
+        long,
+        env = "AMPHI_TLS_CERT",
+        requires = "tls_key",
+        conflicts_with = "acme_domain"
+    )]
     pub tls_cert: Option<PathBuf>,
     /// The PEM private key of --tls-cert.
     #[arg(long, env = "AMPHI_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
     /// With TLS on, a plain-HTTP address (e.g. 0.0.0.0:80) that answers
-    /// 308 to https, except ACME HTTP-01 challenges and /healthz.
+    /// 308 to https, except ACME HTTP-01 challenges, /healthz and /readyz.
     #[arg(long, env = "AMPHI_HTTP_REDIRECT")]
     pub http_redirect: Option<SocketAddr>,
     /// TLS handshakes started per second (bursts of as many); beyond it a
     /// new connection is closed before the handshake costs anything.
     #[arg(long, env = "AMPHI_TLS_HANDSHAKE_RATE", default_value_t = 4000.0)]
     pub tls_handshake_rate: f64,
+    /// Get the HTTPS certificate for this domain name automatically (ACME,
+    /// e.g. Let's Encrypt) and renew it; repeatable (the environment twin
+    /// takes a comma-separated list). Turns HTTPS on without --tls-cert.
+    /// The CA validates on port 443 (TLS-ALPN-01) or, with --http-redirect,
+    /// on port 80 (HTTP-01). Keys and certificate: <data-dir>/acme/.
+    #[arg(long = "acme-domain", env = "AMPHI_ACME_DOMAIN", value_delimiter = ',')]
+    pub acme_domain: Vec<String>,
+    /// The ACME directory URL.
+    #[arg(long, env = "AMPHI_ACME_DIRECTORY", default_value = crate::acme::LETS_ENCRYPT)]
+    pub acme_directory: String,
+    /// Contact address given to the ACME CA (expiry notices).
+    #[arg(long, env = "AMPHI_ACME_EMAIL")]
+    pub acme_email: Option<String>,
+    /// Trust the CA certificates in this PEM file for the ACME directory's
+    /// own HTTPS instead of the system's (a private or test ACME server).
+    #[arg(long, env = "AMPHI_ACME_CA_ROOT")]
+    pub acme_ca_root: Option<PathBuf>,
+    /// Testing only: renew the ACME certificate once it is this many
+    /// seconds old (normally: when a third of its lifetime is left).
+    #[arg(long, env = "AMPHI_ACME_RENEW_AFTER", hide = true)]
+    pub acme_renew_after: Option<u64>,
     /// A TURN server offered to WHIP publishers behind NATs and firewalls
     /// (repeatable; e.g. turn:turn.example.org:3478?transport=udp and
     /// turns:turn.example.org:5349?transport=tcp), as Link headers with
@@ -168,7 +194,7 @@ pub struct Config {
 impl Config {
     /// Whether the node serves HTTPS.
     pub fn tls(&self) -> bool {
-        self.tls_cert.is_some()
+        self.tls_cert.is_some() || !self.acme_domain.is_empty()
     }
 }
 
@@ -191,6 +217,9 @@ pub struct Node {
 struct Tls {
     certs: Arc<amphi_tls::Certs>,
     front: Arc<crate::front::FrontTls>,
+    /// With `--acme-domain`: the ACME client's settings and the validity of
+    /// the certificate found in the data dir, if any.
+    acme: Option<(crate::acme::AcmeConfig, Option<crate::acme::Validity>)>,
 }
 
 impl Node {
@@ -202,6 +231,7 @@ impl Node {
             .enable_all()
             .thread_name("amphi-http")
             .build()?;
+        let rate = config.tls_handshake_rate.max(1.0);
         let tls = match (&config.tls_cert, &config.tls_key) {
             (Some(cert), Some(key)) => {
                 let certs = Arc::new(
@@ -209,18 +239,56 @@ impl Node {
                         .context("loading the TLS certificate")?,
                 );
                 let server = amphi_tls::server_config(certs.clone()).context("configuring TLS")?;
-                let rate = config.tls_handshake_rate.max(1.0);
                 let front = Arc::new(crate::front::FrontTls::new(server, rate, rate));
-                Some(Tls { certs, front })
+                Some(Tls {
+                    certs,
+                    front,
+                    acme: None,
+                })
+            }
+            _ if !config.acme_domain.is_empty() => {
+                let acme = crate::acme::AcmeConfig::new(
+                    &config.acme_domain,
+                    config.acme_directory.clone(),
+                    config.acme_email.clone(),
+                    config.acme_ca_root.clone(),
+                    &config.data_dir,
+                    config.http_redirect.is_some(),
+                    config.acme_renew_after.map(Duration::from_secs),
+                )?;
+                let certs = Arc::new(amphi_tls::Certs::empty());
+                let stored = acme.load_stored().map(|(key, validity)| {
+                    certs.set(key);
+                    eprintln!(
+                        "amphi: ACME: using the stored certificate in {}",
+                        acme.dir.display()
+                    );
+                    validity
+                });
+                let server = amphi_tls::server_config(certs.clone()).context("configuring TLS")?;
+                let front = Arc::new(crate::front::FrontTls::new(server, rate, rate));
+                Some(Tls {
+                    certs,
+                    front,
+                    acme: Some((acme, stored)),
+                })
             }
             _ => None,
         };
         let redirect = match config.http_redirect {
             Some(addr) if tls.is_some() => Some(rt.block_on(async { bind_http(addr) })?),
-            Some(_) => anyhow::bail!("--http-redirect needs TLS (--tls-cert and --tls-key)"),
+            Some(_) => anyhow::bail!(
+                "--http-redirect needs TLS (--tls-cert and --tls-key, or --acme-domain)"
+            ),
             None => None,
         };
         let (app, router, listener) = rt.block_on(load(config))?;
+        if let Some((acme, None)) = tls.as_ref().and_then(|t| t.acme.as_ref()) {
+            *app.cert_pending.write() = Some(format!(
+                "no TLS certificate yet: the ACME order for {} is pending",
+                acme.domains.join(", ")
+            ));
+        }
         Ok(Node {
             rt,
             app,
@@ -253,6 +321,10 @@ impl Node {
                 tokio::spawn(crate::redirect::serve(r, app.clone(), port));
             }
             let front = tls.map(|t| {
+                if let Some((acme, stored)) = t.acme {
+                    tokio::spawn(crate::acme::run(acme, t.certs.clone(), app.clone(), stored));
+                    return t.front;
+                }
                 let certs = t.certs.clone();
                 tokio::spawn(async move {
                     let mut iv = tokio::time::interval(CERT_POLL);
@@ -434,6 +506,7 @@ async fn load(args: Config) -> anyhow::Result<(Arc<App>, Router, tokio::net::Tcp
             .map(|k| TokenKey::derive(k.as_bytes())),
         started: Instant::now(),
         acme_http01: RwLock::new(Default::default()),
+        cert_pending: RwLock::new(None),
         turn: turn_config(&args)?,
         members: members.clone(),
     });
@@ -544,12 +617,9 @@ async fn observe(State(app): State<Arc<App>>, req: Request, next: Next) -> Respo
 }
 
 async fn readyz(State(app): State<Arc<App>>) -> Response {
-    if let Err(e) = app.members.ready() {
-        e.into_response()
-    } else if app.media.healthy() {
-        "ready\n".into_response()
-    } else {
-        ApiError::unavailable("the media plane is not running", 1).into_response()
+    match app.readiness() {
+        Ok(()) => "ready\n".into_response(),
+        Err(e) => e.into_response(),
     }
 }
 

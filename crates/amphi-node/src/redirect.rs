@@ -1,6 +1,8 @@
 //! `--http-redirect`: the plain-HTTP port of a node that serves HTTPS. It
 //! answers 308 to the same path on https, except `/healthz` (load
-//! balancers probe over plain HTTP) and ACME HTTP-01 challenges.
+//! balancers probe over plain HTTP), `/readyz` (which says why a node
+//! waiting for its first ACME certificate is not ready) and ACME HTTP-01
+//! challenges.
 
 use std::sync::Arc;
 
@@ -19,6 +21,7 @@ use crate::app::App;
 pub async fn serve(listener: TcpListener, app: Arc<App>, https_port: u16) {
     let router = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
         .fallback(redirect)
         .with_state((app.clone(), https_port));
     loop {
@@ -42,6 +45,13 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, https_port: u16) {
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;
         });
+    }
+}
+
+async fn readyz(State((app, _)): State<(Arc<App>, u16)>) -> Response {
+    match app.readiness() {
+        Ok(()) => "ready\n".into_response(),
+        Err(e) => e.into_response(),
     }
 }
 

@@ -1,49 +1,47 @@
-//! The RTC thread: one UDP socket, every session's str0m `Rtc`.
+//! The RTC thread: the thin socket loop around the sans-IO [`Ingest`].
+//!
+//! It owns the sockets (one UDP socket; with ICE-TCP, its listener or the
+//! connections another server adopted to it), waits on them with `poll(2)`, hands
+//! datagrams, RFC 4571 frames, commands and the time to the ingest, sends
+//! its transmits and forwards its events. Every decision (routing, the
+//! gate, timeouts) is the ingest's; this file only moves bytes.
 
 use std::collections::HashMap;
-use std::io::ErrorKind;
-use std::net::{SocketAddr, UdpSocket};
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use amphi_core::{ParticipantId, SpaceId};
-use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
-use str0m::change::SdpOffer;
-use str0m::format::Codec;
-use str0m::media::{Direction, Frequency, MediaKind, MediaTime, Mid};
-use str0m::net::{Protocol, Receive};
-use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 
-use crate::{
-    Cmd, RtcConfig, RtcError, RtcEvent, RtcHandle, RtcStats, SessionId, SessionInfo,
-    SessionRequest, channel, sdp,
-};
+use crate::framing::{self, Deframer};
+use crate::ingest::{Ingest, IngestConfig, Output, Transport};
+use crate::{Cmd, IceTcp, RtcConfig, RtcError, RtcEvent, RtcHandle, RtcStats, channel};
 
-/// Longest the thread sleeps in `recv` before looking at commands again.
+/// Longest the thread waits in `poll` before looking at commands again.
 const MAX_WAIT: Duration = Duration::from_millis(5);
-
-struct Session {
-    id: SessionId,
-    space: SpaceId,
-    participant: ParticipantId,
-    rtc: Rtc,
-    audible: Arc<std::sync::atomic::AtomicBool>,
-    created: Instant,
-    connected: bool,
-    /// Where to send return audio: the audio mid if it can send.
-    send_mid: Option<Mid>,
-    return_ts: u64,
-    timeout: Instant,
-    dead: Option<&'static str>,
-}
+/// Shortest wait, so a timer due now cannot spin the loop.
+const MIN_WAIT: Duration = Duration::from_millis(1);
+/// Datagrams read per wake-up before the loop looks at timers again.
+const UDP_BATCH: usize = 64;
+/// An ICE-TCP connection that brings nothing for this long is closed
+/// (a live peer's consent checks come every few seconds).
+const TCP_IDLE: Duration = Duration::from_secs(20);
+/// An ICE-TCP connection must bring a frame that reaches a session (a
+/// STUN check naming one) within this, or it is closed.
+const TCP_FIRST_FRAME: Duration = Duration::from_secs(10);
+/// Bytes queued for one ICE-TCP peer before packets are dropped (real-time
+/// audio is better dropped than late).
+const TCP_OUT_MAX: usize = 64 * 1024;
 
 /// The engine: its thread and its socket address.
 pub struct RtcEngine {
     handle: RtcHandle,
     local: SocketAddr,
+    tcp_local: Option<SocketAddr>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -60,11 +58,29 @@ impl RtcEngine {
     /// returned receiver.
     pub fn start(cfg: RtcConfig) -> Result<(RtcEngine, Receiver<RtcEvent>), RtcError> {
         let socket = UdpSocket::bind(cfg.bind)?;
+        socket.set_nonblocking(true)?;
         let local = socket.local_addr()?;
-        let advertised = match cfg.advertise_ip {
+        let advertise = |local: SocketAddr| match cfg.advertise_ip {
             Some(ip) => SocketAddr::new(ip, local.port()),
             None if local.ip().is_unspecified() => SocketAddr::from(([127, 0, 0, 1], local.port())),
             None => local,
+        };
+        let advertised = advertise(local);
+        let (listener, tcp_port) = match cfg.ice_tcp {
+            IceTcp::Off => (None, None),
+            IceTcp::Listen(addr) => {
+                let l = TcpListener::bind(addr)?;
+                l.set_nonblocking(true)?;
+                let port = l.local_addr()?.port();
+                (Some(l), Some(port))
+            }
+            IceTcp::Adopted { port } => (None, Some(port)),
+        };
+        let tcp_local = listener.as_ref().map(TcpListener::local_addr).transpose()?;
+        let tcp_advertised = match (tcp_local, tcp_port) {
+            (Some(l), _) => Some(advertise(l)),
+            (None, Some(port)) => Some(SocketAddr::new(advertised.ip(), port)),
+            (None, None) => None,
         };
         let (tx, rx) = channel();
         let (ev_tx, ev_rx) = crossbeam_channel::bounded(8192);
@@ -73,19 +89,29 @@ impl RtcEngine {
             tx,
             stats: stats.clone(),
         };
-        let provider = Arc::new(str0m::crypto::from_feature_flags());
+        let ingest = Ingest::new(
+            IngestConfig {
+                udp: advertised,
+                tcp: tcp_advertised,
+                loopback: local.ip().is_loopback(),
+                connect_timeout: cfg.connect_timeout,
+                max_sessions: cfg.max_sessions,
+            },
+            stats,
+        );
+        let max_conns = cfg.max_sessions.saturating_mul(2).max(16);
         let mut thread = Thread {
             socket,
-            local,
             advertised,
-            cfg,
+            tcp: tcp_advertised.map(|advertised| Tcp {
+                listener,
+                advertised,
+                conns: HashMap::new(),
+                max_conns,
+            }),
             rx,
             events: ev_tx,
-            stats,
-            sessions: Vec::new(),
-            by_source: HashMap::new(),
-            own: crate::hostaddr::OwnAddrs::default(),
-            provider,
+            ingest,
         };
         let join = std::thread::Builder::new()
             .name("amphi-rtc".into())
@@ -94,6 +120,7 @@ impl RtcEngine {
             RtcEngine {
                 handle,
                 local,
+                tcp_local,
                 thread: Some(join),
             },
             ev_rx,
@@ -110,6 +137,11 @@ impl RtcEngine {
         self.local
     }
 
+    /// The bound ICE-TCP listener address, with [`IceTcp::Listen`].
+    pub fn tcp_local_addr(&self) -> Option<SocketAddr> {
+        self.tcp_local
+    }
+
     /// Closes every session and stops the thread.
     pub fn shutdown(mut self) {
         let _ = self.handle.tx.send(Cmd::Shutdown);
@@ -121,316 +153,336 @@ impl RtcEngine {
 
 struct Thread {
     socket: UdpSocket,
-    local: SocketAddr,
+    /// The UDP candidate address (the `destination` of every datagram).
     advertised: SocketAddr,
-    cfg: RtcConfig,
+    tcp: Option<Tcp>,
     rx: Receiver<Cmd>,
     events: Sender<RtcEvent>,
-    stats: Arc<RtcStats>,
-    sessions: Vec<Session>,
-    /// Remote address → session, learned once a datagram was accepted.
-    by_source: HashMap<SocketAddr, SessionId>,
-    /// This host's interface addresses (sources accepted on loopback).
-    own: crate::hostaddr::OwnAddrs,
-    provider: Arc<str0m::config::CryptoProvider>,
+    ingest: Ingest,
+}
+
+/// The ICE-TCP side: its listener (unless connections are adopted) and
+/// its connections.
+struct Tcp {
+    listener: Option<TcpListener>,
+    /// The TCP candidate address (the `destination` of every frame).
+    advertised: SocketAddr,
+    conns: HashMap<SocketAddr, Conn>,
+    max_conns: usize,
+}
+
+/// One ICE-TCP connection.
+struct Conn {
+    stream: TcpStream,
+    deframer: Deframer,
+    /// Framed bytes not yet written.
+    out: Vec<u8>,
+    last_in: Instant,
+    /// When it was taken; `None` once a frame reached a session.
+    unrouted_since: Option<Instant>,
 }
 
 impl Thread {
     fn run(&mut self) {
         let mut buf = vec![0u8; 2048];
+        let mut fds: Vec<libc::pollfd> = Vec::new();
+        let mut peers: Vec<SocketAddr> = Vec::new();
         loop {
             while let Ok(cmd) = self.rx.try_recv() {
                 if matches!(cmd, Cmd::Shutdown) {
-                    for s in &mut self.sessions {
-                        s.dead = Some("shutdown");
-                    }
-                    self.reap();
+                    self.ingest.shutdown();
+                    self.flush();
                     return;
                 }
                 self.command(cmd);
             }
             let now = Instant::now();
-            let mut next = now + MAX_WAIT;
-            for i in 0..self.sessions.len() {
-                self.drive(i, now);
-                next = next.min(self.sessions[i].timeout);
+            self.ingest.handle_timeout(now);
+            self.flush();
+            self.reap_idle(now);
+            let wait = self
+                .ingest
+                .poll_timeout()
+                .map_or(MAX_WAIT, |t| t.saturating_duration_since(Instant::now()))
+                .clamp(MIN_WAIT, MAX_WAIT);
+            self.fill_pollfds(&mut fds, &mut peers);
+            // SAFETY: `fds` is a valid, initialised array of pollfd of the
+            // given length, alive for the call.
+            let n = unsafe {
+                libc::poll(
+                    fds.as_mut_ptr(),
+                    fds.len() as libc::nfds_t,
+                    wait.as_millis() as libc::c_int,
+                )
+            };
+            if n <= 0 {
+                continue;
             }
-            self.reap();
-            let wait = next
-                .saturating_duration_since(Instant::now())
-                .clamp(Duration::from_millis(1), MAX_WAIT);
-            let _ = self.socket.set_read_timeout(Some(wait));
-            match self.socket.recv_from(&mut buf) {
-                Ok((n, source)) => self.datagram(&buf[..n], source),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
-                    ) => {}
+            if fds[0].revents != 0 {
+                self.read_udp(&mut buf);
+            }
+            if let Some(tcp) = &self.tcp {
+                let mut first_conn = 1;
+                if tcp.listener.is_some() {
+                    first_conn = 2;
+                    if fds[1].revents != 0 {
+                        self.accept();
+                    }
+                }
+                for (fd, peer) in fds[first_conn..].iter().zip(&peers) {
+                    if fd.revents & libc::POLLOUT != 0 {
+                        self.write_tcp(*peer);
+                    }
+                    if fd.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
+                        self.read_tcp(*peer);
+                    }
+                }
+            }
+        }
+    }
+
+    fn fill_pollfds(&self, fds: &mut Vec<libc::pollfd>, peers: &mut Vec<SocketAddr>) {
+        let pfd = |fd: i32, events: i16| libc::pollfd {
+            fd,
+            events,
+            revents: 0,
+        };
+        fds.clear();
+        peers.clear();
+        fds.push(pfd(self.socket.as_raw_fd(), libc::POLLIN));
+        if let Some(tcp) = &self.tcp {
+            if let Some(l) = &tcp.listener {
+                fds.push(pfd(l.as_raw_fd(), libc::POLLIN));
+            }
+            for (peer, c) in &tcp.conns {
+                let mut ev = libc::POLLIN;
+                if !c.out.is_empty() {
+                    ev |= libc::POLLOUT;
+                }
+                fds.push(pfd(c.stream.as_raw_fd(), ev));
+                peers.push(*peer);
+            }
+        }
+    }
+
+    fn read_udp(&mut self, buf: &mut [u8]) {
+        for _ in 0..UDP_BATCH {
+            match self.socket.recv_from(buf) {
+                Ok((n, source)) => {
+                    self.ingest.handle_datagram(
+                        Instant::now(),
+                        Transport::Udp,
+                        source,
+                        self.advertised,
+                        &buf[..n],
+                    );
+                    self.flush();
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) => {
                     // ICMP errors (e.g. port unreachable after a peer left)
                     // surface here on Linux; they are not fatal.
                     tracing::debug!(error = %e, "udp recv");
                 }
             }
-            let now = Instant::now();
-            for i in 0..self.sessions.len() {
-                if self.sessions[i].timeout <= now {
-                    let s = &mut self.sessions[i];
-                    if s.rtc.handle_input(Input::Timeout(now)).is_err() {
-                        s.dead = Some("rtc error");
+        }
+    }
+
+    fn accept(&mut self) {
+        loop {
+            let Some(listener) = self.tcp.as_ref().and_then(|t| t.listener.as_ref()) else {
+                return;
+            };
+            match listener.accept() {
+                Ok((stream, peer)) => self.adopt(stream, peer),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// Takes an ICE-TCP connection: accepted here or handed over.
+    fn adopt(&mut self, stream: TcpStream, peer: SocketAddr) {
+        let stats = self.ingest.stats();
+        let Some(tcp) = &mut self.tcp else {
+            stats.garbage_datagrams.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        if tcp.conns.len() >= tcp.max_conns
+            || tcp.conns.contains_key(&peer)
+            || stream.set_nonblocking(true).is_err()
+        {
+            stats.garbage_datagrams.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let _ = stream.set_nodelay(true);
+        stats.tcp_connections.fetch_add(1, Ordering::Relaxed);
+        tcp.conns.insert(
+            peer,
+            Conn {
+                stream,
+                deframer: Deframer::default(),
+                out: Vec::new(),
+                last_in: Instant::now(),
+                unrouted_since: Some(Instant::now()),
+            },
+        );
+    }
+
+    /// Reads what a connection has, hands every whole frame to the ingest.
+    fn read_tcp(&mut self, peer: SocketAddr) {
+        let Some(tcp) = &mut self.tcp else { return };
+        let destination = tcp.advertised;
+        let Some(c) = tcp.conns.get_mut(&peer) else {
+            return;
+        };
+        let mut close = false;
+        loop {
+            match c.stream.read(c.deframer.spare()) {
+                Ok(0) => {
+                    close = true;
+                    break;
+                }
+                Ok(n) => {
+                    c.deframer.filled(n);
+                    c.last_in = Instant::now();
+                    loop {
+                        match c.deframer.next_frame() {
+                            Ok(Some(f)) => {
+                                let routed = self.ingest.handle_datagram(
+                                    Instant::now(),
+                                    Transport::Tcp,
+                                    peer,
+                                    destination,
+                                    f,
+                                );
+                                if routed {
+                                    c.unrouted_since = None;
+                                } else if c.unrouted_since.is_some() {
+                                    // The first frames must be ICE: this
+                                    // connection is not a peer's.
+                                    close = true;
+                                    break;
+                                }
+                            }
+                            Ok(None) => break,
+                            Err(_) => {
+                                self.ingest
+                                    .stats()
+                                    .garbage_datagrams
+                                    .fetch_add(1, Ordering::Relaxed);
+                                close = true;
+                                break;
+                            }
+                        }
+                    }
+                    if close {
+                        break;
                     }
                 }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    close = true;
+                    break;
+                }
+            }
+        }
+        if close {
+            tcp.conns.remove(&peer);
+        }
+        self.flush();
+    }
+
+    /// Writes what is queued for a connection, as far as the socket takes.
+    fn write_tcp(&mut self, peer: SocketAddr) {
+        let Some(tcp) = &mut self.tcp else { return };
+        let Some(c) = tcp.conns.get_mut(&peer) else {
+            return;
+        };
+        let mut written = 0;
+        let mut close = false;
+        while written < c.out.len() {
+            match c.stream.write(&c.out[written..]) {
+                Ok(0) => {
+                    close = true;
+                    break;
+                }
+                Ok(n) => written += n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    close = true;
+                    break;
+                }
+            }
+        }
+        c.out.drain(..written);
+        if close {
+            tcp.conns.remove(&peer);
+        }
+    }
+
+    /// Closes ICE-TCP connections that brought nothing for a while, or no
+    /// check of a session soon enough.
+    fn reap_idle(&mut self, now: Instant) {
+        if let Some(tcp) = &mut self.tcp {
+            tcp.conns.retain(|_, c| {
+                now.saturating_duration_since(c.last_in) < TCP_IDLE
+                    && c.unrouted_since
+                        .is_none_or(|t| now.saturating_duration_since(t) < TCP_FIRST_FRAME)
+            });
+        }
+    }
+
+    /// Does what the ingest asks: sends, forwards events.
+    fn flush(&mut self) {
+        while let Some(out) = self.ingest.poll_output() {
+            match out {
+                Output::Transmit(t) if t.transport == Transport::Udp => {
+                    let _ = self.socket.send_to(&t.contents, t.destination);
+                }
+                Output::Transmit(t) => {
+                    let Some(tcp) = &mut self.tcp else { continue };
+                    let Some(c) = tcp.conns.get_mut(&t.destination) else {
+                        continue;
+                    };
+                    if c.out.len() + 2 + t.contents.len() <= TCP_OUT_MAX {
+                        let was_empty = c.out.is_empty();
+                        framing::frame(&mut c.out, &t.contents);
+                        if was_empty {
+                            self.write_tcp(t.destination);
+                        }
+                    }
+                }
+                Output::Event(ev) => self.emit(ev),
             }
         }
     }
 
     fn emit(&self, ev: RtcEvent) {
         if let Err(TrySendError::Full(_)) = self.events.try_send(ev) {
-            self.stats.events_dropped.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    fn datagram(&mut self, data: &[u8], source: SocketAddr) {
-        self.stats.datagrams_in.fetch_add(1, Ordering::Relaxed);
-        self.stats
-            .bytes_in
-            .fetch_add(data.len() as u64, Ordering::Relaxed);
-        // Bound to loopback, only this host's own peers are answered. A
-        // stock browser never gathers a loopback candidate: it sends from
-        // its own interface address (e.g. 192.0.2.2) to 127.0.0.1, and the
-        // kernel delivers that over `lo`. Such a source is this host, so it
-        // is accepted; anything else cannot be answered from loopback.
-        if self.local.ip().is_loopback()
-            && !source.ip().is_loopback()
-            && !self.own.contains(source.ip(), Instant::now())
-        {
-            self.stats.garbage_datagrams.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        let Ok(contents) = data.try_into() else {
-            self.stats.garbage_datagrams.fetch_add(1, Ordering::Relaxed);
-            return;
-        };
-        let input = Input::Receive(
-            Instant::now(),
-            Receive {
-                proto: Protocol::Udp,
-                source,
-                destination: self.advertised,
-                contents,
-            },
-        );
-        let idx = self
-            .by_source
-            .get(&source)
-            .and_then(|id| self.sessions.iter().position(|s| s.id == *id))
-            .filter(|i| self.sessions[*i].rtc.accepts(&input))
-            .or_else(|| self.sessions.iter().position(|s| s.rtc.accepts(&input)));
-        let Some(i) = idx else {
-            self.stats.garbage_datagrams.fetch_add(1, Ordering::Relaxed);
-            return;
-        };
-        let s = &mut self.sessions[i];
-        self.by_source.insert(source, s.id);
-        if s.rtc.handle_input(input).is_err() {
-            s.dead = Some("rtc error");
-        }
-        self.drive(i, Instant::now());
-    }
-
-    /// Drains a session's outputs: transmits, events, the next timeout.
-    fn drive(&mut self, i: usize, now: Instant) {
-        loop {
-            let s = &mut self.sessions[i];
-            if s.dead.is_some() {
-                return;
-            }
-            if !s.connected && now.duration_since(s.created) > self.cfg.connect_timeout {
-                s.dead = Some("ice timeout");
-                self.stats
-                    .sessions_timed_out
-                    .fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-            let out = match s.rtc.poll_output() {
-                Ok(o) => o,
-                Err(_) => {
-                    s.dead = Some("rtc error");
-                    return;
-                }
-            };
-            match out {
-                Output::Timeout(t) => {
-                    s.timeout = t;
-                    return;
-                }
-                Output::Transmit(t) => {
-                    let _ = self.socket.send_to(&t.contents, t.destination);
-                }
-                Output::Event(ev) => self.event(i, ev),
-            }
-        }
-    }
-
-    fn event(&mut self, i: usize, ev: Event) {
-        let s = &mut self.sessions[i];
-        match ev {
-            Event::Connected => {
-                s.connected = true;
-                let ev = RtcEvent::Connected {
-                    id: s.id,
-                    space: s.space,
-                    participant: s.participant,
-                };
-                self.emit(ev);
-            }
-            Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
-                s.dead = Some("disconnected");
-            }
-            Event::MediaAdded(m)
-                if m.kind == MediaKind::Audio
-                    && matches!(m.direction, Direction::SendRecv | Direction::SendOnly) =>
-            {
-                s.send_mid = Some(m.mid);
-            }
-            Event::MediaData(d) => {
-                self.stats.packets_in.fetch_add(1, Ordering::Relaxed);
-                if !s.audible.load(Ordering::Acquire) {
-                    self.stats.dropped_inaudible.fetch_add(1, Ordering::Relaxed);
-                    return;
-                }
-                let ev = RtcEvent::Audio {
-                    id: s.id,
-                    space: s.space,
-                    participant: s.participant,
-                    rtp_seq: d.seq_range.start().as_u16(),
-                    rtp_ts: d.time.numer() as u32,
-                    payload: Bytes::copy_from_slice(&d.data),
-                    received_at: d.network_time,
-                };
-                self.emit(ev);
-            }
-            _ => {}
+            self.ingest
+                .stats()
+                .events_dropped
+                .fetch_add(1, Ordering::Relaxed);
         }
     }
 
     fn command(&mut self, cmd: Cmd) {
         match cmd {
             Cmd::Create { req, reply } => {
-                let _ = reply.send(self.create(req));
+                let _ = reply.send(self.ingest.create(Instant::now(), req));
             }
-            Cmd::Close { id, owner } => {
-                for s in &mut self.sessions {
-                    if s.id == id && owner.is_none_or(|o| o == s.participant) {
-                        s.dead = Some("closed");
-                    }
-                }
-                self.reap();
-            }
+            Cmd::Close { id, owner } => self.ingest.close(id, owner),
             Cmd::CloseParticipant { space, participant } => {
-                for s in &mut self.sessions {
-                    if s.space == space && s.participant == participant {
-                        s.dead = Some("removed");
-                    }
-                }
-                self.reap();
+                self.ingest.close_participant(space, participant)
             }
-            Cmd::Send { id, opus } => {
-                if let Some(s) = self.sessions.iter_mut().find(|s| s.id == id && s.connected) {
-                    let Some(mid) = s.send_mid else { return };
-                    let ts = s.return_ts;
-                    s.return_ts += 960;
-                    let Some(writer) = s.rtc.writer(mid) else {
-                        return;
-                    };
-                    let pt = writer
-                        .payload_params()
-                        .find(|p| p.spec().codec == Codec::Opus)
-                        .map(|p| p.pt());
-                    if let Some(pt) = pt
-                        && writer
-                            .write(
-                                pt,
-                                Instant::now(),
-                                MediaTime::new(ts, Frequency::FORTY_EIGHT_KHZ),
-                                opus.to_vec(),
-                            )
-                            .is_ok()
-                    {
-                        self.stats.packets_out.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
+            Cmd::Send { id, opus } => self.ingest.send_audio(Instant::now(), id, &opus),
+            Cmd::AdoptTcp { stream, peer } => self.adopt(stream, peer),
             Cmd::Shutdown => {}
         }
-    }
-
-    fn create(&mut self, req: SessionRequest) -> Result<SessionInfo, RtcError> {
-        if self.sessions.len() >= self.cfg.max_sessions {
-            return Err(RtcError::TooManySessions);
-        }
-        let summary = sdp::summarize_offer(&req.offer_sdp)?;
-        let offer = SdpOffer::from_sdp_string(&req.offer_sdp)
-            .map_err(|e| RtcError::BadSdp(e.to_string()))?;
-        let now = Instant::now();
-        let mut rtc = Rtc::builder()
-            .set_ice_lite(true)
-            .set_crypto_provider(self.provider.clone())
-            .clear_codecs()
-            .enable_opus(true, false)
-            .build(now);
-        let candidate =
-            Candidate::host(self.advertised, "udp").map_err(|e| RtcError::Engine(e.to_string()))?;
-        rtc.add_local_candidate(candidate);
-        let answer = rtc
-            .sdp_api()
-            .accept_offer(offer)
-            .map_err(|e| RtcError::BadSdp(e.to_string()))?;
-        let id = SessionId(rand::random());
-        self.sessions.push(Session {
-            id,
-            space: req.space,
-            participant: req.participant,
-            rtc,
-            audible: req.audible,
-            created: now,
-            connected: false,
-            send_mid: None,
-            return_ts: rand::random::<u32>() as u64,
-            timeout: now,
-            dead: None,
-        });
-        self.stats.sessions_opened.fetch_add(1, Ordering::Relaxed);
-        self.stats
-            .sessions
-            .store(self.sessions.len() as u64, Ordering::Relaxed);
-        Ok(SessionInfo {
-            id,
-            answer_sdp: answer.to_sdp_string(),
-            sends_return_audio: summary.receives_audio,
-        })
-    }
-
-    fn reap(&mut self) {
-        let mut i = 0;
-        while i < self.sessions.len() {
-            if let Some(reason) = self.sessions[i].dead {
-                let mut s = self.sessions.swap_remove(i);
-                s.rtc.disconnect();
-                self.by_source.retain(|_, id| *id != s.id);
-                self.emit(RtcEvent::Closed {
-                    id: s.id,
-                    space: s.space,
-                    participant: s.participant,
-                    reason,
-                });
-            } else {
-                i += 1;
-            }
-        }
-        self.stats
-            .sessions
-            .store(self.sessions.len() as u64, Ordering::Relaxed);
+        self.flush();
     }
 }

@@ -1,15 +1,21 @@
 //! WHIP ingest on str0m: every speaker's WebRTC session on one UDP socket.
 //!
-//! The engine is a thin thread around str0m's sans-IO `Rtc`: it receives
-//! datagrams, routes each to the session that accepts it, drives timeouts,
-//! sends what str0m asks, and turns received Opus into [`RtcEvent::Audio`].
-//! **The ingest gate lives here**: a session whose `audible` flag is false
-//! has its audio dropped (and counted) before it leaves this thread, so a
-//! muted, removed or off-stage participant reaches nobody.
+//! Split like quinn: [`Ingest`] (`ingest.rs`) is the sans-IO state machine
+//! around every session's str0m `Rtc`: it routes each datagram to its
+//! session in O(1) (STUN by the local ICE ufrag, the rest by source
+//! address), drives timeouts on the time it is given, and turns received
+//! Opus into [`RtcEvent::Audio`]. [`RtcEngine`] (`engine.rs`) is the thin
+//! thread that owns the UDP socket around it.
+//! **The ingest gate lives in `Ingest`**: a session whose `audible` flag is
+//! false has its audio dropped (and counted) before it leaves the RTC
+//! thread, so a muted, removed or off-stage participant reaches nobody.
 
 mod engine;
+pub mod framing;
 mod hostaddr;
+pub mod ingest;
 mod sdp;
+pub mod stun;
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -23,13 +29,17 @@ use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
 
 pub use engine::RtcEngine;
-pub use sdp::{OfferSummary, summarize_offer};
+pub use ingest::Ingest;
+pub use sdp::{OfferSummary, summarize_offer, without_trickle};
 
 /// Settings of the engine.
 #[derive(Debug, Clone)]
 pub struct RtcConfig {
     /// UDP address to bind.
     pub bind: SocketAddr,
+    /// ICE-TCP (RFC 6544 passive host candidates, RFC 4571 framing), so a
+    /// speaker whose UDP is blocked can still publish.
+    pub ice_tcp: IceTcp,
     /// Address to advertise in candidates when `bind` is a wildcard.
     pub advertise_ip: Option<IpAddr>,
     /// A session that does not connect within this is closed.
@@ -42,11 +52,27 @@ impl Default for RtcConfig {
     fn default() -> Self {
         RtcConfig {
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            ice_tcp: IceTcp::Off,
             advertise_ip: None,
             connect_timeout: Duration::from_secs(30),
             max_sessions: 500,
         }
     }
+}
+
+/// Where ICE-TCP connections come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IceTcp {
+    /// UDP only: answers carry no TCP candidate.
+    Off,
+    /// The engine listens on this address itself (its own port).
+    Listen(SocketAddr),
+    /// Another server accepts the connections on this TCP port (the
+    /// node's HTTP front door, which tells them apart by their first bytes
+    /// with [`framing::is_ice_tcp_preface`]) and hands each over with
+    /// [`RtcHandle::adopt_tcp`]. The candidate is the UDP address's IP with
+    /// this port.
+    Adopted { port: u16 },
 }
 
 /// Identifier of one WHIP session, shown as 16 hex digits.
@@ -151,6 +177,7 @@ pub struct RtcStats {
     pub garbage_datagrams: AtomicU64,
     pub events_dropped: AtomicU64,
     pub packets_out: AtomicU64,
+    pub tcp_connections: AtomicU64,
 }
 
 impl RtcStats {
@@ -158,7 +185,7 @@ impl RtcStats {
     pub fn render_prometheus(&self, out: &mut String) {
         use fmt::Write;
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let rows: [(&str, &str, &str, u64); 10] = [
+        let rows: [(&str, &str, &str, u64); 11] = [
             (
                 "amphi_rtc_sessions",
                 "gauge",
@@ -219,6 +246,12 @@ impl RtcStats {
                 "Return-audio packets sent to speakers.",
                 l(&self.packets_out),
             ),
+            (
+                "amphi_rtc_tcp_connections_total",
+                "counter",
+                "ICE-TCP connections accepted.",
+                l(&self.tcp_connections),
+            ),
         ];
         for (name, kind, help, v) in rows {
             let _ = writeln!(
@@ -245,6 +278,10 @@ pub(crate) enum Cmd {
     Send {
         id: SessionId,
         opus: Bytes,
+    },
+    AdoptTcp {
+        stream: std::net::TcpStream,
+        peer: SocketAddr,
     },
     Shutdown,
 }
@@ -295,6 +332,14 @@ impl RtcHandle {
     /// Sends one 20 ms Opus frame to a session that receives audio.
     pub fn send_audio(&self, id: SessionId, opus: Bytes) {
         let _ = self.tx.try_send(Cmd::Send { id, opus });
+    }
+
+    /// Hands over an accepted ICE-TCP connection (with
+    /// [`IceTcp::Adopted`]): the bytes already read from it are not lost
+    /// only if the caller peeked them (`MSG_PEEK`) rather than read them.
+    /// Refused (dropped, counted as garbage) without `IceTcp::Adopted`.
+    pub fn adopt_tcp(&self, stream: std::net::TcpStream, peer: SocketAddr) {
+        let _ = self.tx.try_send(Cmd::AdoptTcp { stream, peer });
     }
 
     /// The engine's counters.

@@ -77,6 +77,33 @@ pub fn summarize_offer(sdp: &str) -> Result<OfferSummary, RtcError> {
     Ok(out)
 }
 
+/// The answer without `a=ice-options:trickle`.
+///
+/// str0m always writes it, but amphi is ICE-lite with every candidate in
+/// the answer and answers WHIP `PATCH` with 405; RFC 9725 lets a server
+/// refuse trickle that way only if its answer does not claim it. Other ICE
+/// options on the line are kept; a line left empty is dropped.
+pub fn without_trickle(answer: &str) -> String {
+    let mut out = String::with_capacity(answer.len());
+    for line in answer.split_inclusive('\n') {
+        let body = line.trim_end_matches(['\r', '\n']);
+        if let Some(opts) = body.strip_prefix("a=ice-options:") {
+            let kept: Vec<&str> = opts
+                .split_whitespace()
+                .filter(|o| !o.eq_ignore_ascii_case("trickle"))
+                .collect();
+            if !kept.is_empty() {
+                out.push_str("a=ice-options:");
+                out.push_str(&kept.join(" "));
+                out.push_str("\r\n");
+            }
+            continue;
+        }
+        out.push_str(line);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,6 +131,19 @@ mod tests {
             summarize_offer("v=0\r\ngarbage\r\n"),
             Err(RtcError::BadSdp(_))
         ));
+    }
+
+    #[test]
+    fn trickle_is_not_claimed() {
+        let answer = "v=0\r\na=ice-lite\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=ice-ufrag:u\r\na=ice-options:trickle\r\na=setup:passive\r\nm=audio 9 X 0\r\na=ice-options:trickle renomination\r\n";
+        let out = without_trickle(answer);
+        assert!(!out.contains("trickle"), "{out}");
+        assert!(out.contains("a=ice-options:renomination\r\n"), "{out}");
+        assert!(
+            out.contains("a=ice-ufrag:u\r\na=setup:passive\r\n"),
+            "{out}"
+        );
+        assert_eq!(out.lines().count(), answer.lines().count() - 1);
     }
 
     proptest! {

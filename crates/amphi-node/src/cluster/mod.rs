@@ -95,17 +95,6 @@ pub trait Membership: Send + Sync + 'static {
     fn render_metrics(&self, out: &mut String);
 }
 
-/// An edge's outputs of a space, cut from the frames the origin publishes.
-pub trait EdgeSink: Send {
-    /// Takes one frame (in sequence order, none twice).
-    fn frame(&mut self, frame: &Frame);
-    /// The feed stops: `ended`, the space ended (listeners get the end of
-    /// the stream); otherwise nobody listens any more. Dropping a sink
-    /// without closing it keeps its outputs (the node became the origin
-    /// and its mixer feeds them now).
-    fn close(self: Box<Self>, ended: bool);
-}
-
 /// What a membership needs from the node.
 pub trait Host: Send + Sync + 'static {
     /// Whether the node knows `space`.
@@ -134,9 +123,20 @@ pub trait Host: Send + Sync + 'static {
     fn become_origin(&self, space: SpaceId, first_seq: u64);
     /// Another node owns `space` now: stop mixing it here.
     fn abandon(&self, space: SpaceId);
-    /// Fresh outputs for `space` fed from the bus (it is served as an
-    /// edge from now on); `None` if the space is not live.
-    fn open_edge(&self, space: SpaceId) -> Option<Box<dyn EdgeSink>>;
+    /// Fresh outputs for `space`, cut on the media thread from the frames
+    /// handed to [`Host::edge_frames`] (it is served as an edge from now
+    /// on); false if the space is not live.
+    fn open_edge(&self, space: SpaceId) -> bool;
+    /// Frames of an edge's space, oldest first (never blocks).
+    fn edge_frames(&self, space: SpaceId, frames: Vec<Frame>);
+    /// Resolves once the media thread has cut what it was handed before
+    /// (at most 1 s), so first listeners find the history.
+    fn sync_media(&self) -> BoxFuture<'_, ()>;
+    /// The edge feed stops: `ended`, the space ended (listeners get the
+    /// end of the stream after the frames already handed over); otherwise
+    /// nobody listens and the outputs close. Nothing happens to outputs
+    /// the node mixes itself now.
+    fn close_edge(&self, space: SpaceId, ended: bool);
     /// Listeners of `space` on this node now.
     fn local_listeners(&self, space: SpaceId) -> u64;
     /// This node's listeners and whether it mixes, per space worth

@@ -47,7 +47,7 @@ use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tower::ServiceExt;
 
-use super::{EdgeSink, Forwarded, Host, Membership, Owner};
+use super::{Forwarded, Host, Membership, Owner};
 use crate::error::ApiError;
 use crate::metrics::{counter, gauge};
 use crate::timefmt::now_ms;
@@ -78,11 +78,9 @@ struct ClusterStats {
     edges_stopped: AtomicU64,
 }
 
-/// A running edge feed: the task reading the bus, and the outputs it cuts
-/// (shared so the shell can close them when the feed stops).
+/// A running edge feed: the task reading the bus.
 struct Feed {
     task: tokio::task::AbortHandle,
-    sink: Arc<Mutex<Option<Box<dyn EdgeSink>>>>,
 }
 
 /// This node's membership of a cluster over NATS.
@@ -466,7 +464,6 @@ impl Nats {
                         && let Some(feed) = self.feeds.lock().remove(&space)
                     {
                         feed.task.abort();
-                        drop(feed.sink.lock().take());
                     }
                     host.become_origin(space, first_seq);
                 }
@@ -666,10 +663,10 @@ impl Nats {
             self.edges.lock().became_origin(id);
             return;
         }
-        let Some(mut sink) = host.open_edge(id) else {
+        if !host.open_edge(id) {
             self.edges.lock().subscribe_failed(id);
             return;
-        };
+        }
         let mut last: Option<u64> = None;
         let history = tokio::time::timeout(
             HISTORY_TIMEOUT,
@@ -682,10 +679,11 @@ impl Nats {
         match history {
             Ok(Ok(m)) => match amphi_cluster::decode_frames(&m.payload) {
                 Ok(frames) => {
-                    for f in &frames {
-                        sink.frame(f);
-                        last = Some(f.seq);
-                    }
+                    last = frames.last().map(|f| f.seq);
+                    host.edge_frames(id, frames);
+                    // The first listeners' bursts and resumes read what
+                    // the history made: wait until it is cut.
+                    host.sync_media().await;
                 }
                 Err(e) => tracing::warn!(space = %id, error = %e, "malformed history reply"),
             },
@@ -699,8 +697,7 @@ impl Nats {
             self.edges.lock().became_origin(id);
             return;
         }
-        let sink = Arc::new(Mutex::new(Some(sink)));
-        let feed_sink = sink.clone();
+        let feed_host = self.host.get().cloned();
         let stats = self.stats.clone();
         let task = tokio::spawn(async move {
             while let Some(msg) = sub.next().await {
@@ -716,8 +713,8 @@ impl Nats {
                     continue;
                 }
                 last = Some(frame.seq);
-                match feed_sink.lock().as_mut() {
-                    Some(s) => s.frame(&frame),
+                match feed_host.as_ref().and_then(Weak::upgrade) {
+                    Some(h) => h.edge_frames(id, vec![frame]),
                     None => return,
                 }
             }
@@ -726,7 +723,6 @@ impl Nats {
             id,
             Feed {
                 task: task.abort_handle(),
-                sink,
             },
         );
         // The linger may have run out while the feed was starting: the
@@ -746,15 +742,15 @@ impl Nats {
             return;
         };
         self.stats.edges_stopped.fetch_add(1, Ordering::Relaxed);
+        let host = self.host.get().cloned();
         tokio::spawn(async move {
             if ended {
                 // The last frames may still be on the way.
                 tokio::time::sleep(Duration::from_millis(300)).await;
             }
             feed.task.abort();
-            let sink = feed.sink.lock().take();
-            if let Some(sink) = sink {
-                sink.close(ended);
+            if let Some(host) = host.as_ref().and_then(Weak::upgrade) {
+                host.close_edge(space, ended);
             }
         });
     }
