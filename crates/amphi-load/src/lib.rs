@@ -176,7 +176,9 @@ fn run_split(args: LoadArgs, per_child: usize) -> anyhow::Result<()> {
     }
     // Children ramp and warm up first; sample the server after that.
     std::thread::sleep(Duration::from_secs_f64(args.ramp + args.warmup));
-    let sampler = args.pid.map(|p| report::CpuSampler::start(server_pids(&args, p)));
+    let sampler = args
+        .pid
+        .map(|p| report::CpuSampler::start(server_pids(&args, p)));
     let mut merged = Stats::default();
     for c in children {
         let out = c.wait_with_output()?;
