@@ -12,7 +12,14 @@
 //! and WebSocket frames stay whole) and, once it is through, skips straight
 //! to the newest unit; one stuck for longer than the stall timeout is closed.
 //! Memory per listener never grows with how far behind it is.
+//!
+//! Listeners are read too, driven by readiness (one epoll set per worker,
+//! polled between units, never a task per listener): an HTTP listener's
+//! input is drained, a WebSocket listener's control frames are answered
+//! ([`control`]) — a Pong per Ping, a Close echoed — with the reply queued
+//! behind the unit in flight so frames never interleave.
 
+pub mod control;
 mod slot;
 mod worker;
 
@@ -56,6 +63,10 @@ impl Default for EgressConfig {
     }
 }
 
+/// Units of an output's ring a connect burst leaves out (see
+/// [`Output::burst_range`]).
+pub const BURST_MARGIN: usize = 8;
+
 /// One unit of an output: an Ogg page or a WebSocket message.
 #[derive(Debug, Clone)]
 pub struct Unit {
@@ -88,10 +99,27 @@ impl Output {
         self.listeners.load(Ordering::Relaxed)
     }
 
+    /// Units this output keeps.
+    pub fn ring(&self) -> usize {
+        self.ring
+    }
+
     /// The newest `n` units, oldest first: a new listener's burst.
     pub fn recent(&self, n: usize) -> Vec<Unit> {
         let r = self.recent.lock();
         r.iter().skip(r.len().saturating_sub(n)).cloned().collect()
+    }
+
+    /// The unit numbers of the newest `n` units (first, last), if any:
+    /// a connect burst the fan-out sends from its own ring. At most the
+    /// ring less a margin, so units published while the listener is handed
+    /// over do not push the burst's start out of a worker's ring.
+    pub fn burst_range(&self, n: usize) -> Option<(u64, u64)> {
+        let n = n.min(self.ring.saturating_sub(BURST_MARGIN)).max(1);
+        let r = self.recent.lock();
+        let last = r.back()?.seq;
+        let first = r.iter().rev().take(n).last()?.seq;
+        Some((first, last))
     }
 
     /// The newest unit, if any was published.
@@ -116,6 +144,21 @@ pub struct EgressStats {
     pub closed_slow: AtomicU64,
     pub closed_gone: AtomicU64,
     pub listeners: AtomicU64,
+    /// Pongs sent to WebSocket listeners.
+    pub pongs: AtomicU64,
+    /// WebSocket listeners closed by a close handshake (theirs echoed, or
+    /// ours for a protocol violation).
+    pub closed_ws: AtomicU64,
+}
+
+/// What a listener speaks once its handshake is done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// A plain HTTP response body: whatever the client sends is dropped.
+    Http,
+    /// WebSocket: the client's control frames are answered; data from it
+    /// is a policy violation.
+    WebSocket,
 }
 
 /// A listener ready to be served: its HTTP or WebSocket handshake is done.
@@ -123,12 +166,18 @@ pub struct EgressStats {
 pub struct NewListener {
     /// A connected, non-blocking socket.
     pub stream: TcpStream,
-    /// Bytes to send before any unit (response head, stream headers, burst).
+    /// Bytes to send before any unit (response head, stream headers).
     pub pending: Bytes,
     /// The first unit to send after `pending`.
     pub next_unit: u64,
+    /// Units from `next_unit` up to this one are all sent, in order, as
+    /// fast as the socket takes them (a connect burst from the output's
+    /// ring, shared, not copied); after it the skip-to-newest rule applies.
+    pub burst_to: Option<u64>,
     /// Who it is (a participant id), so a ban can close it; 0 if anonymous.
     pub tag: u64,
+    /// What the client speaks.
+    pub protocol: Protocol,
     /// Over TLS: the sealer of the connection's records (its keys left
     /// rustls after the handshake; `pending` is sealed like every unit).
     pub tls: Option<Box<amphi_tls::RecordSealer>>,
@@ -173,7 +222,7 @@ impl Egress {
             // Bounded: a worker busy for seconds makes publish drop units
             // for it (its listeners skip) instead of queueing without end.
             let (tx, rx) = crossbeam_channel::bounded(4096);
-            let worker = Worker::new(rx, cfg.stall_timeout, cfg.ring, stats.clone());
+            let worker = Worker::new(rx, cfg.stall_timeout, stats.clone())?;
             let handle = std::thread::Builder::new()
                 .name(format!("amphi-fanout-{i}"))
                 .spawn(move || worker.run())?;
@@ -198,10 +247,17 @@ impl Egress {
 
     /// A new output with no unit yet.
     pub fn new_output(&self) -> Arc<Output> {
+        self.new_output_with_ring(self.ring)
+    }
+
+    /// A new output keeping `ring` units (at least the fan-out's ring):
+    /// room for a longer connect burst.
+    pub fn new_output_with_ring(&self, ring: usize) -> Arc<Output> {
+        let ring = ring.max(self.ring);
         Arc::new(Output {
             id: self.next_output.fetch_add(1, Ordering::Relaxed),
-            recent: Mutex::new(VecDeque::with_capacity(self.ring)),
-            ring: self.ring,
+            recent: Mutex::new(VecDeque::with_capacity(ring)),
+            ring,
             listeners: AtomicU64::new(0),
             next_seq: AtomicU64::new(0),
         })

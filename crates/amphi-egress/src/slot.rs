@@ -1,11 +1,14 @@
 //! One listener as a worker sees it: O(1) state, never a queue.
 
-use std::io::{ErrorKind, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use amphi_tls::{ContentType, RecordSealer, sealed_len};
 use bytes::Bytes;
+
+use crate::Protocol;
+use crate::control::{Control, Event, MAX_CONTROL_PER_SEC, close_code};
 
 /// What servicing a listener decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,18 +19,47 @@ pub enum Service {
     Gone,
     /// The peer could not keep up for too long.
     Stalled,
+    /// A WebSocket close was sent (an echo, or a protocol violation):
+    /// the socket closes now.
+    Closed,
 }
 
-/// A listener: its socket, the unit in flight and where to go next.
-/// Generic over the writer so tests can play any slow peer.
+/// What the worker reads from a listener.
 #[derive(Debug)]
-pub struct Slot<S: Write = TcpStream> {
+pub(crate) enum Reader {
+    /// An HTTP listener: whatever it sends is read and dropped.
+    Drain,
+    /// An HTTP listener that half-closed: nothing more to read.
+    Done,
+    /// A WebSocket listener: control frames, at most
+    /// [`MAX_CONTROL_PER_SEC`] in any one-second window.
+    Ws {
+        ctl: Control,
+        window: Option<Instant>,
+        count: u8,
+    },
+}
+
+/// Bytes an HTTP listener's reads may drop per readiness event; more waits
+/// for the next event (HTTP clients send nothing after the request).
+const DRAIN_PER_EVENT: usize = 64 * 1024;
+
+/// A listener: its socket, the unit in flight and where to go next.
+/// Generic over the stream so tests can play any slow peer.
+#[derive(Debug)]
+pub struct Slot<S: Read + Write = TcpStream> {
     pub(crate) stream: S,
     pub(crate) cur: Bytes,
     pub(crate) offset: usize,
     pub(crate) next_unit: u64,
+    /// Units up to this number are all sent, in order, before the
+    /// skip-to-newest rule applies (the connect burst).
+    pub(crate) burst_to: Option<u64>,
     pub(crate) tag: u64,
     pub(crate) behind_since: Option<Instant>,
+    pub(crate) reader: Reader,
+    /// The worker's poll token for this socket.
+    pub(crate) token: usize,
     /// Over TLS: the connection's sealer, numbered at the start of `cur`.
     /// Then `offset` counts sealed bytes; the unit is sealed into the
     /// worker's scratch for each pass (the same bytes every time), so a
@@ -37,6 +69,8 @@ pub struct Slot<S: Write = TcpStream> {
 
 /// Source of units for a slot: the worker's recent units of that output.
 pub(crate) trait Units {
+    /// The oldest unit number kept, if any.
+    fn oldest(&self) -> Option<u64>;
     /// The newest unit number, if any.
     fn newest(&self) -> Option<u64>;
     /// Unit `seq`, if still kept.
@@ -49,23 +83,46 @@ pub(crate) struct Tally {
     pub bytes: u64,
     pub writes: u64,
     pub skipped: u64,
+    pub pongs: u64,
 }
 
-impl<S: Write> Slot<S> {
-    pub(crate) fn new(stream: S, pending: Bytes, next_unit: u64, tag: u64) -> Self {
+impl<S: Read + Write> Slot<S> {
+    pub(crate) fn new(
+        stream: S,
+        pending: Bytes,
+        next_unit: u64,
+        tag: u64,
+        protocol: Protocol,
+    ) -> Self {
         Slot {
             stream,
             cur: pending,
             offset: 0,
             next_unit,
+            burst_to: None,
             tag,
             behind_since: None,
+            reader: match protocol {
+                Protocol::Http => Reader::Drain,
+                Protocol::WebSocket => Reader::Ws {
+                    ctl: Control::default(),
+                    window: None,
+                    count: 0,
+                },
+            },
+            token: usize::MAX,
             tls: None,
         }
     }
 
     /// A listener whose bytes are sealed into TLS records by `sealer`.
+    /// Its input is drained, not read: control frames over TLS would need
+    /// the client's records opened (not done yet), so a `wss` listener's
+    /// pings go unanswered.
     pub(crate) fn with_tls(mut self, sealer: Option<Box<RecordSealer>>) -> Self {
+        if sealer.is_some() && matches!(self.reader, Reader::Ws { .. }) {
+            self.reader = Reader::Drain;
+        }
         self.tls = sealer;
         self
     }
@@ -83,9 +140,83 @@ impl<S: Write> Slot<S> {
         self.offset < self.wire_len()
     }
 
-    /// Writes what it can: the rest of the unit in flight, then the next
-    /// units. A listener two or more units behind jumps to the newest unit.
-    /// `scratch` is the worker's buffer for sealing TLS records.
+    /// Whether the slot has bytes in flight: the rest of a unit, or a
+    /// control reply waiting behind it.
+    pub(crate) fn busy(&self) -> bool {
+        self.in_flight()
+            || matches!(&self.reader, Reader::Ws { ctl, .. } if !ctl.pending_reply().is_empty())
+    }
+
+    /// Reads what the peer sent, until the socket is empty or a control
+    /// reply waits to be sent. `Err` ends the listener.
+    pub(crate) fn read(&mut self, now: Instant) -> Result<(), Service> {
+        match &mut self.reader {
+            Reader::Done => Ok(()),
+            Reader::Drain => {
+                let mut scratch = [0u8; 2048];
+                let mut total = 0;
+                while total < DRAIN_PER_EVENT {
+                    match self.stream.read(&mut scratch) {
+                        Ok(0) => {
+                            // A half-close: the response still goes out.
+                            self.reader = Reader::Done;
+                            return Ok(());
+                        }
+                        Ok(n) => total += n,
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+                        Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                        Err(_) => return Err(Service::Gone),
+                    }
+                }
+                Ok(())
+            }
+            Reader::Ws { ctl, window, count } => loop {
+                let buf = ctl.read_buf();
+                if buf.is_empty() {
+                    return Ok(());
+                }
+                match self.stream.read(buf) {
+                    // The peer closed TCP without a close frame.
+                    Ok(0) => return Err(Service::Gone),
+                    Ok(n) => match ctl.advance(n) {
+                        Event::Partial | Event::Violation(_) => {}
+                        Event::Ignored | Event::Ping | Event::Close => {
+                            let start = *window.get_or_insert(now);
+                            if now.duration_since(start) >= Duration::from_secs(1) {
+                                *window = Some(now);
+                                *count = 0;
+                            }
+                            *count = count.saturating_add(1);
+                            if *count > MAX_CONTROL_PER_SEC && !ctl.closing() {
+                                ctl.violation(
+                                    close_code::POLICY_VIOLATION,
+                                    "too many control frames",
+                                );
+                            }
+                        }
+                    },
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(_) => return Err(Service::Gone),
+                }
+            },
+        }
+    }
+
+    /// Notes that the socket took nothing: a stall if it lasts.
+    fn blocked(&mut self, now: Instant, stall: Duration) -> Service {
+        let since = *self.behind_since.get_or_insert(now);
+        if now.duration_since(since) > stall {
+            return Service::Stalled;
+        }
+        Service::Keep
+    }
+
+    /// Writes what it can: the rest of the unit in flight, then a control
+    /// reply if one waits (never inside a unit), then the next units. A
+    /// listener two or more units behind jumps to the newest unit, except
+    /// within its connect burst. `scratch` is the worker's buffer for
+    /// sealing TLS records.
     pub(crate) fn service<U: Units>(
         &mut self,
         units: &U,
@@ -121,15 +252,37 @@ impl<S: Write> Slot<S> {
                         self.offset += n;
                         continue;
                     }
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                        let since = *self.behind_since.get_or_insert(now);
-                        if now.duration_since(since) > stall {
-                            return Service::Stalled;
-                        }
-                        return Service::Keep;
-                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => return self.blocked(now, stall),
                     Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                     Err(_) => return Service::Gone,
+                }
+            }
+            if let Reader::Ws { ctl, .. } = &mut self.reader {
+                let reply = ctl.pending_reply();
+                if !reply.is_empty() {
+                    match self.stream.write(reply) {
+                        Ok(0) => return Service::Gone,
+                        Ok(n) => {
+                            t.writes += 1;
+                            t.bytes += n as u64;
+                            if ctl.sent(n) {
+                                if ctl.closing() {
+                                    return Service::Closed;
+                                }
+                                t.pongs += 1;
+                                // Reads paused behind the reply: resume.
+                                if let Err(v) = self.read(now) {
+                                    return v;
+                                }
+                            }
+                            continue;
+                        }
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                            return self.blocked(now, stall);
+                        }
+                        Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                        Err(_) => return Service::Gone,
+                    }
                 }
             }
             self.behind_since = None;
@@ -139,7 +292,20 @@ impl<S: Write> Slot<S> {
             if self.next_unit > newest {
                 return Service::Keep;
             }
-            if newest - self.next_unit >= 2 || units.get(self.next_unit).is_none() {
+            let in_burst = self.burst_to.is_some_and(|to| self.next_unit <= to);
+            if in_burst
+                && units.get(self.next_unit).is_none()
+                && let Some(oldest) = units.oldest()
+                && oldest > self.next_unit
+            {
+                // The burst's start fell out of the ring: go on from the
+                // oldest unit kept.
+                t.skipped += oldest - self.next_unit;
+                self.next_unit = oldest;
+            }
+            let keep_order = in_burst && units.get(self.next_unit).is_some();
+            if !keep_order && (newest - self.next_unit >= 2 || units.get(self.next_unit).is_none())
+            {
                 t.skipped += newest - self.next_unit;
                 self.next_unit = newest;
             }
@@ -152,6 +318,9 @@ impl<S: Write> Slot<S> {
                     self.cur = b.clone();
                     self.offset = 0;
                     self.next_unit += 1;
+                    if self.burst_to.is_some_and(|to| self.next_unit > to) {
+                        self.burst_to = None;
+                    }
                 }
                 None => return Service::Keep,
             }
@@ -165,10 +334,22 @@ mod tests {
     use proptest::prelude::*;
     use std::collections::VecDeque;
 
-    /// A peer that takes a scripted number of bytes per write (0 = full).
+    /// A peer that takes a scripted number of bytes per write (0 = full)
+    /// and has `input` for the server to read.
     struct Peer {
         got: Vec<u8>,
         script: VecDeque<usize>,
+        input: VecDeque<u8>,
+    }
+
+    impl Peer {
+        fn new(script: impl Into<VecDeque<usize>>) -> Self {
+            Peer {
+                got: Vec::new(),
+                script: script.into(),
+                input: VecDeque::new(),
+            }
+        }
     }
 
     impl Write for Peer {
@@ -187,9 +368,25 @@ mod tests {
         }
     }
 
+    impl Read for Peer {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if self.input.is_empty() {
+                return Err(ErrorKind::WouldBlock.into());
+            }
+            let n = buf.len().min(self.input.len());
+            for b in buf.iter_mut().take(n) {
+                *b = self.input.pop_front().unwrap_or(0);
+            }
+            Ok(n)
+        }
+    }
+
     struct Ring(VecDeque<(u64, Bytes)>);
 
     impl Units for Ring {
+        fn oldest(&self) -> Option<u64> {
+            self.0.front().map(|(s, _)| *s)
+        }
         fn newest(&self) -> Option<u64> {
             self.0.back().map(|(s, _)| *s)
         }
@@ -207,30 +404,74 @@ mod tests {
         Bytes::from(v)
     }
 
+    /// A masked ping from a client carrying `payload`.
+    fn ping(payload: &[u8]) -> Vec<u8> {
+        let key = [0x11, 0x22, 0x33, 0x44];
+        let mut v = vec![0x89, 0x80 | payload.len() as u8];
+        v.extend_from_slice(&key);
+        v.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        v
+    }
+
     proptest! {
-        /// Whatever the peer accepts, it receives whole units in increasing
-        /// order; the slot holds at most one unit and skips to the newest.
+        /// Whatever the peer accepts and whenever it pings, it receives
+        /// whole units in increasing order with pongs only between units;
+        /// the slot holds at most one unit and skips to the newest.
         #[test]
         fn slow_peers_get_whole_units_in_order(
             lens in proptest::collection::vec(5usize..200, 1..60),
             script in proptest::collection::vec(0usize..300, 0..400),
+            pings in proptest::collection::vec(any::<bool>(), 60),
         ) {
-            let peer = Peer { got: Vec::new(), script: script.into() };
-            let mut slot = Slot::new(peer, Bytes::new(), 0, 0);
+            let mut slot = Slot::new(Peer::new(script), Bytes::new(), 0, 0, Protocol::WebSocket);
             let mut ring = Ring(VecDeque::new());
-            let now = Instant::now();
+            // Pings spaced over more than a second each, so none is over the rate.
+            let mut now = Instant::now();
             let mut tally = Tally::default();
+            let mut sent_pings = 0;
+            let mut closed = false;
             for (seq, len) in lens.iter().enumerate() {
                 ring.0.push_back((seq as u64, unit(seq as u64, *len)));
                 if ring.0.len() > 8 { ring.0.pop_front(); }
-                let _ = slot.service(&ring, now, Duration::from_secs(60), &mut tally, &mut Vec::new());
+                if pings[seq] {
+                    slot.stream.input.extend(ping(&[seq as u8; 3]));
+                    sent_pings += 1;
+                    now += Duration::from_millis(1100);
+                    prop_assert!(slot.read(now).is_ok());
+                }
+                let v = slot.service(&ring, now, Duration::from_secs(600), &mut tally, &mut Vec::new());
                 prop_assert!(slot.next_unit <= seq as u64 + 1);
+                if v == Service::Closed {
+                    // Pings queued behind a blocked peer came in a flood.
+                    closed = true;
+                    break;
+                }
+                prop_assert_eq!(v, Service::Keep);
             }
-            // Cut what the peer got back into units.
+            // Cut what the peer got back into units and pongs.
             let got = &slot.stream.got;
             let mut at = 0;
             let mut last: Option<u64> = None;
-            while at + 5 <= got.len() {
+            let mut pongs = 0;
+            while at < got.len() {
+                if got[at] == 0x88 {
+                    // A close (1008, a flood) ends the stream.
+                    prop_assert!(closed);
+                    prop_assert_eq!(&got[at + 2..at + 4], &[0x03, 0xf0]);
+                    prop_assert_eq!(at + 2 + got[at + 1] as usize, got.len());
+                    break;
+                }
+                if got[at] == 0x8a {
+                    // A pong: whole, and carrying a ping's payload.
+                    prop_assert!(at + 5 <= got.len() || slot.busy());
+                    if at + 5 > got.len() { break; }
+                    prop_assert_eq!(got[at + 1], 3);
+                    prop_assert_eq!(got[at + 2], got[at + 4]);
+                    pongs += 1;
+                    at += 5;
+                    continue;
+                }
+                if at + 5 > got.len() { break; }
                 let seq = u64::from(u32::from_be_bytes(got[at..at + 4].try_into().unwrap()));
                 let len = lens[seq as usize].max(5);
                 prop_assert_eq!(got[at + 4] as usize, lens[seq as usize]);
@@ -243,7 +484,164 @@ mod tests {
                 }
                 at += len;
             }
+            prop_assert!(pongs <= sent_pings);
             prop_assert_eq!(tally.bytes as usize, got.len());
         }
+    }
+
+    #[test]
+    fn a_pong_waits_for_the_unit_in_flight() {
+        // The peer takes 3 bytes, then nothing, then everything.
+        let mut slot = Slot::new(
+            Peer::new([3, 0, 10_000, 10_000, 10_000]),
+            Bytes::new(),
+            0,
+            0,
+            Protocol::WebSocket,
+        );
+        let ring = Ring(VecDeque::from([(0, unit(0, 20))]));
+        let now = Instant::now();
+        let mut t = Tally::default();
+        assert_eq!(
+            slot.service(&ring, now, Duration::from_secs(5), &mut t, &mut Vec::new()),
+            Service::Keep
+        );
+        assert_eq!(slot.stream.got.len(), 3);
+        slot.stream.input.extend(ping(b"abc"));
+        slot.read(now).unwrap();
+        assert!(slot.busy());
+        assert_eq!(
+            slot.service(&ring, now, Duration::from_secs(5), &mut t, &mut Vec::new()),
+            Service::Keep
+        );
+        let mut expect = unit(0, 20).to_vec();
+        expect.extend_from_slice(&[0x8a, 3, b'a', b'b', b'c']);
+        assert_eq!(slot.stream.got, expect);
+        assert_eq!(t.pongs, 1);
+    }
+
+    #[test]
+    fn a_close_is_echoed_after_the_unit_then_the_slot_closes() {
+        let mut slot = Slot::new(
+            Peer::new([4, 10_000, 10_000]),
+            Bytes::new(),
+            0,
+            0,
+            Protocol::WebSocket,
+        );
+        let ring = Ring(VecDeque::from([(0, unit(0, 9)), (1, unit(1, 9))]));
+        let now = Instant::now();
+        let mut t = Tally::default();
+        // Part of unit 0 goes out; then the client closes with 1001.
+        slot.stream.script = VecDeque::from([4]);
+        assert_eq!(
+            slot.service(&ring, now, Duration::from_secs(5), &mut t, &mut Vec::new()),
+            Service::Keep
+        );
+        slot.stream
+            .input
+            .extend([0x88, 0x82, 0, 0, 0, 0, 0x03, 0xe9]);
+        slot.read(now).unwrap();
+        slot.stream.script = VecDeque::from([10_000, 10_000, 10_000]);
+        assert_eq!(
+            slot.service(&ring, now, Duration::from_secs(5), &mut t, &mut Vec::new()),
+            Service::Closed
+        );
+        let mut expect = unit(0, 9).to_vec();
+        expect.extend_from_slice(&[0x88, 2, 0x03, 0xe9]);
+        assert_eq!(
+            slot.stream.got, expect,
+            "the rest of unit 0, the echo, nothing after"
+        );
+    }
+
+    #[test]
+    fn a_ping_flood_is_closed_with_1008() {
+        let mut slot = Slot::new(
+            Peer::new(vec![10_000; 100]),
+            Bytes::new(),
+            0,
+            0,
+            Protocol::WebSocket,
+        );
+        let ring = Ring(VecDeque::new());
+        let now = Instant::now();
+        let mut t = Tally::default();
+        for _ in 0..10 {
+            slot.stream.input.extend(ping(b"x"));
+        }
+        slot.read(now).unwrap();
+        assert_eq!(
+            slot.service(&ring, now, Duration::from_secs(5), &mut t, &mut Vec::new()),
+            Service::Closed
+        );
+        assert_eq!(t.pongs, u64::from(MAX_CONTROL_PER_SEC));
+        let tail = &slot.stream.got[slot.stream.got.len() - 27..];
+        assert_eq!(&tail[..4], &[0x88, 25, 0x03, 0xf0]);
+    }
+
+    #[test]
+    fn data_from_a_listener_is_closed_with_1008_and_http_input_is_drained() {
+        let mut slot = Slot::new(
+            Peer::new(vec![10_000; 4]),
+            Bytes::new(),
+            0,
+            0,
+            Protocol::WebSocket,
+        );
+        slot.stream.input.extend([0x82, 0x81, 1, 2, 3, 4, 5]);
+        slot.read(Instant::now()).unwrap();
+        let mut t = Tally::default();
+        let ring = Ring(VecDeque::new());
+        assert_eq!(
+            slot.service(
+                &ring,
+                Instant::now(),
+                Duration::from_secs(5),
+                &mut t,
+                &mut Vec::new()
+            ),
+            Service::Closed
+        );
+        assert_eq!(&slot.stream.got[..4], &[0x88, 38, 0x03, 0xf0]);
+
+        let mut http = Slot::new(
+            Peer::new(vec![10_000; 4]),
+            Bytes::new(),
+            0,
+            0,
+            Protocol::Http,
+        );
+        http.stream.input.extend(vec![b'x'; 100_000]);
+        http.read(Instant::now()).unwrap();
+        assert!(http.stream.input.len() < 100_000, "drained");
+        assert!(http.stream.got.is_empty(), "and nothing answered");
+    }
+
+    #[test]
+    fn a_burst_is_sent_whole_and_in_order_then_live() {
+        let mut slot = Slot::new(
+            Peer::new(vec![10_000; 100]),
+            Bytes::new(),
+            2,
+            0,
+            Protocol::Http,
+        );
+        slot.burst_to = Some(6);
+        let mut ring = Ring((0..8).map(|s| (s, unit(s, 10))).collect());
+        let now = Instant::now();
+        let mut t = Tally::default();
+        slot.service(&ring, now, Duration::from_secs(5), &mut t, &mut Vec::new());
+        let expect: Vec<u8> = (2..8).flat_map(|s| unit(s, 10).to_vec()).collect();
+        assert_eq!(slot.stream.got, expect);
+        assert_eq!(t.skipped, 0);
+        assert_eq!(slot.burst_to, None);
+        // After the burst, a listener two behind skips as always.
+        slot.stream.script = VecDeque::new();
+        ring.0.extend((8..12).map(|s| (s, unit(s, 10))));
+        slot.service(&ring, now, Duration::from_secs(5), &mut t, &mut Vec::new());
+        slot.stream.script = VecDeque::from(vec![10_000; 10]);
+        slot.service(&ring, now, Duration::from_secs(5), &mut t, &mut Vec::new());
+        assert_eq!(t.skipped, 3);
     }
 }

@@ -1,12 +1,17 @@
-//! A fan-out worker: one thread, many listeners, non-blocking writes.
+//! A fan-out worker: one thread, many listeners, non-blocking writes, and
+//! reads driven by readiness (one epoll set per worker).
 
 use std::collections::{HashMap, VecDeque};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Registry, Token};
+use slab::Slab;
 
 use crate::slot::{Service, Slot, Tally, Units};
 use crate::{EgressStats, NewListener, Output, Unit};
@@ -36,6 +41,10 @@ struct Recent {
 }
 
 impl Units for Recent {
+    fn oldest(&self) -> Option<u64> {
+        self.units.front().map(|(s, _)| *s)
+    }
+
     fn newest(&self) -> Option<u64> {
         self.units.back().map(|(s, _)| *s)
     }
@@ -69,77 +78,89 @@ struct OutState {
     slots: Vec<Slot>,
 }
 
+/// Where a poll token's listener lives: its output and index in `slots`.
+type Where = (u64, usize);
+
 pub(crate) struct Worker {
     rx: Receiver<Msg>,
     stall: Duration,
-    ring: usize,
     stats: Arc<EgressStats>,
     outputs: HashMap<u64, OutState>,
+    poll: Poll,
+    events: Events,
+    tokens: Slab<Where>,
     /// Where TLS listeners' units are sealed, one at a time.
     scratch: Vec<u8>,
 }
 
 /// How often stalled listeners are retried and timed out between units.
 const HOUSEKEEPING: Duration = Duration::from_millis(200);
+/// Longest wait for readiness while no message comes: the worst delay of
+/// a control reply on an output that publishes nothing.
+const POLL_EVERY: Duration = Duration::from_millis(50);
+/// Readiness is polled at most this often while messages keep coming.
+const POLL_MIN_GAP: Duration = Duration::from_millis(5);
 
 impl Worker {
     pub(crate) fn new(
         rx: Receiver<Msg>,
         stall: Duration,
-        ring: usize,
         stats: Arc<EgressStats>,
-    ) -> Self {
-        Worker {
+    ) -> std::io::Result<Self> {
+        Ok(Worker {
             rx,
             stall,
-            ring: ring.max(2),
             stats,
             outputs: HashMap::new(),
+            poll: Poll::new()?,
+            events: Events::with_capacity(256),
+            tokens: Slab::new(),
             scratch: Vec::with_capacity(64 * 1024),
-        }
+        })
     }
 
     pub(crate) fn run(mut self) {
         let mut last_sweep = Instant::now();
+        let mut last_poll = Instant::now();
         loop {
-            match self.rx.recv_timeout(HOUSEKEEPING) {
+            let mut timed_out = false;
+            match self.rx.recv_timeout(POLL_EVERY) {
                 Ok(Msg::Unit { output, unit }) => {
                     let st = self.state(&output);
                     st.recent.push(unit.seq, unit.bytes);
                     self.service_output(output.id, false);
                 }
-                Ok(Msg::Add { output, listener }) => {
-                    let st = self.state(&output);
-                    let NewListener {
-                        stream,
-                        pending,
-                        next_unit,
-                        tag,
-                        tls,
-                    } = listener;
-                    st.slots
-                        .push(Slot::new(stream, pending, next_unit, tag).with_tls(tls));
-                    self.service_output(output.id, true);
-                }
+                Ok(Msg::Add { output, listener }) => self.add(&output, listener),
                 Ok(Msg::CloseOutput { output }) => {
-                    if let Some(st) = self.outputs.remove(&output) {
-                        for _ in st.slots.iter() {
-                            self.closed(&st.output, Service::Gone);
+                    if let Some(mut st) = self.outputs.remove(&output) {
+                        for slot in st.slots.drain(..) {
+                            forget(&mut self.tokens, self.poll.registry(), &slot);
+                            closed(&self.stats, &st.output, Service::Gone);
+                            drop(slot);
                         }
                     }
                 }
                 Ok(Msg::CloseTag { tag }) => {
                     for st in self.outputs.values_mut() {
-                        let before = st.slots.len();
-                        st.slots.retain(|s| s.tag != tag);
-                        let n = (before - st.slots.len()) as u64;
-                        st.output.listeners.fetch_sub(n, Ordering::Relaxed);
-                        self.stats.listeners.fetch_sub(n, Ordering::Relaxed);
-                        self.stats.closed_gone.fetch_add(n, Ordering::Relaxed);
+                        let mut i = 0;
+                        while i < st.slots.len() {
+                            if st.slots[i].tag == tag {
+                                let slot = remove(st, &mut self.tokens, self.poll.registry(), i);
+                                // Counted out before its socket closes.
+                                closed(&self.stats, &st.output, Service::Gone);
+                                drop(slot);
+                            } else {
+                                i += 1;
+                            }
+                        }
                     }
                 }
                 Ok(Msg::Shutdown) | Err(RecvTimeoutError::Disconnected) => break,
-                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Timeout) => timed_out = true,
+            }
+            if (timed_out || last_poll.elapsed() >= POLL_MIN_GAP) && !self.tokens.is_empty() {
+                last_poll = Instant::now();
+                self.poll_reads();
             }
             if last_sweep.elapsed() >= HOUSEKEEPING {
                 last_sweep = Instant::now();
@@ -159,15 +180,84 @@ impl Worker {
     }
 
     fn state(&mut self, output: &Arc<Output>) -> &mut OutState {
-        let ring = self.ring;
         self.outputs.entry(output.id).or_insert_with(|| OutState {
             output: output.clone(),
             recent: Recent {
-                units: VecDeque::with_capacity(ring),
-                cap: ring,
+                units: VecDeque::with_capacity(output.ring),
+                cap: output.ring,
             },
             slots: Vec::new(),
         })
+    }
+
+    fn add(&mut self, output: &Arc<Output>, listener: NewListener) {
+        let NewListener {
+            stream,
+            pending,
+            next_unit,
+            burst_to,
+            tag,
+            protocol,
+            tls,
+        } = listener;
+        let mut slot = Slot::new(stream, pending, next_unit, tag, protocol).with_tls(tls);
+        slot.burst_to = burst_to;
+        let id = output.id;
+        let index = self.state(output).slots.len();
+        let token = self.tokens.insert((id, index));
+        let fd = slot.stream.as_raw_fd();
+        match self
+            .poll
+            .registry()
+            .register(&mut SourceFd(&fd), Token(token), Interest::READABLE)
+        {
+            Ok(()) => slot.token = token,
+            Err(e) => {
+                // Served without reads (as before there were any): the
+                // worst is an unanswered ping.
+                tracing::warn!(error = %e, "could not watch a listener socket");
+                self.tokens.remove(token);
+            }
+        }
+        self.state(output).slots.push(slot);
+        self.service_output(id, true);
+    }
+
+    /// Reads every listener the kernel reports readable, and sends what
+    /// that queued (pongs, close replies).
+    fn poll_reads(&mut self) {
+        if let Err(e) = self.poll.poll(&mut self.events, Some(Duration::ZERO)) {
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                tracing::warn!(error = %e, "fan-out poll failed");
+            }
+            return;
+        }
+        let now = Instant::now();
+        let mut tally = Tally::default();
+        for ev in self.events.iter() {
+            let Some(&(out, i)) = self.tokens.get(ev.token().0) else {
+                continue;
+            };
+            let Some(st) = self.outputs.get_mut(&out) else {
+                continue;
+            };
+            let Some(slot) = st.slots.get_mut(i) else {
+                continue;
+            };
+            let verdict = match slot.read(now) {
+                Ok(()) if slot.busy() => {
+                    slot.service(&st.recent, now, self.stall, &mut tally, &mut self.scratch)
+                }
+                Ok(()) => Service::Keep,
+                Err(v) => v,
+            };
+            if verdict != Service::Keep {
+                let slot = remove(st, &mut self.tokens, self.poll.registry(), i);
+                closed(&self.stats, &st.output, verdict);
+                drop(slot);
+            }
+        }
+        self.count(tally);
     }
 
     /// Services the listeners of one output. `only_behind` limits the walk
@@ -178,42 +268,60 @@ impl Worker {
         };
         let now = Instant::now();
         let mut tally = Tally::default();
-        let mut closed: Vec<Service> = Vec::new();
         let mut i = 0;
         while i < st.slots.len() {
             let slot = &mut st.slots[i];
-            if only_behind && !slot.in_flight() && slot.next_unit > st.recent.newest().unwrap_or(0)
-            {
+            if only_behind && !slot.busy() && slot.next_unit > st.recent.newest().unwrap_or(0) {
                 i += 1;
                 continue;
             }
             match slot.service(&st.recent, now, self.stall, &mut tally, &mut self.scratch) {
                 Service::Keep => i += 1,
                 verdict => {
-                    st.slots.swap_remove(i);
-                    closed.push(verdict);
+                    let slot = remove(st, &mut self.tokens, self.poll.registry(), i);
+                    closed(&self.stats, &st.output, verdict);
+                    drop(slot);
                 }
             }
         }
-        let output = st.output.clone();
-        for verdict in closed {
-            self.closed(&output, verdict);
-        }
-        self.stats
-            .bytes_written
-            .fetch_add(tally.bytes, Ordering::Relaxed);
-        self.stats.writes.fetch_add(tally.writes, Ordering::Relaxed);
-        self.stats
-            .units_skipped
-            .fetch_add(tally.skipped, Ordering::Relaxed);
+        self.count(tally);
     }
 
-    fn closed(&self, output: &Output, why: Service) {
-        output.listeners.fetch_sub(1, Ordering::Relaxed);
-        self.stats.listeners.fetch_sub(1, Ordering::Relaxed);
-        match why {
-            Service::Stalled => self.stats.closed_slow.fetch_add(1, Ordering::Relaxed),
-            _ => self.stats.closed_gone.fetch_add(1, Ordering::Relaxed),
-        };
+    fn count(&self, tally: Tally) {
+        let s = &self.stats;
+        s.bytes_written.fetch_add(tally.bytes, Ordering::Relaxed);
+        s.writes.fetch_add(tally.writes, Ordering::Relaxed);
+        s.units_skipped.fetch_add(tally.skipped, Ordering::Relaxed);
+        s.pongs.fetch_add(tally.pongs, Ordering::Relaxed);
     }
+}
+
+/// Takes slot `i` out of its output (the last slot moves into its place)
+/// and stops watching its socket. The socket closes when the returned slot
+/// drops: count it out first, so a peer that sees the close sees the count.
+fn remove(st: &mut OutState, tokens: &mut Slab<Where>, registry: &Registry, i: usize) -> Slot {
+    let slot = st.slots.swap_remove(i);
+    forget(tokens, registry, &slot);
+    if let Some(moved) = st.slots.get(i)
+        && let Some(w) = tokens.get_mut(moved.token)
+    {
+        w.1 = i;
+    }
+    slot
+}
+
+fn forget(tokens: &mut Slab<Where>, registry: &Registry, slot: &Slot) {
+    if tokens.try_remove(slot.token).is_some() {
+        let _ = registry.deregister(&mut SourceFd(&slot.stream.as_raw_fd()));
+    }
+}
+
+fn closed(stats: &EgressStats, output: &Output, why: Service) {
+    output.listeners.fetch_sub(1, Ordering::Relaxed);
+    stats.listeners.fetch_sub(1, Ordering::Relaxed);
+    match why {
+        Service::Stalled => stats.closed_slow.fetch_add(1, Ordering::Relaxed),
+        Service::Closed => stats.closed_ws.fetch_add(1, Ordering::Relaxed),
+        _ => stats.closed_gone.fetch_add(1, Ordering::Relaxed),
+    };
 }

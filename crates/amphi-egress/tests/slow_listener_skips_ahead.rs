@@ -6,7 +6,7 @@ use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use amphi_egress::{Egress, EgressConfig, NewListener};
+use amphi_egress::{Egress, EgressConfig, NewListener, Protocol};
 use bytes::Bytes;
 
 /// A unit is `[len u32][seq u64][filler]` so the reader can check that it
@@ -81,7 +81,9 @@ fn fast_listener_gets_everything_slow_one_skips_and_is_closed() {
                     stream: srv,
                     pending: Bytes::new(),
                     next_unit: 0,
+                    burst_to: None,
                     tag,
+                    protocol: Protocol::Http,
                     tls: None,
                 },
             )
@@ -146,7 +148,9 @@ fn new_listener_gets_its_burst_then_live_units_and_ban_closes_it() {
                 stream: srv,
                 pending: Bytes::from(burst),
                 next_unit: newest.seq + 1,
+                burst_to: None,
                 tag: 42,
+                protocol: Protocol::Http,
                 tls: None,
             },
         )

@@ -302,6 +302,11 @@ pub struct App {
     pub egress: Arc<Egress>,
     pub media: MediaPlane,
     pub admission: crate::admission::Admission,
+    /// Ogg pages of history a new `live.opus` listener receives at once
+    /// (`--ogg-burst-ms`).
+    pub ogg_burst_pages: usize,
+    /// Duration of one Ogg page, in ms (`--ogg-page-ms`).
+    pub ogg_page_ms: u32,
     pub reaction_limiter: crate::admission::KeyedLimiter,
     pub join_limiter: crate::admission::KeyedLimiter,
     pub identity_key: Option<TokenKey>,

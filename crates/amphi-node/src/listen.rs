@@ -16,8 +16,8 @@ use sha1::{Digest, Sha1};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use amphi_core::SpaceId;
-use amphi_core::room::SpaceState;
-use amphi_egress::NewListener;
+use amphi_core::room::{Listener, RoomError};
+use amphi_egress::{NewListener, Protocol};
 
 use crate::app::App;
 use crate::conn::ListenerConn;
@@ -27,8 +27,6 @@ use crate::error::ApiError;
 const MAX_HEAD: usize = 8192;
 /// Time a client has to send its request head.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
-/// Ogg pages sent at once to a new listener so its player starts at once.
-const OGG_BURST_PAGES: usize = 5;
 
 /// Which listener output a request line asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +71,8 @@ struct Head {
     kind: Kind,
     token: Option<String>,
     from_seq: Option<u64>,
+    /// `live.opus?burst_ms=N`: a shorter connect burst than the node's.
+    burst_ms: Option<u32>,
     ws_key: Option<String>,
     ws_ok: bool,
 }
@@ -96,6 +96,7 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, &'static str> {
     };
     let mut token = None;
     let mut from_seq = None;
+    let mut burst_ms = None;
     for kv in query.split('&') {
         if let Some(v) = kv.strip_prefix("token=") {
             token = Some(v.to_owned());
@@ -103,6 +104,11 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, &'static str> {
             from_seq = Some(
                 v.parse()
                     .map_err(|_| "from_seq must be a non-negative integer")?,
+            );
+        } else if let Some(v) = kv.strip_prefix("burst_ms=") {
+            burst_ms = Some(
+                v.parse()
+                    .map_err(|_| "burst_ms must be a non-negative integer")?,
             );
         }
     }
@@ -130,6 +136,7 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, &'static str> {
         kind,
         token,
         from_seq,
+        burst_ms,
         ws_ok: upgrade && version_ok && ws_key.is_some(),
         ws_key,
     }))
@@ -186,14 +193,18 @@ pub async fn handle<S: ListenerConn>(mut stream: S, app: Arc<App>) {
                 output,
                 pending,
                 next_unit,
+                burst_to,
                 tag,
+                protocol,
                 ..
             } = listener;
             let nl = NewListener {
                 stream: std,
                 pending,
                 next_unit,
+                burst_to,
                 tag,
+                protocol,
                 tls,
             };
             if let Err(e) = app.egress.add_reserved_listener(&output, nl) {
@@ -212,7 +223,10 @@ struct NewListenerFor {
     output: Arc<amphi_egress::Output>,
     pending: Bytes,
     next_unit: u64,
+    /// The connect burst: units `next_unit..=burst_to` of the output's ring.
+    burst_to: Option<u64>,
     tag: u64,
+    protocol: Protocol,
     /// A HEAD request: send the response head and close.
     head_only: bool,
 }
@@ -222,35 +236,22 @@ fn admit(app: &App, head: &Head) -> Result<NewListenerFor, ApiError> {
         .space
         .ok_or_else(|| ApiError::not_found("no such space"))?;
     let cell = app.space(id)?;
-    let tag = {
-        let inner = cell.inner.lock();
-        let s = &inner.space;
-        match s.state {
-            SpaceState::Live => {}
-            SpaceState::Scheduled => {
-                return Err(ApiError::conflict("the space has not started yet"));
-            }
-            SpaceState::Ended => {
-                return Err(ApiError::conflict(format!(
-                    "the space has ended; the replay is at /spaces/{id}/recording.opus"
-                )));
-            }
-        }
-        let claims = match &head.token {
-            Some(t) => Some(app.verify(id, t)?),
-            None if s.public => None,
-            None => {
-                return Err(ApiError::unauthorized(
-                    "this space needs a token: join first",
-                ));
-            }
-        };
-        if let Some(c) = &claims
-            && s.role_of(c.pid).is_none()
-        {
-            return Err(ApiError::forbidden("you were removed from this space"));
-        }
-        claims.map_or(0, |c| c.pid.0)
+    let verified = head.token.as_ref().map(|t| app.verify(id, t));
+    let who = match &verified {
+        None => Listener::Anonymous,
+        Some(Ok(c)) => Listener::Participant(c.pid),
+        Some(Err(_)) => Listener::Unverified,
+    };
+    if let Err(refused) = cell.inner.lock().space.may_listen(who) {
+        // A token that failed verification is refused with its own reason.
+        return Err(match (refused, verified) {
+            (RoomError::Unauthenticated(_), Some(Err(e))) => e,
+            (refused, _) => refused.into(),
+        });
+    }
+    let tag = match who {
+        Listener::Participant(pid) => pid.0,
+        Listener::Anonymous | Listener::Unverified => 0,
     };
     if head.kind == Kind::Ws && !head.ws_ok {
         return Err(ApiError::new(
@@ -264,6 +265,21 @@ fn admit(app: &App, head: &Head) -> Result<NewListenerFor, ApiError> {
         .read()
         .clone()
         .ok_or_else(|| ApiError::conflict("the space is not live"))?;
+    if head.kind == Kind::Ws
+        && let Some(from) = head.from_seq
+        && let Some(newest) = live.history.lock().last_seq()
+        && from > newest.saturating_add(1)
+    {
+        // Checked before any place is taken: nothing to give back.
+        return Err(ApiError::new(
+            axum::http::StatusCode::BAD_REQUEST,
+            "from_seq_ahead",
+            format!(
+                "from_seq {from} is ahead of the newest frame, {newest}: resume with at most {}, or connect without from_seq",
+                newest + 1
+            ),
+        ));
+    }
     // The space's place and the node-wide place are each taken atomically:
     // exactly --max-listeners-per-space and --max-listeners are admitted
     // however many arrive at once (a refused listener gives its places back).
@@ -294,24 +310,34 @@ fn admit(app: &App, head: &Head) -> Result<NewListenerFor, ApiError> {
                     output: live.ogg.clone(),
                     pending: pending.freeze(),
                     next_unit: 0,
+                    burst_to: None,
                     tag,
+                    protocol: Protocol::Http,
                     head_only: true,
                 });
             }
             pending.extend_from_slice(&live.ogg_headers);
-            let burst = live.ogg.recent(OGG_BURST_PAGES);
-            for u in &burst {
-                pending.extend_from_slice(&u.bytes);
-            }
-            let next_unit = burst
-                .last()
-                .map_or_else(|| live.ogg.next_seq(), |u| u.seq + 1);
+            // The burst: the newest pages of the output's ring, sent by the
+            // fan-out from the shared pages (no copy per listener) as fast
+            // as the socket takes them, so a player that buffers before it
+            // starts (Chromium's <audio> reads 32 KB at a time) starts at
+            // once — and plays that much behind live.
+            let pages = head.burst_ms.map_or(app.ogg_burst_pages, |ms| {
+                (ms / app.ogg_page_ms.max(1)).clamp(1, app.ogg_burst_pages as u32) as usize
+            });
+            let burst = live.ogg.burst_range(pages);
+            let (next_unit, burst_to) = match burst {
+                Some((first, last)) => (first, Some(last)),
+                None => (live.ogg.next_seq(), None),
+            };
             Ok(NewListenerFor {
                 place,
                 output: live.ogg.clone(),
                 pending: pending.freeze(),
                 next_unit,
+                burst_to,
                 tag,
+                protocol: Protocol::Http,
                 head_only: false,
             })
         }
@@ -343,11 +369,46 @@ fn admit(app: &App, head: &Head) -> Result<NewListenerFor, ApiError> {
                 output: live.ws.clone(),
                 pending: pending.freeze(),
                 next_unit,
+                burst_to: None,
                 tag,
+                protocol: Protocol::WebSocket,
                 head_only: false,
             })
         }
     }
+}
+
+/// Routes for listener requests that reached the HTTP framework: a
+/// `live.opus` request on a kept-alive connection (a browser's `<audio>` in
+/// a page the node served reuses the page's connection). The front door
+/// sees only a connection's first request, so the answer is a redirect to
+/// the same URL with `Connection: close`: the client asks again on a new
+/// connection, which the front door hands to the fan-out.
+pub fn router() -> axum::Router<Arc<App>> {
+    axum::Router::new().route(
+        "/spaces/{id}/live.opus",
+        axum::routing::get(again_on_a_new_connection),
+    )
+}
+
+async fn again_on_a_new_connection(uri: axum::http::Uri) -> axum::response::Response {
+    use axum::http::{HeaderValue, StatusCode, header};
+    let target = uri
+        .path_and_query()
+        .map_or_else(|| uri.path().to_owned(), |p| p.as_str().to_owned());
+    let mut res = axum::response::Response::new(axum::body::Body::empty());
+    *res.status_mut() = StatusCode::TEMPORARY_REDIRECT;
+    let h = res.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&target) {
+        h.insert(header::LOCATION, v);
+    }
+    h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    res
 }
 
 async fn refuse<S: AsyncWrite + Unpin>(stream: &mut S, e: &ApiError) {
@@ -402,6 +463,11 @@ mod tests {
         assert!(h.ws_ok);
         assert_eq!(h.space, Some(SpaceId(0x0123456789abcdef)));
         assert!(parse_head(b"GET /spaces/x/live.ws?from_seq=-1 HTTP/1.1\r\n\r\n").is_err());
+        let h = parse_head(b"GET /spaces/0123456789abcdef/live.opus?burst_ms=500 HTTP/1.1\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.burst_ms, Some(500));
+        assert!(parse_head(b"GET /spaces/x/live.opus?burst_ms=lots HTTP/1.1\r\n\r\n").is_err());
         assert!(
             parse_head(b"GET /spaces/x/live.opus HTTP/1.1\r\n")
                 .unwrap()

@@ -64,6 +64,14 @@ pub struct Config {
     /// Longer pages mean fewer writes per listener and more latency.
     #[arg(long, env = "AMPHI_OGG_PAGE_MS", default_value_t = 100)]
     pub ogg_page_ms: u32,
+    /// Program history a new `live.opus` listener receives at once, in ms
+    /// (whole Ogg pages, at most 30000). Players that buffer before they
+    /// start (Chromium's `<audio>` waits for 32 KB, about 7 s at
+    /// 32 kbit/s) start at once, and then play this far behind live: the
+    /// burst is the latency cost. 0 sends one page. A request can ask for
+    /// less with `live.opus?burst_ms=N`. `live.ws` is unaffected.
+    #[arg(long, env = "AMPHI_OGG_BURST_MS", default_value_t = 8000)]
+    pub ogg_burst_ms: u32,
     /// Duration of one `live.ws` message, in ms (multiple of 20).
     #[arg(long, env = "AMPHI_WS_BATCH_MS", default_value_t = 100)]
     pub ws_batch_ms: u32,
@@ -371,13 +379,18 @@ async fn load(args: Config) -> anyhow::Result<(Arc<App>, Router, tokio::net::Tcp
             }
         }
     };
+    let ogg_page_ms = (args.ogg_page_ms / 20).clamp(1, 50) * 20;
+    let ogg_burst_pages = (args.ogg_burst_ms.min(30_000) / ogg_page_ms).max(1) as usize;
     let egress = Arc::new(Egress::start(EgressConfig {
         workers: args
             .fanout_workers
             .unwrap_or_else(|| EgressConfig::default().workers),
         stall_timeout: Duration::from_millis(args.listener_stall_ms),
         sndbuf: Some(args.listener_sndbuf),
-        ..EgressConfig::default()
+        // Every output keeps the Ogg burst (and the margin) in its ring.
+        ring: EgressConfig::default()
+            .ring
+            .max(ogg_burst_pages + amphi_egress::BURST_MARGIN),
     })?);
     let rtc_addr = args.rtc.unwrap_or(args.http);
     let recordings_dir = args
@@ -412,6 +425,8 @@ async fn load(args: Config) -> anyhow::Result<(Arc<App>, Router, tokio::net::Tcp
             args.join_rate,
             args.join_burst,
         ),
+        ogg_burst_pages,
+        ogg_page_ms,
         reaction_limiter: KeyedLimiter::new(5.0, 10.0),
         join_limiter: KeyedLimiter::new(args.join_rate, args.join_burst),
         per_ip: Arc::new(crate::admission::PerIp::new(args.max_conns_per_ip)),
@@ -496,6 +511,7 @@ fn router(app: Arc<App>) -> Router {
         .merge(crate::whip::router())
         .merge(crate::replay::router())
         .merge(crate::web::router())
+        .merge(crate::listen::router())
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -641,6 +657,18 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
         "amphi_fanout_closed_total",
         "Listeners that went away.",
         l(&e.closed_gone),
+    );
+    counter(
+        &mut out,
+        "amphi_fanout_pongs_total",
+        "Pongs sent to live.ws listeners.",
+        l(&e.pongs),
+    );
+    counter(
+        &mut out,
+        "amphi_fanout_closed_ws_total",
+        "live.ws listeners closed by a close handshake (theirs echoed, or ours for a protocol violation).",
+        l(&e.closed_ws),
     );
     app.media.render_metrics(&mut out);
     if let Some(c) = &app.cluster {
