@@ -201,6 +201,7 @@ fn read_for(r: &mut impl Read, secs: f64) -> (Vec<u8>, Duration) {
 }
 
 fn ffmpeg_https(pki: &Pki, url: &str, seconds: f32) -> Vec<f32> {
+    let url = &common::near_live(url);
     let out = Command::new("ffmpeg")
         .args(["-v", "error", "-nostdin", "-tls_verify", "1", "-ca_file"])
         .arg(pki.ca_pem())

@@ -644,4 +644,13 @@ mod tests {
         slot.service(&ring, now, Duration::from_secs(5), &mut t, &mut Vec::new());
         assert_eq!(t.skipped, 3);
     }
+
+    #[test]
+    fn a_listener_stays_small() {
+        // The socket, the unit in flight, the counters, the control-frame
+        // buffer: a few hundred bytes, whatever the listener sends.
+        let size = std::mem::size_of::<Slot>();
+        eprintln!("a Slot is {size} bytes");
+        assert!(size <= 320, "a Slot is {size} bytes");
+    }
 }
