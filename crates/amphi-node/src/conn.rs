@@ -5,14 +5,19 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use amphi_tls::RecordSealer;
+use amphi_tls::{RecordOpener, RecordSealer};
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 /// A listener's connection as the fan-out takes it: the socket and, over
-/// TLS, the sealer of its records.
-pub type FanoutSocket = (std::net::TcpStream, Option<Box<RecordSealer>>);
+/// TLS, the sealer of its records and the opener of the client's (for
+/// `wss` control frames).
+pub type FanoutSocket = (
+    std::net::TcpStream,
+    Option<Box<RecordSealer>>,
+    Option<Box<RecordOpener>>,
+);
 
 /// A connection a listener stream arrives on.
 pub trait ListenerConn: AsyncRead + AsyncWrite + Unpin + Send + 'static {
@@ -22,7 +27,7 @@ pub trait ListenerConn: AsyncRead + AsyncWrite + Unpin + Send + 'static {
 
 impl ListenerConn for TcpStream {
     async fn into_fanout(self) -> Option<FanoutSocket> {
-        self.into_std().ok().map(|s| (s, None))
+        self.into_std().ok().map(|s| (s, None, None))
     }
 }
 
@@ -37,7 +42,8 @@ impl ListenerConn for Prefixed<tokio_rustls::server::TlsStream<TcpStream>> {
             .inspect_err(|e| tracing::debug!(error = %e, "TLS secrets not extractable"))
             .ok()?;
         let sealer = RecordSealer::new(secrets.tx).ok()?;
-        Some((tcp.into_std().ok()?, Some(Box::new(sealer))))
+        let opener = RecordOpener::new(secrets.rx).ok().map(Box::new);
+        Some((tcp.into_std().ok()?, Some(Box::new(sealer)), opener))
     }
 }
 
