@@ -9,6 +9,18 @@ use common::{
     wait_for_audio,
 };
 
+/// Packets received at the mixer, one number per speaker.
+fn speaker_packets(s: &Server) -> Vec<f64> {
+    call("GET", &s.url("/metrics"), None, None)
+        .body
+        .as_str()
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with("amphi_speaker_packets_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect()
+}
+
 #[test]
 fn the_tone_a_speaker_sends_is_the_tone_a_listener_decodes() {
     let s = Server::start(&[]);
@@ -45,8 +57,12 @@ fn muted_speaker_is_silent_and_two_speakers_mix_unclipped() {
 
     let mut a = publish_tone(&s, &id, &host, 440, 20);
     let mut b = publish_tone(&s, &id, &tok, 1000, 20);
-    wait_for_audio(&s, 200.0);
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    // Both voices reach the mixer, for long enough that the listener's
+    // burst of history already holds the two.
+    wait_for(20, "two speakers at the mixer", || {
+        let per_speaker = speaker_packets(&s);
+        per_speaker.len() == 2 && per_speaker.iter().all(|n| *n >= 100.0)
+    });
 
     let url = s.url(&format!("/spaces/{id}/live.opus"));
     let both = ffmpeg_listen(&url, 2.5);
@@ -152,16 +168,20 @@ fn speakers_hear_each_other_but_not_themselves() {
     );
     let out = s.data.join("host-return.s16");
     let out_arg = out.to_string_lossy().to_string();
-    let mut a = common::publish_tone_with(&s, &id, &host, 440, 8, &["--return-out", &out_arg]);
-    let mut b = publish_tone(&s, &id, &tok, 1000, 8);
+    let mut a = common::publish_tone_with(&s, &id, &host, 440, 20, &["--return-out", &out_arg]);
+    let mut b = publish_tone(&s, &id, &tok, 1000, 20);
+    // Judge the return audio written once both speakers reach the mixer.
+    wait_for(20, "two speakers at the mixer", || {
+        speaker_packets(&s).len() == 2
+    });
+    let len = || std::fs::metadata(&out).map_or(0, |m| m.len() as usize);
+    let from = len() & !1;
     wait_for(20, "return audio for the host", || {
-        std::fs::metadata(&out)
-            .map(|m| m.len() > 48_000 * 2 * 4)
-            .unwrap_or(false)
+        len() > from + 48_000 * 2 * 4
     });
     a.kill();
     b.kill();
-    let bytes = std::fs::read(&out).unwrap();
+    let bytes = std::fs::read(&out).unwrap().split_off(from);
     let pcm: Vec<f32> = bytes
         .chunks_exact(2)
         .map(|b| f32::from(i16::from_le_bytes([b[0], b[1]])) / 32768.0)

@@ -297,6 +297,12 @@ fn when_the_origin_dies_another_node_takes_the_space_and_its_recording_goes_on()
     let (id, host, _) = live_space(&a, "takeover");
     let mut peer = publish_tone(&a, &id, &host, 440, 60);
     wait_for_audio(&a, 50.0);
+    // A's part of the recording: two segments closed once the speaker is
+    // heard (the one open at the kill is lost).
+    let stored = metric(&a, "amphi_recording_segments_total");
+    wait_for(10, "A to store two segments of speech", || {
+        metric(&a, "amphi_recording_segments_total") >= stored + 2.0
+    });
     let path = format!("/spaces/{id}/live.ws");
     let mut on_c = WsReader::connect(c.port, &path, None);
     let before = read_contiguous(&mut on_c, None, 25);
@@ -323,7 +329,7 @@ fn when_the_origin_dies_another_node_takes_the_space_and_its_recording_goes_on()
     assert_eq!(r.status, 503, "{:?}", r.body);
     // Once it expires, the speaker reconnecting through B makes B the
     // origin; the numbering goes on forward and C hears the tone again.
-    std::thread::sleep(Duration::from_secs(9));
+    nats.wait_lease_expired(&id);
     let _peer = publish_tone(&b, &id, &host, 440, 60);
     let t_takeover = Instant::now();
     wait_for_audio(&b, 50.0);
@@ -374,7 +380,9 @@ fn a_node_cut_off_from_nats_stops_serving_what_may_be_stale() {
     assert!(events.read().expect("snapshot").is_text());
 
     nats.stop();
-    std::thread::sleep(Duration::from_secs(7));
+    wait_for(7, "B to stop serving its copy", || {
+        call("GET", &b.url(&space), None, None).status == 503
+    });
     // B only holds a copy: it refuses to serve it, and says why.
     let r = call("GET", &b.url(&space), None, None);
     assert_eq!(r.status, 503, "{:?}", r.body);

@@ -5,9 +5,8 @@
 mod common;
 
 use std::process::Command;
-use std::time::{Duration, Instant};
 
-use common::{Server, live_space, publish_tone, wait_for_audio};
+use common::{Server, live_space, publish_tone, wait_for, wait_for_audio};
 
 #[test]
 fn sigterm_exits_cleanly_and_closes_the_recording_segment() {
@@ -15,9 +14,9 @@ fn sigterm_exits_cleanly_and_closes_the_recording_segment() {
     let mut s = Server::start_in(tmp.path(), &[]);
     let (id, host, _) = live_space(&s, "Drain");
     let mut speaker = publish_tone(&s, &id, &host, 440, 30);
-    wait_for_audio(&s, 50.0);
-    // 3.5 s of speech: one full 2 s segment and one open segment.
-    std::thread::sleep(Duration::from_millis(3500));
+    // 1 s, then 3.5 s of speech: one full 2 s segment and one open
+    // segment.
+    wait_for_audio(&s, 225.0);
     let pid = s.child.id().to_string();
     assert!(
         Command::new("kill")
@@ -26,17 +25,12 @@ fn sigterm_exits_cleanly_and_closes_the_recording_segment() {
             .unwrap()
             .success()
     );
-    let t0 = Instant::now();
-    let status = loop {
-        if let Some(st) = s.child.try_wait().unwrap() {
-            break st;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(5),
-            "amphi did not exit within 5 s of SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let mut status = None;
+    wait_for(5, "amphi to exit within 5 s of SIGTERM", || {
+        status = s.child.try_wait().unwrap();
+        status.is_some()
+    });
+    let status = status.expect("wait_for returns once it has exited");
     assert!(status.success(), "exit status {status}");
     speaker.kill();
 

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{ADMIN, Server, call, live_space, publish_tone};
+use common::{ADMIN, Server, call, live_space, metric, publish_tone, wait_for, wait_for_audio};
 
 /// Reads `live.opus` and records the longest wait between two reads.
 fn gap_watcher(
@@ -71,7 +71,7 @@ fn hostile_battery_gets_only_4xx_and_hurts_no_listener() {
     let s = Server::start(&[]);
     let (id, host, _) = live_space(&s, "Under attack");
     let _speaker = publish_tone(&s, &id, &host, 440, 40);
-    std::thread::sleep(Duration::from_secs(3));
+    wait_for_audio(&s, 100.0);
     let stop = Arc::new(AtomicBool::new(false));
     let max_gap = Arc::new(AtomicU64::new(0));
     let watcher = gap_watcher(s.port, &id, stop.clone(), max_gap.clone());
@@ -208,7 +208,11 @@ fn hostile_battery_gets_only_4xx_and_hurts_no_listener() {
         b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03garbage TLS hello\r\n\r\n",
     ));
 
-    std::thread::sleep(Duration::from_secs(2));
+    // The listener keeps listening for 2 s of program after the attack.
+    let frames = metric(&s, "amphi_program_frames_total");
+    wait_for(5, "2 s of program after the attack", || {
+        metric(&s, "amphi_program_frames_total") >= frames + 100.0
+    });
     stop.store(true, Ordering::Relaxed);
     let worst_health = health.join().unwrap();
     let received = watcher.join().unwrap();

@@ -266,7 +266,12 @@ fn https_carries_the_api_whip_and_every_listener_output() {
     });
 
     // live.opus through ffmpeg's own TLS, verifying the certificate.
-    let pcm = ffmpeg_https(&pki, &n.url(&format!("/spaces/{id}/live.opus")), 3.0);
+    // The program from now on, not a buffering player's 8 s burst.
+    let pcm = ffmpeg_https(
+        &pki,
+        &n.url(&format!("/spaces/{id}/live.opus?burst_ms=300")),
+        3.0,
+    );
     assert!(pcm.len() > 48_000 * 2, "{} samples", pcm.len());
     let share = tone_share(&pcm[24_000..], 440.0);
     assert!(share > 0.5, "440 Hz share over https: {share}");

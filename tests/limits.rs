@@ -8,19 +8,25 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::{Server, call, join, live_space};
+use common::{Server, call, join, live_space, wait_for};
 use serde_json::json;
 
 #[test]
 fn connections_per_address_are_bounded() {
     let s = Server::start(&["--max-conns-per-ip", "20"]);
+    // Twenty connections, each held open after one answered request: an
+    // answer proves the server has counted the connection.
     let mut held = Vec::new();
     for _ in 0..20 {
         let mut c = TcpStream::connect(("127.0.0.1", s.port)).unwrap();
-        c.write_all(b"GET /hea").unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut buf = [0u8; 512];
+        let n = c.read(&mut buf).unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
         held.push(c);
     }
-    std::thread::sleep(Duration::from_millis(300));
     let mut extra = TcpStream::connect(("127.0.0.1", s.port)).unwrap();
     extra
         .set_read_timeout(Some(Duration::from_secs(3)))
@@ -33,8 +39,9 @@ fn connections_per_address_are_bounded() {
     assert!(text.contains("too many connections"));
     // Releasing the held connections frees the address.
     drop(held);
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(call("GET", &s.url("/healthz"), None, None).status, 200);
+    wait_for(2, "the address to be let in again", || {
+        call("GET", &s.url("/healthz"), None, None).status == 200
+    });
 }
 
 #[test]
@@ -106,18 +113,10 @@ fn a_third_whip_session_replaces_the_oldest() {
         m.lines()
             .any(|l| l.starts_with("amphi_whip_sessions_replaced_total ") && !l.ends_with(" 0"))
     });
-    std::thread::sleep(Duration::from_millis(500));
-    let m = call("GET", &s.url("/metrics"), None, None)
-        .body
-        .as_str()
-        .unwrap_or("")
-        .to_owned();
-    let open: f64 = m
-        .lines()
-        .find(|l| l.starts_with("amphi_rtc_sessions "))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap();
-    assert!(open <= 2.0, "{open} sessions open for one participant");
+    // The replaced session closes: two stay open for one participant.
+    wait_for(2, "the replaced session to close", || {
+        common::metric(&s, "amphi_rtc_sessions") <= 2.0
+    });
     for p in &mut peers {
         p.kill();
     }

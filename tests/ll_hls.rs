@@ -1,7 +1,7 @@
 //! LL-HLS delivery directives against a real `amphi serve`: delta updates
 //! (`_HLS_skip=YES`, RFC 8216bis §6.2.5.1) and requests for the part named
 //! by `EXT-X-PRELOAD-HINT`, held until it is published (§6.2.6). A live
-//! space cuts its program (silence when nobody speaks) into 500 ms parts
+//! space cuts its program (silence when nobody speaks) into 400 ms parts
 //! and 2 s segments, so no speaker is needed.
 
 mod common;
@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use common::{Server, live_space, wait_for};
 
 /// Parts per segment of the server's cut.
-const PARTS: u64 = 4;
+const PARTS: u64 = 5;
 
 struct Got {
     status: u16,
@@ -103,6 +103,38 @@ fn samples(part: &[u8]) -> u32 {
     u32::from_be_bytes(part[at + 8..at + 12].try_into().expect("4 bytes"))
 }
 
+/// Milliseconds since the epoch of an `EXT-X-PROGRAM-DATE-TIME` value as
+/// the server writes it (`YYYY-MM-DDTHH:MM:SS.mmmZ`).
+fn date_ms(v: &str) -> i64 {
+    let n = |r: std::ops::Range<usize>| -> i64 { v[r].parse().expect("a date field") };
+    let (y, m, d) = (n(0..4), n(5..7), n(8..10));
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((m + 9) % 12) + 2) / 5 + d - 1;
+    let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
+    ((days * 24 + n(11..13)) * 60 + n(14..16)) * 60_000 + n(17..19) * 1000 + n(20..23)
+}
+
+/// `(program date ms, EXTINF ms)` of each complete segment of a playlist.
+fn dated_segments(pl: &str) -> Vec<(i64, i64)> {
+    let mut out = Vec::new();
+    let mut date = None;
+    for l in pl.lines() {
+        if let Some(v) = l.strip_prefix("#EXT-X-PROGRAM-DATE-TIME:") {
+            date = Some(date_ms(v));
+        } else if let Some(v) = l.strip_prefix("#EXTINF:") {
+            let secs: f64 = v.trim_end_matches(',').parse().expect("EXTINF");
+            out.push((
+                date.take().expect("a date per segment"),
+                (secs * 1000.0).round() as i64,
+            ));
+        }
+    }
+    out
+}
+
 #[test]
 fn a_delta_update_skips_old_segments_and_keeps_the_live_edge() {
     let s = Server::start(&[]);
@@ -114,8 +146,21 @@ fn a_delta_update_skips_old_segments_and_keeps_the_live_edge() {
         let g = get(&live);
         g.status == 200 && count(&text(&g), "#EXTINF") >= 8
     });
-    let now = text(&get(&live));
+    let now_got = get(&live);
+    assert_eq!(now_got.content_type, "application/vnd.apple.mpegurl");
+    let now = text(&now_got);
     assert!(now.contains(",CAN-SKIP-UNTIL=12\n"), "{now}");
+    // Consecutive segments are dated exactly their EXTINF apart.
+    let dated = dated_segments(&now);
+    assert!(dated.len() >= 8, "{now}");
+    for w in dated.windows(2) {
+        assert_eq!(w[1].0 - w[0].0, w[0].1, "program dates\n{now}");
+    }
+    let init = get(&s.url(&format!("/spaces/{id}/hls/init.mp4")));
+    assert_eq!(
+        (init.status, init.content_type.as_str()),
+        (200, "audio/mp4")
+    );
     assert!(
         skipped(&now).is_none(),
         "a plain request gets the full playlist"
@@ -181,7 +226,7 @@ fn the_preload_hinted_part_is_held_until_published() {
         g.status == 200 && text(&g).contains("#EXT-X-PART:")
     });
     // Catch the moment a part is published: the new playlist hints the
-    // next one, about one part (500 ms) away.
+    // next one, about one part (400 ms) away.
     let (m, p) = hint(&text(&get(&live)));
     let pl = get(&format!("{live}?_HLS_msn={m}&_HLS_part={p}"));
     assert_eq!(pl.status, 200);
@@ -208,9 +253,9 @@ fn the_preload_hinted_part_is_held_until_published() {
         .collect();
     for g in &got {
         assert_eq!(g.status, 200, "{}", String::from_utf8_lossy(&g.body));
-        assert_eq!(g.content_type, "video/mp4");
+        assert_eq!(g.content_type, "audio/mp4");
         assert!(g.cache_control.contains("immutable"));
-        assert_eq!(samples(&g.body), 25, "a whole 500 ms part");
+        assert_eq!(samples(&g.body), 20, "a whole 400 ms part");
     }
     eprintln!(
         "hinted part after {:?}, the next one after {:?}",
@@ -244,7 +289,7 @@ fn the_preload_hinted_part_is_held_until_published() {
         part_url(fm, fp),
         part_url(edge.0 + 5, 0),
         part_url(edge.0, 7),
-        part_url(0, 4),
+        part_url(0, 5),
         format!("{base}/seg-{}.m4s", edge.0),
         format!("{base}/seg-{}.m4s", edge.0 + 1),
     ] {

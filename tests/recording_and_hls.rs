@@ -56,15 +56,21 @@ fn a_recorded_tone_is_replayed_at_once_with_range_and_hls() {
     let (id, host, _) = live_space(&s, "Recorded");
     let mut speaker = publish_tone(&s, &id, &host, 440, 10);
 
-    // While live: LL-HLS plays in ffmpeg and carries the tone.
-    wait_for(15, "a few HLS segments", || {
+    // While live: LL-HLS plays in ffmpeg and carries the tone. The
+    // segments that count are those cut once the speaker is heard.
+    let segments = || {
         let r = call(
             "GET",
             &s.url(&format!("/spaces/{id}/hls/live.m3u8")),
             None,
             None,
         );
-        r.status == 200 && r.body.as_str().unwrap_or("").matches("#EXTINF").count() >= 3
+        r.body.as_str().unwrap_or("").matches("#EXTINF").count()
+    };
+    common::wait_for_audio(&s, 1.0);
+    let before = segments();
+    wait_for(15, "a few HLS segments of speech", || {
+        segments() >= before + 3
     });
     let live = call(
         "GET",
@@ -85,11 +91,13 @@ fn a_recorded_tone_is_replayed_at_once_with_range_and_hls() {
     );
     let pcm = decode(
         &s.url(&format!("/spaces/{id}/hls/live.m3u8")),
-        &["-live_start_index", "0", "-t", "3"],
+        &["-live_start_index", "-2", "-t", "3"],
     );
     assert!(
         seconds_of_tone(&pcm, 440.0) > 1.0,
-        "no tone in the live HLS"
+        "no tone in the live HLS: {} s of {}",
+        seconds_of_tone(&pcm, 440.0),
+        pcm.len() as f64 / 48_000.0
     );
     // Blocking reload: asking for the next part waits for it.
     let t0 = Instant::now();
@@ -135,10 +143,9 @@ fn a_recorded_tone_is_replayed_at_once_with_range_and_hls() {
     );
 
     // Speak for 10 s, then end.
-    let started = Instant::now();
-    while speaker.0.try_wait().unwrap().is_none() && started.elapsed() < Duration::from_secs(20) {
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for(20, "the speaker to finish its 10 s", || {
+        speaker.0.try_wait().unwrap().is_some()
+    });
     speaker.kill();
     let r = call(
         "POST",
@@ -208,6 +215,18 @@ fn a_recorded_tone_is_replayed_at_once_with_range_and_hls() {
         "vod {vod_duration} vs ogg {total}"
     );
     assert!(seconds_of_tone(&decode(&vod, &[]), 440.0) > 8.5);
+    // Audio-only fMP4 is `audio/mp4` (RFC 4337), the playlist an HLS one.
+    let content_type = |path: &str| {
+        let r = client
+            .get(s.url(&format!("/spaces/{id}/hls/{path}")))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        r.headers()["content-type"].to_str().unwrap().to_owned()
+    };
+    assert_eq!(content_type("replay.m3u8"), "application/vnd.apple.mpegurl");
+    assert_eq!(content_type("init.mp4"), "audio/mp4");
+    assert_eq!(content_type("replay/seg-0.m4s"), "audio/mp4");
 
     // Unknown spaces get 404.
     assert_eq!(
@@ -228,12 +247,11 @@ fn kill_9_mid_space_keeps_what_was_recorded() {
     let mut s = Server::start_in(tmp.path(), &[]);
     let (id, host, _) = live_space(&s, "Crash");
     let mut speaker = publish_tone(&s, &id, &host, 440, 30);
-    common::wait_for_audio(&s, 50.0);
-    std::thread::sleep(Duration::from_secs(8));
+    // 1 s of speech, then 8 s more.
+    common::wait_for_audio(&s, 450.0);
     s.kill();
     speaker.kill();
     let s = Server::start_in(tmp.path(), &[]);
-    std::thread::sleep(Duration::from_secs(1));
     let tone = common::end_and_measure_recording(&s, &id, &host, 440.0);
     assert!(
         tone >= 6.0,

@@ -11,7 +11,7 @@ use std::net::{Shutdown, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use common::*;
 
@@ -208,10 +208,9 @@ fn a_tone_recorded_to_s3_is_replayed_from_the_bucket() {
     wait_for(10, "two frame segments in the bucket", || {
         s3.keys(&format!("rec/{id}/frames/")).len() >= 2
     });
-    let started = Instant::now();
-    while speaker.0.try_wait().unwrap().is_none() && started.elapsed() < Duration::from_secs(20) {
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for(20, "the speaker to finish its 8 s", || {
+        speaker.0.try_wait().unwrap().is_some()
+    });
     speaker.kill();
 
     let r = call(
@@ -319,8 +318,8 @@ fn a_recording_in_s3_is_the_tone_and_survives_a_kill() {
     let mut s = node(&s3, data.path());
     let (id, host, _) = live_space(&s, "s3");
     let mut peer = publish_tone(&s, &id, &host, 440, 60);
-    wait_for_audio(&s, 50.0);
-    std::thread::sleep(Duration::from_secs(6));
+    // 1 s of speech, then 6 s more.
+    wait_for_audio(&s, 350.0);
     // Segments are uploaded as they close (every 2 s).
     let segments = s3.keys(&format!("rec/{id}/frames/"));
     assert!(segments.len() >= 2, "segments in S3: {segments:?}");
@@ -330,8 +329,8 @@ fn a_recording_in_s3_is_the_tone_and_survives_a_kill() {
     peer.kill();
     let s = node(&s3, data.path());
     let _peer = publish_tone(&s, &id, &host, 440, 60);
-    wait_for_audio(&s, 50.0);
-    std::thread::sleep(Duration::from_secs(3));
+    // 1 s of speech, then 3 s more.
+    wait_for_audio(&s, 200.0);
     let secs = end_and_measure_recording(&s, &id, &host, 440.0);
     println!("replay from S3: {secs:.1} s of tone across a kill -9");
     // About 6 s before the kill (less the segment in progress) and 3 s
@@ -359,6 +358,7 @@ fn a_failing_s3_store_never_stops_the_live_space() {
         metric(&s, "amphi_recording_errors_total") >= 1.0
     });
     // The space is live and audible regardless.
+    wait_for_audio(&s, 50.0);
     let pcm = ffmpeg_listen(&s.url(&format!("/spaces/{id}/live.opus")), 2.0);
     assert!(
         tone_share(&pcm, 440.0) > 0.5,
@@ -411,21 +411,27 @@ fn a_node_taking_over_a_space_continues_its_recording_in_s3() {
     let (id, host, _) = live_space(&a, "takeover");
     let mut peer = publish_tone(&a, &id, &host, 440, 60);
     wait_for_audio(&a, 50.0);
+    let stored = metric(&a, "amphi_recording_segments_total");
     wait_for(10, "A's segments in the bucket", || {
         s3.keys(&format!("rec/{id}/frames/")).len() >= 2
     });
-    std::thread::sleep(Duration::from_secs(2));
+    // A's part of the replay: three segments stored since the speaker was
+    // heard (the one open at the kill is lost).
+    wait_for(10, "A's segments of speech in the bucket", || {
+        metric(&a, "amphi_recording_segments_total") >= stored + 3.0
+    });
     let from_a = s3.keys(&format!("rec/{id}/frames/"));
     a.kill();
     peer.kill();
-    // Once A's lease expires (8 s), the speaker reconnecting through B
-    // makes B the origin.
-    std::thread::sleep(Duration::from_secs(9));
+    // Once A's lease expires, the speaker reconnecting through B makes B
+    // the origin.
+    nats.wait_lease_expired(&id);
     let _peer = publish_tone(&b, &id, &host, 440, 60);
     let t_takeover = Instant::now();
     wait_for_audio(&b, 50.0);
     assert_eq!(metric(&b, "amphi_takeovers_total"), 1.0);
-    std::thread::sleep(Duration::from_secs(4));
+    // 4 s more of speech at B.
+    wait_for_audio(&b, 250.0);
 
     let after_takeover = t_takeover.elapsed().as_secs_f64();
     let secs = end_and_measure_recording(&b, &id, &host, 440.0);
@@ -476,13 +482,16 @@ fn a_store_down_at_the_end_delays_the_replay_and_loses_nothing() {
     let (id, host, _) = live_space(&s, "S3 down at the end");
     let mut speaker = publish_tone(&s, &id, &host, 440, 8);
     wait_for_audio(&s, 50.0);
-    let started = Instant::now();
-    while speaker.0.try_wait().unwrap().is_none() && started.elapsed() < Duration::from_secs(20) {
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for(20, "the speaker to finish its 8 s", || {
+        speaker.0.try_wait().unwrap().is_some()
+    });
     speaker.kill();
-    // Every segment is stored (the last one closes at the end).
-    std::thread::sleep(Duration::from_secs(1));
+    // Every segment closed while the speaker spoke is stored (the last one
+    // closes at the end).
+    let closed = (metric(&s, "amphi_program_frames_total") / 100.0).floor();
+    wait_for(5, "the closed segments in the bucket", || {
+        metric(&s, "amphi_recording_segments_total") >= closed
+    });
     gate.shut();
     let r = call(
         "POST",

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Server, WsReader, live_space, publish_tone};
+use common::{Server, WsReader, live_space, publish_tone, wait_for_audio};
 
 #[test]
 fn slow_listener_skips_ahead_fast_one_gets_everything_resume_has_no_gap() {
@@ -15,7 +15,7 @@ fn slow_listener_skips_ahead_fast_one_gets_everything_resume_has_no_gap() {
     // Real audio, so the program carries ~4 KB/s (silence packs to almost
     // nothing and would fit in any socket buffer).
     let mut speaker = publish_tone(&s, &id, &host, 440, 30);
-    std::thread::sleep(Duration::from_secs(2));
+    wait_for_audio(&s, 25.0);
     let path = format!("/spaces/{id}/live.ws");
 
     let mut fast = WsReader::connect(s.port, &path, None);
@@ -58,7 +58,8 @@ fn slow_listener_skips_ahead_fast_one_gets_everything_resume_has_no_gap() {
     let (first, n) = fast.next();
     let resume_at = first + n;
     drop(fast);
-    std::thread::sleep(Duration::from_millis(1500));
+    // The program moves on 1.5 s: the resume point is history by then.
+    while slow.next().0 < resume_at + 75 {}
     let mut again = WsReader::connect(s.port, &format!("{path}?from_seq={resume_at}"), None);
     let (first, n) = again.next();
     assert_eq!(first, resume_at, "resume started elsewhere");

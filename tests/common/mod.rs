@@ -228,20 +228,20 @@ pub fn publish_tone_with(
     Peer(child)
 }
 
-/// `url` asking for a 500 ms connect burst if it is a `live.opus` URL: a
-/// player near live, as the audio tests judge what is said now (the node's
-/// default burst, 8 s of history for players that buffer, is tested in
-/// tests/native_playback.rs).
+/// `url` asking for a 300 ms connect burst if it is a `live.opus` URL: the
+/// program from now on, as the audio tests judge what is said now (a
+/// buffering player's burst, 8 s of history by default, would start
+/// before the speaker the test heard; tests/native_playback.rs tests it).
 pub fn near_live(url: &str) -> String {
     if !url.contains("/live.opus") || url.contains("burst_ms=") {
         return url.to_owned();
     }
     let sep = if url.contains('?') { '&' } else { '?' };
-    format!("{url}{sep}burst_ms=500")
+    format!("{url}{sep}burst_ms=300")
 }
 
 /// Decodes `seconds` of the Ogg stream with ffmpeg (a real player) into
-/// mono 48 kHz float samples; `live.opus` is asked for a 500 ms burst
+/// mono 48 kHz float samples; `live.opus` is asked for a 300 ms burst
 /// ([`near_live`]).
 pub fn ffmpeg_listen(url: &str, seconds: f32) -> Vec<f32> {
     ffmpeg_decode(&near_live(url), seconds)
@@ -496,6 +496,70 @@ impl Nats {
     pub fn start_again(&mut self) {
         self.child = Nats::spawn(self.port, self.monitor, self.store.path());
         self.wait_ready();
+    }
+
+    /// The lease on `space` in the cluster's key-value store, read with the
+    /// plain NATS protocol (a JetStream "last message of a subject" get), so
+    /// a test can wait for a dead owner's lease to expire instead of
+    /// sleeping through its TTL.
+    pub fn lease(&self, space: &str) -> Option<amphi_cluster::Lease> {
+        use base64::Engine;
+        use std::io::{BufRead, BufReader, Read, Write};
+        let bucket = amphi_cluster::LEASES_BUCKET;
+        let stream = std::net::TcpStream::connect(("127.0.0.1", self.port)).expect("nats");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let mut w = stream.try_clone().expect("clone");
+        let mut r = BufReader::new(stream);
+        let req = format!("{{\"last_by_subj\":\"$KV.{bucket}.{space}\"}}");
+        write!(
+            w,
+            "CONNECT {{\"verbose\":false}}\r\nSUB _INBOX.lease 1\r\nPUB $JS.API.STREAM.MSG.GET.KV_{bucket} _INBOX.lease {}\r\n{req}\r\n",
+            req.len()
+        )
+        .expect("write to nats");
+        let mut line = String::new();
+        loop {
+            line.clear();
+            assert!(
+                r.read_line(&mut line).expect("read from nats") > 0,
+                "nats closed"
+            );
+            if line.starts_with("PING") {
+                w.write_all(b"PONG\r\n").expect("pong");
+            }
+            assert!(!line.starts_with("-ERR"), "nats: {line}");
+            let Some(head) = line.strip_prefix("MSG ") else {
+                continue;
+            };
+            let len: usize = head
+                .split_whitespace()
+                .last()
+                .and_then(|n| n.parse().ok())
+                .expect("MSG length");
+            let mut payload = vec![0; len + 2];
+            r.read_exact(&mut payload).expect("MSG payload");
+            let v: Value = serde_json::from_slice(&payload[..len]).expect("JSON reply");
+            // No such key: `{"error": ...}`.
+            let data = v["message"]["data"].as_str()?;
+            let value = base64::engine::general_purpose::STANDARD
+                .decode(data)
+                .expect("base64");
+            return amphi_cluster::Lease::decode(&value);
+        }
+    }
+
+    /// Waits until the lease on `space` has expired (its owner stopped
+    /// renewing), as any node would judge it now.
+    pub fn wait_lease_expired(&self, space: &str) {
+        wait_for(10, "the dead owner's lease to expire", || {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("after 1970")
+                .as_millis() as i64;
+            self.lease(space).is_some_and(|l| !l.is_valid(now))
+        });
     }
 
     /// The server's total payload bytes sent to clients (`/varz`).

@@ -12,4 +12,6 @@ pub mod token;
 
 pub use frame::{Frame, History, SpeakerLevel};
 pub use id::{ParticipantId, SpaceId};
-pub use room::{Actor, Command, Member, Outcome, Role, RoomError, Space, SpaceOptions, SpaceState};
+pub use room::{
+    Actor, Command, Listener, Member, Outcome, Role, RoomError, Space, SpaceOptions, SpaceState,
+};

@@ -1,6 +1,8 @@
 //! The rules of one space: lifecycle, roles, the stage, hands, mutes,
 //! removals and bans. A [`Space`] is mutated only through [`Space::apply`],
-//! which checks the actor's role *now* and returns what changed.
+//! which checks the actor's role *now* and returns what changed. Every other
+//! "may this participant do that?" (publish, use TURN, listen, follow the
+//! events, react, join) is answered here too, beside it, so the handlers only ask.
 //!
 //! Only participants that matter are kept: the stage, raised hands, and the
 //! removed and banned. A listener who only listens exists nowhere but in
@@ -174,6 +176,60 @@ pub enum Command {
     },
 }
 
+/// What a command asks of whoever sends it, checked by [`Space::apply`]
+/// before anything about its target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Need {
+    /// Anyone still in the space.
+    Presence,
+    /// The host or a co-host.
+    Moderator(&'static str),
+    /// The host.
+    Host(&'static str),
+    /// A moderator, or the target acting on themselves.
+    ModeratorOrSelf(ParticipantId, &'static str),
+    /// The target acting on themselves.
+    OnlySelf(ParticipantId, &'static str),
+}
+
+impl Command {
+    /// Who may send this command; the message is the refusal's.
+    fn need(&self) -> Need {
+        match self {
+            Command::Start => Need::Moderator("only the host or a co-host can start the space"),
+            Command::End => Need::Host("only the host can end the space"),
+            Command::RaiseHand | Command::LowerHand | Command::MoveToAudience { .. } => {
+                Need::Presence
+            }
+            Command::BringOnStage { .. } => {
+                Need::Moderator("only the host or a co-host can bring people on stage")
+            }
+            Command::AppointCohost { .. } => Need::Host("only the host can appoint co-hosts"),
+            Command::DismissCohost { .. } => Need::Host("only the host can dismiss co-hosts"),
+            Command::Mute { target } => {
+                Need::ModeratorOrSelf(*target, "only the host, a co-host or yourself can mute")
+            }
+            Command::Unmute { target } => {
+                Need::OnlySelf(*target, "only the speaker can unmute themselves")
+            }
+            Command::Remove { .. } => {
+                Need::Moderator("only the host or a co-host can remove participants")
+            }
+        }
+    }
+}
+
+/// Someone asking to hear a space's program, as the shell knows them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    /// No token was presented.
+    Anonymous,
+    /// A token was presented and failed verification.
+    Unverified,
+    /// A verified participant.
+    Participant(ParticipantId),
+}
+
 /// What an accepted command changed, for the shell to act on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -205,6 +261,9 @@ pub enum RoomError {
     /// 409: the space is not in a state that allows it.
     #[error("{0}")]
     Conflict(String),
+    /// 401: the asker must prove who they are first.
+    #[error("{0}")]
+    Unauthenticated(String),
 }
 
 fn forbidden(msg: &str) -> RoomError {
@@ -336,6 +395,89 @@ impl Space {
             .filter(|id| self.is_audible(*id))
     }
 
+    /// Whether `id` may send audio now: on stage, not removed, and the
+    /// space live. What they send is heard only while [`Self::is_audible`].
+    pub fn may_publish(&self, id: ParticipantId) -> Result<(), RoomError> {
+        if !self.present(id)?.on_stage() {
+            return Err(forbidden("only stage members can publish audio"));
+        }
+        if self.state != SpaceState::Live {
+            return Err(conflict("the space is not live"));
+        }
+        Ok(())
+    }
+
+    /// Whether `id` may be given TURN credentials: a stage member, not
+    /// removed, in any state, so a speaker behind a firewall can gather
+    /// relay candidates before the space goes live.
+    pub fn may_use_turn(&self, id: ParticipantId) -> Result<(), RoomError> {
+        if !self.present(id)?.on_stage() {
+            return Err(forbidden("only stage members can publish audio"));
+        }
+        Ok(())
+    }
+
+    /// Whether `who` may hear the program now: the space is live, an
+    /// anonymous listener only of a public space, a participant only while
+    /// not removed. The state is told first, so a player with a stale token
+    /// still learns that the space ended and where its replay is.
+    pub fn may_listen(&self, who: Listener) -> Result<(), RoomError> {
+        match self.state {
+            SpaceState::Live => {}
+            SpaceState::Scheduled => return Err(conflict("the space has not started yet")),
+            SpaceState::Ended => {
+                return Err(RoomError::Conflict(format!(
+                    "the space has ended; the replay is at /spaces/{}/recording.opus",
+                    self.id
+                )));
+            }
+        }
+        match who {
+            Listener::Anonymous if self.public => Ok(()),
+            Listener::Anonymous => Err(RoomError::Unauthenticated(
+                "this space needs a token: join first".into(),
+            )),
+            Listener::Unverified => Err(RoomError::Unauthenticated(
+                "the token is not valid for this space".into(),
+            )),
+            Listener::Participant(id) => self.present(id).map(|_| ()),
+        }
+    }
+
+    /// Whether `id` may follow the space's events (in any state, an ended
+    /// space included), and with which role.
+    pub fn may_follow_events(&self, id: ParticipantId) -> Result<Role, RoomError> {
+        self.present(id)
+    }
+
+    /// Whether `id` may send a reaction now: not removed, the space live.
+    pub fn may_react(&self, id: ParticipantId) -> Result<(), RoomError> {
+        self.present(id)?;
+        if self.state != SpaceState::Live {
+            return Err(conflict("reactions are for live spaces"));
+        }
+        Ok(())
+    }
+
+    /// Whether `id` may join (be given a token), and in the role they hold
+    /// now (listener if the space does not remember them). `prior` is the
+    /// participant of a token the joiner already holds: a ban follows the
+    /// person across tokens. Removal without a ban does not refuse a join;
+    /// a removed `id` still has no right in the space.
+    pub fn may_join(
+        &self,
+        id: ParticipantId,
+        prior: Option<ParticipantId>,
+    ) -> Result<Role, RoomError> {
+        if self.state == SpaceState::Ended {
+            return Err(conflict("the space has ended"));
+        }
+        if prior.is_some_and(|p| self.is_banned(p)) || self.is_banned(id) {
+            return Err(forbidden("you are banned from this space"));
+        }
+        Ok(self.role_of(id).unwrap_or(Role::Listener))
+    }
+
     /// Applies `cmd` from `actor` at `now_ms`, checking the rules against
     /// the current state. On error nothing changed.
     pub fn apply(
@@ -344,17 +486,9 @@ impl Space {
         cmd: Command,
         now_ms: i64,
     ) -> Result<Outcome, RoomError> {
-        let role = self
-            .role_of(actor.id)
-            .ok_or_else(|| forbidden("you were removed from this space"))?;
-        if self.state == SpaceState::Ended {
-            return Err(conflict("the space has ended"));
-        }
+        let role = self.require(actor.id, cmd.need())?;
         match cmd {
             Command::Start => {
-                if !role.moderates() {
-                    return Err(forbidden("only the host or a co-host can start the space"));
-                }
                 if self.state != SpaceState::Scheduled {
                     return Err(conflict("the space is already live"));
                 }
@@ -363,9 +497,6 @@ impl Space {
                 Ok(Outcome::Started)
             }
             Command::End => {
-                if role != Role::Host {
-                    return Err(forbidden("only the host can end the space"));
-                }
                 self.state = SpaceState::Ended;
                 self.ended_at_ms = Some(now_ms);
                 Ok(Outcome::Ended)
@@ -400,11 +531,6 @@ impl Space {
                 _ => Ok(Outcome::Unchanged),
             },
             Command::BringOnStage { target, name } => {
-                if !role.moderates() {
-                    return Err(forbidden(
-                        "only the host or a co-host can bring people on stage",
-                    ));
-                }
                 let target_role = self.target_role(target)?;
                 if target_role.on_stage() {
                     return Err(conflict("already on stage"));
@@ -452,9 +578,6 @@ impl Space {
                 Ok(Outcome::Changed)
             }
             Command::AppointCohost { target } => {
-                if role != Role::Host {
-                    return Err(forbidden("only the host can appoint co-hosts"));
-                }
                 match self.target_role(target)? {
                     Role::Cohost => return Ok(Outcome::Unchanged),
                     Role::Speaker => {}
@@ -477,9 +600,6 @@ impl Space {
                 Ok(Outcome::Changed)
             }
             Command::DismissCohost { target } => {
-                if role != Role::Host {
-                    return Err(forbidden("only the host can dismiss co-hosts"));
-                }
                 if self.target_role(target)? != Role::Cohost {
                     return Err(conflict("not a co-host"));
                 }
@@ -489,9 +609,6 @@ impl Space {
                 Ok(Outcome::Changed)
             }
             Command::Mute { target } => {
-                if actor.id != target && !role.moderates() {
-                    return Err(forbidden("only the host, a co-host or yourself can mute"));
-                }
                 if !self.target_role(target)?.on_stage() {
                     return Err(conflict("not on stage"));
                 }
@@ -504,9 +621,6 @@ impl Space {
                 }
             }
             Command::Unmute { target } => {
-                if actor.id != target {
-                    return Err(forbidden("only the speaker can unmute themselves"));
-                }
                 if !role.on_stage() {
                     return Err(conflict("not on stage"));
                 }
@@ -519,11 +633,6 @@ impl Space {
                 }
             }
             Command::Remove { target, ban } => {
-                if !role.moderates() {
-                    return Err(forbidden(
-                        "only the host or a co-host can remove participants",
-                    ));
-                }
                 let target_role = self.target_role(target)?;
                 if target_role == Role::Host {
                     return Err(forbidden("the host cannot be removed"));
@@ -542,6 +651,34 @@ impl Space {
                 })
             }
         }
+    }
+
+    /// The actor's role if `need` allows them to act now: not removed, the
+    /// space not ended, and the role (or being the target) the command asks.
+    fn require(&self, actor: ParticipantId, need: Need) -> Result<Role, RoomError> {
+        let role = self.present(actor)?;
+        if self.state == SpaceState::Ended {
+            return Err(conflict("the space has ended"));
+        }
+        let (allowed, refusal) = match need {
+            Need::Presence => return Ok(role),
+            Need::Moderator(m) => (role.moderates(), m),
+            Need::Host(m) => (role == Role::Host, m),
+            Need::ModeratorOrSelf(target, m) => (actor == target || role.moderates(), m),
+            Need::OnlySelf(target, m) => (actor == target, m),
+        };
+        if allowed {
+            Ok(role)
+        } else {
+            Err(forbidden(refusal))
+        }
+    }
+
+    /// The participant's role, or 403 if they were removed: the first
+    /// question of every permission.
+    fn present(&self, id: ParticipantId) -> Result<Role, RoomError> {
+        self.role_of(id)
+            .ok_or_else(|| forbidden("you were removed from this space"))
     }
 
     /// The target's role, or 404 if they were removed (they are no longer
@@ -902,6 +1039,134 @@ mod tests {
                 for id in s.audible() {
                     prop_assert!(s.role_of(id).is_some_and(Role::on_stage));
                     prop_assert!(!s.member(id).is_some_and(|m| m.muted));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_predicates_refuse_with_the_api_messages() {
+        let mut s = space(13);
+        s.public = false;
+        let msg = |r: Result<(), RoomError>| r.unwrap_err().to_string();
+        assert_eq!(
+            msg(s.may_listen(Listener::Participant(HOST))),
+            "the space has not started yet"
+        );
+        assert_eq!(msg(s.may_publish(HOST)), "the space is not live");
+        assert_eq!(msg(s.may_react(HOST)), "reactions are for live spaces");
+        assert_eq!(
+            msg(s.may_publish(p(5))),
+            "only stage members can publish audio"
+        );
+        act(&mut s, 1, Command::Start).unwrap();
+        assert!(matches!(
+            s.may_listen(Listener::Anonymous),
+            Err(RoomError::Unauthenticated(m)) if m == "this space needs a token: join first"
+        ));
+        assert!(matches!(
+            s.may_listen(Listener::Unverified),
+            Err(RoomError::Unauthenticated(_))
+        ));
+        s.public = true;
+        s.may_listen(Listener::Anonymous).unwrap();
+        act(&mut s, 5, Command::RaiseHand).unwrap();
+        act(
+            &mut s,
+            1,
+            Command::Remove {
+                target: p(5),
+                ban: true,
+            },
+        )
+        .unwrap();
+        for r in [
+            s.may_publish(p(5)),
+            s.may_react(p(5)),
+            s.may_listen(Listener::Participant(p(5))),
+            s.may_follow_events(p(5)).map(|_| ()),
+        ] {
+            assert_eq!(msg(r), "you were removed from this space");
+        }
+        assert_eq!(
+            msg(s.may_join(p(5), None).map(|_| ())),
+            "you are banned from this space"
+        );
+        assert_eq!(
+            msg(s.may_join(p(6), Some(p(5))).map(|_| ())),
+            "you are banned from this space"
+        );
+        assert_eq!(s.may_join(p(6), None), Ok(Role::Listener));
+        assert_eq!(s.may_join(HOST, None), Ok(Role::Host));
+        act(&mut s, 1, Command::End).unwrap();
+        // The state comes first: even a stale token learns where the replay is.
+        assert_eq!(
+            msg(s.may_listen(Listener::Unverified)),
+            "the space has ended; the replay is at /spaces/0000000000000007/recording.opus"
+        );
+        assert_eq!(
+            msg(s.may_join(p(6), None).map(|_| ())),
+            "the space has ended"
+        );
+        assert_eq!(s.may_follow_events(HOST), Ok(Role::Host));
+    }
+
+    proptest! {
+        #[test]
+        fn the_predicates_agree_with_apply_and_the_rules(
+            max_stage in 1u8..6,
+            public in any::<bool>(),
+            cmds in proptest::collection::vec(command(), 0..60),
+        ) {
+            let mut s = space(max_stage);
+            s.public = public;
+            let mut banned = BTreeSet::new();
+            for (who, cmd) in cmds {
+                if let Ok(Outcome::Removed { target, banned: true }) = act(&mut s, who, cmd) {
+                    banned.insert(target);
+                }
+                let live = s.state == SpaceState::Live;
+                let open = s.state != SpaceState::Ended;
+                prop_assert_eq!(s.may_listen(Listener::Anonymous).is_ok(), live && public);
+                prop_assert!(s.may_listen(Listener::Unverified).is_err());
+                for id in (1..9).map(p) {
+                    let role = s.role_of(id);
+                    // Publishing: on stage, not removed or banned, in a live space.
+                    let publish = s.may_publish(id).is_ok();
+                    prop_assert_eq!(publish, live && role.is_some_and(Role::on_stage));
+                    // ... exactly when `apply` would let them unmute themselves, live.
+                    let mut probe = s.clone();
+                    let unmute = act(&mut probe, id.0, Command::Unmute { target: id });
+                    prop_assert_eq!(publish, live && unmute.is_ok());
+                    prop_assert!(!s.is_audible(id) || publish, "audible without the right to publish");
+                    prop_assert_eq!(
+                        s.may_use_turn(id).is_ok(),
+                        role.is_some_and(Role::on_stage)
+                    );
+                    prop_assert!(!publish || s.may_use_turn(id).is_ok());
+                    // Events: whoever `apply` does not refuse as removed.
+                    let mut probe = s.clone();
+                    let lower = act(&mut probe, id.0, Command::LowerHand);
+                    prop_assert_eq!(s.may_follow_events(id).ok(), role);
+                    prop_assert_eq!(
+                        s.may_follow_events(id).is_err(),
+                        matches!(lower, Err(RoomError::Forbidden(_)))
+                    );
+                    prop_assert_eq!(s.may_react(id).is_ok(), live && lower.is_ok());
+                    prop_assert_eq!(
+                        s.may_listen(Listener::Participant(id)).is_ok(),
+                        live && role.is_some()
+                    );
+                    // Joining: never banned, never an ended space, in the role held now.
+                    let join = s.may_join(id, None);
+                    prop_assert_eq!(join.is_ok(), open && !banned.contains(&id));
+                    if let Ok(r) = join {
+                        prop_assert_eq!(r, role.unwrap_or(Role::Listener));
+                    }
+                    prop_assert_eq!(
+                        s.may_join(p(99), Some(id)).is_ok(),
+                        open && !banned.contains(&id)
+                    );
                 }
             }
         }

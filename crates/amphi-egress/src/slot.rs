@@ -160,17 +160,19 @@ impl<S: Read + Write> Slot<S> {
         }
     }
 
-    /// A listener whose bytes are sealed into TLS records by `sealer`; a
-    /// `wss` listener's records are opened by `opener` (without one, its
-    /// input is drained and its pings go unanswered).
+    /// A listener whose bytes are sealed into TLS records by `sealer` (by
+    /// the kernel if `None` with an `opener`); a `wss` listener's records
+    /// are opened by `opener` (without one, its input is drained and its
+    /// pings go unanswered).
     pub(crate) fn with_tls(
         mut self,
         sealer: Option<Box<RecordSealer>>,
         opener: Option<Box<RecordOpener>>,
     ) -> Self {
-        if sealer.is_some()
-            && let Reader::Ws { tls_in, .. } = &mut self.reader
-        {
+        // With kernel TLS there is no sealer (the kernel seals what is
+        // written) but the client's records still arrive as records.
+        let over_tls = sealer.is_some() || opener.is_some();
+        if over_tls && let Reader::Ws { tls_in, .. } = &mut self.reader {
             match opener {
                 Some(opener) => {
                     *tls_in = Some(Box::new(TlsIn {

@@ -16,13 +16,13 @@ pub mod segmenter;
 
 pub use playlist::{Ready, parse_blocking_query, parse_media_name};
 pub use segmenter::{
-    HlsEvent, PRELOAD_PARTS_AHEAD, PartLookup, Segment, Segmenter, SegmenterConfig,
+    HlsEvent, PDT_REANCHOR_US, PRELOAD_PARTS_AHEAD, PartLookup, Segment, Segmenter, SegmenterConfig,
 };
 
-/// Frames per part: 500 ms.
-pub const PART_FRAMES: u64 = 25;
+/// Frames per part: 400 ms.
+pub const PART_FRAMES: u64 = 20;
 /// Parts per segment: 2 s segments.
-pub const SEGMENT_PARTS: u64 = 4;
+pub const SEGMENT_PARTS: u64 = 5;
 /// Frames per segment.
 pub const SEGMENT_FRAMES: u64 = PART_FRAMES * SEGMENT_PARTS;
 
@@ -51,7 +51,7 @@ pub enum Resource {
 
 /// `Cache-Control` for each kind of HLS resource. Media is immutable, so a
 /// CDN may keep it for a year and absorb the audience; the live playlist
-/// changes every 500 ms, so caches may hold it for at most a second
+/// changes every part (400 ms), so caches may hold it for at most a second
 /// (blocking-reload URLs differ per part, so they cache well too); a VOD
 /// playlist never changes.
 pub fn cache_control_for(kind: Resource) -> &'static str {
@@ -64,9 +64,28 @@ pub fn cache_control_for(kind: Resource) -> &'static str {
 
 pub use cache_control_for as cache_control;
 
+/// `Content-Type` for each kind of HLS resource. The fMP4 media holds one
+/// audio track and nothing else, so it is `audio/mp4` (RFC 4337: `video/mp4`
+/// is for files with video); playlists are `application/vnd.apple.mpegurl`
+/// (RFC 8216 §4).
+pub fn content_type_for(kind: Resource) -> &'static str {
+    match kind {
+        Resource::Media => "audio/mp4",
+        Resource::LivePlaylist | Resource::VodPlaylist => "application/vnd.apple.mpegurl",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn audio_only_media_is_audio_mp4_and_playlists_are_mpegurl() {
+        assert_eq!(content_type_for(Resource::Media), "audio/mp4");
+        for kind in [Resource::LivePlaylist, Resource::VodPlaylist] {
+            assert_eq!(content_type_for(kind), "application/vnd.apple.mpegurl");
+        }
+    }
 
     #[test]
     fn media_is_immutable_and_live_playlists_are_short_lived() {

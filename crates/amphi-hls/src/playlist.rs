@@ -404,7 +404,7 @@ mod tests {
         let full = s.live_playlist();
         assert_eq!(full.as_ptr(), s.live_playlist().as_ptr(), "rendered once");
         let delta = text(s.live_playlist_delta());
-        // 10 segments of 2 s and 0.5 s open: keep the newest 6 (12 s).
+        // 10 segments of 2 s and 0.4 s open: keep the newest 6 (12 s).
         assert!(delta.contains("#EXT-X-MEDIA-SEQUENCE:0\n"));
         assert!(delta.contains("#EXT-X-SKIP:SKIPPED-SEGMENTS=4\n"));
         assert!(!delta.contains("seg-3.m4s") && delta.contains("seg-4.m4s"));
@@ -536,8 +536,8 @@ mod tests {
                 "#EXTM3U",
                 "#EXT-X-VERSION:9",
                 "#EXT-X-TARGETDURATION:2",
-                "#EXT-X-PART-INF:PART-TARGET=0.5",
-                "#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=1.5,CAN-SKIP-UNTIL=12",
+                "#EXT-X-PART-INF:PART-TARGET=0.4",
+                "#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=1.2,CAN-SKIP-UNTIL=12",
                 "#EXT-X-MEDIA-SEQUENCE:4",
                 "#EXT-X-MAP:URI=\"init.mp4\"",
             ]
@@ -548,7 +548,7 @@ mod tests {
         assert!(pl.contains("#EXTINF:2.000,\nseg-9.m4s\n"));
         // Parts only for the last three segments and the open one.
         assert!(!pl.contains("part-6-"));
-        assert!(pl.contains("#EXT-X-PART:DURATION=0.500,URI=\"part-7-0.m4s\",INDEPENDENT=YES\n"));
+        assert!(pl.contains("#EXT-X-PART:DURATION=0.400,URI=\"part-7-0.m4s\",INDEPENDENT=YES\n"));
         assert!(pl.contains("part-10-0.m4s"));
         assert!(pl.ends_with("#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"part-10-1.m4s\"\n"));
         assert!(!pl.contains("ENDLIST"));
@@ -564,9 +564,10 @@ mod tests {
         assert_eq!(s.blocking_reload_ready(3, Some(0)), Ready::Wait);
         assert_eq!(s.blocking_reload_ready(3, None), Ready::Wait);
         assert_eq!(s.blocking_reload_ready(4, None), Ready::TooFar);
-        // Six parts ahead is the limit for 0.5 s parts.
-        assert_eq!(s.blocking_reload_ready(3, Some(2)), Ready::Wait);
-        assert_eq!(s.blocking_reload_ready(3, Some(3)), Ready::TooFar);
+        // Eight parts ahead (3 s / 0.4 s, rounded up) is the limit for
+        // 0.4 s parts.
+        assert_eq!(s.blocking_reload_ready(3, Some(3)), Ready::Wait);
+        assert_eq!(s.blocking_reload_ready(3, Some(4)), Ready::TooFar);
         assert_eq!(
             s.blocking_reload_ready(u64::MAX, Some(u32::MAX)),
             Ready::TooFar

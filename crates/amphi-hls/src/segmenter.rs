@@ -22,7 +22,7 @@ use crate::{PART_FRAMES, SEGMENT_PARTS};
 /// How frames are cut and how much is kept for serving.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SegmenterConfig {
-    /// Frames per part (25 = 500 ms, the LL-HLS part target).
+    /// Frames per part (20 = 400 ms, the LL-HLS part target).
     pub part_frames: u32,
     /// Parts per segment (4 → 2 s segments).
     pub segment_parts: u32,
@@ -66,6 +66,16 @@ impl SegmenterConfig {
 /// be held for ([`Segmenter::lookup_part`]): the hinted part and the one
 /// right after it. Anything further ahead is not worth holding.
 pub const PRELOAD_PARTS_AHEAD: u64 = 1;
+
+/// How far the media timeline may drift from the frames' capture stamps
+/// before the program date is re-anchored on a frame's own stamp. Stamps
+/// wobble by the jitter buffer's depth (tens of ms) from frame to frame, so
+/// dating each segment by its first frame's stamp alone made consecutive
+/// dates differ by ±20 ms from the `EXTINF` between them; a date carried
+/// along the timeline does not. Only a stalled mixer (it skips ticks after
+/// 200 ms behind) moves the two apart for good; past half a second of that
+/// the date jumps back to the stamps.
+pub const PDT_REANCHOR_US: u64 = 500_000;
 
 /// What a request for `part-{msn}-{part}.m4s` should get
 /// ([`Segmenter::lookup_part`]).
@@ -124,7 +134,11 @@ pub struct Segment {
     pub frames: u64,
     /// Sequence numbers it covers, first to last frame inclusive.
     pub span: u64,
-    /// Capture time of its first frame (`EXT-X-PROGRAM-DATE-TIME`).
+    /// Wall time of its first sample (`EXT-X-PROGRAM-DATE-TIME`): the
+    /// capture time of the first frame after the last restart, advanced
+    /// along the media timeline (20 ms per sequence number), so consecutive
+    /// segments' dates differ by exactly the media between them (see
+    /// [`PDT_REANCHOR_US`]).
     pub captured_at_us: u64,
     /// A restart precedes this segment (`EXT-X-DISCONTINUITY`).
     pub discontinuity: bool,
@@ -169,6 +183,9 @@ pub struct Segmenter {
     last_seq: Option<u64>,
     fragment_seq: u32,
     gap_pending: bool,
+    /// `(seq, µs)`: the program date of sequence number `seq`, from which
+    /// every segment's date is counted along the timeline.
+    date_anchor: Option<(u64, u64)>,
     /// Discontinuities that left the window: `EXT-X-DISCONTINUITY-SEQUENCE`.
     pub(crate) discontinuity_sequence: u64,
     pub(crate) ended: bool,
@@ -193,6 +210,7 @@ impl Segmenter {
             last_seq: None,
             fragment_seq: 1,
             gap_pending: false,
+            date_anchor: None,
             discontinuity_sequence: 0,
             ended: false,
             prefix: String::new(),
@@ -296,15 +314,34 @@ impl Segmenter {
     fn open_segment(&mut self, frame: &Frame, discontinuity: bool) {
         let msn = self.next_msn;
         self.next_msn += 1;
+        let captured_at_us = self.program_date(frame, discontinuity);
         self.open = Some(Open {
             msn,
             first_seq: frame.seq,
-            captured_at_us: frame.captured_at_us,
+            captured_at_us,
             discontinuity,
             frames: 0,
             parts: Vec::with_capacity(self.cfg.segment_parts as usize),
             pending: Vec::with_capacity(self.cfg.part_frames as usize),
         });
+    }
+
+    /// The program date of `frame`, the first of a segment: counted along the
+    /// media timeline from the anchor, which is set at the first frame, at
+    /// every restart, and when the count has drifted more than
+    /// [`PDT_REANCHOR_US`] from the frame's own capture stamp.
+    fn program_date(&mut self, frame: &Frame, restart: bool) -> u64 {
+        let along = self.date_anchor.filter(|_| !restart).and_then(|(seq, us)| {
+            let d = frame.seq.checked_sub(seq)?.checked_mul(FRAME_US)?;
+            us.checked_add(d)
+        });
+        match along {
+            Some(us) if us.abs_diff(frame.captured_at_us) <= PDT_REANCHOR_US => us,
+            _ => {
+                self.date_anchor = Some((frame.seq, frame.captured_at_us));
+                frame.captured_at_us
+            }
+        }
     }
 
     /// Cuts the frames pending in the open segment into a part.
@@ -483,7 +520,7 @@ mod tests {
     }
 
     #[test]
-    fn gap_free_frames_make_500ms_parts_and_2s_segments() {
+    fn gap_free_frames_make_400ms_parts_and_2s_segments() {
         let mut s = Segmenter::new(SegmenterConfig::default());
         let mut parts = Vec::new();
         let mut segs = Vec::new();
@@ -499,17 +536,17 @@ mod tests {
                 }
             }
         }
-        // Part 0 of segment 0 is ready the moment frame 24 arrives.
-        assert_eq!(parts.len(), 9);
+        // Part 0 of segment 0 is ready the moment frame 19 arrives.
+        assert_eq!(parts.len(), 11);
         assert_eq!(parts[0].0, 0);
-        assert_eq!((parts[4].0, parts[4].1), (1, 0));
-        assert_eq!((parts[8].0, parts[8].1), (2, 0));
+        assert_eq!((parts[5].0, parts[5].1), (1, 0));
+        assert_eq!((parts[10].0, parts[10].1), (2, 0));
         assert_eq!(segs.len(), 2);
         assert_eq!(segs[1].2, Duration::from_secs(2));
-        let concat: Vec<u8> = parts[4..8].iter().flat_map(|p| p.2.to_vec()).collect();
+        let concat: Vec<u8> = parts[5..10].iter().flat_map(|p| p.2.to_vec()).collect();
         assert_eq!(segs[1].1.to_vec(), concat);
-        assert_eq!(tfdt(&parts[5].2), 125 * 960);
-        assert_eq!(s.part(2, 0), Some(parts[8].2.clone()));
+        assert_eq!(tfdt(&parts[6].2), 120 * 960);
+        assert_eq!(s.part(2, 0), Some(parts[10].2.clone()));
         assert_eq!(s.part(2, 1), None);
         assert_eq!(s.segment(1), Some(segs[1].1.clone()));
         assert_eq!(s.edge(), (2, 1));
@@ -611,15 +648,15 @@ mod tests {
             s.push(&frame(q));
         }
         assert_eq!(s.edge(), (2, 1));
-        assert!(found(s.lookup_part(2, 0)) && found(s.lookup_part(1, 3)));
+        assert!(found(s.lookup_part(2, 0)) && found(s.lookup_part(1, 4)));
         assert_eq!(s.lookup_part(2, 0), Found(s.part(2, 0).unwrap()));
         assert_eq!(s.lookup_part(2, 1), Pending);
         assert_eq!(s.lookup_part(2, 2), Pending);
         assert_eq!(s.lookup_part(2, 3), NotFound);
         assert_eq!(s.lookup_part(3, 0), NotFound);
         // No such part index, ever.
-        assert_eq!(s.lookup_part(2, 4), NotFound);
-        assert_eq!(s.lookup_part(1, 4), NotFound);
+        assert_eq!(s.lookup_part(2, 5), NotFound);
+        assert_eq!(s.lookup_part(1, 5), NotFound);
         assert_eq!(s.lookup_part(u64::MAX, u32::MAX), NotFound);
         assert_eq!(s.lookup_part(u64::MAX, 0), NotFound);
         // Once published, the hinted part is found.
@@ -629,20 +666,20 @@ mod tests {
         assert!(found(s.lookup_part(2, 1)));
         // Hint on the last part of a segment: the next is part 0 of the
         // following segment.
-        for q in 250..375 {
+        for q in 250..380 {
             s.push(&frame(q));
         }
-        assert_eq!(s.edge(), (3, 3));
-        assert_eq!(s.lookup_part(3, 3), Pending);
+        assert_eq!(s.edge(), (3, 4));
+        assert_eq!(s.lookup_part(3, 4), Pending);
         assert_eq!(s.lookup_part(4, 0), Pending);
         assert_eq!(s.lookup_part(4, 1), NotFound);
-        // A restart closes segment 3 with three parts: part-3-3 will never
+        // A restart closes segment 3 with four parts: part-3-4 will never
         // exist, part-4-0 is the new hint.
         s.mark_gap();
         s.push(&frame(10_000));
         assert_eq!(s.edge(), (4, 0));
-        assert_eq!(s.lookup_part(3, 3), NotFound);
-        assert!(found(s.lookup_part(3, 2)));
+        assert_eq!(s.lookup_part(3, 4), NotFound);
+        assert!(found(s.lookup_part(3, 3)));
         assert_eq!(s.lookup_part(4, 0), Pending);
         // The end cuts the frame in progress into a last, short part.
         s.finish();
@@ -655,11 +692,105 @@ mod tests {
             s.push(&frame(q));
         }
         assert_eq!(s.lookup_part(0, 0), NotFound);
-        assert!(found(s.lookup_part(9, 3)));
+        assert!(found(s.lookup_part(9, 4)));
         assert_eq!(s.lookup_part(10, 0), Pending);
     }
 
+    /// A frame whose capture stamp wobbles by `jitter_us` around the timeline
+    /// (as the jitter buffer's depth changes from tick to tick).
+    fn stamped(seq: u64, jitter_us: i64) -> Frame {
+        let mut f = frame(seq);
+        f.captured_at_us = f.captured_at_us.saturating_add_signed(jitter_us);
+        f
+    }
+
+    #[test]
+    fn program_dates_follow_the_timeline_not_each_frames_wobbling_stamp() {
+        let mut s = Segmenter::new(SegmenterConfig {
+            keep_all: true,
+            ..SegmenterConfig::default()
+        });
+        // The case: the stamps of successive segments' first frames
+        // 2.020 s apart where the segment lasts 2.000 s.
+        for q in 0..1000 {
+            let wobble = [0, 20_000, -15_000, 35_000][(q / 100 % 4) as usize];
+            s.push(&stamped(q, wobble));
+        }
+        let segs: Vec<&Segment> = s.segments().collect();
+        assert_eq!(segs.len(), 10);
+        assert_eq!(segs[0].captured_at_us, frame(0).captured_at_us);
+        for w in segs.windows(2) {
+            let (a, b) = (w[0], w[1]);
+            assert_eq!(
+                Duration::from_micros(b.captured_at_us - a.captured_at_us),
+                a.duration(),
+                "segment {}",
+                b.msn
+            );
+        }
+    }
+
+    #[test]
+    fn a_restart_or_a_stalled_mixer_reanchors_the_program_date() {
+        let mut s = Segmenter::new(SegmenterConfig {
+            keep_all: true,
+            ..SegmenterConfig::default()
+        });
+        for q in 0..200 {
+            s.push(&frame(q));
+        }
+        // Ticks lost to a stall: the timeline is 1.5 s behind the stamps.
+        for q in 200..400 {
+            s.push(&stamped(q, 1_500_000));
+        }
+        // A restart: sequence numbers jump, the stamps with them but not
+        // by the same amount.
+        for q in 1000..1200 {
+            s.push(&stamped(q, -300_000));
+        }
+        s.finish();
+        let dates: Vec<(u64, bool)> = s
+            .segments()
+            .map(|g| (g.captured_at_us, g.discontinuity))
+            .collect();
+        assert_eq!(dates.len(), 6);
+        assert_eq!(dates[1].0, frame(100).captured_at_us);
+        assert_eq!(dates[2].0, stamped(200, 1_500_000).captured_at_us);
+        assert_eq!(dates[3].0, stamped(300, 1_500_000).captured_at_us);
+        assert_eq!(dates[4], (stamped(1000, -300_000).captured_at_us, true));
+        assert_eq!(dates[5].0, stamped(1100, -300_000).captured_at_us);
+    }
+
     proptest! {
+        /// Whatever the stamps' wobble (within the re-anchoring bound) and
+        /// whatever frames are lost inside segments, a segment's program
+        /// date is the previous one's plus the media between their first
+        /// frames, which is its `EXTINF` when no frame is missing between
+        /// them.
+        #[test]
+        fn program_dates_advance_by_the_media_between_segments(
+            wobble in proptest::collection::vec(-200_000i64..200_000, 1..900),
+            lost in proptest::collection::vec(any::<bool>(), 900),
+        ) {
+            let mut s = Segmenter::new(SegmenterConfig { keep_all: true, ..SegmenterConfig::default() });
+            for (q, w) in wobble.iter().enumerate() {
+                let q = q as u64;
+                // Keep the first and last frame of every segment.
+                if lost[q as usize] && !q.is_multiple_of(100) && q % 100 != 99 {
+                    continue;
+                }
+                s.push(&stamped(q, *w));
+            }
+            s.finish();
+            let segs: Vec<&Segment> = s.segments().collect();
+            for w in segs.windows(2) {
+                let (a, b) = (w[0], w[1]);
+                prop_assert!(!b.discontinuity);
+                prop_assert_eq!(b.first_seq, a.first_seq + a.span);
+                prop_assert_eq!(Duration::from_micros(b.captured_at_us - a.captured_at_us), a.duration());
+            }
+        }
+
         /// Whatever frames arrive (gaps, duplicates, restarts), numbering is
         /// monotonic, parts/segments stay within their targets, segments are
         /// their parts, and durations account for every sequence number.

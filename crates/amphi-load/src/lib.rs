@@ -77,6 +77,17 @@ pub struct LoadArgs {
     /// Internal: index of the first listener of this child.
     #[arg(long, hide = true, default_value_t = 0)]
     pub offset: usize,
+    /// Listen over TLS (https / wss), trusting the CA certificate(s) in
+    /// this PEM file.
+    #[arg(long)]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// More processes whose CPU and memory count as the server's (e.g. a
+    /// TLS proxy's workers), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub extra_pids: Vec<u32>,
+    /// The server name to verify over TLS.
+    #[arg(long, default_value = "localhost")]
+    pub tls_name: String,
 }
 
 /// Sockets one process keeps for itself besides listeners.
@@ -152,16 +163,22 @@ fn run_split(args: LoadArgs, per_child: usize) -> anyhow::Result<()> {
             ])
             .args(["--child", "--offset", &offset.to_string()])
             .args(if args.join { &["--join"][..] } else { &[][..] })
+            .args(["--tls-name", &args.tls_name])
             .stdout(std::process::Stdio::piped());
         if let Some(p) = &args.path {
             cmd.args(["--path", p]);
+        }
+        if let Some(ca) = &args.tls_ca {
+            cmd.arg("--tls-ca").arg(ca);
         }
         children.push(cmd.spawn()?);
         offset += n;
     }
     // Children ramp and warm up first; sample the server after that.
     std::thread::sleep(Duration::from_secs_f64(args.ramp + args.warmup));
-    let sampler = args.pid.map(report::CpuSampler::start);
+    let sampler = args
+        .pid
+        .map(|p| report::CpuSampler::start(server_pids(&args, p)));
     let mut merged = Stats::default();
     for c in children {
         let out = c.wait_with_output()?;
@@ -173,7 +190,33 @@ fn run_split(args: LoadArgs, per_child: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The server's process and those that count with it.
+fn server_pids(args: &LoadArgs, pid: u32) -> Vec<u32> {
+    std::iter::once(pid)
+        .chain(args.extra_pids.iter().copied())
+        .collect()
+}
+
+/// The TLS client of a `--tls-ca` run: (config, server name).
+fn tls_client(args: &LoadArgs) -> anyhow::Result<Option<listener::Tls>> {
+    use rustls_pki_types::pem::PemObject;
+    let Some(ca) = &args.tls_ca else {
+        return Ok(None);
+    };
+    let roots = rustls_pki_types::CertificateDer::pem_file_iter(ca)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", ca.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("{}: {e}", ca.display()))?;
+    let config = amphi_tls::client_config(&roots)?;
+    let name = rustls_pki_types::ServerName::try_from(args.tls_name.clone())?;
+    Ok(Some(listener::Tls {
+        connector: tokio_rustls::TlsConnector::from(config),
+        name,
+    }))
+}
+
 async fn run_here(args: &LoadArgs) -> anyhow::Result<Stats> {
+    let tls = tls_client(args)?;
     let path_for = |i: usize| -> (String, bool) {
         let ws = match args.output {
             Output::Ogg => false,
@@ -206,10 +249,13 @@ async fn run_here(args: &LoadArgs) -> anyhow::Result<Stats> {
     // The server is sampled over the measured window only (after the ramp
     // and the warm-up), so joins do not count as steady-state cost.
     let sampler = match (args.child, args.pid) {
-        (false, Some(pid)) => Some(tokio::spawn(async move {
-            tokio::time::sleep_until(measure_from.into()).await;
-            report::CpuSampler::start(pid)
-        })),
+        (false, Some(pid)) => {
+            let pids = server_pids(args, pid);
+            Some(tokio::spawn(async move {
+                tokio::time::sleep_until(measure_from.into()).await;
+                report::CpuSampler::start(pids)
+            }))
+        }
         _ => None,
     };
     let mut tasks = Vec::with_capacity(args.listeners);
@@ -228,6 +274,7 @@ async fn run_here(args: &LoadArgs) -> anyhow::Result<Stats> {
         let join = args.join;
         let space = args.space.clone();
         let args_offset = args.offset;
+        let tls = tls.clone();
         tasks.push(tokio::spawn(async move {
             tokio::time::sleep_until(at.into()).await;
             let path = if join {
@@ -245,7 +292,7 @@ async fn run_here(args: &LoadArgs) -> anyhow::Result<Stats> {
             } else {
                 path
             };
-            let o = listener::listen(server, src, &path, ws, end_at, measure_from).await;
+            let o = listener::listen(server, src, &path, ws, end_at, measure_from, tls).await;
             bar.inc(1);
             o
         }));

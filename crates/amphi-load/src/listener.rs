@@ -69,7 +69,15 @@ pub async fn join(server: SocketAddr, space: &str, n: usize) -> Result<String, u
     v["token"].as_str().map(str::to_owned).ok_or(0)
 }
 
-/// Runs one listener until `end_at`, measuring from `measure_from`.
+/// A TLS client for `https`/`wss` listeners.
+#[derive(Clone)]
+pub struct Tls {
+    pub connector: tokio_rustls::TlsConnector,
+    pub name: rustls_pki_types::ServerName<'static>,
+}
+
+/// Runs one listener until `end_at`, measuring from `measure_from`; over
+/// TLS if `tls` is given (the handshake counts in the time to first byte).
 pub async fn listen(
     server: SocketAddr,
     src: IpAddr,
@@ -77,6 +85,7 @@ pub async fn listen(
     ws: bool,
     end_at: Instant,
     measure_from: Instant,
+    tls: Option<Tls>,
 ) -> Outcome {
     let mut o = Outcome::default();
     let t0 = Instant::now();
@@ -95,7 +104,7 @@ pub async fn listen(
         let _ = sock.bind(SocketAddr::new(src, 0));
     }
     let connect = tokio::time::timeout_at(end_at.into(), sock.connect(server)).await;
-    let mut stream = match connect {
+    let stream = match connect {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             o.error = Some(format!("connect: {e}"));
@@ -106,6 +115,41 @@ pub async fn listen(
             return o;
         }
     };
+    match tls {
+        None => read_stream(stream, server, path, ws, end_at, measure_from, t0, o).await,
+        Some(tls) => {
+            let hs = tokio::time::timeout_at(
+                end_at.into(),
+                tls.connector.connect(tls.name.clone(), stream),
+            )
+            .await;
+            match hs {
+                Ok(Ok(s)) => read_stream(s, server, path, ws, end_at, measure_from, t0, o).await,
+                Ok(Err(e)) => {
+                    o.error = Some(format!("tls: {e}"));
+                    o
+                }
+                Err(_) => {
+                    o.error = Some("tls handshake timed out".into());
+                    o
+                }
+            }
+        }
+    }
+}
+
+/// Sends the request and reads the stream, measuring.
+#[allow(clippy::too_many_arguments)]
+async fn read_stream<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut stream: S,
+    server: SocketAddr,
+    path: &str,
+    ws: bool,
+    end_at: Instant,
+    measure_from: Instant,
+    t0: Instant,
+    mut o: Outcome,
+) -> Outcome {
     let req = if ws {
         format!(
             "GET {path} HTTP/1.1\r\nHost: {server}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: YW1waGktbG9hZC1rZXk=\r\n\r\n"

@@ -213,8 +213,17 @@ impl Report {
 
 /// Samples a process's CPU time and RSS from /proc.
 pub struct CpuSampler {
-    pid: u32,
+    pids: Vec<u32>,
     start: Option<(f64, Instant, u64)>,
+}
+
+/// CPU seconds of all of `pids` (each must exist).
+fn cpu_of(pids: &[u32]) -> Option<f64> {
+    pids.iter().map(|p| proc_cpu_secs(*p)).sum()
+}
+
+fn rss_of(pids: &[u32]) -> u64 {
+    pids.iter().map(|p| proc_rss_kb(*p)).sum()
 }
 
 fn proc_cpu_secs(pid: u32) -> Option<f64> {
@@ -240,12 +249,11 @@ fn proc_rss_kb(pid: u32) -> u64 {
 }
 
 impl CpuSampler {
-    /// Takes the first sample now.
-    pub fn start(pid: u32) -> CpuSampler {
-        CpuSampler {
-            pid,
-            start: proc_cpu_secs(pid).map(|c| (c, Instant::now(), proc_rss_kb(pid))),
-        }
+    /// Takes the first sample now, of the server process and any others
+    /// that serve with it (a proxy's workers).
+    pub fn start(pids: Vec<u32>) -> CpuSampler {
+        let start = cpu_of(&pids).map(|c| (c, Instant::now(), rss_of(&pids)));
+        CpuSampler { pids, start }
     }
 
     /// Usage since the first sample.
@@ -254,10 +262,10 @@ impl CpuSampler {
             return ServerUsage::default();
         };
         ServerUsage {
-            cpu_secs: proc_cpu_secs(self.pid).unwrap_or(c0) - c0,
+            cpu_secs: cpu_of(&self.pids).unwrap_or(c0) - c0,
             wall_secs: t0.elapsed().as_secs_f64(),
             rss_start_kb: rss0,
-            rss_end_kb: proc_rss_kb(self.pid),
+            rss_end_kb: rss_of(&self.pids),
         }
     }
 }

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
-use amphi_core::room::{Command, Role, SpaceOptions, SpaceState, validate_name};
+use amphi_core::room::{Command, SpaceOptions, SpaceState, validate_name};
 use amphi_core::token::{Claims, IdentityClaims, secrets_equal};
 use amphi_core::{ParticipantId, SpaceId};
 
@@ -363,12 +363,7 @@ async fn react(
     }
     {
         let mut inner = cell.inner.lock();
-        if inner.space.role_of(claims.pid).is_none() {
-            return Err(ApiError::forbidden("you were removed from this space"));
-        }
-        if inner.space.state != SpaceState::Live {
-            return Err(ApiError::conflict("reactions are for live spaces"));
-        }
+        inner.space.may_react(claims.pid)?;
         inner.reactions.add(&body.emoji)?;
     }
     if let Some(c) = &app.cluster {
@@ -412,25 +407,12 @@ async fn join(
         }
         (None, _) => (ParticipantId(rand::random()), None),
     };
-    let role = {
-        let inner = cell.inner.lock();
-        let s = &inner.space;
-        if s.state == SpaceState::Ended {
-            return Err(ApiError::conflict("the space has ended"));
-        }
-        // A banned participant cannot come back, with their old token or
-        // their identity.
-        if let Some(Token(t)) = &prior
-            && let Ok(old) = app.verify(id, t)
-            && s.is_banned(old.pid)
-        {
-            return Err(ApiError::forbidden("you are banned from this space"));
-        }
-        if s.is_banned(pid) {
-            return Err(ApiError::forbidden("you are banned from this space"));
-        }
-        s.role_of(pid).unwrap_or(Role::Listener)
-    };
+    // A banned participant cannot come back, with their old token or their
+    // identity.
+    let prior = prior
+        .and_then(|Token(t)| app.verify(id, &t).ok())
+        .map(|c| c.pid);
+    let role = cell.inner.lock().space.may_join(pid, prior)?;
     let token = app.mint(id, pid, &name, idsub);
     app.metrics.joins.inc();
     Ok(Json(json!({

@@ -10,6 +10,24 @@ use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
+/// Whether listeners' TLS records are sealed by the kernel (checked once).
+fn kernel_tls() -> bool {
+    static KTLS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *KTLS.get_or_init(|| {
+        let on = amphi_tls::ktls::available();
+        tracing::info!(
+            kernel_tls = on,
+            "listener TLS records are sealed by {}",
+            if on {
+                "the kernel"
+            } else {
+                "the fan-out workers"
+            }
+        );
+        on
+    })
+}
+
 /// A listener's connection as the fan-out takes it: the socket and, over
 /// TLS, the sealer of its records and the opener of the client's (for
 /// `wss` control frames).
@@ -41,9 +59,24 @@ impl ListenerConn for Prefixed<tokio_rustls::server::TlsStream<TcpStream>> {
             .dangerous_extract_secrets()
             .inspect_err(|e| tracing::debug!(error = %e, "TLS secrets not extractable"))
             .ok()?;
-        let sealer = RecordSealer::new(secrets.tx).ok()?;
+        let std = tcp.into_std().ok()?;
+        // The client's records are opened by the fan-out either way (a
+        // wss listener's control frames; the kernel takes only the
+        // transmit keys).
         let opener = RecordOpener::new(secrets.rx).ok().map(Box::new);
-        Some((tcp.into_std().ok()?, Some(Box::new(sealer)), opener))
+        if kernel_tls() {
+            // The kernel seals: the fan-out's plain path, unchanged.
+            use std::os::fd::AsRawFd;
+            return match amphi_tls::ktls::enable_tx(std.as_raw_fd(), secrets.tx) {
+                Ok(()) => Some((std, None, opener)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "kernel TLS refused a listener's keys");
+                    None
+                }
+            };
+        }
+        let sealer = RecordSealer::new(secrets.tx).ok()?;
+        Some((std, Some(Box::new(sealer)), opener))
     }
 }
 

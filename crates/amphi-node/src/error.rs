@@ -107,6 +107,7 @@ impl From<RoomError> for ApiError {
             RoomError::Forbidden(m) => ApiError::forbidden(m),
             RoomError::NotFound(m) => ApiError::not_found(m),
             RoomError::Conflict(m) => ApiError::conflict(m),
+            RoomError::Unauthenticated(m) => ApiError::unauthorized(m),
             other => ApiError::bad_request(other.to_string()),
         }
     }

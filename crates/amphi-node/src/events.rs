@@ -35,9 +35,7 @@ async fn events(
         .map_err(|_| ApiError::not_found("no such space"))?;
     let cell = app.space(id)?;
     let claims = app.verify(id, &token.0)?;
-    if cell.inner.lock().space.role_of(claims.pid).is_none() {
-        return Err(ApiError::forbidden("you were removed from this space"));
-    }
+    cell.inner.lock().space.may_follow_events(claims.pid)?;
     Ok(ws
         .max_message_size(4096)
         .on_upgrade(move |socket| client(app, cell, claims, socket)))
@@ -54,7 +52,7 @@ enum Wait {
 fn you(cell: &SpaceCell, claims: &Claims) -> Option<Value> {
     let inner = cell.inner.lock();
     let s = &inner.space;
-    let role = s.role_of(claims.pid)?;
+    let role = s.may_follow_events(claims.pid).ok()?;
     let member = s.member(claims.pid);
     Some(json!({
         "participant_id": claims.pid,

@@ -16,7 +16,7 @@ use sha1::{Digest, Sha1};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use amphi_core::SpaceId;
-use amphi_core::room::SpaceState;
+use amphi_core::room::{Listener, RoomError};
 use amphi_egress::{NewListener, Protocol};
 
 use crate::app::App;
@@ -237,35 +237,22 @@ fn admit(app: &App, head: &Head) -> Result<NewListenerFor, ApiError> {
         .space
         .ok_or_else(|| ApiError::not_found("no such space"))?;
     let cell = app.space(id)?;
-    let tag = {
-        let inner = cell.inner.lock();
-        let s = &inner.space;
-        match s.state {
-            SpaceState::Live => {}
-            SpaceState::Scheduled => {
-                return Err(ApiError::conflict("the space has not started yet"));
-            }
-            SpaceState::Ended => {
-                return Err(ApiError::conflict(format!(
-                    "the space has ended; the replay is at /spaces/{id}/recording.opus"
-                )));
-            }
-        }
-        let claims = match &head.token {
-            Some(t) => Some(app.verify(id, t)?),
-            None if s.public => None,
-            None => {
-                return Err(ApiError::unauthorized(
-                    "this space needs a token: join first",
-                ));
-            }
-        };
-        if let Some(c) = &claims
-            && s.role_of(c.pid).is_none()
-        {
-            return Err(ApiError::forbidden("you were removed from this space"));
-        }
-        claims.map_or(0, |c| c.pid.0)
+    let verified = head.token.as_ref().map(|t| app.verify(id, t));
+    let who = match &verified {
+        None => Listener::Anonymous,
+        Some(Ok(c)) => Listener::Participant(c.pid),
+        Some(Err(_)) => Listener::Unverified,
+    };
+    if let Err(refused) = cell.inner.lock().space.may_listen(who) {
+        // A token that failed verification is refused with its own reason.
+        return Err(match (refused, verified) {
+            (RoomError::Unauthenticated(_), Some(Err(e))) => e,
+            (refused, _) => refused.into(),
+        });
+    }
+    let tag = match who {
+        Listener::Participant(pid) => pid.0,
+        Listener::Anonymous | Listener::Unverified => 0,
     };
     if head.kind == Kind::Ws && !head.ws_ok {
         return Err(ApiError::new(

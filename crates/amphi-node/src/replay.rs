@@ -13,7 +13,7 @@ use bytes::Bytes;
 use amphi_core::SpaceId;
 use amphi_core::room::SpaceState;
 use amphi_hls::playlist::{Ready, parse_blocking_query, parse_media_name, wants_skip};
-use amphi_hls::{PartLookup, Resource, cache_control, fmp4};
+use amphi_hls::{PartLookup, Resource, cache_control, content_type_for, fmp4};
 
 use crate::app::{App, SpaceCell};
 use crate::error::ApiError;
@@ -23,7 +23,7 @@ use crate::media::LiveMedia;
 const BLOCK_LIMIT: Duration = Duration::from_secs(3);
 
 /// Longest a request for the part named by `EXT-X-PRELOAD-HINT` (or the one
-/// after it) is held before it gets a 404. Parts come every 500 ms, so only
+/// after it) is held before it gets a 404. Parts come every 400 ms, so only
 /// a stalled program ever reaches it; it also bounds what a flood of such
 /// requests can hold: each is one future parked on the space's
 /// `hls_tick`, gone after this long.
@@ -80,10 +80,13 @@ fn cell(app: &App, id: &str) -> Result<Arc<SpaceCell>, ApiError> {
     app.space(id)
 }
 
-fn body(kind: Resource, content_type: &'static str, data: impl Into<axum::body::Body>) -> Response {
+fn body(kind: Resource, data: impl Into<axum::body::Body>) -> Response {
     let mut res = (StatusCode::OK, data.into()).into_response();
     let h = res.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(content_type_for(kind)),
+    );
     h.insert(
         header::CACHE_CONTROL,
         HeaderValue::from_static(cache_control(kind)),
@@ -94,8 +97,6 @@ fn body(kind: Resource, content_type: &'static str, data: impl Into<axum::body::
     );
     res
 }
-
-const M3U8: &str = "application/vnd.apple.mpegurl";
 
 /// An error of the live HLS resources: never cached (a 404 for a part that
 /// is about to exist must not stick in a CDN), readable cross-origin (a
@@ -177,12 +178,12 @@ async fn live_playlist_inner(
             hls.live_playlist()
         }
     };
-    Ok(body(Resource::LivePlaylist, M3U8, text))
+    Ok(body(Resource::LivePlaylist, text))
 }
 
 async fn init(State(app): State<Arc<App>>, Path(id): Path<String>) -> Result<Response, ApiError> {
     cell(&app, &id)?;
-    Ok(body(Resource::Media, "video/mp4", fmp4::init_segment()))
+    Ok(body(Resource::Media, fmp4::init_segment()))
 }
 
 async fn live_media(
@@ -214,7 +215,7 @@ async fn live_media_inner(app: Arc<App>, id: String, name: String) -> Result<Res
         None => live.hls.lock().segment(msn),
     };
     let data = data.ok_or_else(|| ApiError::not_found("no such segment (yet, or any more)"))?;
-    Ok(body(Resource::Media, "video/mp4", data))
+    Ok(body(Resource::Media, data))
 }
 
 /// A part's bytes, waiting (at most [`PRELOAD_LIMIT`]) if it is the next
@@ -303,7 +304,7 @@ async fn replay_playlist(
     let cell = cell(&app, &id)?;
     replay_ready(&app, &cell).await?;
     let data = replay_object(&app, cell.id, "hls/replay.m3u8").await?;
-    Ok(body(Resource::VodPlaylist, M3U8, data))
+    Ok(body(Resource::VodPlaylist, data))
 }
 
 async fn replay_media(
@@ -318,7 +319,7 @@ async fn replay_media(
         return Err(ApiError::not_found("replays have segments, not parts"));
     };
     let data = replay_object(&app, cell.id, &format!("hls/seg-{msn}.m4s")).await?;
-    Ok(body(Resource::Media, "video/mp4", data))
+    Ok(body(Resource::Media, data))
 }
 
 /// A parsed `Range: bytes=…` header (one range).

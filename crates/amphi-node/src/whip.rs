@@ -11,7 +11,6 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, post};
 
-use amphi_core::room::SpaceState;
 use amphi_core::{ParticipantId, SpaceId};
 use amphi_rtc::{RtcError, SessionId, SessionRequest};
 
@@ -74,12 +73,7 @@ async fn whip_options(
     if let (Some(id), Some(token)) = (space, token)
         && let Ok(claims) = app.verify(id, &token.0)
         && let Ok(cell) = app.space(id)
-        && cell
-            .inner
-            .lock()
-            .space
-            .role_of(claims.pid)
-            .is_some_and(|r| r.on_stage())
+        && cell.inner.lock().space.may_use_turn(claims.pid).is_ok()
     {
         add_ice_servers(&app, &mut res, claims.pid);
     }
@@ -131,19 +125,7 @@ async fn whip_publish(
             "WHIP offers are application/sdp",
         ));
     }
-    {
-        let inner = cell.inner.lock();
-        let role = inner
-            .space
-            .role_of(claims.pid)
-            .ok_or_else(|| ApiError::forbidden("you were removed from this space"))?;
-        if !role.on_stage() {
-            return Err(ApiError::forbidden("only stage members can publish audio"));
-        }
-        if inner.space.state != SpaceState::Live {
-            return Err(ApiError::conflict("the space is not live"));
-        }
-    }
+    cell.inner.lock().space.may_publish(claims.pid)?;
     let offer = String::from_utf8(body.to_vec())
         .map_err(|_| ApiError::bad_request("the SDP offer is not UTF-8"))?;
     let gate = cell.gate(claims.pid);

@@ -1,0 +1,137 @@
+#!/usr/bin/env bash
+# Listeners over TLS: amphi serving TLS itself (the fan-out seals each page
+# per listener) against amphi's own plaintext, Icecast 2.4 serving TLS, and
+# nginx terminating TLS in front of plaintext amphi (what users do today),
+# each with N listeners of live.opus (100 ms pages), measured with
+# `amphi load` (over TLS where the server speaks it) in the same run.
+#
+# Usage: bench/tls.sh [LISTENERS] [SECONDS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${1:-2000}
+SECS=${2:-15}
+BIN=${AMPHI_BIN:-target/release/amphi}
+[ -x "$BIN" ] || cargo build --release --bin amphi
+TMP=$(mktemp -d)
+chmod 755 "$TMP"
+ulimit -n "$(ulimit -Hn)"
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$TMP"; }
+trap cleanup EXIT
+ADMIN=bench-admin
+
+# A test CA and a leaf for localhost (P-256, as a CA would issue).
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+  -subj /CN=bench-ca -keyout "$TMP/ca.key" -out "$TMP/ca.pem" 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=localhost \
+  -keyout "$TMP/key.pem" -out "$TMP/leaf.csr" 2>/dev/null
+printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' > "$TMP/ext"
+openssl x509 -req -in "$TMP/leaf.csr" -CA "$TMP/ca.pem" -CAkey "$TMP/ca.key" -CAcreateserial \
+  -days 2 -extfile "$TMP/ext" -out "$TMP/cert.pem" 2>/dev/null
+cat "$TMP/cert.pem" "$TMP/key.pem" > "$TMP/both.pem"
+chmod 644 "$TMP"/*.pem
+
+# start_amphi PORT NAME [extra flags...]: a node with a live space and a
+# speaker; sets ID and the PID variable NAME_PID.
+start_amphi() {
+  local port=$1 name=$2; shift 2
+  local scheme=http; [[ "$*" == *--tls-cert* ]] && scheme=https
+  AMPHI_ADMIN_TOKEN=$ADMIN AMPHI_LOG=warn "$BIN" serve --http 127.0.0.1:$port --data-dir "$TMP/$name" "$@" 2>"$TMP/$name.log" &
+  local pid=$!; PIDS+=($pid); eval "${name}_PID=$pid"
+  for _ in $(seq 50); do curl -fs --cacert "$TMP/ca.pem" $scheme://localhost:$port/healthz >/dev/null && break; sleep 0.1; done
+  local create
+  create=$(curl -fs --cacert "$TMP/ca.pem" -X POST $scheme://localhost:$port/api/v1/spaces -H "Authorization: Bearer $ADMIN" -H 'Content-Type: application/json' -d '{"title":"bench","record":false}')
+  ID=$(echo "$create" | python3 -c 'import json,sys; print(json.load(sys.stdin)["space"]["id"])')
+  local host
+  host=$(echo "$create" | python3 -c 'import json,sys; print(json.load(sys.stdin)["host"]["token"])')
+  curl -fs --cacert "$TMP/ca.pem" -X POST $scheme://localhost:$port/api/v1/spaces/$ID/start -H "Authorization: Bearer $host" >/dev/null
+  SSL_CERT_FILE="$TMP/ca.pem" python3 scripts/whip_client.py --url $scheme://localhost:$port/api/v1/spaces/$ID/whip --token "$host" \
+    --freq 440 --seconds $((SECS * 6 + 90)) --loopback-only 2>"$TMP/$name-whip.log" &
+  PIDS+=($!)
+  sleep 3
+}
+
+start_amphi 18200 plain
+PLAIN_ID=$ID
+echo "== amphi plaintext ($N listeners)" >&2
+"$BIN" load --server 127.0.0.1:18200 --space "$PLAIN_ID" -n "$N" --duration "$SECS" --warmup 3 --pid "$plain_PID" --json | tee "$TMP/plain.json"
+
+start_amphi 18201 tls --tls-cert "$TMP/cert.pem" --tls-key "$TMP/key.pem"
+echo "== amphi TLS ($N listeners)" >&2
+"$BIN" load --server 127.0.0.1:18201 --space "$ID" -n "$N" --duration "$SECS" --warmup 3 --pid "$tls_PID" \
+  --tls-ca "$TMP/ca.pem" --json | tee "$TMP/tls.json"
+kill "$tls_PID" 2>/dev/null || true
+
+if command -v nginx >/dev/null; then
+  mkdir -p "$TMP/nginx"
+  cat > "$TMP/nginx/nginx.conf" <<NGX
+worker_processes auto;
+worker_rlimit_nofile 40000;
+pid $TMP/nginx/nginx.pid;
+error_log $TMP/nginx/error.log warn;
+events { worker_connections 30000; }
+http {
+  access_log off;
+  proxy_buffering off;
+  server {
+    listen 127.0.0.1:18202 ssl;
+    ssl_certificate $TMP/cert.pem;
+    ssl_certificate_key $TMP/key.pem;
+    location / { proxy_pass http://127.0.0.1:18200; proxy_http_version 1.1; proxy_read_timeout 1h; }
+  }
+}
+NGX
+  nginx -c "$TMP/nginx/nginx.conf" -g 'daemon off;' 2>"$TMP/nginx.log" &
+  PIDS+=($!)
+  sleep 1
+  NGINX_PIDS=$(pgrep -f "nginx.*$TMP/nginx/nginx.conf" | tr '\n' ',' | sed 's/,$//')
+  echo "== nginx TLS in front of plaintext amphi ($N listeners; CPU of nginx + amphi)" >&2
+  "$BIN" load --server 127.0.0.1:18202 --space "$PLAIN_ID" -n "$N" --duration "$SECS" --warmup 3 \
+    --pid "$plain_PID" --extra-pids "$NGINX_PIDS" --tls-ca "$TMP/ca.pem" --json | tee "$TMP/nginx.json" || true
+fi
+
+if command -v icecast2 >/dev/null && command -v ffmpeg >/dev/null; then
+  mkdir -p "$TMP/ice/log"; chmod -R 777 "$TMP/ice"
+  cat > "$TMP/ice/icecast.xml" <<XML
+<icecast>
+  <limits><clients>$((N + 100))</clients><sources>2</sources><queue-size>524288</queue-size><burst-size>4096</burst-size></limits>
+  <authentication><source-password>benchsrc</source-password><admin-user>admin</admin-user><admin-password>benchadm</admin-password></authentication>
+  <listen-socket><port>18203</port><bind-address>127.0.0.1</bind-address></listen-socket>
+  <listen-socket><port>18204</port><bind-address>127.0.0.1</bind-address><ssl>1</ssl></listen-socket>
+  <fileserve>0</fileserve>
+  <paths><logdir>$TMP/ice/log</logdir><basedir>$TMP/ice</basedir><webroot>$TMP/ice</webroot><adminroot>$TMP/ice</adminroot><ssl-certificate>$TMP/both.pem</ssl-certificate></paths>
+  <logging><errorlog>error.log</errorlog><loglevel>2</loglevel></logging>
+  <security><chroot>0</chroot><changeowner><user>nobody</user><group>nogroup</group></changeowner></security>
+</icecast>
+XML
+  icecast2 -c "$TMP/ice/icecast.xml" >/dev/null 2>&1 &
+  PIDS+=($!); ICE_PID=$!
+  sleep 1
+  ffmpeg -v error -re -f lavfi -i "sine=frequency=440:sample_rate=48000" -ac 1 -c:a libopus -b:a 32k -frame_duration 20 -page_duration 100000 \
+    -content_type audio/ogg -f ogg icecast://source:benchsrc@127.0.0.1:18203/amphi.opus 2>"$TMP/ffmpeg.log" &
+  PIDS+=($!)
+  sleep 3
+  echo "== icecast 2.4 TLS ($N listeners)" >&2
+  "$BIN" load --server 127.0.0.1:18204 --space ice --path /amphi.opus -n "$N" --duration "$SECS" --warmup 3 --pid $ICE_PID \
+    --tls-ca "$TMP/ca.pem" --json | tee "$TMP/ice.json" || true
+fi
+
+python3 - "$TMP" <<'PY'
+import json, os, sys
+d = sys.argv[1]
+print(f"\n{'server':22} {'admitted':>9} {'<90% rt':>8} {'fb p99 ms':>10} {'gap max':>8} {'cpu us/l-s':>11} {'cores':>6} {'rss MB':>7}")
+rows = {}
+for name, label in [("plain", "amphi plaintext"), ("tls", "amphi TLS"), ("nginx", "nginx TLS + amphi"), ("ice", "icecast TLS")]:
+    p = os.path.join(d, name + ".json")
+    if not os.path.exists(p) or os.path.getsize(p) == 0:
+        continue
+    r = json.loads(open(p).read().strip().splitlines()[0])
+    rows[name] = r
+    f = lambda v, fmt: (fmt.format(v) if v is not None else "-")
+    print(f"{label:22} {r['admitted']:>9} {r['below_90pct_realtime']:>8} {r['first_byte_ms_p99']:>10.1f} {r['max_gap_ms_max']:>8} "
+          f"{f(r['server_cpu_us_per_listener_sec'], '{:.1f}'):>11} {f(r['server_cpu_cores'], '{:.2f}'):>6} {f(r['server_rss_mb'], '{:.1f}'):>7}")
+if "plain" in rows and "tls" in rows:
+    a, b = rows["plain"]["server_cpu_us_per_listener_sec"], rows["tls"]["server_cpu_us_per_listener_sec"]
+    if a and b:
+        print(f"\nTLS / plaintext CPU per listener-second: {b / a:.2f}x")
+PY
