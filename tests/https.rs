@@ -201,6 +201,7 @@ fn read_for(r: &mut impl Read, secs: f64) -> (Vec<u8>, Duration) {
 }
 
 fn ffmpeg_https(pki: &Pki, url: &str, seconds: f32) -> Vec<f32> {
+    let url = &common::near_live(url);
     let out = Command::new("ffmpeg")
         .args(["-v", "error", "-nostdin", "-tls_verify", "1", "-ca_file"])
         .arg(pki.ca_pem())
@@ -291,6 +292,48 @@ fn https_carries_the_api_whip_and_every_listener_output() {
     assert!(text.starts_with("HTTP/1.1 101"), "{text}");
     assert!(got.len() > 1000, "wss carried {} bytes in 2 s", got.len());
     assert!(worst < Duration::from_millis(400), "wss pause {worst:?}");
+    // Its control frames are read through TLS: a ping gets its pong, a
+    // close is echoed and the connection closed.
+    let masked = |b0: u8, payload: &[u8]| {
+        let key = [7u8, 1, 9, 3];
+        let mut f = vec![b0, 0x80 | payload.len() as u8];
+        f.extend_from_slice(&key);
+        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        f
+    };
+    let mut frames = got[got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4..].to_vec();
+    let mut next_control = |ws: &mut rustls::StreamOwned<rustls::ClientConnection, TcpStream>| loop {
+        if frames.len() >= 2 {
+            let (len, hdr) = match frames[1] & 0x7f {
+                126 if frames.len() >= 4 => {
+                    (usize::from(u16::from_be_bytes([frames[2], frames[3]])), 4)
+                }
+                n if n < 126 => (usize::from(n), 2),
+                _ => (usize::MAX, 0),
+            };
+            if len != usize::MAX && frames.len() >= hdr + len {
+                let f: Vec<u8> = frames.drain(..hdr + len).collect();
+                if f[0] != 0x82 {
+                    return Some((f[0], f[hdr..].to_vec()));
+                }
+                continue;
+            }
+        }
+        let mut chunk = [0u8; 16384];
+        match ws.read(&mut chunk) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => frames.extend_from_slice(&chunk[..n]),
+        }
+    };
+    ws.write_all(&masked(0x89, b"over tls")).unwrap();
+    assert_eq!(next_control(&mut ws), Some((0x8a, b"over tls".to_vec())));
+    let t0 = Instant::now();
+    ws.write_all(&masked(0x88, &4002u16.to_be_bytes())).unwrap();
+    assert_eq!(
+        next_control(&mut ws),
+        Some((0x88, 4002u16.to_be_bytes().to_vec()))
+    );
+    assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
 
     // Plain HTTP on the HTTPS port: a clear 400, not a hang.
     let mut plain = TcpStream::connect(("127.0.0.1", n.port)).unwrap();

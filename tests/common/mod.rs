@@ -228,18 +228,27 @@ pub fn publish_tone_with(
     Peer(child)
 }
 
+/// `url` asking for a 300 ms connect burst if it is a `live.opus` URL: the
+/// program from now on, as the audio tests judge what is said now (a
+/// buffering player's burst, 8 s of history by default, would start
+/// before the speaker the test heard; tests/native_playback.rs tests it).
+pub fn near_live(url: &str) -> String {
+    if !url.contains("/live.opus") || url.contains("burst_ms=") {
+        return url.to_owned();
+    }
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}burst_ms=300")
+}
+
 /// Decodes `seconds` of the Ogg stream with ffmpeg (a real player) into
-/// mono 48 kHz float samples.
+/// mono 48 kHz float samples; `live.opus` is asked for a 300 ms burst
+/// ([`near_live`]).
 pub fn ffmpeg_listen(url: &str, seconds: f32) -> Vec<f32> {
-    // The program from now on: a buffering player's connect burst (8 s of
-    // history by default) would start before the speaker the test just
-    // heard at the mixer. `tests/native_playback.rs` tests the burst itself.
-    let url = if url.ends_with("/live.opus") {
-        format!("{url}?burst_ms=300")
-    } else {
-        url.to_owned()
-    };
-    let url = url.as_str();
+    ffmpeg_decode(&near_live(url), seconds)
+}
+
+/// [`ffmpeg_listen`] with `url` as given.
+pub fn ffmpeg_decode(url: &str, seconds: f32) -> Vec<f32> {
     let out = Command::new("ffmpeg")
         .args([
             "-v",

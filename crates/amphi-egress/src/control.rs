@@ -136,7 +136,7 @@ impl Control {
                 self.buf.copy_within(6..6 + len, 2);
                 self.buf[0] = 0x8a;
                 self.buf[1] = len as u8;
-                self.reply(2 + len, false);
+                self.queue_reply(2 + len, false);
                 Event::Ping
             }
             0x8 => {
@@ -179,10 +179,10 @@ impl Control {
         self.buf[1] = (2 + reason.len()) as u8;
         self.buf[2..4].copy_from_slice(&code.to_be_bytes());
         self.buf[4..4 + reason.len()].copy_from_slice(reason);
-        self.reply(4 + reason.len(), true);
+        self.queue_reply(4 + reason.len(), true);
     }
 
-    fn reply(&mut self, len: usize, closing: bool) {
+    fn queue_reply(&mut self, len: usize, closing: bool) {
         self.fill = 0;
         self.out_len = len as u8;
         self.out_off = 0;
@@ -192,6 +192,11 @@ impl Control {
     /// The part of the reply not yet sent (empty: none).
     pub(crate) fn pending_reply(&self) -> &[u8] {
         &self.buf[usize::from(self.out_off)..usize::from(self.out_len)]
+    }
+
+    /// The whole reply (empty: none), however much of it was sent.
+    pub(crate) fn reply(&self) -> &[u8] {
+        &self.buf[..usize::from(self.out_len)]
     }
 
     /// `n` more reply bytes were sent. True once the reply is through.

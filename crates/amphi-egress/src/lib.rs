@@ -183,6 +183,9 @@ pub struct NewListener {
     /// Over TLS: the sealer of the connection's records (its keys left
     /// rustls after the handshake; `pending` is sealed like every unit).
     pub tls: Option<Box<amphi_tls::RecordSealer>>,
+    /// Over TLS: the opener of the client's records, so a `wss` listener's
+    /// control frames are read (without it they are dropped unread).
+    pub tls_in: Option<Box<amphi_tls::RecordOpener>>,
 }
 
 /// The fan-out workers.

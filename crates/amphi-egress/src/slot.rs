@@ -4,7 +4,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use amphi_tls::{ContentType, RecordSealer, sealed_len};
+use amphi_tls::{ContentType, RecordOpener, RecordSealer, sealed_len};
 use bytes::Bytes;
 
 use crate::Protocol;
@@ -37,7 +37,48 @@ pub(crate) enum Reader {
         ctl: Control,
         window: Option<Instant>,
         count: u8,
+        /// Over TLS: the client's records, opened here.
+        tls_in: Option<Box<TlsIn>>,
     },
+}
+
+/// Largest TLS record a `wss` listener may send: a control frame (131
+/// bytes) sealed, with room to spare. A listener has no reason to send more.
+const MAX_IN_RECORD: usize = 256;
+
+/// A `wss` listener's incoming side: its opener and one record.
+pub(crate) struct TlsIn {
+    opener: Box<RecordOpener>,
+    rec: [u8; MAX_IN_RECORD],
+    /// Bytes of the record read so far.
+    fill: u16,
+    /// The opened record's content not yet given to the control reader.
+    plain: (u16, u16),
+}
+
+impl std::fmt::Debug for TlsIn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsIn")
+            .field("fill", &self.fill)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Counts one complete control frame against the rate limit; over it, the
+/// reply becomes a Close 1008.
+fn note(ev: Event, ctl: &mut Control, window: &mut Option<Instant>, count: &mut u8, now: Instant) {
+    if matches!(ev, Event::Partial | Event::Violation(_)) {
+        return;
+    }
+    let start = *window.get_or_insert(now);
+    if now.duration_since(start) >= Duration::from_secs(1) {
+        *window = Some(now);
+        *count = 0;
+    }
+    *count = count.saturating_add(1);
+    if *count > MAX_CONTROL_PER_SEC && !ctl.closing() {
+        ctl.violation(close_code::POLICY_VIOLATION, "too many control frames");
+    }
 }
 
 /// Bytes an HTTP listener's reads may drop per readiness event; more waits
@@ -60,6 +101,8 @@ pub struct Slot<S: Read + Write = TcpStream> {
     pub(crate) reader: Reader,
     /// The worker's poll token for this socket.
     pub(crate) token: usize,
+    /// Over TLS: sealed bytes of the control reply already written.
+    pub(crate) reply_off: u16,
     /// Over TLS: the connection's sealer, numbered at the start of `cur`.
     /// Then `offset` counts sealed bytes; the unit is sealed into the
     /// worker's scratch for each pass (the same bytes every time), so a
@@ -108,20 +151,39 @@ impl<S: Read + Write> Slot<S> {
                     ctl: Control::default(),
                     window: None,
                     count: 0,
+                    tls_in: None,
                 },
             },
             token: usize::MAX,
+            reply_off: 0,
             tls: None,
         }
     }
 
-    /// A listener whose bytes are sealed into TLS records by `sealer`.
-    /// Its input is drained, not read: control frames over TLS would need
-    /// the client's records opened (not done yet), so a `wss` listener's
-    /// pings go unanswered.
-    pub(crate) fn with_tls(mut self, sealer: Option<Box<RecordSealer>>) -> Self {
-        if sealer.is_some() && matches!(self.reader, Reader::Ws { .. }) {
-            self.reader = Reader::Drain;
+    /// A listener whose bytes are sealed into TLS records by `sealer` (by
+    /// the kernel if `None` with an `opener`); a `wss` listener's records
+    /// are opened by `opener` (without one, its input is drained and its
+    /// pings go unanswered).
+    pub(crate) fn with_tls(
+        mut self,
+        sealer: Option<Box<RecordSealer>>,
+        opener: Option<Box<RecordOpener>>,
+    ) -> Self {
+        // With kernel TLS there is no sealer (the kernel seals what is
+        // written) but the client's records still arrive as records.
+        let over_tls = sealer.is_some() || opener.is_some();
+        if over_tls && let Reader::Ws { tls_in, .. } = &mut self.reader {
+            match opener {
+                Some(opener) => {
+                    *tls_in = Some(Box::new(TlsIn {
+                        opener,
+                        rec: [0; MAX_IN_RECORD],
+                        fill: 0,
+                        plain: (0, 0),
+                    }));
+                }
+                None => self.reader = Reader::Drain,
+            }
         }
         self.tls = sealer;
         self
@@ -170,7 +232,67 @@ impl<S: Read + Write> Slot<S> {
                 }
                 Ok(())
             }
-            Reader::Ws { ctl, window, count } => loop {
+            Reader::Ws {
+                ctl,
+                window,
+                count,
+                tls_in: Some(tin),
+            } => loop {
+                // Decrypted bytes first, as far as the control reader takes.
+                if tin.plain.0 < tin.plain.1 {
+                    let buf = ctl.read_buf();
+                    if buf.is_empty() {
+                        return Ok(());
+                    }
+                    let avail = &tin.rec[usize::from(tin.plain.0)..usize::from(tin.plain.1)];
+                    let n = buf.len().min(avail.len());
+                    buf[..n].copy_from_slice(&avail[..n]);
+                    tin.plain.0 += n as u16;
+                    let ev = ctl.advance(n);
+                    note(ev, ctl, window, count, now);
+                    continue;
+                }
+                if !ctl.pending_reply().is_empty() {
+                    return Ok(());
+                }
+                let fill = usize::from(tin.fill);
+                let need = match RecordOpener::record_len(&tin.rec[..fill]) {
+                    Ok(Some(n)) => n,
+                    Ok(None) => 5,
+                    Err(_) => return Err(Service::Gone),
+                };
+                if need > MAX_IN_RECORD {
+                    return Err(Service::Gone);
+                }
+                if fill < need {
+                    match self.stream.read(&mut tin.rec[fill..need]) {
+                        Ok(0) => return Err(Service::Gone),
+                        Ok(n) => tin.fill += n as u16,
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+                        Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                        Err(_) => return Err(Service::Gone),
+                    }
+                    continue;
+                }
+                tin.fill = 0;
+                let opened = tin
+                    .opener
+                    .open(&mut tin.rec[..need])
+                    .map_err(|_| Service::Gone)?;
+                match opened.content {
+                    ContentType::ApplicationData => {
+                        tin.plain = (opened.range.start as u16, opened.range.end as u16);
+                    }
+                    // An alert (close_notify) or a key update: the end.
+                    _ => return Err(Service::Gone),
+                }
+            },
+            Reader::Ws {
+                ctl,
+                window,
+                count,
+                tls_in: None,
+            } => loop {
                 let buf = ctl.read_buf();
                 if buf.is_empty() {
                     return Ok(());
@@ -178,23 +300,10 @@ impl<S: Read + Write> Slot<S> {
                 match self.stream.read(buf) {
                     // The peer closed TCP without a close frame.
                     Ok(0) => return Err(Service::Gone),
-                    Ok(n) => match ctl.advance(n) {
-                        Event::Partial | Event::Violation(_) => {}
-                        Event::Ignored | Event::Ping | Event::Close => {
-                            let start = *window.get_or_insert(now);
-                            if now.duration_since(start) >= Duration::from_secs(1) {
-                                *window = Some(now);
-                                *count = 0;
-                            }
-                            *count = count.saturating_add(1);
-                            if *count > MAX_CONTROL_PER_SEC && !ctl.closing() {
-                                ctl.violation(
-                                    close_code::POLICY_VIOLATION,
-                                    "too many control frames",
-                                );
-                            }
-                        }
-                    },
+                    Ok(n) => {
+                        let ev = ctl.advance(n);
+                        note(ev, ctl, window, count, now);
+                    }
                     Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
                     Err(e) if e.kind() == ErrorKind::Interrupted => {}
                     Err(_) => return Err(Service::Gone),
@@ -226,6 +335,7 @@ impl<S: Read + Write> Slot<S> {
         scratch: &mut Vec<u8>,
     ) -> Service {
         let mut sealed = false;
+        let mut sealed_reply = false;
         loop {
             if self.offset < self.wire_len() {
                 let bytes: &[u8] = match &self.tls {
@@ -257,32 +367,68 @@ impl<S: Read + Write> Slot<S> {
                     Err(_) => return Service::Gone,
                 }
             }
-            if let Reader::Ws { ctl, .. } = &mut self.reader {
-                let reply = ctl.pending_reply();
-                if !reply.is_empty() {
-                    match self.stream.write(reply) {
-                        Ok(0) => return Service::Gone,
-                        Ok(n) => {
-                            t.writes += 1;
-                            t.bytes += n as u64;
-                            if ctl.sent(n) {
-                                if ctl.closing() {
-                                    return Service::Closed;
-                                }
-                                t.pongs += 1;
-                                // Reads paused behind the reply: resume.
-                                if let Err(v) = self.read(now) {
-                                    return v;
+            if let Reader::Ws { ctl, .. } = &mut self.reader
+                && !ctl.pending_reply().is_empty()
+            {
+                let bytes: &[u8] = match &mut self.tls {
+                    None => ctl.pending_reply(),
+                    Some(sealer) => {
+                        if !self.cur.is_empty() {
+                            // The unit is through: its records are spent.
+                            sealer.advance(RecordSealer::records_for(self.cur.len()));
+                            self.cur = Bytes::new();
+                            self.offset = 0;
+                        }
+                        if !sealed_reply {
+                            scratch.clear();
+                            sealer.seal_at(
+                                sealer.seq(),
+                                ContentType::ApplicationData,
+                                ctl.reply(),
+                                scratch,
+                            );
+                            sealed_reply = true;
+                            sealed = false;
+                        }
+                        &scratch[usize::from(self.reply_off)..]
+                    }
+                };
+                match self.stream.write(bytes) {
+                    Ok(0) => return Service::Gone,
+                    Ok(n) => {
+                        t.writes += 1;
+                        t.bytes += n as u64;
+                        let done = match &mut self.tls {
+                            None => ctl.sent(n),
+                            Some(sealer) => {
+                                self.reply_off += n as u16;
+                                if usize::from(self.reply_off) < scratch.len() {
+                                    false
+                                } else {
+                                    sealer.advance(1);
+                                    self.reply_off = 0;
+                                    sealed_reply = false;
+                                    ctl.sent(usize::from(u8::MAX))
                                 }
                             }
-                            continue;
+                        };
+                        if done {
+                            if ctl.closing() {
+                                return Service::Closed;
+                            }
+                            t.pongs += 1;
+                            // Reads paused behind the reply: resume.
+                            if let Err(v) = self.read(now) {
+                                return v;
+                            }
                         }
-                        Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                            return self.blocked(now, stall);
-                        }
-                        Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                        Err(_) => return Service::Gone,
+                        continue;
                     }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                        return self.blocked(now, stall);
+                    }
+                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                    Err(_) => return Service::Gone,
                 }
             }
             self.behind_since = None;
@@ -643,5 +789,14 @@ mod tests {
         slot.stream.script = VecDeque::from(vec![10_000; 10]);
         slot.service(&ring, now, Duration::from_secs(5), &mut t, &mut Vec::new());
         assert_eq!(t.skipped, 3);
+    }
+
+    #[test]
+    fn a_listener_stays_small() {
+        // The socket, the unit in flight, the counters, the control-frame
+        // buffer: a few hundred bytes, whatever the listener sends.
+        let size = std::mem::size_of::<Slot>();
+        eprintln!("a Slot is {size} bytes");
+        assert!(size <= 320, "a Slot is {size} bytes");
     }
 }

@@ -199,8 +199,9 @@ impl Worker {
             tag,
             protocol,
             tls,
+            tls_in,
         } = listener;
-        let mut slot = Slot::new(stream, pending, next_unit, tag, protocol).with_tls(tls);
+        let mut slot = Slot::new(stream, pending, next_unit, tag, protocol).with_tls(tls, tls_in);
         slot.burst_to = burst_to;
         let id = output.id;
         let index = self.state(output).slots.len();

@@ -85,6 +85,7 @@ fn fast_listener_gets_everything_slow_one_skips_and_is_closed() {
                     tag,
                     protocol: Protocol::Http,
                     tls: None,
+                    tls_in: None,
                 },
             )
             .unwrap();
@@ -152,6 +153,7 @@ fn new_listener_gets_its_burst_then_live_units_and_ban_closes_it() {
                 tag: 42,
                 protocol: Protocol::Http,
                 tls: None,
+                tls_in: None,
             },
         )
         .unwrap();

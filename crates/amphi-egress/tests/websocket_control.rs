@@ -110,6 +110,7 @@ impl Rig {
                     tag: 0,
                     protocol,
                     tls: None,
+                    tls_in: None,
                 },
             )
             .unwrap();
@@ -291,6 +292,7 @@ fn a_burst_from_the_ring_arrives_whole_and_in_order() {
                 tag: 0,
                 protocol: Protocol::Http,
                 tls: None,
+                tls_in: None,
             },
         )
         .unwrap();

@@ -5,7 +5,7 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use amphi_tls::RecordSealer;
+use amphi_tls::{RecordOpener, RecordSealer};
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
@@ -29,8 +29,13 @@ fn kernel_tls() -> bool {
 }
 
 /// A listener's connection as the fan-out takes it: the socket and, over
-/// TLS, the sealer of its records.
-pub type FanoutSocket = (std::net::TcpStream, Option<Box<RecordSealer>>);
+/// TLS, the sealer of its records and the opener of the client's (for
+/// `wss` control frames).
+pub type FanoutSocket = (
+    std::net::TcpStream,
+    Option<Box<RecordSealer>>,
+    Option<Box<RecordOpener>>,
+);
 
 /// A connection a listener stream arrives on.
 pub trait ListenerConn: AsyncRead + AsyncWrite + Unpin + Send + 'static {
@@ -40,7 +45,7 @@ pub trait ListenerConn: AsyncRead + AsyncWrite + Unpin + Send + 'static {
 
 impl ListenerConn for TcpStream {
     async fn into_fanout(self) -> Option<FanoutSocket> {
-        self.into_std().ok().map(|s| (s, None))
+        self.into_std().ok().map(|s| (s, None, None))
     }
 }
 
@@ -55,11 +60,15 @@ impl ListenerConn for Prefixed<tokio_rustls::server::TlsStream<TcpStream>> {
             .inspect_err(|e| tracing::debug!(error = %e, "TLS secrets not extractable"))
             .ok()?;
         let std = tcp.into_std().ok()?;
+        // The client's records are opened by the fan-out either way (a
+        // wss listener's control frames; the kernel takes only the
+        // transmit keys).
+        let opener = RecordOpener::new(secrets.rx).ok().map(Box::new);
         if kernel_tls() {
             // The kernel seals: the fan-out's plain path, unchanged.
             use std::os::fd::AsRawFd;
             return match amphi_tls::ktls::enable_tx(std.as_raw_fd(), secrets.tx) {
-                Ok(()) => Some((std, None)),
+                Ok(()) => Some((std, None, opener)),
                 Err(e) => {
                     tracing::warn!(error = %e, "kernel TLS refused a listener's keys");
                     None
@@ -67,7 +76,7 @@ impl ListenerConn for Prefixed<tokio_rustls::server::TlsStream<TcpStream>> {
             };
         }
         let sealer = RecordSealer::new(secrets.tx).ok()?;
-        Some((std, Some(Box::new(sealer))))
+        Some((std, Some(Box::new(sealer)), opener))
     }
 }
 

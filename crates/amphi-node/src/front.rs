@@ -95,6 +95,20 @@ async fn connection(stream: TcpStream, app: Arc<App>, router: Router, tls: Optio
         return;
     };
     let deadline = Instant::now() + HEAD_TIMEOUT;
+    if app.media.ice_tcp() {
+        match ice_tcp_preface(&stream, deadline).await {
+            Some(true) => {
+                // A speaker's ICE-TCP connection (RFC 4571): to the engine.
+                let peer = stream.peer_addr();
+                if let (Ok(peer), Ok(std)) = (peer, stream.into_std()) {
+                    app.media.adopt_tcp(std, peer);
+                }
+                return;
+            }
+            Some(false) => {}
+            None => return,
+        }
+    }
     if let Some(tls) = tls {
         return tls_connection(stream, app, router, &tls, deadline).await;
     }
@@ -124,6 +138,32 @@ async fn connection(stream: TcpStream, app: Arc<App>, router: Router, tls: Optio
     match kind {
         Some(Kind::Ogg | Kind::Ws) => listen::handle(stream, app).await,
         None => serve_http(stream, router).await,
+    }
+}
+
+/// Whether a connection opens with an ICE-TCP frame (a STUN binding
+/// request, RFC 4571), peeking until that is decided; `None`: the peer
+/// went away or sent too little in time.
+async fn ice_tcp_preface(stream: &TcpStream, deadline: Instant) -> Option<bool> {
+    let mut buf = [0u8; 10];
+    loop {
+        let n = match tokio::time::timeout_at(deadline.into(), stream.peek(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => n,
+            _ => return None,
+        };
+        // A frame's length comes first and a STUN request is short: its
+        // first byte is 0. HTTP and TLS are told apart at once, without
+        // waiting for more bytes.
+        if buf[0] != 0 {
+            return Some(false);
+        }
+        if let Some(decided) = amphi_rtc::framing::is_ice_tcp_preface(&buf[..n]) {
+            return Some(decided);
+        }
+        if Instant::now() >= deadline || peer_hung_up(stream) {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 

@@ -187,7 +187,7 @@ pub async fn handle<S: ListenerConn>(mut stream: S, app: Arc<App>) {
             let _ = stream.shutdown().await;
         }
         Ok(listener) => {
-            let Some((std, tls)) = stream.into_fanout().await else {
+            let Some((std, tls, tls_in)) = stream.into_fanout().await else {
                 app.egress.release();
                 return;
             };
@@ -209,6 +209,7 @@ pub async fn handle<S: ListenerConn>(mut stream: S, app: Arc<App>) {
                 tag,
                 protocol,
                 tls,
+                tls_in,
             };
             if let Err(e) = app.egress.add_reserved_listener(&output, nl) {
                 tracing::warn!(error = %e, "could not hand a listener to the fan-out");

@@ -61,6 +61,10 @@ pub struct MediaConfig {
     /// The cluster's frame bus: every program frame of a space this node
     /// originates, encoded once, for the edges (`None` on a lone node).
     pub bus: Option<tokio::sync::mpsc::Sender<(SpaceId, Bytes)>>,
+    /// ICE-TCP on the node's HTTP port (the front door hands the
+    /// connections over): a passive TCP candidate in every answer, for
+    /// speakers whose UDP is blocked.
+    pub ice_tcp_port: Option<u16>,
 }
 
 impl MediaConfig {
@@ -253,6 +257,9 @@ impl MediaPlane {
         let (engine, events) = RtcEngine::start(RtcConfig {
             bind: cfg.rtc_bind,
             advertise_ip: cfg.advertise_ip,
+            ice_tcp: cfg.ice_tcp_port.map_or(amphi_rtc::IceTcp::Off, |port| {
+                amphi_rtc::IceTcp::Adopted { port }
+            }),
             ..RtcConfig::default()
         })?;
         let rtc = engine.handle();
@@ -567,6 +574,17 @@ impl MediaPlane {
             gate,
             wants_return,
         });
+    }
+
+    /// Hands an ICE-TCP connection (RFC 4571 framing, told apart by the
+    /// front door) to the WebRTC engine.
+    pub fn adopt_tcp(&self, stream: std::net::TcpStream, peer: SocketAddr) {
+        self.rtc.adopt_tcp(stream, peer);
+    }
+
+    /// Whether ICE-TCP connections are taken on the HTTP port.
+    pub fn ice_tcp(&self) -> bool {
+        self.cfg.ice_tcp_port.is_some()
     }
 
     /// Closes `session` if `owner` holds it (a WHIP DELETE).

@@ -182,6 +182,12 @@ pub struct Config {
         requires = "turn_secret"
     )]
     pub turn_url: Vec<String>,
+    /// ICE-TCP on the --http port: WHIP answers also offer a passive TCP
+    /// candidate, so a speaker whose network blocks UDP still publishes
+    /// with no TURN server (the front door tells ICE-TCP from HTTP and TLS
+    /// by the first bytes). On by default; --ice-tcp false turns it off.
+    #[arg(long, env = "AMPHI_ICE_TCP", default_value_t = true, action = clap::ArgAction::Set)]
+    pub ice_tcp: bool,
     /// The secret shared with the TURN servers (coturn: use-auth-secret,
     /// static-auth-secret).
     #[arg(long, env = "AMPHI_TURN_SECRET", hide_env_values = true)]
@@ -478,6 +484,7 @@ async fn load(args: Config) -> anyhow::Result<(Arc<App>, Router, tokio::net::Tcp
         egress: egress.clone(),
         recordings,
         bus: members.frame_sink(),
+        ice_tcp_port: args.ice_tcp.then(|| args.http.port()),
     })
     .context("starting the media plane")?;
     let app = Arc::new(App {
