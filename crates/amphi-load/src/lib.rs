@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
-pub use listener::{Outcome, Stats};
+pub use listener::Outcome;
+pub use report::Stats;
 pub use report::Report;
 
 /// Which output the listeners use.

@@ -29,9 +29,6 @@ pub struct Outcome {
     pub error: Option<String>,
 }
 
-/// Aggregate of every listener (also the JSON a child process prints).
-pub type Stats = crate::report::Stats;
-
 fn now_us() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
