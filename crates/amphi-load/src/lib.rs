@@ -18,8 +18,8 @@ use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
 pub use listener::Outcome;
-pub use report::Stats;
 pub use report::Report;
+pub use report::Stats;
 
 /// Which output the listeners use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
