@@ -5,11 +5,15 @@
 # each with N listeners of live.opus (100 ms pages), measured with
 # `amphi load` (over TLS where the server speaks it) in the same run.
 #
-# Usage: bench/tls.sh [LISTENERS] [SECONDS]
+# Usage: bench/tls.sh [LISTENERS] [SECONDS] [RAMP_SECONDS]
+# Listeners arrive over RAMP_SECONDS (default 10: the "10,000 TLS listeners
+# within 10 s" scenario); 0 makes it a storm, which amphi's handshake
+# admission (--tls-handshake-rate, 4,000/s) sheds rather than queues.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-2000}
 SECS=${2:-15}
+RAMP=${3:-10}
 BIN=${AMPHI_BIN:-target/release/amphi}
 [ -x "$BIN" ] || cargo build --release --bin amphi
 TMP=$(mktemp -d)
@@ -54,11 +58,11 @@ start_amphi() {
 start_amphi 18200 plain
 PLAIN_ID=$ID
 echo "== amphi plaintext ($N listeners)" >&2
-"$BIN" load --server 127.0.0.1:18200 --space "$PLAIN_ID" -n "$N" --duration "$SECS" --warmup 3 --pid "$plain_PID" --json | tee "$TMP/plain.json"
+"$BIN" load --server 127.0.0.1:18200 --space "$PLAIN_ID" -n "$N" --ramp "$RAMP" --duration "$SECS" --warmup 3 --pid "$plain_PID" --json | tee "$TMP/plain.json"
 
 start_amphi 18201 tls --tls-cert "$TMP/cert.pem" --tls-key "$TMP/key.pem"
 echo "== amphi TLS ($N listeners)" >&2
-"$BIN" load --server 127.0.0.1:18201 --space "$ID" -n "$N" --duration "$SECS" --warmup 3 --pid "$tls_PID" \
+"$BIN" load --server 127.0.0.1:18201 --space "$ID" -n "$N" --ramp "$RAMP" --duration "$SECS" --warmup 3 --pid "$tls_PID" \
   --tls-ca "$TMP/ca.pem" --json | tee "$TMP/tls.json"
 kill "$tls_PID" 2>/dev/null || true
 
@@ -86,7 +90,7 @@ NGX
   sleep 1
   NGINX_PIDS=$(pgrep -f "nginx.*$TMP/nginx/nginx.conf" | tr '\n' ',' | sed 's/,$//')
   echo "== nginx TLS in front of plaintext amphi ($N listeners; CPU of nginx + amphi)" >&2
-  "$BIN" load --server 127.0.0.1:18202 --space "$PLAIN_ID" -n "$N" --duration "$SECS" --warmup 3 \
+  "$BIN" load --server 127.0.0.1:18202 --space "$PLAIN_ID" -n "$N" --ramp "$RAMP" --duration "$SECS" --warmup 3 \
     --pid "$plain_PID" --extra-pids "$NGINX_PIDS" --tls-ca "$TMP/ca.pem" --json | tee "$TMP/nginx.json" || true
 fi
 
@@ -112,7 +116,7 @@ XML
   PIDS+=($!)
   sleep 3
   echo "== icecast 2.4 TLS ($N listeners)" >&2
-  "$BIN" load --server 127.0.0.1:18204 --space ice --path /amphi.opus -n "$N" --duration "$SECS" --warmup 3 --pid $ICE_PID \
+  "$BIN" load --server 127.0.0.1:18204 --space ice --path /amphi.opus -n "$N" --ramp "$RAMP" --duration "$SECS" --warmup 3 --pid $ICE_PID \
     --tls-ca "$TMP/ca.pem" --json | tee "$TMP/ice.json" || true
 fi
 
