@@ -694,54 +694,50 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
         "Listeners held by the fan-out workers.",
         l(&e.listeners) as f64,
     );
-    counter(
-        &mut out,
-        "amphi_fanout_units_total",
-        "Units (pages, messages) published.",
-        l(&e.units_published),
-    );
-    counter(
-        &mut out,
-        "amphi_fanout_bytes_total",
-        "Bytes written to listeners.",
-        l(&e.bytes_written),
-    );
-    counter(
-        &mut out,
-        "amphi_fanout_writes_total",
-        "Socket writes to listeners.",
-        l(&e.writes),
-    );
-    counter(
-        &mut out,
-        "amphi_fanout_skipped_units_total",
-        "Units slow listeners skipped.",
-        l(&e.units_skipped),
-    );
-    counter(
-        &mut out,
-        "amphi_fanout_closed_slow_total",
-        "Listeners closed for stalling.",
-        l(&e.closed_slow),
-    );
-    counter(
-        &mut out,
-        "amphi_fanout_closed_total",
-        "Listeners that went away.",
-        l(&e.closed_gone),
-    );
-    counter(
-        &mut out,
-        "amphi_fanout_pongs_total",
-        "Pongs sent to live.ws listeners.",
-        l(&e.pongs),
-    );
-    counter(
-        &mut out,
-        "amphi_fanout_closed_ws_total",
-        "live.ws listeners closed by a close handshake (theirs echoed, or ours for a protocol violation).",
-        l(&e.closed_ws),
-    );
+    for (name, help, value) in [
+        (
+            "amphi_fanout_units_total",
+            "Units (pages, messages) published.",
+            &e.units_published,
+        ),
+        (
+            "amphi_fanout_bytes_total",
+            "Bytes written to listeners.",
+            &e.bytes_written,
+        ),
+        (
+            "amphi_fanout_writes_total",
+            "Socket writes to listeners.",
+            &e.writes,
+        ),
+        (
+            "amphi_fanout_skipped_units_total",
+            "Units slow listeners skipped.",
+            &e.units_skipped,
+        ),
+        (
+            "amphi_fanout_closed_slow_total",
+            "Listeners closed for stalling.",
+            &e.closed_slow,
+        ),
+        (
+            "amphi_fanout_closed_total",
+            "Listeners that went away.",
+            &e.closed_gone,
+        ),
+        (
+            "amphi_fanout_pongs_total",
+            "Pongs sent to live.ws listeners.",
+            &e.pongs,
+        ),
+        (
+            "amphi_fanout_closed_ws_total",
+            "live.ws listeners closed by a close handshake (theirs echoed, or ours for a protocol violation).",
+            &e.closed_ws,
+        ),
+    ] {
+        counter(&mut out, name, help, l(value));
+    }
     app.media.render_metrics(&mut out);
     app.members.render_metrics(&mut out);
     gauge(
