@@ -141,29 +141,18 @@ async fn connection(stream: TcpStream, app: Arc<App>, router: Router, tls: Optio
     }
 }
 
-/// Whether a connection opens with an ICE-TCP frame (a STUN binding
-/// request, RFC 4571), peeking until that is decided; `None`: the peer
-/// went away or sent too little in time.
+/// Whether a connection is ICE-TCP (RFC 4571), decided on its first byte
+/// alone: a frame starts with its 16-bit length and a STUN request is
+/// short, so the first byte is 0, which no HTTP method and no TLS record
+/// starts with. No polling for more bytes: the engine, which takes the
+/// connection, closes one whose first frame reaches no session at once and
+/// one that stays silent after 10 s, and holds at most twice its session
+/// cap. `None`: the peer went away or sent nothing in time.
 async fn ice_tcp_preface(stream: &TcpStream, deadline: Instant) -> Option<bool> {
-    let mut buf = [0u8; 10];
-    loop {
-        let n = match tokio::time::timeout_at(deadline.into(), stream.peek(&mut buf)).await {
-            Ok(Ok(n)) if n > 0 => n,
-            _ => return None,
-        };
-        // A frame's length comes first and a STUN request is short: its
-        // first byte is 0. HTTP and TLS are told apart at once, without
-        // waiting for more bytes.
-        if buf[0] != 0 {
-            return Some(false);
-        }
-        if let Some(decided) = amphi_rtc::framing::is_ice_tcp_preface(&buf[..n]) {
-            return Some(decided);
-        }
-        if Instant::now() >= deadline || peer_hung_up(stream) {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+    let mut first = [0u8; 1];
+    match tokio::time::timeout_at(deadline.into(), stream.peek(&mut first)).await {
+        Ok(Ok(1)) => Some(first[0] == 0),
+        _ => None,
     }
 }
 
