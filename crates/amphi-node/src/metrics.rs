@@ -350,3 +350,81 @@ pub fn render(registry: &Registry) -> Result<String, fmt::Error> {
     prometheus_client::encoding::prometheus_text::encode(&mut out, registry)?;
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn scrape(m: &Arc<Metrics>) -> String {
+        let mut r = Registry::default();
+        r.register_collector(Part::new(m, |m, out| m.collect(out)));
+        r.register_collector(Part::new(m, |_, out| {
+            out.gauge_family(
+                "amphi_test",
+                "A \\ help\nline.",
+                [([("space", "a\"b\\c\nd")], 2u64)],
+            );
+            out.counter_family(
+                "amphi_empty_total",
+                "No rows.",
+                Vec::<([(&str, &str); 1], u64)>::new(),
+            );
+        }));
+        render(&r).unwrap()
+    }
+
+    #[test]
+    fn names_types_and_values_are_written_as_before() {
+        let m = Arc::new(Metrics::default());
+        m.joins.inc();
+        m.joins.inc();
+        m.events_clients.inc();
+        m.observe_request("/api/v1/spaces/{id}", 200, Duration::from_micros(700));
+        m.observe_request("/api/v1/spaces/{id}", 200, Duration::from_secs(3));
+        m.observe_request("unmatched", 404, Duration::from_micros(10));
+        let text = scrape(&m);
+        for line in [
+            "# HELP amphi_joins_total Joins (tokens minted).",
+            "# TYPE amphi_joins_total counter",
+            "amphi_joins_total 2",
+            "# TYPE amphi_refused_per_ip_total counter",
+            "# TYPE amphi_events_clients gauge",
+            "amphi_events_clients 1",
+            "# TYPE amphi_http_request_duration_seconds histogram",
+            // Cumulative buckets: 0.7 ms is above 0.5 ms, within 1 ms.
+            "amphi_http_request_duration_seconds_bucket{route=\"/api/v1/spaces/{id}\",status=\"200\",le=\"0.0005\"} 0",
+            "amphi_http_request_duration_seconds_bucket{route=\"/api/v1/spaces/{id}\",status=\"200\",le=\"0.001\"} 1",
+            "amphi_http_request_duration_seconds_bucket{route=\"/api/v1/spaces/{id}\",status=\"200\",le=\"2.5\"} 1",
+            "amphi_http_request_duration_seconds_bucket{route=\"/api/v1/spaces/{id}\",status=\"200\",le=\"+Inf\"} 2",
+            "amphi_http_request_duration_seconds_count{route=\"/api/v1/spaces/{id}\",status=\"200\"} 2",
+            "amphi_http_request_duration_seconds_bucket{route=\"unmatched\",status=\"404\",le=\"0.0005\"} 1",
+            // Label values and help escaped.
+            "# HELP amphi_test A \\\\ help\\nline.",
+            "amphi_test{space=\"a\\\"b\\\\c\\nd\"} 2",
+            // A family with no row still has its help and type.
+            "# TYPE amphi_empty_total counter",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "no line {line:?} in:\n{text}"
+            );
+        }
+        // Each family once.
+        let types: Vec<_> = text.lines().filter(|l| l.starts_with("# TYPE")).collect();
+        let mut unique = types.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(types.len(), unique.len());
+    }
+
+    #[test]
+    fn a_gone_part_writes_nothing() {
+        let m = Arc::new(Metrics::default());
+        let mut r = Registry::default();
+        r.register_collector(Part::new(&m, |m, out| m.collect(out)));
+        drop(m);
+        assert_eq!(render(&r).unwrap(), "");
+    }
+}

@@ -168,16 +168,18 @@ fn space_label(id: SpaceId, public: bool) -> String {
 /// summed under `space="private",participant="private"`.
 fn speakers(app: &App, out: &mut Scrape<'_>) {
     let rows = app.media.speaker_stats();
-    let public: HashMap<SpaceId, bool> = {
+    // The cells first, then each room's lock (never under the map's lock).
+    let cells: Vec<_> = {
         let spaces = app.spaces.read();
         rows.iter()
-            .map(|(sp, _, _)| {
-                // A space no longer known here is treated as private.
-                let p = spaces.get(sp).is_some_and(|c| c.inner.lock().space.public);
-                (*sp, p)
-            })
+            .filter_map(|(sp, _, _)| spaces.get(sp).cloned())
             .collect()
     };
+    // A space no longer known here counts as private.
+    let public: HashMap<SpaceId, bool> = cells
+        .iter()
+        .map(|c| (c.id, c.inner.lock().space.public))
+        .collect();
     let mut by_label: BTreeMap<(String, String), [u64; 3]> = BTreeMap::new();
     for (sp, p, st) in &rows {
         let key = if public.get(sp).copied().unwrap_or(false) {
