@@ -221,7 +221,22 @@ impl Worker {
             }
         }
         self.state(output).slots.push(slot);
-        self.service_output(id, true);
+        let Some(st) = self.outputs.get_mut(&id) else {
+            return;
+        };
+        // Only the new listener: its head and connect burst go out now;
+        // the others are serviced by their units and the housekeeping
+        // (walking every slot per arrival made a join storm quadratic).
+        let now = Instant::now();
+        let mut tally = Tally::default();
+        let verdict =
+            st.slots[index].service(&st.recent, now, self.stall, &mut tally, &mut self.scratch);
+        if verdict != Service::Keep {
+            let slot = remove(st, &mut self.tokens, self.poll.registry(), index);
+            closed(&self.stats, &st.output, verdict);
+            drop(slot);
+        }
+        self.count(tally);
     }
 
     /// Reads every listener the kernel reports readable, and sends what
