@@ -1012,11 +1012,11 @@ mod tests {
             let now = Instant::now();
             let mut tally = Tally::default();
             let mut scratch = Vec::new();
-            for seq in burst..lens.len() {
+            for (seq, len) in lens.iter().enumerate().skip(burst) {
                 let v = slot.service(&ring, now, Duration::from_secs(600), &mut tally, &mut scratch);
                 prop_assert_eq!(v, Service::Keep);
                 // The ring keeps every unit: the burst never falls out.
-                ring.0.push_back((seq as u64, unit(seq as u64, lens[seq])));
+                ring.0.push_back((seq as u64, unit(seq as u64, *len)));
             }
             // Then the peer takes everything.
             slot.stream.script = VecDeque::from(vec![1 << 20; 4]);
