@@ -150,6 +150,11 @@ pub struct Config {
     /// new connection is closed before the handshake costs anything.
     #[arg(long, env = "AMPHI_TLS_HANDSHAKE_RATE", default_value_t = 4000.0)]
     pub tls_handshake_rate: f64,
+    /// The nice value (0–19) of the threads TLS handshakes run on (their
+    /// own, half the cores): above 0 a join storm's handshakes yield the
+    /// CPU to the fan-out and the mixer. 0: the same priority as the rest.
+    #[arg(long, env = "AMPHI_TLS_HANDSHAKE_NICE", default_value_t = 5, value_parser = clap::value_parser!(i32).range(0..=19))]
+    pub tls_handshake_nice: i32,
     /// Get the HTTPS certificate for this domain name automatically (ACME,
     /// e.g. Let's Encrypt) and renew it; repeatable (the environment twin
     /// takes a comma-separated list). Turns HTTPS on without --tls-cert.
@@ -217,6 +222,8 @@ pub struct Node {
     listener: tokio::net::TcpListener,
     tls: Option<Tls>,
     redirect: Option<tokio::net::TcpListener>,
+    /// With TLS: the runtime the handshakes run on.
+    handshakes: Option<tokio::runtime::Runtime>,
 }
 
 /// HTTPS: the certificate and the front door's TLS.
@@ -238,6 +245,22 @@ impl Node {
             .thread_name("amphi-http")
             .build()?;
         let rate = config.tls_handshake_rate.max(1.0);
+        let handshakes = if config.tls() {
+            let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+            Some(crate::front::handshake_runtime(
+                cores.div_ceil(2),
+                config.tls_handshake_nice,
+            )?)
+        } else {
+            None
+        };
+        let front_tls = |server| {
+            let front = crate::front::FrontTls::new(server, rate, rate);
+            Arc::new(match &handshakes {
+                Some(rt) => front.with_handshakes(rt.handle().clone()),
+                None => front,
+            })
+        };
         let tls = match (&config.tls_cert, &config.tls_key) {
             (Some(cert), Some(key)) => {
                 let certs = Arc::new(
@@ -245,7 +268,7 @@ impl Node {
                         .context("loading the TLS certificate")?,
                 );
                 let server = amphi_tls::server_config(certs.clone()).context("configuring TLS")?;
-                let front = Arc::new(crate::front::FrontTls::new(server, rate, rate));
+                let front = front_tls(server);
                 Some(Tls {
                     certs,
                     front,
@@ -272,7 +295,7 @@ impl Node {
                     validity
                 });
                 let server = amphi_tls::server_config(certs.clone()).context("configuring TLS")?;
-                let front = Arc::new(crate::front::FrontTls::new(server, rate, rate));
+                let front = front_tls(server);
                 Some(Tls {
                     certs,
                     front,
@@ -302,6 +325,7 @@ impl Node {
             listener,
             tls,
             redirect,
+            handshakes,
         })
     }
 
@@ -320,6 +344,7 @@ impl Node {
             listener,
             tls,
             redirect,
+            handshakes,
         } = self;
         rt.block_on(async move {
             if let Some(r) = redirect {
@@ -359,6 +384,9 @@ impl Node {
             }
             app.media.shutdown();
         });
+        if let Some(hs) = handshakes {
+            hs.shutdown_background();
+        }
         Ok(())
     }
 }
