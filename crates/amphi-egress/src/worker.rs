@@ -127,7 +127,12 @@ impl Worker {
             match self.rx.recv_timeout(POLL_EVERY) {
                 Ok(Msg::Unit { output, unit }) => {
                     let st = self.state(&output);
-                    st.recent.push(unit.seq, unit.bytes);
+                    // A copy of its own per worker (one per unit, a few
+                    // hundred bytes): the reference count every listener's
+                    // handle takes and drops then stays in this core's
+                    // cache instead of bouncing between the workers.
+                    st.recent
+                        .push(unit.seq, Bytes::copy_from_slice(&unit.bytes));
                     self.service_output(output.id, false);
                 }
                 Ok(Msg::Add { output, listener }) => self.add(&output, listener),
