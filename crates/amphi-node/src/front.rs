@@ -62,31 +62,32 @@ impl FrontTls {
     }
 }
 
-/// The runtime TLS handshakes run on: `threads` threads at `nice` (0 = the
-/// same priority as the rest; up to 19). The fan-out workers and the media
-/// thread keep the default priority, so when the cores are short a
-/// handshake waits, not a page.
+/// The runtime TLS handshakes run on: `threads` threads `nice` steps below
+/// the process's priority (0 = the same; the nice value is capped at 19).
+/// The fan-out workers and the media thread keep the process's priority,
+/// so when the cores are short a handshake waits, not a page.
 pub fn handshake_runtime(threads: usize, nice: i32) -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads.max(1))
         .enable_all()
         .thread_name("amphi-tls-hs")
         .on_thread_start(move || {
-            if nice != 0 {
+            if nice > 0 {
                 lower_priority(nice);
             }
         })
         .build()
 }
 
-/// Lowers the calling thread's priority (Linux: the nice value is per
-/// thread). An unprivileged process may always lower it.
-fn lower_priority(nice: i32) {
-    // SAFETY: gettid has no arguments; setpriority takes plain integers
-    // and changes only this thread's nice value.
+/// Lowers the calling thread's priority by `steps` (Linux: the nice value
+/// is per thread). An unprivileged process may always lower it.
+fn lower_priority(steps: i32) {
+    // SAFETY: gettid has no arguments; getpriority and setpriority take
+    // plain integers and read or change only this thread's nice value.
     unsafe {
         let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        if libc::setpriority(libc::PRIO_PROCESS, tid, nice.clamp(0, 19)) != 0 {
+        let now = libc::getpriority(libc::PRIO_PROCESS, tid);
+        if libc::setpriority(libc::PRIO_PROCESS, tid, (now + steps).clamp(-20, 19)) != 0 {
             tracing::warn!("could not lower the TLS handshake threads' priority");
         }
     }

@@ -150,9 +150,10 @@ pub struct Config {
     /// new connection is closed before the handshake costs anything.
     #[arg(long, env = "AMPHI_TLS_HANDSHAKE_RATE", default_value_t = 4000.0)]
     pub tls_handshake_rate: f64,
-    /// The nice value (0–19) of the threads TLS handshakes run on (their
-    /// own, half the cores): above 0 a join storm's handshakes yield the
-    /// CPU to the fan-out and the mixer. 0: the same priority as the rest.
+    /// How many nice steps (0–19) below the rest of the node the threads
+    /// TLS handshakes run on (their own, half the cores) are: above 0 a
+    /// join storm's handshakes yield the CPU to the fan-out and the mixer.
+    /// 0: the same priority as the rest.
     #[arg(long, env = "AMPHI_TLS_HANDSHAKE_NICE", default_value_t = 5, value_parser = clap::value_parser!(i32).range(0..=19))]
     pub tls_handshake_nice: i32,
     /// Get the HTTPS certificate for this domain name automatically (ACME,
