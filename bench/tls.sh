@@ -9,6 +9,9 @@
 # Listeners arrive over RAMP_SECONDS (default 10: the "10,000 TLS listeners
 # within 10 s" scenario); 0 makes it a storm, which amphi's handshake
 # admission (--tls-handshake-rate, 4,000/s) sheds rather than queues.
+# PEERS=0 runs amphi only (plaintext and TLS), for quick A/B runs; the
+# node's flags can be given as AMPHI_* variables (e.g.
+# AMPHI_TLS_HANDSHAKE_NICE=0).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-2000}
@@ -55,18 +58,35 @@ start_amphi() {
   sleep 3
 }
 
+# early NAME PORT SPACE [load flags...]: one listener that is there before
+# the crowd arrives and stays through the arrival and the measured window;
+# its longest gap is the "early listener" figure (the crowd's own gaps are
+# measured after the ramp and the warm-up only).
+early() {
+  local name=$1 port=$2 space=$3; shift 3
+  "$BIN" load --server 127.0.0.1:$port --space "$space" -n 1 --duration "$(echo "$RAMP + $SECS + 4" | bc)" --warmup 1 "$@" \
+    --json > "$TMP/$name-early.json" 2>/dev/null &
+  EARLY_PID=$!
+  sleep 2
+}
+
 start_amphi 18200 plain
 PLAIN_ID=$ID
 echo "== amphi plaintext ($N listeners)" >&2
+early plain 18200 "$PLAIN_ID"
 "$BIN" load --server 127.0.0.1:18200 --space "$PLAIN_ID" -n "$N" --ramp "$RAMP" --duration "$SECS" --warmup 3 --pid "$plain_PID" --json | tee "$TMP/plain.json"
+wait "$EARLY_PID" || true
 
 start_amphi 18201 tls --tls-cert "$TMP/cert.pem" --tls-key "$TMP/key.pem"
 echo "== amphi TLS ($N listeners)" >&2
+early tls 18201 "$ID" --tls-ca "$TMP/ca.pem"
 "$BIN" load --server 127.0.0.1:18201 --space "$ID" -n "$N" --ramp "$RAMP" --duration "$SECS" --warmup 3 --pid "$tls_PID" \
   --tls-ca "$TMP/ca.pem" --json | tee "$TMP/tls.json"
+wait "$EARLY_PID" || true
 kill "$tls_PID" 2>/dev/null || true
 
-if command -v nginx >/dev/null; then
+PEERS=${PEERS:-1}
+if [ "$PEERS" = 1 ] && command -v nginx >/dev/null; then
   mkdir -p "$TMP/nginx"
   cat > "$TMP/nginx/nginx.conf" <<NGX
 worker_processes auto;
@@ -78,7 +98,9 @@ http {
   access_log off;
   proxy_buffering off;
   server {
-    listen 127.0.0.1:18202 ssl;
+    # The same accept backlog as amphi's (capped by somaxconn): nginx's
+    # default of 511 drops connections in a fast arrival.
+    listen 127.0.0.1:18202 ssl backlog=65535;
     ssl_certificate $TMP/cert.pem;
     ssl_certificate_key $TMP/key.pem;
     location / { proxy_pass http://127.0.0.1:18200; proxy_http_version 1.1; proxy_read_timeout 1h; }
@@ -87,14 +109,19 @@ http {
 NGX
   nginx -c "$TMP/nginx/nginx.conf" -g 'daemon off;' 2>"$TMP/nginx.log" &
   PIDS+=($!)
-  sleep 1
-  NGINX_PIDS=$(pgrep -f "nginx.*$TMP/nginx/nginx.conf" | tr '\n' ',' | sed 's/,$//')
+  for _ in $(seq 30); do [ -s "$TMP/nginx/nginx.pid" ] && break; sleep 0.1; done
+  sleep 0.5
+  # The master and its workers (a worker's command line does not name
+  # the configuration, so they are found as the master's children).
+  NGINX_MASTER=$(cat "$TMP/nginx/nginx.pid")
+  NGINX_PIDS=$( (echo "$NGINX_MASTER"; pgrep -P "$NGINX_MASTER") | tr '\n' ',' | sed 's/,$//')
+  echo "nginx processes measured: $NGINX_PIDS" >&2
   echo "== nginx TLS in front of plaintext amphi ($N listeners; CPU of nginx + amphi)" >&2
   "$BIN" load --server 127.0.0.1:18202 --space "$PLAIN_ID" -n "$N" --ramp "$RAMP" --duration "$SECS" --warmup 3 \
     --pid "$plain_PID" --extra-pids "$NGINX_PIDS" --tls-ca "$TMP/ca.pem" --json | tee "$TMP/nginx.json" || true
 fi
 
-if command -v icecast2 >/dev/null && command -v ffmpeg >/dev/null; then
+if [ "$PEERS" = 1 ] && command -v icecast2 >/dev/null && command -v ffmpeg >/dev/null; then
   mkdir -p "$TMP/ice/log"; chmod -R 777 "$TMP/ice"
   cat > "$TMP/ice/icecast.xml" <<XML
 <icecast>
@@ -123,8 +150,14 @@ fi
 python3 - "$TMP" <<'PY'
 import json, os, sys
 d = sys.argv[1]
-print(f"\n{'server':22} {'admitted':>9} {'<90% rt':>8} {'fb p99 ms':>10} {'gap max':>8} {'cpu us/l-s':>11} {'cores':>6} {'rss MB':>7}")
+print(f"\n{'server':22} {'admitted':>9} {'<90% rt':>8} {'fb p99 ms':>10} {'gap max':>8} {'cpu us/l-s':>11} {'cores':>6} {'rss MB':>7} {'early gap':>9}")
 rows = {}
+def early(name):
+    p = os.path.join(d, name + "-early.json")
+    if not os.path.exists(p) or os.path.getsize(p) == 0:
+        return "-"
+    r = json.loads(open(p).read().strip().splitlines()[0])
+    return f"{r['max_gap_ms_max']}" if r["admitted"] == 1 else "refused"
 for name, label in [("plain", "amphi plaintext"), ("tls", "amphi TLS"), ("nginx", "nginx TLS + amphi"), ("ice", "icecast TLS")]:
     p = os.path.join(d, name + ".json")
     if not os.path.exists(p) or os.path.getsize(p) == 0:
@@ -133,9 +166,16 @@ for name, label in [("plain", "amphi plaintext"), ("tls", "amphi TLS"), ("nginx"
     rows[name] = r
     f = lambda v, fmt: (fmt.format(v) if v is not None else "-")
     print(f"{label:22} {r['admitted']:>9} {r['below_90pct_realtime']:>8} {r['first_byte_ms_p99']:>10.1f} {r['max_gap_ms_max']:>8} "
-          f"{f(r['server_cpu_us_per_listener_sec'], '{:.1f}'):>11} {f(r['server_cpu_cores'], '{:.2f}'):>6} {f(r['server_rss_mb'], '{:.1f}'):>7}")
+          f"{f(r['server_cpu_us_per_listener_sec'], '{:.1f}'):>11} {f(r['server_cpu_cores'], '{:.2f}'):>6} {f(r['server_rss_mb'], '{:.1f}'):>7} {early(name):>9}")
 if "plain" in rows and "tls" in rows:
     a, b = rows["plain"]["server_cpu_us_per_listener_sec"], rows["tls"]["server_cpu_us_per_listener_sec"]
     if a and b:
         print(f"\nTLS / plaintext CPU per listener-second: {b / a:.2f}x")
+print("CPU per listener-second is server CPU over the measured window divided by the listeners")
+print("actually served (admitted) and the seconds measured: a server that admitted fewer is")
+print("compared per listener it served. 'early gap': one listener there before the arrival.")
+for name in ["plain", "tls"]:
+    p = os.path.join(d, name + "-early.json")
+    if os.path.exists(p) and os.path.getsize(p) > 0:
+        print(f"early listener ({name}):", open(p).read().strip().splitlines()[0])
 PY

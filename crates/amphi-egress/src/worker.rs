@@ -127,7 +127,12 @@ impl Worker {
             match self.rx.recv_timeout(POLL_EVERY) {
                 Ok(Msg::Unit { output, unit }) => {
                     let st = self.state(&output);
-                    st.recent.push(unit.seq, unit.bytes);
+                    // A copy of its own per worker (one per unit, a few
+                    // hundred bytes): the reference count every listener's
+                    // handle takes and drops then stays in this core's
+                    // cache instead of bouncing between the workers.
+                    st.recent
+                        .push(unit.seq, Bytes::copy_from_slice(&unit.bytes));
                     self.service_output(output.id, false);
                 }
                 Ok(Msg::Add { output, listener }) => self.add(&output, listener),
@@ -221,7 +226,22 @@ impl Worker {
             }
         }
         self.state(output).slots.push(slot);
-        self.service_output(id, true);
+        let Some(st) = self.outputs.get_mut(&id) else {
+            return;
+        };
+        // Only the new listener: its head and connect burst go out now;
+        // the others are serviced by their units and the housekeeping
+        // (walking every slot per arrival made a join storm quadratic).
+        let now = Instant::now();
+        let mut tally = Tally::default();
+        let verdict =
+            st.slots[index].service(&st.recent, now, self.stall, &mut tally, &mut self.scratch);
+        if verdict != Service::Keep {
+            let slot = remove(st, &mut self.tokens, self.poll.registry(), index);
+            closed(&self.stats, &st.output, verdict);
+            drop(slot);
+        }
+        self.count(tally);
     }
 
     /// Reads every listener the kernel reports readable, and sends what

@@ -36,6 +36,11 @@ pub struct FrontTls {
     config: Arc<tokio_rustls::rustls::ServerConfig>,
     in_flight: tokio::sync::Semaphore,
     rate: KeyedLimiter,
+    /// Where handshakes run: a runtime of their own whose threads run at a
+    /// lower priority than the fan-out workers, so a join storm's
+    /// signatures wait for pages, not the other way round. `None`: on the
+    /// front door's runtime.
+    handshakes: Option<tokio::runtime::Handle>,
 }
 
 impl FrontTls {
@@ -46,6 +51,44 @@ impl FrontTls {
             config,
             in_flight: tokio::sync::Semaphore::new(MAX_HANDSHAKES),
             rate: KeyedLimiter::new(rate, burst),
+            handshakes: None,
+        }
+    }
+
+    /// Runs the handshakes on `runtime` (see [`handshake_runtime`]).
+    pub fn with_handshakes(mut self, runtime: tokio::runtime::Handle) -> Self {
+        self.handshakes = Some(runtime);
+        self
+    }
+}
+
+/// The runtime TLS handshakes run on: `threads` threads `nice` steps below
+/// the process's priority (0 = the same; the nice value is capped at 19).
+/// The fan-out workers and the media thread keep the process's priority,
+/// so when the cores are short a handshake waits, not a page.
+pub fn handshake_runtime(threads: usize, nice: i32) -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.max(1))
+        .enable_all()
+        .thread_name("amphi-tls-hs")
+        .on_thread_start(move || {
+            if nice > 0 {
+                lower_priority(nice);
+            }
+        })
+        .build()
+}
+
+/// Lowers the calling thread's priority by `steps` (Linux: the nice value
+/// is per thread). An unprivileged process may always lower it.
+fn lower_priority(steps: i32) {
+    // SAFETY: gettid has no arguments; getpriority and setpriority take
+    // plain integers and read or change only this thread's nice value.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        let now = libc::getpriority(libc::PRIO_PROCESS, tid);
+        if libc::setpriority(libc::PRIO_PROCESS, tid, (now + steps).clamp(-20, 19)) != 0 {
+            tracing::warn!("could not lower the TLS handshake threads' priority");
         }
     }
 }
@@ -110,7 +153,7 @@ async fn connection(stream: TcpStream, app: Arc<App>, router: Router, tls: Optio
         }
     }
     if let Some(tls) = tls {
-        return tls_connection(stream, app, router, &tls, deadline).await;
+        return tls_connection(stream, app, router, tls, deadline).await;
     }
     let mut buf = [0u8; 256];
     let kind = loop {
@@ -175,7 +218,7 @@ async fn tls_connection(
     mut stream: TcpStream,
     app: Arc<App>,
     router: Router,
-    tls: &FrontTls,
+    tls: Arc<FrontTls>,
     deadline: Instant,
 ) {
     let mut first = [0u8; 1];
@@ -203,42 +246,14 @@ async fn tls_connection(
         .await;
         return;
     }
-    // The ClientHello is read first (no crypto yet): a peer that never
-    // finishes it holds a small buffer until the deadline, not a place
-    // among the handshakes in flight.
     let handshake_deadline = deadline.min(Instant::now() + HANDSHAKE_TIMEOUT);
-    let lazy = tokio_rustls::LazyConfigAcceptor::new(
-        tokio_rustls::rustls::server::Acceptor::default(),
-        stream,
-    );
-    let start = match tokio::time::timeout_at(handshake_deadline.into(), lazy).await {
-        Ok(Ok(start)) => start,
-        _ => {
-            app.metrics.tls_handshake_failures.inc();
-            return;
-        }
+    let hs = handshake(stream, app.clone(), tls.clone(), handshake_deadline);
+    let stream = match &tls.handshakes {
+        Some(rt) => rt.spawn(hs).await.ok().flatten(),
+        None => hs.await,
     };
-    // Admission before the costly part: a storm is shed here, before any
-    // signature or key exchange.
-    let permit = match tls.in_flight.try_acquire() {
-        Ok(p) if tls.rate.check(0) => p,
-        _ => {
-            app.metrics.tls_refused.inc();
-            return;
-        }
-    };
-    let accepted = tokio::time::timeout_at(
-        handshake_deadline.into(),
-        start.into_stream(tls.config.clone()),
-    )
-    .await;
-    drop(permit);
-    let mut stream = match accepted {
-        Ok(Ok(s)) => s,
-        _ => {
-            app.metrics.tls_handshake_failures.inc();
-            return;
-        }
+    let Some(mut stream) = stream else {
+        return;
     };
     app.metrics.tls_handshakes.inc();
     if stream.get_ref().1.alpn_protocol() == Some(amphi_tls::ACME_TLS_ALPN) {
@@ -265,6 +280,50 @@ async fn tls_connection(
     match kind {
         Some(Kind::Ogg | Kind::Ws) => listen::handle(stream, app).await,
         None => serve_http(stream, router).await,
+    }
+}
+
+/// The TLS handshake of a connection that sent a ClientHello, admitted
+/// first (handshakes in flight, the handshake rate); `None` when refused,
+/// failed or timed out (each counted).
+async fn handshake(
+    stream: TcpStream,
+    app: Arc<App>,
+    tls: Arc<FrontTls>,
+    deadline: Instant,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    // The ClientHello is read first (no crypto yet): a peer that never
+    // finishes it holds a small buffer until the deadline, not a place
+    // among the handshakes in flight.
+    let lazy = tokio_rustls::LazyConfigAcceptor::new(
+        tokio_rustls::rustls::server::Acceptor::default(),
+        stream,
+    );
+    let start = match tokio::time::timeout_at(deadline.into(), lazy).await {
+        Ok(Ok(start)) => start,
+        _ => {
+            app.metrics.tls_handshake_failures.inc();
+            return None;
+        }
+    };
+    // Admission before the costly part: a storm is shed here, before any
+    // signature or key exchange.
+    let permit = match tls.in_flight.try_acquire() {
+        Ok(p) if tls.rate.check(0) => p,
+        _ => {
+            app.metrics.tls_refused.inc();
+            return None;
+        }
+    };
+    let accepted =
+        tokio::time::timeout_at(deadline.into(), start.into_stream(tls.config.clone())).await;
+    drop(permit);
+    match accepted {
+        Ok(Ok(s)) => Some(s),
+        _ => {
+            app.metrics.tls_handshake_failures.inc();
+            None
+        }
     }
 }
 

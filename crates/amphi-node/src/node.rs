@@ -147,6 +147,12 @@ pub struct Config {
     /// new connection is closed before the handshake costs anything.
     #[arg(long, env = "AMPHI_TLS_HANDSHAKE_RATE", default_value_t = 4000.0)]
     pub tls_handshake_rate: f64,
+    /// How many nice steps (0–19) below the rest of the node the threads
+    /// TLS handshakes run on (their own, half the cores) are: above 0 a
+    /// join storm's handshakes yield the CPU to the fan-out and the mixer.
+    /// 0: the same priority as the rest.
+    #[arg(long, env = "AMPHI_TLS_HANDSHAKE_NICE", default_value_t = 5, value_parser = clap::value_parser!(i32).range(0..=19))]
+    pub tls_handshake_nice: i32,
     /// Get the HTTPS certificate for this domain name automatically (ACME,
     /// e.g. Let's Encrypt) and renew it; repeatable (the environment twin
     /// takes a comma-separated list). Turns HTTPS on without --tls-cert.
@@ -225,6 +231,8 @@ pub struct Node {
     redirect: Option<tokio::net::TcpListener>,
     /// With `--metrics-addr`: its listener and the /metrics route.
     metrics: Option<(tokio::net::TcpListener, Router)>,
+    /// With TLS: the runtime the handshakes run on.
+    handshakes: Option<tokio::runtime::Runtime>,
 }
 
 /// HTTPS: the certificate and the front door's TLS.
@@ -249,6 +257,22 @@ impl Node {
             .thread_name("amphi-http")
             .build()?;
         let rate = config.tls_handshake_rate.max(1.0);
+        let handshakes = if config.tls() {
+            let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+            Some(crate::front::handshake_runtime(
+                cores.div_ceil(2),
+                config.tls_handshake_nice,
+            )?)
+        } else {
+            None
+        };
+        let front_tls = |server| {
+            let front = crate::front::FrontTls::new(server, rate, rate);
+            Arc::new(match &handshakes {
+                Some(rt) => front.with_handshakes(rt.handle().clone()),
+                None => front,
+            })
+        };
         let tls = match (&config.tls_cert, &config.tls_key) {
             (Some(cert), Some(key)) => {
                 let certs = Arc::new(
@@ -256,7 +280,7 @@ impl Node {
                         .context("loading the TLS certificate")?,
                 );
                 let server = amphi_tls::server_config(certs.clone()).context("configuring TLS")?;
-                let front = Arc::new(crate::front::FrontTls::new(server, rate, rate));
+                let front = front_tls(server);
                 Some(Tls {
                     certs,
                     front,
@@ -283,7 +307,7 @@ impl Node {
                     validity
                 });
                 let server = amphi_tls::server_config(certs.clone()).context("configuring TLS")?;
-                let front = Arc::new(crate::front::FrontTls::new(server, rate, rate));
+                let front = front_tls(server);
                 Some(Tls {
                     certs,
                     front,
@@ -314,6 +338,7 @@ impl Node {
             tls,
             redirect,
             metrics,
+            handshakes,
         })
     }
 
@@ -333,6 +358,7 @@ impl Node {
             tls,
             redirect,
             metrics,
+            handshakes,
         } = self;
         rt.block_on(async move {
             if let Some((l, r)) = metrics {
@@ -379,6 +405,9 @@ impl Node {
             }
             app.media.shutdown();
         });
+        if let Some(hs) = handshakes {
+            hs.shutdown_background();
+        }
         Ok(())
     }
 }
