@@ -124,6 +124,27 @@ impl Output {
         Some((first, last))
     }
 
+    /// Where a resume from frame `from` can start in the ring: the oldest
+    /// unit whose frames all come at or after `from`, at least
+    /// [`BURST_MARGIN`] units in from the oldest kept (so it stays in a
+    /// worker's ring while the listener is handed over). Its number and the
+    /// last frame of the unit before it (the frames before that the caller
+    /// sends itself).
+    pub fn resume_point(&self, from: u64) -> Option<(u64, u64)> {
+        let r = self.recent.lock();
+        let mut prev: Option<&Unit> = None;
+        for (i, u) in r.iter().enumerate() {
+            if let Some(p) = prev
+                && i >= BURST_MARGIN
+                && p.last_frame.saturating_add(1) >= from
+            {
+                return Some((u.seq, p.last_frame));
+            }
+            prev = Some(u);
+        }
+        None
+    }
+
     /// The newest unit, if any was published.
     pub fn newest(&self) -> Option<Unit> {
         self.recent.lock().back().cloned()
