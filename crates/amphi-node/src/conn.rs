@@ -86,6 +86,13 @@ impl ListenerConn for tokio_rustls::server::TlsStream<TcpStream> {
     }
 }
 
+/// Time a client has to send a request head, from accept for the first
+/// one (one deadline, however slowly the bytes trickle in), from the end
+/// of the previous response for the next ones.
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a client has to send a request body, from its head.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// What a front-door connection's stream (below hyper), its service (above
 /// hyper) and its task share.
 pub struct Exchange<S> {

@@ -16,7 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::admission::KeyedLimiter;
 use crate::app::App;
-use crate::conn::{FrontIo, ListenerConn, serve_http};
+use crate::conn::{BODY_TIMEOUT, FrontIo, HEAD_TIMEOUT, ListenerConn, serve_http};
 use crate::listen;
 
 /// The answer to plain HTTP on the HTTPS port.
@@ -48,13 +48,6 @@ impl FrontTls {
 
 /// The answer to a source address over its connection limit.
 const TOO_MANY: &[u8] = b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\nRetry-After: 5\r\nContent-Length: 89\r\nConnection: close\r\n\r\n{\"error\":{\"code\":\"rate_limited\",\"message\":\"too many connections from your address\"}}\n";
-
-/// Time a client has to send a request head, from accept for the first
-/// one (one deadline, however slowly the bytes trickle in), from the end
-/// of the previous response for the next ones.
-pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
-/// Time a client has to send a request body, from its head.
-pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Accepts connections until the listener fails for good.
 pub async fn serve(
