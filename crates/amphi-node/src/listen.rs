@@ -475,12 +475,12 @@ fn admit(app: &App, head: &Head, pre: Prechecked) -> Result<NewListenerFor, ApiE
     }
 }
 
-/// Routes for listener requests that reached the HTTP framework: a
-/// `live.opus` request on a kept-alive connection (a browser's `<audio>` in
-/// a page the node served reuses the page's connection). The front door
-/// sees only a connection's first request, so the answer is a redirect to
-/// the same URL with `Connection: close`: the client asks again on a new
-/// connection, which the front door hands to the fan-out.
+/// Routes for listener requests that reached the HTTP framework: the front
+/// door classifies the start of every request of a connection, so only a
+/// `live.opus` request pipelined behind another (sent before the previous
+/// answer) gets here. The answer is a redirect to the same URL with
+/// `Connection: close`: the client asks again on a new connection, which
+/// the front door hands to the fan-out.
 pub fn router() -> axum::Router<Arc<App>> {
     axum::Router::new().route(
         "/spaces/{id}/live.opus",
