@@ -471,6 +471,9 @@ impl<S: Send + 'static> hyper::body::Body for Answered<S> {
     }
 }
 
+/// Body pieces smaller than this are copied rather than sliced.
+const SMALL_PIECE: usize = 4096;
+
 /// A request body that must be complete by a deadline: a trickled body
 /// fails then (the handler answers 400 and the connection closes).
 struct DeadlineBody {
@@ -487,7 +490,20 @@ impl hyper::body::Body for DeadlineBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
         if let Poll::Ready(r) = Pin::new(&mut self.inner).poll_frame(cx) {
-            return Poll::Ready(r.map(|r| r.map_err(io::Error::other)));
+            // A small piece is copied out: as a slice it would pin the whole
+            // read buffer it arrived in (8 KiB for each trickled byte).
+            return Poll::Ready(r.map(|r| {
+                r.map(|f| {
+                    f.map_data(|d| {
+                        if d.len() < SMALL_PIECE {
+                            Bytes::copy_from_slice(&d)
+                        } else {
+                            d
+                        }
+                    })
+                })
+                .map_err(io::Error::other)
+            }));
         }
         match self.deadline.as_mut().poll(cx) {
             Poll::Ready(()) => Poll::Ready(Some(Err(io::Error::new(
