@@ -1,6 +1,8 @@
-//! The front door: one accept loop for every HTTP client. It peeks at the
-//! request line; listener streams go to [`crate::listen`] (raw, handed to a
-//! fan-out worker), everything else to hyper and the axum router.
+//! The front door: one accept loop for every HTTP client. It reads the
+//! request line (on readiness, within the head's one deadline) at the start
+//! of every request of a connection ([`crate::conn::FrontIo`]): listener
+//! streams go to [`crate::listen`] (raw, handed to a fan-out worker),
+//! everything else to hyper and the axum router.
 //!
 //! With HTTPS on, the first byte tells a TLS ClientHello from plain HTTP
 //! (answered 400); what does not need the request is decided before the
