@@ -80,7 +80,10 @@ impl TlsNode {
         let data = tempfile::tempdir().unwrap();
         let port = free_port();
         let redirect = free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_amphi"))
+        // AMPHI_TEST_BIN: another build under the same test (see common).
+        let bin = std::env::var_os("AMPHI_TEST_BIN")
+            .map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_amphi")), PathBuf::from);
+        let child = Command::new(bin)
             .args(["serve", "--http", &format!("127.0.0.1:{port}")])
             .arg("--data-dir")
             .arg(data.path())
@@ -467,4 +470,94 @@ fn hostile_tls_input_is_refused_counted_and_hurts_no_listener() {
             >= 1550.0
     });
     drop(held);
+}
+
+/// Issue 14, finding 1, over TLS and on the redirect port: a request head
+/// has one deadline from accept however slowly it trickles, after the
+/// handshake as on plain HTTP.
+#[test]
+fn trickled_heads_over_tls_and_on_the_redirect_port_meet_one_deadline() {
+    let pki = Pki::new();
+    let n = TlsNode::start(&pki);
+    let (id, _) = live_space_tls(&pki, &n);
+    type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+    let mut tls: Vec<(Tls, Instant)> = (0..100)
+        .map(|i| {
+            let mut c = tls_connect(&pki, n.port);
+            let path = if i % 2 == 0 {
+                format!("/spaces/{id}/live.opus")
+            } else {
+                "/api/v1/spaces".to_owned()
+            };
+            write!(c, "GET {path} HTTP/1.1\r\nHost: x\r\nX-Slow: ").unwrap();
+            c.flush().unwrap();
+            c.sock.set_nonblocking(true).unwrap();
+            (c, Instant::now())
+        })
+        .collect();
+    let mut plain: Vec<(TcpStream, Instant)> = (0..100)
+        .map(|_| {
+            let mut c = TcpStream::connect(("127.0.0.1", n.redirect)).unwrap();
+            c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+                .unwrap();
+            c.set_nonblocking(true).unwrap();
+            (c, Instant::now())
+        })
+        .collect();
+    let gone = |r: &mut dyn Read| {
+        let mut b = [0u8; 1024];
+        loop {
+            match r.read(&mut b) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return false;
+                }
+                Err(_) => return true,
+            }
+        }
+    };
+    let start = Instant::now();
+    let mut next = Instant::now() + Duration::from_secs(2);
+    let mut longest = Duration::ZERO;
+    while !tls.is_empty() || !plain.is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{} TLS and {} redirect-port heads still open after 30 s",
+            tls.len(),
+            plain.len()
+        );
+        let send = Instant::now() >= next;
+        if send {
+            next += Duration::from_secs(2);
+        }
+        tls.retain_mut(|(c, at)| {
+            let closed = (send && (c.write_all(b"a").is_err() || c.flush().is_err())) || gone(c);
+            if closed {
+                longest = longest.max(at.elapsed());
+            }
+            !closed
+        });
+        plain.retain_mut(|(c, at)| {
+            let closed = (send && c.write_all(b"a").is_err()) || gone(c);
+            if closed {
+                longest = longest.max(at.elapsed());
+            }
+            !closed
+        });
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!(
+        "trickled heads (100 over TLS, 100 on the redirect port): longest lived {:.1} s",
+        longest.as_secs_f64()
+    );
+    assert!(
+        longest < Duration::from_secs(14),
+        "a trickled head lived {longest:?}"
+    );
 }

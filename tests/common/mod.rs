@@ -46,7 +46,11 @@ impl Server {
     /// [`Server::start_in`] with extra environment variables.
     pub fn start_with_env(data: &Path, extra: &[&str], envs: &[(&str, &str)]) -> Server {
         let port = free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_amphi"))
+        // AMPHI_TEST_BIN runs another build under the same test (to show
+        // a regression test fails before its fix).
+        let bin = std::env::var_os("AMPHI_TEST_BIN")
+            .map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_amphi")), PathBuf::from);
+        let child = Command::new(bin)
             .arg("serve")
             .arg("--http")
             .arg(format!("127.0.0.1:{port}"))

@@ -124,6 +124,27 @@ impl Output {
         Some((first, last))
     }
 
+    /// Where a resume from frame `from` can start in the ring: the oldest
+    /// unit whose frames all come at or after `from`, at least
+    /// [`BURST_MARGIN`] units in from the oldest kept (so it stays in a
+    /// worker's ring while the listener is handed over). Its number and the
+    /// last frame of the unit before it (the frames before that the caller
+    /// sends itself).
+    pub fn resume_point(&self, from: u64) -> Option<(u64, u64)> {
+        let r = self.recent.lock();
+        let mut prev: Option<&Unit> = None;
+        for (i, u) in r.iter().enumerate() {
+            if let Some(p) = prev
+                && i >= BURST_MARGIN
+                && p.last_frame.saturating_add(1) >= from
+            {
+                return Some((u.seq, p.last_frame));
+            }
+            prev = Some(u);
+        }
+        None
+    }
+
     /// The newest unit, if any was published.
     pub fn newest(&self) -> Option<Unit> {
         self.recent.lock().back().cloned()
@@ -393,5 +414,44 @@ impl Egress {
         for h in self.handles {
             let _ = h.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod resume_tests {
+    use super::*;
+
+    fn output(units: &[u64]) -> Output {
+        let recent = units
+            .iter()
+            .enumerate()
+            .map(|(i, last)| Unit {
+                seq: i as u64,
+                last_frame: *last,
+                bytes: Bytes::new(),
+            })
+            .collect();
+        Output {
+            id: 0,
+            recent: Mutex::new(recent),
+            ring: 64,
+            listeners: AtomicU64::new(0),
+            next_seq: AtomicU64::new(units.len() as u64),
+        }
+    }
+
+    #[test]
+    fn a_resume_starts_at_the_first_whole_unit_past_the_margin() {
+        // 20 units of 5 frames: unit i carries frames 5i..=5i+4.
+        let o = output(&(0..20).map(|i| 5 * i + 4).collect::<Vec<_>>());
+        // From frame 0: the margin's units are left to the caller.
+        assert_eq!(o.resume_point(0), Some((BURST_MARGIN as u64, 39)));
+        // From frame 52: unit 11 (frames 55..=59) is the first whole one.
+        assert_eq!(o.resume_point(52), Some((11, 54)));
+        // From frame 55: unit 11 exactly.
+        assert_eq!(o.resume_point(55), Some((11, 54)));
+        // Past every unit: nothing to share.
+        assert_eq!(o.resume_point(98), None);
+        assert_eq!(output(&[4, 9]).resume_point(0), None);
     }
 }

@@ -19,6 +19,23 @@ use crate::error::ApiError;
 /// Minimum time between two updates to one client.
 const MIN_INTERVAL: Duration = Duration::from_millis(250);
 
+/// Largest message (and frame) a client may send: a frame that announces
+/// more is refused on its header, before any of it is buffered.
+const MAX_IN: usize = 4096;
+
+/// A client that has not taken one message in this long has stopped
+/// reading: it is closed (its kernel send buffer is small, see
+/// [`crate::conn::UPGRADED_SNDBUF`], so this is what it holds meanwhile).
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Sends one message, or gives up on a client that stopped reading.
+async fn send(socket: &mut WebSocket, msg: Message) -> bool {
+    matches!(
+        tokio::time::timeout(SEND_TIMEOUT, socket.send(msg)).await,
+        Ok(Ok(()))
+    )
+}
+
 /// The events channel's route.
 pub fn router() -> Router<Arc<App>> {
     Router::new().route("/api/v1/spaces/{id}/events", get(events))
@@ -36,8 +53,13 @@ async fn events(
     let cell = app.space(id)?;
     let claims = app.verify(id, &token.0)?;
     cell.inner.lock().space.may_follow_events(claims.pid)?;
+    // Small buffers: an idle client costs a few KiB, not the 128 KiB
+    // read buffer tungstenite starts with.
     Ok(ws
-        .max_message_size(4096)
+        .max_message_size(MAX_IN)
+        .max_frame_size(MAX_IN)
+        .read_buffer_size(MAX_IN)
+        .write_buffer_size(0)
         .on_upgrade(move |socket| client(app, cell, claims, socket)))
 }
 
@@ -92,29 +114,36 @@ async fn client(app: Arc<App>, cell: Arc<SpaceCell>, claims: Claims, mut socket:
         let update = rx.borrow_and_update().clone();
         let Some(you) = you(&cell, &claims) else {
             let banned = cell.inner.lock().space.is_banned(claims.pid);
-            let _ = socket
-                .send(Message::Text(
+            send(
+                &mut socket,
+                Message::Text(
                     json!({"type": "removed", "banned": banned})
                         .to_string()
                         .into(),
-                ))
-                .await;
+                ),
+            )
+            .await;
             break;
         };
         let kind = if first { "snapshot" } else { "update" };
         first = false;
-        if socket
-            .send(Message::Text(message(kind, &update, you, reported).into()))
-            .await
-            .is_err()
+        if !send(
+            &mut socket,
+            Message::Text(message(kind, &update, you, reported).into()),
+        )
+        .await
         {
-            break;
+            // Gone, or not reading: dropped without a goodbye that would
+            // wait on it again.
+            return gone(&app, &cell, &claims);
         }
         reported = update.number;
         if update.ended {
-            let _ = socket
-                .send(Message::Text(json!({"type": "ended"}).to_string().into()))
-                .await;
+            send(
+                &mut socket,
+                Message::Text(json!({"type": "ended"}).to_string().into()),
+            )
+            .await;
             break;
         }
         // Wait for a change, reading (and discarding) what the client sends
@@ -142,18 +171,25 @@ async fn client(app: Arc<App>, cell: Arc<SpaceCell>, claims: Claims, mut socket:
             Wait::Changed(true) => {}
             Wait::Changed(false) => break,
             Wait::Stale => {
-                let _ = socket
-                    .send(Message::Close(Some(axum::extract::ws::CloseFrame {
+                send(
+                    &mut socket,
+                    Message::Close(Some(axum::extract::ws::CloseFrame {
                         code: 1013,
                         reason: "this node lost the cluster; reconnect".into(),
-                    })))
-                    .await;
+                    })),
+                )
+                .await;
                 break;
             }
         }
         tokio::time::sleep(MIN_INTERVAL).await;
     }
-    let _ = socket.send(Message::Close(None)).await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), socket.send(Message::Close(None))).await;
+    gone(&app, &cell, &claims);
+}
+
+/// A client's presence and count, given back.
+fn gone(app: &App, cell: &SpaceCell, claims: &Claims) {
     {
         let mut inner = cell.inner.lock();
         if let Some(e) = inner.presence.get_mut(&claims.pid) {

@@ -1,6 +1,8 @@
-//! The front door: one accept loop for every HTTP client. It peeks at the
-//! request line; listener streams go to [`crate::listen`] (raw, handed to a
-//! fan-out worker), everything else to hyper and the axum router.
+//! The front door: one accept loop for every HTTP client. It reads the
+//! request line (on readiness, within the head's one deadline) at the start
+//! of every request of a connection ([`crate::conn::FrontIo`]): listener
+//! streams go to [`crate::listen`] (raw, handed to a fan-out worker),
+//! everything else to hyper and the axum router.
 //!
 //! With HTTPS on, the first byte tells a TLS ClientHello from plain HTTP
 //! (answered 400); what does not need the request is decided before the
@@ -12,16 +14,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use bytes::BytesMut;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::admission::KeyedLimiter;
 use crate::app::App;
-use crate::conn::Prefixed;
-use crate::listen::{self, Kind};
+use crate::conn::{BODY_TIMEOUT, FrontIo, HEAD_TIMEOUT, ListenerConn, serve_http};
+use crate::listen;
 
 /// The answer to plain HTTP on the HTTPS port.
 const PLAIN_ON_TLS: &[u8] = b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: 80\r\nConnection: close\r\n\r\n{\"error\":{\"code\":\"bad_request\",\"message\":\"this port speaks HTTPS, not HTTP\"}}\n";
@@ -96,9 +94,6 @@ fn lower_priority(steps: i32) {
 /// The answer to a source address over its connection limit.
 const TOO_MANY: &[u8] = b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\nRetry-After: 5\r\nContent-Length: 89\r\nConnection: close\r\n\r\n{\"error\":{\"code\":\"rate_limited\",\"message\":\"too many connections from your address\"}}\n";
 
-/// Time a client has to send its request line and headers.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Accepts connections until the listener fails for good.
 pub async fn serve(
     listener: TcpListener,
@@ -155,32 +150,37 @@ async fn connection(stream: TcpStream, app: Arc<App>, router: Router, tls: Optio
     if let Some(tls) = tls {
         return tls_connection(stream, app, router, tls, deadline).await;
     }
-    let mut buf = [0u8; 256];
-    let kind = loop {
-        let n = match tokio::time::timeout_at(deadline.into(), stream.peek(&mut buf)).await {
-            Ok(Ok(n)) => n,
-            _ => return,
-        };
-        if n == 0 {
-            return;
-        }
-        match listen::classify(&buf[..n]) {
-            Some(k) => break k,
-            None if n < buf.len() => {
-                // Only part of the request line is here: wait for more,
-                // unless the peer already hung up (peeking cannot see EOF
-                // behind unread bytes, so ask the kernel).
-                if Instant::now() >= deadline || peer_hung_up(&stream) {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-            None => break None,
-        }
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
+    http(stream, fd, app, router, deadline).await;
+}
+
+/// Whether a request line asks for a listener stream.
+fn is_listener(head: &[u8]) -> Option<bool> {
+    listen::classify(head).map(|k| k.is_some())
+}
+
+/// A connection's HTTP, plain or through TLS: its first request line is
+/// read (on readiness, by the head's one deadline) and classified; a
+/// listener stream goes to [`listen`], anything else to hyper and the
+/// router, which may still find a listener stream on a later request of
+/// the connection (kept alive by a proxy or a browser).
+async fn http<S>(
+    stream: S,
+    fd: std::os::fd::RawFd,
+    app: Arc<App>,
+    router: Router,
+    deadline: Instant,
+) where
+    S: ListenerConn,
+{
+    let mut io = FrontIo::new(stream, fd, deadline, HEAD_TIMEOUT, Some(is_listener));
+    let handed = match io.first().await {
+        Ok(Some(true)) => io.into_parts(),
+        Ok(Some(false)) => serve_http(io, router, HEAD_TIMEOUT, BODY_TIMEOUT).await,
+        Ok(None) | Err(_) => None,
     };
-    match kind {
-        Some(Kind::Ogg | Kind::Ws) => listen::handle(stream, app).await,
-        None => serve_http(stream, router).await,
+    if let Some((stream, head, deadline)) = handed {
+        listen::handle(stream, head, deadline, app).await;
     }
 }
 
@@ -197,21 +197,6 @@ async fn ice_tcp_preface(stream: &TcpStream, deadline: Instant) -> Option<bool> 
         Ok(Ok(1)) => Some(first[0] == 0),
         _ => None,
     }
-}
-
-/// Everything but listener streams: hyper and the axum router.
-async fn serve_http<S>(stream: S, router: Router)
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let svc = TowerToHyperService::new(router);
-    let _ = hyper::server::conn::http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEAD_TIMEOUT)
-        .max_buf_size(64 * 1024)
-        .serve_connection(TokioIo::new(stream), svc)
-        .with_upgrades()
-        .await;
 }
 
 async fn tls_connection(
@@ -252,7 +237,7 @@ async fn tls_connection(
         Some(rt) => rt.spawn(hs).await.ok().flatten(),
         None => hs.await,
     };
-    let Some(mut stream) = stream else {
+    let Some(stream) = stream else {
         return;
     };
     app.metrics.tls_handshakes.inc();
@@ -260,27 +245,8 @@ async fn tls_connection(
         // A TLS-ALPN-01 validation: the handshake was all of it.
         return;
     }
-    // The request line, read through TLS (it cannot be peeked).
-    let mut head = BytesMut::with_capacity(512);
-    let kind = loop {
-        match listen::classify(&head) {
-            Some(k) => break k,
-            None if head.len() >= 256 => break None,
-            None => {}
-        }
-        match tokio::time::timeout_at(deadline.into(), stream.read_buf(&mut head)).await {
-            Ok(Ok(n)) if n > 0 => {}
-            _ => return,
-        }
-    };
-    let stream = Prefixed {
-        prefix: head.freeze(),
-        inner: stream,
-    };
-    match kind {
-        Some(Kind::Ogg | Kind::Ws) => listen::handle(stream, app).await,
-        None => serve_http(stream, router).await,
-    }
+    let fd = std::os::fd::AsRawFd::as_raw_fd(stream.get_ref().0);
+    http(stream, fd, app, router, deadline).await;
 }
 
 /// The TLS handshake of a connection that sent a ClientHello, admitted
@@ -325,17 +291,4 @@ async fn handshake(
             None
         }
     }
-}
-
-/// Whether the peer closed its side (POLLRDHUP), without reading.
-fn peer_hung_up(stream: &TcpStream) -> bool {
-    use std::os::fd::AsRawFd;
-    let mut pfd = libc::pollfd {
-        fd: stream.as_raw_fd(),
-        events: libc::POLLRDHUP,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd for a socket we own, zero timeout.
-    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
-    n > 0 && pfd.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
 }

@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use bytes::{Bytes, BytesMut};
@@ -27,8 +27,6 @@ use crate::media::LiveMedia;
 
 /// Largest request head a listener may send.
 const MAX_HEAD: usize = 8192;
-/// Time a client has to send its request head.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Which listener output a request line asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +46,13 @@ pub fn classify(head: &[u8]) -> Option<Option<Kind>> {
     } else {
         return Some(None);
     };
+    // An absolute-form target (`http://host/spaces/…`, as proxies send):
+    // the path starts after the authority.
+    let rest = match strip_authority(rest) {
+        Some(r) => r,
+        None if rest.len() > 200 => return Some(None),
+        None => return None,
+    };
     let end = rest.iter().position(|b| *b == b' ' || *b == b'?');
     let Some(end) = end else {
         return if rest.len() > 200 { Some(None) } else { None };
@@ -62,6 +67,32 @@ pub fn classify(head: &[u8]) -> Option<Option<Kind>> {
         Some(Some(Kind::Ws))
     } else {
         Some(None)
+    }
+}
+
+/// `rest` without a leading `http://authority` or `https://authority`
+/// (unchanged if it has none); `None` if the authority is not complete yet.
+fn strip_authority(rest: &[u8]) -> Option<&[u8]> {
+    let lower = |n: usize| rest[..n.min(rest.len())].to_ascii_lowercase();
+    let scheme = if lower(7) == b"http://" {
+        7
+    } else if lower(8) == b"https://" {
+        8
+    } else if b"https://".starts_with(&lower(8)) || b"http://".starts_with(&lower(7)) {
+        // Could still become a scheme.
+        return if rest.contains(&b' ') {
+            Some(rest)
+        } else {
+            None
+        };
+    } else {
+        return Some(rest);
+    };
+    let after = &rest[scheme..];
+    match after.iter().position(|b| matches!(b, b'/' | b' ' | b'?')) {
+        Some(i) if after[i] == b'/' => Some(&after[i..]),
+        Some(_) => Some(b"/ "),
+        None => None,
     }
 }
 
@@ -86,6 +117,7 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, &'static str> {
         return Ok(None);
     };
     let path = req.path.unwrap_or("/");
+    let path = std::str::from_utf8(strip_authority(path.as_bytes()).unwrap_or(b"/")).unwrap_or("/");
     let (path, query) = path.split_once('?').unwrap_or((path, ""));
     let kind = match classify(format!("GET {path} ").as_bytes()) {
         Some(Some(k)) => k,
@@ -144,10 +176,15 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, &'static str> {
     }))
 }
 
-/// Serves one listener request on `stream` (plain or TLS).
-pub async fn handle<S: ListenerConn>(mut stream: S, app: Arc<App>) {
+/// Serves one listener request on `stream` (plain or TLS), of which `buf`
+/// was already read; its head must be complete by `deadline`.
+pub async fn handle<S: ListenerConn>(
+    mut stream: S,
+    mut buf: BytesMut,
+    deadline: Instant,
+    app: Arc<App>,
+) {
     app.metrics.listen_requests.inc();
-    let mut buf = BytesMut::with_capacity(1024);
     let head = loop {
         match parse_head(&buf) {
             Ok(Some(h)) => break h,
@@ -162,7 +199,8 @@ pub async fn handle<S: ListenerConn>(mut stream: S, app: Arc<App>) {
             }
             Err(msg) => return refuse(&mut stream, &ApiError::bad_request(msg)).await,
         }
-        match tokio::time::timeout(HEAD_TIMEOUT, stream.read_buf(&mut buf)).await {
+        buf.reserve(1024);
+        match tokio::time::timeout_at(deadline.into(), stream.read_buf(&mut buf)).await {
             Ok(Ok(n)) if n > 0 => {}
             _ => return,
         }
@@ -396,13 +434,28 @@ fn admit(app: &App, head: &Head, pre: Prechecked) -> Result<NewListenerFor, ApiE
                 "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
             ).as_bytes());
             let newest = live.ws.newest();
-            let next_unit = newest
+            let mut next_unit = newest
                 .as_ref()
                 .map_or_else(|| live.ws.next_seq(), |u| u.seq + 1);
+            let mut burst_to = None;
             match (head.from_seq, &newest) {
                 (Some(from), Some(unit)) => {
-                    for msg in live.resume_ws(from, unit.last_frame) {
-                        pending.extend_from_slice(&msg);
+                    // The history's messages are in the output's ring: the
+                    // fan-out sends them as a connect burst (shared, not
+                    // copied); only the frames before the first whole one
+                    // are built for this listener.
+                    let upto = match live.ws.resume_point(from) {
+                        Some((first, before)) if first <= unit.seq => {
+                            next_unit = first;
+                            burst_to = Some(unit.seq);
+                            before
+                        }
+                        _ => unit.last_frame,
+                    };
+                    if from <= upto {
+                        for msg in live.resume_ws(from, upto) {
+                            pending.extend_from_slice(&msg);
+                        }
                     }
                 }
                 (None, Some(unit)) => pending.extend_from_slice(&unit.bytes),
@@ -413,7 +466,7 @@ fn admit(app: &App, head: &Head, pre: Prechecked) -> Result<NewListenerFor, ApiE
                 output: live.ws.clone(),
                 pending: pending.freeze(),
                 next_unit,
-                burst_to: None,
+                burst_to,
                 tag,
                 protocol: Protocol::WebSocket,
                 head_only: false,
@@ -422,12 +475,12 @@ fn admit(app: &App, head: &Head, pre: Prechecked) -> Result<NewListenerFor, ApiE
     }
 }
 
-/// Routes for listener requests that reached the HTTP framework: a
-/// `live.opus` request on a kept-alive connection (a browser's `<audio>` in
-/// a page the node served reuses the page's connection). The front door
-/// sees only a connection's first request, so the answer is a redirect to
-/// the same URL with `Connection: close`: the client asks again on a new
-/// connection, which the front door hands to the fan-out.
+/// Routes for listener requests that reached the HTTP framework: the front
+/// door classifies the start of every request of a connection, so only a
+/// `live.opus` request pipelined behind another (sent before the previous
+/// answer) gets here. The answer is a redirect to the same URL with
+/// `Connection: close`: the client asks again on a new connection, which
+/// the front door hands to the fan-out.
 pub fn router() -> axum::Router<Arc<App>> {
     axum::Router::new().route(
         "/spaces/{id}/live.opus",
@@ -494,6 +547,21 @@ mod tests {
         assert_eq!(classify(b"GE"), None);
         assert_eq!(classify(b"GET /spaces/0123"), None);
         assert_eq!(classify(b""), None);
+        assert_eq!(
+            classify(b"GET http://example.org/spaces/0123456789abcdef/live.opus HTTP/1.1"),
+            Some(Some(Kind::Ogg))
+        );
+        assert_eq!(
+            classify(b"GET HTTPS://example.org:8443/spaces/x/live.ws?from_seq=1 HTTP/1.1"),
+            Some(Some(Kind::Ws))
+        );
+        assert_eq!(
+            classify(b"GET http://example.org/api/v1/spaces HTTP/1.1"),
+            Some(None)
+        );
+        assert_eq!(classify(b"GET http://exam"), None);
+        assert_eq!(classify(b"GET htt"), None);
+        assert_eq!(classify(b"GET http://example.org HTTP/1.1"), Some(None));
     }
 
     #[test]
@@ -511,6 +579,13 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(h.burst_ms, Some(500));
+        let h = parse_head(
+            b"GET http://example.org/spaces/0123456789abcdef/live.opus HTTP/1.1\r\n\r\n",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(h.kind, Kind::Ogg);
+        assert_eq!(h.space, Some(SpaceId(0x0123456789abcdef)));
         assert!(parse_head(b"GET /spaces/x/live.opus?burst_ms=lots HTTP/1.1\r\n\r\n").is_err());
         assert!(
             parse_head(b"GET /spaces/x/live.opus HTTP/1.1\r\n")

@@ -332,7 +332,13 @@ impl MediaPlane {
         let stores = Stores::new(HISTORY_FRAMES, HLS_DVR_SEGMENTS);
         Arc::new(LiveMedia {
             ogg: self.egress.new_output(),
-            ws: self.egress.new_output(),
+            // The WebSocket output keeps the whole history's messages, so
+            // a resume is sent from them (shared) as a connect burst.
+            ws: self.egress.new_output_with_ring(
+                HISTORY_FRAMES / self.cfg.ws_frames_per_message.max(1)
+                    + amphi_egress::BURST_MARGIN
+                    + 2,
+            ),
             ogg_headers: pager.headers(),
             history: stores.history,
             hls: stores.hls,

@@ -11,11 +11,10 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 
 use crate::app::App;
+use crate::conn::{BODY_TIMEOUT, FrontIo, HEAD_TIMEOUT, serve_http};
 
 /// Serves the redirect port until the listener fails.
 pub async fn serve(listener: TcpListener, app: Arc<App>, https_port: u16) {
@@ -36,14 +35,14 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, https_port: u16) {
         else {
             continue;
         };
-        let svc = TowerToHyperService::new(router.clone());
+        let router = router.clone();
         tokio::spawn(async move {
             let _guard = guard;
-            let _ = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(std::time::Duration::from_secs(10))
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+            // The front door's deadlines: one per head, one per body.
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
+            let deadline = std::time::Instant::now() + HEAD_TIMEOUT;
+            let io = FrontIo::new(stream, fd, deadline, HEAD_TIMEOUT, None);
+            serve_http(io, router, HEAD_TIMEOUT, BODY_TIMEOUT).await;
         });
     }
 }

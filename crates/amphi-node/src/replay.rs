@@ -316,6 +316,37 @@ async fn replay_media(
     Ok(body(Resource::Media, data))
 }
 
+/// Bytes of a recording read from the store at once while streaming it.
+const CHUNK: u64 = 128 * 1024;
+
+/// The bytes `start..end` of a replay object, read from the store one
+/// [`CHUNK`] at a time as the body is polled. A failing read ends the body
+/// with an error (the client sees a short response).
+fn stream_range(app: &Arc<App>, id: SpaceId, name: &str, start: u64, end: u64) -> axum::body::Body {
+    let storage = app.media.recorder.storage().clone();
+    let key = Arc::<str>::from(crate::record::key(id, name));
+    let chunks = futures_util::stream::unfold(start, move |pos| {
+        let storage = storage.clone();
+        let key = key.clone();
+        async move {
+            if pos >= end {
+                return None;
+            }
+            let to = end.min(pos + CHUNK);
+            let read = tokio::task::spawn_blocking(move || storage.get_range(&key, pos..to)).await;
+            let chunk = match read {
+                Ok(Ok(Some(b))) if !b.is_empty() => b,
+                Ok(Ok(_)) => return Some((Err(std::io::Error::other("recording shrank")), end)),
+                Ok(Err(e)) => return Some((Err(e), end)),
+                Err(e) => return Some((Err(std::io::Error::other(e)), end)),
+            };
+            let next = pos + chunk.len() as u64;
+            Some((Ok(chunk), next))
+        }
+    });
+    axum::body::Body::from_stream(chunks)
+}
+
 /// A parsed `Range: bytes=…` header (one range).
 #[derive(Debug, PartialEq, Eq)]
 pub enum ByteRange {
@@ -382,17 +413,17 @@ async fn recording(
             (StatusCode::PARTIAL_CONTENT, s, e)
         }
     };
-    let part = if len == 0 {
-        Bytes::new()
-    } else if status == StatusCode::OK {
-        replay_object(&app, cell.id, "recording.opus").await?
+    // Streamed from the store in bounded chunks, each read when hyper asks
+    // for it (a slow client holds one chunk, not the file).
+    let body = if len == 0 {
+        axum::body::Body::empty()
     } else {
-        from_storage(&app, cell.id, "recording.opus", move |s, k| {
-            s.get_range(k, start..end + 1)
-        })
-        .await?
+        stream_range(&app, cell.id, "recording.opus", start, end + 1)
     };
-    let mut res = (status, part).into_response();
+    let mut res = (status, body).into_response();
+    if let Ok(v) = HeaderValue::from_str(&(end + 1 - start).min(len).to_string()) {
+        res.headers_mut().insert(header::CONTENT_LENGTH, v);
+    }
     let h = res.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("audio/ogg"));
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
