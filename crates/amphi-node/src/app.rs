@@ -473,6 +473,8 @@ impl App {
         cell
     }
 
+    /// Saves `space` locally, then to the cluster. A local failure (a full
+    /// or broken disk) is a 507: the caller must not make the change.
     async fn persist(&self, space: Space) -> Result<(), ApiError> {
         let store = self.store.clone();
         let local = space.clone();
@@ -483,16 +485,26 @@ impl App {
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "could not persist a space");
                 self.metrics.storage_errors.inc();
-                Err(ApiError::internal("could not save the change; try again"))
+                Err(ApiError::not_saved(
+                    "the change could not be saved, so it was not made; try again",
+                ))
             }
             Err(e) => {
                 tracing::error!(error = %e, "persist task failed");
-                Err(ApiError::internal("could not save the change; try again"))
+                Err(ApiError::not_saved(
+                    "the change could not be saved, so it was not made; try again",
+                ))
             }
         }
     }
 
     /// Runs one command against a space: rules, persistence, media, events.
+    ///
+    /// The command is applied to a copy of the space; the copy is saved and
+    /// only then becomes the space, so a change the disk refused (507) was
+    /// never in effect and memory and disk always agree. Commands of one
+    /// space are serialised by its `write_lock`, so no other command can
+    /// change the space between the copy and the swap.
     pub async fn command(
         &self,
         cell: &Arc<SpaceCell>,
@@ -504,7 +516,7 @@ impl App {
         }
         let _serial = cell.write_lock.lock().await;
         let (outcome, snapshot) = {
-            let mut inner = cell.inner.lock();
+            let inner = cell.inner.lock();
             let cmd = match cmd {
                 Command::BringOnStage { target, name: None } => {
                     let name = inner.presence.get(&target).map(|(n, _)| n.clone());
@@ -512,8 +524,8 @@ impl App {
                 }
                 other => other,
             };
-            let before = inner.space.clone();
-            let outcome = inner.space.apply(
+            let mut next = inner.space.clone();
+            let outcome = next.apply(
                 Actor {
                     id: actor.pid,
                     name: &actor.name,
@@ -521,14 +533,15 @@ impl App {
                 cmd,
                 now_ms(),
             )?;
-            let changed = inner.space != before;
-            (outcome, changed.then(|| inner.space.clone()))
+            let changed = inner.space != next;
+            (outcome, changed.then_some(next))
         };
-        // Gates first: a mute or removal is enforced before we answer.
-        cell.sync_gates();
         if let Some(space) = snapshot {
-            self.persist(space).await?;
+            self.persist(space.clone()).await?;
+            cell.inner.lock().space = space;
         }
+        // Gates before we answer: a mute or removal is enforced at once.
+        cell.sync_gates();
         match outcome {
             Outcome::Removed { target, .. } => {
                 self.media.close_participant(cell.id, target);

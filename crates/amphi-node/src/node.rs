@@ -321,6 +321,14 @@ impl Node {
             tls,
             redirect,
         } = self;
+        // A file size limit (RLIMIT_FSIZE) or a file that cannot grow is a
+        // write error the store answers with 507, not a signal that kills
+        // every room the node serves.
+        // SAFETY: setting a signal's disposition to SIG_IGN has no handler
+        // to race with.
+        unsafe {
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+        }
         rt.block_on(async move {
             if let Some(r) = redirect {
                 let port = listener.local_addr().map_or(443, |a| a.port());
