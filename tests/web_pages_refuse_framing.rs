@@ -32,7 +32,10 @@ fn pages_forbid_framing_and_inline_script() {
         // attributes.
         for tag in body.split("<script").skip(1) {
             let open = &tag[..tag.find('>').unwrap()];
-            assert!(open.contains("src=\"/assets/"), "{path}: inline <script{open}>");
+            assert!(
+                open.contains("src=\"/assets/"),
+                "{path}: inline <script{open}>"
+            );
         }
         assert!(!body.contains(" onclick="), "{path}: inline handler");
     }

@@ -53,6 +53,7 @@ pub fn router() -> Router<AppState> {
             post(remove),
         )
         .route("/api/v1/spaces/{id}/reactions", post(react))
+        .route("/api/v1/spaces/{id}/token", post(reissue))
         .route("/api/v1/openapi.json", get(openapi))
 }
 
@@ -154,7 +155,13 @@ async fn create(
     };
     let host_name = body.host_name.unwrap_or_else(|| "Host".to_owned());
     let (cell, host) = app.create(opts, &host_name).await?;
-    let token = app.mint(cell.id, host, validate_name(&host_name)?, None);
+    let token = app.mint(
+        cell.id,
+        host,
+        validate_name(&host_name)?,
+        None,
+        scheduled_for_ms,
+    );
     let body = json!({"space": cell.view(), "host": {"participant_id": host, "token": token}});
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
@@ -343,6 +350,39 @@ async fn remove(
     .await
 }
 
+/// A fresh token: for the bearer of a still-valid participant token (the
+/// same participant, name and identity, if not removed), or, with the admin
+/// token, the host's (so a host whose token expired, e.g. for a space
+/// scheduled beyond the token lifetime, can still start it).
+async fn reissue(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    t: Token,
+) -> Result<Json<Value>, ApiError> {
+    let id = space_id(&id)?;
+    let cell = app.space(id)?;
+    let admin = secrets_equal(t.0.as_bytes(), app.admin_token.as_bytes());
+    let (pid, name, idsub, role, starts) = {
+        let inner = cell.inner.lock();
+        let s = &inner.space;
+        let (pid, name, idsub) = if admin {
+            let host = s.member(s.host).map_or("Host", |m| m.name.as_str());
+            (s.host, host.to_owned(), None)
+        } else {
+            let c = actor(&app, id, &t)?;
+            (c.pid, c.name, c.idsub)
+        };
+        let role = s.may_follow_events(pid)?;
+        (pid, name, idsub, role, s.scheduled_for_ms)
+    };
+    let token = app.mint(id, pid, &name, idsub, starts);
+    Ok(Json(json!({
+        "participant_id": pid,
+        "token": token,
+        "role": role.as_str(),
+    })))
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ReactBody {
@@ -411,7 +451,8 @@ async fn join(
         .and_then(|Token(t)| app.verify(id, &t).ok())
         .map(|c| c.pid);
     let role = cell.inner.lock().space.may_join(pid, prior)?;
-    let token = app.mint(id, pid, &name, idsub);
+    let starts = cell.inner.lock().space.scheduled_for_ms;
+    let token = app.mint(id, pid, &name, idsub, starts);
     app.metrics.joins.inc();
     Ok(Json(json!({
         "participant_id": pid,

@@ -18,7 +18,8 @@ use crate::media::{LiveMedia, MediaPlane};
 use crate::metrics::Metrics;
 use crate::timefmt::{now_ms, now_s, rfc3339};
 
-/// Lifetime of a participant token.
+/// Lifetime of a participant token by default (`--token-ttl`), counted
+/// from the later of now and the space's scheduled start.
 pub const TOKEN_TTL_S: u64 = 7 * 24 * 3600;
 
 /// What a space needs besides its rules: presence, reactions, media.
@@ -310,6 +311,8 @@ pub struct App {
     pub reaction_limiter: crate::admission::KeyedLimiter,
     pub join_limiter: crate::admission::KeyedLimiter,
     pub identity_key: Option<TokenKey>,
+    /// Lifetime of participant tokens (`--token-ttl`).
+    pub token_ttl_s: u64,
     pub per_ip: Arc<crate::admission::PerIp>,
     pub command_limiter: crate::admission::KeyedLimiter,
     pub started: std::time::Instant,
@@ -400,19 +403,23 @@ impl App {
             .ok_or_else(|| ApiError::not_found("no such space"))
     }
 
-    /// Mints a participant token.
+    /// Mints a participant token, valid for the token lifetime from the
+    /// later of now and `starts_ms` (a space's scheduled start), so a token
+    /// given for a space scheduled weeks ahead still works when it starts.
     pub fn mint(
         &self,
         space: SpaceId,
         pid: ParticipantId,
         name: &str,
         idsub: Option<String>,
+        starts_ms: Option<i64>,
     ) -> String {
+        let starts_s = starts_ms.map_or(0, |ms| u64::try_from(ms / 1000).unwrap_or(0));
         self.token_key.sign(&Claims {
             space,
             pid,
             name: name.to_owned(),
-            exp: now_s() + TOKEN_TTL_S,
+            exp: now_s().max(starts_s) + self.token_ttl_s,
             idsub,
         })
     }

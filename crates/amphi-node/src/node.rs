@@ -129,6 +129,11 @@ pub struct Config {
     /// a ban then follows the identity.
     #[arg(long, env = "AMPHI_IDENTITY_KEY", hide_env_values = true)]
     pub identity_key: Option<String>,
+    /// Lifetime of participant tokens, in seconds, counted from the later
+    /// of now and the space's scheduled start (so a host's token still
+    /// works when a far-off space starts); `POST .../token` re-issues one.
+    #[arg(long, env = "AMPHI_TOKEN_TTL", default_value_t = crate::app::TOKEN_TTL_S)]
+    pub token_ttl: u64,
     /// HTTPS (and wss) on the --http address with this PEM certificate
     /// chain (leaf first); a changed file is picked up within 2 s without
     /// dropping connected listeners. Needs --tls-key.
@@ -519,6 +524,7 @@ async fn load(args: Config) -> anyhow::Result<(Arc<App>, Router, tokio::net::Tcp
             .identity_key
             .as_deref()
             .map(|k| TokenKey::derive(k.as_bytes())),
+        token_ttl_s: args.token_ttl.max(1),
         started: Instant::now(),
         acme_http01: RwLock::new(Default::default()),
         cert_pending: RwLock::new(None),

@@ -160,6 +160,14 @@ pub const ENDPOINTS: &[Endpoint] = &[
         "React with an emoji (rate limited, aggregated)"
     ),
     ep!(
+        "post",
+        "/api/v1/spaces/{id}/token",
+        "participant",
+        None,
+        200,
+        "A fresh token: the bearer's own, or the host's with the admin token"
+    ),
+    ep!(
         "get",
         "/api/v1/spaces/{id}/events",
         "participant",
