@@ -444,6 +444,22 @@ impl Space {
         }
     }
 
+    /// Whether `who` may hear the recording of this space (once it is
+    /// published): anyone if the space is public; otherwise a participant
+    /// who was not removed.
+    pub fn may_replay(&self, who: Listener) -> Result<(), RoomError> {
+        match who {
+            Listener::Anonymous if self.public => Ok(()),
+            Listener::Anonymous => Err(RoomError::Unauthenticated(
+                "this space needs a token: join first".into(),
+            )),
+            Listener::Unverified => Err(RoomError::Unauthenticated(
+                "the token is not valid for this space".into(),
+            )),
+            Listener::Participant(id) => self.present(id).map(|_| ()),
+        }
+    }
+
     /// Whether `id` may follow the space's events (in any state, an ended
     /// space included), and with which role.
     pub fn may_follow_events(&self, id: ParticipantId) -> Result<Role, RoomError> {
@@ -1129,6 +1145,8 @@ mod tests {
                 let open = s.state != SpaceState::Ended;
                 prop_assert_eq!(s.may_listen(Listener::Anonymous).is_ok(), live && public);
                 prop_assert!(s.may_listen(Listener::Unverified).is_err());
+                prop_assert_eq!(s.may_replay(Listener::Anonymous).is_ok(), public);
+                prop_assert!(s.may_replay(Listener::Unverified).is_err());
                 for id in (1..9).map(p) {
                     let role = s.role_of(id);
                     // Publishing: on stage, not removed or banned, in a live space.
@@ -1156,6 +1174,10 @@ mod tests {
                     prop_assert_eq!(
                         s.may_listen(Listener::Participant(id)).is_ok(),
                         live && role.is_some()
+                    );
+                    prop_assert_eq!(
+                        s.may_replay(Listener::Participant(id)).is_ok(),
+                        role.is_some()
                     );
                     // Joining: never banned, never an ended space, in the role held now.
                     let join = s.may_join(id, None);

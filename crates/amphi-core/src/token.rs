@@ -46,6 +46,33 @@ pub struct IdentityClaims {
     pub exp: u64,
 }
 
+/// A space's media key: what `?t=` carries on the URIs of a private
+/// space's HLS playlists (live and replay), so a CDN can pass it through.
+/// Every listener in the same window gets the same key (the claims hold
+/// nothing but the space and the window's end), so a CDN caches one copy
+/// of each part, not one per listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MediaClaims {
+    /// The space whose media the key opens.
+    pub media: SpaceId,
+    /// Expiry, seconds since the UNIX epoch.
+    pub exp: u64,
+}
+
+/// A media key is issued per window of this many seconds and stays valid
+/// until the end of the next one (5 to 10 minutes).
+pub const MEDIA_WINDOW_S: u64 = 300;
+
+impl MediaClaims {
+    /// The key of `space` handed out at `now_s`.
+    pub fn current(space: SpaceId, now_s: u64) -> Self {
+        MediaClaims {
+            media: space,
+            exp: (now_s / MEDIA_WINDOW_S + 2) * MEDIA_WINDOW_S,
+        }
+    }
+}
+
 /// Why a token was refused. All map to 401.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -161,6 +188,12 @@ pub trait HasExpiry {
 }
 
 impl HasExpiry for Claims {
+    fn exp(&self) -> u64 {
+        self.exp
+    }
+}
+
+impl HasExpiry for MediaClaims {
     fn exp(&self) -> u64 {
         self.exp
     }
