@@ -225,7 +225,9 @@ function removed(banned) {
   state.removed = { banned };
   stopMic();
   stopPlayer();
-  tokens.drop(spaceId);
+  // A banned participant's token is kept: a reload shows the ban again
+  // instead of rejoining, and a join sends it (the server refuses it).
+  if (!banned) tokens.drop(spaceId);
   $("room").hidden = true;
   say(status, banned ? "You were removed from this space and banned from rejoining." : "You were removed from this space. You can join again.", true);
   if (!banned) $("join").hidden = false;
@@ -345,7 +347,7 @@ $("join").addEventListener("submit", async (ev) => {
   const btn = $("join").querySelector("button");
   btn.disabled = true;
   try {
-    const res = await api("POST", `/api/v1/spaces/${spaceId}/join`, { body: { name: $("name").value.trim() } });
+    const res = await api("POST", `/api/v1/spaces/${spaceId}/join`, { token: tokens.get(spaceId) || undefined, body: { name: $("name").value.trim() } });
     tokens.set(spaceId, res.token);
     state.removed = null;
     say(status, "");

@@ -289,9 +289,17 @@ pub struct Space {
     pub started_at_ms: Option<i64>,
     pub ended_at_ms: Option<i64>,
     pub host: ParticipantId,
+    /// Joins need an identity token from the operator's app, so a ban
+    /// follows the person (`"require_identity": true` at creation).
+    #[serde(default)]
+    pub require_identity: bool,
     members: BTreeMap<ParticipantId, Member>,
     removed: BTreeSet<ParticipantId>,
     banned: BTreeSet<ParticipantId>,
+    /// Networks of banned participants (see [`Space::hold_network`]): no
+    /// new join from them for the space's life.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    banned_nets: BTreeSet<String>,
 }
 
 impl Space {
@@ -329,9 +337,11 @@ impl Space {
             started_at_ms: None,
             ended_at_ms: None,
             host,
+            require_identity: false,
             members,
             removed: BTreeSet::new(),
             banned: BTreeSet::new(),
+            banned_nets: BTreeSet::new(),
         })
     }
 
@@ -492,6 +502,41 @@ impl Space {
             return Err(forbidden("you are banned from this space"));
         }
         Ok(self.role_of(id).unwrap_or(Role::Listener))
+    }
+
+    /// [`Self::may_join`] for a join from `net` (the joiner's address or
+    /// prefix), `identified` if it carried a verified identity token: a
+    /// space that requires identities refuses anonymous joins (401), and a
+    /// network a ban holds is refused (403), except to a stage member
+    /// coming back with their identity.
+    pub fn may_join_from(
+        &self,
+        id: ParticipantId,
+        prior: Option<ParticipantId>,
+        net: Option<&str>,
+        identified: bool,
+    ) -> Result<Role, RoomError> {
+        if self.require_identity && !identified && self.state != SpaceState::Ended {
+            return Err(RoomError::Unauthenticated(
+                "this space needs an identity token from the operator's app".into(),
+            ));
+        }
+        let role = self.may_join(id, prior)?;
+        if !role.on_stage() && net.is_some_and(|n| self.banned_nets.contains(n)) {
+            return Err(forbidden("you are banned from this space"));
+        }
+        Ok(role)
+    }
+
+    /// Holds `net`, the network `target` joined from, for the space's life:
+    /// no new join from it. Only for a banned participant; `false` if
+    /// `target` is not banned.
+    pub fn hold_network(&mut self, target: ParticipantId, net: &str) -> bool {
+        if !self.banned.contains(&target) {
+            return false;
+        }
+        self.banned_nets.insert(net.to_owned());
+        true
     }
 
     /// Applies `cmd` from `actor` at `now_ms`, checking the rules against
@@ -937,6 +982,44 @@ mod tests {
             ),
             Err(RoomError::NotFound(_))
         ));
+    }
+
+    #[test]
+    fn a_ban_holds_the_network_and_identity_spaces_refuse_anonymous_joins() {
+        let mut s = space(13);
+        act(&mut s, 1, Command::Start).unwrap();
+        assert!(!s.hold_network(p(5), "10.0.0.5/32"), "not banned yet");
+        act(&mut s, 5, Command::RaiseHand).unwrap();
+        act(
+            &mut s,
+            1,
+            Command::Remove {
+                target: p(5),
+                ban: true,
+            },
+        )
+        .unwrap();
+        assert!(s.hold_network(p(5), "10.0.0.5/32"));
+        let from = |s: &Space, net| s.may_join_from(p(9), None, Some(net), false);
+        assert!(matches!(
+            from(&s, "10.0.0.5/32"),
+            Err(RoomError::Forbidden(_))
+        ));
+        assert_eq!(from(&s, "10.0.0.6/32"), Ok(Role::Listener));
+        // The host is never locked out by a network.
+        assert_eq!(
+            s.may_join_from(HOST, None, Some("10.0.0.5/32"), false),
+            Ok(Role::Host)
+        );
+        s.require_identity = true;
+        assert!(matches!(
+            from(&s, "10.0.0.6/32"),
+            Err(RoomError::Unauthenticated(_))
+        ));
+        assert_eq!(s.may_join_from(p(9), None, None, true), Ok(Role::Listener));
+        // Kept across a save.
+        let saved: Space = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+        assert_eq!(saved, s);
     }
 
     #[test]

@@ -35,6 +35,10 @@ pub struct Claims {
     /// Identity subject from the operator's own app, if the join carried one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idsub: Option<String>,
+    /// The network the participant joined from (`a.b.c.d/32`, or the
+    /// `/64` of an IPv6 address), so a ban in an anonymous space can hold it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net: Option<String>,
 }
 
 /// Claims of an identity token minted by the operator's own app.
@@ -222,6 +226,7 @@ mod tests {
             name: "Ada".into(),
             exp: 1000,
             idsub: None,
+            net: None,
         }
     }
 

@@ -54,6 +54,43 @@ pub struct SpaceInner {
     /// Participants with an open events channel: name and connection count,
     /// so a moderator can bring a present listener on stage.
     pub presence: HashMap<ParticipantId, (String, u32)>,
+    /// The network each participant who acted or followed the events
+    /// joined from (their token's `net`), so a ban can hold it; at most
+    /// [`MAX_NETS`] remembered.
+    pub nets: HashMap<ParticipantId, String>,
+}
+
+/// Participants whose network a space remembers for bans.
+pub const MAX_NETS: usize = 100_000;
+
+impl SpaceInner {
+    /// Remembers the network `claims` joined from, if they joined
+    /// anonymously (a ban of an identity follows the identity, and holds no
+    /// address others may share).
+    pub fn note_net(&mut self, claims: &Claims) {
+        if let Some(net) = &claims.net
+            && claims.idsub.is_none()
+            && (self.nets.len() < MAX_NETS || self.nets.contains_key(&claims.pid))
+        {
+            self.nets.insert(claims.pid, net.clone());
+        }
+    }
+}
+
+/// The network an address is banned by: the address itself for IPv4, its
+/// `/64` for IPv6 (one host's share of a network).
+pub fn network_of(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V4(v4) => format!("{v4}/32"),
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => format!("{v4}/32"),
+            None => {
+                let s = v6.segments();
+                let prefix = std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0);
+                format!("{prefix}/64")
+            }
+        },
+    }
 }
 
 /// Updates whose reactions a client that fell behind still gets (4 s).
@@ -96,6 +133,7 @@ impl SpaceCell {
                 space,
                 reactions: Default::default(),
                 presence: HashMap::new(),
+                nets: HashMap::new(),
             }),
             write_lock: tokio::sync::Mutex::new(()),
             dirty: AtomicBool::new(true),
@@ -293,6 +331,20 @@ pub fn listen_urls(id: SpaceId) -> Value {
     })
 }
 
+/// How a command is carried out, beyond the room's rules.
+#[derive(Debug, Clone, Copy)]
+pub struct CommandOptions {
+    /// A ban in a space without identities also holds the banned
+    /// participant's network (default: yes).
+    pub hold_network: bool,
+}
+
+impl Default for CommandOptions {
+    fn default() -> Self {
+        CommandOptions { hold_network: true }
+    }
+}
+
 /// Everything a request handler can reach.
 pub struct App {
     pub store: Arc<Mutex<Store>>,
@@ -413,6 +465,7 @@ impl App {
         name: &str,
         idsub: Option<String>,
         starts_ms: Option<i64>,
+        net: Option<String>,
     ) -> String {
         let starts_s = starts_ms.map_or(0, |ms| u64::try_from(ms / 1000).unwrap_or(0));
         self.token_key.sign(&Claims {
@@ -421,6 +474,7 @@ impl App {
             name: name.to_owned(),
             exp: now_s().max(starts_s) + self.token_ttl_s,
             idsub,
+            net,
         })
     }
 
@@ -438,10 +492,12 @@ impl App {
         &self,
         opts: SpaceOptions,
         host_name: &str,
+        require_identity: bool,
     ) -> Result<(Arc<SpaceCell>, ParticipantId), ApiError> {
         let id = SpaceId(rand::random());
         let host = ParticipantId(rand::random());
-        let space = Space::new(id, host, host_name, opts, now_ms())?;
+        let mut space = Space::new(id, host, host_name, opts, now_ms())?;
+        space.require_identity = require_identity;
         self.persist(space.clone()).await?;
         let cell = SpaceCell::new(space);
         self.spaces.write().insert(id, cell.clone());
@@ -518,12 +574,25 @@ impl App {
         actor: &Claims,
         cmd: Command,
     ) -> Result<Outcome, ApiError> {
+        self.command_with(cell, actor, cmd, CommandOptions::default())
+            .await
+    }
+
+    /// [`Self::command`] with options.
+    pub async fn command_with(
+        &self,
+        cell: &Arc<SpaceCell>,
+        actor: &Claims,
+        cmd: Command,
+        opts: CommandOptions,
+    ) -> Result<Outcome, ApiError> {
         if !self.command_limiter.check(actor.pid.0) {
             return Err(ApiError::rate_limited(1));
         }
         let _serial = cell.write_lock.lock().await;
         let (outcome, snapshot) = {
-            let inner = cell.inner.lock();
+            let mut inner = cell.inner.lock();
+            inner.note_net(actor);
             let cmd = match cmd {
                 Command::BringOnStage { target, name: None } => {
                     let name = inner.presence.get(&target).map(|(n, _)| n.clone());
@@ -540,6 +609,18 @@ impl App {
                 cmd,
                 now_ms(),
             )?;
+            // In a space without identities, a ban also holds the network
+            // the banned joined from (unless the moderator said not to).
+            if let Outcome::Removed {
+                target,
+                banned: true,
+            } = outcome
+                && opts.hold_network
+                && !next.require_identity
+                && let Some(net) = inner.nets.get(&target)
+            {
+                next.hold_network(target, net);
+            }
             let changed = inner.space != next;
             (outcome, changed.then_some(next))
         };

@@ -78,6 +78,7 @@ async fn client(app: Arc<App>, cell: Arc<SpaceCell>, claims: Claims, mut socket:
     app.metrics.events_clients.inc();
     {
         let mut inner = cell.inner.lock();
+        inner.note_net(&claims);
         let e = inner
             .presence
             .entry(claims.pid)

@@ -137,7 +137,10 @@ async fn connection(stream: TcpStream, app: Arc<App>, router: Router, tls: Optio
     };
     match kind {
         Some(Kind::Ogg | Kind::Ws) => listen::handle(stream, app).await,
-        None => serve_http(stream, router).await,
+        None => {
+            let peer = stream.peer_addr().ok();
+            serve_http(stream, router, peer).await
+        }
     }
 }
 
@@ -156,12 +159,22 @@ async fn ice_tcp_preface(stream: &TcpStream, deadline: Instant) -> Option<bool> 
     }
 }
 
-/// Everything but listener streams: hyper and the axum router.
-async fn serve_http<S>(stream: S, router: Router)
+/// Everything but listener streams: hyper and the axum router. Requests
+/// carry the peer's address (`ConnectInfo`), for joins and bans.
+async fn serve_http<S>(stream: S, router: Router, peer: Option<std::net::SocketAddr>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let svc = TowerToHyperService::new(router);
+    let svc = TowerToHyperService::new(tower::ServiceExt::map_request(
+        router,
+        move |mut req: axum::http::Request<hyper::body::Incoming>| {
+            if let Some(peer) = peer {
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+            }
+            req
+        },
+    ));
     let _ = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEAD_TIMEOUT)
@@ -258,13 +271,14 @@ async fn tls_connection(
             _ => return,
         }
     };
+    let peer = stream.get_ref().0.peer_addr().ok();
     let stream = Prefixed {
         prefix: head.freeze(),
         inner: stream,
     };
     match kind {
         Some(Kind::Ogg | Kind::Ws) => listen::handle(stream, app).await,
-        None => serve_http(stream, router).await,
+        None => serve_http(stream, router, peer).await,
     }
 }
 
