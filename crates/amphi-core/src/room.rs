@@ -22,6 +22,9 @@ pub const MAX_STAGE_LIMIT: u8 = 50;
 pub const DEFAULT_MAX_COHOSTS: u8 = 2;
 /// Longest display name, in characters.
 pub const MAX_NAME_CHARS: usize = 64;
+/// Most raised hands a space queues; beyond it a hand is refused (409)
+/// until one is lowered or accepted.
+pub const MAX_HANDS: usize = 500;
 /// Longest title, in characters.
 pub const MAX_TITLE_CHARS: usize = 200;
 
@@ -390,6 +393,14 @@ impl Space {
         v.into_iter()
     }
 
+    /// Number of raised hands.
+    pub fn hands_len(&self) -> usize {
+        self.members
+            .values()
+            .filter(|m| m.hand_raised_at.is_some() && !m.role.on_stage())
+            .count()
+    }
+
     /// Whether `id`'s audio may reach the program and the other speakers now.
     pub fn is_audible(&self, id: ParticipantId) -> bool {
         self.state == SpaceState::Live
@@ -578,6 +589,18 @@ impl Space {
                     return Ok(Outcome::Unchanged);
                 }
                 m.hand_raised_at = Some(now_ms);
+                // Counted with this hand up; refused (and undone) past the cap.
+                if self.hands_len() > MAX_HANDS {
+                    if let Some(m) = self.members.get_mut(&actor.id) {
+                        m.hand_raised_at = None;
+                        if m.role == Role::Listener {
+                            self.members.remove(&actor.id);
+                        }
+                    }
+                    return Err(conflict(
+                        "too many hands are raised; try again when the queue is shorter",
+                    ));
+                }
                 Ok(Outcome::Changed)
             }
             Command::LowerHand => match self.members.get(&actor.id) {
@@ -1020,6 +1043,24 @@ mod tests {
         // Kept across a save.
         let saved: Space = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
         assert_eq!(saved, s);
+    }
+
+    #[test]
+    fn the_hand_queue_is_bounded() {
+        let mut s = space(13);
+        act(&mut s, 1, Command::Start).unwrap();
+        for id in 0..MAX_HANDS as u64 {
+            act(&mut s, 100 + id, Command::RaiseHand).unwrap();
+        }
+        let before = s.clone();
+        assert!(matches!(
+            act(&mut s, 99, Command::RaiseHand),
+            Err(RoomError::Conflict(_))
+        ));
+        assert_eq!(s, before, "a refused hand changed the space");
+        act(&mut s, 100, Command::LowerHand).unwrap();
+        act(&mut s, 99, Command::RaiseHand).unwrap();
+        assert_eq!(s.hands_len(), MAX_HANDS);
     }
 
     #[test]

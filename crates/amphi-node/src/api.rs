@@ -269,8 +269,23 @@ async fn raise_hand(
     State(app): State<AppState>,
     Path(id): Path<String>,
     t: Token,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
 ) -> Result<Json<Value>, ApiError> {
+    let space = space_id(&id)?;
+    // A flood of hands is refused before it costs a command: per network
+    // (with the joins) and per space; the queue itself is capped.
+    if !app.hand_limiter.check(space.0) || !admit_net(&app, peer.as_ref()) {
+        return Err(ApiError::rate_limited(1));
+    }
     run(&app, &id, &t, |_| Command::RaiseHand).await
+}
+
+/// Takes one join-or-hand from the bucket of the peer's network.
+fn admit_net(app: &App, peer: Option<&Extension<ConnectInfo<SocketAddr>>>) -> bool {
+    peer.is_none_or(|Extension(ConnectInfo(a))| {
+        app.net_limiter
+            .check(crate::app::net_key(&crate::app::network_of(a.ip())))
+    })
 }
 
 async fn lower_hand(
@@ -450,7 +465,7 @@ async fn join(
 ) -> Result<Json<Value>, ApiError> {
     let id = space_id(&id)?;
     let cell = app.space(id)?;
-    if !app.join_limiter.check(0) {
+    if !app.join_limiter.check(0) || !admit_net(&app, peer.as_ref()) {
         return Err(ApiError::rate_limited(1));
     }
     let name = validate_name(&body.name)?.to_owned();

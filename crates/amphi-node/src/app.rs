@@ -77,6 +77,14 @@ impl SpaceInner {
     }
 }
 
+/// The key of `net` in a [`crate::admission::KeyedLimiter`].
+pub fn net_key(net: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    net.hash(&mut h);
+    h.finish()
+}
+
 /// The network an address is banned by: the address itself for IPv4, its
 /// `/64` for IPv6 (one host's share of a network).
 pub fn network_of(ip: std::net::IpAddr) -> String {
@@ -101,7 +109,12 @@ const REACTION_LOG: usize = 16;
 pub struct Update {
     /// `"space":…,"talking":…`, serialised once per update and spliced
     /// into every client's message next to its own `you` and reactions.
+    /// The space's `hands_raised` is left out: updates carry the hands
+    /// that changed (see [`Update::hands_since`]).
     pub shared: String,
+    /// The same with the whole `hands_raised` queue, for a client's
+    /// snapshot (or one too far behind for the changes).
+    pub full: String,
     pub ended: bool,
     /// Number of this update.
     pub number: u64,
@@ -109,6 +122,13 @@ pub struct Update {
     /// number: a client that skipped updates (it sends at most 4 a second)
     /// sums those it has not reported, so no reaction is lost.
     pub reactions: Arc<[(u64, BTreeMap<String, u32>)]>,
+    /// The raised hands now, oldest first (the next update diffs it).
+    pub hands: Arc<[(ParticipantId, String)]>,
+    /// The hands raised (with the name) and lowered or accepted (`None`)
+    /// of the recent updates that changed the queue, by update number.
+    pub hands_log: Arc<[(u64, Arc<[(ParticipantId, Option<String>)]>)]>,
+    /// Changes of updates up to this number are no longer in the log.
+    pub hands_floor: u64,
 }
 
 impl Update {
@@ -122,6 +142,64 @@ impl Update {
         }
         sum
     }
+
+    /// The hand queue's changes since update `after`, as the events
+    /// message's `hands`: `{"added": [{"participant_id", "name"}],
+    /// "removed": [participant_id]}` (apply `removed`, then append
+    /// `added`); `None` if `after` is too old for the log (send `full`).
+    pub fn hands_since(&self, after: u64) -> Option<Value> {
+        if after < self.hands_floor {
+            return None;
+        }
+        let mut last: BTreeMap<ParticipantId, Option<&str>> = BTreeMap::new();
+        let mut order = Vec::new();
+        for (_, changes) in self.hands_log.iter().filter(|(n, _)| *n > after) {
+            for (pid, name) in changes.iter() {
+                if last.insert(*pid, name.as_deref()).is_none() {
+                    order.push(*pid);
+                }
+            }
+        }
+        let mut added = Vec::new();
+        let mut removed = Vec::new();
+        for pid in order {
+            match last.get(&pid).copied().flatten() {
+                Some(name) => added.push(json!({"participant_id": pid, "name": name})),
+                None => removed.push(json!(pid)),
+            }
+        }
+        Some(json!({"added": added, "removed": removed}))
+    }
+}
+
+/// The queue's changes from `before` to `now`: lowered or accepted hands
+/// (`None`), then raised ones in queue order. (A hand lowered and raised
+/// again within one update's 250 ms is no change: a client keeps it in
+/// its old place until its next snapshot.)
+fn hand_changes(
+    before: &[(ParticipantId, String)],
+    now: &[(ParticipantId, String)],
+) -> Vec<(ParticipantId, Option<String>)> {
+    let was: HashMap<ParticipantId, usize> = before
+        .iter()
+        .enumerate()
+        .map(|(i, (p, _))| (*p, i))
+        .collect();
+    let is: HashMap<ParticipantId, usize> =
+        now.iter().enumerate().map(|(i, (p, _))| (*p, i)).collect();
+    let mut out: Vec<(ParticipantId, Option<String>)> = before
+        .iter()
+        .filter(|(p, _)| !is.contains_key(p))
+        .map(|(p, _)| (*p, None))
+        .collect();
+    // Those still raised keep their relative order; the new ones come after
+    // the last of them (the queue is ordered by when hands went up).
+    for (p, name) in now {
+        if !was.contains_key(p) {
+            out.push((*p, Some(name.clone())));
+        }
+    }
+    out
 }
 
 impl SpaceCell {
@@ -182,14 +260,20 @@ impl SpaceCell {
     /// Rebuilds the shared update for events clients.
     pub fn refresh_update(&self) {
         let previous = self.updates.borrow().clone();
-        let (space, reactions) = {
+        let (mut space, reactions, hands) = {
             let mut inner = self.inner.lock();
             let reactions = inner.reactions.take();
             let ready = self.replay_ready.load(Ordering::Acquire);
             let on_air = self.on_air.load(Ordering::Acquire);
+            let hands: Vec<(ParticipantId, String)> = inner
+                .space
+                .hands()
+                .map(|m| (m.id, m.name.clone()))
+                .collect();
             (
                 space_view(&inner.space, self.listeners(), ready, on_air),
                 reactions,
+                hands,
             )
         };
         let talking: serde_json::Map<String, Value> = self
@@ -204,8 +288,13 @@ impl SpaceCell {
                     .collect()
             })
             .unwrap_or_default();
+        let talking = Value::Object(talking);
         let ended = space.get("state").and_then(Value::as_str) == Some(SpaceState::Ended.as_str());
-        let shared = format!("\"space\":{},\"talking\":{}", space, Value::Object(talking));
+        let full = format!("\"space\":{space},\"talking\":{talking}");
+        if let Some(o) = space.as_object_mut() {
+            o.remove("hands_raised");
+        }
+        let shared = format!("\"space\":{space},\"talking\":{talking}");
         let number = previous.number + 1;
         let log = if reactions.is_empty() {
             previous.reactions.clone()
@@ -217,11 +306,30 @@ impl SpaceCell {
                 .chain(std::iter::once((number, reactions)))
                 .collect()
         };
+        let changes = hand_changes(&previous.hands, &hands);
+        let (hands_log, hands_floor) = if changes.is_empty() {
+            (previous.hands_log.clone(), previous.hands_floor)
+        } else {
+            let keep = previous.hands_log.len().saturating_sub(REACTION_LOG - 1);
+            let floor = previous.hands_log[..keep]
+                .last()
+                .map_or(previous.hands_floor, |(n, _)| *n);
+            let log: Arc<[_]> = previous.hands_log[keep..]
+                .iter()
+                .cloned()
+                .chain(std::iter::once((number, changes.into())))
+                .collect();
+            (log, floor)
+        };
         self.updates.send_replace(Arc::new(Update {
             shared,
+            full,
             ended,
             number,
             reactions: log,
+            hands: hands.into(),
+            hands_log,
+            hands_floor,
         }));
     }
 
@@ -365,6 +473,10 @@ pub struct App {
     pub identity_key: Option<TokenKey>,
     /// Lifetime of participant tokens (`--token-ttl`).
     pub token_ttl_s: u64,
+    /// Joins and hands per network (`--join-rate-per-ip`).
+    pub net_limiter: crate::admission::KeyedLimiter,
+    /// Hands per space (`--hand-rate-per-space`).
+    pub hand_limiter: crate::admission::KeyedLimiter,
     pub per_ip: Arc<crate::admission::PerIp>,
     pub command_limiter: crate::admission::KeyedLimiter,
     pub started: std::time::Instant,
@@ -704,5 +816,71 @@ mod tests {
         assert_eq!(sum.get("🔥"), Some(&1));
         assert!(update.reactions_since(update.number).is_empty());
         assert!(!update.shared.contains("reactions"));
+    }
+
+    /// Updates carry the hands that changed, summed over the updates a
+    /// client skipped; one too far behind gets the whole queue.
+    #[test]
+    fn updates_carry_hand_changes_not_the_queue() {
+        let opts = SpaceOptions {
+            title: "t".into(),
+            scheduled_for_ms: None,
+            max_stage: 13,
+            record: false,
+            public: true,
+        };
+        let space = Space::new(SpaceId(1), ParticipantId(2), "Host", opts, 0).unwrap();
+        let cell = SpaceCell::new(space);
+        let hand = |id: u64, up: bool| {
+            let cmd = if up {
+                Command::RaiseHand
+            } else {
+                Command::LowerHand
+            };
+            let actor = Actor {
+                id: ParticipantId(id),
+                name: "P",
+            };
+            cell.inner
+                .lock()
+                .space
+                .apply(actor, cmd, id as i64)
+                .unwrap();
+        };
+        let start = cell.updates.borrow().number;
+        hand(10, true);
+        hand(11, true);
+        cell.refresh_update();
+        let one = cell.updates.borrow().number;
+        hand(10, false);
+        hand(12, true);
+        cell.refresh_update();
+        let u = cell.updates.borrow().clone();
+        assert!(!u.shared.contains("hands_raised"));
+        assert!(u.full.contains("hands_raised"));
+        // Up to date but for the last update: its own changes.
+        assert_eq!(
+            u.hands_since(one).unwrap(),
+            json!({"added": [{"participant_id": ParticipantId(12), "name": "P"}], "removed": [ParticipantId(10)]})
+        );
+        // Skipped both: 10 came and went, 11 and 12 came.
+        let both = u.hands_since(start).unwrap();
+        assert_eq!(both["added"].as_array().unwrap().len(), 2);
+        assert_eq!(both["removed"], json!([ParticipantId(10)]));
+        // An update with no hand change leaves the log as it was.
+        cell.refresh_update();
+        let u = cell.updates.borrow().clone();
+        assert_eq!(
+            u.hands_since(u.number).unwrap(),
+            json!({"added": [], "removed": []})
+        );
+        // Far behind the log: the whole queue instead.
+        for i in 0..20 {
+            hand(100 + i, true);
+            cell.refresh_update();
+        }
+        let u = cell.updates.borrow().clone();
+        assert!(u.hands_since(start).is_none());
+        assert!(u.hands_since(u.number - 3).is_some());
     }
 }

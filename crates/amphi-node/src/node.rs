@@ -134,6 +134,14 @@ pub struct Config {
     /// works when a far-off space starts); `POST .../token` re-issues one.
     #[arg(long, env = "AMPHI_TOKEN_TTL", default_value_t = crate::app::TOKEN_TTL_S)]
     pub token_ttl: u64,
+    /// Joins and raised hands one network (an IPv4 address, an IPv6 /64)
+    /// may send per second, over all spaces (burst: three times that).
+    #[arg(long, env = "AMPHI_JOIN_RATE_PER_IP", default_value_t = 10.0)]
+    pub join_rate_per_ip: f64,
+    /// Hands one space takes per second, from everyone (burst: five times
+    /// that); its queue holds at most 500.
+    #[arg(long, env = "AMPHI_HAND_RATE_PER_SPACE", default_value_t = 20.0)]
+    pub hand_rate_per_space: f64,
     /// HTTPS (and wss) on the --http address with this PEM certificate
     /// chain (leaf first); a changed file is picked up within 2 s without
     /// dropping connected listeners. Needs --tls-key.
@@ -525,6 +533,8 @@ async fn load(args: Config) -> anyhow::Result<(Arc<App>, Router, tokio::net::Tcp
             .as_deref()
             .map(|k| TokenKey::derive(k.as_bytes())),
         token_ttl_s: args.token_ttl.max(1),
+        net_limiter: KeyedLimiter::new(args.join_rate_per_ip, args.join_rate_per_ip * 3.0),
+        hand_limiter: KeyedLimiter::new(args.hand_rate_per_space, args.hand_rate_per_space * 5.0),
         started: Instant::now(),
         acme_http01: RwLock::new(Default::default()),
         cert_pending: RwLock::new(None),
