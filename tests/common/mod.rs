@@ -46,7 +46,10 @@ impl Server {
     /// [`Server::start_in`] with extra environment variables.
     pub fn start_with_env(data: &Path, extra: &[&str], envs: &[(&str, &str)]) -> Server {
         let port = free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_amphi"))
+        // AMPHI_TEST_BIN runs a test against another build (e.g. main's, to
+        // show a regression test fails there).
+        let bin = std::env::var("AMPHI_TEST_BIN").unwrap_or(env!("CARGO_BIN_EXE_amphi").into());
+        let child = Command::new(bin)
             .arg("serve")
             .arg("--http")
             .arg(format!("127.0.0.1:{port}"))

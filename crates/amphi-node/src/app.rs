@@ -477,6 +477,8 @@ pub struct App {
     pub net_limiter: crate::admission::KeyedLimiter,
     /// Hands per space (`--hand-rate-per-space`).
     pub hand_limiter: crate::admission::KeyedLimiter,
+    /// WHIP offers per participant, network and node.
+    pub offer_limits: crate::admission::OfferLimits,
     pub per_ip: Arc<crate::admission::PerIp>,
     pub command_limiter: crate::admission::KeyedLimiter,
     pub started: std::time::Instant,

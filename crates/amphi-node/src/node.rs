@@ -535,6 +535,7 @@ async fn load(args: Config) -> anyhow::Result<(Arc<App>, Router, tokio::net::Tcp
         token_ttl_s: args.token_ttl.max(1),
         net_limiter: KeyedLimiter::new(args.join_rate_per_ip, args.join_rate_per_ip * 3.0),
         hand_limiter: KeyedLimiter::new(args.hand_rate_per_space, args.hand_rate_per_space * 5.0),
+        offer_limits: crate::admission::OfferLimits::new(),
         started: Instant::now(),
         acme_http01: RwLock::new(Default::default()),
         cert_pending: RwLock::new(None),
