@@ -104,6 +104,10 @@ pub fn network_of(ip: std::net::IpAddr) -> String {
 /// Updates whose reactions a client that fell behind still gets (4 s).
 const REACTION_LOG: usize = 16;
 
+/// One update's changes of the hand queue: raised (with the name) or
+/// lowered and accepted (`None`).
+pub type HandChanges = Arc<[(ParticipantId, Option<String>)]>;
+
 /// One coalesced events update, shared by every client of the space.
 #[derive(Debug, Default)]
 pub struct Update {
@@ -126,7 +130,7 @@ pub struct Update {
     pub hands: Arc<[(ParticipantId, String)]>,
     /// The hands raised (with the name) and lowered or accepted (`None`)
     /// of the recent updates that changed the queue, by update number.
-    pub hands_log: Arc<[(u64, Arc<[(ParticipantId, Option<String>)]>)]>,
+    pub hands_log: Arc<[(u64, HandChanges)]>,
     /// Changes of updates up to this number are no longer in the log.
     pub hands_floor: u64,
 }
