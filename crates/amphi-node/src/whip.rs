@@ -115,6 +115,10 @@ async fn whip_publish(
     net: Option<u64>,
     body: BodyBytes,
 ) -> Result<Response, ApiError> {
+    // A flood is refused before any work: its network's bucket first.
+    if app.offer_limits.check_network(net).is_err() {
+        return Err(ApiError::rate_limited(1));
+    }
     let id: SpaceId = id
         .parse()
         .map_err(|_| ApiError::not_found("no such space"))?;
@@ -133,7 +137,7 @@ async fn whip_publish(
         ));
     }
     cell.inner.lock().space.may_publish(claims.pid)?;
-    match app.offer_limits.check(claims.pid.0, net) {
+    match app.offer_limits.check_participant(claims.pid.0) {
         Ok(()) => {}
         // Counted with every answer, by route and status.
         Err(OfferRefusal::TooFast) => return Err(ApiError::rate_limited(1)),
