@@ -117,6 +117,35 @@ function handItem(h) {
   return li;
 }
 
+// Raised hands shown at once; the rest are counted (the queue holds 500).
+const HANDS_SHOWN = 50;
+
+/** The hand queue after an update's changes: `removed` out, then `added`
+ * appended (or renamed in place if already there). */
+function applyHands(list, d) {
+  if (!d) return list;
+  const gone = new Set(d.removed || []);
+  const out = list.filter((h) => !gone.has(h.participant_id));
+  for (const h of d.added || []) {
+    const i = out.findIndex((x) => x.participant_id === h.participant_id);
+    if (i >= 0) out[i] = h;
+    else out.push(h);
+  }
+  return out;
+}
+
+let handsShown = "";
+function renderHands(hands) {
+  // Rebuilt only when the queue (or who may accept) changed.
+  const key = `${isMod()}:${state.you && state.you.participant_id}:${hands.length}:${hands.slice(0, HANDS_SHOWN).map((h) => h.participant_id + h.name).join()}`;
+  if (key === handsShown) return;
+  handsShown = key;
+  $("hands-box").hidden = hands.length === 0;
+  const items = hands.slice(0, HANDS_SHOWN).map(handItem);
+  if (hands.length > HANDS_SHOWN) items.push(el("li", { textContent: `and ${hands.length - HANDS_SHOWN} more` }));
+  keepFocus($("hands"), () => $("hands").replaceChildren(...items));
+}
+
 function render() {
   const { space, you } = state;
   if (!space) return;
@@ -137,9 +166,7 @@ function render() {
   if (!state.player) $("delay").textContent = "";
 
   keepFocus($("stage"), () => $("stage").replaceChildren(...space.stage.map(stageItem)));
-  const hands = space.hands_raised || [];
-  $("hands-box").hidden = hands.length === 0;
-  keepFocus($("hands"), () => $("hands").replaceChildren(...hands.map(handItem)));
+  renderHands(space.hands_raised || []);
 
   // Your controls, from your role now.
   $("start").hidden = !(isMod() && space.state === "scheduled");
@@ -225,7 +252,9 @@ function removed(banned) {
   state.removed = { banned };
   stopMic();
   stopPlayer();
-  tokens.drop(spaceId);
+  // A banned participant's token is kept: a reload shows the ban again
+  // instead of rejoining, and a join sends it (the server refuses it).
+  if (!banned) tokens.drop(spaceId);
   $("room").hidden = true;
   say(status, banned ? "You were removed from this space and banned from rejoining." : "You were removed from this space. You can join again.", true);
   if (!banned) $("join").hidden = false;
@@ -251,7 +280,10 @@ function connectEvents() {
     let m;
     try { m = JSON.parse(ev.data); } catch { return; }
     if (m.type === "snapshot" || m.type === "update") {
-      state.space = m.space;
+      // A snapshot carries the whole hand queue; an update what changed.
+      const hands = m.space.hands_raised
+        || applyHands((state.space && state.space.hands_raised) || [], m.hands);
+      state.space = { ...m.space, hands_raised: hands };
       state.you = m.you;
       state.talking = m.talking || {};
       floatReactions(m.reactions);
@@ -345,7 +377,7 @@ $("join").addEventListener("submit", async (ev) => {
   const btn = $("join").querySelector("button");
   btn.disabled = true;
   try {
-    const res = await api("POST", `/api/v1/spaces/${spaceId}/join`, { body: { name: $("name").value.trim() } });
+    const res = await api("POST", `/api/v1/spaces/${spaceId}/join`, { token: tokens.get(spaceId) || undefined, body: { name: $("name").value.trim() } });
     tokens.set(spaceId, res.token);
     state.removed = null;
     say(status, "");

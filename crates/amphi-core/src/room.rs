@@ -22,6 +22,9 @@ pub const MAX_STAGE_LIMIT: u8 = 50;
 pub const DEFAULT_MAX_COHOSTS: u8 = 2;
 /// Longest display name, in characters.
 pub const MAX_NAME_CHARS: usize = 64;
+/// Most raised hands a space queues; beyond it a hand is refused (409)
+/// until one is lowered or accepted.
+pub const MAX_HANDS: usize = 500;
 /// Longest title, in characters.
 pub const MAX_TITLE_CHARS: usize = 200;
 
@@ -289,9 +292,17 @@ pub struct Space {
     pub started_at_ms: Option<i64>,
     pub ended_at_ms: Option<i64>,
     pub host: ParticipantId,
+    /// Joins need an identity token from the operator's app, so a ban
+    /// follows the person (`"require_identity": true` at creation).
+    #[serde(default)]
+    pub require_identity: bool,
     members: BTreeMap<ParticipantId, Member>,
     removed: BTreeSet<ParticipantId>,
     banned: BTreeSet<ParticipantId>,
+    /// Networks of banned participants (see [`Space::hold_network`]): no
+    /// new join from them for the space's life.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    banned_nets: BTreeSet<String>,
 }
 
 impl Space {
@@ -329,9 +340,11 @@ impl Space {
             started_at_ms: None,
             ended_at_ms: None,
             host,
+            require_identity: false,
             members,
             removed: BTreeSet::new(),
             banned: BTreeSet::new(),
+            banned_nets: BTreeSet::new(),
         })
     }
 
@@ -378,6 +391,14 @@ impl Space {
             .collect();
         v.sort_by_key(|m| (m.hand_raised_at, m.id));
         v.into_iter()
+    }
+
+    /// Number of raised hands.
+    pub fn hands_len(&self) -> usize {
+        self.members
+            .values()
+            .filter(|m| m.hand_raised_at.is_some() && !m.role.on_stage())
+            .count()
     }
 
     /// Whether `id`'s audio may reach the program and the other speakers now.
@@ -444,6 +465,22 @@ impl Space {
         }
     }
 
+    /// Whether `who` may hear the recording of this space (once it is
+    /// published): anyone if the space is public; otherwise a participant
+    /// who was not removed.
+    pub fn may_replay(&self, who: Listener) -> Result<(), RoomError> {
+        match who {
+            Listener::Anonymous if self.public => Ok(()),
+            Listener::Anonymous => Err(RoomError::Unauthenticated(
+                "this space needs a token: join first".into(),
+            )),
+            Listener::Unverified => Err(RoomError::Unauthenticated(
+                "the token is not valid for this space".into(),
+            )),
+            Listener::Participant(id) => self.present(id).map(|_| ()),
+        }
+    }
+
     /// Whether `id` may follow the space's events (in any state, an ended
     /// space included), and with which role.
     pub fn may_follow_events(&self, id: ParticipantId) -> Result<Role, RoomError> {
@@ -476,6 +513,41 @@ impl Space {
             return Err(forbidden("you are banned from this space"));
         }
         Ok(self.role_of(id).unwrap_or(Role::Listener))
+    }
+
+    /// [`Self::may_join`] for a join from `net` (the joiner's address or
+    /// prefix), `identified` if it carried a verified identity token: a
+    /// space that requires identities refuses anonymous joins (401), and a
+    /// network a ban holds is refused (403), except to a stage member
+    /// coming back with their identity.
+    pub fn may_join_from(
+        &self,
+        id: ParticipantId,
+        prior: Option<ParticipantId>,
+        net: Option<&str>,
+        identified: bool,
+    ) -> Result<Role, RoomError> {
+        if self.require_identity && !identified && self.state != SpaceState::Ended {
+            return Err(RoomError::Unauthenticated(
+                "this space needs an identity token from the operator's app".into(),
+            ));
+        }
+        let role = self.may_join(id, prior)?;
+        if !role.on_stage() && net.is_some_and(|n| self.banned_nets.contains(n)) {
+            return Err(forbidden("you are banned from this space"));
+        }
+        Ok(role)
+    }
+
+    /// Holds `net`, the network `target` joined from, for the space's life:
+    /// no new join from it. Only for a banned participant; `false` if
+    /// `target` is not banned.
+    pub fn hold_network(&mut self, target: ParticipantId, net: &str) -> bool {
+        if !self.banned.contains(&target) {
+            return false;
+        }
+        self.banned_nets.insert(net.to_owned());
+        true
     }
 
     /// Applies `cmd` from `actor` at `now_ms`, checking the rules against
@@ -517,6 +589,18 @@ impl Space {
                     return Ok(Outcome::Unchanged);
                 }
                 m.hand_raised_at = Some(now_ms);
+                // Counted with this hand up; refused (and undone) past the cap.
+                if self.hands_len() > MAX_HANDS {
+                    if let Some(m) = self.members.get_mut(&actor.id) {
+                        m.hand_raised_at = None;
+                        if m.role == Role::Listener {
+                            self.members.remove(&actor.id);
+                        }
+                    }
+                    return Err(conflict(
+                        "too many hands are raised; try again when the queue is shorter",
+                    ));
+                }
                 Ok(Outcome::Changed)
             }
             Command::LowerHand => match self.members.get(&actor.id) {
@@ -924,6 +1008,62 @@ mod tests {
     }
 
     #[test]
+    fn a_ban_holds_the_network_and_identity_spaces_refuse_anonymous_joins() {
+        let mut s = space(13);
+        act(&mut s, 1, Command::Start).unwrap();
+        assert!(!s.hold_network(p(5), "10.0.0.5/32"), "not banned yet");
+        act(&mut s, 5, Command::RaiseHand).unwrap();
+        act(
+            &mut s,
+            1,
+            Command::Remove {
+                target: p(5),
+                ban: true,
+            },
+        )
+        .unwrap();
+        assert!(s.hold_network(p(5), "10.0.0.5/32"));
+        let from = |s: &Space, net| s.may_join_from(p(9), None, Some(net), false);
+        assert!(matches!(
+            from(&s, "10.0.0.5/32"),
+            Err(RoomError::Forbidden(_))
+        ));
+        assert_eq!(from(&s, "10.0.0.6/32"), Ok(Role::Listener));
+        // The host is never locked out by a network.
+        assert_eq!(
+            s.may_join_from(HOST, None, Some("10.0.0.5/32"), false),
+            Ok(Role::Host)
+        );
+        s.require_identity = true;
+        assert!(matches!(
+            from(&s, "10.0.0.6/32"),
+            Err(RoomError::Unauthenticated(_))
+        ));
+        assert_eq!(s.may_join_from(p(9), None, None, true), Ok(Role::Listener));
+        // Kept across a save.
+        let saved: Space = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+        assert_eq!(saved, s);
+    }
+
+    #[test]
+    fn the_hand_queue_is_bounded() {
+        let mut s = space(13);
+        act(&mut s, 1, Command::Start).unwrap();
+        for id in 0..MAX_HANDS as u64 {
+            act(&mut s, 100 + id, Command::RaiseHand).unwrap();
+        }
+        let before = s.clone();
+        assert!(matches!(
+            act(&mut s, 99, Command::RaiseHand),
+            Err(RoomError::Conflict(_))
+        ));
+        assert_eq!(s, before, "a refused hand changed the space");
+        act(&mut s, 100, Command::LowerHand).unwrap();
+        act(&mut s, 99, Command::RaiseHand).unwrap();
+        assert_eq!(s.hands_len(), MAX_HANDS);
+    }
+
+    #[test]
     fn stage_is_bounded_and_lifecycle_is_one_way() {
         let mut s = space(2);
         act(
@@ -1129,6 +1269,8 @@ mod tests {
                 let open = s.state != SpaceState::Ended;
                 prop_assert_eq!(s.may_listen(Listener::Anonymous).is_ok(), live && public);
                 prop_assert!(s.may_listen(Listener::Unverified).is_err());
+                prop_assert_eq!(s.may_replay(Listener::Anonymous).is_ok(), public);
+                prop_assert!(s.may_replay(Listener::Unverified).is_err());
                 for id in (1..9).map(p) {
                     let role = s.role_of(id);
                     // Publishing: on stage, not removed or banned, in a live space.
@@ -1156,6 +1298,10 @@ mod tests {
                     prop_assert_eq!(
                         s.may_listen(Listener::Participant(id)).is_ok(),
                         live && role.is_some()
+                    );
+                    prop_assert_eq!(
+                        s.may_replay(Listener::Participant(id)).is_ok(),
+                        role.is_some()
                     );
                     // Joining: never banned, never an ended space, in the role held now.
                     let join = s.may_join(id, None);

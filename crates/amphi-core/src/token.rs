@@ -35,6 +35,10 @@ pub struct Claims {
     /// Identity subject from the operator's own app, if the join carried one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idsub: Option<String>,
+    /// The network the participant joined from (`a.b.c.d/32`, or the
+    /// `/64` of an IPv6 address), so a ban in an anonymous space can hold it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net: Option<String>,
 }
 
 /// Claims of an identity token minted by the operator's own app.
@@ -44,6 +48,33 @@ pub struct IdentityClaims {
     #[serde(default)]
     pub name: Option<String>,
     pub exp: u64,
+}
+
+/// A space's media key: what `?t=` carries on the URIs of a private
+/// space's HLS playlists (live and replay), so a CDN can pass it through.
+/// Every listener in the same window gets the same key (the claims hold
+/// nothing but the space and the window's end), so a CDN caches one copy
+/// of each part, not one per listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MediaClaims {
+    /// The space whose media the key opens.
+    pub media: SpaceId,
+    /// Expiry, seconds since the UNIX epoch.
+    pub exp: u64,
+}
+
+/// A media key is issued per window of this many seconds and stays valid
+/// until the end of the next one (5 to 10 minutes).
+pub const MEDIA_WINDOW_S: u64 = 300;
+
+impl MediaClaims {
+    /// The key of `space` handed out at `now_s`.
+    pub fn current(space: SpaceId, now_s: u64) -> Self {
+        MediaClaims {
+            media: space,
+            exp: (now_s / MEDIA_WINDOW_S + 2) * MEDIA_WINDOW_S,
+        }
+    }
 }
 
 /// Why a token was refused. All map to 401.
@@ -166,6 +197,12 @@ impl HasExpiry for Claims {
     }
 }
 
+impl HasExpiry for MediaClaims {
+    fn exp(&self) -> u64 {
+        self.exp
+    }
+}
+
 impl HasExpiry for IdentityClaims {
     fn exp(&self) -> u64 {
         self.exp
@@ -189,6 +226,7 @@ mod tests {
             name: "Ada".into(),
             exp: 1000,
             idsub: None,
+            net: None,
         }
     }
 

@@ -334,6 +334,41 @@ pub fn wants_skip(query: &str) -> bool {
         .any(|kv| kv == "_HLS_skip=YES" || kv == "_HLS_skip=v2")
 }
 
+/// `playlist` with `query` (e.g. `t=<key>`) added to every URI it names:
+/// the media lines and the `URI="…"` attributes (map, parts, preload hint),
+/// so a player that fetched a private playlist fetches its media with the
+/// same key, and a CDN passes it through.
+pub fn with_query(playlist: &str, query: &str) -> String {
+    let mut out = String::with_capacity(playlist.len() + 64 * query.len());
+    let add = |out: &mut String, uri: &str| {
+        out.push_str(uri);
+        out.push(if uri.contains('?') { '&' } else { '?' });
+        out.push_str(query);
+    };
+    for line in playlist.lines() {
+        if line.is_empty() {
+            // Kept as the empty line it is.
+        } else if !line.starts_with('#') {
+            add(&mut out, line);
+        } else {
+            let mut rest = line;
+            while let Some(at) = rest.find("URI=\"") {
+                let (head, tail) = rest.split_at(at + 5);
+                out.push_str(head);
+                let Some(end) = tail.find('"') else {
+                    rest = tail;
+                    break;
+                };
+                add(&mut out, &tail[..end]);
+                rest = &tail[end..];
+            }
+            out.push_str(rest);
+        }
+        out.push('\n');
+    }
+    out
+}
+
 /// Parses `seg-{msn}.m4s` → `(msn, None)` and `part-{msn}-{part}.m4s` →
 /// `(msn, Some(part))`.
 pub fn parse_media_name(name: &str) -> Option<(u64, Option<u32>)> {
@@ -376,6 +411,17 @@ pub(crate) fn rfc3339(us: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn with_query_signs_every_uri() {
+        let pl = "#EXTM3U\n#EXT-X-MAP:URI=\"init.mp4\"\n#EXT-X-PART:DURATION=0.400,URI=\"part-7-0.m4s\",INDEPENDENT=YES\n#EXTINF:2.0,\nseg-6.m4s\n#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"a.m4s?x=1\"\n";
+        assert_eq!(
+            with_query(pl, "t=K"),
+            "#EXTM3U\n#EXT-X-MAP:URI=\"init.mp4?t=K\"\n#EXT-X-PART:DURATION=0.400,URI=\"part-7-0.m4s?t=K\",INDEPENDENT=YES\n#EXTINF:2.0,\nseg-6.m4s?t=K\n#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"a.m4s?x=1&t=K\"\n"
+        );
+        // An unterminated attribute is copied, not lost.
+        assert_eq!(with_query("#X:URI=\"a", "t=K"), "#X:URI=\"a\n");
+    }
     use amphi_core::Frame;
     use bytes::Bytes;
     use proptest::prelude::*;

@@ -75,6 +75,73 @@ impl KeyedLimiter {
     }
 }
 
+/// WHIP offers per participant, per network and per node: each offer the
+/// engine takes costs a session's setup on the RTC thread, so a flood is
+/// refused here, before it reaches the thread every speaker shares.
+#[derive(Debug)]
+pub struct OfferLimits {
+    participant: KeyedLimiter,
+    network: KeyedLimiter,
+    node: KeyedLimiter,
+}
+
+/// Which [`OfferLimits`] bucket refused an offer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OfferRefusal {
+    /// The participant or their network sends too fast (429).
+    TooFast,
+    /// The node takes no more offers this second (503).
+    NodeBusy,
+}
+
+impl OfferLimits {
+    /// Offers a participant may make per second (burst [`Self::BURST`] ×).
+    pub const PER_PARTICIPANT: f64 = 2.0;
+    /// Offers a network (IPv4 address, IPv6 /64) may make per second.
+    pub const PER_NETWORK: f64 = 10.0;
+    /// Offers the node takes per second.
+    pub const PER_NODE: f64 = 50.0;
+    /// Each bucket holds this many seconds of its rate.
+    pub const BURST: f64 = 2.5;
+
+    pub fn new() -> Self {
+        let bucket = |rate: f64| KeyedLimiter::new(rate, rate * Self::BURST);
+        OfferLimits {
+            participant: bucket(Self::PER_PARTICIPANT),
+            network: bucket(Self::PER_NETWORK),
+            node: bucket(Self::PER_NODE),
+        }
+    }
+
+    /// Takes one offer from `network` (its limiter key): asked first, before
+    /// the token is even verified, so a flood is refused at the least cost.
+    pub fn check_network(&self, network: Option<u64>) -> Result<(), OfferRefusal> {
+        if network.is_none_or(|n| self.network.check(n)) {
+            Ok(())
+        } else {
+            Err(OfferRefusal::TooFast)
+        }
+    }
+
+    /// Takes one offer of `participant` (a verified stage member), then one
+    /// of the node's.
+    pub fn check_participant(&self, participant: u64) -> Result<(), OfferRefusal> {
+        if !self.participant.check(participant) {
+            return Err(OfferRefusal::TooFast);
+        }
+        if !self.node.check(0) {
+            return Err(OfferRefusal::NodeBusy);
+        }
+        Ok(())
+    }
+}
+
+impl Default for OfferLimits {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// Open connections per source address.
 #[derive(Debug)]
 pub struct PerIp {
@@ -137,6 +204,43 @@ mod tests {
         assert!(p.enter("127.0.0.10".parse().unwrap()).is_some());
         drop(a);
         assert!(p.enter(ip).is_some());
+    }
+
+    #[test]
+    fn offers_are_limited_per_participant_network_and_node() {
+        let limits = OfferLimits::new();
+        let l = &limits;
+        struct Both<'a>(&'a OfferLimits);
+        impl Both<'_> {
+            fn check(&self, p: u64, n: Option<u64>) -> Result<(), OfferRefusal> {
+                self.0.check_network(n)?;
+                self.0.check_participant(p)
+            }
+        }
+        let l = Both(l);
+        // A participant's burst (5), then refused; another is not.
+        for _ in 0..5 {
+            assert_eq!(l.check(1, Some(9)), Ok(()));
+        }
+        assert_eq!(l.check(1, Some(9)), Err(OfferRefusal::TooFast));
+        // The network's burst (25, one of it spent on the refused sixth)
+        // covers several participants.
+        let mut ok = 5;
+        for p in 2..40 {
+            if l.check(p, Some(9)).is_ok() {
+                ok += 1;
+            }
+        }
+        assert_eq!(ok, 24);
+        // The node's burst (125) over many networks.
+        let mut node = 24;
+        for p in 100..400 {
+            if l.check(p, Some(p)).is_ok() {
+                node += 1;
+            }
+        }
+        assert_eq!(node, 125);
+        assert_eq!(l.check(999, Some(999)), Err(OfferRefusal::NodeBusy));
     }
 
     #[test]

@@ -1,12 +1,13 @@
 //! The REST API of SPEC §4: thin handlers over [`App::command`].
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::extract::{ConnectInfo, FromRequest, Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -53,6 +54,7 @@ pub fn router() -> Router<AppState> {
             post(remove),
         )
         .route("/api/v1/spaces/{id}/reactions", post(react))
+        .route("/api/v1/spaces/{id}/token", post(reissue))
         .route("/api/v1/openapi.json", get(openapi))
 }
 
@@ -123,6 +125,9 @@ struct CreateBody {
     public: Option<bool>,
     #[serde(default)]
     host_name: Option<String>,
+    /// Joins need an operator identity token, so a ban follows the person.
+    #[serde(default)]
+    require_identity: bool,
 }
 
 async fn create(
@@ -152,9 +157,21 @@ async fn create(
         record: body.record.unwrap_or(true),
         public: body.public.unwrap_or(true),
     };
+    if body.require_identity && app.identity_key.is_none() {
+        return Err(ApiError::bad_request(
+            "require_identity needs a server with --identity-key",
+        ));
+    }
     let host_name = body.host_name.unwrap_or_else(|| "Host".to_owned());
-    let (cell, host) = app.create(opts, &host_name).await?;
-    let token = app.mint(cell.id, host, validate_name(&host_name)?, None);
+    let (cell, host) = app.create(opts, &host_name, body.require_identity).await?;
+    let token = app.mint(
+        cell.id,
+        host,
+        validate_name(&host_name)?,
+        None,
+        scheduled_for_ms,
+        None,
+    );
     let body = json!({"space": cell.view(), "host": {"participant_id": host, "token": token}});
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
@@ -252,8 +269,23 @@ async fn raise_hand(
     State(app): State<AppState>,
     Path(id): Path<String>,
     t: Token,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
 ) -> Result<Json<Value>, ApiError> {
+    let space = space_id(&id)?;
+    // A flood of hands is refused before it costs a command: per network
+    // (with the joins) and per space; the queue itself is capped.
+    if !app.hand_limiter.check(space.0) || !admit_net(&app, peer.as_ref()) {
+        return Err(ApiError::rate_limited(1));
+    }
     run(&app, &id, &t, |_| Command::RaiseHand).await
+}
+
+/// Takes one join-or-hand from the bucket of the peer's network.
+fn admit_net(app: &App, peer: Option<&Extension<ConnectInfo<SocketAddr>>>) -> bool {
+    peer.is_none_or(|Extension(ConnectInfo(a))| {
+        app.net_limiter
+            .check(crate::app::net_key(&crate::app::network_of(a.ip())))
+    })
 }
 
 async fn lower_hand(
@@ -327,6 +359,11 @@ async fn unmute(
 struct RemoveBody {
     #[serde(default)]
     ban: bool,
+    /// With `ban` in a space without identities: also refuse new joins
+    /// from the network the participant joined from (default true; false
+    /// for someone behind an address many share).
+    #[serde(default)]
+    hold_address: Option<bool>,
 }
 
 async fn remove(
@@ -336,11 +373,51 @@ async fn remove(
     ApiJson(body): ApiJson<RemoveBody>,
 ) -> Result<Json<Value>, ApiError> {
     let target = pid(&p)?;
-    run(&app, &id, &t, |_| Command::Remove {
+    let id = space_id(&id)?;
+    let cell = app.space(id)?;
+    let claims = actor(&app, id, &t)?;
+    let opts = crate::app::CommandOptions {
+        hold_network: body.hold_address.unwrap_or(true),
+    };
+    let cmd = Command::Remove {
         target,
         ban: body.ban,
-    })
-    .await
+    };
+    app.command_with(&cell, &claims, cmd, opts).await?;
+    Ok(Json(cell.view()))
+}
+
+/// A fresh token: for the bearer of a still-valid participant token (the
+/// same participant, name and identity, if not removed), or, with the admin
+/// token, the host's (so a host whose token expired, e.g. for a space
+/// scheduled beyond the token lifetime, can still start it).
+async fn reissue(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    t: Token,
+) -> Result<Json<Value>, ApiError> {
+    let id = space_id(&id)?;
+    let cell = app.space(id)?;
+    let admin = secrets_equal(t.0.as_bytes(), app.admin_token.as_bytes());
+    let (pid, name, idsub, net, role, starts) = {
+        let inner = cell.inner.lock();
+        let s = &inner.space;
+        let (pid, name, idsub, net) = if admin {
+            let host = s.member(s.host).map_or("Host", |m| m.name.as_str());
+            (s.host, host.to_owned(), None, None)
+        } else {
+            let c = actor(&app, id, &t)?;
+            (c.pid, c.name, c.idsub, c.net)
+        };
+        let role = s.may_follow_events(pid)?;
+        (pid, name, idsub, net, role, s.scheduled_for_ms)
+    };
+    let token = app.mint(id, pid, &name, idsub, starts, net);
+    Ok(Json(json!({
+        "participant_id": pid,
+        "token": token,
+        "role": role.as_str(),
+    })))
 }
 
 #[derive(Deserialize)]
@@ -383,11 +460,12 @@ async fn join(
     State(app): State<AppState>,
     Path(id): Path<String>,
     prior: Option<Token>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     ApiJson(body): ApiJson<JoinBody>,
 ) -> Result<Json<Value>, ApiError> {
     let id = space_id(&id)?;
     let cell = app.space(id)?;
-    if !app.join_limiter.check(0) {
+    if !app.join_limiter.check(0) || !admit_net(&app, peer.as_ref()) {
         return Err(ApiError::rate_limited(1));
     }
     let name = validate_name(&body.name)?.to_owned();
@@ -410,8 +488,14 @@ async fn join(
     let prior = prior
         .and_then(|Token(t)| app.verify(id, &t).ok())
         .map(|c| c.pid);
-    let role = cell.inner.lock().space.may_join(pid, prior)?;
-    let token = app.mint(id, pid, &name, idsub);
+    let net = peer.map(|Extension(ConnectInfo(a))| crate::app::network_of(a.ip()));
+    let (role, starts) = {
+        let inner = cell.inner.lock();
+        let s = &inner.space;
+        let role = s.may_join_from(pid, prior, net.as_deref(), idsub.is_some())?;
+        (role, s.scheduled_for_ms)
+    };
+    let token = app.mint(id, pid, &name, idsub, starts, net);
     app.metrics.joins.inc();
     Ok(Json(json!({
         "participant_id": pid,

@@ -18,7 +18,8 @@ use crate::media::{LiveMedia, MediaPlane};
 use crate::metrics::Metrics;
 use crate::timefmt::{now_ms, now_s, rfc3339};
 
-/// Lifetime of a participant token.
+/// Lifetime of a participant token by default (`--token-ttl`), counted
+/// from the later of now and the space's scheduled start.
 pub const TOKEN_TTL_S: u64 = 7 * 24 * 3600;
 
 /// What a space needs besides its rules: presence, reactions, media.
@@ -53,17 +54,71 @@ pub struct SpaceInner {
     /// Participants with an open events channel: name and connection count,
     /// so a moderator can bring a present listener on stage.
     pub presence: HashMap<ParticipantId, (String, u32)>,
+    /// The network each participant who acted or followed the events
+    /// joined from (their token's `net`), so a ban can hold it; at most
+    /// [`MAX_NETS`] remembered.
+    pub nets: HashMap<ParticipantId, String>,
+}
+
+/// Participants whose network a space remembers for bans.
+pub const MAX_NETS: usize = 100_000;
+
+impl SpaceInner {
+    /// Remembers the network `claims` joined from, if they joined
+    /// anonymously (a ban of an identity follows the identity, and holds no
+    /// address others may share).
+    pub fn note_net(&mut self, claims: &Claims) {
+        if let Some(net) = &claims.net
+            && claims.idsub.is_none()
+            && (self.nets.len() < MAX_NETS || self.nets.contains_key(&claims.pid))
+        {
+            self.nets.insert(claims.pid, net.clone());
+        }
+    }
+}
+
+/// The key of `net` in a [`crate::admission::KeyedLimiter`].
+pub fn net_key(net: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    net.hash(&mut h);
+    h.finish()
+}
+
+/// The network an address is banned by: the address itself for IPv4, its
+/// `/64` for IPv6 (one host's share of a network).
+pub fn network_of(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V4(v4) => format!("{v4}/32"),
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => format!("{v4}/32"),
+            None => {
+                let s = v6.segments();
+                let prefix = std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0);
+                format!("{prefix}/64")
+            }
+        },
+    }
 }
 
 /// Updates whose reactions a client that fell behind still gets (4 s).
 const REACTION_LOG: usize = 16;
+
+/// One update's changes of the hand queue: raised (with the name) or
+/// lowered and accepted (`None`).
+pub type HandChanges = Arc<[(ParticipantId, Option<String>)]>;
 
 /// One coalesced events update, shared by every client of the space.
 #[derive(Debug, Default)]
 pub struct Update {
     /// `"space":…,"talking":…`, serialised once per update and spliced
     /// into every client's message next to its own `you` and reactions.
+    /// The space's `hands_raised` is left out: updates carry the hands
+    /// that changed (see [`Update::hands_since`]).
     pub shared: String,
+    /// The same with the whole `hands_raised` queue, for a client's
+    /// snapshot (or one too far behind for the changes).
+    pub full: String,
     pub ended: bool,
     /// Number of this update.
     pub number: u64,
@@ -71,6 +126,13 @@ pub struct Update {
     /// number: a client that skipped updates (it sends at most 4 a second)
     /// sums those it has not reported, so no reaction is lost.
     pub reactions: Arc<[(u64, BTreeMap<String, u32>)]>,
+    /// The raised hands now, oldest first (the next update diffs it).
+    pub hands: Arc<[(ParticipantId, String)]>,
+    /// The hands raised (with the name) and lowered or accepted (`None`)
+    /// of the recent updates that changed the queue, by update number.
+    pub hands_log: Arc<[(u64, HandChanges)]>,
+    /// Changes of updates up to this number are no longer in the log.
+    pub hands_floor: u64,
 }
 
 impl Update {
@@ -84,6 +146,64 @@ impl Update {
         }
         sum
     }
+
+    /// The hand queue's changes since update `after`, as the events
+    /// message's `hands`: `{"added": [{"participant_id", "name"}],
+    /// "removed": [participant_id]}` (apply `removed`, then append
+    /// `added`); `None` if `after` is too old for the log (send `full`).
+    pub fn hands_since(&self, after: u64) -> Option<Value> {
+        if after < self.hands_floor {
+            return None;
+        }
+        let mut last: BTreeMap<ParticipantId, Option<&str>> = BTreeMap::new();
+        let mut order = Vec::new();
+        for (_, changes) in self.hands_log.iter().filter(|(n, _)| *n > after) {
+            for (pid, name) in changes.iter() {
+                if last.insert(*pid, name.as_deref()).is_none() {
+                    order.push(*pid);
+                }
+            }
+        }
+        let mut added = Vec::new();
+        let mut removed = Vec::new();
+        for pid in order {
+            match last.get(&pid).copied().flatten() {
+                Some(name) => added.push(json!({"participant_id": pid, "name": name})),
+                None => removed.push(json!(pid)),
+            }
+        }
+        Some(json!({"added": added, "removed": removed}))
+    }
+}
+
+/// The queue's changes from `before` to `now`: lowered or accepted hands
+/// (`None`), then raised ones in queue order. (A hand lowered and raised
+/// again within one update's 250 ms is no change: a client keeps it in
+/// its old place until its next snapshot.)
+fn hand_changes(
+    before: &[(ParticipantId, String)],
+    now: &[(ParticipantId, String)],
+) -> Vec<(ParticipantId, Option<String>)> {
+    let was: HashMap<ParticipantId, usize> = before
+        .iter()
+        .enumerate()
+        .map(|(i, (p, _))| (*p, i))
+        .collect();
+    let is: HashMap<ParticipantId, usize> =
+        now.iter().enumerate().map(|(i, (p, _))| (*p, i)).collect();
+    let mut out: Vec<(ParticipantId, Option<String>)> = before
+        .iter()
+        .filter(|(p, _)| !is.contains_key(p))
+        .map(|(p, _)| (*p, None))
+        .collect();
+    // Those still raised keep their relative order; the new ones come after
+    // the last of them (the queue is ordered by when hands went up).
+    for (p, name) in now {
+        if !was.contains_key(p) {
+            out.push((*p, Some(name.clone())));
+        }
+    }
+    out
 }
 
 impl SpaceCell {
@@ -95,6 +215,7 @@ impl SpaceCell {
                 space,
                 reactions: Default::default(),
                 presence: HashMap::new(),
+                nets: HashMap::new(),
             }),
             write_lock: tokio::sync::Mutex::new(()),
             dirty: AtomicBool::new(true),
@@ -143,14 +264,20 @@ impl SpaceCell {
     /// Rebuilds the shared update for events clients.
     pub fn refresh_update(&self) {
         let previous = self.updates.borrow().clone();
-        let (space, reactions) = {
+        let (mut space, reactions, hands) = {
             let mut inner = self.inner.lock();
             let reactions = inner.reactions.take();
             let ready = self.replay_ready.load(Ordering::Acquire);
             let on_air = self.on_air.load(Ordering::Acquire);
+            let hands: Vec<(ParticipantId, String)> = inner
+                .space
+                .hands()
+                .map(|m| (m.id, m.name.clone()))
+                .collect();
             (
                 space_view(&inner.space, self.listeners(), ready, on_air),
                 reactions,
+                hands,
             )
         };
         let talking: serde_json::Map<String, Value> = self
@@ -165,8 +292,13 @@ impl SpaceCell {
                     .collect()
             })
             .unwrap_or_default();
+        let talking = Value::Object(talking);
         let ended = space.get("state").and_then(Value::as_str) == Some(SpaceState::Ended.as_str());
-        let shared = format!("\"space\":{},\"talking\":{}", space, Value::Object(talking));
+        let full = format!("\"space\":{space},\"talking\":{talking}");
+        if let Some(o) = space.as_object_mut() {
+            o.remove("hands_raised");
+        }
+        let shared = format!("\"space\":{space},\"talking\":{talking}");
         let number = previous.number + 1;
         let log = if reactions.is_empty() {
             previous.reactions.clone()
@@ -178,11 +310,30 @@ impl SpaceCell {
                 .chain(std::iter::once((number, reactions)))
                 .collect()
         };
+        let changes = hand_changes(&previous.hands, &hands);
+        let (hands_log, hands_floor) = if changes.is_empty() {
+            (previous.hands_log.clone(), previous.hands_floor)
+        } else {
+            let keep = previous.hands_log.len().saturating_sub(REACTION_LOG - 1);
+            let floor = previous.hands_log[..keep]
+                .last()
+                .map_or(previous.hands_floor, |(n, _)| *n);
+            let log: Arc<[_]> = previous.hands_log[keep..]
+                .iter()
+                .cloned()
+                .chain(std::iter::once((number, changes.into())))
+                .collect();
+            (log, floor)
+        };
         self.updates.send_replace(Arc::new(Update {
             shared,
+            full,
             ended,
             number,
             reactions: log,
+            hands: hands.into(),
+            hands_log,
+            hands_floor,
         }));
     }
 
@@ -292,6 +443,20 @@ pub fn listen_urls(id: SpaceId) -> Value {
     })
 }
 
+/// How a command is carried out, beyond the room's rules.
+#[derive(Debug, Clone, Copy)]
+pub struct CommandOptions {
+    /// A ban in a space without identities also holds the banned
+    /// participant's network (default: yes).
+    pub hold_network: bool,
+}
+
+impl Default for CommandOptions {
+    fn default() -> Self {
+        CommandOptions { hold_network: true }
+    }
+}
+
 /// Everything a request handler can reach.
 pub struct App {
     pub store: Arc<Mutex<Store>>,
@@ -310,6 +475,14 @@ pub struct App {
     pub reaction_limiter: crate::admission::KeyedLimiter,
     pub join_limiter: crate::admission::KeyedLimiter,
     pub identity_key: Option<TokenKey>,
+    /// Lifetime of participant tokens (`--token-ttl`).
+    pub token_ttl_s: u64,
+    /// Joins and hands per network (`--join-rate-per-ip`).
+    pub net_limiter: crate::admission::KeyedLimiter,
+    /// Hands per space (`--hand-rate-per-space`).
+    pub hand_limiter: crate::admission::KeyedLimiter,
+    /// WHIP offers per participant, network and node.
+    pub offer_limits: crate::admission::OfferLimits,
     pub per_ip: Arc<crate::admission::PerIp>,
     pub command_limiter: crate::admission::KeyedLimiter,
     pub started: std::time::Instant,
@@ -400,20 +573,26 @@ impl App {
             .ok_or_else(|| ApiError::not_found("no such space"))
     }
 
-    /// Mints a participant token.
+    /// Mints a participant token, valid for the token lifetime from the
+    /// later of now and `starts_ms` (a space's scheduled start), so a token
+    /// given for a space scheduled weeks ahead still works when it starts.
     pub fn mint(
         &self,
         space: SpaceId,
         pid: ParticipantId,
         name: &str,
         idsub: Option<String>,
+        starts_ms: Option<i64>,
+        net: Option<String>,
     ) -> String {
+        let starts_s = starts_ms.map_or(0, |ms| u64::try_from(ms / 1000).unwrap_or(0));
         self.token_key.sign(&Claims {
             space,
             pid,
             name: name.to_owned(),
-            exp: now_s() + TOKEN_TTL_S,
+            exp: now_s().max(starts_s) + self.token_ttl_s,
             idsub,
+            net,
         })
     }
 
@@ -431,10 +610,12 @@ impl App {
         &self,
         opts: SpaceOptions,
         host_name: &str,
+        require_identity: bool,
     ) -> Result<(Arc<SpaceCell>, ParticipantId), ApiError> {
         let id = SpaceId(rand::random());
         let host = ParticipantId(rand::random());
-        let space = Space::new(id, host, host_name, opts, now_ms())?;
+        let mut space = Space::new(id, host, host_name, opts, now_ms())?;
+        space.require_identity = require_identity;
         self.persist(space.clone()).await?;
         let cell = SpaceCell::new(space);
         self.spaces.write().insert(id, cell.clone());
@@ -473,6 +654,8 @@ impl App {
         cell
     }
 
+    /// Saves `space` locally, then to the cluster. A local failure (a full
+    /// or broken disk) is a 507: the caller must not make the change.
     async fn persist(&self, space: Space) -> Result<(), ApiError> {
         let store = self.store.clone();
         let local = space.clone();
@@ -483,21 +666,43 @@ impl App {
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "could not persist a space");
                 self.metrics.storage_errors.inc();
-                Err(ApiError::internal("could not save the change; try again"))
+                Err(ApiError::not_saved(
+                    "the change could not be saved, so it was not made; try again",
+                ))
             }
             Err(e) => {
                 tracing::error!(error = %e, "persist task failed");
-                Err(ApiError::internal("could not save the change; try again"))
+                Err(ApiError::not_saved(
+                    "the change could not be saved, so it was not made; try again",
+                ))
             }
         }
     }
 
     /// Runs one command against a space: rules, persistence, media, events.
+    ///
+    /// The command is applied to a copy of the space; the copy is saved and
+    /// only then becomes the space, so a change the disk refused (507) was
+    /// never in effect and memory and disk always agree. Commands of one
+    /// space are serialised by its `write_lock`, so no other command can
+    /// change the space between the copy and the swap.
     pub async fn command(
         &self,
         cell: &Arc<SpaceCell>,
         actor: &Claims,
         cmd: Command,
+    ) -> Result<Outcome, ApiError> {
+        self.command_with(cell, actor, cmd, CommandOptions::default())
+            .await
+    }
+
+    /// [`Self::command`] with options.
+    pub async fn command_with(
+        &self,
+        cell: &Arc<SpaceCell>,
+        actor: &Claims,
+        cmd: Command,
+        opts: CommandOptions,
     ) -> Result<Outcome, ApiError> {
         if !self.command_limiter.check(actor.pid.0) {
             return Err(ApiError::rate_limited(1));
@@ -505,6 +710,7 @@ impl App {
         let _serial = cell.write_lock.lock().await;
         let (outcome, snapshot) = {
             let mut inner = cell.inner.lock();
+            inner.note_net(actor);
             let cmd = match cmd {
                 Command::BringOnStage { target, name: None } => {
                     let name = inner.presence.get(&target).map(|(n, _)| n.clone());
@@ -512,8 +718,8 @@ impl App {
                 }
                 other => other,
             };
-            let before = inner.space.clone();
-            let outcome = inner.space.apply(
+            let mut next = inner.space.clone();
+            let outcome = next.apply(
                 Actor {
                     id: actor.pid,
                     name: &actor.name,
@@ -521,14 +727,27 @@ impl App {
                 cmd,
                 now_ms(),
             )?;
-            let changed = inner.space != before;
-            (outcome, changed.then(|| inner.space.clone()))
+            // In a space without identities, a ban also holds the network
+            // the banned joined from (unless the moderator said not to).
+            if let Outcome::Removed {
+                target,
+                banned: true,
+            } = outcome
+                && opts.hold_network
+                && !next.require_identity
+                && let Some(net) = inner.nets.get(&target)
+            {
+                next.hold_network(target, net);
+            }
+            let changed = inner.space != next;
+            (outcome, changed.then_some(next))
         };
-        // Gates first: a mute or removal is enforced before we answer.
-        cell.sync_gates();
         if let Some(space) = snapshot {
-            self.persist(space).await?;
+            self.persist(space.clone()).await?;
+            cell.inner.lock().space = space;
         }
+        // Gates before we answer: a mute or removal is enforced at once.
+        cell.sync_gates();
         match outcome {
             Outcome::Removed { target, .. } => {
                 self.media.close_participant(cell.id, target);
@@ -603,5 +822,71 @@ mod tests {
         assert_eq!(sum.get("🔥"), Some(&1));
         assert!(update.reactions_since(update.number).is_empty());
         assert!(!update.shared.contains("reactions"));
+    }
+
+    /// Updates carry the hands that changed, summed over the updates a
+    /// client skipped; one too far behind gets the whole queue.
+    #[test]
+    fn updates_carry_hand_changes_not_the_queue() {
+        let opts = SpaceOptions {
+            title: "t".into(),
+            scheduled_for_ms: None,
+            max_stage: 13,
+            record: false,
+            public: true,
+        };
+        let space = Space::new(SpaceId(1), ParticipantId(2), "Host", opts, 0).unwrap();
+        let cell = SpaceCell::new(space);
+        let hand = |id: u64, up: bool| {
+            let cmd = if up {
+                Command::RaiseHand
+            } else {
+                Command::LowerHand
+            };
+            let actor = Actor {
+                id: ParticipantId(id),
+                name: "P",
+            };
+            cell.inner
+                .lock()
+                .space
+                .apply(actor, cmd, id as i64)
+                .unwrap();
+        };
+        let start = cell.updates.borrow().number;
+        hand(10, true);
+        hand(11, true);
+        cell.refresh_update();
+        let one = cell.updates.borrow().number;
+        hand(10, false);
+        hand(12, true);
+        cell.refresh_update();
+        let u = cell.updates.borrow().clone();
+        assert!(!u.shared.contains("hands_raised"));
+        assert!(u.full.contains("hands_raised"));
+        // Up to date but for the last update: its own changes.
+        assert_eq!(
+            u.hands_since(one).unwrap(),
+            json!({"added": [{"participant_id": ParticipantId(12), "name": "P"}], "removed": [ParticipantId(10)]})
+        );
+        // Skipped both: 10 came and went, 11 and 12 came.
+        let both = u.hands_since(start).unwrap();
+        assert_eq!(both["added"].as_array().unwrap().len(), 2);
+        assert_eq!(both["removed"], json!([ParticipantId(10)]));
+        // An update with no hand change leaves the log as it was.
+        cell.refresh_update();
+        let u = cell.updates.borrow().clone();
+        assert_eq!(
+            u.hands_since(u.number).unwrap(),
+            json!({"added": [], "removed": []})
+        );
+        // Far behind the log: the whole queue instead.
+        for i in 0..20 {
+            hand(100 + i, true);
+            cell.refresh_update();
+        }
+        let u = cell.updates.borrow().clone();
+        assert!(u.hands_since(start).is_none());
+        assert!(u.hands_since(u.number - 3).is_some());
     }
 }

@@ -391,6 +391,7 @@ pub fn bound_send_buffer(fd: std::os::fd::RawFd, bytes: usize) {
 pub async fn serve_http<S>(
     io: FrontIo<S>,
     router: axum::Router,
+    peer: Option<std::net::SocketAddr>,
     head_timeout: Duration,
     body_timeout: Duration,
 ) -> Option<(S, BytesMut, Instant)>
@@ -404,7 +405,7 @@ where
     let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         let ex = svc_ex.clone();
         ex.started.fetch_add(1, Ordering::AcqRel);
-        let req = req.map(|b| {
+        let mut req = req.map(|b| {
             if hyper::body::Body::is_end_stream(&b) {
                 axum::body::Body::new(b)
             } else {
@@ -414,6 +415,11 @@ where
                 })
             }
         });
+        // The peer's address (`ConnectInfo`), for joins and bans.
+        if let Some(peer) = peer {
+            req.extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
+        }
         let call = router.clone().oneshot(req);
         async move {
             let res = call.await?;

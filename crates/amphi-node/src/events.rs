@@ -87,19 +87,27 @@ fn you(cell: &SpaceCell, claims: &Claims) -> Option<Value> {
 }
 
 /// One client's message: the shared part, its own `you`, and the
-/// reactions of the updates after the last one it was sent.
-fn message(kind: &str, update: &Update, you: Value, reactions_after: u64) -> String {
-    let reactions = json!(update.reactions_since(reactions_after));
-    format!(
-        "{{\"type\":\"{kind}\",\"you\":{you},\"reactions\":{reactions},{}}}",
-        update.shared
-    )
+/// reactions and hand changes of the updates after `after`, the last one
+/// it was sent (`None` for its snapshot: the whole hand queue).
+fn message(kind: &str, update: &Update, you: Value, after: Option<u64>) -> String {
+    let reactions = json!(update.reactions_since(after.unwrap_or(update.number)));
+    match after.and_then(|a| update.hands_since(a)) {
+        Some(hands) => format!(
+            "{{\"type\":\"{kind}\",\"you\":{you},\"reactions\":{reactions},\"hands\":{hands},{}}}",
+            update.shared
+        ),
+        None => format!(
+            "{{\"type\":\"{kind}\",\"you\":{you},\"reactions\":{reactions},{}}}",
+            update.full
+        ),
+    }
 }
 
 async fn client(app: Arc<App>, cell: Arc<SpaceCell>, claims: Claims, mut socket: WebSocket) {
     app.metrics.events_clients.inc();
     {
         let mut inner = cell.inner.lock();
+        inner.note_net(&claims);
         let e = inner
             .presence
             .entry(claims.pid)
@@ -126,10 +134,11 @@ async fn client(app: Arc<App>, cell: Arc<SpaceCell>, claims: Claims, mut socket:
             break;
         };
         let kind = if first { "snapshot" } else { "update" };
+        let after = (!first).then_some(reported);
         first = false;
         if !send(
             &mut socket,
-            Message::Text(message(kind, &update, you, reported).into()),
+            Message::Text(message(kind, &update, you, after).into()),
         )
         .await
         {

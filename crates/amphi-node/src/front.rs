@@ -151,7 +151,8 @@ async fn connection(stream: TcpStream, app: Arc<App>, router: Router, tls: Optio
         return tls_connection(stream, app, router, tls, deadline).await;
     }
     let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
-    http(stream, fd, app, router, deadline).await;
+    let peer = stream.peer_addr().ok();
+    http(stream, fd, peer, app, router, deadline).await;
 }
 
 /// Whether a request line asks for a listener stream.
@@ -167,6 +168,7 @@ fn is_listener(head: &[u8]) -> Option<bool> {
 async fn http<S>(
     stream: S,
     fd: std::os::fd::RawFd,
+    peer: Option<std::net::SocketAddr>,
     app: Arc<App>,
     router: Router,
     deadline: Instant,
@@ -176,7 +178,7 @@ async fn http<S>(
     let mut io = FrontIo::new(stream, fd, deadline, HEAD_TIMEOUT, Some(is_listener));
     let handed = match io.first().await {
         Ok(Some(true)) => io.into_parts(),
-        Ok(Some(false)) => serve_http(io, router, HEAD_TIMEOUT, BODY_TIMEOUT).await,
+        Ok(Some(false)) => serve_http(io, router, peer, HEAD_TIMEOUT, BODY_TIMEOUT).await,
         Ok(None) | Err(_) => None,
     };
     if let Some((stream, head, deadline)) = handed {
@@ -246,7 +248,8 @@ async fn tls_connection(
         return;
     }
     let fd = std::os::fd::AsRawFd::as_raw_fd(stream.get_ref().0);
-    http(stream, fd, app, router, deadline).await;
+    let peer = stream.get_ref().0.peer_addr().ok();
+    http(stream, fd, peer, app, router, deadline).await;
 }
 
 /// The TLS handshake of a connection that sent a ClientHello, admitted

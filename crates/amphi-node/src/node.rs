@@ -126,6 +126,19 @@ pub struct Config {
     /// a ban then follows the identity.
     #[arg(long, env = "AMPHI_IDENTITY_KEY", hide_env_values = true)]
     pub identity_key: Option<String>,
+    /// Lifetime of participant tokens, in seconds, counted from the later
+    /// of now and the space's scheduled start (so a host's token still
+    /// works when a far-off space starts); `POST .../token` re-issues one.
+    #[arg(long, env = "AMPHI_TOKEN_TTL", default_value_t = crate::app::TOKEN_TTL_S)]
+    pub token_ttl: u64,
+    /// Joins and raised hands one network (an IPv4 address, an IPv6 /64)
+    /// may send per second, over all spaces (burst: three times that).
+    #[arg(long, env = "AMPHI_JOIN_RATE_PER_IP", default_value_t = 10.0)]
+    pub join_rate_per_ip: f64,
+    /// Hands one space takes per second, from everyone (burst: five times
+    /// that); its queue holds at most 500.
+    #[arg(long, env = "AMPHI_HAND_RATE_PER_SPACE", default_value_t = 20.0)]
+    pub hand_rate_per_space: f64,
     /// HTTPS (and wss) on the --http address with this PEM certificate
     /// chain (leaf first); a changed file is picked up within 2 s without
     /// dropping connected listeners. Needs --tls-key.
@@ -360,6 +373,14 @@ impl Node {
             metrics,
             handshakes,
         } = self;
+        // A file size limit (RLIMIT_FSIZE) or a file that cannot grow is a
+        // write error the store answers with 507, not a signal that kills
+        // every room the node serves.
+        // SAFETY: setting a signal's disposition to SIG_IGN has no handler
+        // to race with.
+        unsafe {
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+        }
         rt.block_on(async move {
             if let Some((l, r)) = metrics {
                 tokio::spawn(async move {
@@ -565,6 +586,10 @@ async fn load(
             .identity_key
             .as_deref()
             .map(|k| TokenKey::derive(k.as_bytes())),
+        token_ttl_s: args.token_ttl.max(1),
+        net_limiter: KeyedLimiter::new(args.join_rate_per_ip, args.join_rate_per_ip * 3.0),
+        hand_limiter: KeyedLimiter::new(args.hand_rate_per_space, args.hand_rate_per_space * 5.0),
+        offer_limits: crate::admission::OfferLimits::new(),
         started: Instant::now(),
         acme_http01: RwLock::new(Default::default()),
         cert_pending: RwLock::new(None),

@@ -160,6 +160,14 @@ pub const ENDPOINTS: &[Endpoint] = &[
         "React with an emoji (rate limited, aggregated)"
     ),
     ep!(
+        "post",
+        "/api/v1/spaces/{id}/token",
+        "participant",
+        None,
+        200,
+        "A fresh token: the bearer's own, or the host's with the admin token"
+    ),
+    ep!(
         "get",
         "/api/v1/spaces/{id}/events",
         "participant",
@@ -203,11 +211,13 @@ fn schemas() -> Value {
             "scheduled_for": {"type": "string", "format": "date-time"},
             "max_stage": {"type": "integer", "minimum": 1, "maximum": 50},
             "record": {"type": "boolean"}, "public": {"type": "boolean"},
-            "host_name": {"type": "string", "maxLength": 64}}},
+            "host_name": {"type": "string", "maxLength": 64},
+            "require_identity": {"type": "boolean", "description": "joins need an identity token; a ban follows the identity"}}},
         "Join": {"type": "object", "required": ["name"], "properties": {
             "name": {"type": "string", "minLength": 1, "maxLength": 64},
             "identity": {"type": "string", "description": "identity token from the operator's app"}}},
-        "Remove": {"type": "object", "properties": {"ban": {"type": "boolean"}}},
+        "Remove": {"type": "object", "properties": {"ban": {"type": "boolean"},
+            "hold_address": {"type": "boolean", "description": "with ban, in a space without identities: also refuse joins from the participant's network (default true)"}}},
         "React": {"type": "object", "required": ["emoji"], "properties": {"emoji": {"type": "string", "maxLength": 16}}},
         "Error": {"type": "object", "properties": {"error": {"type": "object", "properties": {
             "code": {"type": "string"}, "message": {"type": "string"}}}}},

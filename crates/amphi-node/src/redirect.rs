@@ -40,9 +40,10 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, https_port: u16) {
             let _guard = guard;
             // The front door's deadlines: one per head, one per body.
             let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
+            let peer = stream.peer_addr().ok();
             let deadline = std::time::Instant::now() + HEAD_TIMEOUT;
             let io = FrontIo::new(stream, fd, deadline, HEAD_TIMEOUT, None);
-            serve_http(io, router, HEAD_TIMEOUT, BODY_TIMEOUT).await;
+            serve_http(io, router, peer, HEAD_TIMEOUT, BODY_TIMEOUT).await;
         });
     }
 }

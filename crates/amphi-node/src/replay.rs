@@ -11,13 +11,15 @@ use axum::routing::get;
 use bytes::Bytes;
 
 use amphi_core::SpaceId;
-use amphi_core::room::SpaceState;
+use amphi_core::room::{Listener, SpaceState};
+use amphi_core::token::MediaClaims;
 use amphi_hls::playlist::{Ready, parse_blocking_query, parse_media_name, wants_skip};
 use amphi_hls::{PartLookup, Resource, cache_control, content_type_for, fmp4};
 
 use crate::app::{App, SpaceCell};
 use crate::error::ApiError;
 use crate::media::LiveMedia;
+use crate::timefmt::now_s;
 
 /// Longest a blocking playlist request waits for its part.
 const BLOCK_LIMIT: Duration = Duration::from_secs(3);
@@ -36,6 +38,10 @@ pub async fn replay_elsewhere(
     next: axum::middleware::Next,
 ) -> Response {
     let path = req.uri().path().to_owned();
+    let path_and_query = req
+        .uri()
+        .path_and_query()
+        .map_or(path.clone(), |p| p.as_str().to_owned());
     let id = path
         .strip_prefix("/spaces/")
         .and_then(|r| r.split('/').next())
@@ -51,7 +57,7 @@ pub async fn replay_elsewhere(
             && record
             && let Some(base) = app.members.replay_at(cell.id)
             && !replay_stored(&app, cell.id).await
-            && let Ok(v) = HeaderValue::from_str(&format!("{base}{path}"))
+            && let Ok(v) = HeaderValue::from_str(&format!("{base}{path_and_query}"))
         {
             let mut res = StatusCode::TEMPORARY_REDIRECT.into_response();
             res.headers_mut().insert(header::LOCATION, v);
@@ -76,6 +82,77 @@ fn cell(app: &App, id: &str) -> Result<Arc<SpaceCell>, ApiError> {
         .parse()
         .map_err(|_| ApiError::not_found("no such space"))?;
     app.space(id)
+}
+
+/// Which output of a space a request is for, as far as who may hear it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Output {
+    /// The live HLS playlist: a participant's token.
+    LivePlaylist,
+    /// The replay playlist and the recording: a participant's token.
+    Replay,
+    /// A media object (init, part, segment, replay segment): a token or
+    /// the space's media key `?t=` that the playlist put on its URI.
+    Media,
+}
+
+/// Checks that a request may hear `cell`'s `output`. A public space is
+/// open to anyone (`Ok(None)`); a private one needs a participant token
+/// (`Authorization: Bearer` or `?token=`), or for media objects the space's
+/// media key (`?t=`). For a private space the answer is the query to put
+/// on the URIs of a playlist (`t=<the current media key>`).
+fn authorize(
+    app: &App,
+    cell: &SpaceCell,
+    headers: &HeaderMap,
+    query: Option<&str>,
+    output: Output,
+) -> Result<Option<String>, ApiError> {
+    if cell.inner.lock().space.public {
+        return Ok(None);
+    }
+    let param = |name: &str| {
+        query?
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+    };
+    let now = now_s();
+    let key = || {
+        let claims = MediaClaims::current(cell.id, now);
+        format!("t={}", app.token_key.sign(&claims))
+    };
+    if output == Output::Media
+        && let Some(t) = param("t")
+    {
+        let claims: MediaClaims = app.token_key.verify(t, now)?;
+        if claims.media != cell.id {
+            return Err(amphi_core::token::TokenError::WrongSpace.into());
+        }
+        return Ok(Some(key()));
+    }
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .or_else(|| param("token"));
+    let who = match token {
+        None => Listener::Anonymous,
+        Some(t) => match app.verify(cell.id, t) {
+            Ok(c) => Listener::Participant(c.pid),
+            Err(e) => return Err(e),
+        },
+    };
+    {
+        let inner = cell.inner.lock();
+        let s = &inner.space;
+        match output {
+            Output::Media if s.state == SpaceState::Ended => s.may_replay(who)?,
+            Output::LivePlaylist | Output::Media => s.may_listen(who)?,
+            Output::Replay => s.may_replay(who)?,
+        }
+    }
+    Ok(Some(key()))
 }
 
 fn body(kind: Resource, data: impl Into<axum::body::Body>) -> Response {
@@ -114,8 +191,9 @@ async fn live_playlist(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
     RawQuery(q): RawQuery,
+    headers: HeaderMap,
 ) -> Response {
-    live_playlist_inner(app, id, q)
+    live_playlist_inner(app, id, q, headers)
         .await
         .unwrap_or_else(live_error)
 }
@@ -126,8 +204,10 @@ async fn live_playlist_inner(
     app: Arc<App>,
     id: String,
     q: Option<String>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let cell = cell(&app, &id)?;
+    let sign = authorize(&app, &cell, &headers, q.as_deref(), Output::LivePlaylist)?;
     app.members.attach(cell.id).await;
     let live = cell
         .live
@@ -174,19 +254,44 @@ async fn live_playlist_inner(
             hls.live_playlist()
         }
     };
-    Ok(body(Resource::LivePlaylist, text))
+    Ok(match sign {
+        None => body(Resource::LivePlaylist, text),
+        Some(q) => private(body(
+            Resource::LivePlaylist,
+            amphi_hls::playlist::with_query(&String::from_utf8_lossy(&text), &q),
+        )),
+    })
 }
 
-async fn init(State(app): State<Arc<App>>, Path(id): Path<String>) -> Result<Response, ApiError> {
-    cell(&app, &id)?;
+/// A private space's playlist names its viewer's key: shared caches must
+/// not keep it past the key's window (the media objects stay cacheable:
+/// their URIs carry the key).
+fn private(mut res: Response) -> Response {
+    res.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, no-store"),
+    );
+    res
+}
+
+async fn init(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let cell = cell(&app, &id)?;
+    authorize(&app, &cell, &headers, q.as_deref(), Output::Media)?;
     Ok(body(Resource::Media, fmp4::init_segment()))
 }
 
 async fn live_media(
     State(app): State<Arc<App>>,
     Path((id, name)): Path<(String, String)>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
 ) -> Response {
-    live_media_inner(app, id, name)
+    live_media_inner(app, id, name, q, headers)
         .await
         .unwrap_or_else(live_error)
 }
@@ -194,8 +299,15 @@ async fn live_media(
 /// A live part or segment. The part the preload hint names (or the one
 /// after it) is held until it is published, at most [`PRELOAD_LIMIT`];
 /// anything else that does not exist is a 404 at once.
-async fn live_media_inner(app: Arc<App>, id: String, name: String) -> Result<Response, ApiError> {
+async fn live_media_inner(
+    app: Arc<App>,
+    id: String,
+    name: String,
+    q: Option<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let cell = cell(&app, &id)?;
+    authorize(&app, &cell, &headers, q.as_deref(), Output::Media)?;
     let (msn, part) =
         parse_media_name(&name).ok_or_else(|| ApiError::not_found("no such HLS resource"))?;
     app.members.attach(cell.id).await;
@@ -294,18 +406,30 @@ async fn from_storage<T: Send + 'static>(
 async fn replay_playlist(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let cell = cell(&app, &id)?;
+    let sign = authorize(&app, &cell, &headers, q.as_deref(), Output::Replay)?;
     replay_ready(&app, &cell).await?;
     let data = replay_object(&app, cell.id, "hls/replay.m3u8").await?;
-    Ok(body(Resource::VodPlaylist, data))
+    Ok(match sign {
+        None => body(Resource::VodPlaylist, data),
+        Some(q) => private(body(
+            Resource::VodPlaylist,
+            amphi_hls::playlist::with_query(&String::from_utf8_lossy(&data), &q),
+        )),
+    })
 }
 
 async fn replay_media(
     State(app): State<Arc<App>>,
     Path((id, name)): Path<(String, String)>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let cell = cell(&app, &id)?;
+    authorize(&app, &cell, &headers, q.as_deref(), Output::Media)?;
     replay_ready(&app, &cell).await?;
     let (msn, None) =
         parse_media_name(&name).ok_or_else(|| ApiError::not_found("no such HLS resource"))?
@@ -388,9 +512,11 @@ fn range_not_satisfiable(len: u64) -> Response {
 async fn recording(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
+    RawQuery(q): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let cell = cell(&app, &id)?;
+    authorize(&app, &cell, &headers, q.as_deref(), Output::Replay)?;
     replay_ready(&app, &cell).await?;
     // A Range request reads only its bytes from the store (a ranged GET on
     // S3); its bounds are checked against the object's size first.

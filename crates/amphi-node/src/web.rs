@@ -1,8 +1,15 @@
 //! The web app, embedded in the binary: `/`, `/s/{id}` and `/assets/*`.
+//!
+//! Every response carries a Content-Security-Policy that allows only the
+//! app's own scripts, styles and connections (no inline script, no `eval`),
+//! and forbids framing (`frame-ancestors 'none'` and `X-Frame-Options:
+//! DENY`), so the host's buttons cannot be clickjacked. The one page meant
+//! to be framed, the embeddable player (`/embed/{id}`), is served with
+//! [`Framing::Anyone`].
 
 use axum::Router;
 use axum::extract::Path;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use include_dir::{Dir, include_dir};
@@ -14,15 +21,69 @@ static WEB: Dir<'_> = include_dir!("$CARGO_MANIFEST_DIR/../../web");
 /// Routes of the web app.
 pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
-        .route("/", get(|| async { file("index.html") }))
+        .route("/", get(|| async { file("index.html", Framing::Deny) }))
         .route(
             "/s/{id}",
-            get(|Path(_id): Path<String>| async { file("space.html") }),
+            get(|Path(_id): Path<String>| async { file("space.html", Framing::Deny) }),
         )
         .route(
             "/assets/{*path}",
-            get(|Path(path): Path<String>| async move { file(&path) }),
+            get(|Path(path): Path<String>| async move { file(&path, Framing::Deny) }),
         )
+}
+
+/// Who may put a page in a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No one: every page with controls (the lobby, a space's page).
+    Deny,
+    /// Any site: only the embeddable player, which has no moderation
+    /// controls to clickjack (its route, `/embed/{id}`, is still to come).
+    #[allow(dead_code)]
+    Anyone,
+}
+
+/// The policy of every page, with its `frame-ancestors`: the app's own
+/// origin only. `connect-src 'self'` covers the same-origin `ws:`/`wss:` of
+/// the events channel and `live.ws`; `media-src 'self'` the `<audio>` of
+/// the outputs and replays.
+macro_rules! csp {
+    ($ancestors:literal) => {
+        concat!(
+            "default-src 'self'; script-src 'self'; style-src 'self'; ",
+            "img-src 'self' data:; media-src 'self'; connect-src 'self'; font-src 'self'; ",
+            "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors ",
+            $ancestors
+        )
+    };
+}
+
+/// The security headers of a page framed as `framing` allows.
+pub fn security_headers(framing: Framing) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    let csp = match framing {
+        Framing::Deny => {
+            // And for browsers that predate `frame-ancestors`:
+            h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+            csp!("'none'")
+        }
+        Framing::Anyone => csp!("*"),
+    };
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(csp),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    // Tokens ride in `?token=` where a header cannot be set: never send them
+    // to another origin in a Referer.
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
+    h
 }
 
 fn content_type(path: &str) -> &'static str {
@@ -38,13 +99,14 @@ fn content_type(path: &str) -> &'static str {
     }
 }
 
-fn file(path: &str) -> Response {
+fn file(path: &str, framing: Framing) -> Response {
     if path.contains("..") {
         return ApiError::not_found("no such file").into_response();
     }
     match WEB.get_file(path) {
         Some(f) => (
             StatusCode::OK,
+            security_headers(framing),
             [
                 (header::CONTENT_TYPE, content_type(path)),
                 (header::CACHE_CONTROL, "no-cache"),

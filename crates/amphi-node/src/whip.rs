@@ -2,11 +2,13 @@
 //! resource out; `DELETE` on the resource ends it. CORS so a browser on
 //! another origin can publish.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::Router;
 use axum::body::Bytes as BodyBytes;
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, post};
@@ -14,6 +16,7 @@ use axum::routing::{delete, post};
 use amphi_core::{ParticipantId, SpaceId};
 use amphi_rtc::{RtcError, SessionId, SessionRequest};
 
+use crate::admission::OfferRefusal;
 use crate::app::App;
 use crate::auth::Token;
 use crate::error::ApiError;
@@ -96,9 +99,12 @@ async fn whip_post(
     Path(id): Path<String>,
     headers: HeaderMap,
     token: Option<Token>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     body: BodyBytes,
 ) -> Response {
-    with_cors(whip_publish(app, id, headers, token, body).await)
+    let net =
+        peer.map(|Extension(ConnectInfo(a))| crate::app::net_key(&crate::app::network_of(a.ip())));
+    with_cors(whip_publish(app, id, headers, token, net, body).await)
 }
 
 async fn whip_publish(
@@ -106,8 +112,13 @@ async fn whip_publish(
     id: String,
     headers: HeaderMap,
     token: Option<Token>,
+    net: Option<u64>,
     body: BodyBytes,
 ) -> Result<Response, ApiError> {
+    // A flood is refused before any work: its network's bucket first.
+    if app.offer_limits.check_network(net).is_err() {
+        return Err(ApiError::rate_limited(1));
+    }
     let id: SpaceId = id
         .parse()
         .map_err(|_| ApiError::not_found("no such space"))?;
@@ -126,6 +137,17 @@ async fn whip_publish(
         ));
     }
     cell.inner.lock().space.may_publish(claims.pid)?;
+    match app.offer_limits.check_participant(claims.pid.0) {
+        Ok(()) => {}
+        // Counted with every answer, by route and status.
+        Err(OfferRefusal::TooFast) => return Err(ApiError::rate_limited(1)),
+        Err(OfferRefusal::NodeBusy) => {
+            return Err(ApiError::unavailable(
+                "the node takes no more WHIP offers this second",
+                1,
+            ));
+        }
+    }
     let offer = String::from_utf8(body.to_vec())
         .map_err(|_| ApiError::bad_request("the SDP offer is not UTF-8"))?;
     let gate = cell.gate(claims.pid);

@@ -6,7 +6,7 @@
 //! its transmits and forwards its events. Every decision (routing, the
 //! gate, timeouts) is the ingest's; this file only moves bytes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
@@ -27,6 +27,17 @@ const MAX_WAIT: Duration = Duration::from_millis(5);
 const MIN_WAIT: Duration = Duration::from_millis(1);
 /// Datagrams read per wake-up before the loop looks at timers again.
 const UDP_BATCH: usize = 64;
+/// Commands taken per turn of the loop, so a burst of them never keeps
+/// the socket waiting.
+const COMMAND_BATCH: usize = 256;
+/// Sessions created per turn of the loop: creating one (a DTLS identity,
+/// SDP) costs far more than a datagram, so a flood of offers is spread over
+/// turns that each drain the socket first.
+const CREATE_BATCH: usize = 2;
+/// Receive buffer asked of the kernel for the RTC socket: room for ~0.5 s
+/// of every speaker's packets if the thread is held up (set with
+/// SO_RCVBUFFORCE where allowed, else capped by `net.core.rmem_max`).
+const UDP_RCVBUF: libc::c_int = 4 << 20;
 /// An ICE-TCP connection that brings nothing for this long is closed
 /// (a live peer's consent checks come every few seconds).
 const TCP_IDLE: Duration = Duration::from_secs(20);
@@ -59,6 +70,7 @@ impl RtcEngine {
     pub fn start(cfg: RtcConfig) -> Result<(RtcEngine, Receiver<RtcEvent>), RtcError> {
         let socket = UdpSocket::bind(cfg.bind)?;
         socket.set_nonblocking(true)?;
+        set_rcvbuf(&socket, UDP_RCVBUF);
         let local = socket.local_addr()?;
         let advertise = |local: SocketAddr| match cfg.advertise_ip {
             Some(ip) => SocketAddr::new(ip, local.port()),
@@ -110,6 +122,7 @@ impl RtcEngine {
                 max_conns,
             }),
             rx,
+            deferred: VecDeque::new(),
             events: ev_tx,
             ingest,
         };
@@ -157,6 +170,8 @@ struct Thread {
     advertised: SocketAddr,
     tcp: Option<Tcp>,
     rx: Receiver<Cmd>,
+    /// Creates taken from `rx` beyond a turn's [`CREATE_BATCH`], in order.
+    deferred: VecDeque<Cmd>,
     events: Sender<RtcEvent>,
     ingest: Ingest,
 }
@@ -182,19 +197,58 @@ struct Conn {
     unrouted_since: Option<Instant>,
 }
 
+/// Asks for a receive buffer of `bytes` on `socket`: forced past
+/// `net.core.rmem_max` if the process may (CAP_NET_ADMIN), else as much as
+/// the limit allows. Best effort: the default still works.
+fn set_rcvbuf(socket: &UdpSocket, bytes: libc::c_int) {
+    let set = |opt: libc::c_int| {
+        // SAFETY: a valid socket descriptor we own and a c_int option value
+        // of the size given.
+        unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                (&bytes as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        }
+    };
+    if set(libc::SO_RCVBUFFORCE) != 0 {
+        set(libc::SO_RCVBUF);
+    }
+}
+
 impl Thread {
     fn run(&mut self) {
         let mut buf = vec![0u8; 2048];
         let mut fds: Vec<libc::pollfd> = Vec::new();
         let mut peers: Vec<SocketAddr> = Vec::new();
         loop {
-            while let Ok(cmd) = self.rx.try_recv() {
-                if matches!(cmd, Cmd::Shutdown) {
-                    self.ingest.shutdown();
-                    self.flush();
-                    return;
-                }
+            // What arrived first: the socket, then the commands.
+            self.read_udp(&mut buf);
+            let mut creates = 0;
+            while creates < CREATE_BATCH
+                && let Some(cmd) = self.deferred.pop_front()
+            {
+                creates += 1;
                 self.command(cmd);
+            }
+            for _ in 0..COMMAND_BATCH {
+                let Ok(cmd) = self.rx.try_recv() else { break };
+                match cmd {
+                    Cmd::Shutdown => {
+                        self.ingest.shutdown();
+                        self.flush();
+                        return;
+                    }
+                    Cmd::Create { .. } if creates >= CREATE_BATCH => self.deferred.push_back(cmd),
+                    Cmd::Create { .. } => {
+                        creates += 1;
+                        self.command(cmd);
+                    }
+                    other => self.command(other),
+                }
             }
             let now = Instant::now();
             self.ingest.handle_timeout(now);
@@ -205,6 +259,11 @@ impl Thread {
                 .poll_timeout()
                 .map_or(MAX_WAIT, |t| t.saturating_duration_since(Instant::now()))
                 .clamp(MIN_WAIT, MAX_WAIT);
+            let wait = if self.deferred.is_empty() {
+                wait
+            } else {
+                MIN_WAIT
+            };
             self.fill_pollfds(&mut fds, &mut peers);
             // SAFETY: `fds` is a valid, initialised array of pollfd of the
             // given length, alive for the call.
@@ -265,6 +324,8 @@ impl Thread {
         }
     }
 
+    /// Reads up to [`UDP_BATCH`] datagrams (the poll after it comes back
+    /// at once if more are queued).
     fn read_udp(&mut self, buf: &mut [u8]) {
         for _ in 0..UDP_BATCH {
             match self.socket.recv_from(buf) {

@@ -40,6 +40,12 @@ use crate::{RtcError, RtcEvent, RtcStats, SessionId, SessionInfo, SessionRequest
 
 /// Most remote addresses remembered per session (ICE may try a few).
 const MAX_SOURCES: usize = 8;
+/// Datagrams one session takes per second, from all its sources: a
+/// speaker sends about 55 (audio, RTCP, consent checks); past this the
+/// rest of the second is dropped before str0m sees it, so a flood aimed at
+/// one session (its address spoofed, or a broken peer) costs the thread a
+/// lookup per datagram, not a decryption.
+pub const MAX_DATAGRAMS_PER_SESSION_S: u32 = 500;
 /// Timer entries per session (live and stale) before the heap is rebuilt.
 const MAX_TIMERS_PER_SESSION: usize = 16;
 
@@ -134,6 +140,9 @@ struct Session {
     queued: bool,
     /// Remote addresses routed to this session.
     sources: Vec<(Transport, SocketAddr)>,
+    /// The start of the current one-second budget window and the
+    /// datagrams taken in it.
+    window: (Instant, u32),
 }
 
 /// The ingest state machine. See the module documentation.
@@ -265,6 +274,7 @@ impl Ingest {
                 timeout: None,
                 queued: false,
                 sources: Vec::new(),
+                window: (now, 0),
             },
         );
         self.mark_ready(id);
@@ -382,6 +392,14 @@ impl Ingest {
             self.garbage();
             return false;
         };
+        if now.saturating_duration_since(s.window.0) >= Duration::from_secs(1) {
+            s.window = (now, 0);
+        }
+        if s.window.1 >= MAX_DATAGRAMS_PER_SESSION_S {
+            self.garbage();
+            return false;
+        }
+        s.window.1 += 1;
         let input = Input::Receive(
             now,
             Receive {

@@ -48,13 +48,18 @@ pub struct RtcConfig {
     pub max_sessions: usize,
 }
 
+/// A session that has not completed ICE and DTLS after this many seconds
+/// is closed: a browser on a working path connects in 1–2 s, and an offer
+/// flood's half-made sessions must not pile up for long.
+pub const DEFAULT_CONNECT_TIMEOUT_S: u64 = 8;
+
 impl Default for RtcConfig {
     fn default() -> Self {
         RtcConfig {
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
             ice_tcp: IceTcp::Off,
             advertise_ip: None,
-            connect_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(DEFAULT_CONNECT_TIMEOUT_S),
             max_sessions: 500,
         }
     }

@@ -436,6 +436,35 @@ fn unknown_sources_and_ufrags_are_garbage() {
 }
 
 #[test]
+fn a_flood_at_one_session_is_cut_at_its_budget() {
+    let mut sim = Sim::new(config(SERVER, false), vec![]);
+    let c = sim.connect_client(client_addr(2, 5000), true);
+    sim.run_until_connected();
+    let (id, from) = (sim.clients[c].session, sim.clients[c].addr);
+    // RTP-looking datagrams from the session's own source, all at once.
+    let mut junk = vec![0u8; 100];
+    junk[0] = 0x80;
+    junk[1] = 111;
+    let garbage = sim.stats().garbage_datagrams.load(Ordering::Relaxed);
+    let taken = (0..5000)
+        .filter(|_| {
+            sim.ingest
+                .handle_datagram(sim.now, Transport::Udp, from, SERVER, &junk)
+        })
+        .count() as u32;
+    assert!(taken <= super::MAX_DATAGRAMS_PER_SESSION_S, "{taken} taken");
+    assert!(
+        sim.stats().garbage_datagrams.load(Ordering::Relaxed) - garbage
+            >= u64::from(5000 - super::MAX_DATAGRAMS_PER_SESSION_S)
+    );
+    // The next second, the speaker is heard again.
+    sim.run_for(Duration::from_millis(1100));
+    assert_eq!(sim.ingest.len(), 1);
+    sim.speak(5);
+    assert!(!sim.audio_of(id).is_empty(), "the session lost its audio");
+}
+
+#[test]
 fn a_session_that_never_completes_ice_is_reaped_at_the_connect_timeout() {
     let mut sim = Sim::new(config(SERVER, false), vec![]);
     let c = sim.connect_client(client_addr(2, 5000), true);
