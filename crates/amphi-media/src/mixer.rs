@@ -26,6 +26,9 @@ pub struct MixerConfig {
     pub return_bitrate: i32,
     /// Per-speaker jitter buffer.
     pub jitter: JitterConfig,
+    /// Whether a lone voice is passed through and silence costs nothing
+    /// (`false`: every frame is decoded, mixed and encoded, as before).
+    pub pass_through: bool,
 }
 
 impl Default for MixerConfig {
@@ -42,6 +45,7 @@ impl Default for MixerConfig {
                 min_frames: 2,
                 ..JitterConfig::default()
             },
+            pass_through: true,
         }
     }
 }
@@ -433,7 +437,7 @@ impl Mixer {
     /// the switch keeps the listener's audio continuous.
     pub fn tick(&mut self, captured_at_us: u64) -> Tick {
         self.levels.clear();
-        let direct = if self.mode == Mode::Mix {
+        let direct = if self.mode == Mode::Mix || !self.cfg.pass_through {
             None
         } else {
             self.direct()
@@ -768,7 +772,7 @@ impl Mixer {
             // for the switch to pass-through.
             self.encoder.hold_config(p.first().map(|t| t >> 3));
         }
-        if self.quiet_ticks >= HANGOVER_TICKS {
+        if self.quiet_ticks >= HANGOVER_TICKS && self.cfg.pass_through {
             self.leave_mix(voice, opus.first().map(|t| t >> 3));
         }
         (opus, program_level)
