@@ -77,9 +77,6 @@ fn a_speakers_tone_is_the_programs_tone() {
     let st = sim.program.stats();
     assert!(st.mixed_frames <= 5, "{st:?}");
     assert!(st.encodes <= st.mixed_frames + 2 * st.switches, "{st:?}");
-    assert_eq!(
-        st.passed_frames + st.silent_frames + st.mixed_frames,
-        150
-    );
+    assert_eq!(st.passed_frames + st.silent_frames + st.mixed_frames, 150);
     assert!(st.passed_frames >= 140, "{st:?}");
 }
