@@ -157,7 +157,7 @@ pub const HANGOVER_TICKS: u32 = 10;
 const RECENT: usize = 3;
 /// A passed-through speaker's level is measured (two decodes) once every
 /// so many ticks, for the talking events.
-const LEVEL_EVERY: u32 = 10;
+const LEVEL_EVERY: u32 = 25;
 /// Ticks with nothing from the passed-through speaker before another may
 /// take their place.
 const LONE_IDLE_TICKS: u32 = 10;

@@ -229,6 +229,12 @@ struct MediaStats {
     remote_dropped: AtomicU64,
     /// Remote frames not queued to the media thread (its queue was full).
     remote_queue_full: AtomicU64,
+    /// Frames made by each mode: mixed, passed through, silence.
+    mixed_frames: AtomicU64,
+    passed_frames: AtomicU64,
+    silent_frames: AtomicU64,
+    /// Switches into mixing.
+    switches: AtomicU64,
 }
 
 /// Handle to the media plane.
@@ -475,6 +481,23 @@ impl MediaPlane {
             "Program frames produced (all spaces).",
             l(&s.frames),
         );
+        let modes = [
+            ("mode=\"mix\"".to_owned(), l(&s.mixed_frames) as f64),
+            ("mode=\"pass\"".to_owned(), l(&s.passed_frames) as f64),
+            ("mode=\"silence\"".to_owned(), l(&s.silent_frames) as f64),
+        ];
+        crate::metrics::counter_family(
+            out,
+            "amphi_program_ticks_total",
+            "Program frames by how they were made: mix (decoded, mixed, encoded), pass (a lone voice's packet as it came), silence (the shared silence frame).",
+            &modes,
+        );
+        counter(
+            out,
+            "amphi_program_mix_switches_total",
+            "Times a space's program went from pass-through or silence to mixing.",
+            l(&s.switches),
+        );
         counter(
             out,
             "amphi_mixer_late_ticks_total",
@@ -663,6 +686,10 @@ impl MixThread {
             .store(p.sessions_replaced, Ordering::Relaxed);
         s.remote_frames.store(p.remote_frames, Ordering::Relaxed);
         s.remote_dropped.store(p.remote_dropped, Ordering::Relaxed);
+        s.mixed_frames.store(p.mixed_frames, Ordering::Relaxed);
+        s.passed_frames.store(p.passed_frames, Ordering::Relaxed);
+        s.silent_frames.store(p.silent_frames, Ordering::Relaxed);
+        s.switches.store(p.switches, Ordering::Relaxed);
         if p.ticks >= self.stats_at + 50 {
             self.stats_at = p.ticks;
             *self.speaker_stats.lock() = self.program.speaker_stats();
