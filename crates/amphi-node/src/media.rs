@@ -53,6 +53,8 @@ pub struct MediaConfig {
     pub rtc_bind: SocketAddr,
     pub advertise_ip: Option<IpAddr>,
     pub bitrate: i32,
+    /// Lone voices passed through, silence free (see `Config`).
+    pub pass_through: bool,
     pub ogg_frames_per_page: usize,
     pub ws_frames_per_message: usize,
     pub egress: Arc<Egress>,
@@ -266,6 +268,7 @@ impl MediaPlane {
             ice_tcp: cfg.ice_tcp_port.map_or(amphi_rtc::IceTcp::Off, |port| {
                 amphi_rtc::IceTcp::Adopted { port }
             }),
+            speaker_max_bitrate: u32::try_from(cfg.bitrate).unwrap_or(32_000),
             ..RtcConfig::default()
         })?;
         let rtc = engine.handle();
@@ -279,6 +282,7 @@ impl MediaPlane {
             ProgramConfig {
                 mixer: MixerConfig {
                     bitrate: cfg.bitrate,
+                    pass_through: cfg.pass_through,
                     ..MixerConfig::default()
                 },
                 cut: cfg.cut(),
