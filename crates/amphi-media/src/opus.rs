@@ -417,6 +417,27 @@ mod tests {
     }
 
     #[test]
+    fn only_mono_single_20ms_packets_within_the_size_pass() {
+        let mut enc = Encoder::new(32_000).unwrap();
+        let p = enc.encode(&sine(440.0, 0.5, 0)).unwrap();
+        assert!(passable(&p, 240));
+        assert!(!passable(&p, p.len() - 1), "too large");
+        let mut stereo = p.to_vec();
+        stereo[0] |= 0x4;
+        assert!(!passable(&stereo, 240), "stereo");
+        let tone: Vec<f32> = (0..2880).map(|i| (i as f32 * 0.05).sin() * 0.5).collect();
+        for samples in [480usize, 1920, 2880] {
+            let p = enc.encode_samples(&tone[..samples]).unwrap();
+            assert!(!passable(&p, 1275), "{samples} samples");
+        }
+        // Two 10 ms frames in one packet (code 1) make 20 ms but not one
+        // frame: mixed.
+        assert!(!passable(&[(18 << 3) | 1, 0, 0], 240));
+        assert!(!passable(&[], 240));
+        assert!(is_dtx(&[0xf8]) && !is_dtx(&p));
+    }
+
+    #[test]
     fn a_reset_decoder_forgets_the_previous_signal() {
         let mut enc = Encoder::new(32_000).unwrap();
         let mut dec = Decoder::new().unwrap();
