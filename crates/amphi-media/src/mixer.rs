@@ -215,7 +215,9 @@ impl Speaker {
 /// The mixer of one space.
 pub struct Mixer {
     cfg: MixerConfig,
-    encoder: Encoder,
+    /// The program encoder, made at the first mix (a space that only ever
+    /// passes one voice through, or is silent, never holds one).
+    encoder: Option<Encoder>,
     limiter: Limiter,
     speakers: BTreeMap<ParticipantId, Speaker>,
     seq: u64,
@@ -273,10 +275,16 @@ impl Mixer {
         // Fail early on a bad return bitrate rather than at the first
         // speaker who asks for one.
         drop(Encoder::new(cfg.return_bitrate)?);
-        let silence = Encoder::new(cfg.bitrate)?.encode(&[0.0; FRAME])?;
-        let encoder = Encoder::new(cfg.bitrate)?;
+        let mut first = Encoder::new(cfg.bitrate)?;
+        let lookahead = first.lookahead();
+        let silence = first.encode(&[0.0; FRAME])?;
+        let encoder = if cfg.pass_through {
+            None
+        } else {
+            Some(Encoder::new(cfg.bitrate)?)
+        };
         Ok(Mixer {
-            lookahead: encoder.lookahead(),
+            lookahead,
             encoder,
             silence,
             max_pass_bytes: usize::try_from(cfg.bitrate).unwrap_or(0) * 3 / 400,
@@ -533,6 +541,8 @@ impl Mixer {
                     s.pcm.clear();
                     s.held = false;
                     s.idle = 0;
+                    // Its level is measured on its second packet.
+                    s.since_level = LEVEL_EVERY - 2;
                     self.lone = Some(*pid);
                     break;
                 }
@@ -631,7 +641,13 @@ impl Mixer {
     /// the listener's decoder just played, at the same instants.
     fn enter_mix(&mut self) {
         self.stats.switches += 1;
-        self.encoder.reset();
+        if let Some(e) = self.encoder.as_mut() {
+            e.reset();
+        } else {
+            // The bitrate was accepted by `new`; should the encoder still
+            // fail, the program carries the silence frame while mixing.
+            self.encoder = Encoder::new(self.cfg.bitrate).ok();
+        }
         self.limiter = Limiter::new();
         for s in self.speakers.values_mut() {
             if let Some((enc, lim)) = s.ret.as_mut() {
@@ -647,7 +663,9 @@ impl Mixer {
             return;
         }
         if let Some(p) = &s.recent[RECENT - 1] {
-            self.encoder.hold_config(p.first().map(|t| t >> 3));
+            if let Some(e) = self.encoder.as_mut() {
+                e.hold_config(p.first().map(|t| t >> 3));
+            }
         }
         let hist = &mut self.prime;
         hist.clear();
@@ -698,7 +716,9 @@ impl Mixer {
             }
             self.limiter.apply(&mut self.scratch);
             self.stats.encodes += 1;
-            let _ = self.encoder.encode(&self.scratch);
+            if let Some(e) = self.encoder.as_mut() {
+                let _ = e.encode(&self.scratch);
+            }
         }
         s.pcm.clear();
         s.pcm.extend(hist.iter().skip(boundary + d));
@@ -751,7 +771,11 @@ impl Mixer {
             self.stats.limited_frames += 1;
         }
         self.stats.encodes += 1;
-        let opus = match self.encoder.encode(&self.program) {
+        let encoded = match self.encoder.as_mut() {
+            Some(e) => e.encode(&self.program),
+            None => Err(MediaError::Opus(-1)),
+        };
+        let opus = match encoded {
             Ok(p) => p,
             // The encoder cannot fail on a valid 20 ms float frame; if it
             // ever does, the silence frame keeps the stream going.
@@ -770,7 +794,9 @@ impl Mixer {
         {
             // One voice: the encoder takes its mode and bandwidth, ready
             // for the switch to pass-through.
-            self.encoder.hold_config(p.first().map(|t| t >> 3));
+            if let Some(e) = self.encoder.as_mut() {
+                e.hold_config(p.first().map(|t| t >> 3));
+            }
         }
         if self.quiet_ticks >= HANGOVER_TICKS && self.cfg.pass_through {
             self.leave_mix(voice, opus.first().map(|t| t >> 3));
