@@ -662,10 +662,10 @@ impl Mixer {
         if self.mode != Mode::Pass {
             return;
         }
-        if let Some(p) = &s.recent[RECENT - 1] {
-            if let Some(e) = self.encoder.as_mut() {
-                e.hold_config(p.first().map(|t| t >> 3));
-            }
+        if let Some(p) = &s.recent[RECENT - 1]
+            && let Some(e) = self.encoder.as_mut()
+        {
+            e.hold_config(p.first().map(|t| t >> 3));
         }
         let hist = &mut self.prime;
         hist.clear();
