@@ -107,8 +107,9 @@ pub fn without_trickle(answer: &str) -> String {
 /// The answer's Opus parameters set to what lets a speaker's packets be
 /// the program as they came (pass-through, see amphi-media's mixer): mono
 /// (`stereo=0`, `sprop-stereo=0`), at most `max_bitrate` bit/s on average
-/// (the program's bitrate), in-band FEC, DTX in silence, and 20 ms packets
-/// (`a=ptime:20`, which also caps `maxptime`). They are the receiver's
+/// (the program's bitrate), in-band FEC, and 20 ms packets (`a=ptime:20`,
+/// `a=maxptime:20`). DTX is not asked for: the jitter buffer would hold a
+/// pause's sparse DTX packets ahead of the speech that follows. They are the receiver's
 /// preferences (RFC 7587 §6.1): a sender that ignores them (a stereo or
 /// 510 kbit/s source) is still taken, and mixed.
 pub fn with_opus_preferences(answer: &str, max_bitrate: u32) -> String {
@@ -162,7 +163,6 @@ pub fn with_opus_preferences(answer: &str, max_bitrate: u32) -> String {
                 "stereo=0".to_owned(),
                 "sprop-stereo=0".to_owned(),
                 "useinbandfec=1".to_owned(),
-                "usedtx=1".to_owned(),
                 format!("maxaveragebitrate={max_bitrate}"),
             ]);
             out.push_str("a=fmtp:");
@@ -189,7 +189,7 @@ mod tests {
         let answer = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\na=rtpmap:111 opus/48000/2\r\na=fmtp:111 minptime=10;useinbandfec=0;stereo=1\r\na=ptime:60\r\na=sendrecv\r\n";
         let out = with_opus_preferences(answer, 32_000);
         assert!(
-            out.contains("a=fmtp:111 minptime=10;stereo=0;sprop-stereo=0;useinbandfec=1;usedtx=1;maxaveragebitrate=32000\r\n"),
+            out.contains("a=fmtp:111 minptime=10;stereo=0;sprop-stereo=0;useinbandfec=1;maxaveragebitrate=32000\r\n"),
             "{out}"
         );
         assert_eq!(out.matches("a=ptime:").count(), 1, "{out}");
