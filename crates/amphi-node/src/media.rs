@@ -53,6 +53,8 @@ pub struct MediaConfig {
     pub rtc_bind: SocketAddr,
     pub advertise_ip: Option<IpAddr>,
     pub bitrate: i32,
+    /// Lone voices passed through, silence free (see `Config`).
+    pub pass_through: bool,
     pub ogg_frames_per_page: usize,
     pub ws_frames_per_message: usize,
     pub egress: Arc<Egress>,
@@ -229,6 +231,12 @@ struct MediaStats {
     remote_dropped: AtomicU64,
     /// Remote frames not queued to the media thread (its queue was full).
     remote_queue_full: AtomicU64,
+    /// Frames made by each mode: mixed, passed through, silence.
+    mixed_frames: AtomicU64,
+    passed_frames: AtomicU64,
+    silent_frames: AtomicU64,
+    /// Switches into mixing.
+    switches: AtomicU64,
 }
 
 /// Handle to the media plane.
@@ -260,6 +268,7 @@ impl MediaPlane {
             ice_tcp: cfg.ice_tcp_port.map_or(amphi_rtc::IceTcp::Off, |port| {
                 amphi_rtc::IceTcp::Adopted { port }
             }),
+            speaker_max_bitrate: u32::try_from(cfg.bitrate).unwrap_or(32_000),
             ..RtcConfig::default()
         })?;
         let rtc = engine.handle();
@@ -273,6 +282,7 @@ impl MediaPlane {
             ProgramConfig {
                 mixer: MixerConfig {
                     bitrate: cfg.bitrate,
+                    pass_through: cfg.pass_through,
                     ..MixerConfig::default()
                 },
                 cut: cfg.cut(),
@@ -482,6 +492,21 @@ impl MediaPlane {
             "Program frames produced (all spaces).",
             l(&s.frames),
         );
+        out.counter_family(
+            "amphi_program_ticks_total",
+            "Program frames by how they were made: mix (decoded, mixed, encoded), pass (a lone voice's packet as it came), silence (the shared silence frame).",
+            [
+                ([("mode", "mix")], l(&s.mixed_frames)),
+                ([("mode", "pass")], l(&s.passed_frames)),
+                ([("mode", "silence")], l(&s.silent_frames)),
+            ],
+        );
+        counter(
+            out,
+            "amphi_program_mix_switches_total",
+            "Times a space's program went from pass-through or silence to mixing.",
+            l(&s.switches),
+        );
         counter(
             out,
             "amphi_mixer_late_ticks_total",
@@ -655,6 +680,10 @@ impl MixThread {
             .store(p.sessions_replaced, Ordering::Relaxed);
         s.remote_frames.store(p.remote_frames, Ordering::Relaxed);
         s.remote_dropped.store(p.remote_dropped, Ordering::Relaxed);
+        s.mixed_frames.store(p.mixed_frames, Ordering::Relaxed);
+        s.passed_frames.store(p.passed_frames, Ordering::Relaxed);
+        s.silent_frames.store(p.silent_frames, Ordering::Relaxed);
+        s.switches.store(p.switches, Ordering::Relaxed);
         if p.ticks >= self.stats_at + 50 {
             self.stats_at = p.ticks;
             *self.speaker_stats.lock() = self.program.speaker_stats();

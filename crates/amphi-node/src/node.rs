@@ -59,6 +59,11 @@ pub struct Config {
     /// Program bitrate in bit/s (16000..=128000).
     #[arg(long, env = "AMPHI_BITRATE", default_value_t = 32_000)]
     pub bitrate: i32,
+    /// While one speaker is heard, their Opus packets are the program as
+    /// they came (no decode, no encode); nobody heard costs a shared
+    /// silence frame. `false`: every frame is mixed and encoded.
+    #[arg(long, env = "AMPHI_PASS_THROUGH", default_value_t = true, action = clap::ArgAction::Set)]
+    pub pass_through: bool,
     /// Duration of one Ogg page on `live.opus`, in ms (multiple of 20).
     /// Longer pages mean fewer writes per listener and more latency.
     #[arg(long, env = "AMPHI_OGG_PAGE_MS", default_value_t = 100)]
@@ -554,6 +559,7 @@ async fn load(
         rtc_bind: rtc_addr,
         advertise_ip: args.advertise_ip,
         bitrate: args.bitrate,
+        pass_through: args.pass_through,
         ogg_frames_per_page: (args.ogg_page_ms / 20).clamp(1, 50) as usize,
         ws_frames_per_message: (args.ws_batch_ms / 20).clamp(1, 50) as usize,
         egress: egress.clone(),

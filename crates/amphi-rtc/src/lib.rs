@@ -46,6 +46,9 @@ pub struct RtcConfig {
     pub connect_timeout: Duration,
     /// Most concurrent sessions.
     pub max_sessions: usize,
+    /// Average bitrate speakers are asked not to exceed (the program's),
+    /// with mono 20 ms packets, so their packets can be passed through.
+    pub speaker_max_bitrate: u32,
 }
 
 /// A session that has not completed ICE and DTLS after this many seconds
@@ -61,6 +64,7 @@ impl Default for RtcConfig {
             advertise_ip: None,
             connect_timeout: Duration::from_secs(DEFAULT_CONNECT_TIMEOUT_S),
             max_sessions: 500,
+            speaker_max_bitrate: 32_000,
         }
     }
 }
