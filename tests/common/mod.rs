@@ -503,6 +503,11 @@ impl Nats {
     /// a test can wait for a dead owner's lease to expire instead of
     /// sleeping through its TTL.
     pub fn lease(&self, space: &str) -> Option<amphi_cluster::Lease> {
+        self.lease_at(space).map(|(l, _)| l)
+    }
+
+    /// The lease on `space` and its revision.
+    pub fn lease_at(&self, space: &str) -> Option<(amphi_cluster::Lease, u64)> {
         use base64::Engine;
         use std::io::{BufRead, BufReader, Read, Write};
         let bucket = amphi_cluster::LEASES_BUCKET;
@@ -546,19 +551,31 @@ impl Nats {
             let value = base64::engine::general_purpose::STANDARD
                 .decode(data)
                 .expect("base64");
-            return amphi_cluster::Lease::decode(&value);
+            let revision = v["message"]["seq"].as_u64().expect("seq");
+            return amphi_cluster::Lease::decode(&value).map(|l| (l, revision));
         }
     }
 
-    /// Waits until the lease on `space` has expired (its owner stopped
-    /// renewing), as any node would judge it now.
-    pub fn wait_lease_expired(&self, space: &str) {
-        wait_for(10, "the dead owner's lease to expire", || {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .expect("after 1970")
-                .as_millis() as i64;
-            self.lease(space).is_some_and(|l| !l.is_valid(now))
+    /// Waits until the lease on `space` has expired (its key has not
+    /// changed for the TTL, as any node measures it), or been taken over
+    /// by another node than `owner`.
+    pub fn wait_lease_expired(&self, space: &str, owner: &str) {
+        let ttl = Duration::from_millis(amphi_cluster::lease::TTL_MS as u64);
+        let mut seen: Option<(u64, Instant)> = None;
+        wait_for(15, "the dead owner's lease to expire", || {
+            let Some((l, rev)) = self.lease_at(space) else {
+                return false;
+            };
+            if l.node != owner {
+                return true;
+            }
+            match seen {
+                Some((r, since)) if r == rev => since.elapsed() >= ttl,
+                _ => {
+                    seen = Some((rev, Instant::now()));
+                    false
+                }
+            }
         });
     }
 
@@ -582,4 +599,15 @@ impl Drop for Nats {
 /// Starts a cluster node `name` on `nats`.
 pub fn node(nats: &Nats, name: &str) -> Server {
     Server::start(&["--nats", &nats.url(), "--node-id", name])
+}
+
+/// Starts a cluster node `name` on NATS at `urls` (one URL or a comma
+/// list), with extra arguments and environment.
+pub fn node_with(urls: &str, name: &str, extra: &[&str], envs: &[(&str, &str)]) -> Server {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut args = vec!["--nats", urls, "--node-id", name];
+    args.extend_from_slice(extra);
+    let mut s = Server::start_with_env(tmp.path(), &args, envs);
+    s._tmp = Some(tmp);
+    s
 }

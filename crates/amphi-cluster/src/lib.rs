@@ -15,7 +15,7 @@
 //! | `amphi.node.<node>.http`          | request: an API call forwarded to the owner  |
 //! | `amphi.counts`                    | each node's listeners and reactions, 1/s     |
 //! | KV `amphi_spaces` / `<id>`        | the space's rules state (JSON), owner-written |
-//! | KV `amphi_leases` / `<id>`        | who owns the space, renewed every 2 s        |
+//! | KV `amphi_leases` / `<id>`        | who owns the space, renewed every 1 s        |
 //! | KV `amphi_replays` / `<id>`       | where a space's replay was cut, once ready   |
 //! | KV `amphi_config` / `token_key`…  | secrets every node shares                    |
 

@@ -8,11 +8,13 @@
 //!   and-set on the key's revision); every node watches the bucket, so any
 //!   node reads any space live and its events clients see every change.
 //! - **Ownership**: one node owns a space (lease in `amphi_leases`, renewed
-//!   every 2 s). Mutating API calls on another node are forwarded to the
-//!   owner over request/reply and run through the owner's own router, so
-//!   the rules, persistence and ingest gates act where the space lives. A
-//!   node that finds a lease expired takes it over (compare-and-set) and,
-//!   for a live space, becomes its origin, continuing the frame numbering.
+//!   every 1 s; expired once its key has not changed for 3 s, as each node
+//!   measures on its own clock while watching the bucket). Mutating API
+//!   calls on another node are forwarded to the owner over request/reply
+//!   and run through the owner's own router, so the rules, persistence and
+//!   ingest gates act where the space lives. Every node claims the live
+//!   spaces whose lease expired (compare-and-set: one wins), and the winner
+//!   becomes the origin, continuing the frame numbering.
 //! - **Media**: the origin publishes each program frame once on
 //!   `amphi.space.<id>.frames`. A node with listeners for a space it does not
 //!   originate (an edge) subscribes once its first listener is admitted,
@@ -50,7 +52,7 @@ use tower::ServiceExt;
 use super::{Forwarded, Host, Membership, Owner};
 use crate::error::ApiError;
 use crate::metrics::{counter, gauge};
-use crate::timefmt::now_ms;
+use crate::timefmt::{mono_ms, now_ms};
 
 /// How long a forwarded call waits for the owner.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
@@ -297,6 +299,24 @@ impl Nats {
         .await;
     }
 
+    /// Follows the leases bucket: every revision is seen here as it lands,
+    /// so a lease's age is measured on this node's clock from the moment
+    /// its owner last renewed it.
+    async fn watch_leases(self: Arc<Self>) {
+        let kv = self.leases_kv.clone();
+        self.follow(&kv, LEASES_BUCKET, |c, e| {
+            let Ok(id) = e.key.parse::<SpaceId>() else {
+                return;
+            };
+            if let Some(l) = Lease::decode(&e.value) {
+                c.ownership
+                    .lock()
+                    .seen(id, Some((&l, e.revision)), mono_ms());
+            }
+        })
+        .await;
+    }
+
     /// Follows the replays bucket: a replay cut on any node is offered by
     /// every node's view of the space (and redirected to).
     async fn watch_replays(self: Arc<Self>) {
@@ -390,7 +410,12 @@ impl Nats {
     /// Performs a lease write the ownership machine asked for.
     async fn write_lease(&self, w: &LeaseWrite) -> WriteResult {
         let key = amphi_cluster::space_key(w.space);
-        let value = Bytes::from(w.value.encode());
+        // The wall clock, for people reading the bucket; no node reads it.
+        let stamped = Lease {
+            at_ms: now_ms(),
+            ..w.value.clone()
+        };
+        let value = Bytes::from(stamped.encode());
         match w.revision {
             Some(rev) => match self.leases_kv.update(&key, value, rev).await {
                 Ok(rev) => WriteResult::Written(rev),
@@ -420,13 +445,13 @@ impl Nats {
             let claim =
                 self.ownership
                     .lock()
-                    .claim(id, current.as_ref().map(|(l, r)| (l, *r)), now_ms());
+                    .claim(id, current.as_ref().map(|(l, r)| (l, *r)), mono_ms());
             let claim = match claim {
                 Claim::Write(w) => {
                     let result = self.write_lease(&w).await;
                     self.ownership
                         .lock()
-                        .written(w.id, result, now_ms())
+                        .written(w.id, result, mono_ms())
                         .unwrap_or(Claim::Retry)
                 }
                 other => other,
@@ -482,12 +507,30 @@ impl Nats {
         let writes = self
             .ownership
             .lock()
-            .renewals(now_ms(), |id| host.last_seq(id).unwrap_or(0));
+            .renewals(mono_ms(), |id| host.last_seq(id).unwrap_or(0));
         for w in writes {
             let result = self.write_lease(&w).await;
-            self.ownership.lock().written(w.id, result, now_ms());
+            self.ownership.lock().written(w.id, result, mono_ms());
         }
         self.act_on_ownership();
+    }
+
+    /// Claims the live spaces whose owner stopped renewing, so a dead
+    /// origin's spaces move with no one asking: every node tries, the
+    /// compare-and-set lets one win.
+    async fn take_over_orphans(&self) {
+        let Some(host) = self.host() else { return };
+        let expired = self.ownership.lock().expired(mono_ms());
+        for id in expired {
+            if !host.is_live(id) {
+                continue;
+            }
+            match self.ensure_owner(id).await {
+                Ok(Claim::Mine) => tracing::info!(space = %id, "took over a live space"),
+                Ok(_) => {}
+                Err(e) => tracing::debug!(space = %id, error = ?e, "could not take a space over"),
+            }
+        }
     }
 
     // ---- forwarding -----------------------------------------------------
@@ -832,6 +875,7 @@ impl Nats {
         loop {
             iv.tick().await;
             self.renew().await;
+            self.take_over_orphans().await;
             self.publish_replays().await;
             let Some(host) = self.host() else { continue };
             let idle = self
@@ -856,6 +900,7 @@ impl Membership for Nats {
         };
         tokio::spawn(self.clone().watch_spaces());
         tokio::spawn(self.clone().watch_replays());
+        tokio::spawn(self.clone().watch_leases());
         tokio::spawn(self.clone().publish_frames(bus));
         tokio::spawn(self.clone().serve_history());
         tokio::spawn(self.clone().serve_forwarded(router));
@@ -922,10 +967,10 @@ impl Membership for Nats {
             if recorded {
                 self.pending_replays.lock().insert(space);
             }
-            let write = self.ownership.lock().release(space, last_seq, now_ms());
+            let write = self.ownership.lock().release(space, last_seq);
             if let Some(w) = write {
                 let result = self.write_lease(&w).await;
-                self.ownership.lock().written(w.id, result, now_ms());
+                self.ownership.lock().written(w.id, result, mono_ms());
             }
         })
     }
