@@ -297,11 +297,11 @@ fn when_the_origin_dies_another_node_takes_the_space_and_its_recording_goes_on()
     let (id, host, _) = live_space(&a, "takeover");
     let mut peer = publish_tone(&a, &id, &host, 440, 60);
     wait_for_audio(&a, 50.0);
-    // A's part of the recording: two segments closed once the speaker is
+    // A's part of the recording: three segments closed once the speaker is
     // heard (the one open at the kill is lost).
     let stored = metric(&a, "amphi_recording_segments_total");
-    wait_for(10, "A to store two segments of speech", || {
-        metric(&a, "amphi_recording_segments_total") >= stored + 2.0
+    wait_for(10, "A to store three segments of speech", || {
+        metric(&a, "amphi_recording_segments_total") >= stored + 3.0
     });
     let path = format!("/spaces/{id}/live.ws");
     let mut on_c = WsReader::connect(c.port, &path, None);
@@ -600,4 +600,97 @@ fn nodes_whose_clocks_are_minutes_apart_share_spaces_without_a_takeover() {
         moved + Duration::from_millis(300) >= ttl,
         "taken over early: {moved:?}"
     );
+}
+
+#[test]
+fn a_nats_server_of_three_dies_and_comes_back_without_losing_state_or_audio() {
+    let mut nats = NatsCluster::start();
+    let a = node_with(&nats.urls_from(0), "a", &[], &[]);
+    let b = node_with(&nats.urls_from(1), "b", &[], &[]);
+    let c = node_with(&nats.urls_from(2), "c", &[], &[]);
+    let (id, host, _) = live_space(&a, "nats cluster");
+    let _peer = publish_tone(&a, &id, &host, 440, 60);
+    wait_for_audio(&a, 50.0);
+    // The buckets are replicated on the three servers.
+    wait_for(10, "three current replicas of the spaces bucket", || {
+        nats.current_replicas("KV_amphi_spaces") == 3
+    });
+    // State written before the loss.
+    let (pid, tok) = join(&b, &id, "Before");
+    let r = call(
+        "POST",
+        &b.url(&format!("/api/v1/spaces/{id}/hand")),
+        Some(&tok),
+        None,
+    );
+    assert_eq!(r.status, 200, "{:?}", r.body);
+
+    // The victim: a server neither the origin nor B is connected to, if
+    // the nodes spread so; otherwise one the origin is not on.
+    let (on_a, on_b) = (nats.server_of("a"), nats.server_of("b"));
+    let victim = (0..3)
+        .find(|i| Some(*i) != on_a && Some(*i) != on_b)
+        .or_else(|| (0..3).find(|i| Some(*i) != on_a))
+        .expect("a victim");
+    let survivor = if on_b == Some(victim) { &c } else { &b };
+    println!("a on {on_a:?}, b on {on_b:?}, killing s{victim}");
+    let path = format!("/spaces/{id}/live.ws");
+    let mut steady = WsReader::connect(survivor.port, &path, None);
+    let mut next = read_contiguous(&mut steady, None, 5);
+    let mut on_c = WsReader::connect(c.port, &path, None);
+    let mut next_c = read_contiguous(&mut on_c, None, 5);
+
+    nats.kill(victim);
+    let t_kill = Instant::now();
+    // A listener whose node kept its link hears every frame, never
+    // waiting over 1 s for the next message (12 s of listening).
+    let mut worst = Duration::ZERO;
+    let mut last = Instant::now();
+    while t_kill.elapsed() < Duration::from_secs(12) {
+        next = read_contiguous(&mut steady, Some(next), 1);
+        worst = worst.max(last.elapsed());
+        last = Instant::now();
+    }
+    println!("longest wait between messages on the surviving link: {worst:?}");
+    assert!(worst < Duration::from_secs(1), "a gap of {worst:?}");
+    // Control and state go on with two servers of three.
+    let (pid2, tok2) = join(&a, &id, "During");
+    wait_for(10, "a hand raised with one NATS server down", || {
+        call(
+            "POST",
+            &c.url(&format!("/api/v1/spaces/{id}/hand")),
+            Some(&tok2),
+            None,
+        )
+        .status
+            == 200
+    });
+    // Every other listener hears the program again, the sequence forward.
+    let (first, _) = on_c.next();
+    assert!(
+        first >= next_c,
+        "C's sequence went back: {first} < {next_c}"
+    );
+    next_c = read_contiguous(&mut on_c, None, 10);
+
+    nats.start_again(victim);
+    wait_for(20, "the restarted server to catch up", || {
+        nats.current_replicas("KV_amphi_spaces") == 3
+            && nats.current_replicas("KV_amphi_leases") == 3
+    });
+    // Nothing was lost: both hands, on every node; the origin never moved.
+    for s in [&a, &b, &c] {
+        wait_for(10, "every node sees both hands", || {
+            view(s, &id)["hands_raised"].as_array().is_some_and(|h| {
+                [&pid, &pid2]
+                    .iter()
+                    .all(|p| h.iter().any(|x| x["participant_id"] == p.as_str()))
+            })
+        });
+        assert_eq!(metric(s, "amphi_takeovers_total"), 0.0, "on {}", s.port);
+    }
+    assert_eq!(nats.lease_of(&id).expect("lease").node, "a");
+    read_contiguous(&mut steady, Some(next), 10);
+    let (first, _) = on_c.next();
+    assert!(first >= next_c, "C's sequence went back after the restart");
 }

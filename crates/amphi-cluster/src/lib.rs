@@ -24,6 +24,7 @@ pub mod edges;
 pub mod forward;
 pub mod frames;
 pub mod lease;
+pub mod orphans;
 pub mod ownership;
 pub mod partition;
 mod reader;
@@ -34,7 +35,8 @@ pub use audience::{Audience, Tally};
 pub use edges::{EdgeAction, Edges};
 pub use forward::{ForwardReply, ForwardRequest};
 pub use frames::{decode_frame, decode_frames, encode_frame, encode_frames};
-pub use lease::{Lease, LeaseDecision};
+pub use lease::{Lease, LeaseDecision, Sightings};
+pub use orphans::Orphans;
 pub use ownership::{Claim, LeaseWrite, Ownership, OwnershipEvent, WriteResult};
 pub use partition::{Partition, STALE_AFTER};
 

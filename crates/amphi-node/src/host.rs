@@ -108,6 +108,42 @@ impl Host for App {
         }
     }
 
+    fn speakers_back(&self, space: SpaceId) -> bool {
+        self.space(space)
+            .is_ok_and(|cell| !cell.publishers().is_empty())
+    }
+
+    fn end_orphan(&self, space: SpaceId) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let Ok(cell) = self.space(space) else { return };
+            let host = {
+                let inner = cell.inner.lock();
+                if inner.space.state != SpaceState::Live {
+                    return;
+                }
+                inner.space.host
+            };
+            let actor = amphi_core::token::Claims {
+                space,
+                pid: host,
+                name: "host".into(),
+                exp: u64::MAX,
+                idsub: None,
+            };
+            match self
+                .command(&cell, &actor, amphi_core::room::Command::End)
+                .await
+            {
+                Ok(_) => {
+                    tracing::warn!(space = %space, "ended a space whose origin died: no speaker came back")
+                }
+                Err(e) => {
+                    tracing::error!(space = %space, error = ?e, "could not end an orphaned space")
+                }
+            }
+        })
+    }
+
     fn open_edge(&self, space: SpaceId) -> bool {
         let Ok(cell) = self.space(space) else {
             return false;

@@ -123,6 +123,13 @@ pub trait Host: Send + Sync + 'static {
     fn become_origin(&self, space: SpaceId, first_seq: u64);
     /// Another node owns `space` now: stop mixing it here.
     fn abandon(&self, space: SpaceId);
+    /// Whether a speaker of `space` has published to this node (a WHIP
+    /// session reached it) since it became the origin.
+    fn speakers_back(&self, space: SpaceId) -> bool;
+    /// Ends `space` as its host would (its origin died and no speaker came
+    /// back): listeners get the end, the replay is cut from what storage
+    /// holds.
+    fn end_orphan(&self, space: SpaceId) -> BoxFuture<'_, ()>;
     /// Fresh outputs for `space`, cut on the media thread from the frames
     /// handed to [`Host::edge_frames`] (it is served as an edge from now
     /// on); false if the space is not live.

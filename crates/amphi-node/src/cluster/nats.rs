@@ -31,8 +31,8 @@ use std::time::{Duration, Instant};
 
 use amphi_cluster::{
     Audience, CONFIG_BUCKET, COUNTS_SUBJECT, Claim, CountsReport, EdgeAction, Edges, ForwardReply,
-    ForwardRequest, LEASES_BUCKET, Lease, LeaseWrite, Ownership, OwnershipEvent, Partition,
-    REPLAYS_BUCKET, SPACES_BUCKET, WriteResult, lease,
+    ForwardRequest, LEASES_BUCKET, Lease, LeaseWrite, Orphans, Ownership, OwnershipEvent,
+    Partition, REPLAYS_BUCKET, SPACES_BUCKET, WriteResult, lease,
 };
 use amphi_core::room::Space;
 use amphi_core::{Frame, SpaceId};
@@ -78,6 +78,7 @@ struct ClusterStats {
     leases_lost: AtomicU64,
     edges_started: AtomicU64,
     edges_stopped: AtomicU64,
+    orphans_ended: AtomicU64,
 }
 
 /// A running edge feed: the task reading the bus.
@@ -112,9 +113,31 @@ pub struct Nats {
     bus_rx: Mutex<Option<mpsc::Receiver<(SpaceId, Bytes)>>>,
     host: OnceLock<Weak<dyn Host>>,
     stats: Arc<ClusterStats>,
+    replicas: usize,
+    /// Spaces taken over from a dead origin, waiting for a speaker.
+    orphans: Mutex<Orphans>,
 }
 
-async fn bucket(js: &jetstream::Context, name: &str, history: i64) -> anyhow::Result<kv::Store> {
+/// How a node joins the cluster.
+pub struct Settings {
+    /// This node's id.
+    pub node: String,
+    /// This node's base URL for the others (WHIP redirects, replays).
+    pub http: String,
+    /// How long an edge keeps a feed after its last listener left.
+    pub edge_linger: Duration,
+    /// Replicas of the buckets this node creates (1 if the server refuses).
+    pub replicas: usize,
+    /// How long a space taken over from a dead origin waits for a speaker.
+    pub orphan_grace: Duration,
+}
+
+async fn bucket(
+    js: &jetstream::Context,
+    name: &str,
+    history: i64,
+    replicas: usize,
+) -> anyhow::Result<kv::Store> {
     if let Ok(kv) = js.get_key_value(name).await {
         return Ok(kv);
     }
@@ -130,12 +153,28 @@ async fn bucket(js: &jetstream::Context, name: &str, history: i64) -> anyhow::Re
         deny_delete: true,
         allow_direct: true,
         discard: jetstream::stream::DiscardPolicy::New,
-        num_replicas: 1,
+        num_replicas: replicas,
         ..Default::default()
     };
-    if let Err(e) = js.create_stream(config).await {
-        // Another node may have created it at the same moment.
+    if let Err(e) = js.create_stream(config.clone()).await {
+        // Another node may have created it at the same moment; a single
+        // server refuses replicas.
         tracing::debug!(bucket = name, error = %e, "creating a bucket");
+        if replicas > 1 && js.get_key_value(name).await.is_err() {
+            let single = jetstream::stream::Config {
+                num_replicas: 1,
+                ..config
+            };
+            if let Err(e) = js.create_stream(single).await {
+                tracing::debug!(bucket = name, error = %e, "creating a bucket, one replica");
+            } else {
+                tracing::warn!(
+                    bucket = name,
+                    replicas,
+                    "NATS refused the replicas (a single server?): the bucket has one"
+                );
+            }
+        }
     }
     js.get_key_value(name)
         .await
@@ -146,12 +185,19 @@ impl Nats {
     /// Connects to NATS (retrying until it answers) and opens the buckets.
     /// `http` is this node's base URL for the others (WHIP redirects,
     /// replays).
-    pub async fn connect(
-        url: &str,
-        node: String,
-        http: String,
-        edge_linger: Duration,
-    ) -> anyhow::Result<Arc<Self>> {
+    pub async fn connect(url: &str, settings: Settings) -> anyhow::Result<Arc<Self>> {
+        let Settings {
+            node,
+            http,
+            edge_linger,
+            replicas,
+            orphan_grace,
+        } = settings;
+        let servers: Vec<&str> = url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .collect();
         let partition = Arc::new(Mutex::new(Partition::new()));
         let link = partition.clone();
         let client = async_nats::ConnectOptions::new()
@@ -173,19 +219,21 @@ impl Nats {
                     tracing::info!(event = %ev, "nats");
                 }
             })
-            .connect(url)
+            .connect(servers)
             .await?;
         let js = jetstream::new(client.clone());
-        let spaces_kv =
-            tokio::time::timeout(Duration::from_secs(30), bucket(&js, SPACES_BUCKET, 1))
-                .await
-                .map_err(|_| {
-                    anyhow::anyhow!(
-                        "NATS JetStream at {url} did not answer in 30 s (is it started with -js?)"
-                    )
-                })??;
-        let leases_kv = bucket(&js, LEASES_BUCKET, 1).await?;
-        let replays_kv = bucket(&js, REPLAYS_BUCKET, 1).await?;
+        let spaces_kv = tokio::time::timeout(
+            Duration::from_secs(30),
+            bucket(&js, SPACES_BUCKET, 1, replicas),
+        )
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "NATS JetStream at {url} did not answer in 30 s (is it started with -js?)"
+            )
+        })??;
+        let leases_kv = bucket(&js, LEASES_BUCKET, 1, replicas).await?;
+        let replays_kv = bucket(&js, REPLAYS_BUCKET, 1, replicas).await?;
         let (bus, bus_rx) = mpsc::channel(BUS_QUEUE);
         Ok(Arc::new(Nats {
             ownership: Mutex::new(Ownership::new(node.clone(), http.clone())),
@@ -208,6 +256,8 @@ impl Nats {
             bus_rx: Mutex::new(Some(bus_rx)),
             host: OnceLock::new(),
             stats: Arc::default(),
+            replicas,
+            orphans: Mutex::new(Orphans::new(orphan_grace)),
         }))
     }
 
@@ -482,6 +532,9 @@ impl Nats {
                     if let Some(from) = from {
                         self.stats.takeovers.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(space = %space, %from, "took over a space whose owner stopped renewing");
+                        if host.is_live(space) {
+                            self.orphans.lock().took_over(space, Instant::now());
+                        }
                     }
                     // An edge becoming the origin keeps its outputs: the
                     // bus feed stops, the mixer feeds them from now on.
@@ -493,6 +546,7 @@ impl Nats {
                     host.become_origin(space, first_seq);
                 }
                 OwnershipEvent::Lost { space } => {
+                    self.orphans.lock().forget(space);
                     self.stats.leases_lost.fetch_add(1, Ordering::Relaxed);
                     tracing::error!(space = %space, "lost the lease of a space to another node; no longer its origin");
                     host.abandon(space);
@@ -530,6 +584,19 @@ impl Nats {
                 Ok(_) => {}
                 Err(e) => tracing::debug!(space = %id, error = ?e, "could not take a space over"),
             }
+        }
+    }
+
+    /// Ends the spaces taken over here whose speakers did not come back
+    /// within the grace.
+    async fn end_orphans(&self) {
+        let Some(host) = self.host() else { return };
+        let due = self.orphans.lock().due(Instant::now(), |id| {
+            !host.is_live(id) || host.speakers_back(id)
+        });
+        for id in due {
+            self.stats.orphans_ended.fetch_add(1, Ordering::Relaxed);
+            host.end_orphan(id).await;
         }
     }
 
@@ -876,6 +943,7 @@ impl Nats {
             iv.tick().await;
             self.renew().await;
             self.take_over_orphans().await;
+            self.end_orphans().await;
             self.publish_replays().await;
             let Some(host) = self.host() else { continue };
             let idle = self
@@ -928,7 +996,7 @@ impl Membership for Nats {
     ) -> BoxFuture<'a, anyhow::Result<Vec<u8>>> {
         Box::pin(async move {
             let js = jetstream::new(self.client.clone());
-            let config = bucket(&js, CONFIG_BUCKET, 1).await?;
+            let config = bucket(&js, CONFIG_BUCKET, 1, self.replicas).await?;
             match config.create(name, Bytes::copy_from_slice(local)).await {
                 Ok(_) => Ok(local.to_vec()),
                 Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => config
@@ -1114,6 +1182,12 @@ impl Membership for Nats {
             "amphi_leases_lost_total",
             "Leases another node took from this one.",
             l(&s.leases_lost),
+        );
+        counter(
+            out,
+            "amphi_orphans_ended_total",
+            "Spaces ended because their origin died and no speaker came back in the grace.",
+            l(&s.orphans_ended),
         );
         counter(
             out,
