@@ -694,3 +694,152 @@ fn a_nats_server_of_three_dies_and_comes_back_without_losing_state_or_audio() {
     let (first, _) = on_c.next();
     assert!(first >= next_c, "C's sequence went back after the restart");
 }
+
+/// A message of the program louder than this carries the speaker's tone
+/// (silence is 0).
+const LOUD: u8 = 20;
+
+/// One origin death, healed by itself: a fresh space on `origin`, its
+/// speaker publishing through `page` with `--reconnect` (the client POSTs
+/// again when its WHIP resource is gone), a `live.ws` listener on `ear`
+/// whose connection stays open. Kills the origin (-9) and returns the
+/// seconds until the listener hears the tone again, from the new origin.
+fn origin_death_trial(origin: &mut Server, page: &Server, ear: &Server) -> f64 {
+    let (id, host, _) = live_space(origin, "heal");
+    let _peer = publish_tone_with(page, &id, &host, 440, 120, &["--reconnect"]);
+    let mut r = WsReader::connect(ear.port, &format!("/spaces/{id}/live.ws"), None);
+    r.stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let t = Instant::now();
+    let mut expected = loop {
+        let (first, n, level) = r.next_with_level();
+        if level >= LOUD {
+            break first + n;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "no tone before the kill"
+        );
+    };
+    origin.kill();
+    let t_kill = Instant::now();
+    // The origin's last messages, then the new origin's: a jump in the
+    // sequence (forward only) or silence, then the speaker again.
+    let mut moved = false;
+    loop {
+        let (first, n, level) = r.next_with_level();
+        assert!(
+            first >= expected,
+            "the sequence went back: {first} < {expected}"
+        );
+        moved |= first != expected || level < LOUD;
+        expected = first + n;
+        if moved && level >= LOUD {
+            break;
+        }
+        assert!(
+            t_kill.elapsed() < Duration::from_secs(30),
+            "the listener never heard the speaker again"
+        );
+    }
+    let healed = t_kill.elapsed().as_secs_f64();
+    // The same connection goes on with the tone.
+    for _ in 0..10 {
+        let (first, n, _) = r.next_with_level();
+        assert_eq!(first, expected, "a gap after the repair");
+        expected = first + n;
+    }
+    let r = call(
+        "POST",
+        &page.url(&format!("/api/v1/spaces/{id}/end")),
+        Some(&host),
+        None,
+    );
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    healed
+}
+
+#[test]
+fn an_origins_death_heals_itself_and_listeners_ride_through() {
+    let nats = Nats::start();
+    let page = node(&nats, "page");
+    let ear = node(&nats, "ear");
+    let mut times = Vec::new();
+    for trial in 0..2 {
+        let mut origin = node(&nats, &format!("origin{trial}"));
+        let secs = origin_death_trial(&mut origin, &page, &ear);
+        println!("trial {trial}: origin kill -9 → tone heard on another node in {secs:.2} s");
+        times.push(secs);
+    }
+    let ttl = amphi_cluster::lease::TTL_MS as f64 / 1000.0;
+    for t in &times {
+        assert!(*t >= ttl - 0.5, "healed before the lease expired: {t}");
+        assert!(*t < 10.0, "healed too slowly: {t}");
+    }
+    assert!(metric(&page, "amphi_takeovers_total") + metric(&ear, "amphi_takeovers_total") == 2.0);
+}
+
+#[test]
+fn an_origins_death_with_no_speaker_back_ends_the_space_by_itself() {
+    let nats = Nats::start();
+    let shared = tempfile::tempdir().expect("tempdir");
+    let rec = shared.path().to_str().expect("utf-8 path");
+    let start = |name: &str| {
+        node_with(
+            &nats.url(),
+            name,
+            &["--orphan-grace", "3", "--recordings-dir", rec],
+            &[],
+        )
+    };
+    let mut a = start("a");
+    let b = start("b");
+    let c = start("c");
+    let (id, host, _) = live_space(&a, "orphan");
+    let mut peer = publish_tone(&a, &id, &host, 440, 60);
+    wait_for_audio(&a, 50.0);
+    let stored = metric(&a, "amphi_recording_segments_total");
+    wait_for(10, "A to store two segments of speech", || {
+        metric(&a, "amphi_recording_segments_total") >= stored + 2.0
+    });
+    let mut r = WsReader::connect(c.port, &format!("/spaces/{id}/live.ws"), None);
+    r.stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    r.next();
+    a.kill();
+    peer.kill();
+    let t_kill = Instant::now();
+    // The lease expires (3 s), a survivor takes the space over, waits 3 s
+    // for a speaker, then ends it: C's listener gets the end of its stream.
+    let closed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        loop {
+            r.next();
+        }
+    }));
+    assert!(closed.is_err(), "the stream never ended");
+    let ended_after = t_kill.elapsed().as_secs_f64();
+    println!("the orphaned space ended {ended_after:.1} s after its origin died");
+    assert!(ended_after < 15.0, "{ended_after}");
+    for s in [&b, &c] {
+        wait_for(5, "every node sees the end", || {
+            view(s, &id)["state"] == "ended"
+        });
+    }
+    assert_eq!(
+        metric(&b, "amphi_orphans_ended_total") + metric(&c, "amphi_orphans_ended_total"),
+        1.0
+    );
+    // The replay holds what A stored before it died.
+    wait_for(10, "the replay", || {
+        view(&b, &id)["replay"]["ogg"].is_string()
+    });
+    let rec = b.url(&format!("/spaces/{id}/recording.opus"));
+    wait_for(5, "the replay through B", || {
+        call("GET", &rec, None, None).status == 200
+    });
+    let secs = seconds_of_tone(&ffmpeg_listen(&rec, 3600.0), 440.0);
+    println!("replay: {secs:.1} s of tone");
+    assert!(secs > 2.0, "only {secs:.1} s of the tone in the replay");
+}

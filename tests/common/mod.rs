@@ -353,6 +353,12 @@ impl WsReader {
 
     /// The next message as (first_seq, frame count).
     pub fn next(&mut self) -> (u64, u64) {
+        let (first, count, _) = self.next_with_level();
+        (first, count)
+    }
+
+    /// The next message as (first_seq, frame count, program level).
+    pub fn next_with_level(&mut self) -> (u64, u64, u8) {
         loop {
             if self.buf.len() >= 2 {
                 assert_eq!(self.buf[0], 0x82, "expected a final binary frame");
@@ -370,7 +376,7 @@ impl WsReader {
                 if len != usize::MAX && self.buf.len() >= hdr + len {
                     let msg = amphi_media::wire::decode_message(&self.buf[hdr..hdr + len])
                         .expect("valid live.ws message");
-                    let out = (msg.first_seq, msg.frames.len() as u64);
+                    let out = (msg.first_seq, msg.frames.len() as u64, msg.level);
                     self.buf.drain(..hdr + len);
                     return out;
                 }

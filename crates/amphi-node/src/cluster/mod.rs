@@ -257,15 +257,21 @@ pub async fn route_to_owner(
 /// The space a mutating call acts on, if only its owner may run it.
 fn owner_only(method: &axum::http::Method, path: &str) -> Option<SpaceId> {
     use axum::http::Method;
+    let rest = path.strip_prefix("/api/v1/spaces/")?;
+    let (id, action) = rest.split_once('/')?;
+    let first = action.split('/').next().unwrap_or("");
+    // A WHIP session's status is the owner's to tell.
+    if *method == Method::GET {
+        return (first == "whip" && action.len() > "whip/".len())
+            .then(|| id.parse().ok())
+            .flatten();
+    }
     if !matches!(
         *method,
         Method::POST | Method::DELETE | Method::PUT | Method::PATCH
     ) {
         return None;
     }
-    let rest = path.strip_prefix("/api/v1/spaces/")?;
-    let (id, action) = rest.split_once('/')?;
-    let first = action.split('/').next().unwrap_or("");
     matches!(
         first,
         "start" | "end" | "hand" | "stage" | "cohosts" | "participants" | "whip"
@@ -444,6 +450,8 @@ mod tests {
             assert!(owner_only(&Method::POST, &p(a)).is_none(), "{a}");
         }
         assert!(owner_only(&Method::GET, &p("start")).is_none());
+        assert!(owner_only(&Method::GET, &p("whip/abc")).is_some());
+        assert!(owner_only(&Method::GET, &p("whip")).is_none());
         assert!(owner_only(&Method::OPTIONS, &p("whip")).is_none());
         assert!(owner_only(&Method::POST, "/api/v1/spaces/nothex/start").is_none());
         assert!(owner_only(&Method::POST, "/api/v1/spaces").is_none());
