@@ -760,24 +760,53 @@ fn origin_death_trial(origin: &mut Server, page: &Server, ear: &Server) -> f64 {
     healed
 }
 
+/// Kill -9 of the origin, on a cluster of three NATS servers, 2 trials
+/// (`AMPHI_HEAL_TRIALS=20` for the figures of docs/SCALING.md; see
+/// `bench/cluster.sh repair`).
 #[test]
 fn an_origins_death_heals_itself_and_listeners_ride_through() {
-    let nats = Nats::start();
-    let page = node(&nats, "page");
-    let ear = node(&nats, "ear");
+    let trials: usize = std::env::var("AMPHI_HEAL_TRIALS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
+    let nats = NatsCluster::start();
+    let page = node_with(&nats.urls_from(0), "page", &[], &[]);
+    let ear = node_with(&nats.urls_from(1), "ear", &[], &[]);
     let mut times = Vec::new();
-    for trial in 0..2 {
-        let mut origin = node(&nats, &format!("origin{trial}"));
+    for trial in 0..trials {
+        let mut origin = node_with(
+            &nats.urls_from(trial % 3),
+            &format!("origin{trial}"),
+            &[],
+            &[],
+        );
         let secs = origin_death_trial(&mut origin, &page, &ear);
         println!("trial {trial}: origin kill -9 → tone heard on another node in {secs:.2} s");
         times.push(secs);
     }
-    let ttl = amphi_cluster::lease::TTL_MS as f64 / 1000.0;
+    let mut sorted = times.clone();
+    sorted.sort_by(f64::total_cmp);
+    let pct =
+        |p: f64| sorted[((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1];
+    println!(
+        "origin kill → tone heard, {} trials: min {:.2} s, p50 {:.2} s, p95 {:.2} s, max {:.2} s",
+        sorted.len(),
+        sorted[0],
+        pct(0.5),
+        pct(0.95),
+        sorted[sorted.len() - 1]
+    );
+    // The lease last changed at most one renewal before the kill.
+    use amphi_cluster::lease::{RENEW_MS, TTL_MS};
+    let earliest = (TTL_MS - RENEW_MS) as f64 / 1000.0;
     for t in &times {
-        assert!(*t >= ttl - 0.5, "healed before the lease expired: {t}");
+        assert!(*t >= earliest, "healed before the lease expired: {t}");
         assert!(*t < 10.0, "healed too slowly: {t}");
     }
-    assert!(metric(&page, "amphi_takeovers_total") + metric(&ear, "amphi_takeovers_total") == 2.0);
+    assert_eq!(
+        metric(&page, "amphi_takeovers_total") + metric(&ear, "amphi_takeovers_total"),
+        trials as f64
+    );
 }
 
 #[test]
