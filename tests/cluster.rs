@@ -872,3 +872,75 @@ fn an_origins_death_with_no_speaker_back_ends_the_space_by_itself() {
     println!("replay: {secs:.1} s of tone");
     assert!(secs > 2.0, "only {secs:.1} s of the tone in the replay");
 }
+
+#[test]
+fn a_dead_origins_unstored_frames_are_recorded_from_the_edges_without_shared_storage() {
+    let nats = Nats::start();
+    // Each node records to its own disk.
+    let mut a = node(&nats, "a");
+    let b = node(&nats, "b");
+    let c = node(&nats, "c");
+    let (id, host, _) = live_space(&a, "backfill");
+    let path = format!("/spaces/{id}/live.ws");
+    let mut on_b = WsReader::connect(b.port, &path, None);
+    let mut on_c = WsReader::connect(c.port, &path, None);
+    for r in [&mut on_b, &mut on_c] {
+        r.stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+    }
+    let _peer = publish_tone_with(&b, &id, &host, 440, 120, &["--reconnect"]);
+    // 6 s of the speaker through the edges, then A dies with all it stored.
+    let t = Instant::now();
+    while on_b.next_with_level().2 < LOUD {
+        assert!(t.elapsed() < Duration::from_secs(15), "no tone");
+    }
+    let t_tone = Instant::now();
+    while t_tone.elapsed() < Duration::from_secs(6) {
+        on_b.next();
+        on_c.next();
+    }
+    let before = t_tone.elapsed().as_secs_f64();
+    a.kill();
+    // The speaker comes back on the new origin, talks 4 s more.
+    let t_kill = Instant::now();
+    let mut moved = false;
+    loop {
+        let (_, _, level) = on_c.next_with_level();
+        moved |= level < LOUD;
+        if moved && level >= LOUD {
+            break;
+        }
+        assert!(
+            t_kill.elapsed() < Duration::from_secs(30),
+            "no tone after the kill"
+        );
+    }
+    let t_back = Instant::now();
+    while t_back.elapsed() < Duration::from_secs(4) {
+        on_c.next();
+    }
+    let after = t_back.elapsed().as_secs_f64();
+    let r = call(
+        "POST",
+        &b.url(&format!("/api/v1/spaces/{id}/end")),
+        Some(&host),
+        None,
+    );
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    wait_for(10, "the replay", || {
+        view(&b, &id)["replay"]["ogg"].is_string()
+    });
+    let rec = b.url(&format!("/spaces/{id}/recording.opus"));
+    wait_for(5, "the replay through B", || {
+        call("GET", &rec, None, None).status == 200
+    });
+    let secs = seconds_of_tone(&ffmpeg_listen(&rec, 3600.0), 440.0);
+    println!(
+        "replay: {secs:.1} s of tone; {before:.1} s spoken before the origin died (its disk is gone), {after:.1} s after"
+    );
+    assert!(
+        secs > before + after - 1.0,
+        "the replay lost what the dead origin had not stored elsewhere: {secs:.1} s of tone, {before:.1} + {after:.1} s spoken"
+    );
+}

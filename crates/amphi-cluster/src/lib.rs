@@ -12,6 +12,7 @@
 //! |-----------------------------------|---------------------------------------------|
 //! | `amphi.space.<id>.frames`         | the origin's program frames, one per message |
 //! | `amphi.space.<id>.history`        | request: frames since a seq, from the origin |
+//! | `amphi.space.<id>.backfill`       | request: frames since a seq, from every node  |
 //! | `amphi.node.<node>.http`          | request: an API call forwarded to the owner  |
 //! | `amphi.counts`                    | each node's listeners and reactions, 1/s     |
 //! | KV `amphi_spaces` / `<id>`        | the space's rules state (JSON), owner-written |
@@ -20,6 +21,7 @@
 //! | KV `amphi_config` / `token_key`…  | secrets every node shares                    |
 
 pub mod audience;
+pub mod backfill;
 pub mod edges;
 pub mod forward;
 pub mod frames;

@@ -123,6 +123,15 @@ pub trait Host: Send + Sync + 'static {
     fn become_origin(&self, space: SpaceId, first_seq: u64);
     /// Another node owns `space` now: stop mixing it here.
     fn abandon(&self, space: SpaceId);
+    /// The last frame of `space` the recordings storage holds, as seen
+    /// from this node (blocking: it reads storage).
+    fn recorded_upto(&self, space: SpaceId) -> Option<u64>;
+    /// The frames of `space` this node holds in its recent history (as
+    /// its origin or an edge), from `from` on.
+    fn recent_frames(&self, space: SpaceId, from: u64) -> Vec<Frame>;
+    /// Records `frames` of `space` that its dead origin had not stored
+    /// (blocking: it writes storage); nothing if the space is not recorded.
+    fn backfill(&self, space: SpaceId, frames: Vec<Frame>);
     /// Whether a speaker of `space` has published to this node (a WHIP
     /// session reached it) since it became the origin.
     fn speakers_back(&self, space: SpaceId) -> bool;

@@ -534,6 +534,12 @@ impl Nats {
                         tracing::warn!(space = %space, %from, "took over a space whose owner stopped renewing");
                         if host.is_live(space) {
                             self.orphans.lock().took_over(space, Instant::now());
+                            tokio::spawn(backfill(
+                                self.client.clone(),
+                                host.clone(),
+                                space,
+                                first_seq,
+                            ));
                         }
                     }
                     // An edge becoming the origin keeps its outputs: the
@@ -737,6 +743,42 @@ impl Nats {
                 continue;
             };
             let _ = self.client.publish(reply, body).await;
+        }
+    }
+
+    /// Answers a new origin's backfill requests with the recent frames
+    /// this node holds (as an edge, or as a past origin).
+    async fn serve_backfill(self: Arc<Self>) {
+        let mut sub = match self.client.subscribe("amphi.space.*.backfill").await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "could not subscribe to backfill requests");
+                return;
+            }
+        };
+        while let Some(msg) = sub.next().await {
+            let (Some(reply), Some(host)) = (msg.reply.clone(), self.host()) else {
+                continue;
+            };
+            let Some(id) = msg
+                .subject
+                .split('.')
+                .nth(2)
+                .and_then(|s| s.parse::<SpaceId>().ok())
+            else {
+                continue;
+            };
+            let Ok(from) = amphi_cluster::decode_history_request(&msg.payload) else {
+                continue;
+            };
+            let frames = host.recent_frames(id, from);
+            if frames.is_empty() {
+                continue;
+            }
+            let _ = self
+                .client
+                .publish(reply, amphi_cluster::encode_frames(&frames))
+                .await;
         }
     }
 
@@ -971,6 +1013,7 @@ impl Membership for Nats {
         tokio::spawn(self.clone().watch_leases());
         tokio::spawn(self.clone().publish_frames(bus));
         tokio::spawn(self.clone().serve_history());
+        tokio::spawn(self.clone().serve_backfill());
         tokio::spawn(self.clone().serve_forwarded(router));
         tokio::spawn(self.clone().counts());
         tokio::spawn(self.clone().housekeeping());
@@ -1214,6 +1257,46 @@ impl Membership for Nats {
             self.ownership.lock().held() as f64,
         );
     }
+}
+
+/// How long a new origin collects the other nodes' recent frames.
+const BACKFILL_WAIT: Duration = Duration::from_millis(700);
+
+/// After taking `space` over from a dead origin (this node's frames start
+/// at `first_seq` or later): records the frames the dead origin had not
+/// stored, from this node's own history and every other node's.
+async fn backfill(client: async_nats::Client, host: Arc<dyn Host>, space: SpaceId, first_seq: u64) {
+    let h = host.clone();
+    let Ok(stored) = tokio::task::spawn_blocking(move || h.recorded_upto(space)).await else {
+        return;
+    };
+    let from = stored.map_or(0, |s| s.saturating_add(1));
+    let mut answers = vec![host.recent_frames(space, from)];
+    let inbox = client.new_inbox();
+    if let Ok(mut sub) = client.subscribe(inbox.clone()).await {
+        let request = Bytes::copy_from_slice(&amphi_cluster::encode_history_request(from));
+        if client
+            .publish_with_reply(
+                amphi_cluster::backfill::backfill_subject(space),
+                inbox,
+                request,
+            )
+            .await
+            .is_ok()
+        {
+            let deadline = tokio::time::Instant::now() + BACKFILL_WAIT;
+            while let Ok(Some(msg)) = tokio::time::timeout_at(deadline, sub.next()).await {
+                if let Ok(frames) = amphi_cluster::decode_frames(&msg.payload) {
+                    answers.push(frames);
+                }
+            }
+        }
+    }
+    let frames = amphi_cluster::backfill::merge(answers, from, first_seq);
+    if frames.is_empty() {
+        return;
+    }
+    let _ = tokio::task::spawn_blocking(move || host.backfill(space, frames)).await;
 }
 
 async fn run_forwarded(router: Router, req: ForwardRequest) -> ForwardReply {
