@@ -149,7 +149,7 @@ export class Mic {
     await pc.setRemoteDescription({ type: "answer", sdp: body });
   }
 
-  /** Checks every second that the WHIP session still publishes (a GET on
+  /** Checks twice a second that the WHIP session still publishes (a GET on
    * its resource, which any node forwards to the space's owner): 404 (the
    * session is gone: another node took the space over) or 503 (the owner
    * does not answer) starts a reconnection. */
@@ -162,11 +162,11 @@ export class Mic {
         status = r.status;
       } catch { /* the page's node is unreachable: try again */ }
       if (status === 404 || status === 503) this.reconnect();
-    }, 1000);
+    }, 500);
   }
 
   /** Publishes the same microphone again through the page's node, with
-   * backoff (250 ms doubling to 2 s, for up to 2 minutes), once the
+   * backoff (250 ms doubling to 1 s, for up to 2 minutes), once the
    * session is gone. */
   async reconnect() {
     if (this.reconnecting || this.cancelled || !this.stream) return;
@@ -191,7 +191,7 @@ export class Mic {
           if (e && [401, 403, 404, 410].includes(e.status)) break;
         }
         await new Promise((r) => setTimeout(r, backoff));
-        backoff = Math.min(backoff * 2, 2000);
+        backoff = Math.min(backoff * 2, 1000);
       }
       if (!this.cancelled) this.onState("failed");
     } finally {
