@@ -639,7 +639,7 @@ impl NatsCluster {
 
     fn wait_ready(&self, i: usize) {
         let monitor = self.servers[i].2;
-        wait_for(20, "nats-server in the cluster", || {
+        wait_for(40, "nats-server in the cluster", || {
             reqwest::blocking::get(format!("http://127.0.0.1:{monitor}/healthz"))
                 .is_ok_and(|r| r.status().is_success())
         });
