@@ -6,8 +6,23 @@
 # of a WebSocket listener on the origin vs on an edge.
 #
 # Usage: bench/cluster.sh [LISTENERS_PER_EDGE] [SECONDS]   (default 5000 15)
+#
+#        bench/cluster.sh repair [TRIALS]   (default 20)
+# The repair figures (docs/SCALING.md, "Repair"): three nats-servers in a
+# cluster (JetStream R3), a speaker (aiortc, --reconnect) publishing through
+# one node, a live.ws listener on another, and per trial a fresh origin
+# node killed -9 under a live space; prints each origin kill → tone heard
+# again time and min/p50/p95/max (tests/cluster.rs,
+# an_origins_death_heals_itself_and_listeners_ride_through, with
+# AMPHI_HEAL_TRIALS).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ "${1:-}" = repair ]; then
+  AMPHI_HEAL_TRIALS=${2:-20} cargo nextest run --test cluster --no-capture \
+    -E 'test(an_origins_death_heals_itself_and_listeners_ride_through)' 2>&1 |
+    grep -E '^(trial|origin kill|reconnected)|PASS|FAIL'
+  exit "${PIPESTATUS[0]}"
+fi
 N=${1:-5000}
 SECS=${2:-15}
 BIN=${AMPHI_BIN:-target/release/amphi}

@@ -7,6 +7,15 @@ streams for the given time, then DELETEs the session resource.
 
 Exit codes: 0 done, 2 the server refused (status and body printed),
 3 the connection never came up.
+
+With --reconnect the client rides through the death of the node that
+mixes the space (its origin): every 250 ms it GETs its WHIP resource
+through the node it was given (any node forwards it to the space's owner);
+a 404 (the session is gone: another node took the space over) or a 503
+(the owner does not answer) makes it close the peer connection and POST a
+new offer to the same endpoint, with backoff (250 ms doubling to 2 s),
+until the space ends or --seconds have passed. Each reconnection is
+printed as `reconnected after S s` (from the first failed check).
 """
 import argparse
 import asyncio
@@ -33,6 +42,7 @@ def parse_args():
     p.add_argument("--ice-from-link", action="store_true", help="ask OPTIONS on the WHIP URL for ICE servers (Link rel=ice-server, RFC 9725) and gather with them (TURN over TCP included)")
     p.add_argument("--ice-url-prefix", default="", help="with --ice-from-link, keep only the ICE servers whose URL starts with this (e.g. turns:)")
     p.add_argument("--require-relay", action="store_true", help="exit 4 unless the selected candidate pair is relayed through TURN")
+    p.add_argument("--reconnect", action="store_true", help="when the WHIP session is gone (origin died), POST a new offer with backoff until --seconds have passed")
     p.add_argument("--return-out", help="offer sendrecv and write the audio the server returns (the other speakers) to this file as mono s16le 48 kHz")
     p.add_argument("--schedule", help="when the tone sounds, as START-END seconds after --epoch, comma-separated (e.g. 0-8,10-12); silence (zeros, still sent) otherwise")
     p.add_argument("--epoch", type=float, help="UNIX time the --schedule counts from (default: the first frame sent)")
@@ -217,16 +227,8 @@ async def record_return(track, path):
             out.flush()
 
 
-async def main():
-    servers = []
-    if args.ice_from_link:
-        status, headers, body = await asyncio.to_thread(http, "OPTIONS", args.url)
-        servers = ice_servers_from_links(headers.get_all("Link") or [])
-        servers = [s for s in servers if s.urls.startswith(args.ice_url_prefix)]
-        print(f"OPTIONS {status}: {len(servers)} ICE server(s): {[s.urls for s in servers]}", file=sys.stderr)
-        if not servers:
-            print("no ICE servers in the OPTIONS answer", file=sys.stderr)
-            return 2
+async def publish_once(servers, deadline_conn=10):
+    """POSTs one offer; returns (pc, location, recorders) or an exit code."""
     pc = RTCPeerConnection(RTCConfiguration(iceServers=servers)) if servers else RTCPeerConnection()
     direction = "sendrecv" if args.return_out else "sendonly"
     pc.addTransceiver(ToneTrack(args.freq, args.amplitude), direction=direction)
@@ -248,7 +250,7 @@ async def main():
         FMTP.update(parse_fmtp(body))
         print(f"answer fmtp: {FMTP}", file=sys.stderr, flush=True)
     await pc.setRemoteDescription(RTCSessionDescription(sdp=body, type="answer"))
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + deadline_conn
     while pc.connectionState != "connected":
         if time.monotonic() > deadline or pc.connectionState == "failed":
             print(f"connection did not come up: {pc.connectionState}", file=sys.stderr)
@@ -261,11 +263,61 @@ async def main():
         print(f"the selected pair is not relayed ({kind})", file=sys.stderr)
         await pc.close()
         return 4
-    await asyncio.sleep(args.seconds)
+    return pc, location, recorders
+
+
+def space_ended():
+    """Whether the space has ended (asked of the node the client was given)."""
+    space_url = args.url.rsplit("/whip", 1)[0]
+    status, _, body = http("GET", space_url)
+    return status == 200 and '"state":"ended"' in body.replace(" ", "")
+
+
+async def main():
+    servers = []
+    if args.ice_from_link:
+        status, headers, body = await asyncio.to_thread(http, "OPTIONS", args.url)
+        servers = ice_servers_from_links(headers.get_all("Link") or [])
+        servers = [s for s in servers if s.urls.startswith(args.ice_url_prefix)]
+        print(f"OPTIONS {status}: {len(servers)} ICE server(s): {[s.urls for s in servers]}", file=sys.stderr)
+        if not servers:
+            print("no ICE servers in the OPTIONS answer", file=sys.stderr)
+            return 2
+    r = await publish_once(servers)
+    if isinstance(r, int):
+        return r
+    pc, location, recorders = r
+    end = time.monotonic() + args.seconds
+    if not args.reconnect:
+        await asyncio.sleep(args.seconds)
+    while args.reconnect and time.monotonic() < end:
+        await asyncio.sleep(0.25)
+        status, _, _ = await asyncio.to_thread(http, "GET", location)
+        if status not in (404, 503):
+            continue
+        lost_at = time.monotonic()
+        print(f"WHIP session gone ({status}); reconnecting", file=sys.stderr, flush=True)
+        await pc.close()
+        for rec in recorders:
+            rec.cancel()
+        backoff = 0.25
+        while time.monotonic() < end:
+            if await asyncio.to_thread(space_ended):
+                print("the space ended", file=sys.stderr, flush=True)
+                return 0
+            r = await publish_once(servers, deadline_conn=5)
+            if not isinstance(r, int):
+                pc, location, recorders = r
+                print(f"reconnected after {time.monotonic() - lost_at:.2f} s", file=sys.stderr, flush=True)
+                break
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 2.0)
+        else:
+            return 3
     await asyncio.to_thread(http, "DELETE", location)
     await pc.close()
-    for r in recorders:
-        r.cancel()
+    for rec in recorders:
+        rec.cancel()
     return 0
 
 

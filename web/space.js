@@ -417,6 +417,8 @@ $("mic").addEventListener("click", async () => {
     returnEl: $("return-audio"),
     onState: (s) => {
       if (state.mic !== mic) return;
+      if (s === "reconnecting") say(status, "Reconnecting your mic…");
+      if (s === "reconnected") say(status, "You are live on stage again.");
       if (s === "failed") say(status, "The audio connection failed. Start your mic again.", true);
       if (s === "mic-ended") say(status, "Your microphone stopped (unplugged or taken by another app).", true);
       if (s === "failed" || s === "mic-ended") { stopMic(); render(); }

@@ -89,6 +89,12 @@ export class Mic {
     }
     const track = this.stream.getAudioTracks()[0];
     track.addEventListener("ended", () => this.onState("mic-ended"));
+    await this.connect(track);
+    this.watch();
+  }
+
+  /** One WHIP session for `track`: ICE servers, offer, answer. */
+  async connect(track) {
     // TURN servers (if the node offers any) before gathering: a speaker
     // behind a firewall that blocks UDP reaches the node through them.
     let iceServers = [];
@@ -107,7 +113,12 @@ export class Mic {
       this.returnEl.srcObject = e.streams[0] || new MediaStream([e.track]);
       this.returnEl.play().catch(() => {});
     };
-    pc.onconnectionstatechange = () => this.onState(pc.connectionState);
+    pc.onconnectionstatechange = () => {
+      if (pc !== this.pc) return;
+      // A failed connection is retried (the node that mixed may have died).
+      if (pc.connectionState === "failed") this.reconnect();
+      else this.onState(pc.connectionState);
+    };
     await pc.setLocalDescription(await pc.createOffer());
     await gathered(pc, 3000);
     if (!this.pc) throw new ApiError(0, "cancelled", "You are no longer on stage.");
@@ -125,7 +136,7 @@ export class Mic {
         msg = e.message;
         code = e.code;
       } catch { /* not JSON: keep the text */ }
-      this.stop();
+      if (!this.reconnecting) this.stop();
       throw new ApiError(res.status, code, msg, res.headers.get("Retry-After"));
     }
     const loc = res.headers.get("Location");
@@ -136,6 +147,56 @@ export class Mic {
       return;
     }
     await pc.setRemoteDescription({ type: "answer", sdp: body });
+  }
+
+  /** Checks twice a second that the WHIP session still publishes (a GET on
+   * its resource, which any node forwards to the space's owner): 404 (the
+   * session is gone: another node took the space over) or 503 (the owner
+   * does not answer) starts a reconnection. */
+  watch() {
+    this.watchdog = setInterval(async () => {
+      if (this.reconnecting || !this.location || this.cancelled) return;
+      let status = 0;
+      try {
+        const r = await fetch(this.location, { headers: { Authorization: `Bearer ${this.token}` } });
+        status = r.status;
+      } catch { /* the page's node is unreachable: try again */ }
+      if (status === 404 || status === 503) this.reconnect();
+    }, 500);
+  }
+
+  /** Publishes the same microphone again through the page's node, with
+   * backoff (250 ms doubling to 1 s, for up to 2 minutes), once the
+   * session is gone. */
+  async reconnect() {
+    if (this.reconnecting || this.cancelled || !this.stream) return;
+    this.reconnecting = true;
+    this.onState("reconnecting");
+    this.pc?.close();
+    this.pc = null;
+    this.location = null;
+    const track = this.stream.getAudioTracks()[0];
+    const deadline = Date.now() + 120000;
+    let backoff = 250;
+    try {
+      while (!this.cancelled && Date.now() < deadline) {
+        try {
+          await this.connect(track);
+          this.onState("reconnected");
+          return;
+        } catch (e) {
+          this.pc?.close();
+          this.pc = null;
+          // Not on stage any more, or the space is over: give up.
+          if (e && [401, 403, 404, 410].includes(e.status)) break;
+        }
+        await new Promise((r) => setTimeout(r, backoff));
+        backoff = Math.min(backoff * 2, 1000);
+      }
+      if (!this.cancelled) this.onState("failed");
+    } finally {
+      this.reconnecting = false;
+    }
   }
 
   get live() {
@@ -150,6 +211,7 @@ export class Mic {
   /** Releases the microphone and ends the WHIP session. */
   stop() {
     this.cancelled = true;
+    clearInterval(this.watchdog);
     this.stream?.getTracks().forEach((t) => t.stop());
     this.pc?.close();
     if (this.returnEl) this.returnEl.srcObject = null;

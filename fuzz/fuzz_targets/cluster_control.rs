@@ -6,14 +6,15 @@
 //! lease re-encodes to JSON that decodes to the same value, and a history
 //! request decodes exactly from 8 bytes, which it re-encodes to. The same
 //! bytes, read with `arbitrary`, give a lease (or none), its revision and
-//! reads of it by several nodes at any clocks (`i64` extremes included);
-//! for those and for any lease decoded above: at most one node name sees
-//! `Mine`, only the lease's own node and never for an ended lease; `Owner`
-//! only for a lease valid at the reader's clock and not its own; `TakeOver`
-//! only for an expired one; revisions are passed through; validity holds
-//! exactly for `at_ms <= now < at_ms + TTL` (and before `at_ms`) and not
-//! after; `next_seq` is past `seq` plus the frames of the outage
-//! (saturating), never below `seq`, never decreasing with the clock.
+//! reads of it by several nodes, each with the age it measured for the
+//! key's revision on its own clock (`i64` extremes included); for those and
+//! for any lease decoded above: at most one node name sees `Mine`, only the
+//! lease's own node and never for an ended lease; `Owner` only for a lease
+//! younger than the TTL and not its own; `TakeOver` only for one at least
+//! that old, carrying that age; the writer's `at_ms` never changes a
+//! decision; revisions are passed through; `next_seq` is past `seq` plus
+//! the frames of the measured outage (saturating), never below `seq`,
+//! never decreasing with the age.
 use std::collections::BTreeSet;
 
 use amphi_cluster::lease::TTL_MS;
@@ -37,16 +38,14 @@ enum Who {
     Owner,
 }
 
-/// A clock reading, with the edges a plain `i64` rarely hits.
+/// A clock reading or an age, with the edges a plain `i64` rarely hits.
 #[derive(Debug, Arbitrary)]
 enum When {
     At(i64),
     Min,
     Max,
     Zero,
-    /// Relative to the lease's `at_ms` (saturating).
-    SinceLease(i64),
-    /// Around the expiry instant `at_ms + TTL_MS`.
+    /// Around the TTL.
     NearExpiry(i8),
 }
 
@@ -87,31 +86,30 @@ fn name(w: &Who, owner: &str) -> String {
     }
 }
 
-fn clock(w: &When, at_ms: i64) -> i64 {
+fn clock(w: &When) -> i64 {
     match w {
         When::At(t) => *t,
         When::Min => i64::MIN,
         When::Max => i64::MAX,
         When::Zero => 0,
-        When::SinceLease(d) => at_ms.saturating_add(*d),
-        When::NearExpiry(d) => at_ms.saturating_add(TTL_MS).saturating_add(i64::from(*d)),
+        When::NearExpiry(d) => TTL_MS.saturating_add(i64::from(*d)),
     }
 }
 
 /// `next_seq` as documented: past the last frame, plus one frame per 20 ms
-/// since the lease was last renewed (none if the clock is behind), with the
-/// clock difference and the sum saturating.
-fn expected_next_seq(l: &Lease, now: i64) -> u64 {
-    let down = (i128::from(now) - i128::from(l.at_ms)).clamp(0, i128::from(i64::MAX)) / FRAME_MS;
+/// of the measured age (none for a negative one), the sum saturating.
+fn expected_next_seq(l: &Lease, age: i64) -> u64 {
+    let down = i128::from(age.max(0)) / FRAME_MS;
     u64::try_from(i128::from(l.seq) + 1 + down).unwrap_or(u64::MAX)
 }
 
-/// Checks every decision and the lease's arithmetic at each read.
+/// Checks every decision and the lease's arithmetic at each read (a node
+/// and the age it measured).
 fn check_reads(lease: Option<&Lease>, revision: u64, reads: &[(String, i64)]) {
     let mut mine = BTreeSet::new();
-    for (me, now) in reads {
-        let now = *now;
-        let d = Lease::decide(lease.map(|l| (l, revision)), me, now);
+    for (me, age) in reads {
+        let age = *age;
+        let d = Lease::decide(lease.map(|l| (l, revision, age)), me);
         let Some(l) = lease else {
             assert_eq!(d, LeaseDecision::Acquire, "no key must be acquired");
             continue;
@@ -131,54 +129,64 @@ fn check_reads(lease: Option<&Lease>, revision: u64, reads: &[(String, i64)]) {
                     o == l && !l.ended && &l.node != me,
                     "{d:?} for {me:?}, {l:?}"
                 );
-                assert!(o.is_valid(now), "Owner of a lease expired at {now}: {o:?}");
+                assert!(age < TTL_MS, "Owner of a lease {age} ms old: {o:?}");
             }
             LeaseDecision::TakeOver {
                 revision: r,
                 previous,
+                age_ms,
             } => {
                 assert!(previous == l && !l.ended && &l.node != me && *r == revision);
                 assert!(
-                    !l.is_valid(now),
-                    "TakeOver of a lease valid at {now}: {l:?}"
+                    age >= TTL_MS && *age_ms == age,
+                    "TakeOver of a lease {age} ms old: {l:?}"
                 );
             }
         }
-        // Validity: never when ended; otherwise until TTL after the last
-        // renewal (and for a lease dated ahead of the reader's clock).
-        let age = i128::from(now) - i128::from(l.at_ms);
-        let fresh = age < i128::from(TTL_MS);
-        assert_eq!(
-            l.is_valid(now),
-            !l.ended && fresh,
-            "validity of {l:?} at {now}"
-        );
+        // The writer's clock is never read: any `at_ms` decides the same.
+        for at_ms in [i64::MIN, 0, i64::MAX] {
+            let other = Lease { at_ms, ..l.clone() };
+            let d2 = Lease::decide(Some((&other, revision, age)), me);
+            let same = match (&d, &d2) {
+                (LeaseDecision::Owner(_), LeaseDecision::Owner(_))
+                | (LeaseDecision::Ended(_), LeaseDecision::Ended(_))
+                | (LeaseDecision::TakeOver { .. }, LeaseDecision::TakeOver { .. }) => true,
+                (a, b) => a == b,
+            };
+            assert!(same, "at_ms changed the decision: {d:?} vs {d2:?}");
+        }
 
-        let next = l.next_seq(now);
+        let next = l.next_seq(age);
         assert!(
             next >= l.seq,
-            "next_seq {next} below seq for {l:?} at {now}"
+            "next_seq {next} below seq for {l:?} at age {age}"
         );
         assert!(next > l.seq || l.seq == u64::MAX);
         assert_eq!(
             next,
-            expected_next_seq(l, now),
-            "next_seq of {l:?} at {now}"
+            expected_next_seq(l, age),
+            "next_seq of {l:?} at age {age}"
         );
     }
     assert!(mine.len() <= 1, "several nodes see Mine: {mine:?}");
     if let (Some(l), Some(m)) = (lease, mine.first()) {
         assert_eq!(&l.node, m);
     }
-    // Monotone in the clock: a later reader never sees a lease valid that
-    // an earlier one saw expired, nor a smaller next_seq.
+    // Monotone in the age: an older sighting never gives a smaller
+    // next_seq, nor an Owner where a younger one gave TakeOver.
     if let Some(l) = lease {
-        let mut nows: Vec<i64> = reads.iter().map(|(_, t)| *t).collect();
-        nows.extend([i64::MIN, -1, 0, l.at_ms, i64::MAX]);
-        nows.sort_unstable();
-        for w in nows.windows(2) {
+        let mut ages: Vec<i64> = reads.iter().map(|(_, t)| *t).collect();
+        ages.extend([i64::MIN, -1, 0, TTL_MS - 1, TTL_MS, i64::MAX]);
+        ages.sort_unstable();
+        let taken = |age| {
+            matches!(
+                Lease::decide(Some((l, revision, age)), "\u{1}reader"),
+                LeaseDecision::TakeOver { .. }
+            )
+        };
+        for w in ages.windows(2) {
             assert!(l.next_seq(w[0]) <= l.next_seq(w[1]));
-            assert!(l.is_valid(w[0]) || !l.is_valid(w[1]));
+            assert!(!taken(w[0]) || taken(w[1]));
         }
     }
 }
@@ -200,12 +208,12 @@ fuzz_target!(|data: &[u8]| {
         if again.len() <= MAX_LEASE {
             assert_eq!(Lease::decode(&again).as_ref(), Some(l));
         }
-        let nows = [i64::MIN, -1, 0, l.at_ms, i64::MAX];
+        let ages = [i64::MIN, -1, 0, TTL_MS - 1, TTL_MS, i64::MAX];
         let reads: Vec<(String, i64)> = NAMES
             .iter()
             .map(|n| n.to_string())
             .chain([l.node.clone()])
-            .flat_map(|n| nows.map(|t| (n.clone(), t)))
+            .flat_map(|n| ages.map(|t| (n.clone(), t)))
             .collect();
         check_reads(Some(l), u64::MAX, &reads);
     }
@@ -222,7 +230,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let node = name(&s.node, "");
-    let at_ms = clock(&s.at_ms, 0);
+    let at_ms = clock(&s.at_ms);
     let lease = Lease {
         node: node.clone(),
         http: s.http,
@@ -241,7 +249,7 @@ fuzz_target!(|data: &[u8]| {
     let reads: Vec<(String, i64)> = s
         .reads
         .iter()
-        .map(|r| (name(&r.who, &node), clock(&r.when, at_ms)))
+        .map(|r| (name(&r.who, &node), clock(&r.when)))
         .collect();
     check_reads((!s.absent).then_some(&lease), s.revision, &reads);
 });

@@ -357,6 +357,12 @@ impl WsReader {
 
     /// The next message as (first_seq, frame count).
     pub fn next(&mut self) -> (u64, u64) {
+        let (first, count, _) = self.next_with_level();
+        (first, count)
+    }
+
+    /// The next message as (first_seq, frame count, program level).
+    pub fn next_with_level(&mut self) -> (u64, u64, u8) {
         loop {
             if self.buf.len() >= 2 {
                 assert_eq!(self.buf[0], 0x82, "expected a final binary frame");
@@ -374,7 +380,7 @@ impl WsReader {
                 if len != usize::MAX && self.buf.len() >= hdr + len {
                     let msg = amphi_media::wire::decode_message(&self.buf[hdr..hdr + len])
                         .expect("valid live.ws message");
-                    let out = (msg.first_seq, msg.frames.len() as u64);
+                    let out = (msg.first_seq, msg.frames.len() as u64, msg.level);
                     self.buf.drain(..hdr + len);
                     return out;
                 }
@@ -507,62 +513,34 @@ impl Nats {
     /// a test can wait for a dead owner's lease to expire instead of
     /// sleeping through its TTL.
     pub fn lease(&self, space: &str) -> Option<amphi_cluster::Lease> {
-        use base64::Engine;
-        use std::io::{BufRead, BufReader, Read, Write};
-        let bucket = amphi_cluster::LEASES_BUCKET;
-        let stream = std::net::TcpStream::connect(("127.0.0.1", self.port)).expect("nats");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .expect("timeout");
-        let mut w = stream.try_clone().expect("clone");
-        let mut r = BufReader::new(stream);
-        let req = format!("{{\"last_by_subj\":\"$KV.{bucket}.{space}\"}}");
-        write!(
-            w,
-            "CONNECT {{\"verbose\":false}}\r\nSUB _INBOX.lease 1\r\nPUB $JS.API.STREAM.MSG.GET.KV_{bucket} _INBOX.lease {}\r\n{req}\r\n",
-            req.len()
-        )
-        .expect("write to nats");
-        let mut line = String::new();
-        loop {
-            line.clear();
-            assert!(
-                r.read_line(&mut line).expect("read from nats") > 0,
-                "nats closed"
-            );
-            if line.starts_with("PING") {
-                w.write_all(b"PONG\r\n").expect("pong");
-            }
-            assert!(!line.starts_with("-ERR"), "nats: {line}");
-            let Some(head) = line.strip_prefix("MSG ") else {
-                continue;
-            };
-            let len: usize = head
-                .split_whitespace()
-                .last()
-                .and_then(|n| n.parse().ok())
-                .expect("MSG length");
-            let mut payload = vec![0; len + 2];
-            r.read_exact(&mut payload).expect("MSG payload");
-            let v: Value = serde_json::from_slice(&payload[..len]).expect("JSON reply");
-            // No such key: `{"error": ...}`.
-            let data = v["message"]["data"].as_str()?;
-            let value = base64::engine::general_purpose::STANDARD
-                .decode(data)
-                .expect("base64");
-            return amphi_cluster::Lease::decode(&value);
-        }
+        self.lease_at(space).map(|(l, _)| l)
     }
 
-    /// Waits until the lease on `space` has expired (its owner stopped
-    /// renewing), as any node would judge it now.
-    pub fn wait_lease_expired(&self, space: &str) {
-        wait_for(10, "the dead owner's lease to expire", || {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .expect("after 1970")
-                .as_millis() as i64;
-            self.lease(space).is_some_and(|l| !l.is_valid(now))
+    /// The lease on `space` and its revision.
+    pub fn lease_at(&self, space: &str) -> Option<(amphi_cluster::Lease, u64)> {
+        lease_on(self.port, space)
+    }
+
+    /// Waits until the lease on `space` has expired (its key has not
+    /// changed for the TTL, as any node measures it), or been taken over
+    /// by another node than `owner`.
+    pub fn wait_lease_expired(&self, space: &str, owner: &str) {
+        let ttl = Duration::from_millis(amphi_cluster::lease::TTL_MS as u64);
+        let mut seen: Option<(u64, Instant)> = None;
+        wait_for(15, "the dead owner's lease to expire", || {
+            let Some((l, rev)) = self.lease_at(space) else {
+                return false;
+            };
+            if l.node != owner {
+                return true;
+            }
+            match seen {
+                Some((r, since)) if r == rev => since.elapsed() >= ttl,
+                _ => {
+                    seen = Some((rev, Instant::now()));
+                    false
+                }
+            }
         });
     }
 
@@ -586,4 +564,235 @@ impl Drop for Nats {
 /// Starts a cluster node `name` on `nats`.
 pub fn node(nats: &Nats, name: &str) -> Server {
     Server::start(&["--nats", &nats.url(), "--node-id", name])
+}
+
+/// Starts a cluster node `name` on NATS at `urls` (one URL or a comma
+/// list), with extra arguments and environment.
+pub fn node_with(urls: &str, name: &str, extra: &[&str], envs: &[(&str, &str)]) -> Server {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut args = vec!["--nats", urls, "--node-id", name];
+    args.extend_from_slice(extra);
+    let mut s = Server::start_with_env(tmp.path(), &args, envs);
+    s._tmp = Some(tmp);
+    s
+}
+
+/// Three real `nats-server`s routed into one cluster on loopback, with
+/// JetStream (buckets get three replicas). Each server can be killed and
+/// started again on its ports and store.
+pub struct NatsCluster {
+    pub servers: Vec<(Option<Child>, u16, u16, tempfile::TempDir)>,
+    pub routes: Vec<u16>,
+}
+
+impl NatsCluster {
+    pub fn start() -> NatsCluster {
+        let servers: Vec<_> = (0..3)
+            .map(|_| {
+                (
+                    None,
+                    free_port(),
+                    free_port(),
+                    tempfile::tempdir().expect("tempdir"),
+                )
+            })
+            .collect();
+        let routes = (0..3).map(|_| free_port()).collect();
+        let mut c = NatsCluster { servers, routes };
+        for i in 0..3 {
+            c.spawn(i);
+        }
+        for i in 0..3 {
+            c.wait_ready(i);
+        }
+        // The JetStream meta group has a leader.
+        wait_for(20, "a JetStream meta leader", || {
+            reqwest::blocking::get(format!("http://127.0.0.1:{}/jsz", c.servers[0].2))
+                .ok()
+                .and_then(|r| r.json::<Value>().ok())
+                .is_some_and(|v| v["meta_cluster"]["leader"].is_string())
+        });
+        c
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let bin = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("nats-server is required: run scripts/test (it installs it)");
+        let routes: Vec<String> = (0..3)
+            .filter(|j| *j != i)
+            .map(|j| format!("nats://127.0.0.1:{}", self.routes[j]))
+            .collect();
+        let (_, port, monitor, store) = &self.servers[i];
+        let child = Command::new(bin)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-m", &monitor.to_string()])
+            .args(["-n", &format!("s{i}")])
+            .args(["--cluster_name", "amphi"])
+            .args(["--cluster", &format!("nats://127.0.0.1:{}", self.routes[i])])
+            .args(["--routes", &routes.join(",")])
+            .args(["-js", "-sd"])
+            .arg(store.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn nats-server");
+        self.servers[i].0 = Some(child);
+    }
+
+    fn wait_ready(&self, i: usize) {
+        let monitor = self.servers[i].2;
+        wait_for(40, "nats-server in the cluster", || {
+            reqwest::blocking::get(format!("http://127.0.0.1:{monitor}/healthz"))
+                .is_ok_and(|r| r.status().is_success())
+        });
+    }
+
+    /// Server `i`'s client URL.
+    pub fn url_of(&self, i: usize) -> String {
+        format!("nats://127.0.0.1:{}", self.servers[i].1)
+    }
+
+    /// All three client URLs, as a comma list, server `first` first.
+    pub fn urls_from(&self, first: usize) -> String {
+        (0..3)
+            .map(|k| self.url_of((first + k) % 3))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// kill -9 server `i`.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.servers[i].0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts server `i` again on its ports and store.
+    pub fn start_again(&mut self, i: usize) {
+        self.spawn(i);
+        self.wait_ready(i);
+    }
+
+    /// The replicas of stream `name` that are current (leader included),
+    /// as its leader reports them (0 if no running server leads it).
+    pub fn current_replicas(&self, name: &str) -> usize {
+        for i in 0..3 {
+            if self.servers[i].0.is_none() {
+                continue;
+            }
+            let monitor = self.servers[i].2;
+            let Some(v) = reqwest::blocking::get(format!(
+                "http://127.0.0.1:{monitor}/jsz?streams=true&raft=true"
+            ))
+            .ok()
+            .and_then(|r| r.json::<Value>().ok()) else {
+                continue;
+            };
+            for a in v["account_details"].as_array().into_iter().flatten() {
+                for s in a["stream_detail"].as_array().into_iter().flatten() {
+                    if s["name"] == name && s["cluster"]["leader"] == format!("s{i}").as_str() {
+                        let current = s["cluster"]["replicas"]
+                            .as_array()
+                            .map_or(0, |r| r.iter().filter(|r| r["current"] == true).count());
+                        return 1 + current;
+                    }
+                }
+            }
+        }
+        0
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for i in 0..3 {
+            self.kill(i);
+        }
+    }
+}
+
+impl NatsCluster {
+    /// The server amphi node `name` is connected to now.
+    pub fn server_of(&self, name: &str) -> Option<usize> {
+        (0..3).find(|i| {
+            self.servers[*i].0.is_some()
+                && reqwest::blocking::get(format!(
+                    "http://127.0.0.1:{}/connz?limit=1000",
+                    self.servers[*i].2
+                ))
+                .ok()
+                .and_then(|r| r.json::<Value>().ok())
+                .is_some_and(|v| {
+                    v["connections"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|c| c["name"] == format!("amphi {name}").as_str())
+                })
+        })
+    }
+}
+
+/// The lease on `space` and its revision, read from the NATS server on
+/// `port` with the plain protocol (a JetStream "last message of a subject"
+/// get).
+pub fn lease_on(port: u16, space: &str) -> Option<(amphi_cluster::Lease, u64)> {
+    use base64::Engine;
+
+    use std::io::{BufRead, BufReader, Read, Write};
+    let bucket = amphi_cluster::LEASES_BUCKET;
+    let stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("nats");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut w = stream.try_clone().expect("clone");
+    let mut r = BufReader::new(stream);
+    let req = format!("{{\"last_by_subj\":\"$KV.{bucket}.{space}\"}}");
+    write!(
+            w,
+            "CONNECT {{\"verbose\":false}}\r\nSUB _INBOX.lease 1\r\nPUB $JS.API.STREAM.MSG.GET.KV_{bucket} _INBOX.lease {}\r\n{req}\r\n",
+            req.len()
+        )
+        .expect("write to nats");
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(
+            r.read_line(&mut line).expect("read from nats") > 0,
+            "nats closed"
+        );
+        if line.starts_with("PING") {
+            w.write_all(b"PONG\r\n").expect("pong");
+        }
+        assert!(!line.starts_with("-ERR"), "nats: {line}");
+        let Some(head) = line.strip_prefix("MSG ") else {
+            continue;
+        };
+        let len: usize = head
+            .split_whitespace()
+            .last()
+            .and_then(|n| n.parse().ok())
+            .expect("MSG length");
+        let mut payload = vec![0; len + 2];
+        r.read_exact(&mut payload).expect("MSG payload");
+        let v: Value = serde_json::from_slice(&payload[..len]).expect("JSON reply");
+        // No such key: `{"error": ...}`.
+        let data = v["message"]["data"].as_str()?;
+        let value = base64::engine::general_purpose::STANDARD
+            .decode(data)
+            .expect("base64");
+        let revision = v["message"]["seq"].as_u64().expect("seq");
+        return amphi_cluster::Lease::decode(&value).map(|l| (l, revision));
+    }
+}
+
+impl NatsCluster {
+    /// The lease on `space`, read from any running server.
+    pub fn lease_of(&self, space: &str) -> Option<amphi_cluster::Lease> {
+        let (_, port, _, _) = self.servers.iter().find(|s| s.0.is_some())?;
+        lease_on(*port, space).map(|(l, _)| l)
+    }
 }

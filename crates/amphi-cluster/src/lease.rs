@@ -1,21 +1,34 @@
 //! Ownership leases. Exactly one node owns a space at a time: it applies
 //! the space's commands, and while the space is live it is the origin
 //! (WHIP ingest, mixing, recording). The owner renews its lease every
-//! [`RENEW_MS`]; a lease not renewed for [`TTL_MS`] has expired and any node
-//! may take it over with a compare-and-set on the key's revision, so two
-//! nodes can never both win. The lease also carries the origin's last
-//! program sequence number, so a new origin continues the numbering and
-//! listeners resume across the change without a sequence going backwards.
+//! [`RENEW_MS`]; a lease whose key has not changed for [`TTL_MS`] has
+//! expired and any node may take it over with a compare-and-set on the
+//! key's revision, so two nodes can never both win. The lease also carries
+//! the origin's last program sequence number, so a new origin continues the
+//! numbering and listeners resume across the change without a sequence
+//! going backwards.
 //!
-//! Validity is judged on wall-clock time written by the owner: nodes need
-//! clocks within a second or so of each other (NTP).
+//! No clock is compared across nodes. Every renewal is a new revision of
+//! the key; each node measures, on its own monotonic clock, how long the
+//! revision it reads has been the current one ([`Sightings`]), and a lease
+//! has expired when that age reaches [`TTL_MS`]. The owner counts its own
+//! lease valid for [`TTL_MS`] from the moment it *sent* the write, which is
+//! before any other node can see the new revision, so it always stops
+//! acting as the owner before anyone may take over. Clocks need only tick
+//! at the same rate, not agree on the time. The `at_ms` a lease carries is
+//! the writer's wall clock, for people reading the bucket; no decision
+//! reads it.
 
+use std::collections::HashMap;
+
+use amphi_core::SpaceId;
 use serde::{Deserialize, Serialize};
 
 /// How often an owner renews its leases.
-pub const RENEW_MS: i64 = 2_000;
-/// A lease not renewed for this long has expired.
-pub const TTL_MS: i64 = 8_000;
+pub const RENEW_MS: i64 = 1_000;
+/// A lease whose key has not changed for this long (as measured by the
+/// node reading it) has expired.
+pub const TTL_MS: i64 = 3_000;
 /// Duration of one program frame.
 const FRAME_MS: i64 = 20;
 
@@ -29,7 +42,9 @@ pub struct Lease {
     /// Last program frame the owner produced (0 before any).
     #[serde(default)]
     pub seq: u64,
-    /// When the owner last renewed, ms since the UNIX epoch.
+    /// The writer's wall clock at the write, ms since the UNIX epoch:
+    /// informative only, never compared with another node's clock.
+    #[serde(default)]
     pub at_ms: i64,
     /// The space has ended: the lease is kept (it says where the recording
     /// was made) but nobody renews it and nobody needs to own the space.
@@ -47,38 +62,41 @@ pub enum LeaseDecision {
     /// Nobody ever owned it: create the key.
     Acquire,
     /// The owner stopped renewing: take over with a compare-and-set at
-    /// `revision`, continuing from `previous`.
-    TakeOver { revision: u64, previous: Lease },
+    /// `revision`, continuing from `previous`, whose key has not changed
+    /// for `age_ms`.
+    TakeOver {
+        revision: u64,
+        previous: Lease,
+        age_ms: i64,
+    },
     /// The space ended; nothing to own.
     Ended(Lease),
 }
 
 impl Lease {
-    /// Whether the lease still holds at `now_ms`.
-    pub fn is_valid(&self, now_ms: i64) -> bool {
-        !self.ended && now_ms.saturating_sub(self.at_ms) < TTL_MS
-    }
-
-    /// The decision for `me` about a lease read at `revision` (`None`: no
-    /// key).
-    pub fn decide(current: Option<(&Lease, u64)>, me: &str, now_ms: i64) -> LeaseDecision {
+    /// The decision for `me` about a lease read at `revision` whose
+    /// revision this node has seen unchanged for `age_ms` of its own clock
+    /// (`None`: no key).
+    pub fn decide(current: Option<(&Lease, u64, i64)>, me: &str) -> LeaseDecision {
         match current {
             None => LeaseDecision::Acquire,
-            Some((l, _)) if l.ended => LeaseDecision::Ended(l.clone()),
-            Some((l, revision)) if l.node == me => LeaseDecision::Mine { revision },
-            Some((l, _)) if l.is_valid(now_ms) => LeaseDecision::Owner(l.clone()),
-            Some((l, revision)) => LeaseDecision::TakeOver {
+            Some((l, _, _)) if l.ended => LeaseDecision::Ended(l.clone()),
+            Some((l, revision, _)) if l.node == me => LeaseDecision::Mine { revision },
+            Some((l, _, age_ms)) if age_ms < TTL_MS => LeaseDecision::Owner(l.clone()),
+            Some((l, revision, age_ms)) => LeaseDecision::TakeOver {
                 revision,
                 previous: l.clone(),
+                age_ms,
             },
         }
     }
 
-    /// The first sequence number a new origin uses after `self`: past the
-    /// last frame, plus the frames the outage lasted, so playback clocks
-    /// derived from the sequence stay on wall time.
-    pub fn next_seq(&self, now_ms: i64) -> u64 {
-        let down = now_ms.saturating_sub(self.at_ms).max(0) / FRAME_MS;
+    /// The first sequence number a new origin uses after `self`, whose
+    /// key had not changed for `age_ms`: past the last frame, plus the
+    /// frames the outage lasted as this node measured it, so playback
+    /// clocks derived from the sequence stay close to real time.
+    pub fn next_seq(&self, age_ms: i64) -> u64 {
+        let down = age_ms.max(0) / FRAME_MS;
         self.seq.saturating_add(1).saturating_add(down as u64)
     }
 
@@ -96,54 +114,158 @@ impl Lease {
     }
 }
 
+/// When this node first saw each lease key at its current revision, on
+/// its own monotonic clock: the age of a lease is measured here, never
+/// read from the writer's clock.
+#[derive(Debug, Default, Clone)]
+pub struct Sightings {
+    seen: HashMap<SpaceId, Sighting>,
+}
+
+/// One key as last seen.
+#[derive(Debug, Clone)]
+pub struct Sighting {
+    pub revision: u64,
+    /// This node's clock when the revision was first seen.
+    pub since_ms: i64,
+    pub lease: Lease,
+}
+
+impl Sightings {
+    /// The key of `space` is at `revision` with `lease` (read, watched or
+    /// written at `now_ms`); returns how long it has been at that revision.
+    /// An older revision than one already seen changes nothing (a late
+    /// read) and counts as fresh.
+    pub fn see(&mut self, space: SpaceId, revision: u64, lease: &Lease, now_ms: i64) -> i64 {
+        match self.seen.get_mut(&space) {
+            Some(s) if s.revision == revision => now_ms.saturating_sub(s.since_ms).max(0),
+            Some(s) if s.revision > revision => 0,
+            _ => {
+                self.seen.insert(
+                    space,
+                    Sighting {
+                        revision,
+                        since_ms: now_ms,
+                        lease: lease.clone(),
+                    },
+                );
+                0
+            }
+        }
+    }
+
+    /// The key of `space` was deleted or purged.
+    pub fn forget(&mut self, space: SpaceId) {
+        self.seen.remove(&space);
+    }
+
+    /// Spaces whose lease names another node than `me`, is not ended, and
+    /// has not changed for [`TTL_MS`] at `now_ms`: their owner is gone.
+    pub fn expired<'a>(&'a self, me: &'a str, now_ms: i64) -> impl Iterator<Item = SpaceId> + 'a {
+        self.seen
+            .iter()
+            .filter(move |(_, s)| {
+                !s.lease.ended && s.lease.node != me && now_ms.saturating_sub(s.since_ms) >= TTL_MS
+            })
+            .map(|(id, _)| *id)
+    }
+
+    /// The lease of `space` as last seen.
+    pub fn get(&self, space: SpaceId) -> Option<&Sighting> {
+        self.seen.get(&space)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn lease(node: &str, at_ms: i64) -> Lease {
+    fn lease(node: &str) -> Lease {
         Lease {
             node: node.into(),
             http: format!("http://{node}"),
             seq: 100,
-            at_ms,
+            at_ms: 0,
             ended: false,
         }
     }
 
     #[test]
     fn decisions() {
-        let a = lease("a", 1_000);
-        assert_eq!(Lease::decide(None, "b", 0), LeaseDecision::Acquire);
+        let a = lease("a");
+        assert_eq!(Lease::decide(None, "b"), LeaseDecision::Acquire);
         assert_eq!(
-            Lease::decide(Some((&a, 3)), "a", 50_000),
+            Lease::decide(Some((&a, 3, 50_000)), "a"),
             LeaseDecision::Mine { revision: 3 }
         );
         assert_eq!(
-            Lease::decide(Some((&a, 3)), "b", 1_000 + TTL_MS - 1),
+            Lease::decide(Some((&a, 3, TTL_MS - 1)), "b"),
             LeaseDecision::Owner(a.clone())
         );
         assert_eq!(
-            Lease::decide(Some((&a, 3)), "b", 1_000 + TTL_MS),
+            Lease::decide(Some((&a, 3, TTL_MS)), "b"),
             LeaseDecision::TakeOver {
                 revision: 3,
-                previous: a.clone()
+                previous: a.clone(),
+                age_ms: TTL_MS
             }
         );
         let ended = Lease { ended: true, ..a };
         assert_eq!(
-            Lease::decide(Some((&ended, 4)), "a", 0),
+            Lease::decide(Some((&ended, 4, 0)), "a"),
             LeaseDecision::Ended(ended.clone())
         );
     }
 
     #[test]
-    fn a_new_origin_continues_the_numbering_on_wall_time() {
-        let a = lease("a", 10_000);
-        assert_eq!(a.next_seq(10_000), 101);
-        assert_eq!(a.next_seq(20_000), 101 + 500);
-        // A clock behind the old owner's never goes backwards.
+    fn the_writers_clock_is_never_read() {
+        // A lease written by a clock years off is judged the same way.
+        for at_ms in [i64::MIN, -300_000, 0, 300_000, i64::MAX] {
+            let l = Lease {
+                at_ms,
+                ..lease("a")
+            };
+            assert_eq!(
+                Lease::decide(Some((&l, 3, 0)), "b"),
+                LeaseDecision::Owner(l.clone())
+            );
+            assert_eq!(l.next_seq(1_000), 101 + 50);
+        }
+    }
+
+    #[test]
+    fn age_is_measured_from_the_first_sighting_of_a_revision() {
+        let mut s = Sightings::default();
+        let (a, id) = (lease("a"), SpaceId(1));
+        assert_eq!(s.see(id, 5, &a, 10_000), 0);
+        assert_eq!(s.see(id, 5, &a, 12_000), 2_000);
+        assert_eq!(s.expired("b", 10_000 + TTL_MS - 1).count(), 0);
+        assert_eq!(s.expired("b", 10_000 + TTL_MS).collect::<Vec<_>>(), [id]);
+        assert_eq!(
+            s.expired("a", 10_000 + TTL_MS).count(),
+            0,
+            "not mine to take"
+        );
+        // A renewal resets the age; a late read of an older one does not.
+        assert_eq!(s.see(id, 6, &a, 13_000), 0);
+        assert_eq!(s.see(id, 5, &a, 14_000), 0);
+        assert_eq!(s.see(id, 6, &a, 14_000), 1_000);
+        let ended = Lease { ended: true, ..a };
+        s.see(id, 7, &ended, 15_000);
+        assert_eq!(
+            s.expired("b", 1_000_000).count(),
+            0,
+            "ended: nobody takes it"
+        );
+    }
+
+    #[test]
+    fn a_new_origin_continues_the_numbering() {
+        let a = lease("a");
         assert_eq!(a.next_seq(0), 101);
+        assert_eq!(a.next_seq(10_000), 101 + 500);
+        assert_eq!(a.next_seq(-5), 101);
         let end = Lease { seq: u64::MAX, ..a };
         assert_eq!(end.next_seq(i64::MAX), u64::MAX);
     }
@@ -152,30 +274,29 @@ mod tests {
     fn malformed_values_are_absent() {
         assert_eq!(Lease::decode(b"not json"), None);
         assert_eq!(Lease::decode(&vec![b' '; 5000]), None);
-        let a = lease("a", 5);
+        let a = lease("a");
         assert_eq!(Lease::decode(&a.encode()), Some(a));
+        // Leases written before `at_ms` was informative still parse.
+        assert!(Lease::decode(br#"{"node":"a","http":"h"}"#).is_some());
     }
 
     proptest! {
-        /// However the reads and clocks interleave, at most one node sees
-        /// itself as the valid owner of a lease, and an expired lease is
-        /// never `Owner` for anyone.
+        /// Whatever the ages each node measured, at most one node sees
+        /// itself as the owner of a lease, and a lease is taken over only
+        /// once its age reached the TTL.
         #[test]
         fn one_owner_at_a_time(
             owner in 0usize..3,
-            at_ms in 0i64..100_000,
-            now in proptest::collection::vec(0i64..200_000, 3),
+            ages in proptest::collection::vec(0i64..200_000, 3),
         ) {
             let nodes = ["a", "b", "c"];
-            let l = lease(nodes[owner], at_ms);
+            let l = lease(nodes[owner]);
             let mut mine = 0;
             for (i, n) in nodes.iter().enumerate() {
-                match Lease::decide(Some((&l, 1)), n, now[i]) {
+                match Lease::decide(Some((&l, 1, ages[i])), n) {
                     LeaseDecision::Mine { .. } => mine += 1,
-                    LeaseDecision::Owner(o) => prop_assert!(o.is_valid(now[i])),
-                    LeaseDecision::TakeOver { previous, .. } => {
-                        prop_assert!(!previous.is_valid(now[i]));
-                    }
+                    LeaseDecision::Owner(_) => prop_assert!(ages[i] < TTL_MS),
+                    LeaseDecision::TakeOver { age_ms, .. } => prop_assert!(age_ms >= TTL_MS),
                     other => prop_assert!(false, "unexpected {:?}", other),
                 }
             }

@@ -12,18 +12,21 @@
 //! |-----------------------------------|---------------------------------------------|
 //! | `amphi.space.<id>.frames`         | the origin's program frames, one per message |
 //! | `amphi.space.<id>.history`        | request: frames since a seq, from the origin |
+//! | `amphi.space.<id>.backfill`       | request: frames since a seq, from every node  |
 //! | `amphi.node.<node>.http`          | request: an API call forwarded to the owner  |
 //! | `amphi.counts`                    | each node's listeners and reactions, 1/s     |
 //! | KV `amphi_spaces` / `<id>`        | the space's rules state (JSON), owner-written |
-//! | KV `amphi_leases` / `<id>`        | who owns the space, renewed every 2 s        |
+//! | KV `amphi_leases` / `<id>`        | who owns the space, renewed every 1 s        |
 //! | KV `amphi_replays` / `<id>`       | where a space's replay was cut, once ready   |
 //! | KV `amphi_config` / `token_key`…  | secrets every node shares                    |
 
 pub mod audience;
+pub mod backfill;
 pub mod edges;
 pub mod forward;
 pub mod frames;
 pub mod lease;
+pub mod orphans;
 pub mod ownership;
 pub mod partition;
 mod reader;
@@ -34,7 +37,8 @@ pub use audience::{Audience, Tally};
 pub use edges::{EdgeAction, Edges};
 pub use forward::{ForwardReply, ForwardRequest};
 pub use frames::{decode_frame, decode_frames, encode_frame, encode_frames};
-pub use lease::{Lease, LeaseDecision};
+pub use lease::{Lease, LeaseDecision, Sightings};
+pub use orphans::Orphans;
 pub use ownership::{Claim, LeaseWrite, Ownership, OwnershipEvent, WriteResult};
 pub use partition::{Partition, STALE_AFTER};
 

@@ -4,20 +4,22 @@
 //! acting as the owner). The shell reads the lease key, hands it to
 //! [`Ownership::claim`], performs the [`LeaseWrite`] it gets, reports the
 //! result with [`Ownership::written`], and drains [`Ownership::poll_event`].
-//! Time is an input (`now_ms`, the wall clock the leases are written in).
+//! Time is an input (`now_ms`: this node's own monotonic clock, in ms from
+//! any origin; no two nodes' clocks are ever compared).
 //!
 //! Safety comes from two rules together: a takeover is a compare-and-set at
 //! the revision the taker read, so two writers never both win; and an owner
-//! counts its lease valid only for [`TTL_MS`] after the `at_ms` it last
-//! wrote, exactly as long as every other node does, so the old owner stops
-//! acting as such before anyone may take the space over
+//! counts its lease valid only for [`TTL_MS`] after it *sent* the write it
+//! last saw succeed, while every other node counts [`TTL_MS`] from when it
+//! first *saw* that revision, necessarily later ([`Sightings`]), so the old
+//! owner stops acting as such before anyone may take the space over
 //! ([`Ownership::owns`]).
 
 use std::collections::{HashMap, VecDeque};
 
 use amphi_core::SpaceId;
 
-use crate::lease::{Lease, LeaseDecision, TTL_MS};
+use crate::lease::{Lease, LeaseDecision, Sightings, TTL_MS};
 
 /// A compare-and-set on a space's lease key, to perform and report.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,7 +78,8 @@ pub enum OwnershipEvent {
 #[derive(Debug, Clone, Copy)]
 struct Held {
     revision: u64,
-    /// `at_ms` of the lease value last written successfully.
+    /// When the write of the lease value last written successfully was
+    /// sent (this node's clock).
     at_ms: i64,
     /// A renewal is in flight.
     renewing: bool,
@@ -88,13 +91,17 @@ enum Attempt {
     Acquire {
         space: SpaceId,
         at_ms: i64,
-        previous: Option<Lease>,
+        /// The lease taken over and how long its key had not changed.
+        previous: Option<(Lease, i64)>,
     },
     Renew {
         space: SpaceId,
         at_ms: i64,
     },
-    Release,
+    Release {
+        space: SpaceId,
+        ended: Lease,
+    },
 }
 
 /// One node's leases.
@@ -106,6 +113,7 @@ pub struct Ownership {
     writes: HashMap<u64, Attempt>,
     next_write: u64,
     events: VecDeque<OwnershipEvent>,
+    sightings: Sightings,
 }
 
 impl Ownership {
@@ -118,6 +126,7 @@ impl Ownership {
             writes: HashMap::new(),
             next_write: 1,
             events: VecDeque::new(),
+            sightings: Sightings::default(),
         }
     }
 
@@ -144,14 +153,34 @@ impl Ownership {
         self.held.len()
     }
 
-    fn lease(&self, seq: u64, now_ms: i64, ended: bool) -> Lease {
+    /// The lease value this node writes; `at_ms` (the wall clock, for
+    /// people) is stamped by the shell.
+    fn lease(&self, seq: u64, ended: bool) -> Lease {
         Lease {
             node: self.me.clone(),
             http: self.http.clone(),
             seq,
-            at_ms: now_ms,
+            at_ms: 0,
             ended,
         }
+    }
+
+    /// The key of `space` was seen at `revision` holding `lease` (by a
+    /// watch or a read) at `now_ms`; `None`: deleted.
+    pub fn seen(&mut self, space: SpaceId, current: Option<(&Lease, u64)>, now_ms: i64) {
+        match current {
+            Some((l, revision)) => {
+                self.sightings.see(space, revision, l, now_ms);
+            }
+            None => self.sightings.forget(space),
+        }
+    }
+
+    /// Spaces whose owner (another node) stopped renewing: their key has
+    /// not changed for [`TTL_MS`] as this node saw it. The shell claims
+    /// the live ones, so a dead origin's spaces move with no one asking.
+    pub fn expired(&self, now_ms: i64) -> Vec<SpaceId> {
+        self.sightings.expired(&self.me, now_ms).collect()
     }
 
     fn write(
@@ -175,7 +204,11 @@ impl Ownership {
     /// Decides about `space` given its lease key as just read (`None`: no
     /// key) at `revision`.
     pub fn claim(&mut self, space: SpaceId, current: Option<(&Lease, u64)>, now_ms: i64) -> Claim {
-        match Lease::decide(current, &self.me, now_ms) {
+        let current = current.map(|(l, revision)| {
+            let age = self.sightings.see(space, revision, l, now_ms);
+            (l, revision, age)
+        });
+        match Lease::decide(current, &self.me) {
             LeaseDecision::Ended(l) => {
                 self.drop_held(space);
                 Claim::Ended(l)
@@ -192,8 +225,8 @@ impl Ownership {
                     _ => {
                         // Ours from before a restart, or expired while we
                         // could not renew: win it again before acting.
-                        let previous = current.map(|(l, _)| l.clone());
-                        let seq = previous.as_ref().map_or(0, |l| l.seq);
+                        let previous = current.map(|(l, _, age)| (l.clone(), age));
+                        let seq = previous.as_ref().map_or(0, |(l, _)| l.seq);
                         let attempt = Attempt::Acquire {
                             space,
                             at_ms: now_ms,
@@ -202,7 +235,7 @@ impl Ownership {
                         Claim::Write(self.write(
                             attempt,
                             space,
-                            self.lease(seq, now_ms, false),
+                            self.lease(seq, false),
                             Some(revision),
                         ))
                     }
@@ -214,21 +247,20 @@ impl Ownership {
                     at_ms: now_ms,
                     previous: None,
                 };
-                Claim::Write(self.write(attempt, space, self.lease(0, now_ms, false), None))
+                Claim::Write(self.write(attempt, space, self.lease(0, false), None))
             }
-            LeaseDecision::TakeOver { revision, previous } => {
+            LeaseDecision::TakeOver {
+                revision,
+                previous,
+                age_ms,
+            } => {
                 let seq = previous.seq;
                 let attempt = Attempt::Acquire {
                     space,
                     at_ms: now_ms,
-                    previous: Some(previous),
+                    previous: Some((previous, age_ms)),
                 };
-                Claim::Write(self.write(
-                    attempt,
-                    space,
-                    self.lease(seq, now_ms, false),
-                    Some(revision),
-                ))
+                Claim::Write(self.write(attempt, space, self.lease(seq, false), Some(revision)))
             }
         }
     }
@@ -244,6 +276,19 @@ impl Ownership {
     /// [`Claim::Retry`]; for renewals and releases it is `None`.
     pub fn written(&mut self, id: u64, result: WriteResult, now_ms: i64) -> Option<Claim> {
         let attempt = self.writes.remove(&id)?;
+        if let WriteResult::Written(revision) = result {
+            let space = match &attempt {
+                Attempt::Acquire { space, .. } | Attempt::Renew { space, .. } => Some(*space),
+                Attempt::Release { space, ended } => {
+                    self.sightings.see(*space, revision, ended, now_ms);
+                    None
+                }
+            };
+            if let Some(space) = space {
+                let mine = self.lease(0, false);
+                self.sightings.see(space, revision, &mine, now_ms);
+            }
+        }
         match attempt {
             Attempt::Acquire {
                 space,
@@ -263,8 +308,14 @@ impl Ownership {
                     },
                 );
                 if fresh {
-                    let first_seq = previous.as_ref().map_or(0, |p| p.next_seq(now_ms));
-                    let from = previous.filter(|p| p.node != self.me).map(|p| p.node);
+                    // The outage as this node measured it: the key's age
+                    // when read, plus the time the write took.
+                    let first_seq = previous.as_ref().map_or(0, |(p, age)| {
+                        p.next_seq(age.saturating_add(now_ms.saturating_sub(at_ms)))
+                    });
+                    let from = previous
+                        .filter(|(p, _)| p.node != self.me)
+                        .map(|(p, _)| p.node);
                     self.events.push_back(OwnershipEvent::Acquired {
                         space,
                         first_seq,
@@ -288,7 +339,7 @@ impl Ownership {
                 }
                 None
             }
-            Attempt::Release => None,
+            Attempt::Release { .. } => None,
         }
     }
 
@@ -307,7 +358,7 @@ impl Ownership {
             .collect();
         due.into_iter()
             .map(|(space, revision)| {
-                let value = self.lease(last_seq(space), now_ms, false);
+                let value = self.lease(last_seq(space), false);
                 self.write(
                     Attempt::Renew {
                         space,
@@ -324,10 +375,14 @@ impl Ownership {
     /// The space ended here: its lease is kept, marked ended at
     /// `last_seq`, so other nodes know where it was recorded. `None` if
     /// this node did not hold it.
-    pub fn release(&mut self, space: SpaceId, last_seq: u64, now_ms: i64) -> Option<LeaseWrite> {
+    pub fn release(&mut self, space: SpaceId, last_seq: u64) -> Option<LeaseWrite> {
         let h = self.held.remove(&space)?;
-        let value = self.lease(last_seq, now_ms, true);
-        Some(self.write(Attempt::Release, space, value, Some(h.revision)))
+        let value = self.lease(last_seq, true);
+        let attempt = Attempt::Release {
+            space,
+            ended: value.clone(),
+        };
+        Some(self.write(attempt, space, value, Some(h.revision)))
     }
 
     /// The next change to act on.
@@ -387,11 +442,13 @@ mod tests {
         let Claim::Write(w) = &c else { panic!() };
         assert_eq!((w.revision, w.value.seq), (Some(4), 500));
         won(&mut a, c, 5, 11_000);
+        // First sight of the key: its age here starts now, whatever the
+        // `at_ms` the old process wrote.
         assert_eq!(
             a.poll_event(),
             Some(OwnershipEvent::Acquired {
                 space: S,
-                first_seq: 501 + 50,
+                first_seq: 501,
                 from: None
             })
         );
@@ -427,12 +484,12 @@ mod tests {
         let mut a = Ownership::new("a", "http://a");
         let c = a.claim(S, None, 0);
         won(&mut a, c, 3, 0);
-        let w = a.release(S, 77, 100).expect("held");
+        let w = a.release(S, 77).expect("held");
         assert_eq!(
             (w.revision, w.value.seq, w.value.ended),
             (Some(3), 77, true)
         );
         assert!(!a.holds(S));
-        assert_eq!(a.release(S, 77, 100), None);
+        assert_eq!(a.release(S, 77), None);
     }
 }

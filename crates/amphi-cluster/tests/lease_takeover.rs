@@ -1,8 +1,9 @@
 //! Ownership over a simulated key-value bucket and clock: a lease that
 //! expires is taken over and the frame numbering continues; an owner that
-//! keeps renewing is never taken over; and whatever the interleaving of
-//! claims, renewals, write results and time, two nodes never both hold a
-//! valid lease of the same space.
+//! keeps renewing is never taken over, whatever the other nodes' clocks
+//! read; and whatever the interleaving of claims, renewals, write results,
+//! time and clock offsets, two nodes never both hold a valid lease of the
+//! same space.
 
 mod common;
 
@@ -19,7 +20,8 @@ fn a_lease_expires_and_another_node_takes_over() {
     let mut clock = Clock::new();
     let mut kv = Kv::default();
     let mut a = Node::new("a");
-    let mut b = Node::new("b");
+    // B's clock is ten minutes ahead: it changes nothing.
+    let mut b = Node::with_offset("b", 600_000);
 
     assert_eq!(a.ensure_owner(&mut kv, S, clock.ms), Some(Claim::Mine));
     assert_eq!(
@@ -35,6 +37,7 @@ fn a_lease_expires_and_another_node_takes_over() {
         clock.advance(RENEW_MS);
         a.seq += 100;
         a.renew(&mut kv, clock.ms);
+        b.watch(&kv, S, clock.ms);
     }
     assert_eq!(a.seq, 500);
     let last_renewal = clock.ms;
@@ -50,7 +53,7 @@ fn a_lease_expires_and_another_node_takes_over() {
             Some(Claim::Owner(l)) => {
                 assert_eq!(l.node, "a");
                 assert!(clock.ms - last_renewal < TTL_MS);
-                assert!(a.own.owns(S, clock.ms), "A still counts itself owner");
+                assert!(a.own.owns(S, a.at(clock.ms)), "A still counts itself owner");
             }
             Some(Claim::Mine) => {
                 took_over_at = Some(clock.ms);
@@ -64,7 +67,10 @@ fn a_lease_expires_and_another_node_takes_over() {
         at - last_renewal >= TTL_MS,
         "taken over before the lease ran out"
     );
-    assert!(!a.own.owns(S, at), "A stopped counting itself owner first");
+    assert!(
+        !a.own.owns(S, a.at(at)),
+        "A stopped counting itself owner first"
+    );
     let down_frames = ((at - last_renewal) / 20) as u64;
     assert_eq!(
         b.events,
@@ -73,7 +79,7 @@ fn a_lease_expires_and_another_node_takes_over() {
             first_seq: 501 + down_frames,
             from: Some("a".into())
         }],
-        "the numbering goes on past A's last frame, on wall time"
+        "the numbering goes on past A's last frame, by the outage B measured"
     );
 
     // A comes back: its next renewal loses, and it stops being the owner.
@@ -94,8 +100,9 @@ fn a_renewing_owner_is_never_taken_over() {
     let mut clock = Clock::new();
     let mut kv = Kv::default();
     let mut a = Node::new("a");
-    let mut b = Node::new("b");
-    let mut c = Node::new("c");
+    // B's clock is five minutes ahead, C's five minutes behind.
+    let mut b = Node::with_offset("b", 300_000);
+    let mut c = Node::with_offset("c", -300_000);
     assert_eq!(a.ensure_owner(&mut kv, S, clock.ms), Some(Claim::Mine));
     // Ten simulated minutes; B and C ask four times a second.
     let mut since_renewal = 0;
@@ -135,6 +142,8 @@ enum Op {
     /// A node's in-flight write never reaches the bucket.
     Drop(usize),
     Advance(i64),
+    /// A node's watch delivers the key as it is now.
+    Watch(usize),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -144,6 +153,7 @@ fn op() -> impl Strategy<Value = Op> {
         ((0usize..3), any::<bool>()).prop_map(|(node, lost)| Op::Deliver { node, lost }),
         (0usize..3).prop_map(Op::Drop),
         (0i64..6_000).prop_map(Op::Advance),
+        (0usize..3).prop_map(Op::Watch),
     ]
 }
 
@@ -154,24 +164,33 @@ proptest! {
     /// or not, at every moment at most one node holds a lease it counts
     /// valid.
     #[test]
-    fn never_two_owners(ops in proptest::collection::vec(op(), 1..200)) {
+    fn never_two_owners(
+        ops in proptest::collection::vec(op(), 1..200),
+        offsets in proptest::collection::vec(-1_000_000_000i64..1_000_000_000, 3),
+    ) {
         let mut clock = Clock::new();
         let mut kv = Kv::default();
-        let mut nodes = [Node::new("a"), Node::new("b"), Node::new("c")];
+        let mut nodes = [
+            Node::with_offset("a", offsets[0]),
+            Node::with_offset("b", offsets[1]),
+            Node::with_offset("c", offsets[2]),
+        ];
         let mut flight: [Vec<LeaseWrite>; 3] = Default::default();
         for op in ops {
             match op {
                 Op::Claim(i) => {
                     let current = kv.read(S);
+                    let now = nodes[i].at(clock.ms);
                     if let Claim::Write(w) =
-                        nodes[i].own.claim(S, current.as_ref().map(|(l, r)| (l, *r)), clock.ms)
+                        nodes[i].own.claim(S, current.as_ref().map(|(l, r)| (l, *r)), now)
                     {
                         flight[i].push(w);
                     }
                 }
                 Op::Renew(i) => {
                     let seq = nodes[i].seq;
-                    flight[i].extend(nodes[i].own.renewals(clock.ms, |_| seq));
+                    let now = nodes[i].at(clock.ms);
+                    flight[i].extend(nodes[i].own.renewals(now, |_| seq));
                 }
                 Op::Deliver { node, lost } => {
                     if !flight[node].is_empty() {
@@ -180,26 +199,29 @@ proptest! {
                         if lost {
                             result = WriteResult::Failed;
                         }
-                        nodes[node].own.written(w.id, result, clock.ms);
+                        let now = nodes[node].at(clock.ms);
+                        nodes[node].own.written(w.id, result, now);
                     }
                 }
                 Op::Drop(i) => {
                     if !flight[i].is_empty() {
                         let w = flight[i].remove(0);
-                        nodes[i].own.written(w.id, WriteResult::Failed, clock.ms);
+                        let now = nodes[i].at(clock.ms);
+                        nodes[i].own.written(w.id, WriteResult::Failed, now);
                     }
                 }
                 Op::Advance(ms) => clock.advance(ms),
+                Op::Watch(i) => nodes[i].watch(&kv, S, clock.ms),
             }
             for n in &mut nodes {
                 n.seq += 1;
                 while n.own.poll_event().is_some() {}
             }
-            let owners = nodes.iter().filter(|n| n.own.owns(S, clock.ms)).count();
+            let owners = nodes.iter().filter(|n| n.own.owns(S, n.at(clock.ms))).count();
             prop_assert!(owners <= 1, "{} nodes own the space at {}", owners, clock.ms);
             // An owner's view agrees with the bucket: the key names it.
             for n in &nodes {
-                if n.own.owns(S, clock.ms) {
+                if n.own.owns(S, n.at(clock.ms)) {
                     let (l, _) = kv.read(S).expect("an owned key exists");
                     prop_assert_eq!(l.node.as_str(), n.own.node());
                 }

@@ -108,6 +108,76 @@ impl Host for App {
         }
     }
 
+    fn recorded_upto(&self, space: SpaceId) -> Option<u64> {
+        crate::record::last_recorded(self.media.recorder.storage().as_ref(), space)
+            .map(|(seq, _)| seq)
+    }
+
+    fn recent_frames(&self, space: SpaceId, from: u64) -> Vec<Frame> {
+        let Ok(cell) = self.space(space) else {
+            return Vec::new();
+        };
+        let Some(live) = cell.live.read().clone() else {
+            return Vec::new();
+        };
+        let h = live.history.lock();
+        h.since(from).filter(|f| f.seq >= from).cloned().collect()
+    }
+
+    fn backfill(&self, space: SpaceId, frames: Vec<Frame>) {
+        let Ok(cell) = self.space(space) else { return };
+        if !cell.inner.lock().space.record || frames.is_empty() {
+            return;
+        }
+        let storage = self.media.recorder.storage();
+        match crate::record::put_frames(storage.as_ref(), space, &frames) {
+            Ok(()) => tracing::info!(
+                space = %space,
+                from = frames[0].seq,
+                to = frames[frames.len() - 1].seq,
+                "recorded the frames the dead origin had not stored, from the other nodes"
+            ),
+            Err(e) => tracing::error!(space = %space, error = %e, "could not record the backfill"),
+        }
+    }
+
+    fn speakers_back(&self, space: SpaceId) -> bool {
+        self.space(space)
+            .is_ok_and(|cell| !cell.publishers().is_empty())
+    }
+
+    fn end_orphan(&self, space: SpaceId) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let Ok(cell) = self.space(space) else { return };
+            let host = {
+                let inner = cell.inner.lock();
+                if inner.space.state != SpaceState::Live {
+                    return;
+                }
+                inner.space.host
+            };
+            let actor = amphi_core::token::Claims {
+                space,
+                pid: host,
+                name: "host".into(),
+                exp: u64::MAX,
+                idsub: None,
+                net: None,
+            };
+            match self
+                .command(&cell, &actor, amphi_core::room::Command::End)
+                .await
+            {
+                Ok(_) => {
+                    tracing::warn!(space = %space, "ended a space whose origin died: no speaker came back")
+                }
+                Err(e) => {
+                    tracing::error!(space = %space, error = ?e, "could not end an orphaned space")
+                }
+            }
+        })
+    }
+
     fn open_edge(&self, space: SpaceId) -> bool {
         let Ok(cell) = self.space(space) else {
             return false;

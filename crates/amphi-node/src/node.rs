@@ -110,9 +110,10 @@ pub struct Config {
     /// cluster.
     #[arg(long, env = "AMPHI_RECORDINGS_URL")]
     pub recordings_url: Option<String>,
-    /// Join a cluster through this NATS server (e.g. nats://127.0.0.1:4222).
-    /// Without it the node stands alone: SQLite and local files, no other
-    /// service.
+    /// Join a cluster through these NATS servers (one URL or a comma list,
+    /// e.g. nats://10.0.0.1:4222,nats://10.0.0.2:4222: the node reconnects
+    /// to any of them). Without it the node stands alone: SQLite and local
+    /// files, no other service.
     #[arg(long, env = "AMPHI_NATS")]
     pub nats: Option<String>,
     /// This node's name in the cluster (default: generated once and kept in
@@ -127,6 +128,15 @@ pub struct Config {
     /// listener left (a quick return needs no new subscription).
     #[arg(long, env = "AMPHI_EDGE_LINGER", default_value_t = 15)]
     pub edge_linger: u64,
+    /// Replicas of the JetStream buckets the node creates (spaces, leases,
+    /// replays, config): 3 on a NATS cluster of three or more servers; a
+    /// single server that refuses them gets 1.
+    #[arg(long, env = "AMPHI_NATS_REPLICAS", default_value_t = 3)]
+    pub nats_replicas: usize,
+    /// Seconds a live space whose origin died waits on its new origin for
+    /// a speaker to come back before it ends by itself.
+    #[arg(long, env = "AMPHI_ORPHAN_GRACE", default_value_t = 60)]
+    pub orphan_grace: u64,
     /// Shared key of identity tokens from the operator's own app (HS256);
     /// a ban then follows the identity.
     #[arg(long, env = "AMPHI_IDENTITY_KEY", hide_env_values = true)]
@@ -488,8 +498,14 @@ async fn load(
                 let scheme = if args.tls() { "https" } else { "http" };
                 format!("{scheme}://{}", args.http)
             });
-            let linger = Duration::from_secs(args.edge_linger);
-            let nats = Nats::connect(url, node.clone(), http, linger)
+            let settings = crate::cluster::nats::Settings {
+                node: node.clone(),
+                http,
+                edge_linger: Duration::from_secs(args.edge_linger),
+                replicas: args.nats_replicas.clamp(1, 5),
+                orphan_grace: Duration::from_secs(args.orphan_grace),
+            };
+            let nats = Nats::connect(url, settings)
                 .await
                 .with_context(|| format!("joining the cluster at {url}"))?;
             eprintln!("amphi: node {node} joined the cluster at {url}");

@@ -87,6 +87,16 @@ pub fn last_recorded(storage: &dyn Storage, id: SpaceId) -> Option<(u64, u64)> {
     frames.last().map(|f| (f.seq, f.captured_at_us))
 }
 
+/// Stores `frames` (consecutive or not, in order) as one segment of the
+/// space's recording, named by its first frame like the recorder's own.
+pub fn put_frames(storage: &dyn Storage, space: SpaceId, frames: &[Frame]) -> std::io::Result<()> {
+    let Some(first) = frames.first() else {
+        return Ok(());
+    };
+    let name = format!("frames/{:020}.amfs", first.seq);
+    storage.put(&key(space, &name), frames::encode(frames))
+}
+
 impl Recorder {
     /// Starts the recorder writing to `storage`.
     pub fn start(storage: Arc<dyn Storage>) -> anyhow::Result<Self> {

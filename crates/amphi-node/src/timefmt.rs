@@ -3,14 +3,37 @@
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-/// Milliseconds since the UNIX epoch, now.
+use std::sync::OnceLock;
+use std::time::Instant;
+
+/// A test-only offset added to this node's wall clock
+/// (`AMPHI_TEST_CLOCK_OFFSET_MS`), to show that a cluster does not need its
+/// nodes' clocks to agree.
+fn clock_offset_ms() -> i64 {
+    static OFFSET: OnceLock<i64> = OnceLock::new();
+    *OFFSET.get_or_init(|| {
+        std::env::var("AMPHI_TEST_CLOCK_OFFSET_MS")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    })
+}
+
+/// Milliseconds since the UNIX epoch, now (by this node's wall clock).
 pub fn now_ms() -> i64 {
-    (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+    (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64 + clock_offset_ms()
+}
+
+/// Milliseconds on this process's monotonic clock (from an arbitrary
+/// origin): for durations measured on this node only.
+pub fn mono_ms() -> i64 {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    BASE.get_or_init(Instant::now).elapsed().as_millis() as i64
 }
 
 /// Seconds since the UNIX epoch, now.
 pub fn now_s() -> u64 {
-    OffsetDateTime::now_utc().unix_timestamp().max(0) as u64
+    (now_ms() / 1000).max(0) as u64
 }
 
 /// `ms` as an RFC 3339 string in UTC.

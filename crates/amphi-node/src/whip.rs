@@ -30,7 +30,7 @@ pub fn router() -> Router<Arc<App>> {
         )
         .route(
             "/api/v1/spaces/{id}/whip/{session}",
-            delete(whip_delete).options(whip_options),
+            delete(whip_delete).get(whip_status).options(whip_options),
         )
 }
 
@@ -42,7 +42,7 @@ fn cors(res: &mut Response) {
     );
     h.insert(
         header::ACCESS_CONTROL_ALLOW_METHODS,
-        HeaderValue::from_static("POST, DELETE, OPTIONS"),
+        HeaderValue::from_static("GET, POST, DELETE, OPTIONS"),
     );
     h.insert(
         header::ACCESS_CONTROL_ALLOW_HEADERS,
@@ -178,6 +178,36 @@ async fn whip_publish(
     }
     add_ice_servers(&app, &mut res, claims.pid);
     Ok(res)
+}
+
+/// Whether a WHIP session is still publishing: 200 while the space is
+/// mixed on this node (its owner: the call is forwarded there from any
+/// node) and the token's participant published to it; 404 once it is gone
+/// (the origin died and another node took the space over). A client that
+/// gets 404, or 503 (the owner does not answer), POSTs its offer again to
+/// the endpoint, with backoff, through any node (docs/api.md).
+async fn whip_status(
+    State(app): State<Arc<App>>,
+    Path((id, _session)): Path<(String, String)>,
+    token: Option<Token>,
+) -> Response {
+    let r = async {
+        let id: SpaceId = id
+            .parse()
+            .map_err(|_| ApiError::not_found("no such space"))?;
+        let cell = app.space(id)?;
+        let token = token.ok_or_else(|| ApiError::unauthorized("a bearer token is required"))?;
+        let claims = app.verify(id, &token.0)?;
+        if app.media.is_mixing(id) && cell.publishers().contains(&claims.pid) {
+            Ok(StatusCode::OK.into_response())
+        } else {
+            Err(ApiError::not_found(
+                "this WHIP session is gone: POST the offer again",
+            ))
+        }
+    }
+    .await;
+    with_cors(r)
 }
 
 async fn whip_delete(

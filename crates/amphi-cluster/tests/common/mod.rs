@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 use amphi_cluster::{Claim, Lease, LeaseWrite, Ownership, OwnershipEvent, WriteResult};
 use amphi_core::SpaceId;
 
-/// Simulated time: wall milliseconds for the leases, an `Instant` for the
-/// monotonic decisions; both advance together.
+/// Simulated time: milliseconds for the leases' decisions, an `Instant`
+/// for the others; both advance together. Each node may read it with its
+/// own offset (clocks that disagree on the time but tick at one rate).
 pub struct Clock {
     base: Instant,
     pub ms: i64,
@@ -68,6 +69,8 @@ pub struct Node {
     pub events: Vec<OwnershipEvent>,
     /// The last program frame this node mixed, reported in its renewals.
     pub seq: u64,
+    /// What this node's clock reads more than the shared one.
+    pub offset: i64,
 }
 
 impl Node {
@@ -77,7 +80,29 @@ impl Node {
             reachable: true,
             events: Vec::new(),
             seq: 0,
+            offset: 0,
         }
+    }
+
+    /// A node whose clock reads `offset` ms more than the others'.
+    pub fn with_offset(name: &str, offset: i64) -> Self {
+        Node {
+            offset,
+            ..Node::new(name)
+        }
+    }
+
+    /// This node's clock at shared time `ms`.
+    pub fn at(&self, ms: i64) -> i64 {
+        ms.saturating_add(self.offset)
+    }
+
+    /// This node's watch of the bucket delivers the key of `space`.
+    pub fn watch(&mut self, kv: &Kv, space: SpaceId, ms: i64) {
+        let now = self.at(ms);
+        let current = kv.read(space);
+        self.own
+            .seen(space, current.as_ref().map(|(l, r)| (l, *r)), now);
     }
 
     fn drain(&mut self) {
@@ -88,7 +113,8 @@ impl Node {
 
     /// What the shell does for a call about `space`: read, claim, write,
     /// up to three rounds. `None`: the bucket did not answer.
-    pub fn ensure_owner(&mut self, kv: &mut Kv, space: SpaceId, now_ms: i64) -> Option<Claim> {
+    pub fn ensure_owner(&mut self, kv: &mut Kv, space: SpaceId, ms: i64) -> Option<Claim> {
+        let now_ms = self.at(ms);
         if !self.reachable {
             return None;
         }
@@ -118,7 +144,8 @@ impl Node {
 
     /// The renewal tick: every held lease is written again (or fails, if
     /// the node is cut off).
-    pub fn renew(&mut self, kv: &mut Kv, now_ms: i64) {
+    pub fn renew(&mut self, kv: &mut Kv, ms: i64) {
+        let now_ms = self.at(ms);
         let seq = self.seq;
         for w in self.own.renewals(now_ms, |_| seq) {
             let result = if self.reachable {

@@ -123,6 +123,22 @@ pub trait Host: Send + Sync + 'static {
     fn become_origin(&self, space: SpaceId, first_seq: u64);
     /// Another node owns `space` now: stop mixing it here.
     fn abandon(&self, space: SpaceId);
+    /// The last frame of `space` the recordings storage holds, as seen
+    /// from this node (blocking: it reads storage).
+    fn recorded_upto(&self, space: SpaceId) -> Option<u64>;
+    /// The frames of `space` this node holds in its recent history (as
+    /// its origin or an edge), from `from` on.
+    fn recent_frames(&self, space: SpaceId, from: u64) -> Vec<Frame>;
+    /// Records `frames` of `space` that its dead origin had not stored
+    /// (blocking: it writes storage); nothing if the space is not recorded.
+    fn backfill(&self, space: SpaceId, frames: Vec<Frame>);
+    /// Whether a speaker of `space` has published to this node (a WHIP
+    /// session reached it) since it became the origin.
+    fn speakers_back(&self, space: SpaceId) -> bool;
+    /// Ends `space` as its host would (its origin died and no speaker came
+    /// back): listeners get the end, the replay is cut from what storage
+    /// holds.
+    fn end_orphan(&self, space: SpaceId) -> BoxFuture<'_, ()>;
     /// Fresh outputs for `space`, cut on the media thread from the frames
     /// handed to [`Host::edge_frames`] (it is served as an edge from now
     /// on); false if the space is not live.
@@ -250,15 +266,21 @@ pub async fn route_to_owner(
 /// The space a mutating call acts on, if only its owner may run it.
 fn owner_only(method: &axum::http::Method, path: &str) -> Option<SpaceId> {
     use axum::http::Method;
+    let rest = path.strip_prefix("/api/v1/spaces/")?;
+    let (id, action) = rest.split_once('/')?;
+    let first = action.split('/').next().unwrap_or("");
+    // A WHIP session's status is the owner's to tell.
+    if *method == Method::GET {
+        return (first == "whip" && action.len() > "whip/".len())
+            .then(|| id.parse().ok())
+            .flatten();
+    }
     if !matches!(
         *method,
         Method::POST | Method::DELETE | Method::PUT | Method::PATCH
     ) {
         return None;
     }
-    let rest = path.strip_prefix("/api/v1/spaces/")?;
-    let (id, action) = rest.split_once('/')?;
-    let first = action.split('/').next().unwrap_or("");
     matches!(
         first,
         "start" | "end" | "hand" | "stage" | "cohosts" | "participants" | "whip"
@@ -437,6 +459,8 @@ mod tests {
             assert!(owner_only(&Method::POST, &p(a)).is_none(), "{a}");
         }
         assert!(owner_only(&Method::GET, &p("start")).is_none());
+        assert!(owner_only(&Method::GET, &p("whip/abc")).is_some());
+        assert!(owner_only(&Method::GET, &p("whip")).is_none());
         assert!(owner_only(&Method::OPTIONS, &p("whip")).is_none());
         assert!(owner_only(&Method::POST, "/api/v1/spaces/nothex/start").is_none());
         assert!(owner_only(&Method::POST, "/api/v1/spaces").is_none());

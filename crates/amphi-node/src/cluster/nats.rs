@@ -8,11 +8,13 @@
 //!   and-set on the key's revision); every node watches the bucket, so any
 //!   node reads any space live and its events clients see every change.
 //! - **Ownership**: one node owns a space (lease in `amphi_leases`, renewed
-//!   every 2 s). Mutating API calls on another node are forwarded to the
-//!   owner over request/reply and run through the owner's own router, so
-//!   the rules, persistence and ingest gates act where the space lives. A
-//!   node that finds a lease expired takes it over (compare-and-set) and,
-//!   for a live space, becomes its origin, continuing the frame numbering.
+//!   every 1 s; expired once its key has not changed for 3 s, as each node
+//!   measures on its own clock while watching the bucket). Mutating API
+//!   calls on another node are forwarded to the owner over request/reply
+//!   and run through the owner's own router, so the rules, persistence and
+//!   ingest gates act where the space lives. Every node claims the live
+//!   spaces whose lease expired (compare-and-set: one wins), and the winner
+//!   becomes the origin, continuing the frame numbering.
 //! - **Media**: the origin publishes each program frame once on
 //!   `amphi.space.<id>.frames`. A node with listeners for a space it does not
 //!   originate (an edge) subscribes once its first listener is admitted,
@@ -29,8 +31,8 @@ use std::time::{Duration, Instant};
 
 use amphi_cluster::{
     Audience, CONFIG_BUCKET, COUNTS_SUBJECT, Claim, CountsReport, EdgeAction, Edges, ForwardReply,
-    ForwardRequest, LEASES_BUCKET, Lease, LeaseWrite, Ownership, OwnershipEvent, Partition,
-    REPLAYS_BUCKET, SPACES_BUCKET, WriteResult, lease,
+    ForwardRequest, LEASES_BUCKET, Orphans, Ownership, Partition, REPLAYS_BUCKET, SPACES_BUCKET,
+    lease,
 };
 use amphi_core::room::Space;
 use amphi_core::{Frame, SpaceId};
@@ -50,7 +52,9 @@ use tower::ServiceExt;
 use super::{Forwarded, Host, Membership, Owner};
 use crate::error::ApiError;
 use crate::metrics::{counter, gauge};
-use crate::timefmt::now_ms;
+use crate::timefmt::mono_ms;
+
+mod leases;
 
 /// How long a forwarded call waits for the owner.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
@@ -76,6 +80,7 @@ struct ClusterStats {
     leases_lost: AtomicU64,
     edges_started: AtomicU64,
     edges_stopped: AtomicU64,
+    orphans_ended: AtomicU64,
 }
 
 /// A running edge feed: the task reading the bus.
@@ -110,9 +115,31 @@ pub struct Nats {
     bus_rx: Mutex<Option<mpsc::Receiver<(SpaceId, Bytes)>>>,
     host: OnceLock<Weak<dyn Host>>,
     stats: Arc<ClusterStats>,
+    replicas: usize,
+    /// Spaces taken over from a dead origin, waiting for a speaker.
+    orphans: Mutex<Orphans>,
 }
 
-async fn bucket(js: &jetstream::Context, name: &str, history: i64) -> anyhow::Result<kv::Store> {
+/// How a node joins the cluster.
+pub struct Settings {
+    /// This node's id.
+    pub node: String,
+    /// This node's base URL for the others (WHIP redirects, replays).
+    pub http: String,
+    /// How long an edge keeps a feed after its last listener left.
+    pub edge_linger: Duration,
+    /// Replicas of the buckets this node creates (1 if the server refuses).
+    pub replicas: usize,
+    /// How long a space taken over from a dead origin waits for a speaker.
+    pub orphan_grace: Duration,
+}
+
+async fn bucket(
+    js: &jetstream::Context,
+    name: &str,
+    history: i64,
+    replicas: usize,
+) -> anyhow::Result<kv::Store> {
     if let Ok(kv) = js.get_key_value(name).await {
         return Ok(kv);
     }
@@ -128,12 +155,28 @@ async fn bucket(js: &jetstream::Context, name: &str, history: i64) -> anyhow::Re
         deny_delete: true,
         allow_direct: true,
         discard: jetstream::stream::DiscardPolicy::New,
-        num_replicas: 1,
+        num_replicas: replicas,
         ..Default::default()
     };
-    if let Err(e) = js.create_stream(config).await {
-        // Another node may have created it at the same moment.
+    if let Err(e) = js.create_stream(config.clone()).await {
+        // Another node may have created it at the same moment; a single
+        // server refuses replicas.
         tracing::debug!(bucket = name, error = %e, "creating a bucket");
+        if replicas > 1 && js.get_key_value(name).await.is_err() {
+            let single = jetstream::stream::Config {
+                num_replicas: 1,
+                ..config
+            };
+            if let Err(e) = js.create_stream(single).await {
+                tracing::debug!(bucket = name, error = %e, "creating a bucket, one replica");
+            } else {
+                tracing::warn!(
+                    bucket = name,
+                    replicas,
+                    "NATS refused the replicas (a single server?): the bucket has one"
+                );
+            }
+        }
     }
     js.get_key_value(name)
         .await
@@ -144,12 +187,19 @@ impl Nats {
     /// Connects to NATS (retrying until it answers) and opens the buckets.
     /// `http` is this node's base URL for the others (WHIP redirects,
     /// replays).
-    pub async fn connect(
-        url: &str,
-        node: String,
-        http: String,
-        edge_linger: Duration,
-    ) -> anyhow::Result<Arc<Self>> {
+    pub async fn connect(url: &str, settings: Settings) -> anyhow::Result<Arc<Self>> {
+        let Settings {
+            node,
+            http,
+            edge_linger,
+            replicas,
+            orphan_grace,
+        } = settings;
+        let servers: Vec<&str> = url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .collect();
         let partition = Arc::new(Mutex::new(Partition::new()));
         let link = partition.clone();
         let client = async_nats::ConnectOptions::new()
@@ -171,19 +221,21 @@ impl Nats {
                     tracing::info!(event = %ev, "nats");
                 }
             })
-            .connect(url)
+            .connect(servers)
             .await?;
         let js = jetstream::new(client.clone());
-        let spaces_kv =
-            tokio::time::timeout(Duration::from_secs(30), bucket(&js, SPACES_BUCKET, 1))
-                .await
-                .map_err(|_| {
-                    anyhow::anyhow!(
-                        "NATS JetStream at {url} did not answer in 30 s (is it started with -js?)"
-                    )
-                })??;
-        let leases_kv = bucket(&js, LEASES_BUCKET, 1).await?;
-        let replays_kv = bucket(&js, REPLAYS_BUCKET, 1).await?;
+        let spaces_kv = tokio::time::timeout(
+            Duration::from_secs(30),
+            bucket(&js, SPACES_BUCKET, 1, replicas),
+        )
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "NATS JetStream at {url} did not answer in 30 s (is it started with -js?)"
+            )
+        })??;
+        let leases_kv = bucket(&js, LEASES_BUCKET, 1, replicas).await?;
+        let replays_kv = bucket(&js, REPLAYS_BUCKET, 1, replicas).await?;
         let (bus, bus_rx) = mpsc::channel(BUS_QUEUE);
         Ok(Arc::new(Nats {
             ownership: Mutex::new(Ownership::new(node.clone(), http.clone())),
@@ -206,6 +258,8 @@ impl Nats {
             bus_rx: Mutex::new(Some(bus_rx)),
             host: OnceLock::new(),
             stats: Arc::default(),
+            replicas,
+            orphans: Mutex::new(Orphans::new(orphan_grace)),
         }))
     }
 
@@ -367,127 +421,6 @@ impl Nats {
         if ended && let Some(action) = self.edges.lock().ended(id) {
             self.carry_out(action);
         }
-    }
-
-    // ---- ownership ----------------------------------------------------
-
-    async fn read_lease(&self, id: SpaceId) -> Result<Option<(Lease, u64)>, ApiError> {
-        match self.leases_kv.entry(amphi_cluster::space_key(id)).await {
-            Ok(Some(e)) if e.operation == kv::Operation::Put => {
-                Ok(Lease::decode(&e.value).map(|l| (l, e.revision)))
-            }
-            Ok(_) => Ok(None),
-            Err(e) => {
-                tracing::warn!(space = %id, error = %e, "could not read a lease");
-                Err(ApiError::cluster_unavailable(
-                    "the cluster's state store is unavailable; try again",
-                    2,
-                ))
-            }
-        }
-    }
-
-    /// Performs a lease write the ownership machine asked for.
-    async fn write_lease(&self, w: &LeaseWrite) -> WriteResult {
-        let key = amphi_cluster::space_key(w.space);
-        let value = Bytes::from(w.value.encode());
-        match w.revision {
-            Some(rev) => match self.leases_kv.update(&key, value, rev).await {
-                Ok(rev) => WriteResult::Written(rev),
-                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
-                    WriteResult::Conflict
-                }
-                Err(e) => {
-                    tracing::warn!(space = %w.space, error = %e, "could not write a lease");
-                    WriteResult::Failed
-                }
-            },
-            None => match self.leases_kv.create(&key, value).await {
-                Ok(rev) => WriteResult::Written(rev),
-                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => WriteResult::Conflict,
-                Err(e) => {
-                    tracing::warn!(space = %w.space, error = %e, "could not create a lease");
-                    WriteResult::Failed
-                }
-            },
-        }
-    }
-
-    /// Makes sure someone owns `id`, taking it over if its owner is gone.
-    async fn ensure_owner(&self, id: SpaceId) -> Result<Claim, ApiError> {
-        for _ in 0..3 {
-            let current = self.read_lease(id).await?;
-            let claim =
-                self.ownership
-                    .lock()
-                    .claim(id, current.as_ref().map(|(l, r)| (l, *r)), now_ms());
-            let claim = match claim {
-                Claim::Write(w) => {
-                    let result = self.write_lease(&w).await;
-                    self.ownership
-                        .lock()
-                        .written(w.id, result, now_ms())
-                        .unwrap_or(Claim::Retry)
-                }
-                other => other,
-            };
-            self.act_on_ownership();
-            if claim != Claim::Retry {
-                return Ok(claim);
-            }
-        }
-        Err(ApiError::cluster_unavailable(
-            "the space's ownership is changing; try again",
-            1,
-        ))
-    }
-
-    /// Carries out what the ownership machine decided.
-    fn act_on_ownership(&self) {
-        loop {
-            let event = self.ownership.lock().poll_event();
-            let Some(event) = event else { return };
-            let Some(host) = self.host() else { continue };
-            match event {
-                OwnershipEvent::Acquired {
-                    space,
-                    first_seq,
-                    from,
-                } => {
-                    if let Some(from) = from {
-                        self.stats.takeovers.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(space = %space, %from, "took over a space whose owner stopped renewing");
-                    }
-                    // An edge becoming the origin keeps its outputs: the
-                    // bus feed stops, the mixer feeds them from now on.
-                    if self.edges.lock().became_origin(space)
-                        && let Some(feed) = self.feeds.lock().remove(&space)
-                    {
-                        feed.task.abort();
-                    }
-                    host.become_origin(space, first_seq);
-                }
-                OwnershipEvent::Lost { space } => {
-                    self.stats.leases_lost.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(space = %space, "lost the lease of a space to another node; no longer its origin");
-                    host.abandon(space);
-                }
-            }
-        }
-    }
-
-    /// Renews this node's leases; a lease another node took is given up.
-    async fn renew(&self) {
-        let Some(host) = self.host() else { return };
-        let writes = self
-            .ownership
-            .lock()
-            .renewals(now_ms(), |id| host.last_seq(id).unwrap_or(0));
-        for w in writes {
-            let result = self.write_lease(&w).await;
-            self.ownership.lock().written(w.id, result, now_ms());
-        }
-        self.act_on_ownership();
     }
 
     // ---- forwarding -----------------------------------------------------
@@ -832,6 +765,8 @@ impl Nats {
         loop {
             iv.tick().await;
             self.renew().await;
+            self.take_over_orphans().await;
+            self.end_orphans().await;
             self.publish_replays().await;
             let Some(host) = self.host() else { continue };
             let idle = self
@@ -856,8 +791,10 @@ impl Membership for Nats {
         };
         tokio::spawn(self.clone().watch_spaces());
         tokio::spawn(self.clone().watch_replays());
+        tokio::spawn(self.clone().watch_leases());
         tokio::spawn(self.clone().publish_frames(bus));
         tokio::spawn(self.clone().serve_history());
+        tokio::spawn(self.clone().serve_backfill());
         tokio::spawn(self.clone().serve_forwarded(router));
         tokio::spawn(self.clone().counts());
         tokio::spawn(self.clone().housekeeping());
@@ -883,7 +820,7 @@ impl Membership for Nats {
     ) -> BoxFuture<'a, anyhow::Result<Vec<u8>>> {
         Box::pin(async move {
             let js = jetstream::new(self.client.clone());
-            let config = bucket(&js, CONFIG_BUCKET, 1).await?;
+            let config = bucket(&js, CONFIG_BUCKET, 1, self.replicas).await?;
             match config.create(name, Bytes::copy_from_slice(local)).await {
                 Ok(_) => Ok(local.to_vec()),
                 Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => config
@@ -922,10 +859,10 @@ impl Membership for Nats {
             if recorded {
                 self.pending_replays.lock().insert(space);
             }
-            let write = self.ownership.lock().release(space, last_seq, now_ms());
+            let write = self.ownership.lock().release(space, last_seq);
             if let Some(w) = write {
                 let result = self.write_lease(&w).await;
-                self.ownership.lock().written(w.id, result, now_ms());
+                self.ownership.lock().written(w.id, result, mono_ms());
             }
         })
     }
@@ -1069,6 +1006,12 @@ impl Membership for Nats {
             "amphi_leases_lost_total",
             "Leases another node took from this one.",
             l(&s.leases_lost),
+        );
+        counter(
+            out,
+            "amphi_orphans_ended_total",
+            "Spaces ended because their origin died and no speaker came back in the grace.",
+            l(&s.orphans_ended),
         );
         counter(
             out,

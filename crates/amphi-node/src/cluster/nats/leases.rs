@@ -1,0 +1,287 @@
+//! Ownership in the cluster shell: the leases bucket read, written and
+//! watched for [`Ownership`](amphi_cluster::Ownership); what follows a
+//! change (become the origin, abandon); the live spaces whose owner died,
+//! claimed by this node with no one asking; the spaces taken over with no
+//! speaker back, ended after the grace; and the dead origin's unstored
+//! frames, gathered from the other nodes and recorded.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use amphi_cluster::{Claim, LEASES_BUCKET, Lease, LeaseWrite, OwnershipEvent, WriteResult};
+use amphi_core::SpaceId;
+use async_nats::jetstream::kv;
+use bytes::Bytes;
+use futures_util::StreamExt;
+
+use super::Nats;
+use crate::cluster::Host;
+use crate::error::ApiError;
+use crate::timefmt::{mono_ms, now_ms};
+
+impl Nats {
+    pub(super) async fn read_lease(&self, id: SpaceId) -> Result<Option<(Lease, u64)>, ApiError> {
+        match self.leases_kv.entry(amphi_cluster::space_key(id)).await {
+            Ok(Some(e)) if e.operation == kv::Operation::Put => {
+                Ok(Lease::decode(&e.value).map(|l| (l, e.revision)))
+            }
+            Ok(_) => Ok(None),
+            Err(e) => {
+                tracing::warn!(space = %id, error = %e, "could not read a lease");
+                Err(ApiError::cluster_unavailable(
+                    "the cluster's state store is unavailable; try again",
+                    2,
+                ))
+            }
+        }
+    }
+
+    /// Performs a lease write the ownership machine asked for.
+    pub(super) async fn write_lease(&self, w: &LeaseWrite) -> WriteResult {
+        let key = amphi_cluster::space_key(w.space);
+        // The wall clock, for people reading the bucket; no node reads it.
+        let stamped = Lease {
+            at_ms: now_ms(),
+            ..w.value.clone()
+        };
+        let value = Bytes::from(stamped.encode());
+        match w.revision {
+            Some(rev) => match self.leases_kv.update(&key, value, rev).await {
+                Ok(rev) => WriteResult::Written(rev),
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                    WriteResult::Conflict
+                }
+                Err(e) => {
+                    tracing::warn!(space = %w.space, error = %e, "could not write a lease");
+                    WriteResult::Failed
+                }
+            },
+            None => match self.leases_kv.create(&key, value).await {
+                Ok(rev) => WriteResult::Written(rev),
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => WriteResult::Conflict,
+                Err(e) => {
+                    tracing::warn!(space = %w.space, error = %e, "could not create a lease");
+                    WriteResult::Failed
+                }
+            },
+        }
+    }
+
+    /// Makes sure someone owns `id`, taking it over if its owner is gone.
+    pub(super) async fn ensure_owner(&self, id: SpaceId) -> Result<Claim, ApiError> {
+        for _ in 0..3 {
+            let current = self.read_lease(id).await?;
+            let claim =
+                self.ownership
+                    .lock()
+                    .claim(id, current.as_ref().map(|(l, r)| (l, *r)), mono_ms());
+            let claim = match claim {
+                Claim::Write(w) => {
+                    let result = self.write_lease(&w).await;
+                    self.ownership
+                        .lock()
+                        .written(w.id, result, mono_ms())
+                        .unwrap_or(Claim::Retry)
+                }
+                other => other,
+            };
+            self.act_on_ownership();
+            if claim != Claim::Retry {
+                return Ok(claim);
+            }
+        }
+        Err(ApiError::cluster_unavailable(
+            "the space's ownership is changing; try again",
+            1,
+        ))
+    }
+
+    /// Carries out what the ownership machine decided.
+    pub(super) fn act_on_ownership(&self) {
+        loop {
+            let event = self.ownership.lock().poll_event();
+            let Some(event) = event else { return };
+            let Some(host) = self.host() else { continue };
+            match event {
+                OwnershipEvent::Acquired {
+                    space,
+                    first_seq,
+                    from,
+                } => {
+                    if let Some(from) = from {
+                        self.stats.takeovers.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(space = %space, %from, "took over a space whose owner stopped renewing");
+                        if host.is_live(space) {
+                            self.orphans.lock().took_over(space, Instant::now());
+                            tokio::spawn(backfill(
+                                self.client.clone(),
+                                host.clone(),
+                                space,
+                                first_seq,
+                            ));
+                        }
+                    }
+                    // An edge becoming the origin keeps its outputs: the
+                    // bus feed stops, the mixer feeds them from now on.
+                    if self.edges.lock().became_origin(space)
+                        && let Some(feed) = self.feeds.lock().remove(&space)
+                    {
+                        feed.task.abort();
+                    }
+                    host.become_origin(space, first_seq);
+                }
+                OwnershipEvent::Lost { space } => {
+                    self.orphans.lock().forget(space);
+                    self.stats.leases_lost.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(space = %space, "lost the lease of a space to another node; no longer its origin");
+                    host.abandon(space);
+                }
+            }
+        }
+    }
+
+    /// Renews this node's leases; a lease another node took is given up.
+    pub(super) async fn renew(&self) {
+        let Some(host) = self.host() else { return };
+        let writes = self
+            .ownership
+            .lock()
+            .renewals(mono_ms(), |id| host.last_seq(id).unwrap_or(0));
+        for w in writes {
+            let result = self.write_lease(&w).await;
+            self.ownership.lock().written(w.id, result, mono_ms());
+        }
+        self.act_on_ownership();
+    }
+
+    /// Claims the live spaces whose owner stopped renewing, so a dead
+    /// origin's spaces move with no one asking: every node tries, the
+    /// compare-and-set lets one win.
+    pub(super) async fn take_over_orphans(&self) {
+        let Some(host) = self.host() else { return };
+        let expired = self.ownership.lock().expired(mono_ms());
+        for id in expired {
+            if !host.is_live(id) {
+                continue;
+            }
+            match self.ensure_owner(id).await {
+                Ok(Claim::Mine) => tracing::info!(space = %id, "took over a live space"),
+                Ok(_) => {}
+                Err(e) => tracing::debug!(space = %id, error = ?e, "could not take a space over"),
+            }
+        }
+    }
+
+    /// Ends the spaces taken over here whose speakers did not come back
+    /// within the grace.
+    pub(super) async fn end_orphans(&self) {
+        let Some(host) = self.host() else { return };
+        let due = self.orphans.lock().due(Instant::now(), |id| {
+            !host.is_live(id) || host.speakers_back(id)
+        });
+        for id in due {
+            self.stats.orphans_ended.fetch_add(1, Ordering::Relaxed);
+            host.end_orphan(id).await;
+        }
+    }
+
+    /// Follows the leases bucket: every revision is seen here as it lands,
+    /// so a lease's age is measured on this node's clock from the moment
+    /// its owner last renewed it.
+    pub(super) async fn watch_leases(self: Arc<Self>) {
+        let kv = self.leases_kv.clone();
+        self.follow(&kv, LEASES_BUCKET, |c, e| {
+            let Ok(id) = e.key.parse::<SpaceId>() else {
+                return;
+            };
+            if let Some(l) = Lease::decode(&e.value) {
+                c.ownership
+                    .lock()
+                    .seen(id, Some((&l, e.revision)), mono_ms());
+            }
+        })
+        .await;
+    }
+
+    /// Answers a new origin's backfill requests with the recent frames
+    /// this node holds (as an edge, or as a past origin).
+    pub(super) async fn serve_backfill(self: Arc<Self>) {
+        let mut sub = match self.client.subscribe("amphi.space.*.backfill").await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "could not subscribe to backfill requests");
+                return;
+            }
+        };
+        while let Some(msg) = sub.next().await {
+            let (Some(reply), Some(host)) = (msg.reply.clone(), self.host()) else {
+                continue;
+            };
+            let Some(id) = msg
+                .subject
+                .split('.')
+                .nth(2)
+                .and_then(|s| s.parse::<SpaceId>().ok())
+            else {
+                continue;
+            };
+            let Ok(from) = amphi_cluster::decode_history_request(&msg.payload) else {
+                continue;
+            };
+            let frames = host.recent_frames(id, from);
+            if frames.is_empty() {
+                continue;
+            }
+            let _ = self
+                .client
+                .publish(reply, amphi_cluster::encode_frames(&frames))
+                .await;
+        }
+    }
+}
+
+/// How long a new origin collects the other nodes' recent frames.
+const BACKFILL_WAIT: Duration = Duration::from_millis(700);
+
+/// After taking `space` over from a dead origin (this node's frames start
+/// at `first_seq` or later): records the frames the dead origin had not
+/// stored, from this node's own history and every other node's.
+pub(super) async fn backfill(
+    client: async_nats::Client,
+    host: Arc<dyn Host>,
+    space: SpaceId,
+    first_seq: u64,
+) {
+    let h = host.clone();
+    let Ok(stored) = tokio::task::spawn_blocking(move || h.recorded_upto(space)).await else {
+        return;
+    };
+    let from = stored.map_or(0, |s| s.saturating_add(1));
+    let mut answers = vec![host.recent_frames(space, from)];
+    let inbox = client.new_inbox();
+    if let Ok(mut sub) = client.subscribe(inbox.clone()).await {
+        let request = Bytes::copy_from_slice(&amphi_cluster::encode_history_request(from));
+        if client
+            .publish_with_reply(
+                amphi_cluster::backfill::backfill_subject(space),
+                inbox,
+                request,
+            )
+            .await
+            .is_ok()
+        {
+            let deadline = tokio::time::Instant::now() + BACKFILL_WAIT;
+            while let Ok(Some(msg)) = tokio::time::timeout_at(deadline, sub.next()).await {
+                if let Ok(frames) = amphi_cluster::decode_frames(&msg.payload) {
+                    answers.push(frames);
+                }
+            }
+        }
+    }
+    let frames = amphi_cluster::backfill::merge(answers, from, first_seq);
+    if frames.is_empty() {
+        return;
+    }
+    let _ = tokio::task::spawn_blocking(move || host.backfill(space, frames)).await;
+}

@@ -1,0 +1,97 @@
+// An origin's death in real headless Chromium (run by scripts/e2e-heal):
+// three nodes on NATS. The host's page is on A (the space is created and
+// mixed there, the host says 440 Hz); a guest's page is on B, brought on
+// stage, speaking 880 Hz through B (its WHIP call forwarded to A); a
+// listener's page is on C. A is killed -9: the guest's page notices that
+// its WHIP session is gone and publishes again through B by itself, a
+// survivor takes the space over, and the listener on C hears the guest
+// again without a reload. Prints the kill → 880 Hz heard time.
+import { chromium } from "playwright-core";
+
+const { BASE_A, BASE_B, BASE_C, PID_A, ADMIN, WAVS } = process.env;
+const step = (s) => console.log(`-- ${s}`);
+
+async function browser(wav) {
+  return chromium.launch({
+    executablePath: "/usr/bin/chromium",
+    args: [
+      "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+      "--disable-background-networking", "--disable-component-update", "--disable-sync",
+      "--autoplay-policy=no-user-gesture-required",
+      "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+      `--use-file-for-fake-audio-capture=${wav}`,
+    ],
+  });
+}
+
+async function page(b, who) {
+  const p = await (await b.newContext()).newPage();
+  p.on("pageerror", (e) => console.error(`   ${who}: uncaught: ${e.message}`));
+  p.on("dialog", (d) => d.accept());
+  p.setDefaultTimeout(15000);
+  return p;
+}
+
+async function until(what, fn, ms = 15000) {
+  const end = Date.now() + ms;
+  let last;
+  while (Date.now() < end) {
+    last = await fn();
+    if (last) return last;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`timed out: ${what} (last: ${JSON.stringify(last)})`);
+}
+
+const probe = (p) => p.evaluate(() => window.amphi.toneProbe([440, 880]));
+const heard = (db) => db > -60;
+const status = (p) => p.evaluate(() => document.getElementById("status").textContent);
+
+async function joinAndListen(p, link, name) {
+  await p.goto(link);
+  await p.fill("[data-testid=join-name]", name);
+  await p.click("[data-testid=join]");
+  await p.click("[data-testid=listen]");
+}
+
+const hostB = await browser(`${WAVS}/host.wav`);
+const guestB = await browser(`${WAVS}/guest.wav`);
+try {
+  step("1. the host creates a space on A and speaks; a guest on B is brought on stage and speaks");
+  const host = await page(hostB, "host");
+  await host.goto(BASE_A + "/");
+  await host.fill("[data-testid=admin-token]", ADMIN);
+  await host.fill("[data-testid=title]", "Heal journey");
+  await host.fill("[data-testid=host-name]", "Hana");
+  await host.click("[data-testid=create]");
+  const link = await (await host.waitForSelector("[data-testid=space-link]")).getAttribute("href");
+  await host.goto(BASE_A + link);
+  await host.click("[data-testid=go-live]");
+  await host.click("[data-testid=mic]");
+  await until("the host publishes", async () => (await status(host)).includes("live on stage"));
+  const guest = await page(guestB, "guest");
+  await joinAndListen(guest, BASE_B + link, "Gus");
+  await guest.click("[data-testid=hand]");
+  await host.click("[data-testid=accept-Gus]");
+  await guest.click("[data-testid=mic]");
+  await until("the guest publishes through B", async () => (await status(guest)).includes("live on stage"));
+
+  step("2. a listener on C hears the guest's 880 Hz");
+  const ear = await page(hostB, "listener");
+  await joinAndListen(ear, BASE_C + link, "Lia");
+  await until("the listener hears 880 Hz", async () => heard((await probe(ear))[1]), 20000);
+
+  step("3. A (the origin) is killed -9");
+  process.kill(Number(PID_A), "SIGKILL");
+  const t0 = Date.now();
+  await until("the listener stops hearing the guest", async () => !heard((await probe(ear))[1]), 10000);
+  await until("the guest's page reconnects by itself", async () => (await status(guest)).includes("live on stage again"), 30000);
+  const reconnected = (Date.now() - t0) / 1000;
+  await until("the listener on C hears the guest again, without a reload", async () => heard((await probe(ear))[1]), 20000);
+  const healed = (Date.now() - t0) / 1000;
+  console.log(`   guest's page republished ${reconnected.toFixed(2)} s after the kill; listener on C hears 880 Hz again after ${healed.toFixed(2)} s`);
+  console.log("heal journey: ok");
+} finally {
+  await hostB.close();
+  await guestB.close();
+}
