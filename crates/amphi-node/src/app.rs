@@ -17,6 +17,7 @@ use crate::error::ApiError;
 use crate::media::{LiveMedia, MediaPlane};
 use crate::metrics::Metrics;
 use crate::timefmt::{now_ms, now_s, rfc3339};
+use crate::webhooks::{EventKind, Webhooks};
 
 /// Lifetime of a participant token.
 pub const TOKEN_TTL_S: u64 = 7 * 24 * 3600;
@@ -44,6 +45,8 @@ pub struct SpaceCell {
     /// Some node mixes this space now (in a cluster, false while a live
     /// space has lost its origin and no node has taken it over).
     pub on_air: AtomicBool,
+    /// Where this space's events are told (webhooks).
+    pub hooks: Option<Arc<Webhooks>>,
 }
 
 /// Room state guarded together.
@@ -87,7 +90,7 @@ impl Update {
 }
 
 impl SpaceCell {
-    fn new(space: Space) -> Arc<Self> {
+    fn new(space: Space, hooks: Option<Arc<Webhooks>>) -> Arc<Self> {
         let (tx, _) = tokio::sync::watch::channel(Arc::new(Update::default()));
         let cell = Arc::new(SpaceCell {
             id: space.id,
@@ -105,6 +108,7 @@ impl SpaceCell {
             remote_listeners: AtomicU64::new(0),
             replay_ready: AtomicBool::new(false),
             on_air: AtomicBool::new(true),
+            hooks,
         });
         cell.refresh_update();
         cell
@@ -138,6 +142,32 @@ impl SpaceCell {
     pub fn replay_is_ready(&self) {
         self.replay_ready.store(true, Ordering::Release);
         self.dirty.store(true, Ordering::Release);
+    }
+
+    /// The replay was cut on this node: published, and told to webhooks
+    /// (`recording.ready`).
+    pub fn replay_cut_here(&self) {
+        self.replay_is_ready();
+        if let Some(hooks) = &self.hooks {
+            let id = self.id;
+            let title = self.inner.lock().space.title.clone();
+            hooks.emit(
+                EventKind::RecordingReady,
+                &id.to_string(),
+                json!({
+                    "space_id": id,
+                    "title": title,
+                    "replay": {"ogg": format!("/spaces/{id}/recording.opus"), "hls": format!("/spaces/{id}/hls/replay.m3u8")},
+                }),
+            );
+        }
+    }
+
+    /// Tells webhooks about this space (`kind` once per space).
+    pub fn tell(&self, kind: EventKind) {
+        if let Some(hooks) = &self.hooks {
+            hooks.emit(kind, &self.id.to_string(), json!({"space": self.view()}));
+        }
     }
 
     /// Rebuilds the shared update for events clients.
@@ -209,7 +239,7 @@ impl SpaceCell {
     ) {
         let record = self.inner.lock().space.record;
         let me = self.clone();
-        let ready: crate::media::ReplayReady = Box::new(move || me.replay_is_ready());
+        let ready: crate::media::ReplayReady = Box::new(move || me.replay_cut_here());
         let live = media.start_space(self.id, record, ready, live, min_seq);
         *self.live.write() = Some(live);
     }
@@ -323,6 +353,8 @@ pub struct App {
     pub turn: Option<crate::turn::Turn>,
     /// What the node asks of the others (a lone node's answers itself).
     pub members: Arc<dyn crate::cluster::Membership>,
+    /// Signed webhooks to the operator's systems.
+    pub webhooks: Arc<Webhooks>,
 }
 
 impl App {
@@ -360,7 +392,7 @@ impl App {
         }
         for space in spaces {
             let (state, record) = (space.state, space.record);
-            let cell = SpaceCell::new(space);
+            let cell = SpaceCell::new(space, Some(self.webhooks.clone()));
             self.spaces.write().insert(cell.id, cell.clone());
             match state {
                 // Live spaces are resumed by the membership, on their
@@ -383,7 +415,7 @@ impl App {
                     let c = cell.clone();
                     self.media
                         .recorder
-                        .end(cell.id, Box::new(move || c.replay_is_ready()));
+                        .end(cell.id, Box::new(move || c.replay_cut_here()));
                 }
                 _ => {}
             }
@@ -436,7 +468,7 @@ impl App {
         let host = ParticipantId(rand::random());
         let space = Space::new(id, host, host_name, opts, now_ms())?;
         self.persist(space.clone()).await?;
-        let cell = SpaceCell::new(space);
+        let cell = SpaceCell::new(space, Some(self.webhooks.clone()));
         self.spaces.write().insert(id, cell.clone());
         self.metrics.spaces_created.inc();
         // The node where a space is created owns it first.
@@ -454,7 +486,7 @@ impl App {
                 cell
             }
             None => {
-                let cell = SpaceCell::new(space.clone());
+                let cell = SpaceCell::new(space.clone(), Some(self.webhooks.clone()));
                 self.spaces
                     .write()
                     .entry(space.id)
@@ -503,7 +535,7 @@ impl App {
             return Err(ApiError::rate_limited(1));
         }
         let _serial = cell.write_lock.lock().await;
-        let (outcome, snapshot) = {
+        let (outcome, snapshot, removed_name) = {
             let mut inner = cell.inner.lock();
             let cmd = match cmd {
                 Command::BringOnStage { target, name: None } => {
@@ -522,7 +554,14 @@ impl App {
                 now_ms(),
             )?;
             let changed = inner.space != before;
-            (outcome, changed.then(|| inner.space.clone()))
+            let removed_name = match outcome {
+                Outcome::Removed { target, .. } => before
+                    .member(target)
+                    .map(|m| m.name.clone())
+                    .or_else(|| inner.presence.get(&target).map(|(n, _)| n.clone())),
+                _ => None,
+            };
+            (outcome, changed.then(|| inner.space.clone()), removed_name)
         };
         // Gates first: a mute or removal is enforced before we answer.
         cell.sync_gates();
@@ -530,11 +569,20 @@ impl App {
             self.persist(space).await?;
         }
         match outcome {
-            Outcome::Removed { target, .. } => {
+            Outcome::Removed { target, banned } => {
                 self.media.close_participant(cell.id, target);
                 self.egress.close_tag(target.0);
+                let name = removed_name.unwrap_or_default();
+                self.webhooks.emit(
+                    EventKind::ParticipantRemoved,
+                    &format!("{}|{target}|{banned}", cell.id),
+                    json!({"space_id": cell.id, "participant_id": target, "name": name, "banned": banned, "by": actor.pid}),
+                );
             }
-            Outcome::Started => cell.start_media(&self.media, None, 0),
+            Outcome::Started => {
+                cell.start_media(&self.media, None, 0);
+                cell.tell(EventKind::SpaceStarted);
+            }
             Outcome::Ended => {
                 let last = cell
                     .live
@@ -545,6 +593,7 @@ impl App {
                 cell.stop_media(&self.media);
                 let recorded = cell.inner.lock().space.record;
                 self.members.release(cell.id, last, recorded).await;
+                cell.tell(EventKind::SpaceEnded);
             }
             Outcome::Changed | Outcome::Unchanged => {}
         }
@@ -588,7 +637,7 @@ mod tests {
             public: true,
         };
         let space = Space::new(SpaceId(1), ParticipantId(2), "Host", opts, 0).unwrap();
-        let cell = SpaceCell::new(space);
+        let cell = SpaceCell::new(space, None);
         let joined = cell.updates.borrow().number;
         cell.inner.lock().reactions.add("👏").unwrap();
         cell.refresh_update();

@@ -13,6 +13,7 @@ mod conn;
 mod error;
 mod events;
 mod front;
+mod hooks_api;
 mod host;
 mod listen;
 mod media;
@@ -25,6 +26,7 @@ mod replay;
 mod timefmt;
 mod turn;
 mod web;
+mod webhooks;
 mod whip;
 
 pub use node::{Config, Node};

@@ -195,6 +195,10 @@ pub struct Config {
     /// Seconds a TURN credential stays valid.
     #[arg(long, env = "AMPHI_TURN_TTL", default_value_t = 12 * 3600)]
     pub turn_ttl: u64,
+    /// Wait before the first retry of a failed webhook delivery, in ms;
+    /// each further retry waits twice as long (at most an hour), for 24 h.
+    #[arg(long, env = "AMPHI_WEBHOOK_RETRY_BASE_MS", default_value_t = 5000)]
+    pub webhook_retry_base_ms: u64,
 }
 
 impl Config {
@@ -487,8 +491,16 @@ async fn load(args: Config) -> anyhow::Result<(Arc<App>, Router, tokio::net::Tcp
         ice_tcp_port: args.ice_tcp.then(|| args.http.port()),
     })
     .context("starting the media plane")?;
+    let store = Arc::new(Mutex::new(store));
+    let webhooks = crate::webhooks::Webhooks::new(
+        store.clone(),
+        tokio::runtime::Handle::current(),
+        Duration::from_millis(args.webhook_retry_base_ms),
+    )
+    .context("starting the webhooks")?;
+    tokio::spawn(webhooks.clone().run());
     let app = Arc::new(App {
-        store: Arc::new(Mutex::new(store)),
+        store,
         token_key,
         admin_token,
         spaces: RwLock::new(Default::default()),
@@ -516,6 +528,7 @@ async fn load(args: Config) -> anyhow::Result<(Arc<App>, Router, tokio::net::Tcp
         cert_pending: RwLock::new(None),
         turn: turn_config(&args)?,
         members: members.clone(),
+        webhooks,
     });
     app.load().context("loading spaces")?;
 
@@ -582,6 +595,7 @@ async fn shutdown_signal() {
 fn router(app: Arc<App>) -> Router {
     Router::new()
         .merge(crate::api::router())
+        .merge(crate::hooks_api::router())
         .merge(crate::events::router())
         .merge(crate::whip::router())
         .merge(crate::replay::router())
@@ -734,6 +748,31 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
             "amphi_fanout_closed_ws_total",
             "live.ws listeners closed by a close handshake (theirs echoed, or ours for a protocol violation).",
             &e.closed_ws,
+        ),
+    ] {
+        counter(&mut out, name, help, l(value));
+    }
+    let h = &app.webhooks.stats;
+    for (name, help, value) in [
+        (
+            "amphi_webhook_deliveries_queued_total",
+            "Webhook deliveries queued (one per event and endpoint).",
+            &h.queued,
+        ),
+        (
+            "amphi_webhook_deliveries_total",
+            "Webhook deliveries acknowledged (2xx).",
+            &h.delivered,
+        ),
+        (
+            "amphi_webhook_failed_attempts_total",
+            "Webhook attempts that failed and will be retried.",
+            &h.failed_attempts,
+        ),
+        (
+            "amphi_webhook_given_up_total",
+            "Webhook deliveries given up after the retry window.",
+            &h.given_up,
         ),
     ] {
         counter(&mut out, name, help, l(value));
