@@ -53,9 +53,10 @@ pub struct SpaceCell {
 pub struct SpaceInner {
     pub space: Space,
     pub reactions: amphi_core::reactions::Reactions,
-    /// Participants with an open events channel: name and connection count,
-    /// so a moderator can bring a present listener on stage.
-    pub presence: HashMap<ParticipantId, (String, u32)>,
+    /// Participants with an open events channel (the audience a
+    /// moderator sees and invites), so a present listener can be brought
+    /// on stage by name.
+    pub presence: crate::audience::Audience,
 }
 
 /// Updates whose reactions a client that fell behind still gets (4 s).
@@ -97,7 +98,7 @@ impl SpaceCell {
             inner: Mutex::new(SpaceInner {
                 space,
                 reactions: Default::default(),
-                presence: HashMap::new(),
+                presence: Default::default(),
             }),
             write_lock: tokio::sync::Mutex::new(()),
             dirty: AtomicBool::new(true),
@@ -539,7 +540,7 @@ impl App {
             let mut inner = cell.inner.lock();
             let cmd = match cmd {
                 Command::BringOnStage { target, name: None } => {
-                    let name = inner.presence.get(&target).map(|(n, _)| n.clone());
+                    let name = inner.presence.name(target).map(str::to_owned);
                     Command::BringOnStage { target, name }
                 }
                 other => other,
@@ -558,7 +559,7 @@ impl App {
                 Outcome::Removed { target, .. } => before
                     .member(target)
                     .map(|m| m.name.clone())
-                    .or_else(|| inner.presence.get(&target).map(|(n, _)| n.clone())),
+                    .or_else(|| inner.presence.name(target).map(str::to_owned)),
                 _ => None,
             };
             (outcome, changed.then(|| inner.space.clone()), removed_name)

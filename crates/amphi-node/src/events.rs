@@ -54,6 +54,10 @@ fn you(cell: &SpaceCell, claims: &Claims) -> Option<Value> {
     let s = &inner.space;
     let role = s.may_follow_events(claims.pid).ok()?;
     let member = s.member(claims.pid);
+    let invitation = inner
+        .presence
+        .invitation(claims.pid, crate::timefmt::now_ms())
+        .map(|i| json!({"by": {"participant_id": i.by, "name": i.by_name}, "expires_at": crate::timefmt::rfc3339(i.expires_ms)}));
     Some(json!({
         "participant_id": claims.pid,
         "name": member.map_or(claims.name.as_str(), |m| m.name.as_str()),
@@ -61,6 +65,7 @@ fn you(cell: &SpaceCell, claims: &Claims) -> Option<Value> {
         "on_stage": role.on_stage(),
         "muted": member.is_some_and(|m| m.muted),
         "hand_raised": member.is_some_and(|m| m.hand_raised_at.is_some()),
+        "invitation": invitation,
     }))
 }
 
@@ -76,14 +81,7 @@ fn message(kind: &str, update: &Update, you: Value, reactions_after: u64) -> Str
 
 async fn client(app: Arc<App>, cell: Arc<SpaceCell>, claims: Claims, mut socket: WebSocket) {
     app.metrics.events_clients.inc();
-    {
-        let mut inner = cell.inner.lock();
-        let e = inner
-            .presence
-            .entry(claims.pid)
-            .or_insert_with(|| (claims.name.clone(), 0));
-        e.1 += 1;
-    }
+    cell.inner.lock().presence.arrive(claims.pid, &claims.name);
     let mut rx = cell.updates.subscribe();
     let mut first = true;
     // The snapshot carries no reactions: a client counts from when it came.
@@ -154,14 +152,6 @@ async fn client(app: Arc<App>, cell: Arc<SpaceCell>, claims: Claims, mut socket:
         tokio::time::sleep(MIN_INTERVAL).await;
     }
     let _ = socket.send(Message::Close(None)).await;
-    {
-        let mut inner = cell.inner.lock();
-        if let Some(e) = inner.presence.get_mut(&claims.pid) {
-            e.1 -= 1;
-            if e.1 == 0 {
-                inner.presence.remove(&claims.pid);
-            }
-        }
-    }
+    cell.inner.lock().presence.leave(claims.pid);
     app.metrics.events_clients.dec();
 }

@@ -7,6 +7,8 @@ mod acme;
 mod admission;
 mod api;
 mod app;
+mod audience;
+mod audience_api;
 mod auth;
 mod cluster;
 mod conn;

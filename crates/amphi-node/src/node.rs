@@ -596,6 +596,7 @@ fn router(app: Arc<App>) -> Router {
     Router::new()
         .merge(crate::api::router())
         .merge(crate::hooks_api::router())
+        .merge(crate::audience_api::router())
         .merge(crate::events::router())
         .merge(crate::whip::router())
         .merge(crate::replay::router())

@@ -261,7 +261,7 @@ fn owner_only(method: &axum::http::Method, path: &str) -> Option<SpaceId> {
     let first = action.split('/').next().unwrap_or("");
     matches!(
         first,
-        "start" | "end" | "hand" | "stage" | "cohosts" | "participants" | "whip"
+        "start" | "end" | "hand" | "stage" | "cohosts" | "participants" | "whip" | "invitations"
     )
     .then(|| id.parse().ok())
     .flatten()
