@@ -117,6 +117,48 @@ function handItem(h) {
   return li;
 }
 
+// The audience a moderator sees (polled while they moderate; the list is
+// bounded by the server): present listeners with an Invite button.
+let audiencePoll = null;
+async function refreshAudience() {
+  try {
+    const a = await api("GET", `/api/v1/spaces/${spaceId}/audience?limit=100`, { token: tokens.get(spaceId) });
+    const more = a.total > a.audience.length ? ` (newest ${a.audience.length} of ${a.total})` : ` (${a.total})`;
+    $("audience-total").textContent = more;
+    const items = a.audience.filter((p) => p.role === "listener").map((p) => {
+      const li = el("li", {}, el("span", { textContent: p.name }));
+      li.dataset.testid = `audience-${p.name}`;
+      if (p.invited) li.append(el("span", { className: "hint", textContent: " · invited" }));
+      else li.append(button("Invite to speak", async () => { if (await act("POST", `/invitations/${p.participant_id}`)) refreshAudience(); }, `invite-${p.name}`));
+      return li;
+    });
+    keepFocus($("audience"), () => $("audience").replaceChildren(...items));
+  } catch { /* next tick */ }
+}
+
+function syncAudience(show) {
+  $("audience-box").hidden = !show;
+  if (show && !audiencePoll) {
+    refreshAudience();
+    audiencePoll = setInterval(refreshAudience, 2000);
+  } else if (!show && audiencePoll) {
+    clearInterval(audiencePoll);
+    audiencePoll = null;
+  }
+}
+
+let invitationTimer = null;
+function renderInvitation(inv) {
+  clearTimeout(invitationTimer);
+  const left = inv ? Date.parse(inv.expires_at) - Date.now() : 0;
+  $("invitation").hidden = !(inv && left > 0);
+  if (inv && left > 0) {
+    $("invitation-text").textContent = `${inv.by.name} invites you to speak on stage.`;
+    // Unanswered, it lapses: nothing changes.
+    invitationTimer = setTimeout(() => { $("invitation").hidden = true; }, left);
+  }
+}
+
 function render() {
   const { space, you } = state;
   if (!space) return;
@@ -156,6 +198,9 @@ function render() {
   // play their own voice back, late.
   $("listen").hidden = !live || Boolean(state.mic);
   $("listen").textContent = state.player ? "■ Stop listening" : "▶ Listen";
+
+  syncAudience(isMod() && live);
+  renderInvitation(live && you && !onStage ? you.invitation : null);
 
   if (space.state === "ended") showEnded();
 
@@ -368,6 +413,14 @@ $("listen").addEventListener("click", () => {
   }
 });
 
+$("invitation-accept").addEventListener("click", async () => {
+  $("invitation").hidden = true;
+  await act("POST", `/invitations/${state.you.participant_id}/accept`);
+});
+$("invitation-decline").addEventListener("click", async () => {
+  $("invitation").hidden = true;
+  await act("POST", `/invitations/${state.you.participant_id}/decline`);
+});
 $("hand").addEventListener("click", () => act(state.you && state.you.hand_raised ? "DELETE" : "POST", "/hand"));
 $("start").addEventListener("click", () => act("POST", "/start"));
 $("end").addEventListener("click", () => {

@@ -200,6 +200,35 @@ try {
   check(del.status() < 300, `DELETE of the WHIP session answered ${del.status()}`);
   await until("the guest's hand button is back", () => guest.evaluate(() => !document.querySelector("[data-testid=hand]").hidden));
 
+  step("5b. the host invites Ivy, who never raised a hand, from the audience list: she accepts and is heard");
+  const ivy = await page(guestB, "invited");
+  await joinAndListen(ivy, BASE + link, "Ivy");
+  await until("the host sees Ivy in the audience", () => host.evaluate(() => Boolean(document.querySelector("[data-testid=invite-Ivy]"))));
+  check(await ivy.evaluate(() => !window.amphi.state.you.hand_raised), "Ivy raised a hand");
+  check(!(await third.evaluate(() => Boolean(document.querySelector("[data-testid=invite-Ivy]")))), "a listener sees the Invite buttons");
+  await host.screenshot({ path: `${OUT}/audience.png`, fullPage: true });
+  await host.click("[data-testid=invite-Ivy]");
+  await until("Ivy sees the invitation", () => ivy.evaluate(() => !document.querySelector("[data-testid=invitation]").hidden));
+  await ivy.screenshot({ path: `${OUT}/invitation.png`, fullPage: true });
+  await ivy.click("[data-testid=invitation-accept]");
+  await until("Ivy is on stage", () => ivy.evaluate(() => window.amphi.state.you && window.amphi.state.you.on_stage));
+  await ivy.click("[data-testid=mic]");
+  await until("Ivy publishes", () => ivy.evaluate(() => document.getElementById("status").textContent.includes("live on stage")));
+  const ivyHeard = await until("the listener hears Ivy's 880 Hz", async () => { const t = await probe(third); return heard(t[1]) && t; });
+  console.log(`   after Ivy accepted ${fmt(ivyHeard)}`);
+
+  step("5c. a declined invitation changes nothing");
+  const stageBefore = await host.evaluate(() => window.amphi.state.space.stage.map((m) => m.participant_id).join(","));
+  await until("the host can invite Lia", () => host.evaluate(() => Boolean(document.querySelector("[data-testid=invite-Lia]"))));
+  await host.click("[data-testid=invite-Lia]");
+  await until("Lia sees the invitation", () => third.evaluate(() => !document.querySelector("[data-testid=invitation]").hidden));
+  await third.click("[data-testid=invitation-decline]");
+  await until("Lia's invitation is gone", () => third.evaluate(() => window.amphi.state.you && !window.amphi.state.you.invitation));
+  await new Promise((r) => setTimeout(r, 1000));
+  check(await third.evaluate(() => window.amphi.state.you.role === "listener"), "Lia is no longer a listener after declining");
+  const stageAfter = await host.evaluate(() => window.amphi.state.space.stage.map((m) => m.participant_id).join(","));
+  check(stageBefore === stageAfter, `the stage changed after a decline: ${stageBefore} → ${stageAfter}`);
+
   step("6. the host ends the space: listeners get a seekable replay");
   await host.click("[data-testid=end]");
   await until("replay offered to the listener", () => third.evaluate(() => !document.getElementById("replay").hidden));
