@@ -413,6 +413,7 @@ async fn join(
     let role = cell.inner.lock().space.may_join(pid, prior)?;
     let token = app.mint(id, pid, &name, idsub);
     app.metrics.joins.inc();
+    cell.stats.lock().join(pid.0);
     Ok(Json(json!({
         "participant_id": pid,
         "token": token,

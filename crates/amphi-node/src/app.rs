@@ -47,6 +47,8 @@ pub struct SpaceCell {
     pub on_air: AtomicBool,
     /// Where this space's events are told (webhooks).
     pub hooks: Option<Arc<Webhooks>>,
+    /// Analytics, aggregated here and flushed every 10 s.
+    pub stats: Mutex<crate::stats::SpaceStats>,
 }
 
 /// Room state guarded together.
@@ -110,6 +112,7 @@ impl SpaceCell {
             replay_ready: AtomicBool::new(false),
             on_air: AtomicBool::new(true),
             hooks,
+            stats: Default::default(),
         });
         cell.refresh_update();
         cell
@@ -177,6 +180,11 @@ impl SpaceCell {
         let (space, reactions) = {
             let mut inner = self.inner.lock();
             let reactions = inner.reactions.take();
+            if !reactions.is_empty() {
+                self.stats
+                    .lock()
+                    .react(reactions.iter().map(|(k, n)| (k.as_str(), u64::from(*n))));
+            }
             let ready = self.replay_ready.load(Ordering::Acquire);
             let on_air = self.on_air.load(Ordering::Acquire);
             (

@@ -25,6 +25,8 @@ mod openapi;
 mod record;
 mod redirect;
 mod replay;
+mod stats;
+mod stats_api;
 mod timefmt;
 mod turn;
 mod web;

@@ -531,6 +531,8 @@ async fn load(args: Config) -> anyhow::Result<(Arc<App>, Router, tokio::net::Tcp
         webhooks,
     });
     app.load().context("loading spaces")?;
+    crate::stats_api::restore(&app);
+    tokio::spawn(crate::stats_api::run(app.clone()));
 
     let router = router(app.clone());
     members.start(app.clone(), router.clone());
@@ -597,6 +599,7 @@ fn router(app: Arc<App>) -> Router {
         .merge(crate::api::router())
         .merge(crate::hooks_api::router())
         .merge(crate::audience_api::router())
+        .merge(crate::stats_api::router())
         .merge(crate::events::router())
         .merge(crate::whip::router())
         .merge(crate::replay::router())

@@ -298,6 +298,7 @@ async fn replay_playlist(
     let cell = cell(&app, &id)?;
     replay_ready(&app, &cell).await?;
     let data = replay_object(&app, cell.id, "hls/replay.m3u8").await?;
+    cell.stats.lock().replay_play();
     Ok(body(Resource::VodPlaylist, data))
 }
 
@@ -382,6 +383,10 @@ async fn recording(
             (StatusCode::PARTIAL_CONTENT, s, e)
         }
     };
+    // A play: a request for the recording's start.
+    if start == 0 {
+        cell.stats.lock().replay_play();
+    }
     let part = if len == 0 {
         Bytes::new()
     } else if status == StatusCode::OK {
