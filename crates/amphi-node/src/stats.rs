@@ -33,7 +33,7 @@ const HLL_BITS: u32 = 11;
 const HLL_M: usize = 1 << HLL_BITS;
 
 /// The analytics of one space.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct SpaceStats {
     pub peak: u64,
     pub peak_at_ms: Option<i64>,
@@ -54,25 +54,6 @@ pub struct SpaceStats {
     pub dirty: bool,
 }
 
-impl Default for SpaceStats {
-    fn default() -> Self {
-        SpaceStats {
-            peak: 0,
-            peak_at_ms: None,
-            joins: 0,
-            unique: String::new(),
-            listening_ms: 0,
-            series_start_ms: None,
-            series: Vec::new(),
-            reactions: BTreeMap::new(),
-            replay_plays: 0,
-            last_sample_ms: None,
-            registers: None,
-            dirty: false,
-        }
-    }
-}
-
 impl SpaceStats {
     /// Parses stored analytics; `None` if corrupt.
     pub fn from_json(s: &str) -> Option<SpaceStats> {
@@ -82,7 +63,7 @@ impl SpaceStats {
     }
 
     /// The stored form.
-    pub fn to_json(&mut self) -> String {
+    pub fn encode(&mut self) -> String {
         if let Some(r) = &self.registers {
             self.unique = B64.encode(r);
         }
@@ -215,7 +196,7 @@ mod tests {
         s.sample(100, 1_000_000 + 260_000);
         assert_eq!(s.listening_ms, before);
         assert_eq!(s.series.len(), 27);
-        let again = SpaceStats::from_json(&s.to_json()).unwrap();
+        let again = SpaceStats::from_json(&s.encode()).unwrap();
         assert_eq!(again.series, s.series);
         assert_eq!(again.peak, 100);
     }
@@ -234,7 +215,7 @@ mod tests {
         }
         let u = s.unique() as f64;
         assert!((u - 50_000.0).abs() / 50_000.0 < 0.07, "{u}");
-        let again = SpaceStats::from_json(&s.to_json()).unwrap();
+        let again = SpaceStats::from_json(&s.encode()).unwrap();
         assert_eq!(again.unique(), s.unique());
     }
 

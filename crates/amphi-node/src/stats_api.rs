@@ -107,7 +107,7 @@ pub async fn run(app: Arc<App>) {
                     return None;
                 }
                 s.dirty = false;
-                Some((c.id.to_string(), s.to_json()))
+                Some((c.id.to_string(), s.encode()))
             })
             .collect();
         if changed.is_empty() {
