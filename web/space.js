@@ -5,6 +5,7 @@
 import { api, tokens, say, describe } from "/assets/api.js";
 import { Player } from "/assets/listen.js";
 import { Mic } from "/assets/speak.js";
+import { drawListeners, summary } from "/assets/chart.js";
 
 const spaceId = location.pathname.split("/").filter(Boolean)[1] || "";
 const $ = (id) => document.getElementById(id);
@@ -147,6 +148,31 @@ function syncAudience(show) {
   }
 }
 
+// The host's analytics: refreshed every 10 s (the server's resolution)
+// while the host or a co-host looks, live and after the end.
+let statsPoll = null;
+let lastStats = null;
+async function refreshStats() {
+  try {
+    lastStats = await api("GET", `/api/v1/spaces/${spaceId}/stats`, { token: tokens.get(spaceId) });
+    $("stats-box").hidden = false;
+    drawListeners($("chart"), lastStats);
+    $("stats-summary").textContent = summary(lastStats);
+  } catch { /* not allowed or not yet: stay hidden */ }
+}
+function syncStats(show) {
+  if (show && !statsPoll) {
+    refreshStats();
+    statsPoll = setInterval(refreshStats, 10000);
+  } else if (!show && statsPoll) {
+    clearInterval(statsPoll);
+    statsPoll = null;
+    $("stats-box").hidden = true;
+  }
+}
+window.addEventListener("resize", () => { if (lastStats && !$("stats-box").hidden) drawListeners($("chart"), lastStats); });
+window.amphi.refreshStats = refreshStats;
+
 let invitationTimer = null;
 function renderInvitation(inv) {
   clearTimeout(invitationTimer);
@@ -200,6 +226,7 @@ function render() {
   $("listen").textContent = state.player ? "■ Stop listening" : "▶ Listen";
 
   syncAudience(isMod() && live);
+  syncStats(isMod());
   renderInvitation(live && you && !onStage ? you.invitation : null);
 
   if (space.state === "ended") showEnded();
@@ -484,7 +511,11 @@ window.addEventListener("pagehide", () => stopMic());
 (async () => {
   const ok = await loadSpace();
   if (!ok) return;
-  if (state.space.state === "ended") return;
+  if (state.space.state === "ended") {
+    // The host coming back after the end still sees the analytics.
+    if (tokens.get(spaceId)) refreshStats();
+    return;
+  }
   if (tokens.get(spaceId)) enter();
   else {
     $("join").hidden = false;

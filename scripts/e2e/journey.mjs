@@ -246,6 +246,19 @@ try {
   }), 20000);
   console.log(`   replay: ${duration.toFixed(1)} s, seekable`);
   await third.screenshot({ path: `${OUT}/replay.png`, fullPage: true });
+
+  step("6b. the host's analytics chart: listeners over time, drawn by the page");
+  check(await third.evaluate(() => document.querySelector("[data-testid=stats]").hidden), "a listener sees the analytics");
+  const chart = await until("the host's chart is drawn", () => host.evaluate(async () => {
+    await window.amphi.refreshStats();
+    const c = document.querySelector("[data-testid=chart]");
+    const n = Number(c.dataset.points || 0);
+    const px = c.getContext("2d").getImageData(0, 0, c.width, c.height).data.some((v, i) => i % 4 === 3 && v > 0);
+    return !document.querySelector("[data-testid=stats]").hidden && n >= 1 && px &&
+      { points: n, summary: document.querySelector("[data-testid=stats-summary]").textContent };
+  }));
+  console.log(`   chart: ${chart.points} points; ${chart.summary}`);
+  await host.screenshot({ path: `${OUT}/stats.png`, fullPage: true });
   if (errors.length) throw new Error("console errors:\n" + errors.join("\n"));
   console.log("browser journey: passed");
 } catch (e) {
