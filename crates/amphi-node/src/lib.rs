@@ -12,6 +12,7 @@ mod audience_api;
 mod auth;
 mod cluster;
 mod conn;
+mod embed;
 mod error;
 mod events;
 mod front;

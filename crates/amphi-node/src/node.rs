@@ -600,6 +600,7 @@ fn router(app: Arc<App>) -> Router {
         .merge(crate::hooks_api::router())
         .merge(crate::audience_api::router())
         .merge(crate::stats_api::router())
+        .merge(crate::embed::router())
         .merge(crate::events::router())
         .merge(crate::whip::router())
         .merge(crate::replay::router())

@@ -16,13 +16,14 @@ pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
         .route("/", get(|| async { file("index.html") }))
         .route(
-            "/s/{id}",
-            get(|Path(_id): Path<String>| async { file("space.html") }),
-        )
-        .route(
             "/assets/{*path}",
             get(|Path(path): Path<String>| async move { file(&path) }),
         )
+}
+
+/// An embedded web asset's bytes.
+pub fn asset(path: &str) -> Option<&'static [u8]> {
+    WEB.get_file(path).map(|f| f.contents())
 }
 
 fn content_type(path: &str) -> &'static str {
