@@ -39,7 +39,24 @@ fn cards_embed_oembed_and_calendar() {
         page.contains(&format!("<meta property=\"og:title\" content=\"{esc}\">")),
         "{page}"
     );
-    assert!(page.contains("<meta name=\"twitter:card\" content=\"summary\">"));
+    assert!(page.contains("<meta name=\"twitter:card\" content=\"summary_large_image\">"));
+    let img = format!("http://127.0.0.1:{}/s/{id}/card.png", s.port);
+    assert!(
+        page.contains(&format!("<meta property=\"og:image\" content=\"{img}\">")),
+        "{page}"
+    );
+    let png = reqwest::blocking::get(&img).expect("card");
+    assert_eq!(png.headers()["content-type"].to_str().unwrap(), "image/png");
+    let png = png.bytes().expect("bytes");
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    let (w, h) = (
+        u32::from_be_bytes(png[16..20].try_into().unwrap()),
+        u32::from_be_bytes(png[20..24].try_into().unwrap()),
+    );
+    assert_eq!((w, h), (1200, 630));
+    if let Ok(dir) = std::env::var("AMPHI_CARD_OUT") {
+        std::fs::write(format!("{dir}/card.png"), &png).expect("write card");
+    }
     assert!(page.contains("<meta name=\"amphi:state\" content=\"scheduled\">"));
     assert!(page.contains("Scheduled for 2030-01-02T03:04:05Z · hosted by Hana &lt;b&gt;"));
     assert!(page.contains("application/json+oembed"));

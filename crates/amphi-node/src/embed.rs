@@ -31,6 +31,7 @@ pub fn router() -> Router<Arc<App>> {
     Router::new()
         .route("/s/{id}", get(space_page))
         .route("/s/{id}/calendar.ics", get(calendar))
+        .route("/s/{id}/card.png", get(card_png))
         .route("/embed/{id}", get(embed_page))
         .route("/oembed", get(oembed))
 }
@@ -143,7 +144,13 @@ fn meta_tags(c: &Card, origin: &str, url: &str) -> String {
 <meta property=\"og:description\" content=\"{d}\">\n\
 <meta property=\"og:url\" content=\"{u}\">\n\
 <meta name=\"description\" content=\"{d}\">\n\
-<meta name=\"twitter:card\" content=\"summary\">\n\
+<meta property=\"og:image\" content=\"{img}\">\n\
+<meta property=\"og:image:type\" content=\"image/png\">\n\
+<meta property=\"og:image:width\" content=\"{w}\">\n\
+<meta property=\"og:image:height\" content=\"{h}\">\n\
+<meta property=\"og:image:alt\" content=\"{t}\">\n\
+<meta name=\"twitter:card\" content=\"summary_large_image\">\n\
+<meta name=\"twitter:image\" content=\"{img}\">\n\
 <meta name=\"twitter:title\" content=\"{t}\">\n\
 <meta name=\"twitter:description\" content=\"{d}\">\n\
 <meta name=\"amphi:state\" content=\"{s}\">\n\
@@ -151,6 +158,9 @@ fn meta_tags(c: &Card, origin: &str, url: &str) -> String {
 <link rel=\"alternate\" type=\"application/json+oembed\" href=\"{oembed}\" title=\"{t}\">\n",
         u = html_escape(url),
         s = c.state.as_str(),
+        img = html_escape(&format!("{origin}/s/{}/card.png", c.id)),
+        w = crate::card_image::WIDTH,
+        h = crate::card_image::HEIGHT,
     )
 }
 
@@ -360,6 +370,79 @@ async fn calendar(
             ),
         ],
         body,
+    )
+        .into_response())
+}
+
+/// Rendered cards by space, with what they show: a card is drawn again
+/// only when its text changed. Bounded: cleared past 256 spaces.
+type CardCache = parking_lot::Mutex<std::collections::HashMap<SpaceId, (String, bytes::Bytes)>>;
+static CARDS: std::sync::OnceLock<CardCache> = std::sync::OnceLock::new();
+
+/// The card's image (1200 × 630 PNG), drawn on the node.
+async fn card_png(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let cell = cell_of(&app, &id)?;
+    let c = card(&cell);
+    let detail = match c.state {
+        SpaceState::Live => format!("{} listening", cell.listeners()),
+        SpaceState::Scheduled => {
+            let at = cell.inner.lock().space.scheduled_for_ms;
+            match at.and_then(crate::timefmt::rfc3339) {
+                Some(t) => format!(
+                    "Scheduled for {}",
+                    t.replace('T', " ").replace('Z', " UTC")
+                ),
+                None => "Scheduled".to_owned(),
+            }
+        }
+        SpaceState::Ended => "Ended · replay available".to_owned(),
+    };
+    let key = format!(
+        "{}\u{0}{}\u{0}{}\u{0}{detail}",
+        c.title,
+        c.host,
+        c.state.as_str()
+    );
+    let cache = CARDS.get_or_init(Default::default);
+    let hit = cache
+        .lock()
+        .get(&c.id)
+        .filter(|(k, _)| *k == key)
+        .map(|(_, b)| b.clone());
+    let png = match hit {
+        Some(b) => b,
+        None => {
+            let (title, host, state) = (c.title.clone(), c.host.clone(), c.state.as_str());
+            let drawn = tokio::task::spawn_blocking(move || {
+                crate::card_image::render(&crate::card_image::CardText {
+                    title: &title,
+                    host: &host,
+                    state,
+                    detail: &detail,
+                })
+            })
+            .await;
+            let png = match drawn {
+                Ok(Ok(p)) => bytes::Bytes::from(p),
+                _ => return Err(ApiError::internal("could not draw the card")),
+            };
+            let mut m = cache.lock();
+            if m.len() >= 256 {
+                m.clear();
+            }
+            m.insert(c.id, (key, png.clone()));
+            png
+        }
+    };
+    Ok((
+        [
+            (header::CONTENT_TYPE, "image/png"),
+            (header::CACHE_CONTROL, "public, max-age=60"),
+        ],
+        png,
     )
         .into_response())
 }

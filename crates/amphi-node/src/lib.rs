@@ -10,6 +10,7 @@ mod app;
 mod audience;
 mod audience_api;
 mod auth;
+mod card_image;
 mod cluster;
 mod conn;
 mod embed;
