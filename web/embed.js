@@ -36,8 +36,8 @@ $("play").addEventListener("click", async () => {
   if (playing) { stop(); return; }
   playing = true;
   $("play").textContent = "■ Stop";
-  // A 1 s connect burst: the player starts near live.
-  $("live").src = `/spaces/${id}/live.opus?burst_ms=1000`;
+  // The default connect burst fills <audio>'s start-up buffer at once.
+  $("live").src = `/spaces/${id}/live.opus`;
   try { await $("live").play(); } catch { stop(); }
 });
 
