@@ -258,7 +258,7 @@ async fn embed_page(
 
 #[derive(Deserialize)]
 struct OembedQuery {
-    url: String,
+    url: Option<String>,
     format: Option<String>,
     maxwidth: Option<u32>,
     maxheight: Option<u32>,
@@ -391,10 +391,7 @@ async fn card_png(
         SpaceState::Scheduled => {
             let at = cell.inner.lock().space.scheduled_for_ms;
             match at.and_then(crate::timefmt::rfc3339) {
-                Some(t) => format!(
-                    "Scheduled for {}",
-                    t.replace('T', " ").replace('Z', " UTC")
-                ),
+                Some(t) => format!("Scheduled for {}", t.replace('T', " ").replace('Z', " UTC")),
                 None => "Scheduled".to_owned(),
             }
         }

@@ -30,8 +30,8 @@ const MAX_URL: usize = 2048;
 pub fn router() -> Router<Arc<App>> {
     Router::new()
         .route("/api/v1/webhooks", get(list).post(create))
-        .route("/api/v1/webhooks/{id}", get(show).delete(delete))
-        .route("/api/v1/webhooks/{id}/deliveries", get(deliveries))
+        .route("/api/v1/webhooks/{hook}", get(show).delete(delete))
+        .route("/api/v1/webhooks/{hook}/deliveries", get(deliveries))
 }
 
 fn admin(app: &App, token: Option<Token>) -> Result<(), ApiError> {
