@@ -277,8 +277,11 @@ async fn oembed(
             "only format=json is served",
         ));
     }
+    let url = q
+        .url
+        .ok_or_else(|| ApiError::bad_request("url is required"))?;
     let (origin, path) =
-        split_url(&q.url).ok_or_else(|| ApiError::not_found("not a URL of a space here"))?;
+        split_url(&url).ok_or_else(|| ApiError::not_found("not a URL of a space here"))?;
     let id = path
         .strip_prefix("/s/")
         .or_else(|| path.strip_prefix("/embed/"))
