@@ -48,14 +48,15 @@ class Handler(BaseHTTPRequestHandler):
         ts = self.headers.get("webhook-timestamp", "0")
         ok = verify(msg_id, ts, body, self.headers.get("webhook-signature", ""))
         try:
-            kind = json.loads(body).get("type")
+            event = json.loads(body)
+            kind, data = event.get("type"), event.get("data")
         except ValueError:
-            kind = None
+            kind, data = None, None
         if args.delay:
             time.sleep(args.delay)
         with lock, open(args.out, "a") as f:
             f.write(json.dumps({"id": msg_id, "type": kind, "verified": ok,
-                                "received_at": started}) + "\n")
+                                "received_at": started, "data": data}) + "\n")
         self.send_response(204 if ok else 401)
         self.end_headers()
 

@@ -591,6 +591,8 @@ impl App {
             Outcome::Started => {
                 cell.start_media(&self.media, None, 0);
                 cell.tell(EventKind::SpaceStarted);
+                let title = cell.inner.lock().space.title.clone();
+                self.webhooks.remind(cell.id, title);
             }
             Outcome::Ended => {
                 let last = cell

@@ -32,6 +32,10 @@ pub fn router() -> Router<Arc<App>> {
         .route("/api/v1/webhooks", get(list).post(create))
         .route("/api/v1/webhooks/{hook}", get(show).delete(delete))
         .route("/api/v1/webhooks/{hook}/deliveries", get(deliveries))
+        .route(
+            "/api/v1/spaces/{id}/reminders",
+            axum::routing::post(remind).delete(forget),
+        )
 }
 
 fn admin(app: &App, token: Option<Token>) -> Result<(), ApiError> {
@@ -196,4 +200,79 @@ async fn deliveries(
         "deliveries": log.iter().map(delivery_view).collect::<Vec<_>>(),
         "next_before": next,
     })))
+}
+
+/// Reminders one space keeps.
+const MAX_REMINDERS: usize = 10_000;
+/// Longest contact string.
+const MAX_CONTACT: usize = 256;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RemindBody {
+    /// How the operator's system reaches the person (an address, a user
+    /// id): passed through, never used by amphi.
+    #[serde(default)]
+    contact: Option<String>,
+}
+
+/// "Remind me": a participant of a scheduled space asks for a
+/// `space.reminder` webhook when it starts.
+async fn remind(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    t: Token,
+    crate::api::ApiJson(body): crate::api::ApiJson<RemindBody>,
+) -> Result<Response, ApiError> {
+    let id: amphi_core::SpaceId = id
+        .parse()
+        .map_err(|_| ApiError::not_found("no such space"))?;
+    let cell = app.space(id)?;
+    let claims = app.verify(id, &t.0)?;
+    let contact = body.contact.unwrap_or_default();
+    if contact.len() > MAX_CONTACT || contact.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(format!(
+            "contact must be at most {MAX_CONTACT} bytes, no control characters"
+        )));
+    }
+    {
+        let inner = cell.inner.lock();
+        inner.space.may_follow_events(claims.pid)?;
+        if inner.space.state != amphi_core::room::SpaceState::Scheduled {
+            return Err(ApiError::conflict("reminders are for scheduled spaces"));
+        }
+    }
+    let (space, pid, name) = (id.to_string(), claims.pid.to_string(), claims.name.clone());
+    let kept = blocking(&app, move |s| {
+        s.add_reminder(&space, &pid, &name, &contact, MAX_REMINDERS, now_ms())
+    })
+    .await?;
+    if !kept {
+        return Err(ApiError::conflict(format!(
+            "this space already has {MAX_REMINDERS} reminders"
+        )));
+    }
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"reminder": {"participant_id": claims.pid}})),
+    )
+        .into_response())
+}
+
+async fn forget(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    t: Token,
+) -> Result<Response, ApiError> {
+    let id: amphi_core::SpaceId = id
+        .parse()
+        .map_err(|_| ApiError::not_found("no such space"))?;
+    app.space(id)?;
+    let claims = app.verify(id, &t.0)?;
+    let (space, pid) = (id.to_string(), claims.pid.to_string());
+    if blocking(&app, move |s| s.delete_reminder(&space, &pid)).await? {
+        Ok(StatusCode::NO_CONTENT.into_response())
+    } else {
+        Err(ApiError::not_found("no reminder"))
+    }
 }

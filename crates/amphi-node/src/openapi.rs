@@ -272,6 +272,22 @@ pub const ENDPOINTS: &[Endpoint] = &[
         "The endpoint's delivery log, newest first, ?limit=&before="
     ),
     ep!(
+        "post",
+        "/api/v1/spaces/{id}/reminders",
+        "participant",
+        Some("Remind"),
+        201,
+        "Remind me: a space.reminder webhook when this scheduled space starts"
+    ),
+    ep!(
+        "delete",
+        "/api/v1/spaces/{id}/reminders",
+        "participant",
+        None,
+        204,
+        "Cancel my reminder"
+    ),
+    ep!(
         "get",
         "/oembed",
         "none",
@@ -299,7 +315,8 @@ fn schemas() -> Value {
         "CreateWebhook": {"type": "object", "required": ["url"], "properties": {
             "url": {"type": "string", "format": "uri", "maxLength": 2048},
             "events": {"type": "array", "items": {"type": "string", "enum": [
-                "space.started", "space.ended", "recording.ready", "clip.created", "participant.removed"]}}}},
+                "space.started", "space.ended", "recording.ready", "clip.created", "participant.removed", "space.reminder"]}}}},
+        "Remind": {"type": "object", "properties": {"contact": {"type": "string", "maxLength": 256}}},
         "React": {"type": "object", "required": ["emoji"], "properties": {"emoji": {"type": "string", "maxLength": 16}}},
         "Error": {"type": "object", "properties": {"error": {"type": "object", "properties": {
             "code": {"type": "string"}, "message": {"type": "string"}}}}},

@@ -56,16 +56,20 @@ pub enum EventKind {
     /// clips feature, raised where clips are made.
     ClipCreated,
     ParticipantRemoved,
+    /// A scheduled space someone asked to be reminded of started: one per
+    /// reminder, for the operator's system to notify that person.
+    SpaceReminder,
 }
 
 impl EventKind {
     /// Every kind, for validating an endpoint's filter.
-    pub const ALL: [EventKind; 5] = [
+    pub const ALL: [EventKind; 6] = [
         EventKind::SpaceStarted,
         EventKind::SpaceEnded,
         EventKind::RecordingReady,
         EventKind::ClipCreated,
         EventKind::ParticipantRemoved,
+        EventKind::SpaceReminder,
     ];
 
     /// The type on the wire.
@@ -76,6 +80,7 @@ impl EventKind {
             EventKind::RecordingReady => "recording.ready",
             EventKind::ClipCreated => "clip.created",
             EventKind::ParticipantRemoved => "participant.removed",
+            EventKind::SpaceReminder => "space.reminder",
         }
     }
 
@@ -203,6 +208,33 @@ impl Webhooks {
                     }
                 }
                 Err(e) => tracing::error!(error = %e, event = kind.as_str(), "could not queue a webhook event"),
+            }
+        });
+    }
+
+    /// Raises `space.reminder` for every reminder of `space` (it started).
+    pub fn remind(self: &Arc<Self>, space: amphi_core::SpaceId, title: String) {
+        let me = self.clone();
+        self.rt.spawn_blocking(move || {
+            let found = me.store.lock().reminders(&space.to_string());
+            match found {
+                Ok(list) => {
+                    for (pid, name, contact) in list {
+                        me.emit(
+                            EventKind::SpaceReminder,
+                            &format!("{space}|{pid}"),
+                            json!({
+                                "space_id": space,
+                                "title": title,
+                                "page": format!("/s/{space}"),
+                                "participant_id": pid,
+                                "name": name,
+                                "contact": contact,
+                            }),
+                        );
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "could not read the reminders"),
             }
         });
     }

@@ -35,6 +35,14 @@ CREATE TABLE IF NOT EXISTS webhook_deliveries (
 );
 CREATE INDEX IF NOT EXISTS webhook_deliveries_due ON webhook_deliveries(state, next_at);
 CREATE INDEX IF NOT EXISTS webhook_deliveries_endpoint ON webhook_deliveries(endpoint, state, next_at);
+CREATE TABLE IF NOT EXISTS reminders (
+    space      TEXT NOT NULL,
+    pid        TEXT NOT NULL,
+    name       TEXT NOT NULL,
+    contact    TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (space, pid)
+);
 CREATE TABLE IF NOT EXISTS space_stats (
     id         TEXT PRIMARY KEY,
     body       TEXT NOT NULL,
@@ -319,6 +327,51 @@ impl Store {
             "DELETE FROM webhook_deliveries WHERE state != 'pending' AND done_at < ?1",
             [before_ms],
         )?)
+    }
+
+    /// Records that participant `pid` wants a reminder when `space` starts
+    /// (replacing theirs), unless `max` are already waiting. Whether it
+    /// was kept.
+    pub fn add_reminder(
+        &self,
+        space: &str,
+        pid: &str,
+        name: &str,
+        contact: &str,
+        max: usize,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let n: i64 = self.conn.query_row(
+            "SELECT COUNT(*) FROM reminders WHERE space = ?1 AND pid != ?2",
+            params![space, pid],
+            |r| r.get(0),
+        )?;
+        if n as usize >= max {
+            return Ok(false);
+        }
+        self.conn.execute(
+            "INSERT OR REPLACE INTO reminders (space, pid, name, contact, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![space, pid, name, contact, now_ms],
+        )?;
+        Ok(true)
+    }
+
+    /// Forgets `pid`'s reminder; whether there was one.
+    pub fn delete_reminder(&self, space: &str, pid: &str) -> Result<bool, StoreError> {
+        Ok(self.conn.execute(
+            "DELETE FROM reminders WHERE space = ?1 AND pid = ?2",
+            params![space, pid],
+        )? > 0)
+    }
+
+    /// The reminders of a space: (participant, name, contact), oldest first.
+    pub fn reminders(&self, space: &str) -> Result<Vec<(String, String, String)>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT pid, name, contact FROM reminders WHERE space = ?1 ORDER BY created_at, pid",
+        )?;
+        let rows = stmt.query_map([space], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Writes a space's analytics (a JSON document).

@@ -261,7 +261,15 @@ fn owner_only(method: &axum::http::Method, path: &str) -> Option<SpaceId> {
     let first = action.split('/').next().unwrap_or("");
     matches!(
         first,
-        "start" | "end" | "hand" | "stage" | "cohosts" | "participants" | "whip" | "invitations"
+        "start"
+            | "end"
+            | "hand"
+            | "stage"
+            | "cohosts"
+            | "participants"
+            | "whip"
+            | "invitations"
+            | "reminders"
     )
     .then(|| id.parse().ok())
     .flatten()
