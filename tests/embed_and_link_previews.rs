@@ -98,15 +98,16 @@ fn cards_embed_oembed_and_calendar() {
     assert!(embed.contains("Live now · 0 listening"));
 
     let page_url = s.url(&format!("/s/{id}"));
-    let r = reqwest::blocking::Client::new()
-        .get(s.url("/oembed"))
-        .query(&[
-            ("url", page_url.as_str()),
-            ("format", "json"),
-            ("maxwidth", "400"),
-        ])
-        .send()
-        .expect("oembed");
+    let encoded: String = page_url
+        .bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let r =
+        reqwest::blocking::get(s.url(&format!("/oembed?url={encoded}&format=json&maxwidth=400")))
+            .expect("oembed");
     assert_eq!(r.status(), 200);
     assert!(
         r.headers()["content-type"]

@@ -27,6 +27,7 @@ mod openapi;
 mod record;
 mod redirect;
 mod replay;
+mod scrape;
 mod stats;
 mod stats_api;
 mod timefmt;

@@ -35,7 +35,7 @@ use amphi_program::{
 };
 use amphi_rtc::{RtcConfig, RtcEngine, RtcError, RtcEvent, RtcHandle, SessionId, SessionRequest};
 
-use crate::metrics::counter;
+use crate::metrics::{Scrape, counter};
 use crate::record::{Recorder, last_recorded};
 
 /// Called once a space's recording is cut into its replay.
@@ -465,8 +465,9 @@ impl MediaPlane {
         }
         self.recorder.shutdown();
     }
-    /// Media counters in the Prometheus text format.
-    pub fn render_metrics(&self, out: &mut String) {
+    /// Media counters, read at scrape time (the per-speaker ones are
+    /// [`MediaPlane::speaker_stats`]: their labels name spaces).
+    pub fn collect(&self, out: &mut Scrape<'_>) {
         let s = &self.stats;
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
         counter(
@@ -517,35 +518,20 @@ impl MediaPlane {
             "Frames of spaces mixed on other nodes dropped (stale, for no relayed space, or the media thread's queue was full).",
             l(&s.remote_dropped) + l(&s.remote_queue_full),
         );
-        self.rtc.stats().render_prometheus(out);
-        let rows = self.speaker_stats.lock().clone();
-        for (name, help, pick) in [
-            (
-                "amphi_speaker_packets_total",
-                "Packets received per speaker (at the mixer).",
-                0,
-            ),
-            (
-                "amphi_speaker_lost_total",
-                "Packets missing per speaker (concealed).",
-                1,
-            ),
-            (
-                "amphi_speaker_late_total",
-                "Packets arriving too late to play (jitter beyond the buffer).",
-                2,
-            ),
-        ] {
-            let family: Vec<(String, f64)> = rows
-                .iter()
-                .map(|(sp, p, st)| {
-                    let v = [st.received, st.missing, st.late][pick];
-                    (format!("space=\"{sp}\",participant=\"{p}\""), v as f64)
-                })
-                .collect();
-            crate::metrics::counter_family(out, name, help, &family);
+        for (name, kind, help, v) in self.rtc.stats().rows() {
+            if kind == "gauge" {
+                out.gauge(name, help, v);
+            } else {
+                out.counter(name, help, v);
+            }
         }
-        self.recorder.render_metrics(out);
+        self.recorder.collect(out);
+    }
+
+    /// Each speaker's jitter-buffer counters (packets received, missing,
+    /// late), as of the mixer's last report.
+    pub fn speaker_stats(&self) -> Vec<(SpaceId, ParticipantId, amphi_media::jitter::JitterStats)> {
+        self.speaker_stats.lock().clone()
     }
 
     /// Opens a WHIP session from an offer (the RTC thread answers).

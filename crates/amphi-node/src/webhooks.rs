@@ -154,7 +154,7 @@ impl Webhooks {
         // HTTPS endpoints are checked against the system's roots; with none
         // installed only http:// endpoints work.
         let _ = roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let tls = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
             .with_root_certificates(roots)

@@ -181,11 +181,11 @@ pub struct RtcStats {
 }
 
 impl RtcStats {
-    /// The counters in the Prometheus text format.
-    pub fn render_prometheus(&self, out: &mut String) {
-        use fmt::Write;
+    /// The counters for `/metrics`: name, type (`"counter"` or
+    /// `"gauge"`), help and value.
+    pub fn rows(&self) -> [(&'static str, &'static str, &'static str, u64); 11] {
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let rows: [(&str, &str, &str, u64); 11] = [
+        [
             (
                 "amphi_rtc_sessions",
                 "gauge",
@@ -252,13 +252,7 @@ impl RtcStats {
                 "ICE-TCP connections accepted.",
                 l(&self.tcp_connections),
             ),
-        ];
-        for (name, kind, help, v) in rows {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
-            );
-        }
+        ]
     }
 }
 
