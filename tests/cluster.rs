@@ -597,8 +597,11 @@ fn nodes_whose_clocks_are_minutes_apart_share_spaces_without_a_takeover() {
         moved.as_secs_f64(),
         t_kill.elapsed().as_secs_f64()
     );
+    // The test sees the lease's last change late by up to one poll of the
+    // bus (slow on a loaded machine), so a second of slack: a clock that was
+    // trusted would have moved the space at once (5 minutes off).
     assert!(
-        moved + Duration::from_millis(300) >= ttl,
+        moved + Duration::from_millis(1000) >= ttl,
         "taken over early: {moved:?}"
     );
 }

@@ -475,7 +475,14 @@ fn oversized_events_frames_are_refused_on_their_header() {
 /// send buffers and the node's memory for them stay bounded meanwhile.
 #[test]
 fn events_clients_that_never_read_are_closed() {
-    let s = Server::start(&["--command-rate", "1000"]);
+    let s = Server::start(&[
+        "--command-rate",
+        "1000",
+        "--join-rate-per-ip",
+        "100000",
+        "--hand-rate-per-space",
+        "100000",
+    ]);
     let (id, _, _) = live_space(&s, &"A long title for a large state ".repeat(7)[..190]);
     // A large state: hands raised by participants with long names.
     let mut hands = 0;

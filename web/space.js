@@ -5,6 +5,7 @@
 import { api, tokens, say, describe } from "/assets/api.js";
 import { Player } from "/assets/listen.js";
 import { Mic } from "/assets/speak.js";
+import { drawListeners, summary } from "/assets/chart.js";
 
 const spaceId = location.pathname.split("/").filter(Boolean)[1] || "";
 const $ = (id) => document.getElementById(id);
@@ -146,6 +147,73 @@ function renderHands(hands) {
   keepFocus($("hands"), () => $("hands").replaceChildren(...items));
 }
 
+// The audience a moderator sees (polled while they moderate; the list is
+// bounded by the server): present listeners with an Invite button.
+let audiencePoll = null;
+async function refreshAudience() {
+  try {
+    const a = await api("GET", `/api/v1/spaces/${spaceId}/audience?limit=100`, { token: tokens.get(spaceId) });
+    const more = a.total > a.audience.length ? ` (newest ${a.audience.length} of ${a.total})` : ` (${a.total})`;
+    $("audience-total").textContent = more;
+    const items = a.audience.filter((p) => p.role === "listener").map((p) => {
+      const li = el("li", {}, el("span", { textContent: p.name }));
+      li.dataset.testid = `audience-${p.name}`;
+      if (p.invited) li.append(el("span", { className: "hint", textContent: " · invited" }));
+      else li.append(button("Invite to speak", async () => { if (await act("POST", `/invitations/${p.participant_id}`)) refreshAudience(); }, `invite-${p.name}`));
+      return li;
+    });
+    keepFocus($("audience"), () => $("audience").replaceChildren(...items));
+  } catch { /* next tick */ }
+}
+
+function syncAudience(show) {
+  $("audience-box").hidden = !show;
+  if (show && !audiencePoll) {
+    refreshAudience();
+    audiencePoll = setInterval(refreshAudience, 2000);
+  } else if (!show && audiencePoll) {
+    clearInterval(audiencePoll);
+    audiencePoll = null;
+  }
+}
+
+// The host's analytics: refreshed every 10 s (the server's resolution)
+// while the host or a co-host looks, live and after the end.
+let statsPoll = null;
+let lastStats = null;
+async function refreshStats() {
+  try {
+    lastStats = await api("GET", `/api/v1/spaces/${spaceId}/stats`, { token: tokens.get(spaceId) });
+    $("stats-box").hidden = false;
+    drawListeners($("chart"), lastStats);
+    $("stats-summary").textContent = summary(lastStats);
+  } catch { /* not allowed or not yet: stay hidden */ }
+}
+function syncStats(show) {
+  if (show && !statsPoll) {
+    refreshStats();
+    statsPoll = setInterval(refreshStats, 10000);
+  } else if (!show && statsPoll) {
+    clearInterval(statsPoll);
+    statsPoll = null;
+    $("stats-box").hidden = true;
+  }
+}
+window.addEventListener("resize", () => { if (lastStats && !$("stats-box").hidden) drawListeners($("chart"), lastStats); });
+window.amphi.refreshStats = refreshStats;
+
+let invitationTimer = null;
+function renderInvitation(inv) {
+  clearTimeout(invitationTimer);
+  const left = inv ? Date.parse(inv.expires_at) - Date.now() : 0;
+  $("invitation").hidden = !(inv && left > 0);
+  if (inv && left > 0) {
+    $("invitation-text").textContent = `${inv.by.name} invites you to speak on stage.`;
+    // Unanswered, it lapses: nothing changes.
+    invitationTimer = setTimeout(() => { $("invitation").hidden = true; }, left);
+  }
+}
+
 function render() {
   const { space, you } = state;
   if (!space) return;
@@ -183,6 +251,10 @@ function render() {
   // play their own voice back, late.
   $("listen").hidden = !live || Boolean(state.mic);
   $("listen").textContent = state.player ? "■ Stop listening" : "▶ Listen";
+
+  syncAudience(isMod() && live);
+  syncStats(isMod());
+  renderInvitation(live && you && !onStage ? you.invitation : null);
 
   if (space.state === "ended") showEnded();
 
@@ -400,6 +472,14 @@ $("listen").addEventListener("click", () => {
   }
 });
 
+$("invitation-accept").addEventListener("click", async () => {
+  $("invitation").hidden = true;
+  await act("POST", `/invitations/${state.you.participant_id}/accept`);
+});
+$("invitation-decline").addEventListener("click", async () => {
+  $("invitation").hidden = true;
+  await act("POST", `/invitations/${state.you.participant_id}/decline`);
+});
 $("hand").addEventListener("click", () => act(state.you && state.you.hand_raised ? "DELETE" : "POST", "/hand"));
 $("start").addEventListener("click", () => act("POST", "/start"));
 $("end").addEventListener("click", () => {
@@ -465,7 +545,11 @@ window.addEventListener("pagehide", () => stopMic());
 (async () => {
   const ok = await loadSpace();
   if (!ok) return;
-  if (state.space.state === "ended") return;
+  if (state.space.state === "ended") {
+    // The host coming back after the end still sees the analytics.
+    if (tokens.get(spaceId)) refreshStats();
+    return;
+  }
   if (tokens.get(spaceId)) enter();
   else {
     $("join").hidden = false;

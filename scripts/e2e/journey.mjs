@@ -8,6 +8,7 @@
 // copy embedded in the binary (quick iteration on web/ without a rebuild).
 import { readFile } from "node:fs/promises";
 import { join, extname } from "node:path";
+import { createServer } from "node:http";
 import { chromium } from "playwright-core";
 
 const { BASE, ADMIN, OUT, WAVS, AMPHI_WEB_DIR } = process.env;
@@ -54,10 +55,19 @@ async function page(b, who) {
   const ctx = await b.newContext({ viewport: { width: 375, height: 812 } });
   if (AMPHI_WEB_DIR) await serveWorkingTree(ctx);
   const p = await ctx.newPage();
-  p.on("console", (m) => { if (m.type() === "error") errors.push(`${who}: console: ${m.text()}`); });
+  // A moderator's page polls the audience and the analytics; a poll in
+  // flight when the role is taken away is refused (403) before the page
+  // hears of the change. Those refusals are expected; any other is not.
+  let raced = 0;
+  p.on("console", (m) => {
+    if (m.type() !== "error") return;
+    if (raced > 0 && m.text().includes("status of 403")) { raced--; return; }
+    errors.push(`${who}: console: ${m.text()}`);
+  });
   p.on("pageerror", (e) => errors.push(`${who}: uncaught: ${e.message}`));
   p.on("dialog", (d) => d.accept());
   p.on("response", (r) => {
+    if (r.status() === 403 && /\/(audience|stats)(\?|$)/.test(r.url())) raced++;
     if (r.status() >= 400) console.error(`   ${who}: HTTP ${r.status()} ${r.request().method()} ${r.url()}`);
   });
   p.setDefaultTimeout(15000);
@@ -200,6 +210,76 @@ try {
   check(del.status() < 300, `DELETE of the WHIP session answered ${del.status()}`);
   await until("the guest's hand button is back", () => guest.evaluate(() => !document.querySelector("[data-testid=hand]").hidden));
 
+  step("5b. the host invites Ivy, who never raised a hand, from the audience list: she accepts and is heard");
+  const ivy = await page(guestB, "invited");
+  await joinAndListen(ivy, BASE + link, "Ivy");
+  await until("the host sees Ivy in the audience", () => host.evaluate(() => Boolean(document.querySelector("[data-testid=invite-Ivy]"))));
+  check(await ivy.evaluate(() => !window.amphi.state.you.hand_raised), "Ivy raised a hand");
+  check(!(await third.evaluate(() => Boolean(document.querySelector("[data-testid=invite-Ivy]")))), "a listener sees the Invite buttons");
+  await host.screenshot({ path: `${OUT}/audience.png`, fullPage: true });
+  await host.click("[data-testid=invite-Ivy]");
+  await until("Ivy sees the invitation", () => ivy.evaluate(() => !document.querySelector("[data-testid=invitation]").hidden));
+  await ivy.screenshot({ path: `${OUT}/invitation.png`, fullPage: true });
+  await ivy.click("[data-testid=invitation-accept]");
+  await until("Ivy is on stage", () => ivy.evaluate(() => window.amphi.state.you && window.amphi.state.you.on_stage));
+  await ivy.click("[data-testid=mic]");
+  await until("Ivy publishes", () => ivy.evaluate(() => document.getElementById("status").textContent.includes("live on stage")));
+  const ivyHeard = await until("the listener hears Ivy's 880 Hz", async () => { const t = await probe(third); return heard(t[1]) && t; });
+  console.log(`   after Ivy accepted ${fmt(ivyHeard)}`);
+
+  step("5c. a declined invitation changes nothing");
+  const stageBefore = await host.evaluate(() => window.amphi.state.space.stage.map((m) => m.participant_id).join(","));
+  await until("the host can invite Lia", () => host.evaluate(() => Boolean(document.querySelector("[data-testid=invite-Lia]"))));
+  await host.click("[data-testid=invite-Lia]");
+  await until("Lia sees the invitation", () => third.evaluate(() => !document.querySelector("[data-testid=invitation]").hidden));
+  await third.click("[data-testid=invitation-decline]");
+  await until("Lia's invitation is gone", () => third.evaluate(() => window.amphi.state.you && !window.amphi.state.you.invitation));
+  await new Promise((r) => setTimeout(r, 1000));
+  check(await third.evaluate(() => window.amphi.state.you.role === "listener"), "Lia is no longer a listener after declining");
+  const stageAfter = await host.evaluate(() => window.amphi.state.space.stage.map((m) => m.participant_id).join(","));
+  check(stageBefore === stageAfter, `the stage changed after a decline: ${stageBefore} → ${stageAfter}`);
+
+  step("5d. another site frames the embeddable player; the link's card tags and image render");
+  const spaceId = link.split("/").pop();
+  // A real page of another origin (its own HTTP server) frames the player.
+  const blog = createServer((_, res) => {
+    res.writeHead(200, { "Content-Type": "text/html" });
+    res.end(`<!doctype html><title>Some blog</title><h1>Some blog</h1><iframe src="${BASE}/embed/${spaceId}" width="480" height="180"></iframe>`);
+  });
+  await new Promise((ok) => blog.listen(0, "127.0.0.1", ok));
+  const site = await page(hostB, "embedder");
+  await site.goto(`http://127.0.0.1:${blog.address().port}/`);
+  const frame = await until("the player loads in the iframe", () => site.frames().find((f) => f.url().includes("/embed/")));
+  await frame.waitForSelector("[data-testid=embed-title]");
+  check((await frame.textContent("[data-testid=embed-title]")) === "Browser journey", "the embed's title");
+  await until("the embed shows live and the count", () => frame.evaluate(() =>
+    document.querySelector("[data-testid=embed-state]").textContent.includes("LIVE") &&
+    /\d+ listening/.test(document.querySelector("[data-testid=embed-count]").textContent)));
+  await frame.click("[data-testid=embed-play]");
+  await until("the embedded player plays", () => frame.evaluate(() => {
+    const a = document.getElementById("live");
+    return !a.paused && a.currentTime > 0.5;
+  }), 20000);
+  await site.screenshot({ path: `${OUT}/embed.png` });
+  await site.goto(BASE + link);
+  const tags = await site.evaluate(() => Object.fromEntries(
+    [...document.querySelectorAll("meta[property^=og], meta[name^=twitter]")].map((m) => [m.getAttribute("property") || m.getAttribute("name"), m.content])));
+  check(tags["og:title"] === "Browser journey" && tags["twitter:card"] === "summary_large_image", `card tags: ${JSON.stringify(tags)}`);
+  const size = await site.evaluate((src) => new Promise((ok) => {
+    const i = new Image();
+    i.onload = () => ok([i.naturalWidth, i.naturalHeight]);
+    i.onerror = () => ok(null);
+    i.src = src;
+  }), tags["og:image"]);
+  check(size && size[0] === 1200 && size[1] === 630, `card image ${JSON.stringify(size)}`);
+  await site.evaluate((src) => new Promise((ok) => {
+    const i = Object.assign(new Image(), { src, width: 375, onload: ok, onerror: ok });
+    document.body.replaceChildren(i);
+  }), tags["og:image"]);
+  await site.screenshot({ path: `${OUT}/card.png` });
+  console.log(`   embed plays; card: ${tags["og:description"]}; image ${size.join("×")}`);
+  blog.close();
+
   step("6. the host ends the space: listeners get a seekable replay");
   await host.click("[data-testid=end]");
   await until("replay offered to the listener", () => third.evaluate(() => !document.getElementById("replay").hidden));
@@ -217,6 +297,19 @@ try {
   }), 20000);
   console.log(`   replay: ${duration.toFixed(1)} s, seekable`);
   await third.screenshot({ path: `${OUT}/replay.png`, fullPage: true });
+
+  step("6b. the host's analytics chart: listeners over time, drawn by the page");
+  check(await third.evaluate(() => document.querySelector("[data-testid=stats]").hidden), "a listener sees the analytics");
+  const chart = await until("the host's chart is drawn", () => host.evaluate(async () => {
+    await window.amphi.refreshStats();
+    const c = document.querySelector("[data-testid=chart]");
+    const n = Number(c.dataset.points || 0);
+    const px = c.getContext("2d").getImageData(0, 0, c.width, c.height).data.some((v, i) => i % 4 === 3 && v > 0);
+    return !document.querySelector("[data-testid=stats]").hidden && n >= 1 && px &&
+      { points: n, summary: document.querySelector("[data-testid=stats-summary]").textContent };
+  }));
+  console.log(`   chart: ${chart.points} points; ${chart.summary}`);
+  await host.screenshot({ path: `${OUT}/stats.png`, fullPage: true });
   if (errors.length) throw new Error("console errors:\n" + errors.join("\n"));
   console.log("browser journey: passed");
 } catch (e) {

@@ -550,6 +550,28 @@ impl Space {
         true
     }
 
+    /// Whether `actor` may invite `target` to the stage now: the actor
+    /// moderates, the space is live, the target is still a participant, off
+    /// the stage, and there is room on it. The invited person's answer
+    /// brings them on stage as a [`Command::BringOnStage`] from `actor`,
+    /// checked again then.
+    pub fn may_invite(&self, actor: ParticipantId, target: ParticipantId) -> Result<(), RoomError> {
+        self.require(
+            actor,
+            Need::Moderator("only the host or a co-host can invite people to the stage"),
+        )?;
+        if self.state != SpaceState::Live {
+            return Err(conflict("the space is not live"));
+        }
+        if self.target_role(target)?.on_stage() {
+            return Err(conflict("already on stage"));
+        }
+        if self.stage_len() >= usize::from(self.max_stage) {
+            return Err(conflict("the stage is full"));
+        }
+        Ok(())
+    }
+
     /// Applies `cmd` from `actor` at `now_ms`, checking the rules against
     /// the current state. On error nothing changed.
     pub fn apply(
@@ -840,6 +862,52 @@ mod tests {
 
     fn p(id: u64) -> ParticipantId {
         ParticipantId(id)
+    }
+
+    #[test]
+    fn only_moderators_invite_live_listeners_off_stage() {
+        let mut s = space(2);
+        assert!(matches!(
+            s.may_invite(HOST, p(5)),
+            Err(RoomError::Conflict(_))
+        ));
+        act(&mut s, 1, Command::Start).unwrap();
+        s.may_invite(HOST, p(5)).unwrap();
+        assert!(matches!(
+            s.may_invite(p(6), p(5)),
+            Err(RoomError::Forbidden(_))
+        ));
+        assert!(matches!(
+            s.may_invite(HOST, HOST),
+            Err(RoomError::Conflict(_))
+        ));
+        act(
+            &mut s,
+            1,
+            Command::BringOnStage {
+                target: p(6),
+                name: Some("Six".into()),
+            },
+        )
+        .unwrap();
+        // The stage (2) is full now.
+        assert!(matches!(
+            s.may_invite(HOST, p(5)),
+            Err(RoomError::Conflict(_))
+        ));
+        act(
+            &mut s,
+            1,
+            Command::Remove {
+                target: p(7),
+                ban: false,
+            },
+        )
+        .unwrap();
+        assert!(matches!(
+            s.may_invite(HOST, p(7)),
+            Err(RoomError::Conflict(_)) | Err(RoomError::NotFound(_))
+        ));
     }
 
     #[test]

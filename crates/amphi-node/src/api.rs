@@ -497,6 +497,7 @@ async fn join(
     };
     let token = app.mint(id, pid, &name, idsub, starts, net);
     app.metrics.joins.inc();
+    cell.stats.lock().join(pid.0);
     Ok(Json(json!({
         "participant_id": pid,
         "token": token,

@@ -17,6 +17,7 @@ use crate::error::ApiError;
 use crate::media::{LiveMedia, MediaPlane};
 use crate::metrics::Metrics;
 use crate::timefmt::{now_ms, now_s, rfc3339};
+use crate::webhooks::{EventKind, Webhooks};
 
 /// Lifetime of a participant token by default (`--token-ttl`), counted
 /// from the later of now and the space's scheduled start.
@@ -45,15 +46,20 @@ pub struct SpaceCell {
     /// Some node mixes this space now (in a cluster, false while a live
     /// space has lost its origin and no node has taken it over).
     pub on_air: AtomicBool,
+    /// Where this space's events are told (webhooks).
+    pub hooks: Option<Arc<Webhooks>>,
+    /// Analytics, aggregated here and flushed every 10 s.
+    pub stats: Mutex<crate::stats::SpaceStats>,
 }
 
 /// Room state guarded together.
 pub struct SpaceInner {
     pub space: Space,
     pub reactions: amphi_core::reactions::Reactions,
-    /// Participants with an open events channel: name and connection count,
-    /// so a moderator can bring a present listener on stage.
-    pub presence: HashMap<ParticipantId, (String, u32)>,
+    /// Participants with an open events channel (the audience a
+    /// moderator sees and invites), so a present listener can be brought
+    /// on stage by name.
+    pub presence: crate::audience::Audience,
     /// The network each participant who acted or followed the events
     /// joined from (their token's `net`), so a ban can hold it; at most
     /// [`MAX_NETS`] remembered.
@@ -207,14 +213,14 @@ fn hand_changes(
 }
 
 impl SpaceCell {
-    fn new(space: Space) -> Arc<Self> {
+    fn new(space: Space, hooks: Option<Arc<Webhooks>>) -> Arc<Self> {
         let (tx, _) = tokio::sync::watch::channel(Arc::new(Update::default()));
         let cell = Arc::new(SpaceCell {
             id: space.id,
             inner: Mutex::new(SpaceInner {
                 space,
                 reactions: Default::default(),
-                presence: HashMap::new(),
+                presence: Default::default(),
                 nets: HashMap::new(),
             }),
             write_lock: tokio::sync::Mutex::new(()),
@@ -226,6 +232,8 @@ impl SpaceCell {
             remote_listeners: AtomicU64::new(0),
             replay_ready: AtomicBool::new(false),
             on_air: AtomicBool::new(true),
+            hooks,
+            stats: Default::default(),
         });
         cell.refresh_update();
         cell
@@ -261,12 +269,43 @@ impl SpaceCell {
         self.dirty.store(true, Ordering::Release);
     }
 
+    /// The replay was cut on this node: published, and told to webhooks
+    /// (`recording.ready`).
+    pub fn replay_cut_here(&self) {
+        self.replay_is_ready();
+        if let Some(hooks) = &self.hooks {
+            let id = self.id;
+            let title = self.inner.lock().space.title.clone();
+            hooks.emit(
+                EventKind::RecordingReady,
+                &id.to_string(),
+                json!({
+                    "space_id": id,
+                    "title": title,
+                    "replay": {"ogg": format!("/spaces/{id}/recording.opus"), "hls": format!("/spaces/{id}/hls/replay.m3u8")},
+                }),
+            );
+        }
+    }
+
+    /// Tells webhooks about this space (`kind` once per space).
+    pub fn tell(&self, kind: EventKind) {
+        if let Some(hooks) = &self.hooks {
+            hooks.emit(kind, &self.id.to_string(), json!({"space": self.view()}));
+        }
+    }
+
     /// Rebuilds the shared update for events clients.
     pub fn refresh_update(&self) {
         let previous = self.updates.borrow().clone();
         let (mut space, reactions, hands) = {
             let mut inner = self.inner.lock();
             let reactions = inner.reactions.take();
+            if !reactions.is_empty() {
+                self.stats
+                    .lock()
+                    .react(reactions.iter().map(|(k, n)| (k.as_str(), u64::from(*n))));
+            }
             let ready = self.replay_ready.load(Ordering::Acquire);
             let on_air = self.on_air.load(Ordering::Acquire);
             let hands: Vec<(ParticipantId, String)> = inner
@@ -360,7 +399,7 @@ impl SpaceCell {
     ) {
         let record = self.inner.lock().space.record;
         let me = self.clone();
-        let ready: crate::media::ReplayReady = Box::new(move || me.replay_is_ready());
+        let ready: crate::media::ReplayReady = Box::new(move || me.replay_cut_here());
         let live = media.start_space(self.id, record, ready, live, min_seq);
         *self.live.write() = Some(live);
     }
@@ -496,6 +535,8 @@ pub struct App {
     pub turn: Option<crate::turn::Turn>,
     /// What the node asks of the others (a lone node's answers itself).
     pub members: Arc<dyn crate::cluster::Membership>,
+    /// Signed webhooks to the operator's systems.
+    pub webhooks: Arc<Webhooks>,
 }
 
 impl App {
@@ -533,7 +574,7 @@ impl App {
         }
         for space in spaces {
             let (state, record) = (space.state, space.record);
-            let cell = SpaceCell::new(space);
+            let cell = SpaceCell::new(space, Some(self.webhooks.clone()));
             self.spaces.write().insert(cell.id, cell.clone());
             match state {
                 // Live spaces are resumed by the membership, on their
@@ -556,7 +597,7 @@ impl App {
                     let c = cell.clone();
                     self.media
                         .recorder
-                        .end(cell.id, Box::new(move || c.replay_is_ready()));
+                        .end(cell.id, Box::new(move || c.replay_cut_here()));
                 }
                 _ => {}
             }
@@ -617,7 +658,7 @@ impl App {
         let mut space = Space::new(id, host, host_name, opts, now_ms())?;
         space.require_identity = require_identity;
         self.persist(space.clone()).await?;
-        let cell = SpaceCell::new(space);
+        let cell = SpaceCell::new(space, Some(self.webhooks.clone()));
         self.spaces.write().insert(id, cell.clone());
         self.metrics.spaces_created.inc();
         // The node where a space is created owns it first.
@@ -635,7 +676,7 @@ impl App {
                 cell
             }
             None => {
-                let cell = SpaceCell::new(space.clone());
+                let cell = SpaceCell::new(space.clone(), Some(self.webhooks.clone()));
                 self.spaces
                     .write()
                     .entry(space.id)
@@ -708,12 +749,12 @@ impl App {
             return Err(ApiError::rate_limited(1));
         }
         let _serial = cell.write_lock.lock().await;
-        let (outcome, snapshot) = {
+        let (outcome, snapshot, removed_name) = {
             let mut inner = cell.inner.lock();
             inner.note_net(actor);
             let cmd = match cmd {
                 Command::BringOnStage { target, name: None } => {
-                    let name = inner.presence.get(&target).map(|(n, _)| n.clone());
+                    let name = inner.presence.name(target).map(str::to_owned);
                     Command::BringOnStage { target, name }
                 }
                 other => other,
@@ -740,7 +781,15 @@ impl App {
                 next.hold_network(target, net);
             }
             let changed = inner.space != next;
-            (outcome, changed.then_some(next))
+            let removed_name = match outcome {
+                Outcome::Removed { target, .. } => inner
+                    .space
+                    .member(target)
+                    .map(|m| m.name.clone())
+                    .or_else(|| inner.presence.name(target).map(str::to_owned)),
+                _ => None,
+            };
+            (outcome, changed.then_some(next), removed_name)
         };
         if let Some(space) = snapshot {
             self.persist(space.clone()).await?;
@@ -749,11 +798,22 @@ impl App {
         // Gates before we answer: a mute or removal is enforced at once.
         cell.sync_gates();
         match outcome {
-            Outcome::Removed { target, .. } => {
+            Outcome::Removed { target, banned } => {
                 self.media.close_participant(cell.id, target);
                 self.egress.close_tag(target.0);
+                let name = removed_name.unwrap_or_default();
+                self.webhooks.emit(
+                    EventKind::ParticipantRemoved,
+                    &format!("{}|{target}|{banned}", cell.id),
+                    json!({"space_id": cell.id, "participant_id": target, "name": name, "banned": banned, "by": actor.pid}),
+                );
             }
-            Outcome::Started => cell.start_media(&self.media, None, 0),
+            Outcome::Started => {
+                cell.start_media(&self.media, None, 0);
+                cell.tell(EventKind::SpaceStarted);
+                let title = cell.inner.lock().space.title.clone();
+                self.webhooks.remind(cell.id, title);
+            }
             Outcome::Ended => {
                 let last = cell
                     .live
@@ -764,6 +824,7 @@ impl App {
                 cell.stop_media(&self.media);
                 let recorded = cell.inner.lock().space.record;
                 self.members.release(cell.id, last, recorded).await;
+                cell.tell(EventKind::SpaceEnded);
             }
             Outcome::Changed | Outcome::Unchanged => {}
         }
@@ -807,7 +868,7 @@ mod tests {
             public: true,
         };
         let space = Space::new(SpaceId(1), ParticipantId(2), "Host", opts, 0).unwrap();
-        let cell = SpaceCell::new(space);
+        let cell = SpaceCell::new(space, None);
         let joined = cell.updates.borrow().number;
         cell.inner.lock().reactions.add("👏").unwrap();
         cell.refresh_update();

@@ -76,6 +76,10 @@ fn you(cell: &SpaceCell, claims: &Claims) -> Option<Value> {
     let s = &inner.space;
     let role = s.may_follow_events(claims.pid).ok()?;
     let member = s.member(claims.pid);
+    let invitation = inner
+        .presence
+        .invitation(claims.pid, crate::timefmt::now_ms())
+        .map(|i| json!({"by": {"participant_id": i.by, "name": i.by_name}, "expires_at": crate::timefmt::rfc3339(i.expires_ms)}));
     Some(json!({
         "participant_id": claims.pid,
         "name": member.map_or(claims.name.as_str(), |m| m.name.as_str()),
@@ -83,6 +87,7 @@ fn you(cell: &SpaceCell, claims: &Claims) -> Option<Value> {
         "on_stage": role.on_stage(),
         "muted": member.is_some_and(|m| m.muted),
         "hand_raised": member.is_some_and(|m| m.hand_raised_at.is_some()),
+        "invitation": invitation,
     }))
 }
 
@@ -108,11 +113,7 @@ async fn client(app: Arc<App>, cell: Arc<SpaceCell>, claims: Claims, mut socket:
     {
         let mut inner = cell.inner.lock();
         inner.note_net(&claims);
-        let e = inner
-            .presence
-            .entry(claims.pid)
-            .or_insert_with(|| (claims.name.clone(), 0));
-        e.1 += 1;
+        inner.presence.arrive(claims.pid, &claims.name);
     }
     let mut rx = cell.updates.subscribe();
     let mut first = true;
@@ -199,14 +200,6 @@ async fn client(app: Arc<App>, cell: Arc<SpaceCell>, claims: Claims, mut socket:
 
 /// A client's presence and count, given back.
 fn gone(app: &App, cell: &SpaceCell, claims: &Claims) {
-    {
-        let mut inner = cell.inner.lock();
-        if let Some(e) = inner.presence.get_mut(&claims.pid) {
-            e.1 -= 1;
-            if e.1 == 0 {
-                inner.presence.remove(&claims.pid);
-            }
-        }
-    }
+    cell.inner.lock().presence.leave(claims.pid);
     app.metrics.events_clients.dec();
 }

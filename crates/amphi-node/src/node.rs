@@ -226,6 +226,10 @@ pub struct Config {
     /// Seconds a TURN credential stays valid.
     #[arg(long, env = "AMPHI_TURN_TTL", default_value_t = 12 * 3600)]
     pub turn_ttl: u64,
+    /// Wait before the first retry of a failed webhook delivery, in ms;
+    /// each further retry waits twice as long (at most an hour), for 24 h.
+    #[arg(long, env = "AMPHI_WEBHOOK_RETRY_BASE_MS", default_value_t = 5000)]
+    pub webhook_retry_base_ms: u64,
     /// Require `Authorization: Bearer <this>` on /metrics (401 otherwise).
     /// Default: /metrics is open.
     #[arg(long, env = "AMPHI_METRICS_TOKEN", hide_env_values = true)]
@@ -584,8 +588,16 @@ async fn load(
         ice_tcp_port: args.ice_tcp.then(|| args.http.port()),
     })
     .context("starting the media plane")?;
+    let store = Arc::new(Mutex::new(store));
+    let webhooks = crate::webhooks::Webhooks::new(
+        store.clone(),
+        tokio::runtime::Handle::current(),
+        Duration::from_millis(args.webhook_retry_base_ms),
+    )
+    .context("starting the webhooks")?;
+    tokio::spawn(webhooks.clone().run());
     let app = Arc::new(App {
-        store: Arc::new(Mutex::new(store)),
+        store,
         token_key,
         admin_token,
         spaces: RwLock::new(Default::default()),
@@ -617,8 +629,11 @@ async fn load(
         cert_pending: RwLock::new(None),
         turn: turn_config(&args)?,
         members: members.clone(),
+        webhooks,
     });
     app.load().context("loading spaces")?;
+    crate::stats_api::restore(&app);
+    tokio::spawn(crate::stats_api::run(app.clone()));
 
     let endpoint = crate::scrape::MetricsEndpoint::new(&app, args.metrics_token.clone());
     let (router, metrics) = match args.metrics_addr {
@@ -699,6 +714,10 @@ fn router(app: Arc<App>, metrics: Option<Arc<crate::scrape::MetricsEndpoint>>) -
         r = r.merge(crate::scrape::router(m));
     }
     r.merge(crate::api::router())
+        .merge(crate::hooks_api::router())
+        .merge(crate::audience_api::router())
+        .merge(crate::stats_api::router())
+        .merge(crate::embed::router())
         .merge(crate::events::router())
         .merge(crate::whip::router())
         .merge(crate::replay::router())

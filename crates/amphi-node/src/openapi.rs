@@ -199,6 +199,110 @@ pub const ENDPOINTS: &[Endpoint] = &[
         101,
         "WebSocket program frames; ?from_seq= resumes"
     ),
+    ep!(
+        "get",
+        "/api/v1/spaces/{id}/audience",
+        "participant",
+        None,
+        200,
+        "Host/co-host: present named participants, newest of the last 500 first, ?limit=&before=, with the total"
+    ),
+    ep!(
+        "post",
+        "/api/v1/spaces/{id}/invitations/{pid}",
+        "participant",
+        None,
+        201,
+        "Host/co-host: invite a present participant to the stage (60 s to answer)"
+    ),
+    ep!(
+        "post",
+        "/api/v1/spaces/{id}/invitations/{pid}/accept",
+        "participant",
+        None,
+        200,
+        "The invited: accept, going on stage"
+    ),
+    ep!(
+        "post",
+        "/api/v1/spaces/{id}/invitations/{pid}/decline",
+        "participant",
+        None,
+        200,
+        "The invited: decline (nothing changes)"
+    ),
+    ep!(
+        "get",
+        "/api/v1/spaces/{id}/stats",
+        "participant",
+        None,
+        200,
+        "Analytics (admin, host, co-host): peak, joins, unique, listening time, series, reactions, replay plays"
+    ),
+    ep!(
+        "post",
+        "/api/v1/webhooks",
+        "admin",
+        Some("CreateWebhook"),
+        201,
+        "Add a webhook endpoint; returns its secret"
+    ),
+    ep!(
+        "get",
+        "/api/v1/webhooks",
+        "admin",
+        None,
+        200,
+        "List webhook endpoints"
+    ),
+    ep!(
+        "get",
+        "/api/v1/webhooks/{hook}",
+        "admin",
+        None,
+        200,
+        "One webhook endpoint"
+    ),
+    ep!(
+        "delete",
+        "/api/v1/webhooks/{hook}",
+        "admin",
+        None,
+        204,
+        "Delete a webhook endpoint and its log"
+    ),
+    ep!(
+        "get",
+        "/api/v1/webhooks/{hook}/deliveries",
+        "admin",
+        None,
+        200,
+        "The endpoint's delivery log, newest first, ?limit=&before="
+    ),
+    ep!(
+        "post",
+        "/api/v1/spaces/{id}/reminders",
+        "participant",
+        Some("Remind"),
+        201,
+        "Remind me: a space.reminder webhook when this scheduled space starts"
+    ),
+    ep!(
+        "delete",
+        "/api/v1/spaces/{id}/reminders",
+        "participant",
+        None,
+        204,
+        "Cancel my reminder"
+    ),
+    ep!(
+        "get",
+        "/oembed",
+        "none",
+        None,
+        200,
+        "oEmbed (JSON) for a /s/{id} or /embed/{id} URL: ?url="
+    ),
     ep!("get", "/metrics", "none", None, 200, "Prometheus metrics"),
     ep!("get", "/healthz", "none", None, 200, "Liveness"),
     ep!("get", "/readyz", "none", None, 200, "Readiness"),
@@ -218,6 +322,11 @@ fn schemas() -> Value {
             "identity": {"type": "string", "description": "identity token from the operator's app"}}},
         "Remove": {"type": "object", "properties": {"ban": {"type": "boolean"},
             "hold_address": {"type": "boolean", "description": "with ban, in a space without identities: also refuse joins from the participant's network (default true)"}}},
+        "CreateWebhook": {"type": "object", "required": ["url"], "properties": {
+            "url": {"type": "string", "format": "uri", "maxLength": 2048},
+            "events": {"type": "array", "items": {"type": "string", "enum": [
+                "space.started", "space.ended", "recording.ready", "clip.created", "participant.removed", "space.reminder"]}}}},
+        "Remind": {"type": "object", "properties": {"contact": {"type": "string", "maxLength": 256}}},
         "React": {"type": "object", "required": ["emoji"], "properties": {"emoji": {"type": "string", "maxLength": 16}}},
         "Error": {"type": "object", "properties": {"error": {"type": "object", "properties": {
             "code": {"type": "string"}, "message": {"type": "string"}}}}},
@@ -243,10 +352,10 @@ pub fn document() -> Value {
             "participant" => op["security"] = json!([{"participant": []}]),
             _ => {}
         }
-        let params: Vec<Value> = ["id", "pid"]
+        let params: Vec<Value> = [("id", "^[0-9a-f]{16}$"), ("pid", "^[0-9a-f]{16}$"), ("hook", "^ep_[0-9a-f]{16}$")]
             .iter()
-            .filter(|p| e.path.contains(&format!("{{{p}}}")))
-            .map(|p| json!({"name": p, "in": "path", "required": true, "schema": {"type": "string", "pattern": "^[0-9a-f]{16}$"}}))
+            .filter(|(p, _)| e.path.contains(&format!("{{{p}}}")))
+            .map(|(p, pat)| json!({"name": p, "in": "path", "required": true, "schema": {"type": "string", "pattern": pat}}))
             .collect();
         if !params.is_empty() {
             op["parameters"] = Value::Array(params);

@@ -413,6 +413,7 @@ async fn replay_playlist(
     let sign = authorize(&app, &cell, &headers, q.as_deref(), Output::Replay)?;
     replay_ready(&app, &cell).await?;
     let data = replay_object(&app, cell.id, "hls/replay.m3u8").await?;
+    cell.stats.lock().replay_play();
     Ok(match sign {
         None => body(Resource::VodPlaylist, data),
         Some(q) => private(body(
@@ -539,6 +540,10 @@ async fn recording(
             (StatusCode::PARTIAL_CONTENT, s, e)
         }
     };
+    // A play: a request for the recording's start.
+    if start == 0 {
+        cell.stats.lock().replay_play();
+    }
     // Streamed from the store in bounded chunks, each read when hyper asks
     // for it (a slow client holds one chunk, not the file).
     let body = if len == 0 {

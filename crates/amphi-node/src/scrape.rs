@@ -43,6 +43,7 @@ impl MetricsEndpoint {
         registry.register_collector(Part::new(app, egress));
         registry.register_collector(Part::new(app, |a, out| a.media.collect(out)));
         registry.register_collector(Part::new(app, speakers));
+        registry.register_collector(Part::new(app, webhooks));
         registry.register_collector(Part::new(app, |a, out| a.members.render_metrics(out)));
         registry.register_collector(Part::new(app, |a, out| {
             out.gauge(
@@ -219,6 +220,36 @@ fn speakers(app: &App, out: &mut Scrape<'_>) {
                 )
             }),
         );
+    }
+}
+
+/// The webhooks' counters.
+fn webhooks(app: &App, out: &mut Scrape<'_>) {
+    let h = &app.webhooks.stats;
+    let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    for (name, help, value) in [
+        (
+            "amphi_webhook_deliveries_queued_total",
+            "Webhook deliveries queued (one per event and endpoint).",
+            &h.queued,
+        ),
+        (
+            "amphi_webhook_deliveries_total",
+            "Webhook deliveries acknowledged (2xx).",
+            &h.delivered,
+        ),
+        (
+            "amphi_webhook_failed_attempts_total",
+            "Webhook attempts that failed and will be retried.",
+            &h.failed_attempts,
+        ),
+        (
+            "amphi_webhook_given_up_total",
+            "Webhook deliveries given up after the retry window.",
+            &h.given_up,
+        ),
+    ] {
+        out.counter(name, help, l(value));
     }
 }
 

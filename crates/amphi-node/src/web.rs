@@ -23,10 +23,6 @@ pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
         .route("/", get(|| async { file("index.html", Framing::Deny) }))
         .route(
-            "/s/{id}",
-            get(|Path(_id): Path<String>| async { file("space.html", Framing::Deny) }),
-        )
-        .route(
             "/assets/{*path}",
             get(|Path(path): Path<String>| async move { file(&path, Framing::Deny) }),
         )
@@ -37,9 +33,8 @@ pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
 pub enum Framing {
     /// No one: every page with controls (the lobby, a space's page).
     Deny,
-    /// Any site: only the embeddable player, which has no moderation
-    /// controls to clickjack (its route, `/embed/{id}`, is still to come).
-    #[allow(dead_code)]
+    /// Any site: only the embeddable player (`/embed/{id}`), which has no
+    /// moderation controls to clickjack.
     Anyone,
 }
 
@@ -84,6 +79,11 @@ pub fn security_headers(framing: Framing) -> HeaderMap {
         HeaderValue::from_static("same-origin"),
     );
     h
+}
+
+/// An embedded web asset's bytes.
+pub fn asset(path: &str) -> Option<&'static [u8]> {
+    WEB.get_file(path).map(|f| f.contents())
 }
 
 fn content_type(path: &str) -> &'static str {

@@ -11,6 +11,10 @@ use std::path::Path;
 use amphi_core::{Space, SpaceId, SpaceState};
 use rusqlite::{Connection, OptionalExtension, params};
 
+pub mod hooks;
+
+pub use hooks::{Attempt, Delivery, DeliveryState, Endpoint};
+
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -68,6 +72,7 @@ impl Store {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(hooks::SCHEMA)?;
         Ok(Store { conn })
     }
 

@@ -283,7 +283,15 @@ fn owner_only(method: &axum::http::Method, path: &str) -> Option<SpaceId> {
     }
     matches!(
         first,
-        "start" | "end" | "hand" | "stage" | "cohosts" | "participants" | "whip"
+        "start"
+            | "end"
+            | "hand"
+            | "stage"
+            | "cohosts"
+            | "participants"
+            | "whip"
+            | "invitations"
+            | "reminders"
     )
     .then(|| id.parse().ok())
     .flatten()

@@ -1,0 +1,209 @@
+//! The audience and invitations to the stage (docs/toolkit.md):
+//! `GET /api/v1/spaces/{id}/audience`, `POST .../invitations/{pid}` and the
+//! invited person's `/accept` or `/decline`.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use amphi_core::room::Command;
+use amphi_core::token::Claims;
+use amphi_core::{ParticipantId, SpaceId};
+
+use crate::app::{App, SpaceCell};
+use crate::audience::{INVITATION_TTL_MS, Invitation, VIEW_CAP};
+use crate::auth::Token;
+use crate::error::ApiError;
+use crate::timefmt::{now_ms, rfc3339};
+
+/// The audience and invitation routes.
+pub fn router() -> Router<Arc<App>> {
+    Router::new()
+        .route("/api/v1/spaces/{id}/audience", get(audience))
+        .route("/api/v1/spaces/{id}/invitations/{pid}", post(invite))
+        .route("/api/v1/spaces/{id}/invitations/{pid}/accept", post(accept))
+        .route(
+            "/api/v1/spaces/{id}/invitations/{pid}/decline",
+            post(decline),
+        )
+}
+
+fn ids(
+    app: &App,
+    id: &str,
+    pid: Option<&str>,
+) -> Result<(Arc<SpaceCell>, Option<ParticipantId>), ApiError> {
+    let id: SpaceId = id
+        .parse()
+        .map_err(|_| ApiError::not_found("no such space"))?;
+    let cell = app.space(id)?;
+    let pid = match pid {
+        None => None,
+        Some(p) => Some(
+            p.parse()
+                .map_err(|_| ApiError::not_found("no such participant"))?,
+        ),
+    };
+    Ok((cell, pid))
+}
+
+#[derive(Deserialize)]
+struct PageQuery {
+    limit: Option<usize>,
+    before: Option<u64>,
+}
+
+async fn audience(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    t: Token,
+    Query(q): Query<PageQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let (cell, _) = ids(&app, &id, None)?;
+    let claims = app.verify(cell.id, &t.0)?;
+    let limit = q.limit.unwrap_or(100).clamp(1, VIEW_CAP);
+    let now = now_ms();
+    let inner = cell.inner.lock();
+    let role = inner.space.may_follow_events(claims.pid)?;
+    if !role.moderates() {
+        return Err(ApiError::forbidden(
+            "only the host or a co-host can see the audience",
+        ));
+    }
+    let page = inner.presence.page(q.before, limit);
+    let next = (page.len() == limit)
+        .then(|| page.last().map(|s| s.seq))
+        .flatten();
+    let people: Vec<Value> = page
+        .iter()
+        .map(|s| {
+            let role = inner.space.role_of(s.pid).map_or("removed", |r| r.as_str());
+            json!({
+                "participant_id": s.pid,
+                "name": s.name,
+                "role": role,
+                "invited": inner.presence.invitation(s.pid, now).is_some(),
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "total": inner.presence.total(),
+        "listener_count": cell.listeners(),
+        "cap": VIEW_CAP,
+        "audience": people,
+        "next_before": next,
+    })))
+}
+
+async fn invite(
+    State(app): State<Arc<App>>,
+    Path((id, p)): Path<(String, String)>,
+    t: Token,
+) -> Result<Response, ApiError> {
+    let (cell, target) = ids(&app, &id, Some(&p))?;
+    let target = target.ok_or_else(|| ApiError::not_found("no such participant"))?;
+    let claims = app.verify(cell.id, &t.0)?;
+    if !app.command_limiter.check(claims.pid.0) {
+        return Err(ApiError::rate_limited(1));
+    }
+    let now = now_ms();
+    let expires_ms = now + INVITATION_TTL_MS;
+    {
+        let mut inner = cell.inner.lock();
+        inner.space.may_invite(claims.pid, target)?;
+        let by_name = inner
+            .space
+            .member(claims.pid)
+            .map_or(claims.name.clone(), |m| m.name.clone());
+        let inv = Invitation {
+            by: claims.pid,
+            by_name,
+            expires_ms,
+        };
+        if inner.presence.name(target).is_none() {
+            return Err(ApiError::not_found(
+                "that participant is not present (no events connection on this node)",
+            ));
+        }
+        if !inner.presence.invite(target, inv, now) {
+            return Err(ApiError::rate_limited(5));
+        }
+    }
+    cell.dirty.store(true, Ordering::Release);
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"invitation": {"participant_id": target, "expires_at": rfc3339(expires_ms)}})),
+    )
+        .into_response())
+}
+
+/// The invited person's own token, for their own invitation.
+fn invitee(
+    app: &App,
+    cell: &SpaceCell,
+    target: Option<ParticipantId>,
+    t: &Token,
+) -> Result<(Claims, ParticipantId), ApiError> {
+    let target = target.ok_or_else(|| ApiError::not_found("no such participant"))?;
+    let claims = app.verify(cell.id, &t.0)?;
+    if claims.pid != target {
+        return Err(ApiError::forbidden("only the invited person can answer"));
+    }
+    Ok((claims, target))
+}
+
+async fn accept(
+    State(app): State<Arc<App>>,
+    Path((id, p)): Path<(String, String)>,
+    t: Token,
+) -> Result<Json<Value>, ApiError> {
+    let (cell, target) = ids(&app, &id, Some(&p))?;
+    let (_, target) = invitee(&app, &cell, target, &t)?;
+    let inv = cell
+        .inner
+        .lock()
+        .presence
+        .answer(target, now_ms())
+        .ok_or_else(|| ApiError::not_found("no invitation waits (it may have expired)"))?;
+    cell.dirty.store(true, Ordering::Release);
+    // Brought on stage by the one who invited, as they are now: an
+    // inviter who lost their role since cannot bring anyone.
+    let inviter = Claims {
+        space: cell.id,
+        pid: inv.by,
+        name: inv.by_name,
+        exp: 0,
+        idsub: None,
+    };
+    app.command(
+        &cell,
+        &inviter,
+        Command::BringOnStage { target, name: None },
+    )
+    .await?;
+    Ok(Json(cell.view()))
+}
+
+async fn decline(
+    State(app): State<Arc<App>>,
+    Path((id, p)): Path<(String, String)>,
+    t: Token,
+) -> Result<Json<Value>, ApiError> {
+    let (cell, target) = ids(&app, &id, Some(&p))?;
+    let (_, target) = invitee(&app, &cell, target, &t)?;
+    let had = cell
+        .inner
+        .lock()
+        .presence
+        .answer(target, now_ms())
+        .is_some();
+    cell.dirty.store(true, Ordering::Release);
+    Ok(Json(json!({"declined": had})))
+}
