@@ -17,7 +17,8 @@ struct Cli {
 enum Command {
     /// Run the server (HTTP API, WHIP ingest, listener outputs, web app).
     Serve(Box<amphi_node::Config>),
-    /// Load-test a node: N listeners on live.opus / live.ws, measured.
+    /// Load-test a node: N listeners on live.opus / live.ws, measured; with
+    /// --speakers, spaces of its own with WebRTC speakers and listeners.
     Load(amphi_load::LoadArgs),
 }
 
