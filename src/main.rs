@@ -19,7 +19,7 @@ enum Command {
     Serve(Box<amphi_node::Config>),
     /// Load-test a node: N listeners on live.opus / live.ws, measured; with
     /// --speakers, spaces of its own with WebRTC speakers and listeners.
-    Load(amphi_load::LoadArgs),
+    Load(Box<amphi_load::LoadArgs>),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -33,6 +33,6 @@ fn main() -> anyhow::Result<()> {
         .init();
     match cli.command {
         Command::Serve(config) => amphi_node::Node::load(*config)?.run(),
-        Command::Load(args) => amphi_load::run(args),
+        Command::Load(args) => amphi_load::run(*args),
     }
 }

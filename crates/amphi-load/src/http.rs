@@ -84,7 +84,11 @@ pub fn parse_response(raw: &[u8]) -> Resp {
         }
     }
     let rest = &raw[end + 4..];
-    let body = if chunked { dechunk(rest) } else { rest.to_vec() };
+    let body = if chunked {
+        dechunk(rest)
+    } else {
+        rest.to_vec()
+    };
     Resp {
         status,
         location,

@@ -339,8 +339,7 @@ async fn run_here(args: &LoadArgs) -> anyhow::Result<Stats> {
             } else {
                 path
             };
-            let o =
-                listener::listen(server, src, &path, ws, end_at, measure_from, tls, None).await;
+            let o = listener::listen(server, src, &path, ws, end_at, measure_from, tls, None).await;
             bar.inc(1);
             o
         }));

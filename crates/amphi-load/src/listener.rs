@@ -142,17 +142,7 @@ pub async fn listen(
             .await;
             match hs {
                 Ok(Ok(s)) => {
-                    read_stream(
-                        s,
-                        server,
-                        path,
-                        (ws, probe),
-                        end_at,
-                        measure_from,
-                        t0,
-                        o,
-                    )
-                    .await
+                    read_stream(s, server, path, (ws, probe), end_at, measure_from, t0, o).await
                 }
                 Ok(Err(e)) => {
                     o.error = Some(format!("tls: {e}"));
@@ -417,6 +407,29 @@ mod tests {
         assert_eq!(units, 4);
         assert!((o.audio_secs - 0.2).abs() < 1e-9);
         assert!(bytes.is_empty());
+    }
+
+    #[test]
+    fn a_probe_decodes_the_pages_packets() {
+        let tone = crate::tone::Tone::encode(600).unwrap();
+        let mut pager = amphi_media::OggPager::new(1, 5);
+        let mut bytes = pager.headers().to_vec();
+        for s in 0..100u64 {
+            let f = Frame {
+                opus: bytes::Bytes::copy_from_slice(&tone.packet(s)),
+                ..frame(s)
+            };
+            if let Some(p) = pager.push(&f) {
+                bytes.extend_from_slice(&p);
+            }
+        }
+        let mut o = Outcome::default();
+        let mut parser = Parser::new(false);
+        parser.probe = Some(Probe::new(vec![600]).unwrap());
+        parser.feed(&mut bytes, true, &mut o);
+        let heard = parser.probe.map(|p| p.heard).unwrap();
+        assert!(heard.tone_secs >= 1.8, "{heard:?}");
+        assert_eq!(heard.bad_packets, 0);
     }
 
     #[test]

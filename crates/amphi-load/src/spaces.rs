@@ -12,13 +12,13 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::sync::Semaphore;
 
+use crate::LoadArgs;
 use crate::http;
 use crate::listener::{self, Outcome};
 use crate::report::{self, CpuSampler, ServerUsage};
 use crate::speaker::{self, SpeakerOutcome, SpeakerPlan};
 use crate::talk::{Talk, TalkPattern};
 use crate::tone::{self, Heard, Probe, Tone};
-use crate::LoadArgs;
 
 /// How the run's speakers and listeners fall into spaces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,10 +159,14 @@ async fn run_here(
             .map(|f| Tone::encode(*f).map(Arc::new))
             .collect::<anyhow::Result<_>>()?,
     );
-    let pids = args
-        .pid
-        .map(|p| std::iter::once(p).chain(args.extra_pids.iter().copied()).collect::<Vec<_>>());
-    let rss_before = pids.as_ref().map_or(0, |p| CpuSampler::start(p.clone()).rss_kb());
+    let pids = args.pid.map(|p| {
+        std::iter::once(p)
+            .chain(args.extra_pids.iter().copied())
+            .collect::<Vec<_>>()
+    });
+    let rss_before = pids
+        .as_ref()
+        .map_or(0, |p| CpuSampler::start(p.clone()).rss_kb());
     let start = Instant::now();
     let end_at = start + Duration::from_secs_f64(args.ramp + args.duration);
     let measure_from = start + Duration::from_secs_f64(args.ramp + args.warmup);
@@ -262,8 +266,14 @@ async fn set_up(ctx: &SpaceCtx) -> Result<(String, String, Vec<String>), String>
         if r.status != 200 {
             return Err(format!("hand {}", r.status));
         }
-        let r = http::request(server, "POST", &sp(&format!("/stage/{pid}")), Some(&host), None)
-            .await;
+        let r = http::request(
+            server,
+            "POST",
+            &sp(&format!("/stage/{pid}")),
+            Some(&host),
+            None,
+        )
+        .await;
         if r.status != 200 {
             return Err(format!("stage {}", r.status));
         }
@@ -543,7 +553,9 @@ mod tests {
         assert_eq!(Layout::new(3, Some(10), 0).spaces, 3);
         assert_eq!(Layout::new(4, None, 0).spaces, 4);
         assert_eq!(Layout::new(4, Some(0), 0).spaces, 1);
-        let total: usize = (0..7).map(|i| Layout::new(100, Some(7), 0).speakers_in(i)).sum();
+        let total: usize = (0..7)
+            .map(|i| Layout::new(100, Some(7), 0).speakers_in(i))
+            .sum();
         assert_eq!(total, 100);
     }
 

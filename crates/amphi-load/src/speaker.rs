@@ -97,9 +97,7 @@ async fn run(mut plan: SpeakerPlan, o: &mut SpeakerOutcome) -> anyhow::Result<()
         Direction::SendOnly
     };
     let mid = change.add_media(MediaKind::Audio, dir, None, None, None);
-    let (offer, pending) = change
-        .apply()
-        .ok_or_else(|| anyhow::anyhow!("no offer"))?;
+    let (offer, pending) = change.apply().ok_or_else(|| anyhow::anyhow!("no offer"))?;
     let asked = Instant::now();
     let resp = http::request(
         plan.server,
@@ -113,8 +111,8 @@ async fn run(mut plan: SpeakerPlan, o: &mut SpeakerOutcome) -> anyhow::Result<()
     if resp.status != 201 {
         anyhow::bail!("whip {}", resp.status);
     }
-    let answer = SdpAnswer::from_sdp_string(&resp.body)
-        .map_err(|e| anyhow::anyhow!("answer: {e}"))?;
+    let answer =
+        SdpAnswer::from_sdp_string(&resp.body).map_err(|e| anyhow::anyhow!("answer: {e}"))?;
     rtc.sdp_api()
         .accept_answer(pending, answer)
         .map_err(|e| anyhow::anyhow!("answer: {e}"))?;

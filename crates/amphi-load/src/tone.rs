@@ -46,10 +46,7 @@ impl Tone {
         for _ in 0..10 {
             silence = Arc::from(&quiet.encode(&zero)?[..]);
         }
-        Ok(Tone {
-            packets,
-            silence,
-        })
+        Ok(Tone { packets, silence })
     }
 
     /// The packet of frame `n` of a talk.
@@ -116,7 +113,8 @@ impl Probe {
         if !measure {
             return;
         }
-        self.block.extend_from_slice(&self.frame[..n.min(self.frame.len())]);
+        self.block
+            .extend_from_slice(&self.frame[..n.min(self.frame.len())]);
         while self.block.len() >= BLOCK {
             self.judge_block();
             self.block.drain(..BLOCK);
