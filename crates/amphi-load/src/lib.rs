@@ -126,6 +126,10 @@ pub struct LoadArgs {
     /// they take it back, as the web app does.
     #[arg(long)]
     pub speaker_sendonly: bool,
+    /// Spaces are created with recording off (default: the node's default,
+    /// recorded).
+    #[arg(long)]
+    pub no_record: bool,
     /// Spaces being set up (HTTP calls) at once.
     #[arg(long, default_value_t = 16)]
     pub setup_concurrency: usize,

@@ -224,7 +224,11 @@ struct SpaceCtx {
 /// first).
 async fn set_up(ctx: &SpaceCtx) -> Result<(String, String, Vec<String>), String> {
     let server = ctx.args.server;
-    let body = format!(r#"{{"title":"load {}"}}"#, ctx.i);
+    let body = if ctx.args.no_record {
+        format!(r#"{{"title":"load {}","record":false}}"#, ctx.i)
+    } else {
+        format!(r#"{{"title":"load {}"}}"#, ctx.i)
+    };
     let r = http::request(
         server,
         "POST",
