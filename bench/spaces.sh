@@ -11,7 +11,9 @@
 #   SECONDS  measured seconds per run (default 30)
 # Env: LISTENERS (5), OVERLAP_SPACES (100; 0 skips), RECORD (0: spaces are
 # created with recording off), AMPHI_BIN (target/release/amphi),
-# LABEL (a name for the code under test, printed in the table).
+# LABEL (a name for the code under test, printed in the table), NICE (0:
+# the node and the load generator run at this niceness; on a shared machine
+# -10 keeps other work from starving the node's one mixer thread).
 # Prints one JSON line per run (the per-space lines dropped) and a table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +22,7 @@ SECS=${2:-30}
 LISTENERS=${LISTENERS:-5}
 OVERLAP_SPACES=${OVERLAP_SPACES:-100}
 RECORD=${RECORD:-0}
+NICE=${NICE:-0}
 LABEL=${LABEL:-$(git rev-parse --short HEAD 2>/dev/null || echo amphi)}
 BIN=${AMPHI_BIN:-target/release/amphi}
 [ -x "$BIN" ] || cargo build --release --bin amphi
@@ -38,13 +41,13 @@ run() {
   local name=$1 speakers=$2 spaces=$3 talk=$4
   # Spaces come up over RAMP s (20 per second), then 5 s of warm-up.
   local ramp=$(( spaces / 20 + 1 ))
-  AMPHI_ADMIN_TOKEN=$ADMIN AMPHI_LOG=warn "$BIN" serve --http 127.0.0.1:$PORT \
+  AMPHI_ADMIN_TOKEN=$ADMIN AMPHI_LOG=warn nice -n "$NICE" "$BIN" serve --http 127.0.0.1:$PORT \
     --data-dir "$TMP/$name" 2>"$TMP/$name.log" &
   local pid=$!
   PIDS+=("$pid")
   for _ in $(seq 100); do curl -fs http://127.0.0.1:$PORT/healthz >/dev/null && break; sleep 0.1; done
   echo "== $name: $spaces spaces, $speakers speakers ($talk), $LISTENERS listeners each, ramp ${ramp}s, ${SECS}s measured" >&2
-  "$BIN" load --server 127.0.0.1:$PORT --admin-token "$ADMIN" \
+  nice -n "$NICE" "$BIN" load --server 127.0.0.1:$PORT --admin-token "$ADMIN" \
     --speakers "$speakers" --spaces "$spaces" --talk "$talk" \
     --listeners-per-space "$LISTENERS" --sources 64 "${RECARGS[@]}" \
     --ramp "$ramp" --warmup 5 --duration $(( SECS + 5 )) --pid "$pid" --json \

@@ -49,6 +49,9 @@ impl Layout {
     }
 }
 
+/// Counters of the node over the window (see [`delta`]).
+type Counters = BTreeMap<String, f64>;
+
 /// One space's run.
 #[derive(Debug, Default)]
 struct SpaceRun {
@@ -113,6 +116,14 @@ pub struct SpacesReport {
     pub server_rss_mb: Option<f64>,
     /// Server RSS grown since before the first space, per live space.
     pub server_rss_kb_per_space: Option<f64>,
+    /// Program frames made over the window ÷ those real time asks of the
+    /// live spaces (below 1: the node fell behind, e.g. starved of CPU).
+    pub program_frames_ratio: Option<f64>,
+    /// Server CPU per program frame made (one space, 20 ms): the per-space
+    /// cost even when the node could not keep up.
+    pub server_cpu_us_per_space_frame: Option<f64>,
+    /// The program's and the ingest's counters over the window.
+    pub server_counters: BTreeMap<String, f64>,
     pub per_space: Vec<SpaceLine>,
 }
 
@@ -151,7 +162,7 @@ async fn run_here(
     args: &LoadArgs,
     layout: Layout,
     admin: String,
-) -> anyhow::Result<(Vec<SpaceRun>, Option<ServerUsage>, u64)> {
+) -> anyhow::Result<(Vec<SpaceRun>, Option<(ServerUsage, Counters)>, u64)> {
     let freqs: Vec<u32> = (0..8).map(tone::freq_of).collect();
     let tones: Arc<Vec<Arc<Tone>>> = Arc::new(
         freqs
@@ -190,12 +201,16 @@ async fn run_here(
             run_space(ctx).await
         }));
     }
+    let server_addr = args.server;
     let sampler = pids.map(|p| {
         tokio::spawn(async move {
             tokio::time::sleep_until(measure_from.into()).await;
             let s = CpuSampler::start(p);
+            let m0 = metrics(server_addr).await;
             tokio::time::sleep_until(end_at.into()).await;
-            s.finish()
+            let usage = s.finish();
+            let m1 = metrics(server_addr).await;
+            (usage, delta(&m0, &m1))
         })
     });
     let mut runs = Vec::with_capacity(layout.spaces);
@@ -207,6 +222,31 @@ async fn run_here(
         None => None,
     };
     Ok((runs, server, rss_before))
+}
+
+/// The node's `/metrics` samples (`name{labels}` → value).
+async fn metrics(server: std::net::SocketAddr) -> BTreeMap<String, f64> {
+    let r = http::request(server, "GET", "/metrics", None, None).await;
+    parse_metrics(&r.body)
+}
+
+fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_owned(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Growth of the program's and the ingest's counters over the window.
+fn delta(m0: &BTreeMap<String, f64>, m1: &BTreeMap<String, f64>) -> BTreeMap<String, f64> {
+    const KEPT: [&str; 3] = ["amphi_program_", "amphi_mixer_", "amphi_rtc_events_dropped"];
+    m1.iter()
+        .filter(|(k, _)| KEPT.iter().any(|p| k.starts_with(p)))
+        .map(|(k, v)| (k.clone(), v - m0.get(k).copied().unwrap_or(0.0)))
+        .collect()
 }
 
 struct SpaceCtx {
@@ -370,9 +410,19 @@ fn summarize(
     args: &LoadArgs,
     layout: Layout,
     runs: Vec<SpaceRun>,
-    server: Option<ServerUsage>,
+    server: Option<(ServerUsage, Counters)>,
     rss_before_kb: u64,
 ) -> SpacesReport {
+    let (server, counters) = match server {
+        Some((u, c)) => (Some(u), c),
+        None => (None, Counters::new()),
+    };
+    // Frames the program made over the window, all spaces: each one the
+    // whole of a space's per-frame work (mix or pass, cut, fan out).
+    let frames = counters
+        .get("amphi_program_frames_total")
+        .copied()
+        .unwrap_or(0.0);
     let window = (args.duration - args.warmup).max(1e-9);
     let mut setup_errors = BTreeMap::new();
     let mut whip_status = BTreeMap::new();
@@ -484,6 +534,15 @@ fn summarize(
         server_rss_kb_per_space: server
             .as_ref()
             .and_then(|u| per(u.rss_end_kb.saturating_sub(rss_before_kb) as f64)),
+        program_frames_ratio: server
+            .as_ref()
+            .filter(|_| frames > 0.0 && live > 0)
+            .map(|u| frames / (live as f64 * u.wall_secs.max(1e-9) * 50.0)),
+        server_cpu_us_per_space_frame: server
+            .as_ref()
+            .filter(|_| frames > 0.0)
+            .map(|u| u.cpu_secs * 1e6 / frames),
+        server_counters: counters,
         per_space,
     }
 }
@@ -537,6 +596,11 @@ impl SpacesReport {
             opt(self.server_cpu_us_per_space_tick)
         );
         println!(
+            "program              {} of real time made, {} µs of server CPU per space-frame",
+            opt(self.program_frames_ratio),
+            opt(self.server_cpu_us_per_space_frame)
+        );
+        println!(
             "server RSS           {} MB, {} KB per live space",
             opt(self.server_rss_mb),
             opt(self.server_rss_kb_per_space)
@@ -561,6 +625,22 @@ mod tests {
             .map(|i| Layout::new(100, Some(7), 0).speakers_in(i))
             .sum();
         assert_eq!(total, 100);
+    }
+
+    #[test]
+    fn counters_grow_over_the_window() {
+        let m0 =
+            parse_metrics("# HELP x\namphi_program_frames_total 100\namphi_fanout_units_total 5\n");
+        let m1 = parse_metrics(
+            "amphi_program_frames_total 350\namphi_program_ticks_total{mode=\"pass\"} 7\namphi_fanout_units_total 9\nbad line\n",
+        );
+        let d = delta(&m0, &m1);
+        assert_eq!(d.get("amphi_program_frames_total"), Some(&250.0));
+        assert_eq!(
+            d.get("amphi_program_ticks_total{mode=\"pass\"}"),
+            Some(&7.0)
+        );
+        assert!(!d.contains_key("amphi_fanout_units_total"));
     }
 
     #[test]
