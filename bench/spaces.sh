@@ -71,7 +71,8 @@ fi
 python3 - "$TMP" "$LABEL" "${ROWS[@]}" <<'PY'
 import json, os, sys
 d, label, rows = sys.argv[1], sys.argv[2], sys.argv[3:]
-print(f"\n{'code':10} {'run':14} {'live':>5} {'spk ok':>7} {'lst':>6} {'<90%':>5} {'rt min':>7} {'tone':>6} {'cores':>6} {'%/space':>8} {'us/tick':>8} {'KB/space':>9}")
+mode = lambda k: k.split('mode=')[1].strip('}').strip('"')
+print(f"\n{'code':10} {'run':14} {'live':>5} {'spk ok':>7} {'lst':>6} {'<90%':>5} {'rt min':>7} {'tone':>6} {'cores':>6} {'%/space':>8} {'us/tick':>8} {'prog rt':>8} {'us/frame':>9} {'KB/space':>9}  modes")
 for name in rows:
     p = os.path.join(d, name + ".json")
     if not os.path.exists(p) or os.path.getsize(p) == 0:
@@ -81,5 +82,7 @@ for name in rows:
     f = lambda v, fmt: (fmt.format(v) if v is not None else "-")
     print(f"{label:10} {name:14} {r['spaces_live']:>5} {r['speakers_connected']:>7} {r['listeners_admitted']:>6} {r['below_90pct_realtime']:>5} "
           f"{r['realtime_ratio_min']:>7.3f} {str(r['probed_tone_ok'])+'/'+str(r['probed_spaces']):>6} {f(r['server_cpu_cores'],'{:.2f}'):>6} "
-          f"{f(r['server_cpu_pct_per_space'],'{:.3f}'):>8} {f(r['server_cpu_us_per_space_tick'],'{:.1f}'):>8} {f(r['server_rss_kb_per_space'],'{:.0f}'):>9}")
+          f"{f(r['server_cpu_pct_per_space'],'{:.3f}'):>8} {f(r['server_cpu_us_per_space_tick'],'{:.1f}'):>8} "
+          f"{f(r.get('program_frames_ratio'),'{:.3f}'):>8} {f(r.get('server_cpu_us_per_space_frame'),'{:.1f}'):>9} {f(r['server_rss_kb_per_space'],'{:.0f}'):>9}  "
+          + " ".join(mode(k) + f"={v:.0f}" for k, v in r.get('server_counters', {}).items() if 'mode=' in k))
 PY
