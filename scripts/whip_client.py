@@ -34,6 +34,9 @@ def parse_args():
     p.add_argument("--ice-url-prefix", default="", help="with --ice-from-link, keep only the ICE servers whose URL starts with this (e.g. turns:)")
     p.add_argument("--require-relay", action="store_true", help="exit 4 unless the selected candidate pair is relayed through TURN")
     p.add_argument("--return-out", help="offer sendrecv and write the audio the server returns (the other speakers) to this file as mono s16le 48 kHz")
+    p.add_argument("--schedule", help="when the tone sounds, as START-END seconds after --epoch, comma-separated (e.g. 0-8,10-12); silence (zeros, still sent) otherwise")
+    p.add_argument("--epoch", type=float, help="UNIX time the --schedule counts from (default: the first frame sent)")
+    p.add_argument("--honor-fmtp", action="store_true", help="encode as the answer's Opus fmtp asks (stereo=0: mono; maxaveragebitrate), as browsers do; aiortc alone always sends 96 kbit/s stereo")
     return p.parse_args()
 
 
@@ -57,6 +60,51 @@ RATE = 48000
 SAMPLES = 960
 
 
+# What the answer's Opus fmtp asked for (filled in before the encoder is
+# made, with --honor-fmtp).
+FMTP = {}
+
+
+def honor_fmtp():
+    from aiortc.codecs import opus as aiortc_opus
+
+    original = aiortc_opus.OpusEncoder.__init__
+
+    def init(self):
+        original(self)
+        if not FMTP:
+            return
+        layout = "mono" if FMTP.get("stereo") == "0" else "stereo"
+        self.codec = av.CodecContext.create("libopus", "w")
+        self.codec.bit_rate = int(FMTP.get("maxaveragebitrate", 96000))
+        self.codec.format = "s16"
+        self.codec.layout = layout
+        self.codec.options = {"application": "voip"}
+        self.codec.sample_rate = RATE
+        self.codec.time_base = fractions.Fraction(1, RATE)
+        self.resampler = av.AudioResampler(format="s16", layout=layout, rate=RATE, frame_size=SAMPLES)
+
+    aiortc_opus.OpusEncoder.__init__ = init
+
+
+def parse_fmtp(sdp):
+    pts = re.findall(r"a=rtpmap:(\d+) opus/48000", sdp, re.I)
+    for pt in pts:
+        m = re.search(r"a=fmtp:" + pt + r" ([^\r\n]*)", sdp)
+        if m:
+            return dict(kv.split("=", 1) for kv in m.group(1).split(";") if "=" in kv)
+    return {}
+
+
+def schedule(text):
+    spans = []
+    for part in (text or "").split(","):
+        if part.strip():
+            a, b = part.split("-")
+            spans.append((float(a), float(b)))
+    return spans
+
+
 class ToneTrack(MediaStreamTrack):
     kind = "audio"
 
@@ -66,6 +114,7 @@ class ToneTrack(MediaStreamTrack):
         self.amplitude = amplitude
         self.n = 0
         self.start = None
+        self.spans = schedule(args.schedule)
 
     async def recv(self):
         if self.start is None:
@@ -75,7 +124,11 @@ class ToneTrack(MediaStreamTrack):
         if delay > 0:
             await asyncio.sleep(delay)
         t = (np.arange(SAMPLES) + self.n) / RATE
-        pcm = (self.amplitude * 32767 * np.sin(2 * math.pi * self.freq * t)).astype(np.int16)
+        amplitude = self.amplitude
+        if self.spans:
+            since = time.time() - args.epoch if args.epoch else self.n / RATE
+            amplitude = amplitude if any(a <= since < b for a, b in self.spans) else 0.0
+        pcm = (amplitude * 32767 * np.sin(2 * math.pi * self.freq * t)).astype(np.int16)
         frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
         frame.sample_rate = RATE
         frame.pts = self.n
@@ -191,6 +244,9 @@ async def main():
         await pc.close()
         return 2
     location = urllib.parse.urljoin(args.url, headers.get("Location") or headers.get("location"))
+    if args.honor_fmtp:
+        FMTP.update(parse_fmtp(body))
+        print(f"answer fmtp: {FMTP}", file=sys.stderr, flush=True)
     await pc.setRemoteDescription(RTCSessionDescription(sdp=body, type="answer"))
     deadline = time.monotonic() + 10
     while pc.connectionState != "connected":
@@ -213,4 +269,6 @@ async def main():
     return 0
 
 
+if args.honor_fmtp:
+    honor_fmtp()
 sys.exit(asyncio.run(main()))

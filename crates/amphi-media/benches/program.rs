@@ -19,9 +19,23 @@ fn tone(freq: f32, k: usize) -> [f32; 960] {
     f
 }
 
+/// One mixer tick per iteration, each speaker pushing its next packet.
+/// `pass_through: false` is the program as it was (every tick decoded,
+/// mixed, encoded); with it, one voice passes through and nobody costs
+/// only the silence frame.
 fn mixer_tick(c: &mut Criterion) {
-    for speakers in [1usize, 4] {
-        let mut m = Mixer::new(MixerConfig::default()).unwrap();
+    for (name, speakers, pass_through) in [
+        ("mixed, 1 speaker", 1usize, false),
+        ("mixed, 4 speakers", 4, false),
+        ("mixed (pass-through on), 4 speakers", 4, true),
+        ("pass-through, 1 speaker", 1, true),
+        ("silence, 1 speaker audible", 0, true),
+    ] {
+        let mut m = Mixer::new(MixerConfig {
+            pass_through,
+            ..MixerConfig::default()
+        })
+        .unwrap();
         let mut encs: Vec<Encoder> = (0..speakers)
             .map(|_| Encoder::new(32_000).unwrap())
             .collect();
@@ -34,20 +48,26 @@ fn mixer_tick(c: &mut Criterion) {
                     .collect()
             })
             .collect();
-        for s in 0..speakers {
+        for s in 0..speakers.max(1) {
             m.add_speaker(ParticipantId(s as u64), false).unwrap();
             m.set_audible(ParticipantId(s as u64), true);
         }
         let mut k = 0usize;
-        c.bench_function(&format!("mixer tick, {speakers} speaker(s)"), |b| {
+        c.bench_function(&format!("mixer tick, {name}"), |b| {
             b.iter(|| {
                 for (s, p) in packets.iter().enumerate() {
-                    m.push_packet(ParticipantId(s as u64), k as u16, 0, p[k % 200].clone());
+                    m.push_packet(
+                        ParticipantId(s as u64),
+                        k as u16,
+                        (k * 960) as u32,
+                        p[k % 200].clone(),
+                    );
                 }
                 k += 1;
                 black_box(m.tick(0));
             })
         });
+        eprintln!("{name}: {:?}", m.stats());
     }
 }
 

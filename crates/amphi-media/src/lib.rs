@@ -13,9 +13,9 @@ pub mod opus;
 pub mod wire;
 
 pub use jitter::{Jitter, JitterConfig, JitterStats, Pop};
-pub use mixer::{Mixer, MixerConfig, MixerStats, Tick};
+pub use mixer::{Mixer, MixerConfig, MixerStats, Mode, Tick};
 pub use ogg::{OggError, OggPager, OwnedPage, Page, PageReader, parse_page};
-pub use opus::{Decoder, Encoder, packet_samples};
+pub use opus::{Decoder, Encoder, is_dtx, packet_samples, passable};
 pub use wire::{
     Message, WireError, WsBatcher, decode_message, encode_message, ws_binary_frame, ws_message,
 };

@@ -14,7 +14,7 @@ use bytes::Bytes;
 
 use crate::MediaError;
 use crate::jitter::{Jitter, JitterConfig, JitterStats, Pop, Pushed};
-use crate::opus::{Decoder, Encoder, FRAME, MAX_PACKET_SAMPLES};
+use crate::opus::{Decoder, Encoder, FRAME, MAX_PACKET_SAMPLES, is_dtx, packet_samples, passable};
 
 /// Settings of a mixer.
 #[derive(Debug, Clone)]
@@ -26,6 +26,9 @@ pub struct MixerConfig {
     pub return_bitrate: i32,
     /// Per-speaker jitter buffer.
     pub jitter: JitterConfig,
+    /// Whether a lone voice is passed through and silence costs nothing
+    /// (`false`: every frame is decoded, mixed and encoded, as before).
+    pub pass_through: bool,
 }
 
 impl Default for MixerConfig {
@@ -33,7 +36,16 @@ impl Default for MixerConfig {
         MixerConfig {
             bitrate: 32_000,
             return_bitrate: 32_000,
-            jitter: JitterConfig::default(),
+            // A mix pulls each packet a tick before its frame (to make up
+            // the program encoder's delay) and pass-through does the same
+            // to match: one frame more than the jitter buffer's default,
+            // and never less than two.
+            jitter: JitterConfig {
+                target_frames: 3,
+                min_frames: 2,
+                ..JitterConfig::default()
+            },
+            pass_through: true,
         }
     }
 }
@@ -57,6 +69,19 @@ pub struct MixerStats {
     pub dropped_inaudible: u64,
     /// Program frames in which the limiter reduced the gain.
     pub limited_frames: u64,
+    /// Frames decoded, mixed and encoded ([`Mode::Mix`]).
+    pub mixed_frames: u64,
+    /// Frames that were a speaker's packet as it came ([`Mode::Pass`]).
+    pub passed_frames: u64,
+    /// Frames of the shared silence ([`Mode::Silence`]).
+    pub silent_frames: u64,
+    /// Switches into mixing (each from pass-through or silence).
+    pub switches: u64,
+    /// Packets decoded (speakers' and the warm-ups at a switch).
+    pub decodes: u64,
+    /// Packets encoded (the program, the primers at a switch, every
+    /// mix-minus).
+    pub encodes: u64,
 }
 
 /// What one tick produced.
@@ -66,6 +91,8 @@ pub struct Tick {
     pub frame: Frame,
     /// Mix-minus packets for the speakers who asked for return audio.
     pub mix_minus: Vec<(ParticipantId, Bytes)>,
+    /// How the frame was made.
+    pub mode: Mode,
 }
 
 /// The limiter keeps every output at or below this (-1 dBFS): the margin
@@ -104,20 +131,93 @@ impl Limiter {
     }
 }
 
+/// How a tick made its program frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// Nobody to hear: the shared pre-encoded silence frame, no decode,
+    /// no encode.
+    #[default]
+    Silence,
+    /// One voice: that speaker's Opus packet is the frame, as it came (no
+    /// decode, no encode).
+    Pass,
+    /// Several voices (or a packet that cannot pass): decoded, mixed,
+    /// limited and encoded.
+    Mix,
+}
+
+/// Loudness (see [`level`]) from which a speaker counts as a voice for the
+/// choice between pass-through and mix (≈ -50 dBFS: below is room noise).
+pub const VOICE_LEVEL: u8 = 20;
+/// Mixed ticks with at most one voice before the program passes that
+/// voice through again (so a back-and-forth does not switch every frame).
+pub const HANGOVER_TICKS: u32 = 10;
+/// Packets of each speaker kept (shared, not copied) to warm a decoder
+/// and the program encoder when a pass-through turns into a mix.
+const RECENT: usize = 3;
+/// A passed-through speaker's level is measured (two decodes) once every
+/// so many ticks, for the talking events.
+const LEVEL_EVERY: u32 = 25;
+/// Ticks with nothing from the passed-through speaker before another may
+/// take their place.
+const LONE_IDLE_TICKS: u32 = 10;
+
 struct Speaker {
     jitter: Jitter,
     decoder: Decoder,
     /// Decoded audio not yet mixed (a 40 or 60 ms packet spans ticks).
+    /// While mixed, it runs `lookahead` samples ahead of the speaker's
+    /// packets, so that the program encoder's own delay is made up and a
+    /// mixed frame covers the same instants as the packet it replaces.
     pcm: VecDeque<f32>,
     audible: bool,
     ret: Option<(Encoder, Limiter)>,
     frame: [f32; FRAME],
+    /// A pull already made this tick (pass-through looks before it mixes).
+    pending: Option<Pop>,
+    /// The last packets decoded or passed, oldest first.
+    recent: [Option<Bytes>; RECENT],
+    /// The last thing appended to `pcm` was the newest of `recent` (not a
+    /// concealment): what remains of it can be passed as that packet.
+    held: bool,
+    /// Last measured level of the speaker.
+    level: u8,
+    since_level: u32,
+    idle: u32,
+}
+
+impl Speaker {
+    fn pop(&mut self) -> Pop {
+        self.pending.take().unwrap_or_else(|| self.jitter.pop())
+    }
+
+    fn remember(&mut self, p: &Bytes) {
+        self.recent.rotate_left(1);
+        self.recent[RECENT - 1] = Some(p.clone());
+    }
+
+    /// Level of the next frame's worth of decoded audio.
+    fn next_level(&self) -> u8 {
+        let n = self.pcm.len().min(FRAME);
+        if n == 0 {
+            return 0;
+        }
+        let sum: f32 = self
+            .pcm
+            .iter()
+            .take(n)
+            .map(|x| if x.is_finite() { x * x } else { 0.0 })
+            .sum();
+        level_of_rms((sum / n as f32).sqrt())
+    }
 }
 
 /// The mixer of one space.
 pub struct Mixer {
     cfg: MixerConfig,
-    encoder: Encoder,
+    /// The program encoder, made at the first mix (a space that only ever
+    /// passes one voice through, or is silent, never holds one).
+    encoder: Option<Encoder>,
     limiter: Limiter,
     speakers: BTreeMap<ParticipantId, Speaker>,
     seq: u64,
@@ -125,8 +225,21 @@ pub struct Mixer {
     program: [f32; FRAME],
     scratch: [f32; FRAME],
     decoded: Box<[f32; MAX_PACKET_SAMPLES]>,
+    /// Decoded history while priming a mix (kept for its capacity).
+    prime: Vec<f32>,
     levels: Vec<SpeakerLevel>,
     no_levels: Arc<[SpeakerLevel]>,
+    /// The program encoder's delay, in samples.
+    lookahead: usize,
+    /// One 20 ms frame of silence, encoded once.
+    silence: Bytes,
+    /// Largest packet passed through (at 1.5 times the program's bitrate).
+    max_pass_bytes: usize,
+    mode: Mode,
+    /// The one speaker passed through (or about to be).
+    lone: Option<ParticipantId>,
+    /// Mixed ticks since two voices were last heard together.
+    quiet_ticks: u32,
     stats: MixerStats,
 }
 
@@ -135,6 +248,7 @@ impl std::fmt::Debug for Mixer {
         f.debug_struct("Mixer")
             .field("speakers", &self.speakers.len())
             .field("seq", &self.seq)
+            .field("mode", &self.mode)
             .finish()
     }
 }
@@ -144,7 +258,10 @@ pub fn level(samples: &[f32]) -> u8 {
     if samples.is_empty() {
         return 0;
     }
-    let rms = (samples.iter().map(|x| x * x).sum::<f32>() / samples.len() as f32).sqrt();
+    level_of_rms((samples.iter().map(|x| x * x).sum::<f32>() / samples.len() as f32).sqrt())
+}
+
+fn level_of_rms(rms: f32) -> u8 {
     if !rms.is_finite() || rms <= 1e-3 {
         return 0;
     }
@@ -158,8 +275,19 @@ impl Mixer {
         // Fail early on a bad return bitrate rather than at the first
         // speaker who asks for one.
         drop(Encoder::new(cfg.return_bitrate)?);
+        let mut first = Encoder::new(cfg.bitrate)?;
+        let lookahead = first.lookahead();
+        let silence = first.encode(&[0.0; FRAME])?;
+        let encoder = if cfg.pass_through {
+            None
+        } else {
+            Some(Encoder::new(cfg.bitrate)?)
+        };
         Ok(Mixer {
-            encoder: Encoder::new(cfg.bitrate)?,
+            lookahead,
+            encoder,
+            silence,
+            max_pass_bytes: usize::try_from(cfg.bitrate).unwrap_or(0) * 3 / 400,
             cfg,
             limiter: Limiter::new(),
             speakers: BTreeMap::new(),
@@ -168,8 +296,12 @@ impl Mixer {
             program: [0.0; FRAME],
             scratch: [0.0; FRAME],
             decoded: Box::new([0.0; MAX_PACKET_SAMPLES]),
+            prime: Vec::new(),
             levels: Vec::new(),
             no_levels: Arc::from(Vec::new()),
+            mode: Mode::Silence,
+            lone: None,
+            quiet_ticks: HANGOVER_TICKS,
             stats: MixerStats::default(),
         })
     }
@@ -188,6 +320,16 @@ impl Mixer {
     /// Counters so far.
     pub fn stats(&self) -> MixerStats {
         self.stats
+    }
+
+    /// How the last tick made its frame.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// The shared silence frame (what a silent tick carries).
+    pub fn silence_frame(&self) -> &Bytes {
+        &self.silence
     }
 
     /// How long audio waits in the deepest audible speaker's jitter buffer
@@ -240,6 +382,12 @@ impl Mixer {
                 audible: false,
                 ret,
                 frame: [0.0; FRAME],
+                pending: None,
+                recent: Default::default(),
+                held: false,
+                level: 0,
+                since_level: 0,
+                idle: 0,
             },
         );
         Ok(())
@@ -248,6 +396,9 @@ impl Mixer {
     /// Removes a speaker and everything buffered for them.
     pub fn remove_speaker(&mut self, pid: ParticipantId) {
         self.speakers.remove(&pid);
+        if self.lone == Some(pid) {
+            self.lone = None;
+        }
     }
 
     /// Whether `pid` may be heard. Turning it off drops their buffered and
@@ -258,6 +409,12 @@ impl Mixer {
                 s.jitter.reset();
                 s.pcm.clear();
                 s.decoder.reset();
+                s.pending = None;
+                s.recent = Default::default();
+                s.held = false;
+                if self.lone == Some(pid) {
+                    self.lone = None;
+                }
             }
             s.audible = audible;
         }
@@ -280,15 +437,309 @@ impl Mixer {
     }
 
     /// Produces the next program frame, stamped `captured_at_us`.
+    ///
+    /// With at most one voice the frame is that speaker's packet as it
+    /// came, or the shared silence frame (see [`Mode`]); a second voice,
+    /// a lost packet or a packet that cannot pass makes it a mix from
+    /// this tick on. See docs/ARCHITECTURE.md ("Pass-through") for how
+    /// the switch keeps the listener's audio continuous.
     pub fn tick(&mut self, captured_at_us: u64) -> Tick {
-        self.mix = [0.0; FRAME];
         self.levels.clear();
+        let direct = if self.mode == Mode::Mix || !self.cfg.pass_through {
+            None
+        } else {
+            self.direct()
+        };
+        let (opus, program_level, mode) = match direct {
+            Some((opus, level, mode)) => {
+                self.mode = mode;
+                (opus, level, mode)
+            }
+            None => {
+                if self.mode != Mode::Mix {
+                    self.enter_mix();
+                }
+                self.mode = Mode::Mix;
+                // May set the next tick's mode back to pass or silence.
+                let (opus, level) = self.mixed();
+                (opus, level, Mode::Mix)
+            }
+        };
+        match mode {
+            Mode::Silence => self.stats.silent_frames += 1,
+            Mode::Pass => self.stats.passed_frames += 1,
+            Mode::Mix => self.stats.mixed_frames += 1,
+        }
+        let speakers = if self.levels.is_empty() {
+            self.no_levels.clone()
+        } else {
+            Arc::from(&self.levels[..])
+        };
+        let frame = Frame {
+            seq: self.seq,
+            captured_at_us,
+            opus,
+            program_level,
+            speakers,
+        };
+        self.seq += 1;
+        self.stats.frames += 1;
+
+        let mut mix_minus = Vec::new();
+        if mode == Mode::Mix {
+            for (pid, s) in self.speakers.iter_mut() {
+                let Some((enc, limiter)) = s.ret.as_mut() else {
+                    continue;
+                };
+                for ((o, m), own) in self.scratch.iter_mut().zip(&self.mix).zip(&s.frame) {
+                    *o = m - own;
+                }
+                limiter.apply(&mut self.scratch);
+                self.stats.encodes += 1;
+                if let Ok(p) = enc.encode(&self.scratch) {
+                    mix_minus.push((*pid, p));
+                }
+            }
+        } else {
+            // Everyone but the lone voice hears the program itself; the
+            // lone voice hears nobody.
+            for (pid, s) in self.speakers.iter() {
+                if s.ret.is_some() {
+                    let p = if Some(*pid) == self.lone && mode == Mode::Pass {
+                        self.silence.clone()
+                    } else {
+                        frame.opus.clone()
+                    };
+                    mix_minus.push((*pid, p));
+                }
+            }
+        }
+        Tick {
+            frame,
+            mix_minus,
+            mode,
+        }
+    }
+
+    /// A frame without mixing, if this tick allows one: the lone voice's
+    /// packet, or silence. `None`: mix (pulls already made are kept).
+    fn direct(&mut self) -> Option<(Bytes, u8, Mode)> {
+        let lookahead = self.lookahead;
+        if self
+            .lone
+            .is_some_and(|l| !self.speakers.get(&l).is_some_and(|s| s.audible))
+        {
+            self.lone = None;
+        }
+        if self.lone.is_none() {
+            // Whoever sends something first becomes the lone voice.
+            for (pid, s) in self.speakers.iter_mut().filter(|(_, s)| s.audible) {
+                let r = s.pop();
+                let found = matches!(&r, Pop::Packet(p) if !is_dtx(p));
+                s.pending = Some(r);
+                if found {
+                    s.pcm.clear();
+                    s.held = false;
+                    s.idle = 0;
+                    // Its level is measured on its second packet.
+                    s.since_level = LEVEL_EVERY - 2;
+                    self.lone = Some(*pid);
+                    break;
+                }
+            }
+        }
+        // Everyone else is decoded only as far as needed to hear whether
+        // they speak (DTX packets are not decoded at all).
+        let mut voiced = false;
+        for (pid, s) in self.speakers.iter_mut() {
+            if !s.audible || Some(*pid) == self.lone {
+                continue;
+            }
+            Self::fill(s, &mut self.decoded, &mut self.stats, lookahead, true);
+            let l = s.next_level();
+            voiced |= l >= VOICE_LEVEL;
+        }
+        if voiced {
+            self.quiet_ticks = 0;
+            return None;
+        }
+        let out = match self.lone {
+            None => (self.silence.clone(), 0, Mode::Silence),
+            Some(lone) => {
+                let s = self.speakers.get_mut(&lone)?;
+                match s.pop() {
+                    Pop::Packet(p) if passable(&p, self.max_pass_bytes) => {
+                        s.idle = 0;
+                        s.remember(&p);
+                        s.since_level += 1;
+                        if s.since_level >= LEVEL_EVERY {
+                            s.since_level = 0;
+                            s.level =
+                                Self::measure(s, &mut self.decoded, &mut self.stats).unwrap_or(0);
+                        }
+                        // The next packet is pulled now, a tick ahead,
+                        // as a mix pulls it (a mix needs the start of the
+                        // next packet to make up the encoder's delay), so
+                        // the jitter buffer's margin is the same in both
+                        // modes and a switch never finds it a packet short.
+                        s.pending = Some(s.jitter.pop());
+                        let level = if is_dtx(&p) { 0 } else { s.level.max(1) };
+                        if level > 0 {
+                            self.levels.push(SpeakerLevel {
+                                participant: lone,
+                                level,
+                            });
+                        }
+                        (p, level, Mode::Pass)
+                    }
+                    Pop::Empty => {
+                        s.idle += 1;
+                        if s.idle >= LONE_IDLE_TICKS {
+                            self.lone = None;
+                        }
+                        (self.silence.clone(), 0, Mode::Silence)
+                    }
+                    other => {
+                        // Lost, or a packet that cannot pass: mixed, the
+                        // decoder concealing or decoding it.
+                        s.pending = Some(other);
+                        return None;
+                    }
+                }
+            }
+        };
+        // The others were silent: what was decoded of them is dropped.
+        for (pid, s) in self.speakers.iter_mut() {
+            if Some(*pid) != self.lone {
+                let take = s.pcm.len().min(FRAME);
+                s.pcm.drain(..take);
+            }
+        }
+        Some(out)
+    }
+
+    /// The level of a passed-through speaker's newest packet, decoded
+    /// after the one before it (so the decoder is not cold).
+    fn measure(
+        s: &mut Speaker,
+        decoded: &mut [f32; MAX_PACKET_SAMPLES],
+        stats: &mut MixerStats,
+    ) -> Option<u8> {
+        s.decoder.reset();
+        let mut n = 0;
+        for p in s.recent[RECENT - 2..].iter().flatten() {
+            n = s.decoder.decode(p, &mut decoded[..]).ok()?;
+            stats.decodes += 1;
+        }
+        Some(level(&decoded[..n]))
+    }
+
+    /// From pass-through (or silence) to mixing, at a packet boundary: the
+    /// lone voice's decoder is warmed on the packets already passed, the
+    /// program encoder is reset and fed the last two frames of that voice
+    /// (its output thrown away), so the first mixed packet continues what
+    /// the listener's decoder just played, at the same instants.
+    fn enter_mix(&mut self) {
+        self.stats.switches += 1;
+        if let Some(e) = self.encoder.as_mut() {
+            e.reset();
+        } else {
+            // The bitrate was accepted by `new`; should the encoder still
+            // fail, the program carries the silence frame while mixing.
+            self.encoder = Encoder::new(self.cfg.bitrate).ok();
+        }
+        self.limiter = Limiter::new();
+        for s in self.speakers.values_mut() {
+            if let Some((enc, lim)) = s.ret.as_mut() {
+                enc.reset();
+                *lim = Limiter::new();
+            }
+        }
+        let d = self.lookahead;
+        let Some(s) = self.lone.and_then(|l| self.speakers.get_mut(&l)) else {
+            return;
+        };
+        if self.mode != Mode::Pass {
+            return;
+        }
+        if let Some(p) = &s.recent[RECENT - 1]
+            && let Some(e) = self.encoder.as_mut()
+        {
+            e.hold_config(p.first().map(|t| t >> 3));
+        }
+        let hist = &mut self.prime;
+        hist.clear();
+        s.decoder.reset();
+        for p in s.recent.iter().flatten() {
+            let n = match s.decoder.decode(p, &mut self.decoded[..]) {
+                Ok(n) => n,
+                Err(_) => s.decoder.conceal(&mut self.decoded[..]),
+            };
+            self.stats.decodes += 1;
+            hist.extend_from_slice(&self.decoded[..n]);
+        }
+        let cur = match s.pop() {
+            Pop::Packet(p) => {
+                s.remember(&p);
+                s.held = true;
+                self.stats.decodes += 1;
+                match s.decoder.decode(&p, &mut self.decoded[..]) {
+                    Ok(n) => n,
+                    Err(_) => {
+                        s.held = false;
+                        self.stats.decode_errors += 1;
+                        self.stats.concealed += 1;
+                        s.decoder.conceal(&mut self.decoded[..])
+                    }
+                }
+            }
+            Pop::Missing => {
+                s.held = false;
+                self.stats.concealed += 1;
+                s.decoder.conceal(&mut self.decoded[..])
+            }
+            Pop::Empty => {
+                s.held = false;
+                0
+            }
+        };
+        hist.extend_from_slice(&self.decoded[..cur]);
+        // `boundary`: where the current packet starts. The encoder is fed
+        // what lies `d` after each boundary: its delay puts it back.
+        let boundary = hist.len() - cur;
+        for back in [2 * FRAME, FRAME] {
+            let Some(start) = (boundary + d).checked_sub(back) else {
+                continue;
+            };
+            for (i, x) in self.scratch.iter_mut().enumerate() {
+                *x = hist.get(start + i).copied().unwrap_or(0.0);
+            }
+            self.limiter.apply(&mut self.scratch);
+            self.stats.encodes += 1;
+            if let Some(e) = self.encoder.as_mut() {
+                let _ = e.encode(&self.scratch);
+            }
+        }
+        s.pcm.clear();
+        s.pcm.extend(hist.iter().skip(boundary + d));
+        if cur == 0 {
+            s.pcm.clear();
+        }
+    }
+
+    /// One mixed frame: every audible speaker decoded, summed, limited,
+    /// encoded. Afterwards, whether the next tick may pass a lone voice.
+    fn mixed(&mut self) -> (Bytes, u8) {
+        let lookahead = self.lookahead;
+        self.mix = [0.0; FRAME];
+        let mut voices = 0;
+        let mut voice = None;
         for (pid, s) in self.speakers.iter_mut() {
             s.frame = [0.0; FRAME];
             if !s.audible {
                 continue;
             }
-            Self::fill(s, &mut self.decoded, &mut self.stats);
+            Self::fill(s, &mut self.decoded, &mut self.stats, lookahead, false);
             let take = s.pcm.len().min(FRAME);
             for (dst, src) in s.frame.iter_mut().zip(s.pcm.drain(..take)) {
                 *dst = if src.is_finite() { src } else { 0.0 };
@@ -299,11 +750,16 @@ impl Mixer {
                 s.pcm.pop_front();
             }
             let l = level(&s.frame);
+            s.level = l;
             if l > 0 {
                 self.levels.push(SpeakerLevel {
                     participant: *pid,
                     level: l,
                 });
+            }
+            if l >= VOICE_LEVEL {
+                voices += 1;
+                voice = Some(*pid);
             }
             for (m, x) in self.mix.iter_mut().zip(s.frame.iter()) {
                 *m += x;
@@ -314,67 +770,148 @@ impl Mixer {
         if self.limiter.apply(&mut self.program) {
             self.stats.limited_frames += 1;
         }
-        let opus = match self.encoder.encode(&self.program) {
+        self.stats.encodes += 1;
+        let encoded = match self.encoder.as_mut() {
+            Some(e) => e.encode(&self.program),
+            None => Err(MediaError::Opus(-1)),
+        };
+        let opus = match encoded {
             Ok(p) => p,
             // The encoder cannot fail on a valid 20 ms float frame; if it
-            // ever does, a CELT packet of digital silence keeps the stream
-            // going.
-            Err(_) => Bytes::from_static(&[0xf8, 0xff, 0xfe]),
+            // ever does, the silence frame keeps the stream going.
+            Err(_) => self.silence.clone(),
         };
-        let speakers = if self.levels.is_empty() {
-            self.no_levels.clone()
-        } else {
-            Arc::from(&self.levels[..])
-        };
-        let frame = Frame {
-            seq: self.seq,
-            captured_at_us,
-            opus,
-            program_level: level(&self.program),
-            speakers,
-        };
-        self.seq += 1;
-        self.stats.frames += 1;
+        let program_level = level(&self.program);
 
-        let mut mix_minus = Vec::new();
-        for (pid, s) in self.speakers.iter_mut() {
-            let Some((enc, limiter)) = s.ret.as_mut() else {
-                continue;
-            };
-            for ((o, m), own) in self.scratch.iter_mut().zip(&self.mix).zip(&s.frame) {
-                *o = m - own;
-            }
-            limiter.apply(&mut self.scratch);
-            if let Ok(p) = enc.encode(&self.scratch) {
-                mix_minus.push((*pid, p));
+        if voices >= 2 {
+            self.quiet_ticks = 0;
+        } else {
+            self.quiet_ticks = self.quiet_ticks.saturating_add(1);
+        }
+        if voices <= 1
+            && let Some(s) = voice.or(self.lone).and_then(|v| self.speakers.get(&v))
+            && let Some(p) = &s.recent[RECENT - 1]
+        {
+            // One voice: the encoder takes its mode and bandwidth, ready
+            // for the switch to pass-through.
+            if let Some(e) = self.encoder.as_mut() {
+                e.hold_config(p.first().map(|t| t >> 3));
             }
         }
-        Tick { frame, mix_minus }
+        if self.quiet_ticks >= HANGOVER_TICKS && self.cfg.pass_through {
+            self.leave_mix(voice, opus.first().map(|t| t >> 3));
+        }
+        (opus, program_level)
+    }
+
+    /// After a mixed tick with at most one voice for a while: the next
+    /// tick passes that voice through, starting with the packet whose
+    /// remaining samples would have been mixed next (so nothing is skipped
+    /// or repeated). Stays mixed when that packet cannot pass.
+    fn leave_mix(&mut self, voice: Option<ParticipantId>, program_config: Option<u8>) {
+        let (d, max) = (self.lookahead, self.max_pass_bytes);
+        // Its last packets all pass, and the program's last packet was
+        // made in the same mode and bandwidth as the one to pass next.
+        let ready = |s: &Speaker| {
+            s.audible
+                && s.held
+                && s.pcm.len() + d == FRAME
+                && s.recent
+                    .iter()
+                    .all(|p| p.as_ref().is_none_or(|p| passable(p, max)))
+                && s.recent[RECENT - 1]
+                    .as_ref()
+                    .is_some_and(|p| p.first().map(|t| t >> 3) == program_config)
+        };
+        let lone = match voice {
+            Some(v) => Some(v),
+            None => self
+                .lone
+                .filter(|l| self.speakers.get(l).is_some_and(ready))
+                .or_else(|| {
+                    self.speakers
+                        .iter()
+                        .find(|(_, s)| ready(s))
+                        .map(|(p, _)| *p)
+                }),
+        };
+        if let Some(lone) = lone
+            && let Some(s) = self.speakers.get_mut(&lone)
+            && ready(s)
+            && let Some(p) = s.recent[RECENT - 1].take()
+        {
+            s.pending = Some(Pop::Packet(p));
+            // The packet is remembered again when it is passed.
+            s.recent.rotate_right(1);
+            s.pcm.clear();
+            s.held = false;
+            s.idle = 0;
+            s.since_level = 0;
+            self.lone = Some(lone);
+            self.mode = Mode::Pass;
+            return;
+        }
+        // Nobody speaks and nothing is buffered: silence.
+        if voice.is_none()
+            && self
+                .speakers
+                .values()
+                .all(|s| !s.audible || (s.pcm.is_empty() && s.jitter.queued() == 0))
+        {
+            self.lone = None;
+            self.mode = Mode::Silence;
+        }
     }
 
     /// Decodes packets from the speaker's jitter buffer until a frame's
-    /// worth of audio is ready (or the buffer has nothing to give).
-    fn fill(s: &mut Speaker, decoded: &mut [f32; MAX_PACKET_SAMPLES], stats: &mut MixerStats) {
+    /// worth of audio is ready (or the buffer has nothing to give). Audio
+    /// that starts from an empty queue skips the program encoder's delay
+    /// (`lookahead` samples), which keeps a mixed speaker's samples
+    /// aligned with their packets. `cheap`: DTX packets are taken as
+    /// silence without decoding (a speaker only listened to for voice).
+    fn fill(
+        s: &mut Speaker,
+        decoded: &mut [f32; MAX_PACKET_SAMPLES],
+        stats: &mut MixerStats,
+        lookahead: usize,
+        cheap: bool,
+    ) {
         while s.pcm.len() < FRAME {
-            let n = match s.jitter.pop() {
-                Pop::Packet(p) => match s.decoder.decode(&p, &mut decoded[..]) {
-                    Ok(n) => n,
-                    Err(_) => {
-                        stats.decode_errors += 1;
-                        stats.concealed += 1;
-                        s.decoder.conceal(&mut decoded[..])
+            let (n, held) = match s.pop() {
+                Pop::Packet(p) if cheap && is_dtx(&p) => {
+                    let n = packet_samples(&p).unwrap_or(FRAME as u32) as usize;
+                    decoded[..n].fill(0.0);
+                    (n, false)
+                }
+                Pop::Packet(p) => {
+                    stats.decodes += 1;
+                    s.remember(&p);
+                    match s.decoder.decode(&p, &mut decoded[..]) {
+                        Ok(n) => (n, true),
+                        Err(_) => {
+                            stats.decode_errors += 1;
+                            stats.concealed += 1;
+                            (s.decoder.conceal(&mut decoded[..]), false)
+                        }
                     }
-                },
+                }
                 Pop::Missing => {
                     stats.concealed += 1;
-                    s.decoder.conceal(&mut decoded[..])
+                    (s.decoder.conceal(&mut decoded[..]), false)
                 }
                 Pop::Empty => break,
             };
             if n == 0 {
                 break;
             }
-            s.pcm.extend(&decoded[..n]);
+            // Only 20 ms packets can ever pass; others keep their timing.
+            let skip = if s.pcm.is_empty() && n == FRAME {
+                lookahead
+            } else {
+                0
+            };
+            s.pcm.extend(&decoded[skip..n]);
+            s.held = held;
         }
     }
 }

@@ -15,6 +15,11 @@ const MAX_PACKET_BYTES: usize = 1275;
 /// An Opus encoder for the program (or a speaker's mix-minus).
 pub struct Encoder {
     st: *mut unsafe_ffi::OpusEncoder,
+    lookahead: usize,
+    encodes: u64,
+    /// The TOC configuration the encoder is held to (see
+    /// [`Encoder::hold_config`]).
+    held: Option<u8>,
     out: [u8; MAX_PACKET_BYTES],
 }
 
@@ -45,8 +50,11 @@ impl Encoder {
         if st.is_null() || err != unsafe_ffi::OPUS_OK {
             return Err(MediaError::Opus(err));
         }
-        let enc = Encoder {
+        let mut enc = Encoder {
             st,
+            lookahead: 0,
+            encodes: 0,
+            held: None,
             out: [0; MAX_PACKET_BYTES],
         };
         // SAFETY: `st` is a live encoder; the request takes one i32.
@@ -56,7 +64,77 @@ impl Encoder {
         if rc != unsafe_ffi::OPUS_OK {
             return Err(MediaError::Opus(rc));
         }
+        let mut lookahead = 0i32;
+        // SAFETY: `st` is a live encoder; the request takes one `&mut i32`.
+        let rc = unsafe {
+            unsafe_ffi::opus_encoder_ctl!(
+                st,
+                unsafe_ffi::OPUS_GET_LOOKAHEAD_REQUEST,
+                &mut lookahead
+            )
+        };
+        if rc != unsafe_ffi::OPUS_OK {
+            return Err(MediaError::Opus(rc));
+        }
+        enc.lookahead = usize::try_from(lookahead).unwrap_or(0).min(FRAME);
         Ok(enc)
+    }
+
+    /// Samples the codec delays its input by (312 at 48 kHz: 2.5 ms of
+    /// CELT overlap and 4 ms of lookahead): a packet decodes to the input
+    /// this many samples before the end of the frame that made it.
+    pub fn lookahead(&self) -> usize {
+        self.lookahead
+    }
+
+    /// Packets encoded so far (tests count them: silence and pass-through
+    /// encode nothing).
+    pub fn encodes(&self) -> u64 {
+        self.encodes
+    }
+
+    /// Holds the encoder to the mode (SILK, hybrid, CELT) and bandwidth of
+    /// a TOC configuration (`toc >> 3`), so that its packets and a
+    /// speaker's can follow each other in one stream without the decoder
+    /// crossing modes; `None` lets it choose again. A no-op when already
+    /// so (no control call per frame).
+    pub fn hold_config(&mut self, config: Option<u8>) {
+        if self.held == config {
+            return;
+        }
+        self.held = config;
+        const AUTO: i32 = -1000;
+        let (mode, bandwidth) = match config {
+            None => (AUTO, AUTO),
+            Some(c @ 0..=11) => (1000, 1101 + i32::from(c / 4)),
+            Some(c @ 12..=15) => (1001, 1104 + i32::from((c - 12) / 2)),
+            Some(c) => (
+                1002,
+                [1101, 1103, 1104, 1105][usize::from((c.min(31) - 16) / 4)],
+            ),
+        };
+        // SAFETY: `st` is a live encoder; both requests take one i32.
+        unsafe {
+            unsafe_ffi::opus_encoder_ctl!(self.st, 11002, mode);
+            unsafe_ffi::opus_encoder_ctl!(
+                self.st,
+                unsafe_ffi::OPUS_SET_BANDWIDTH_REQUEST,
+                bandwidth
+            );
+        }
+    }
+
+    /// Forgets everything encoded so far, as a new encoder would.
+    pub fn reset(&mut self) {
+        // SAFETY: `st` is a live encoder; OPUS_RESET_STATE takes no
+        // argument.
+        unsafe {
+            unsafe_ffi::opus_encoder_ctl_impl(
+                self.st,
+                unsafe_ffi::OPUS_RESET_STATE,
+                unsafe_ffi::varargs!(),
+            );
+        }
     }
 
     /// Encodes one 20 ms frame into one packet (one `Bytes`, the only
@@ -67,7 +145,7 @@ impl Encoder {
 
     /// Encodes `pcm` of any duration Opus allows (2.5 to 60 ms); tests use
     /// it to make the 10, 40 and 60 ms packets some speakers send.
-    pub(crate) fn encode_samples(&mut self, pcm: &[f32]) -> Result<Bytes, MediaError> {
+    pub fn encode_samples(&mut self, pcm: &[f32]) -> Result<Bytes, MediaError> {
         if ![120, 240, 480, 960, 1920, 2880].contains(&pcm.len()) {
             return Err(MediaError::Opus(unsafe_ffi::OPUS_BAD_ARG));
         }
@@ -85,6 +163,7 @@ impl Encoder {
         if n < 0 {
             return Err(MediaError::Opus(n));
         }
+        self.encodes += 1;
         Ok(Bytes::copy_from_slice(&self.out[..n as usize]))
     }
 }
@@ -209,6 +288,27 @@ impl Drop for Decoder {
     }
 }
 
+/// Whether `packet` can stand, as it is, for one frame of a mono 20 ms
+/// program: one 20 ms frame (TOC code 0), mono, at most `max_bytes`
+/// long. Any Opus mode (SILK, hybrid, CELT) and bandwidth will do: every
+/// decoder follows them. 10, 40 and 60 ms packets, stereo packets and
+/// packets far above the program's bitrate are mixed instead.
+pub fn passable(packet: &[u8], max_bytes: usize) -> bool {
+    let Some(&toc) = packet.first() else {
+        return false;
+    };
+    packet.len() <= max_bytes
+        && toc & 0x4 == 0
+        && toc & 0x3 == 0
+        && packet_samples(packet) == Some(FRAME as u32)
+}
+
+/// Whether `packet` carries no sound worth decoding to find out: a DTX
+/// packet (the TOC byte alone, or with one byte more).
+pub fn is_dtx(packet: &[u8]) -> bool {
+    packet.len() <= 2
+}
+
 /// Samples (at 48 kHz) in an Opus packet, from its TOC byte and frame count
 /// code (RFC 6716 §3.1). `None` for an empty or malformed packet.
 pub fn packet_samples(packet: &[u8]) -> Option<u32> {
@@ -314,6 +414,27 @@ mod tests {
         // config 31 (CELT FB 20 ms), code 3 with no frame count byte.
         assert_eq!(packet_samples(&[(31 << 3) | 3]), None);
         assert_eq!(packet_samples(&[(31 << 3) | 3, 0]), None);
+    }
+
+    #[test]
+    fn only_mono_single_20ms_packets_within_the_size_pass() {
+        let mut enc = Encoder::new(32_000).unwrap();
+        let p = enc.encode(&sine(440.0, 0.5, 0)).unwrap();
+        assert!(passable(&p, 240));
+        assert!(!passable(&p, p.len() - 1), "too large");
+        let mut stereo = p.to_vec();
+        stereo[0] |= 0x4;
+        assert!(!passable(&stereo, 240), "stereo");
+        let tone: Vec<f32> = (0..2880).map(|i| (i as f32 * 0.05).sin() * 0.5).collect();
+        for samples in [480usize, 1920, 2880] {
+            let p = enc.encode_samples(&tone[..samples]).unwrap();
+            assert!(!passable(&p, 1275), "{samples} samples");
+        }
+        // Two 10 ms frames in one packet (code 1) make 20 ms but not one
+        // frame: mixed.
+        assert!(!passable(&[(18 << 3) | 1, 0, 0], 240));
+        assert!(!passable(&[], 240));
+        assert!(is_dtx(&[0xf8]) && !is_dtx(&p));
     }
 
     #[test]

@@ -311,13 +311,13 @@ fn x509_time(tag: u8, s: &[u8]) -> Option<SystemTime> {
     Some(time::PrimitiveDateTime::new(date, t).assume_utc().into())
 }
 
-/// A chain and key as rustls signs with them (ring).
+/// A chain and key as rustls signs with them (amphi's one provider).
 fn certified(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
 ) -> anyhow::Result<CertifiedKey> {
-    let provider = rustls::crypto::ring::default_provider();
-    CertifiedKey::from_der(chain, key, &provider).map_err(|e| anyhow!("certificate key: {e}"))
+    CertifiedKey::from_der(chain, key, &amphi_tls::provider())
+        .map_err(|e| anyhow!("certificate key: {e}"))
 }
 
 /// The self-signed certificate TLS-ALPN-01 validation expects for
@@ -331,14 +331,14 @@ fn alpn_challenge_cert(domain: &str, digest: &[u8]) -> anyhow::Result<CertifiedK
     let key_der = PrivatePkcs8KeyDer::from(key.serialize_der());
     // Not `certified`: its key check parses the certificate with webpki,
     // which refuses the critical acmeIdentifier extension.
-    let signer = rustls::crypto::ring::default_provider()
+    let signer = amphi_tls::provider()
         .key_provider
         .load_private_key(key_der.into())
         .map_err(|e| anyhow!("challenge key: {e}"))?;
     Ok(CertifiedKey::new(vec![cert.der().clone()], signer))
 }
 
-/// instant-acme's HTTP: hyper over rustls with ring, trusting the system's
+/// instant-acme's HTTP: hyper over rustls (amphi's one provider), trusting the system's
 /// roots or `--acme-ca-root`.
 struct Http(
     hyper_util::client::legacy::Client<
@@ -368,8 +368,7 @@ impl Http {
                 }
             }
         }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let tls = rustls::ClientConfig::builder_with_provider(provider)
+        let tls = rustls::ClientConfig::builder_with_provider(amphi_tls::provider())
             .with_safe_default_protocol_versions()?
             .with_root_certificates(roots)
             .with_no_client_auth();

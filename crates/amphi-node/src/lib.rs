@@ -22,6 +22,7 @@ mod openapi;
 mod record;
 mod redirect;
 mod replay;
+mod scrape;
 mod timefmt;
 mod turn;
 mod web;

@@ -35,7 +35,7 @@ use amphi_program::{
 };
 use amphi_rtc::{RtcConfig, RtcEngine, RtcError, RtcEvent, RtcHandle, SessionId, SessionRequest};
 
-use crate::metrics::counter;
+use crate::metrics::{Scrape, counter};
 use crate::record::{Recorder, last_recorded};
 
 /// Called once a space's recording is cut into its replay.
@@ -53,6 +53,8 @@ pub struct MediaConfig {
     pub rtc_bind: SocketAddr,
     pub advertise_ip: Option<IpAddr>,
     pub bitrate: i32,
+    /// Lone voices passed through, silence free (see `Config`).
+    pub pass_through: bool,
     pub ogg_frames_per_page: usize,
     pub ws_frames_per_message: usize,
     pub egress: Arc<Egress>,
@@ -229,6 +231,12 @@ struct MediaStats {
     remote_dropped: AtomicU64,
     /// Remote frames not queued to the media thread (its queue was full).
     remote_queue_full: AtomicU64,
+    /// Frames made by each mode: mixed, passed through, silence.
+    mixed_frames: AtomicU64,
+    passed_frames: AtomicU64,
+    silent_frames: AtomicU64,
+    /// Switches into mixing.
+    switches: AtomicU64,
 }
 
 /// Handle to the media plane.
@@ -260,6 +268,7 @@ impl MediaPlane {
             ice_tcp: cfg.ice_tcp_port.map_or(amphi_rtc::IceTcp::Off, |port| {
                 amphi_rtc::IceTcp::Adopted { port }
             }),
+            speaker_max_bitrate: u32::try_from(cfg.bitrate).unwrap_or(32_000),
             ..RtcConfig::default()
         })?;
         let rtc = engine.handle();
@@ -273,6 +282,7 @@ impl MediaPlane {
             ProgramConfig {
                 mixer: MixerConfig {
                     bitrate: cfg.bitrate,
+                    pass_through: cfg.pass_through,
                     ..MixerConfig::default()
                 },
                 cut: cfg.cut(),
@@ -465,8 +475,9 @@ impl MediaPlane {
         }
         self.recorder.shutdown();
     }
-    /// Media counters in the Prometheus text format.
-    pub fn render_metrics(&self, out: &mut String) {
+    /// Media counters, read at scrape time (the per-speaker ones are
+    /// [`MediaPlane::speaker_stats`]: their labels name spaces).
+    pub fn collect(&self, out: &mut Scrape<'_>) {
         let s = &self.stats;
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
         counter(
@@ -474,6 +485,23 @@ impl MediaPlane {
             "amphi_program_frames_total",
             "Program frames produced (all spaces).",
             l(&s.frames),
+        );
+        let modes = [
+            ("mode=\"mix\"".to_owned(), l(&s.mixed_frames) as f64),
+            ("mode=\"pass\"".to_owned(), l(&s.passed_frames) as f64),
+            ("mode=\"silence\"".to_owned(), l(&s.silent_frames) as f64),
+        ];
+        crate::metrics::counter_family(
+            out,
+            "amphi_program_ticks_total",
+            "Program frames by how they were made: mix (decoded, mixed, encoded), pass (a lone voice's packet as it came), silence (the shared silence frame).",
+            &modes,
+        );
+        counter(
+            out,
+            "amphi_program_mix_switches_total",
+            "Times a space's program went from pass-through or silence to mixing.",
+            l(&s.switches),
         );
         counter(
             out,
@@ -517,35 +545,20 @@ impl MediaPlane {
             "Frames of spaces mixed on other nodes dropped (stale, for no relayed space, or the media thread's queue was full).",
             l(&s.remote_dropped) + l(&s.remote_queue_full),
         );
-        self.rtc.stats().render_prometheus(out);
-        let rows = self.speaker_stats.lock().clone();
-        for (name, help, pick) in [
-            (
-                "amphi_speaker_packets_total",
-                "Packets received per speaker (at the mixer).",
-                0,
-            ),
-            (
-                "amphi_speaker_lost_total",
-                "Packets missing per speaker (concealed).",
-                1,
-            ),
-            (
-                "amphi_speaker_late_total",
-                "Packets arriving too late to play (jitter beyond the buffer).",
-                2,
-            ),
-        ] {
-            let family: Vec<(String, f64)> = rows
-                .iter()
-                .map(|(sp, p, st)| {
-                    let v = [st.received, st.missing, st.late][pick];
-                    (format!("space=\"{sp}\",participant=\"{p}\""), v as f64)
-                })
-                .collect();
-            crate::metrics::counter_family(out, name, help, &family);
+        for (name, kind, help, v) in self.rtc.stats().rows() {
+            if kind == "gauge" {
+                out.gauge(name, help, v);
+            } else {
+                out.counter(name, help, v);
+            }
         }
-        self.recorder.render_metrics(out);
+        self.recorder.collect(out);
+    }
+
+    /// Each speaker's jitter-buffer counters (packets received, missing,
+    /// late), as of the mixer's last report.
+    pub fn speaker_stats(&self) -> Vec<(SpaceId, ParticipantId, amphi_media::jitter::JitterStats)> {
+        self.speaker_stats.lock().clone()
     }
 
     /// Opens a WHIP session from an offer (the RTC thread answers).
@@ -663,6 +676,10 @@ impl MixThread {
             .store(p.sessions_replaced, Ordering::Relaxed);
         s.remote_frames.store(p.remote_frames, Ordering::Relaxed);
         s.remote_dropped.store(p.remote_dropped, Ordering::Relaxed);
+        s.mixed_frames.store(p.mixed_frames, Ordering::Relaxed);
+        s.passed_frames.store(p.passed_frames, Ordering::Relaxed);
+        s.silent_frames.store(p.silent_frames, Ordering::Relaxed);
+        s.switches.store(p.switches, Ordering::Relaxed);
         if p.ticks >= self.stats_at + 50 {
             self.stats_at = p.ticks;
             *self.speaker_stats.lock() = self.program.speaker_stats();

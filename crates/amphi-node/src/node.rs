@@ -4,20 +4,17 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use clap::Args;
 use parking_lot::{Mutex, RwLock};
 
-use amphi_core::room::SpaceState;
 use amphi_core::token::TokenKey;
 use amphi_egress::{Egress, EgressConfig};
 use amphi_store::Store;
@@ -28,7 +25,7 @@ use crate::cluster::nats::Nats;
 use crate::cluster::{Lone, Membership};
 use crate::error::ApiError;
 use crate::media::{MediaConfig, MediaPlane};
-use crate::metrics::{Metrics, counter, gauge, gauge_family};
+use crate::metrics::Metrics;
 
 /// A node's settings: the options of `amphi serve`. Every flag has an
 /// `AMPHI_*` environment twin.
@@ -62,6 +59,11 @@ pub struct Config {
     /// Program bitrate in bit/s (16000..=128000).
     #[arg(long, env = "AMPHI_BITRATE", default_value_t = 32_000)]
     pub bitrate: i32,
+    /// While one speaker is heard, their Opus packets are the program as
+    /// they came (no decode, no encode); nobody heard costs a shared
+    /// silence frame. `false`: every frame is mixed and encoded.
+    #[arg(long, env = "AMPHI_PASS_THROUGH", default_value_t = true, action = clap::ArgAction::Set)]
+    pub pass_through: bool,
     /// Duration of one Ogg page on `live.opus`, in ms (multiple of 20).
     /// Longer pages mean fewer writes per listener and more latency.
     #[arg(long, env = "AMPHI_OGG_PAGE_MS", default_value_t = 100)]
@@ -195,6 +197,15 @@ pub struct Config {
     /// Seconds a TURN credential stays valid.
     #[arg(long, env = "AMPHI_TURN_TTL", default_value_t = 12 * 3600)]
     pub turn_ttl: u64,
+    /// Require `Authorization: Bearer <this>` on /metrics (401 otherwise).
+    /// Default: /metrics is open.
+    #[arg(long, env = "AMPHI_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
+    /// Serve /metrics (plain HTTP) on this address instead of the --http
+    /// one, e.g. 127.0.0.1:9100 or a private interface; the --http
+    /// listener then has no /metrics.
+    #[arg(long, env = "AMPHI_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 impl Config {
@@ -217,6 +228,8 @@ pub struct Node {
     listener: tokio::net::TcpListener,
     tls: Option<Tls>,
     redirect: Option<tokio::net::TcpListener>,
+    /// With `--metrics-addr`: its listener and the /metrics route.
+    metrics: Option<(tokio::net::TcpListener, Router)>,
 }
 
 /// HTTPS: the certificate and the front door's TLS.
@@ -233,6 +246,9 @@ impl Node {
     /// and the fan-out, restores the spaces and binds the HTTP address.
     pub fn load(config: Config) -> anyhow::Result<Node> {
         raise_nofile_limit();
+        // One crypto provider (aws-lc-rs) for every rustls user, including
+        // those that take the process default (NATS, S3).
+        amphi_tls::install_provider();
         let rt = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .thread_name("amphi-http")
@@ -288,7 +304,7 @@ impl Node {
             ),
             None => None,
         };
-        let (app, router, listener) = rt.block_on(load(config))?;
+        let (app, router, listener, metrics) = rt.block_on(load(config))?;
         if let Some((acme, None)) = tls.as_ref().and_then(|t| t.acme.as_ref()) {
             *app.cert_pending.write() = Some(format!(
                 "no TLS certificate yet: the ACME order for {} is pending",
@@ -302,6 +318,7 @@ impl Node {
             listener,
             tls,
             redirect,
+            metrics,
         })
     }
 
@@ -320,8 +337,16 @@ impl Node {
             listener,
             tls,
             redirect,
+            metrics,
         } = self;
         rt.block_on(async move {
+            if let Some((l, r)) = metrics {
+                tokio::spawn(async move {
+                    if let Err(e) = axum::serve(l, r).await {
+                        tracing::warn!(error = %e, "the --metrics-addr listener stopped");
+                    }
+                });
+            }
             if let Some(r) = redirect {
                 let port = listener.local_addr().map_or(443, |a| a.port());
                 tokio::spawn(crate::redirect::serve(r, app.clone(), port));
@@ -378,7 +403,12 @@ fn raise_nofile_limit() {
     }
 }
 
-async fn load(args: Config) -> anyhow::Result<(Arc<App>, Router, tokio::net::TcpListener)> {
+/// The metrics listener of `--metrics-addr`, with its router.
+type MetricsListener = Option<(tokio::net::TcpListener, Router)>;
+
+async fn load(
+    args: Config,
+) -> anyhow::Result<(Arc<App>, Router, tokio::net::TcpListener, MetricsListener)> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let store = Store::open(&args.data_dir).context("opening the database")?;
@@ -479,6 +509,7 @@ async fn load(args: Config) -> anyhow::Result<(Arc<App>, Router, tokio::net::Tcp
         rtc_bind: rtc_addr,
         advertise_ip: args.advertise_ip,
         bitrate: args.bitrate,
+        pass_through: args.pass_through,
         ogg_frames_per_page: (args.ogg_page_ms / 20).clamp(1, 50) as usize,
         ws_frames_per_message: (args.ws_batch_ms / 20).clamp(1, 50) as usize,
         egress: egress.clone(),
@@ -519,7 +550,18 @@ async fn load(args: Config) -> anyhow::Result<(Arc<App>, Router, tokio::net::Tcp
     });
     app.load().context("loading spaces")?;
 
-    let router = router(app.clone());
+    let endpoint = crate::scrape::MetricsEndpoint::new(&app, args.metrics_token.clone());
+    let (router, metrics) = match args.metrics_addr {
+        None => (router(app.clone(), Some(endpoint)), None),
+        Some(addr) => {
+            let l = bind_http(addr).context("binding --metrics-addr")?;
+            eprintln!("amphi: /metrics on http://{}", l.local_addr()?);
+            (
+                router(app.clone(), None),
+                Some((l, crate::scrape::router(endpoint))),
+            )
+        }
+    };
     members.start(app.clone(), router.clone());
     let listener = bind_http(args.http)?;
     eprintln!(
@@ -530,7 +572,7 @@ async fn load(args: Config) -> anyhow::Result<(Arc<App>, Router, tokio::net::Tcp
         args.data_dir.display()
     );
 
-    Ok((app, router, listener))
+    Ok((app, router, listener, metrics))
 }
 
 fn turn_config(args: &Config) -> anyhow::Result<Option<crate::turn::Turn>> {
@@ -579,9 +621,14 @@ async fn shutdown_signal() {
     }
 }
 
-fn router(app: Arc<App>) -> Router {
-    Router::new()
-        .merge(crate::api::router())
+/// The node's routes; `/metrics` among them unless it has its own
+/// listener (`metrics` is `None` then).
+fn router(app: Arc<App>, metrics: Option<Arc<crate::scrape::MetricsEndpoint>>) -> Router {
+    let mut r = Router::new();
+    if let Some(m) = metrics {
+        r = r.merge(crate::scrape::router(m));
+    }
+    r.merge(crate::api::router())
         .merge(crate::events::router())
         .merge(crate::whip::router())
         .merge(crate::replay::router())
@@ -589,7 +636,6 @@ fn router(app: Arc<App>) -> Router {
         .merge(crate::listen::router())
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -612,14 +658,15 @@ fn router(app: Arc<App>) -> Router {
 }
 
 async fn observe(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    // A clone of the matched path is a reference count, not a copy.
+    let route = req.extensions().get::<MatchedPath>().cloned();
     let started = Instant::now();
     let res = next.run(req).await;
-    app.metrics
-        .observe_request(&route, res.status().as_u16(), started.elapsed());
+    app.metrics.observe_request(
+        route.as_ref().map_or("unmatched", |p| p.as_str()),
+        res.status().as_u16(),
+        started.elapsed(),
+    );
     res
 }
 
@@ -628,123 +675,4 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
         Ok(()) => "ready\n".into_response(),
         Err(e) => e.into_response(),
     }
-}
-
-async fn metrics(State(app): State<Arc<App>>) -> Response {
-    let mut out = String::with_capacity(16 * 1024);
-    app.metrics.render_into(&mut out);
-    let cells: Vec<_> = app.spaces.read().values().cloned().collect();
-    let mut by_state = [0u64; 3];
-    let mut roles = [0u64; 3];
-    let mut listeners = Vec::new();
-    for c in &cells {
-        let inner = c.inner.lock();
-        let s = &inner.space;
-        by_state[s.state as usize] += 1;
-        if s.state == SpaceState::Live {
-            for m in s.stage() {
-                roles[m.role as usize] += 1;
-            }
-        }
-        drop(inner);
-        if let Some(live) = c.live.read().as_ref() {
-            listeners.push((
-                format!("space=\"{}\",output=\"ogg\"", c.id),
-                live.ogg.listeners() as f64,
-            ));
-            listeners.push((
-                format!("space=\"{}\",output=\"ws\"", c.id),
-                live.ws.listeners() as f64,
-            ));
-        }
-    }
-    gauge_family(
-        &mut out,
-        "amphi_spaces",
-        "Spaces by state.",
-        &[
-            ("state=\"scheduled\"".into(), by_state[0] as f64),
-            ("state=\"live\"".into(), by_state[1] as f64),
-            ("state=\"ended\"".into(), by_state[2] as f64),
-        ],
-    );
-    let total_listeners: f64 = listeners.iter().map(|(_, v)| v).sum();
-    gauge_family(
-        &mut out,
-        "amphi_participants",
-        "Participants in live spaces by role (listeners: stream connections on this node).",
-        &[
-            ("role=\"host\"".into(), roles[0] as f64),
-            ("role=\"cohost\"".into(), roles[1] as f64),
-            ("role=\"speaker\"".into(), roles[2] as f64),
-            ("role=\"listener\"".into(), total_listeners),
-        ],
-    );
-    gauge_family(
-        &mut out,
-        "amphi_listeners",
-        "Listener streams by space and output.",
-        &listeners,
-    );
-    let e = app.egress.stats();
-    let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
-    gauge(
-        &mut out,
-        "amphi_fanout_listeners",
-        "Listeners held by the fan-out workers.",
-        l(&e.listeners) as f64,
-    );
-    for (name, help, value) in [
-        (
-            "amphi_fanout_units_total",
-            "Units (pages, messages) published.",
-            &e.units_published,
-        ),
-        (
-            "amphi_fanout_bytes_total",
-            "Bytes written to listeners.",
-            &e.bytes_written,
-        ),
-        (
-            "amphi_fanout_writes_total",
-            "Socket writes to listeners.",
-            &e.writes,
-        ),
-        (
-            "amphi_fanout_skipped_units_total",
-            "Units slow listeners skipped.",
-            &e.units_skipped,
-        ),
-        (
-            "amphi_fanout_closed_slow_total",
-            "Listeners closed for stalling.",
-            &e.closed_slow,
-        ),
-        (
-            "amphi_fanout_closed_total",
-            "Listeners that went away.",
-            &e.closed_gone,
-        ),
-        (
-            "amphi_fanout_pongs_total",
-            "Pongs sent to live.ws listeners.",
-            &e.pongs,
-        ),
-        (
-            "amphi_fanout_closed_ws_total",
-            "live.ws listeners closed by a close handshake (theirs echoed, or ours for a protocol violation).",
-            &e.closed_ws,
-        ),
-    ] {
-        counter(&mut out, name, help, l(value));
-    }
-    app.media.render_metrics(&mut out);
-    app.members.render_metrics(&mut out);
-    gauge(
-        &mut out,
-        "amphi_uptime_seconds",
-        "Seconds since start.",
-        app.started.elapsed().as_secs_f64(),
-    );
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }

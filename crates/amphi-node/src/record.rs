@@ -24,7 +24,7 @@ use amphi_storage::Storage;
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::metrics::counter;
+use crate::metrics::{Scrape, counter};
 
 /// Counters of the recorder.
 #[derive(Debug, Default)]
@@ -174,8 +174,8 @@ impl Recorder {
         Ok(())
     }
 
-    /// Recorder counters in the Prometheus text format.
-    pub fn render_metrics(&self, out: &mut String) {
+    /// Recorder counters, read at scrape time.
+    pub fn collect(&self, out: &mut Scrape<'_>) {
         let s = &self.stats;
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
         counter(

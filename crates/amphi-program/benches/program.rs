@@ -30,9 +30,16 @@ fn drain(p: &mut Program) -> usize {
 }
 
 fn program_tick(c: &mut Criterion) {
-    for speakers in [1usize, 4] {
+    for (name, speakers, pass_through) in [
+        ("1 speaker, always mixed", 1usize, false),
+        ("4 speakers", 4, true),
+        ("1 speaker, passed through", 1, true),
+        ("nobody heard", 0, true),
+    ] {
         let t0 = Instant::now();
-        let mut p = Program::new(ProgramConfig::default(), t0);
+        let mut cfg = ProgramConfig::default();
+        cfg.mixer.pass_through = pass_through;
+        let mut p = Program::new(cfg, t0);
         p.start_space(StartSpace {
             space: SPACE,
             first_seq: 0,
@@ -52,27 +59,25 @@ fn program_tick(c: &mut Criterion) {
             })
             .collect();
         let mut k = 0usize;
-        c.bench_function(
-            &format!("program tick, 1 space, {speakers} speaker(s)"),
-            |b| {
-                b.iter(|| {
-                    k += 1;
-                    let now = t0 + Duration::from_millis(20) * k as u32;
-                    for (s, ps) in packets.iter().enumerate() {
-                        p.handle_packet(Packet {
-                            space: SPACE,
-                            participant: ParticipantId(s as u64),
-                            rtp_seq: k as u16,
-                            rtp_ts: (k * 960) as u32,
-                            payload: ps[k % 200].clone(),
-                            received: now,
-                        });
-                    }
-                    p.handle_timeout(now, k as u64 * 20_000);
-                    black_box(drain(&mut p));
-                })
-            },
-        );
+        c.bench_function(&format!("program tick, 1 space, {name}"), |b| {
+            b.iter(|| {
+                k += 1;
+                let now = t0 + Duration::from_millis(20) * k as u32;
+                for (s, ps) in packets.iter().enumerate() {
+                    p.handle_packet(Packet {
+                        space: SPACE,
+                        participant: ParticipantId(s as u64),
+                        rtp_seq: k as u16,
+                        rtp_ts: (k * 960) as u32,
+                        payload: ps[k % 200].clone(),
+                        received: now,
+                    });
+                }
+                p.handle_timeout(now, k as u64 * 20_000);
+                black_box(drain(&mut p));
+            })
+        });
+        eprintln!("{name}: {:?}", p.stats());
     }
 }
 

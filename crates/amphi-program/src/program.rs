@@ -4,7 +4,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use amphi_core::{Frame, ParticipantId, SpaceId};
-use amphi_media::{JitterStats, Mixer, MixerConfig};
+use amphi_media::{JitterStats, Mixer, MixerConfig, Mode};
 use bytes::Bytes;
 
 use crate::ProgramError;
@@ -95,9 +95,18 @@ pub struct ProgramStats {
     /// Frames from other nodes dropped: not newer than the last one, or
     /// for a space not relayed here.
     pub remote_dropped: u64,
-    /// Mixed frames with exactly one audible speaker (what a pass-through
-    /// would save).
-    pub lone_voice_frames: u64,
+    /// Frames decoded, mixed and encoded (mode `mix`).
+    pub mixed_frames: u64,
+    /// Frames that were one speaker's packet as it came (mode `pass`).
+    pub passed_frames: u64,
+    /// Frames of the shared silence (mode `silence`).
+    pub silent_frames: u64,
+    /// Switches into mixing, from pass-through or silence.
+    pub switches: u64,
+    /// Opus packets decoded by the mixers.
+    pub decodes: u64,
+    /// Opus packets encoded by the mixers (programs and mix-minus).
+    pub encodes: u64,
 }
 
 /// The program of every space a node serves. See the crate docs.
@@ -413,12 +422,19 @@ impl Program {
             let Source::Mixed(mix) = &mut sp.source else {
                 continue;
             };
-            if mix.lone_voice().is_some() {
-                stats.lone_voice_frames += 1;
-            }
             let depth = mix.mixer.buffered_us().unwrap_or(IDLE_JITTER_DEPTH_US);
+            let before = mix.mixer.stats();
             let tick = mix.mixer.tick(wall_us.saturating_sub(depth));
+            let after = mix.mixer.stats();
             stats.frames += 1;
+            match tick.mode {
+                Mode::Mix => stats.mixed_frames += 1,
+                Mode::Pass => stats.passed_frames += 1,
+                Mode::Silence => stats.silent_frames += 1,
+            }
+            stats.switches += after.switches - before.switches;
+            stats.decodes += after.decodes - before.decodes;
+            stats.encodes += after.encodes - before.encodes;
             let frame = tick.frame;
             if !frame.speakers.is_empty() {
                 out.push_back(Output::Event(Event::Talking {

@@ -17,29 +17,14 @@ pub(crate) struct Speaker {
     pub audible: bool,
 }
 
-/// A space this node originates: its speakers are mixed here.
-///
-/// A lone audible speaker is still decoded, mixed and encoded today; a
-/// pass-through source (their packets are the program while nobody else
-/// is heard, mixing from the moment a second voice is) would be a third
-/// [`Source`] chosen per tick from [`Mixed::lone_voice`], cutting the
-/// same way, so the outputs never notice the switch.
+/// A space this node originates: its speakers are mixed here (or, while
+/// one voice is heard, passed through by the mixer: the cutters see the
+/// same frames either way).
 #[derive(Debug)]
 pub(crate) struct Mixed {
     pub mixer: Mixer,
     pub speakers: HashMap<ParticipantId, Speaker>,
     pub record: bool,
-}
-
-impl Mixed {
-    /// The one audible speaker, if exactly one may be heard.
-    pub fn lone_voice(&self) -> Option<ParticipantId> {
-        let mut audible = self.speakers.iter().filter(|(_, s)| s.audible);
-        match (audible.next(), audible.next()) {
-            (Some((pid, _)), None) => Some(*pid),
-            _ => None,
-        }
-    }
 }
 
 /// Where a space's frames come from.

@@ -31,7 +31,7 @@ fn two_speakers_mix_and_each_hears_the_other() {
     );
     assert!(r440 > 0.35 && r660 > 0.35, "440: {r440}, 660: {r660}");
     assert!(peak(&pcm) <= 1.0, "the limiter let the sum clip");
-    assert_eq!(sim.program.stats().lone_voice_frames, 0);
+    assert_eq!(sim.program.stats().passed_frames, 0);
 
     // A's return audio: B only, one packet per frame.
     let ret = sim.mix_minus(Session(A.0));

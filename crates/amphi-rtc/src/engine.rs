@@ -96,6 +96,7 @@ impl RtcEngine {
                 loopback: local.ip().is_loopback(),
                 connect_timeout: cfg.connect_timeout,
                 max_sessions: cfg.max_sessions,
+                speaker_max_bitrate: cfg.speaker_max_bitrate,
             },
             stats,
         );

@@ -84,6 +84,9 @@ pub struct IngestConfig {
     pub connect_timeout: Duration,
     /// Most concurrent sessions.
     pub max_sessions: usize,
+    /// Average bitrate speakers are asked not to exceed, mono, 20 ms
+    /// packets ([`sdp::with_opus_preferences`]).
+    pub speaker_max_bitrate: u32,
 }
 
 /// Which source addresses are this host's own (the loopback rule).
@@ -272,7 +275,10 @@ impl Ingest {
         self.count_sessions();
         Ok(SessionInfo {
             id,
-            answer_sdp: sdp::without_trickle(&answer.to_sdp_string()),
+            answer_sdp: sdp::with_opus_preferences(
+                &sdp::without_trickle(&answer.to_sdp_string()),
+                self.cfg.speaker_max_bitrate,
+            ),
             sends_return_audio: summary.receives_audio,
         })
     }

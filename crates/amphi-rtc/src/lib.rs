@@ -46,6 +46,9 @@ pub struct RtcConfig {
     pub connect_timeout: Duration,
     /// Most concurrent sessions.
     pub max_sessions: usize,
+    /// Average bitrate speakers are asked not to exceed (the program's),
+    /// with mono 20 ms packets, so their packets can be passed through.
+    pub speaker_max_bitrate: u32,
 }
 
 impl Default for RtcConfig {
@@ -56,6 +59,7 @@ impl Default for RtcConfig {
             advertise_ip: None,
             connect_timeout: Duration::from_secs(30),
             max_sessions: 500,
+            speaker_max_bitrate: 32_000,
         }
     }
 }
@@ -181,11 +185,11 @@ pub struct RtcStats {
 }
 
 impl RtcStats {
-    /// The counters in the Prometheus text format.
-    pub fn render_prometheus(&self, out: &mut String) {
-        use fmt::Write;
+    /// The counters for `/metrics`: name, type (`"counter"` or
+    /// `"gauge"`), help and value.
+    pub fn rows(&self) -> [(&'static str, &'static str, &'static str, u64); 11] {
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let rows: [(&str, &str, &str, u64); 11] = [
+        [
             (
                 "amphi_rtc_sessions",
                 "gauge",
@@ -252,13 +256,7 @@ impl RtcStats {
                 "ICE-TCP connections accepted.",
                 l(&self.tcp_connections),
             ),
-        ];
-        for (name, kind, help, v) in rows {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
-            );
-        }
+        ]
     }
 }
 

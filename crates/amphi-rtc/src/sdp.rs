@@ -104,10 +104,102 @@ pub fn without_trickle(answer: &str) -> String {
     out
 }
 
+/// The answer's Opus parameters set to what lets a speaker's packets be
+/// the program as they came (pass-through, see amphi-media's mixer): mono
+/// (`stereo=0`, `sprop-stereo=0`), at most `max_bitrate` bit/s on average
+/// (the program's bitrate), in-band FEC, and 20 ms packets (`a=ptime:20`,
+/// `a=maxptime:20`). DTX is not asked for: the jitter buffer would hold a
+/// pause's sparse DTX packets ahead of the speech that follows. They are the receiver's
+/// preferences (RFC 7587 §6.1): a sender that ignores them (a stereo or
+/// 510 kbit/s source) is still taken, and mixed.
+pub fn with_opus_preferences(answer: &str, max_bitrate: u32) -> String {
+    let mut opus_pts: Vec<&str> = Vec::new();
+    for line in answer.lines() {
+        if let Some(rest) = line.strip_prefix("a=rtpmap:")
+            && let Some((pt, codec)) = rest.split_once(' ')
+            && codec.to_ascii_lowercase().starts_with("opus/48000")
+        {
+            opus_pts.push(pt);
+        }
+    }
+    let mut out = String::with_capacity(answer.len() + 128);
+    let mut ptime_needed = false;
+    let flush_ptime = |out: &mut String, needed: &mut bool| {
+        if std::mem::take(needed) {
+            out.push_str("a=ptime:20\r\na=maxptime:20\r\n");
+        }
+    };
+    for line in answer.split_inclusive('\n') {
+        let body = line.trim_end_matches(['\r', '\n']);
+        if body.starts_with("m=") {
+            flush_ptime(&mut out, &mut ptime_needed);
+        }
+        if body.starts_with("a=ptime:") || body.starts_with("a=maxptime:") {
+            continue;
+        }
+        if let Some(rest) = body.strip_prefix("a=fmtp:")
+            && let Some((pt, params)) = rest.split_once(' ')
+            && opus_pts.contains(&pt)
+        {
+            let mut kept: Vec<String> = params
+                .split(';')
+                .map(str::trim)
+                .filter(|p| {
+                    let key = p.split('=').next().unwrap_or("").to_ascii_lowercase();
+                    !p.is_empty()
+                        && ![
+                            "stereo",
+                            "sprop-stereo",
+                            "useinbandfec",
+                            "usedtx",
+                            "maxaveragebitrate",
+                            "maxplaybackrate",
+                        ]
+                        .contains(&key.as_str())
+                })
+                .map(str::to_owned)
+                .collect();
+            kept.extend([
+                "stereo=0".to_owned(),
+                "sprop-stereo=0".to_owned(),
+                "useinbandfec=1".to_owned(),
+                format!("maxaveragebitrate={max_bitrate}"),
+            ]);
+            out.push_str("a=fmtp:");
+            out.push_str(pt);
+            out.push(' ');
+            out.push_str(&kept.join(";"));
+            out.push_str("\r\n");
+            ptime_needed = true;
+            continue;
+        }
+        out.push_str(line);
+    }
+    flush_ptime(&mut out, &mut ptime_needed);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn the_answer_asks_for_mono_20ms_packets_at_the_programs_bitrate() {
+        let answer = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\na=rtpmap:111 opus/48000/2\r\na=fmtp:111 minptime=10;useinbandfec=0;stereo=1\r\na=ptime:60\r\na=sendrecv\r\n";
+        let out = with_opus_preferences(answer, 32_000);
+        assert!(
+            out.contains("a=fmtp:111 minptime=10;stereo=0;sprop-stereo=0;useinbandfec=1;maxaveragebitrate=32000\r\n"),
+            "{out}"
+        );
+        assert_eq!(out.matches("a=ptime:").count(), 1, "{out}");
+        assert!(out.contains("a=ptime:20\r\na=maxptime:20\r\n"));
+        assert!(out.ends_with("a=sendrecv\r\na=ptime:20\r\na=maxptime:20\r\n"));
+        assert!(!out.contains("ptime:60"));
+        // Nothing else changes, and an answer without Opus is left alone.
+        let pcmu = "v=0\r\nm=audio 9 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=fmtp:0 x=1\r\n";
+        assert_eq!(with_opus_preferences(pcmu, 32_000), pcmu);
+    }
 
     const OFFER: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=sendrecv\r\na=rtpmap:111 opus/48000/2\r\n";
 

@@ -24,10 +24,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::TryStreamExt;
 use object_store::ClientConfigKey;
-use object_store::ObjectStore;
 pub use object_store::aws::AmazonS3Builder;
 use object_store::aws::AmazonS3ConfigKey;
 use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt};
 
 /// A place for whole objects.
 pub trait Storage: Send + Sync + 'static {

@@ -142,13 +142,13 @@ impl Certs {
     }
 }
 
-/// A certificate chain and key as rustls signs with them (ring).
+/// A certificate chain and key as rustls signs with them ([`crate::provider`]).
 pub fn certified(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
 ) -> Result<CertifiedKey, CertError> {
-    let provider = rustls::crypto::ring::default_provider();
-    CertifiedKey::from_der(chain, key, &provider).map_err(|e| CertError::Key(e.to_string()))
+    CertifiedKey::from_der(chain, key, &crate::provider())
+        .map_err(|e| CertError::Key(e.to_string()))
 }
 
 fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, CertError> {

@@ -5,7 +5,7 @@
 //! AEAD-sealed `content ‖ content_type`, with the nonce the IV XOR the
 //! record number and the 5-byte header as additional data.
 
-use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
+use aws_lc_rs::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
 use rustls::ConnectionTrafficSecrets;
 
 /// Largest plaintext in one record.
@@ -124,7 +124,7 @@ impl RecordSealer {
                     Aad::from(header),
                     &mut out[start..],
                 )
-                // ring refuses only inputs over ~64 GiB: a chunk is ≤ 16 KiB.
+                // aws-lc refuses only inputs over ~64 GiB: a chunk is ≤ 16 KiB.
                 .expect("a record's content is within the AEAD's limit");
             out.extend_from_slice(tag.as_ref());
             n += 1;

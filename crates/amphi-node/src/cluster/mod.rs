@@ -91,8 +91,8 @@ pub trait Membership: Send + Sync + 'static {
     /// Whether the node can reach the others.
     fn ready(&self) -> Result<(), ApiError>;
 
-    /// Counters in the Prometheus text format.
-    fn render_metrics(&self, out: &mut String);
+    /// Counters, read at scrape time.
+    fn render_metrics(&self, out: &mut crate::metrics::Scrape<'_>);
 }
 
 /// What a membership needs from the node.
@@ -213,7 +213,7 @@ impl Membership for Lone {
         Ok(())
     }
 
-    fn render_metrics(&self, _out: &mut String) {}
+    fn render_metrics(&self, _out: &mut crate::metrics::Scrape<'_>) {}
 }
 
 /// Marks a request forwarded by another node (a request extension, which
@@ -341,7 +341,7 @@ mod tests {
         fn ready(&self) -> Result<(), ApiError> {
             Ok(())
         }
-        fn render_metrics(&self, _out: &mut String) {}
+        fn render_metrics(&self, _out: &mut crate::metrics::Scrape<'_>) {}
     }
 
     async fn answer(members: Arc<dyn Membership>, method: Method, path: &str) -> (u16, String) {

@@ -982,7 +982,7 @@ impl Membership for Nats {
         }
     }
 
-    fn render_metrics(&self, out: &mut String) {
+    fn render_metrics(&self, out: &mut crate::metrics::Scrape<'_>) {
         let s = &self.stats;
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let n = self.client.statistics();

@@ -66,6 +66,8 @@ pub struct Voice {
     pub link: Link,
     /// Sending at all (a client that stopped talking sends nothing).
     pub sending: bool,
+    /// Every packet sent, in order.
+    pub sent: Vec<Bytes>,
     enc: Encoder,
     sample: u64,
     seq: u16,
@@ -80,6 +82,7 @@ impl Voice {
             *x = self.amp * (2.0 * std::f32::consts::PI * self.freq * t).sin();
         }
         let p = self.enc.encode(&pcm).expect("20 ms of PCM always encodes");
+        self.sent.push(p.clone());
         let out = (self.seq, self.sample as u32, p);
         self.sample += FRAME as u64;
         self.seq = self.seq.wrapping_add(1);
@@ -147,6 +150,7 @@ impl Sim {
             amp: 0.5,
             link: Link::clean(),
             sending: true,
+            sent: Vec::new(),
             enc: Encoder::new(64_000).expect("a valid bitrate"),
             sample: 0,
             seq: 0,

@@ -61,6 +61,7 @@ fn config(udp: SocketAddr, loopback: bool) -> IngestConfig {
         loopback,
         connect_timeout: Duration::from_secs(30),
         max_sessions: 16,
+        speaker_max_bitrate: 32_000,
     }
 }
 
@@ -126,6 +127,14 @@ impl Sim {
             )
             .expect("session");
         assert!(!info.answer_sdp.contains("trickle"), "{}", info.answer_sdp);
+        // Mono 20 ms packets at the program's bitrate: they can pass.
+        assert!(
+            info.answer_sdp.contains("stereo=0")
+                && info.answer_sdp.contains("maxaveragebitrate=32000")
+                && info.answer_sdp.contains("a=ptime:20"),
+            "{}",
+            info.answer_sdp
+        );
         let answer = SdpAnswer::from_sdp_string(&info.answer_sdp).expect("answer");
         rtc.sdp_api()
             .accept_answer(pending, answer)
