@@ -486,16 +486,14 @@ impl MediaPlane {
             "Program frames produced (all spaces).",
             l(&s.frames),
         );
-        let modes = [
-            ("mode=\"mix\"".to_owned(), l(&s.mixed_frames) as f64),
-            ("mode=\"pass\"".to_owned(), l(&s.passed_frames) as f64),
-            ("mode=\"silence\"".to_owned(), l(&s.silent_frames) as f64),
-        ];
-        crate::metrics::counter_family(
-            out,
+        out.counter_family(
             "amphi_program_ticks_total",
             "Program frames by how they were made: mix (decoded, mixed, encoded), pass (a lone voice's packet as it came), silence (the shared silence frame).",
-            &modes,
+            [
+                ([("mode", "mix")], l(&s.mixed_frames)),
+                ([("mode", "pass")], l(&s.passed_frames)),
+                ([("mode", "silence")], l(&s.silent_frames)),
+            ],
         );
         counter(
             out,
