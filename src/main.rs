@@ -17,8 +17,9 @@ struct Cli {
 enum Command {
     /// Run the server (HTTP API, WHIP ingest, listener outputs, web app).
     Serve(Box<amphi_node::Config>),
-    /// Load-test a node: N listeners on live.opus / live.ws, measured.
-    Load(amphi_load::LoadArgs),
+    /// Load-test a node: N listeners on live.opus / live.ws, measured; with
+    /// --speakers, spaces of its own with WebRTC speakers and listeners.
+    Load(Box<amphi_load::LoadArgs>),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -32,6 +33,6 @@ fn main() -> anyhow::Result<()> {
         .init();
     match cli.command {
         Command::Serve(config) => amphi_node::Node::load(*config)?.run(),
-        Command::Load(args) => amphi_load::run(args),
+        Command::Load(args) => amphi_load::run(*args),
     }
 }

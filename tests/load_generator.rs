@@ -67,3 +67,59 @@ fn load_generator_measures_and_reports_refusals() {
     assert_eq!(r["admitted"], 60, "{r}");
     assert_eq!(r["refused"]["503"], 20, "{r}");
 }
+
+/// `amphi load --speakers`: it makes its spaces, publishes into each with
+/// real WebRTC (str0m) speakers and listens to each; every listener gets
+/// the program in real time and it carries the space's tone.
+#[test]
+fn load_generator_brings_speakers_and_spaces() {
+    let s = Server::start(&[]);
+    let out = Command::new(env!("CARGO_BIN_EXE_amphi"))
+        .args(["load", "--server", &format!("127.0.0.1:{}", s.port)])
+        .args([
+            "--speakers",
+            "3",
+            "--spaces",
+            "3",
+            "--listeners-per-space",
+            "2",
+        ])
+        .args(["--talk", "continuous", "--duration", "10", "--warmup", "2"])
+        .args(["--admin-token", common::ADMIN, "--json"])
+        .args(["--pid", &s.child.id().to_string()])
+        .output()
+        .expect("amphi load");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_owned();
+    let r: Value = serde_json::from_str(&line).expect("one JSON line");
+    assert_eq!(r["spaces_live"], 3, "{r}");
+    assert_eq!(r["speakers_connected"], 3, "{r}");
+    assert_eq!(r["listeners_admitted"], 6, "{r}");
+    assert_eq!(r["below_90pct_realtime"], 0, "{r}");
+    assert_eq!(r["spaces_all_listeners_90pct"], 3, "{r}");
+    // Each space's first listener decoded its own speaker's tone.
+    assert_eq!(r["probed_spaces"], 3, "{r}");
+    assert_eq!(r["probed_tone_ok"], 3, "{r}");
+    for space in r["per_space"].as_array().expect("per_space") {
+        let heard = &space["heard"];
+        assert!(heard["tone_secs"].as_f64().unwrap() >= 4.0, "{space}");
+    }
+    assert!(r["server_cpu_pct_per_space"].as_f64().is_some(), "{r}");
+    assert!(r["server_rss_kb_per_space"].as_f64().is_some(), "{r}");
+    // The run's spaces are ended once it is over.
+    let live = common::call("GET", &s.url("/api/v1/spaces?state=live"), None, None);
+    assert_eq!(
+        live.body["spaces"].as_array().map(Vec::len),
+        Some(0),
+        "{:?}",
+        live.body
+    );
+}

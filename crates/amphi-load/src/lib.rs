@@ -6,9 +6,20 @@
 //! Listeners connect from addresses spread over 127.0.0.x so ephemeral
 //! ports never run out, and the run splits into processes when one process
 //! may not hold enough sockets.
+//!
+//! With `--speakers N` the run brings its own spaces: it creates them,
+//! publishes into each with real WebRTC (str0m) speakers sending a libopus
+//! tone, continuously or in bursts, listens to each with
+//! `--listeners-per-space` listeners, and reports per-space continuity and
+//! the server's cost per live space (see `spaces`).
 
+mod http;
 mod listener;
 mod report;
+mod spaces;
+mod speaker;
+mod talk;
+mod tone;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -20,6 +31,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 pub use listener::Outcome;
 pub use report::Report;
 pub use report::Stats;
+pub use spaces::SpacesReport;
+pub use talk::Talk;
 
 /// Which output the listeners use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
@@ -37,8 +50,8 @@ pub struct LoadArgs {
     /// Server address (host:port).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub server: SocketAddr,
-    /// Space to listen to.
-    #[arg(long)]
+    /// Space to listen to (not with `--speakers`, which makes its own).
+    #[arg(long, default_value = "")]
     pub space: String,
     /// Number of listeners.
     #[arg(long, short = 'n', default_value_t = 100)]
@@ -89,6 +102,37 @@ pub struct LoadArgs {
     /// The server name to verify over TLS.
     #[arg(long, default_value = "localhost")]
     pub tls_name: String,
+    /// Publish too: create spaces and send N WebRTC (WHIP) speakers into
+    /// them; `--listeners-per-space` listen to each on live.opus.
+    #[arg(long, default_value_t = 0)]
+    pub speakers: usize,
+    /// Spaces the speakers are spread over (default: one per speaker).
+    #[arg(long)]
+    pub spaces: Option<usize>,
+    /// How the speakers talk.
+    #[arg(long, value_enum, default_value_t = Talk::Bursts)]
+    pub talk: Talk,
+    /// Listeners on each space's live.opus (with `--speakers`).
+    #[arg(long, default_value_t = 0)]
+    pub listeners_per_space: usize,
+    /// The node's admin token, to create spaces (with `--speakers`).
+    #[arg(long, env = "AMPHI_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// The first listener of this many spaces decodes the program and
+    /// checks it carries the space's tones.
+    #[arg(long, default_value_t = 10)]
+    pub probe_spaces: usize,
+    /// Speakers offer sendonly (no mix-minus back), as OBS does; by default
+    /// they take it back, as the web app does.
+    #[arg(long)]
+    pub speaker_sendonly: bool,
+    /// Spaces are created with recording off (default: the node's default,
+    /// recorded).
+    #[arg(long)]
+    pub no_record: bool,
+    /// Spaces being set up (HTTP calls) at once.
+    #[arg(long, default_value_t = 16)]
+    pub setup_concurrency: usize,
 }
 
 /// Sockets one process keeps for itself besides listeners.
@@ -115,6 +159,12 @@ fn raise_nofile() -> u64 {
 /// Runs a load test and prints the report.
 pub fn run(args: LoadArgs) -> anyhow::Result<()> {
     let limit = raise_nofile().saturating_sub(RESERVED_FDS) as usize;
+    if args.speakers > 0 {
+        return spaces::run(&args, limit);
+    }
+    if args.space.is_empty() {
+        anyhow::bail!("give --space to listen to, or --speakers to make spaces");
+    }
     if !args.child && args.listeners > limit {
         return run_split(args, limit.max(1));
     }
@@ -293,7 +343,7 @@ async fn run_here(args: &LoadArgs) -> anyhow::Result<Stats> {
             } else {
                 path
             };
-            let o = listener::listen(server, src, &path, ws, end_at, measure_from, tls).await;
+            let o = listener::listen(server, src, &path, ws, end_at, measure_from, tls, None).await;
             bar.inc(1);
             o
         }));

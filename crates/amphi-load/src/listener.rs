@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpSocket;
 
+use crate::tone::{Heard, Probe};
+
 /// What one listener saw.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct Outcome {
@@ -27,6 +29,9 @@ pub struct Outcome {
     pub latencies_us: Vec<u64>,
     /// Why it ended early, if it did.
     pub error: Option<String>,
+    /// What a probing listener decoded (`live.opus` only).
+    #[serde(default)]
+    pub heard: Option<Heard>,
 }
 
 fn now_us() -> u64 {
@@ -74,7 +79,9 @@ pub struct Tls {
 }
 
 /// Runs one listener until `end_at`, measuring from `measure_from`; over
-/// TLS if `tls` is given (the handshake counts in the time to first byte).
+/// TLS if `tls` is given (the handshake counts in the time to first byte);
+/// decoding what it hears with `probe` if given.
+#[allow(clippy::too_many_arguments)]
 pub async fn listen(
     server: SocketAddr,
     src: IpAddr,
@@ -83,6 +90,7 @@ pub async fn listen(
     end_at: Instant,
     measure_from: Instant,
     tls: Option<Tls>,
+    probe: Option<Probe>,
 ) -> Outcome {
     let mut o = Outcome::default();
     let t0 = Instant::now();
@@ -113,7 +121,19 @@ pub async fn listen(
         }
     };
     match tls {
-        None => read_stream(stream, server, path, ws, end_at, measure_from, t0, o).await,
+        None => {
+            read_stream(
+                stream,
+                server,
+                path,
+                (ws, probe),
+                end_at,
+                measure_from,
+                t0,
+                o,
+            )
+            .await
+        }
         Some(tls) => {
             let hs = tokio::time::timeout_at(
                 end_at.into(),
@@ -121,7 +141,9 @@ pub async fn listen(
             )
             .await;
             match hs {
-                Ok(Ok(s)) => read_stream(s, server, path, ws, end_at, measure_from, t0, o).await,
+                Ok(Ok(s)) => {
+                    read_stream(s, server, path, (ws, probe), end_at, measure_from, t0, o).await
+                }
                 Ok(Err(e)) => {
                     o.error = Some(format!("tls: {e}"));
                     o
@@ -141,7 +163,7 @@ async fn read_stream<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     mut stream: S,
     server: SocketAddr,
     path: &str,
-    ws: bool,
+    (ws, probe): (bool, Option<Probe>),
     end_at: Instant,
     measure_from: Instant,
     t0: Instant,
@@ -164,6 +186,7 @@ async fn read_stream<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     let mut pending: Vec<u8> = Vec::with_capacity(16 * 1024);
     let mut head_done = false;
     let mut parser = Parser::new(ws);
+    parser.probe = probe;
     let mut last_unit: Option<Instant> = None;
     loop {
         let n = match tokio::time::timeout_at(end_at.into(), stream.read(&mut buf)).await {
@@ -220,6 +243,7 @@ async fn read_stream<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
             last_unit = Some(now);
         }
     }
+    o.heard = parser.probe.map(|p| p.heard);
     o
 }
 
@@ -229,6 +253,8 @@ struct Parser {
     ws: bool,
     next_seq: Option<u64>,
     in_window_msgs: u64,
+    /// Decodes the Ogg stream's packets, if set.
+    probe: Option<Probe>,
 }
 
 impl Parser {
@@ -237,6 +263,7 @@ impl Parser {
             ws,
             next_seq: None,
             in_window_msgs: 0,
+            probe: None,
         }
     }
 
@@ -249,7 +276,7 @@ impl Parser {
             let used = if self.ws {
                 self.ws_unit(rest, in_window, o)
             } else {
-                ogg_unit(rest, in_window, o)
+                ogg_unit(rest, in_window, o, self.probe.as_mut())
             };
             match used {
                 Some(n) => {
@@ -300,8 +327,14 @@ impl Parser {
     }
 }
 
-/// One Ogg page: counts its completed packets as 20 ms each.
-fn ogg_unit(b: &[u8], in_window: bool, o: &mut Outcome) -> Option<usize> {
+/// One Ogg page: counts its completed packets as 20 ms each (and hands
+/// them to the probe).
+fn ogg_unit(
+    b: &[u8],
+    in_window: bool,
+    o: &mut Outcome,
+    probe: Option<&mut Probe>,
+) -> Option<usize> {
     if b.len() < 27 {
         return None;
     }
@@ -326,6 +359,21 @@ fn ogg_unit(b: &[u8], in_window: bool, o: &mut Outcome) -> Option<usize> {
     if in_window && granule != 0 {
         let packets = lacing.iter().filter(|l| **l < 255).count();
         o.audio_secs += packets as f64 * 0.02;
+    }
+    if let Some(probe) = probe
+        && granule != 0
+    {
+        // Packets end at a lacing value under 255 (one spanning pages is
+        // never an Opus frame of a program).
+        let mut at = 27 + nsegs;
+        let mut start = at;
+        for l in lacing {
+            at += usize::from(*l);
+            if *l < 255 {
+                probe.packet(&b[start..at], in_window);
+                start = at;
+            }
+        }
     }
     Some(total)
 }
@@ -359,6 +407,29 @@ mod tests {
         assert_eq!(units, 4);
         assert!((o.audio_secs - 0.2).abs() < 1e-9);
         assert!(bytes.is_empty());
+    }
+
+    #[test]
+    fn a_probe_decodes_the_pages_packets() {
+        let tone = crate::tone::Tone::encode(600).unwrap();
+        let mut pager = amphi_media::OggPager::new(1, 5);
+        let mut bytes = pager.headers().to_vec();
+        for s in 0..100u64 {
+            let f = Frame {
+                opus: bytes::Bytes::copy_from_slice(&tone.packet(s)),
+                ..frame(s)
+            };
+            if let Some(p) = pager.push(&f) {
+                bytes.extend_from_slice(&p);
+            }
+        }
+        let mut o = Outcome::default();
+        let mut parser = Parser::new(false);
+        parser.probe = Some(Probe::new(vec![600]).unwrap());
+        parser.feed(&mut bytes, true, &mut o);
+        let heard = parser.probe.map(|p| p.heard).unwrap();
+        assert!(heard.tone_secs >= 1.8, "{heard:?}");
+        assert_eq!(heard.bad_packets, 0);
     }
 
     #[test]

@@ -72,7 +72,7 @@ impl Stats {
     }
 }
 
-fn pct<T: Copy + Ord + Default>(v: &mut [T], p: f64) -> T {
+pub(crate) fn pct<T: Copy + Ord + Default>(v: &mut [T], p: f64) -> T {
     if v.is_empty() {
         return T::default();
     }
@@ -254,6 +254,11 @@ impl CpuSampler {
     pub fn start(pids: Vec<u32>) -> CpuSampler {
         let start = cpu_of(&pids).map(|c| (c, Instant::now(), rss_of(&pids)));
         CpuSampler { pids, start }
+    }
+
+    /// The resident memory of the processes now, KB.
+    pub fn rss_kb(&self) -> u64 {
+        rss_of(&self.pids)
     }
 
     /// Usage since the first sample.

@@ -897,7 +897,7 @@ mod tests {
             public: true,
         };
         let space = Space::new(SpaceId(1), ParticipantId(2), "Host", opts, 0).unwrap();
-        let cell = SpaceCell::new(space);
+        let cell = SpaceCell::new(space, None);
         let hand = |id: u64, up: bool| {
             let cmd = if up {
                 Command::RaiseHand

@@ -181,6 +181,7 @@ async fn accept(
         name: inv.by_name,
         exp: 0,
         idsub: None,
+        net: None,
     };
     app.command(
         &cell,
