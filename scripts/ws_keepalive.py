@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""A third-party live.ws client: Python's `websockets` with its default
-keepalive (a ping every 20 s, the connection dropped if a pong takes over
-20 s). Listens for --seconds, checking that messages arrive gap-free, then
+"""A third-party live.ws client: Python's `websockets` with its own
+keepalive (by default the library's: a ping every 20 s, the connection
+dropped if a pong takes over 20 s; --ping-interval and --ping-timeout make
+it stricter). Listens for --seconds, checking that messages arrive gap-free, then
 closes with --code and reports, as one JSON line, how many messages and
 pings went by and how long the close handshake took and with which code the
 server answered."""
@@ -20,14 +21,22 @@ async def main():
     ap.add_argument("--url", required=True)
     ap.add_argument("--seconds", type=float, default=180.0)
     ap.add_argument("--code", type=int, default=1000)
+    # None: the library's defaults (20 s and 20 s).
+    ap.add_argument("--ping-interval", type=float, default=None)
+    ap.add_argument("--ping-timeout", type=float, default=None)
+    ap.add_argument("--own-ping-every", type=float, default=7.0)
     a = ap.parse_args()
     out = {"messages": 0, "frames": 0, "gaps": 0, "pongs": 0, "error": None}
     t0 = time.monotonic()
     try:
-        # Library defaults on purpose: ping_interval=20, ping_timeout=20.
-        async with websockets.connect(a.url, max_size=None) as ws:
+        keepalive = {}
+        if a.ping_interval is not None:
+            keepalive["ping_interval"] = a.ping_interval
+        if a.ping_timeout is not None:
+            keepalive["ping_timeout"] = a.ping_timeout
+        async with websockets.connect(a.url, max_size=None, **keepalive) as ws:
             expect = None
-            pinger = asyncio.create_task(count_pongs(ws, out))
+            pinger = asyncio.create_task(count_pongs(ws, out, a.own_ping_every))
             while time.monotonic() - t0 < a.seconds:
                 try:
                     msg = await asyncio.wait_for(ws.recv(), timeout=1.0)
@@ -57,11 +66,11 @@ async def main():
     print(json.dumps(out), flush=True)
 
 
-async def count_pongs(ws, out):
+async def count_pongs(ws, out, every):
     """Explicit pings on top of the keepalive, each awaited: every one must
     be answered (the keepalive's own pongs are not visible)."""
     while True:
-        await asyncio.sleep(7)
+        await asyncio.sleep(every)
         try:
             waiter = await ws.ping(b"amphi-%d" % out["pongs"])
             await asyncio.wait_for(waiter, timeout=5)

@@ -25,7 +25,7 @@ fn speaker_packets(s: &Server) -> Vec<f64> {
 fn the_tone_a_speaker_sends_is_the_tone_a_listener_decodes() {
     let s = Server::start(&[]);
     let (id, host, _) = live_space(&s, "Tone");
-    let mut speaker = publish_tone(&s, &id, &host, 440, 12);
+    let mut speaker = publish_tone(&s, &id, &host, 440, 60);
     wait_for_audio(&s, 50.0);
 
     let pcm = ffmpeg_listen(&s.url(&format!("/spaces/{id}/live.opus")), 3.0);
@@ -55,8 +55,9 @@ fn muted_speaker_is_silent_and_two_speakers_mix_unclipped() {
         200
     );
 
-    let mut a = publish_tone(&s, &id, &host, 440, 20);
-    let mut b = publish_tone(&s, &id, &tok, 1000, 20);
+    // Killed at the end: 60 s outlasts the test on a loaded machine.
+    let mut a = publish_tone(&s, &id, &host, 440, 60);
+    let mut b = publish_tone(&s, &id, &tok, 1000, 60);
     // Both voices reach the mixer, for long enough that the listener's
     // burst of history already holds the two.
     wait_for(20, "two speakers at the mixer", || {
@@ -168,8 +169,8 @@ fn speakers_hear_each_other_but_not_themselves() {
     );
     let out = s.data.join("host-return.s16");
     let out_arg = out.to_string_lossy().to_string();
-    let mut a = common::publish_tone_with(&s, &id, &host, 440, 20, &["--return-out", &out_arg]);
-    let mut b = publish_tone(&s, &id, &tok, 1000, 20);
+    let mut a = common::publish_tone_with(&s, &id, &host, 440, 60, &["--return-out", &out_arg]);
+    let mut b = publish_tone(&s, &id, &tok, 1000, 60);
     // Judge the return audio written once both speakers reach the mixer.
     wait_for(20, "two speakers at the mixer", || {
         speaker_packets(&s).len() == 2
