@@ -6,6 +6,9 @@
 # Usage: bench/fanout.sh [LISTENERS] [SECONDS]
 # Prints one JSON line per server and a summary table.
 set -euo pipefail
+# A load generator joins from one address: lift the per-network join and
+# per-space hand buckets (they are proven by tests/hand_flood.rs).
+export AMPHI_JOIN_RATE_PER_IP=${AMPHI_JOIN_RATE_PER_IP:-100000} AMPHI_HAND_RATE_PER_SPACE=${AMPHI_HAND_RATE_PER_SPACE:-100000}
 cd "$(dirname "$0")/.."
 N=${1:-2000}
 SECS=${2:-15}

@@ -4,6 +4,10 @@
 #
 # Usage: bench/scenarios.sh [storm|overload|latency|all]
 set -euo pipefail
+# A load generator joins from one address: lift the per-network join and
+# per-space hand buckets (they are proven by tests/hand_flood.rs).
+export AMPHI_JOIN_RATE_PER_IP=${AMPHI_JOIN_RATE_PER_IP:-100000} AMPHI_HAND_RATE_PER_SPACE=${AMPHI_HAND_RATE_PER_SPACE:-100000}
+export AMPHI_OFFER_RATE_PER_IP=${AMPHI_OFFER_RATE_PER_IP:-100000} AMPHI_OFFER_RATE=${AMPHI_OFFER_RATE:-100000} AMPHI_MAX_RTC_SESSIONS=${AMPHI_MAX_RTC_SESSIONS:-5000}
 cd "$(dirname "$0")/.."
 WHAT=${1:-all}
 BIN=${AMPHI_BIN:-target/release/amphi}

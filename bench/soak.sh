@@ -14,6 +14,10 @@
 #   LISTENERS / EVENTS / WARMUP_S / SAMPLE / PORT  override the defaults
 #   SOAK_LOG    where the samples go (default bench/last-soak.log)
 set -euo pipefail
+# A load generator joins from one address: lift the per-network join and
+# per-space hand buckets (they are proven by tests/hand_flood.rs).
+export AMPHI_JOIN_RATE_PER_IP=${AMPHI_JOIN_RATE_PER_IP:-100000} AMPHI_HAND_RATE_PER_SPACE=${AMPHI_HAND_RATE_PER_SPACE:-100000}
+export AMPHI_OFFER_RATE_PER_IP=${AMPHI_OFFER_RATE_PER_IP:-100000} AMPHI_OFFER_RATE=${AMPHI_OFFER_RATE:-100000} AMPHI_MAX_RTC_SESSIONS=${AMPHI_MAX_RTC_SESSIONS:-5000}
 cd "$(dirname "$0")/.."
 MINUTES=${1:-30}
 DUR=$((MINUTES * 60))

@@ -105,11 +105,18 @@ impl OfferLimits {
     pub const BURST: f64 = 2.5;
 
     pub fn new() -> Self {
+        Self::with_rates(Self::PER_NETWORK, Self::PER_NODE)
+    }
+
+    /// Limits with `per_network` and `per_node` offers a second
+    /// (`--offer-rate-per-ip`, `--offer-rate`); a participant's stays
+    /// [`Self::PER_PARTICIPANT`].
+    pub fn with_rates(per_network: f64, per_node: f64) -> Self {
         let bucket = |rate: f64| KeyedLimiter::new(rate, rate * Self::BURST);
         OfferLimits {
             participant: bucket(Self::PER_PARTICIPANT),
-            network: bucket(Self::PER_NETWORK),
-            node: bucket(Self::PER_NODE),
+            network: bucket(per_network),
+            node: bucket(per_node),
         }
     }
 

@@ -67,6 +67,8 @@ pub struct MediaConfig {
     /// connections over): a passive TCP candidate in every answer, for
     /// speakers whose UDP is blocked.
     pub ice_tcp_port: Option<u16>,
+    /// WebRTC sessions (speakers' publications) the node holds at most.
+    pub max_rtc_sessions: usize,
 }
 
 impl MediaConfig {
@@ -269,6 +271,7 @@ impl MediaPlane {
                 amphi_rtc::IceTcp::Adopted { port }
             }),
             speaker_max_bitrate: u32::try_from(cfg.bitrate).unwrap_or(32_000),
+            max_sessions: cfg.max_rtc_sessions,
             ..RtcConfig::default()
         })?;
         let rtc = engine.handle();

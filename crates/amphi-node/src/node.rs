@@ -154,6 +154,17 @@ pub struct Config {
     /// that); its queue holds at most 500.
     #[arg(long, env = "AMPHI_HAND_RATE_PER_SPACE", default_value_t = 20.0)]
     pub hand_rate_per_space: f64,
+    /// WHIP offers one network (IPv4 address, IPv6 /64) may make per
+    /// second (burst: 2.5 times that); a participant may make 2.
+    #[arg(long, env = "AMPHI_OFFER_RATE_PER_IP", default_value_t = crate::admission::OfferLimits::PER_NETWORK)]
+    pub offer_rate_per_ip: f64,
+    /// WHIP offers the node takes per second, from everyone (503 beyond).
+    #[arg(long, env = "AMPHI_OFFER_RATE", default_value_t = crate::admission::OfferLimits::PER_NODE)]
+    pub offer_rate: f64,
+    /// WebRTC sessions (speakers' publications) the node holds at once
+    /// (503 beyond); each costs a DTLS/SRTP state and its jitter buffer.
+    #[arg(long, env = "AMPHI_MAX_RTC_SESSIONS", default_value_t = 500)]
+    pub max_rtc_sessions: usize,
     /// HTTPS (and wss) on the --http address with this PEM certificate
     /// chain (leaf first); a changed file is picked up within 2 s without
     /// dropping connected listeners. Needs --tls-key.
@@ -586,6 +597,7 @@ async fn load(
         recordings,
         bus: members.frame_sink(),
         ice_tcp_port: args.ice_tcp.then(|| args.http.port()),
+        max_rtc_sessions: args.max_rtc_sessions.max(1),
     })
     .context("starting the media plane")?;
     let store = Arc::new(Mutex::new(store));
@@ -623,7 +635,10 @@ async fn load(
         token_ttl_s: args.token_ttl.max(1),
         net_limiter: KeyedLimiter::new(args.join_rate_per_ip, args.join_rate_per_ip * 3.0),
         hand_limiter: KeyedLimiter::new(args.hand_rate_per_space, args.hand_rate_per_space * 5.0),
-        offer_limits: crate::admission::OfferLimits::new(),
+        offer_limits: crate::admission::OfferLimits::with_rates(
+            args.offer_rate_per_ip,
+            args.offer_rate,
+        ),
         started: Instant::now(),
         acme_http01: RwLock::new(Default::default()),
         cert_pending: RwLock::new(None),
