@@ -57,17 +57,23 @@ async function page(b, who) {
   const p = await ctx.newPage();
   // A moderator's page polls the audience and the analytics; a poll in
   // flight when the role is taken away is refused (403) before the page
-  // hears of the change. Those refusals are expected; any other is not.
+  // hears of the change. A speaker's page asks twice a second whether its
+  // WHIP session still publishes (GET on the session): 404 is the answer
+  // "gone" (the space ended, or moved to another node). Those answers are
+  // expected; any other refusal is not.
   let raced = 0;
+  let gone = 0;
   p.on("console", (m) => {
     if (m.type() !== "error") return;
     if (raced > 0 && m.text().includes("status of 403")) { raced--; return; }
+    if (gone > 0 && m.text().includes("status of 404")) { gone--; return; }
     errors.push(`${who}: console: ${m.text()}`);
   });
   p.on("pageerror", (e) => errors.push(`${who}: uncaught: ${e.message}`));
   p.on("dialog", (d) => d.accept());
   p.on("response", (r) => {
     if (r.status() === 403 && /\/(audience|stats)(\?|$)/.test(r.url())) raced++;
+    if (r.status() === 404 && r.request().method() === "GET" && /\/whip\/[0-9a-f]+$/.test(r.url())) gone++;
     if (r.status() >= 400) console.error(`   ${who}: HTTP ${r.status()} ${r.request().method()} ${r.url()}`);
   });
   p.setDefaultTimeout(15000);
