@@ -180,6 +180,9 @@ export class Mic {
     let backoff = 250;
     try {
       while (!this.cancelled && Date.now() < deadline) {
+        // A session is also gone when the space ended: ask before offering
+        // again, so an ended space is left quietly rather than refused.
+        if (!(await this.spaceLive())) break;
         try {
           await this.connect(track);
           this.onState("reconnected");
@@ -188,7 +191,7 @@ export class Mic {
           this.pc?.close();
           this.pc = null;
           // Not on stage any more, or the space is over: give up.
-          if (e && [401, 403, 404, 410].includes(e.status)) break;
+          if (e && [401, 403, 404, 409, 410].includes(e.status)) break;
         }
         await new Promise((r) => setTimeout(r, backoff));
         backoff = Math.min(backoff * 2, 1000);
@@ -196,6 +199,21 @@ export class Mic {
       if (!this.cancelled) this.onState("failed");
     } finally {
       this.reconnecting = false;
+    }
+  }
+
+  /** Whether the space is still live (true when the page's node cannot
+   * say: a node that does not answer is a reason to retry, not to stop). */
+  async spaceLive() {
+    try {
+      const r = await fetch(`/api/v1/spaces/${this.spaceId}`, {
+        headers: { Authorization: `Bearer ${this.token}` },
+      });
+      if (r.status === 404 || r.status === 410) return false;
+      if (!r.ok) return true;
+      return (await r.json()).state === "live";
+    } catch {
+      return true;
     }
   }
 
