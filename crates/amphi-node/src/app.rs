@@ -754,7 +754,12 @@ impl App {
             inner.note_net(actor);
             let cmd = match cmd {
                 Command::BringOnStage { target, name: None } => {
-                    let name = inner.presence.name(target).map(str::to_owned);
+                    // Present here, or on another node of the cluster.
+                    let name = inner
+                        .presence
+                        .name(target)
+                        .map(str::to_owned)
+                        .or_else(|| self.members.remote_name(cell.id, target));
                     Command::BringOnStage { target, name }
                 }
                 other => other,

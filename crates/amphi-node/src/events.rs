@@ -113,7 +113,11 @@ async fn client(app: Arc<App>, cell: Arc<SpaceCell>, claims: Claims, mut socket:
     {
         let mut inner = cell.inner.lock();
         inner.note_net(&claims);
-        inner.presence.arrive(claims.pid, &claims.name);
+        inner.presence.arrive(
+            claims.pid,
+            &claims.name,
+            (crate::timefmt::now_ms().max(0) as u64) * 1000,
+        );
     }
     let mut rx = cell.updates.subscribe();
     let mut first = true;

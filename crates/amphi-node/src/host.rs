@@ -5,9 +5,10 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use amphi_cluster::presence::SpacePresence;
 use amphi_cluster::{SpaceCounts, Tally};
 use amphi_core::room::{Space, SpaceState};
-use amphi_core::{Frame, SpaceId};
+use amphi_core::{Frame, ParticipantId, SpaceId};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 
@@ -257,5 +258,58 @@ impl Host for App {
                 let _ = inner.reactions.add(emoji);
             }
         }
+    }
+
+    fn presence(&self, full: bool) -> Vec<SpacePresence> {
+        self.cells()
+            .into_iter()
+            .filter_map(|c| {
+                let joins = c.stats.lock().joins;
+                let mut inner = c.inner.lock();
+                let total = inner.presence.total() as u64;
+                let (arrived, left) = if full {
+                    let all = inner.presence.snapshot();
+                    if total == 0 && (joins == 0 || inner.space.state != SpaceState::Live) {
+                        return None;
+                    }
+                    (all, Vec::new())
+                } else {
+                    inner.presence.delta()?
+                };
+                Some(SpacePresence {
+                    space: c.id,
+                    total,
+                    arrived,
+                    left,
+                    joins,
+                })
+            })
+            .collect()
+    }
+
+    fn set_invitation(
+        &self,
+        space: SpaceId,
+        pid: ParticipantId,
+        invite: Option<(ParticipantId, String, i64)>,
+    ) {
+        let Ok(cell) = self.space(space) else { return };
+        {
+            let mut inner = cell.inner.lock();
+            match invite {
+                Some((by, by_name, expires_ms)) => {
+                    let inv = crate::audience::Invitation {
+                        by,
+                        by_name,
+                        expires_ms,
+                    };
+                    inner
+                        .presence
+                        .invite_anyway(pid, inv, crate::timefmt::now_ms());
+                }
+                None => inner.presence.drop_invitation(pid),
+            }
+        }
+        cell.dirty.store(true, Ordering::Release);
     }
 }

@@ -45,6 +45,10 @@ pub struct SpaceStats {
     pub series: Vec<u32>,
     pub reactions: BTreeMap<String, u64>,
     pub replay_plays: u64,
+    /// Joins answered on the other nodes of a cluster, as each last said
+    /// (cumulative per node; `joins` is this node's own).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub remote_joins: BTreeMap<String, u64>,
     #[serde(skip)]
     last_sample_ms: Option<i64>,
     #[serde(skip)]
@@ -147,6 +151,26 @@ impl SpaceStats {
         }
     }
 
+    /// The other nodes' cumulative joins (a count only grows; at most 64
+    /// nodes are kept).
+    pub fn remote_joins(&mut self, per_node: Vec<(String, u64)>) {
+        for (node, n) in per_node {
+            if self.remote_joins.len() >= 64 && !self.remote_joins.contains_key(&node) {
+                continue;
+            }
+            let e = self.remote_joins.entry(node).or_insert(0);
+            if n > *e {
+                *e = n;
+                self.dirty = true;
+            }
+        }
+    }
+
+    /// Joins across the cluster.
+    pub fn all_joins(&self) -> u64 {
+        self.joins + self.remote_joins.values().sum::<u64>()
+    }
+
     /// The replay started playing once more.
     pub fn replay_play(&mut self) {
         self.replay_plays += 1;
@@ -158,7 +182,7 @@ impl SpaceStats {
         json!({
             "peak_listeners": self.peak,
             "peak_at": self.peak_at_ms.and_then(rfc3339),
-            "joins": self.joins,
+            "joins": self.all_joins(),
             "unique_participants": self.unique(),
             "listening_seconds": self.listening_ms / 1000,
             "listeners_over_time": {
@@ -209,6 +233,9 @@ mod tests {
             s.join(pid * 7919);
         }
         assert_eq!(s.joins, 40);
+        s.remote_joins(vec![("b".into(), 5), ("c".into(), 7)]);
+        s.remote_joins(vec![("b".into(), 3)]);
+        assert_eq!(s.all_joins(), 52, "a node's count only grows");
         assert_eq!(s.unique(), 20);
         for pid in 0..50_000u64 {
             s.join(pid.wrapping_mul(0x9E37_79B9_7F4A_7C15));

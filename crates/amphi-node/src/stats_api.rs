@@ -92,7 +92,10 @@ pub async fn run(app: Arc<App>) {
         for c in &cells {
             if c.inner.lock().space.state == SpaceState::Live {
                 let n = c.listeners();
-                c.stats.lock().sample(n, now);
+                let remote_joins = app.members.remote_joins(c.id);
+                let mut s = c.stats.lock();
+                s.sample(n, now);
+                s.remote_joins(remote_joins);
             }
         }
         if now - last_flush < FLUSH_MS {

@@ -17,9 +17,10 @@ pub mod nats;
 
 use std::sync::Arc;
 
+use amphi_cluster::presence::{Present, SpacePresence};
 use amphi_cluster::{SpaceCounts, Tally};
 use amphi_core::room::Space;
-use amphi_core::{Frame, SpaceId};
+use amphi_core::{Frame, ParticipantId, SpaceId};
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::middleware::Next;
@@ -93,6 +94,33 @@ pub trait Membership: Send + Sync + 'static {
 
     /// Counters, read at scrape time.
     fn render_metrics(&self, out: &mut crate::metrics::Scrape<'_>);
+
+    /// Participants present in `space` on the other nodes: the newest
+    /// `cap` arrivals (newest first) and the total.
+    fn remote_presence(&self, _space: SpaceId, _cap: usize) -> (Vec<Present>, u64) {
+        (Vec::new(), 0)
+    }
+
+    /// The name `pid` is present under on another node (if among the
+    /// newest kept).
+    fn remote_name(&self, _space: SpaceId, _pid: ParticipantId) -> Option<String> {
+        None
+    }
+
+    /// Joins of `space` the other nodes answered, per node (cumulative).
+    fn remote_joins(&self, _space: SpaceId) -> Vec<(String, u64)> {
+        Vec::new()
+    }
+
+    /// Tells the other nodes that `pid` is invited to the stage of
+    /// `space` (`Some((by, by_name, expires_ms))`), or no longer is.
+    fn share_invitation(
+        &self,
+        _space: SpaceId,
+        _pid: ParticipantId,
+        _invite: Option<(ParticipantId, &str, i64)>,
+    ) {
+    }
 }
 
 /// What a membership needs from the node.
@@ -164,6 +192,18 @@ pub trait Host: Send + Sync + 'static {
     fn set_audience(&self, tally: &Tally);
     /// Reactions sent on other nodes.
     fn add_reactions(&self, space: SpaceId, reactions: &[(String, u64)]);
+    /// This node's presence per space for the others: what changed since
+    /// the last call, or (`full`) the newest of every space with someone
+    /// present. Also each space's joins answered here.
+    fn presence(&self, full: bool) -> Vec<SpacePresence>;
+    /// `pid` was invited to the stage of `space` on its owner (`Some((by,
+    /// by_name, expires_ms))`), or the invitation was answered (`None`).
+    fn set_invitation(
+        &self,
+        space: SpaceId,
+        pid: ParticipantId,
+        invite: Option<(ParticipantId, String, i64)>,
+    );
 }
 
 /// A node on its own: it owns every space, forwards nothing, and its

@@ -55,6 +55,7 @@ use crate::metrics::{counter, gauge};
 use crate::timefmt::mono_ms;
 
 mod leases;
+mod presence;
 
 /// How long a forwarded call waits for the owner.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
@@ -104,6 +105,8 @@ pub struct Nats {
     revisions: Mutex<HashMap<SpaceId, u64>>,
     ownership: Mutex<Ownership>,
     audience: Mutex<Audience>,
+    /// The other nodes' presence (bounded).
+    presence: Mutex<amphi_cluster::presence::Presence>,
     /// Reactions sent on this node since the last report.
     reactions: Mutex<HashMap<SpaceId, BTreeMap<String, u64>>>,
     edges: Mutex<Edges>,
@@ -240,6 +243,7 @@ impl Nats {
         Ok(Arc::new(Nats {
             ownership: Mutex::new(Ownership::new(node.clone(), http.clone())),
             audience: Mutex::new(Audience::new(node.clone(), Instant::now())),
+            presence: Mutex::new(amphi_cluster::presence::Presence::new(node.clone())),
             node,
             http,
             client,
@@ -797,6 +801,7 @@ impl Membership for Nats {
         tokio::spawn(self.clone().serve_backfill());
         tokio::spawn(self.clone().serve_forwarded(router));
         tokio::spawn(self.clone().counts());
+        tokio::spawn(self.clone().presence_loop());
         tokio::spawn(self.clone().housekeeping());
         // Replays this node cut (or is cutting) before a restart.
         self.pending_replays.lock().extend(host.recorded_here());
@@ -919,8 +924,39 @@ impl Membership for Nats {
         }
     }
 
+    fn remote_presence(
+        &self,
+        space: SpaceId,
+        cap: usize,
+    ) -> (Vec<amphi_cluster::presence::Present>, u64) {
+        self.remote_presence_of(space, cap)
+    }
+
+    fn remote_name(&self, space: SpaceId, pid: amphi_core::ParticipantId) -> Option<String> {
+        self.remote_name_of(space, pid)
+    }
+
+    fn remote_joins(&self, space: SpaceId) -> Vec<(String, u64)> {
+        self.remote_joins_of(space)
+    }
+
+    fn share_invitation(
+        &self,
+        space: SpaceId,
+        pid: amphi_core::ParticipantId,
+        invite: Option<(amphi_core::ParticipantId, &str, i64)>,
+    ) {
+        self.share_invitation_with_all(space, pid, invite);
+    }
+
     fn render_metrics(&self, out: &mut crate::metrics::Scrape<'_>) {
         let s = &self.stats;
+        gauge(
+            out,
+            "amphi_presence_remote_entries",
+            "Other nodes' present participants kept here (bounded: 500 per node and space).",
+            self.presence_entries() as f64,
+        );
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let n = self.client.statistics();
         gauge(
