@@ -259,7 +259,7 @@ impl Presence {
                     })
             })
             .collect();
-        all.sort_unstable_by(|a, b| (b.seq, b.pid).cmp(&(a.seq, a.pid)));
+        all.sort_unstable_by_key(|p| std::cmp::Reverse((p.seq, p.pid)));
         all.truncate(cap);
         all
     }

@@ -88,7 +88,7 @@ async fn audience(
         .map(|s| (s.seq, s.pid, s.name))
         .collect();
     all.extend(remote.iter().map(|p| (p.seq, p.pid, p.name.as_str())));
-    all.sort_unstable_by(|a, b| (b.0, b.1).cmp(&(a.0, a.1)));
+    all.sort_unstable_by_key(|e| std::cmp::Reverse((e.0, e.1)));
     all.dedup_by_key(|e| e.1);
     all.truncate(VIEW_CAP);
     let page: Vec<_> = all
