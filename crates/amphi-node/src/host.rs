@@ -312,4 +312,22 @@ impl Host for App {
         }
         cell.dirty.store(true, Ordering::Release);
     }
+
+    fn adopt_endpoint(&self, id: String, endpoint: Option<amphi_store::Endpoint>) {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            let s = store.lock();
+            let done = match endpoint {
+                Some(e) => match s.endpoint(&e.id) {
+                    Ok(Some(_)) => Ok(()),
+                    Ok(None) => s.add_endpoint(&e),
+                    Err(e) => Err(e),
+                },
+                None => s.delete_endpoint(&id).map(|_| ()),
+            };
+            if let Err(e) = done {
+                tracing::warn!(endpoint = %id, error = %e, "could not mirror a webhook endpoint");
+            }
+        });
+    }
 }

@@ -121,6 +121,10 @@ pub trait Membership: Send + Sync + 'static {
         _invite: Option<(ParticipantId, &str, i64)>,
     ) {
     }
+
+    /// Tells every node of a webhook endpoint created here (`Some`) or
+    /// deleted here (`None`), so events raised anywhere reach it.
+    fn share_endpoint(self: Arc<Self>, _id: &str, _endpoint: Option<&amphi_store::Endpoint>) {}
 }
 
 /// What a membership needs from the node.
@@ -204,6 +208,9 @@ pub trait Host: Send + Sync + 'static {
         pid: ParticipantId,
         invite: Option<(ParticipantId, String, i64)>,
     );
+    /// A webhook endpoint configured on some node (`None`: deleted):
+    /// mirrored into this node's store.
+    fn adopt_endpoint(&self, id: String, endpoint: Option<amphi_store::Endpoint>);
 }
 
 /// A node on its own: it owns every space, forwards nothing, and its

@@ -54,6 +54,7 @@ use crate::error::ApiError;
 use crate::metrics::{counter, gauge};
 use crate::timefmt::mono_ms;
 
+mod hooks;
 mod leases;
 mod presence;
 
@@ -802,6 +803,7 @@ impl Membership for Nats {
         tokio::spawn(self.clone().serve_forwarded(router));
         tokio::spawn(self.clone().counts());
         tokio::spawn(self.clone().presence_loop());
+        tokio::spawn(self.clone().watch_hooks());
         tokio::spawn(self.clone().housekeeping());
         // Replays this node cut (or is cutting) before a restart.
         self.pending_replays.lock().extend(host.recorded_here());
@@ -947,6 +949,10 @@ impl Membership for Nats {
         invite: Option<(amphi_core::ParticipantId, &str, i64)>,
     ) {
         self.share_invitation_with_all(space, pid, invite);
+    }
+
+    fn share_endpoint(self: Arc<Self>, id: &str, endpoint: Option<&amphi_store::Endpoint>) {
+        self.share_endpoint_with_all(id, endpoint);
     }
 
     fn render_metrics(&self, out: &mut crate::metrics::Scrape<'_>) {
