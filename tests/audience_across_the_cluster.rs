@@ -379,4 +379,102 @@ fn five_thousand_named_listeners_across_three_nodes_are_one_bounded_audience() {
             audience(s, &id, &host, "")["total"].as_u64() <= Some(1)
         });
     }
+
+    // A webhook endpoint created on B applies to events raised on A (the
+    // owner): the space's end, called through C, is delivered once.
+    let (receiver, got) = receiver();
+    let r = call(
+        "POST",
+        &b.url("/api/v1/webhooks"),
+        Some(ADMIN),
+        Some(
+            serde_json::json!({"url": format!("http://127.0.0.1:{receiver}/hook"), "events": ["space.ended"]}),
+        ),
+    );
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let hook = r.body["webhook"]["id"].as_str().expect("id").to_owned();
+    for s in nodes {
+        wait_for(5, "every node has the endpoint", || {
+            call(
+                "GET",
+                &s.url(&format!("/api/v1/webhooks/{hook}")),
+                Some(ADMIN),
+                None,
+            )
+            .status
+                == 200
+        });
+    }
+    let r = call(
+        "POST",
+        &c.url(&format!("/api/v1/spaces/{id}/end")),
+        Some(&host),
+        None,
+    );
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    wait_for(10, "space.ended reaches the receiver", || {
+        !got.lock().unwrap().is_empty()
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let got = got.lock().unwrap().clone();
+    assert_eq!(got.len(), 1, "delivered more than once: {got:?}");
+    assert!(got[0].contains("space.ended"), "{got:?}");
+    // Deleted on A: gone everywhere.
+    let r = call(
+        "DELETE",
+        &a.url(&format!("/api/v1/webhooks/{hook}")),
+        Some(ADMIN),
+        None,
+    );
+    assert_eq!(r.status, 204, "{:?}", r.body);
+    for s in nodes {
+        wait_for(5, "every node dropped the endpoint", || {
+            call(
+                "GET",
+                &s.url(&format!("/api/v1/webhooks/{hook}")),
+                Some(ADMIN),
+                None,
+            )
+            .status
+                == 404
+        });
+    }
+}
+
+/// A webhook receiver on loopback: answers 204 to every request and keeps
+/// each request's `webhook-id` and body.
+fn receiver() -> (u16, Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    let got = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = got.clone();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut r = BufReader::new(conn.try_clone().expect("clone"));
+            let mut len = 0;
+            let mut id = String::new();
+            loop {
+                let mut line = String::new();
+                if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                let lower = line.to_ascii_lowercase();
+                if let Some(v) = lower.strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+                if let Some(v) = lower.strip_prefix("webhook-id:") {
+                    id = v.trim().to_owned();
+                }
+            }
+            let mut body = vec![0; len];
+            let _ = r.read_exact(&mut body);
+            seen.lock()
+                .unwrap()
+                .push(format!("{id} {}", String::from_utf8_lossy(&body)));
+            let _ = conn.write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n");
+        }
+    });
+    (port, got)
 }
