@@ -129,6 +129,17 @@ try {
     document.querySelector("[data-testid=scheduled-list]").textContent.includes("Browser journey")));
   await noSideScroll(host, "lobby");
   await host.screenshot({ path: `${OUT}/lobby.png`, fullPage: true });
+
+  step("1a. before it starts, a listener asks to be reminded (Remind me)");
+  const early = await page(guestB, "early");
+  await early.goto(BASE + link);
+  await early.fill("[data-testid=join-name]", "Remi");
+  await early.click("[data-testid=join]");
+  await early.click("[data-testid=remind]");
+  await until("the reminder is set", () => early.evaluate(() =>
+    document.querySelector("[data-testid=remind]").getAttribute("aria-pressed") === "true"));
+  await early.close();
+
   await host.goto(BASE + link);
   await host.click("[data-testid=go-live]");
   await host.click("[data-testid=mic]");
