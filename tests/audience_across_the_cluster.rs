@@ -341,8 +341,8 @@ fn five_thousand_named_listeners_across_three_nodes_are_one_bounded_audience() {
     for s in nodes {
         let st = stats(s, &id);
         println!(
-            "stats on {}: peak {} joins {}",
-            s.port, st["peak_listeners"], st["joins"]
+            "stats on {}: peak {} joins {} unique {}",
+            s.port, st["peak_listeners"], st["joins"], st["unique_participants"]
         );
         let peak = st["peak_listeners"].as_u64().unwrap_or(0);
         assert!(
@@ -362,6 +362,13 @@ fn five_thousand_named_listeners_across_three_nodes_are_one_bounded_audience() {
             st["joins"].as_u64(),
             Some(N as u64 + 1),
             "joins on {}",
+            s.port
+        );
+        // The three nodes' HyperLogLogs merged (≈2.3 % standard error).
+        let unique = st["unique_participants"].as_u64().unwrap_or(0) as f64;
+        assert!(
+            (unique - 5001.0).abs() / 5001.0 < 0.07,
+            "unique {unique} on {}",
             s.port
         );
     }

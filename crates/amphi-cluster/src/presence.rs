@@ -58,6 +58,10 @@ pub struct SpacePresence {
     /// Joins answered on the node since it started counting (cumulative).
     #[serde(default)]
     pub joins: u64,
+    /// The node's estimate of its unique participants (opaque registers,
+    /// in full batches only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unique: Option<String>,
 }
 
 /// What nodes tell each other about presence.
@@ -124,6 +128,7 @@ pub struct Present {
 struct SpaceView {
     total: u64,
     joins: u64,
+    unique: Option<String>,
     by_seq: BTreeMap<(u64, ParticipantId), String>,
     by_pid: HashMap<ParticipantId, u64>,
 }
@@ -138,6 +143,9 @@ impl SpaceView {
     fn apply(&mut self, s: SpacePresence) {
         self.total = s.total;
         self.joins = self.joins.max(s.joins);
+        if s.unique.as_ref().is_some_and(|u| u.len() <= 8192) {
+            self.unique = s.unique;
+        }
         for pid in s.left {
             self.remove(pid);
         }
@@ -199,13 +207,17 @@ impl Presence {
         view.heard = now;
         if full {
             // Joins are cumulative: kept across a full batch.
-            let joins: HashMap<SpaceId, u64> =
-                view.spaces.iter().map(|(k, v)| (*k, v.joins)).collect();
+            let joins: Vec<(SpaceId, u64, Option<String>)> = view
+                .spaces
+                .iter_mut()
+                .filter(|(_, v)| v.joins > 0)
+                .map(|(k, v)| (*k, v.joins, v.unique.take()))
+                .collect();
             view.spaces.clear();
-            for (space, j) in joins {
-                if j > 0 {
-                    view.spaces.entry(space).or_default().joins = j;
-                }
+            for (space, j, unique) in joins {
+                let v = view.spaces.entry(space).or_default();
+                v.joins = j;
+                v.unique = unique;
             }
         }
         for s in spaces {
@@ -239,6 +251,13 @@ impl Presence {
             .iter()
             .filter_map(|(n, v)| v.spaces.get(&space).map(|s| (n.clone(), s.joins)))
             .filter(|(_, j)| *j > 0)
+            .collect()
+    }
+
+    /// The other nodes' unique-participant registers of `space`.
+    pub fn uniques(&self, space: SpaceId) -> Vec<String> {
+        self.spaces(space)
+            .filter_map(|s| s.unique.clone())
             .collect()
     }
 
@@ -311,6 +330,7 @@ mod tests {
                 arrived,
                 left: vec![],
                 joins: (batch + 1) * 500,
+                unique: None,
             };
             p.take("b", false, vec![s], t0);
         }
@@ -329,6 +349,7 @@ mod tests {
                 arrived: vec![arrival(50_000, 5_000), arrival(50_001, 10)],
                 left: vec![],
                 joins: 2,
+                unique: None,
             }],
             t0,
         );
@@ -346,6 +367,7 @@ mod tests {
                 arrived: vec![arrival(1998, 6_000)],
                 left: vec![ParticipantId(1999), ParticipantId(1998)],
                 joins: 2001,
+                unique: None,
             }],
             t0,
         );
@@ -364,6 +386,7 @@ mod tests {
                 arrived: vec![arrival(7, 9_000)],
                 left: vec![],
                 joins: 0,
+                unique: None,
             }],
             t0,
         );
@@ -397,6 +420,7 @@ mod tests {
                 arrived: vec![arrival(1, 1)],
                 left: vec![ParticipantId(4)],
                 joins: 3,
+                unique: Some("regs".into()),
             }],
         };
         assert_eq!(PresenceMsg::decode(&b.encode()), Some(b));

@@ -264,7 +264,10 @@ impl Host for App {
         self.cells()
             .into_iter()
             .filter_map(|c| {
-                let joins = c.stats.lock().joins;
+                let (joins, unique) = {
+                    let st = c.stats.lock();
+                    (st.joins, full.then(|| st.registers()).flatten())
+                };
                 let mut inner = c.inner.lock();
                 let total = inner.presence.total() as u64;
                 let (arrived, left) = if full {
@@ -282,6 +285,7 @@ impl Host for App {
                     arrived,
                     left,
                     joins,
+                    unique,
                 })
             })
             .collect()

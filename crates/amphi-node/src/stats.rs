@@ -49,6 +49,11 @@ pub struct SpaceStats {
     /// (cumulative per node; `joins` is this node's own).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub remote_joins: BTreeMap<String, u64>,
+    /// The other nodes' unique-participant registers, merged (base64).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    remote_unique: String,
+    #[serde(skip)]
+    remote_registers: Option<Vec<u8>>,
     #[serde(skip)]
     last_sample_ms: Option<i64>,
     #[serde(skip)]
@@ -63,6 +68,10 @@ impl SpaceStats {
     pub fn from_json(s: &str) -> Option<SpaceStats> {
         let mut st: SpaceStats = serde_json::from_str(s).ok()?;
         st.registers = B64.decode(&st.unique).ok().filter(|r| r.len() == HLL_M);
+        st.remote_registers = B64
+            .decode(&st.remote_unique)
+            .ok()
+            .filter(|r| r.len() == HLL_M);
         Some(st)
     }
 
@@ -70,6 +79,9 @@ impl SpaceStats {
     pub fn encode(&mut self) -> String {
         if let Some(r) = &self.registers {
             self.unique = B64.encode(r);
+        }
+        if let Some(r) = &self.remote_registers {
+            self.remote_unique = B64.encode(r);
         }
         // Plain data: serialising cannot fail.
         serde_json::to_string(self).unwrap_or_default()
@@ -91,9 +103,40 @@ impl SpaceStats {
         self.dirty = true;
     }
 
-    /// Distinct participants who joined (estimate).
+    /// This node's registers (base64), for the other nodes.
+    pub fn registers(&self) -> Option<String> {
+        self.registers.as_ref().map(|r| B64.encode(r))
+    }
+
+    /// Merges other nodes' registers (each a [`SpaceStats::registers`]):
+    /// the estimate becomes that of the union of the joins.
+    pub fn merge_unique(&mut self, others: &[String]) {
+        for o in others {
+            let Some(theirs) = B64.decode(o).ok().filter(|r| r.len() == HLL_M) else {
+                continue;
+            };
+            let mine = self.remote_registers.get_or_insert_with(|| vec![0; HLL_M]);
+            for (m, t) in mine.iter_mut().zip(&theirs) {
+                if *t > *m {
+                    *m = *t;
+                    self.dirty = true;
+                }
+            }
+        }
+    }
+
+    /// Distinct participants who joined (estimate), on every node whose
+    /// registers were merged.
     pub fn unique(&self) -> u64 {
-        let Some(r) = &self.registers else { return 0 };
+        let merged: Vec<u8>;
+        let r = match (&self.registers, &self.remote_registers) {
+            (Some(a), Some(b)) => {
+                merged = a.iter().zip(b).map(|(x, y)| *x.max(y)).collect();
+                &merged
+            }
+            (Some(a), None) | (None, Some(a)) => a,
+            (None, None) => return 0,
+        };
         let m = HLL_M as f64;
         let sum: f64 = r.iter().map(|&v| 2f64.powi(-i32::from(v))).sum();
         let alpha = 0.7213 / (1.0 + 1.079 / m);
@@ -242,6 +285,17 @@ mod tests {
         }
         let u = s.unique() as f64;
         assert!((u - 50_000.0).abs() / 50_000.0 < 0.07, "{u}");
+        let again = SpaceStats::from_json(&s.encode()).unwrap();
+        assert_eq!(again.unique(), s.unique());
+        // Another node's 30,000, 10,000 of them also joined here: the
+        // union is 70,000.
+        let mut other = SpaceStats::default();
+        for pid in 40_000..70_000u64 {
+            other.join(pid.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        }
+        s.merge_unique(&[other.registers().unwrap()]);
+        let u = s.unique() as f64;
+        assert!((u - 70_000.0).abs() / 70_000.0 < 0.07, "{u}");
         let again = SpaceStats::from_json(&s.encode()).unwrap();
         assert_eq!(again.unique(), s.unique());
     }

@@ -93,9 +93,11 @@ pub async fn run(app: Arc<App>) {
             if c.inner.lock().space.state == SpaceState::Live {
                 let n = c.listeners();
                 let remote_joins = app.members.remote_joins(c.id);
+                let remote_uniques = app.members.remote_uniques(c.id);
                 let mut s = c.stats.lock();
                 s.sample(n, now);
                 s.remote_joins(remote_joins);
+                s.merge_unique(&remote_uniques);
             }
         }
         if now - last_flush < FLUSH_MS {

@@ -112,6 +112,12 @@ pub trait Membership: Send + Sync + 'static {
         Vec::new()
     }
 
+    /// The other nodes' unique-participant estimates of `space` (opaque
+    /// HyperLogLog registers, merged by crate::stats).
+    fn remote_uniques(&self, _space: SpaceId) -> Vec<String> {
+        Vec::new()
+    }
+
     /// Tells the other nodes that `pid` is invited to the stage of
     /// `space` (`Some((by, by_name, expires_ms))`), or no longer is.
     fn share_invitation(
