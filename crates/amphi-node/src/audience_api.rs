@@ -89,7 +89,9 @@ async fn audience(
         .collect();
     all.extend(remote.iter().map(|p| (p.seq, p.pid, p.name.as_str())));
     all.sort_unstable_by_key(|e| std::cmp::Reverse((e.0, e.1)));
-    all.dedup_by_key(|e| e.1);
+    // Someone connected to two nodes is listed once (their newest).
+    let mut seen = std::collections::HashSet::with_capacity(all.len());
+    all.retain(|e| seen.insert(e.1));
     all.truncate(VIEW_CAP);
     let page: Vec<_> = all
         .into_iter()
