@@ -122,8 +122,25 @@ fn metric_of(s: &Server, name: &str) -> f64 {
     metric(s, name)
 }
 
+/// Raises this process's open-files limit to its hard limit (5,000
+/// connections held here; the default soft limit may be 1,024).
+fn raise_nofile() {
+    // SAFETY: plain libc calls on a local struct.
+    unsafe {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
 #[test]
 fn five_thousand_named_listeners_across_three_nodes_are_one_bounded_audience() {
+    raise_nofile();
     let nats = NatsCluster::start();
     let lift = [
         "--join-rate-per-ip",
