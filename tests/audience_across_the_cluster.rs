@@ -181,37 +181,57 @@ fn five_thousand_named_listeners_across_three_nodes_are_one_bounded_audience() {
             _ => c.port,
         })
         .collect();
-    let t0 = Instant::now();
-    let cpu0: u64 = pids.iter().map(|p| cpu_us(*p)).sum();
     let space = Arc::new(id.clone());
-    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(N);
     // At most 64 joins and upgrades in flight.
     let limit = Arc::new(tokio::sync::Semaphore::new(64));
     let mut held = Vec::with_capacity(N);
-    for (i, port) in ports.iter().copied().enumerate() {
-        let space = space.clone();
-        let ready = ready_tx.clone();
-        let limit = limit.clone();
-        held.push(rt.spawn(async move {
-            let permit = limit.acquire_owned().await.expect("semaphore");
-            let token = join_raw(port, &space, &format!("Listener {i}")).await;
-            let conn = open_events(port, &space, &token).await;
-            drop(permit);
-            let _ = ready.send(()).await;
-            drain(conn).await;
-        }));
-    }
-    drop(ready_tx);
-    rt.block_on(async {
-        for _ in 0..N {
-            tokio::time::timeout(Duration::from_secs(120), ready_rx.recv())
-                .await
-                .expect("5,000 events connections within 2 minutes")
-                .expect("a listener task failed");
+    // When each participant's upgrade was answered (their arrival, as the
+    // client saw it), by index.
+    let mut arrived: Vec<(Instant, usize)> = Vec::with_capacity(N);
+    // Opens participants `range`; returns (seconds, nodes' CPU µs).
+    let mut open = |range: std::ops::Range<usize>| {
+        let t0 = Instant::now();
+        let cpu0: u64 = pids.iter().map(|p| cpu_us(*p)).sum();
+        let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(N);
+        let n = range.len();
+        for i in range {
+            let port = ports[i];
+            let space = space.clone();
+            let ready = ready_tx.clone();
+            let limit = limit.clone();
+            held.push(rt.spawn(async move {
+                let permit = limit.acquire_owned().await.expect("semaphore");
+                let token = join_raw(port, &space, &format!("Listener {i}")).await;
+                let conn = open_events(port, &space, &token).await;
+                drop(permit);
+                let _ = ready.send((Instant::now(), i)).await;
+                drain(conn).await;
+            }));
         }
+        drop(ready_tx);
+        rt.block_on(async {
+            for _ in 0..n {
+                let at = tokio::time::timeout(Duration::from_secs(120), ready_rx.recv())
+                    .await
+                    .expect("the events connections within 2 minutes")
+                    .expect("a listener task failed");
+                arrived.push(at);
+            }
+        });
+        let cpu = pids.iter().map(|p| cpu_us(*p)).sum::<u64>() - cpu0;
+        (t0.elapsed().as_secs_f64(), cpu as f64)
+    };
+    // Half, then the other half: A's view is already at its cap at half
+    // (B and C hold ~1,225 each), so A's memory must not grow after.
+    let (secs1, cpu1) = open(0..N / 2);
+    wait_for(10, "A counts the first half", || {
+        audience(&a, &id, &host, "")["total"].as_u64() == Some(N as u64 / 2)
     });
-    let secs = t0.elapsed().as_secs_f64();
-    let cpu_us_total = (pids.iter().map(|p| cpu_us(*p)).sum::<u64>() - cpu0) as f64;
+    std::thread::sleep(Duration::from_secs(1));
+    let rss_half = rss_kib(pids[0]);
+    let kept_half = metric_of(&a, "amphi_presence_remote_entries");
+    let (secs2, cpu2) = open(N / 2..N);
+    let (secs, cpu_us_total) = (secs1 + secs2, cpu1 + cpu2);
     let per_join = (cpu_us_total - idle_us_per_s * secs) / N as f64;
     println!(
         "{N} joins + events connections over 3 nodes in {secs:.1} s: nodes' CPU {:.0} ms \
@@ -241,22 +261,47 @@ fn five_thousand_named_listeners_across_three_nodes_are_one_bounded_audience() {
     let names: std::collections::HashSet<&str> =
         people.iter().filter_map(|p| p["name"].as_str()).collect();
     assert_eq!(names.len(), 500, "no duplicates");
-    let late = names
+    // They are the 500 that arrived last, whichever node holds them (the
+    // client's clock against the nodes': a few may swap at the edge).
+    arrived.sort();
+    let last: std::collections::HashSet<String> = arrived[N - 500..]
         .iter()
-        .filter(|n| {
-            n.strip_prefix("Listener ")
-                .and_then(|k| k.parse::<usize>().ok())
-                .is_some_and(|k| k >= N - 1000)
-        })
-        .count();
+        .map(|(_, i)| format!("Listener {i}"))
+        .collect();
+    let both = names.iter().filter(|n| last.contains(**n)).count();
+    println!("the view: {both} of its 500 are the last 500 to arrive");
     assert!(
-        late >= 450,
-        "the view is not the newest arrivals: only {late} of 500 among the last 1,000"
+        both >= 475,
+        "the view is not the newest arrivals: only {both} of 500 are the last 500"
     );
-    // A holds 50 itself and at most 500 of each other node's.
+    // Every node shows the same 500.
+    for s in [&a, &c] {
+        let theirs = audience(s, &id, &host, "?limit=500");
+        let set: std::collections::HashSet<&str> = theirs["audience"]
+            .as_array()
+            .expect("audience")
+            .iter()
+            .filter_map(|p| p["name"].as_str())
+            .collect();
+        assert_eq!(set, names, "node {} shows another view", s.port);
+    }
+    // A holds 50 itself and at most 500 of each other node's, at half as
+    // at the end; its memory did not follow the second 2,500.
     let kept = metric_of(&a, "amphi_presence_remote_entries");
     assert!(kept <= 1000.0, "A keeps {kept} remote entries");
     assert!(kept >= 900.0, "A keeps only {kept} remote entries");
+    assert_eq!(kept, kept_half, "A's view grew after its cap");
+    std::thread::sleep(Duration::from_secs(1));
+    let rss_full = rss_kib(pids[0]);
+    println!(
+        "A's RSS: {rss_half} KiB with 2,500 present, {rss_full} KiB with 5,000 \
+         ({} KiB); remote entries kept {kept_half} → {kept}",
+        rss_full as i64 - rss_half as i64
+    );
+    assert!(
+        (rss_full as i64 - rss_half as i64) < 3072,
+        "A's memory grew from {rss_half} to {rss_full} KiB past its cap"
+    );
 
     // Memory: B and C hold ~2,475 connections each; A holds 50 and the
     // bounded view of the others.
