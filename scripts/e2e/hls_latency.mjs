@@ -21,7 +21,7 @@
 import { spawn } from "node:child_process";
 import { writeFile } from "node:fs/promises";
 import { createRequire } from "node:module";
-import { chromium } from "playwright-core";
+import { launch } from "./chromium.mjs";
 
 const { BASE, ADMIN, OUT, WHIP_CLIENT } = process.env;
 const RUNS = Number(process.env.RUNS || 5);
@@ -119,14 +119,7 @@ const publisher = spawn(
 let publisherExit = null;
 publisher.on("exit", (code) => { publisherExit = code; });
 
-const browser = await chromium.launch({
-  executablePath: "/usr/bin/chromium",
-  args: [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--autoplay-policy=no-user-gesture-required",
-  ],
-});
+const browser = await launch();
 const live = `${BASE}/spaces/${id}/hls/live.m3u8`;
 const runs = [];
 try {

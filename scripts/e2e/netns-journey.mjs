@@ -9,25 +9,14 @@
 // it over TCP (a relayed pair), and the listener hears its 880 Hz too.
 //
 // BASE=https://10.77.n.1:PORT ADMIN OUT WAVS UNTRUSTING_CHROME HOST_CHROME LISTEN_CHROME GUEST_CHROME
-import { chromium } from "playwright-core";
+import { launch, until as poll, check, probe, heard } from "./chromium.mjs";
 
 const { BASE, ADMIN, OUT, WAVS, UNTRUSTING_CHROME, HOST_CHROME, LISTEN_CHROME, GUEST_CHROME } = process.env;
 const errors = [];
 const pages = [];
 const step = (s) => console.log(`-- ${s}`);
 
-async function browser(exe, wav) {
-  return chromium.launch({
-    executablePath: exe,
-    args: [
-      "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-      "--disable-background-networking", "--disable-component-update", "--disable-sync",
-      "--autoplay-policy=no-user-gesture-required",
-      "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-      `--use-file-for-fake-audio-capture=${wav}`,
-    ],
-  });
-}
+const browser = (exe, wav) => launch({ exe, wav });
 
 async function page(b, who) {
   const ctx = await b.newContext({ viewport: { width: 375, height: 812 } });
@@ -47,23 +36,8 @@ async function page(b, who) {
   return p;
 }
 
-async function until(what, fn, ms = 20000) {
-  const end = Date.now() + ms;
-  let last;
-  while (Date.now() < end) {
-    last = await fn();
-    if (last) return last;
-    await new Promise((r) => setTimeout(r, 250));
-  }
-  throw new Error(`timed out: ${what} (last: ${JSON.stringify(last)})`);
-}
+const until = (what, fn, ms = 20000) => poll(what, fn, ms);
 
-function check(cond, what) {
-  if (!cond) throw new Error(what);
-}
-
-const probe = (p) => p.evaluate(() => window.amphi.toneProbe([440, 880]));
-const heard = (db) => db > -60;
 const fmt = (dbs) => dbs.map((d) => `${d.toFixed(0)} dB`).join(" / ");
 
 // The ICE pair the host's RTCPeerConnection uses: candidate types and addresses.

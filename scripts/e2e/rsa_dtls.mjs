@@ -8,7 +8,7 @@
 // ffmpeg listens to the space's live.opus and the tone must be there. The
 // same with Chromium's default (ECDSA P-256) certificate as a control.
 import { spawn } from "node:child_process";
-import { chromium } from "playwright-core";
+import { launch } from "./chromium.mjs";
 
 const { BASE, ADMIN, WAV } = process.env;
 
@@ -136,16 +136,7 @@ async function publish(browser, kind) {
   return { kind, ...result, tone, errors };
 }
 
-const browser = await chromium.launch({
-  executablePath: "/usr/bin/chromium",
-  args: [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--autoplay-policy=no-user-gesture-required",
-    "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-    `--use-file-for-fake-audio-capture=${WAV}`,
-  ],
-});
+const browser = await launch({ wav: WAV });
 let failed = false;
 try {
   for (const kind of ["rsa", "ecdsa"]) {
