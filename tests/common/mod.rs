@@ -136,12 +136,13 @@ pub fn call(method: &str, url: &str, token: Option<&str>, body: Option<Value>) -
 
 /// Creates and starts a space; returns (space id, host token, host pid).
 pub fn live_space(s: &Server, title: &str) -> (String, String, String) {
-    let r = call(
-        "POST",
-        &s.url("/api/v1/spaces"),
-        Some(ADMIN),
-        Some(serde_json::json!({"title": title})),
-    );
+    live_space_with(s, serde_json::json!({ "title": title }))
+}
+
+/// Creates a space from `body` (the `POST /api/v1/spaces` JSON) and starts
+/// it; returns (space id, host token, host pid).
+pub fn live_space_with(s: &Server, body: Value) -> (String, String, String) {
+    let r = call("POST", &s.url("/api/v1/spaces"), Some(ADMIN), Some(body));
     assert_eq!(r.status, 201, "{:?}", r.body);
     let id = r.body["space"]["id"].as_str().expect("id").to_owned();
     let host = r.body["host"]["token"].as_str().expect("token").to_owned();
