@@ -42,3 +42,39 @@ export function check(cond, what) {
 export const probe = (p) => p.evaluate(() => window.amphi.toneProbe([440, 880]));
 /** A tone above -60 dB is heard. */
 export const heard = (db) => db > -60;
+
+/** The web app's own flow for a listener: open the space's link, join
+ * with a name, press listen. */
+export async function joinAndListen(p, link, name) {
+  await p.goto(link);
+  await p.fill("[data-testid=join-name]", name);
+  await p.click("[data-testid=join]");
+  await p.click("[data-testid=listen]");
+}
+
+/** The lobby's own flow for a host: create a space with the admin token;
+ * returns the space page's link (a path). */
+export async function createSpace(p, base, admin, title, hostName) {
+  await p.goto(base + "/");
+  await p.fill("[data-testid=admin-token]", admin);
+  await p.fill("[data-testid=title]", title);
+  await p.fill("[data-testid=host-name]", hostName);
+  await p.click("[data-testid=create]");
+  return (await p.waitForSelector("[data-testid=space-link]")).getAttribute("href");
+}
+
+/** Calls the node's JSON API from the script (not a page): `base` + `path`,
+ * a bearer `token` and a JSON `body` when given. Throws on a non-2xx. */
+export async function api(base, method, path, token, body) {
+  const res = await fetch(`${base}${path}`, {
+    method,
+    headers: {
+      ...(token ? { authorization: `Bearer ${token}` } : {}),
+      ...(body ? { "content-type": "application/json" } : {}),
+    },
+    body: body ? JSON.stringify(body) : undefined,
+  });
+  const text = await res.text();
+  if (!res.ok) throw new Error(`${method} ${path}: ${res.status} ${text}`);
+  return text ? JSON.parse(text) : null;
+}

@@ -6,7 +6,7 @@
 // its WHIP session is gone and publishes again through B by itself, a
 // survivor takes the space over, and the listener on C hears the guest
 // again without a reload. Prints the kill → 880 Hz heard time.
-import { launch, until as poll, probe, heard } from "./chromium.mjs";
+import { launch, until as poll, probe, heard, joinAndListen, createSpace } from "./chromium.mjs";
 
 const { BASE_A, BASE_B, BASE_C, PID_A, ADMIN, WAVS } = process.env;
 const step = (s) => console.log(`-- ${s}`);
@@ -26,24 +26,12 @@ const until = (what, fn, ms = 15000) => poll(what, fn, ms, 100);
 
 const status = (p) => p.evaluate(() => document.getElementById("status").textContent);
 
-async function joinAndListen(p, link, name) {
-  await p.goto(link);
-  await p.fill("[data-testid=join-name]", name);
-  await p.click("[data-testid=join]");
-  await p.click("[data-testid=listen]");
-}
-
 const hostB = await browser(`${WAVS}/host.wav`);
 const guestB = await browser(`${WAVS}/guest.wav`);
 try {
   step("1. the host creates a space on A and speaks; a guest on B is brought on stage and speaks");
   const host = await page(hostB, "host");
-  await host.goto(BASE_A + "/");
-  await host.fill("[data-testid=admin-token]", ADMIN);
-  await host.fill("[data-testid=title]", "Heal journey");
-  await host.fill("[data-testid=host-name]", "Hana");
-  await host.click("[data-testid=create]");
-  const link = await (await host.waitForSelector("[data-testid=space-link]")).getAttribute("href");
+  const link = await createSpace(host, BASE_A, ADMIN, "Heal journey", "Hana");
   await host.goto(BASE_A + link);
   await host.click("[data-testid=go-live]");
   await host.click("[data-testid=mic]");

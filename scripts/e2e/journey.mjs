@@ -9,7 +9,7 @@
 import { readFile } from "node:fs/promises";
 import { join, extname } from "node:path";
 import { createServer } from "node:http";
-import { launch, until, check, probe, heard } from "./chromium.mjs";
+import { launch, until, check, probe, heard, joinAndListen, createSpace } from "./chromium.mjs";
 
 const { BASE, ADMIN, OUT, WAVS, AMPHI_WEB_DIR } = process.env;
 const errors = [];
@@ -79,24 +79,12 @@ async function noSideScroll(p, who) {
   check(w <= 375, `${who}: the page is ${w} px wide at a 375 px viewport`);
 }
 
-async function joinAndListen(p, link, name) {
-  await p.goto(link);
-  await p.fill("[data-testid=join-name]", name);
-  await p.click("[data-testid=join]");
-  await p.click("[data-testid=listen]");
-}
-
 const hostB = await browser(`${WAVS}/host.wav`);
 const guestB = await browser(`${WAVS}/guest.wav`);
 try {
   step("1. the host creates a space in the lobby, goes live and speaks");
   const host = await page(hostB, "host");
-  await host.goto(BASE + "/");
-  await host.fill("[data-testid=admin-token]", ADMIN);
-  await host.fill("[data-testid=title]", "Browser journey");
-  await host.fill("[data-testid=host-name]", "Hana");
-  await host.click("[data-testid=create]");
-  const link = await (await host.waitForSelector("[data-testid=space-link]")).getAttribute("href");
+  const link = await createSpace(host, BASE, ADMIN, "Browser journey", "Hana");
   await until("the lobby lists the new space", () => host.evaluate(() =>
     document.querySelector("[data-testid=scheduled-list]").textContent.includes("Browser journey")));
   await noSideScroll(host, "lobby");

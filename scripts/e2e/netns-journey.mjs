@@ -9,7 +9,7 @@
 // it over TCP (a relayed pair), and the listener hears its 880 Hz too.
 //
 // BASE=https://10.77.n.1:PORT ADMIN OUT WAVS UNTRUSTING_CHROME HOST_CHROME LISTEN_CHROME GUEST_CHROME
-import { launch, until as poll, check, probe, heard } from "./chromium.mjs";
+import { launch, until as poll, check, probe, heard, joinAndListen, createSpace } from "./chromium.mjs";
 
 const { BASE, ADMIN, OUT, WAVS, UNTRUSTING_CHROME, HOST_CHROME, LISTEN_CHROME, GUEST_CHROME } = process.env;
 const errors = [];
@@ -81,11 +81,7 @@ try {
   console.log(`   ${JSON.stringify(ctx)}`);
   check(ctx.secure === true, "window.isSecureContext is not true over https");
   check(ctx.mic, "navigator.mediaDevices.getUserMedia is missing");
-  await host.fill("[data-testid=admin-token]", ADMIN);
-  await host.fill("[data-testid=title]", "Over a network");
-  await host.fill("[data-testid=host-name]", "Hana");
-  await host.click("[data-testid=create]");
-  const link = await (await host.waitForSelector("[data-testid=space-link]")).getAttribute("href");
+  const link = await createSpace(host, BASE, ADMIN, "Over a network", "Hana");
   check(/^\/s\/[^/]+$/.test(link), `space link ${link}`);
   await host.goto(BASE + link);
   check(await host.evaluate(() => window.isSecureContext), "the space page is not a secure context");
@@ -98,10 +94,7 @@ try {
 
   step("2. a listener in another namespace hears the host's 440 Hz over wss");
   const listener = await page(listenB, "listener");
-  await listener.goto(BASE + link);
-  await listener.fill("[data-testid=join-name]", "Lia");
-  await listener.click("[data-testid=join]");
-  await listener.click("[data-testid=listen]");
+  await joinAndListen(listener, BASE + link, "Lia");
   const tones = await until("the listener hears 440 Hz", async () => { const t = await probe(listener); return heard(t[0]) && !heard(t[1]) && t; }, 30000);
   console.log(`   listener hears ${fmt(tones)} (440 / 880)`);
   const s = await until("the listener's delay", () => listener.evaluate(() => { const s = window.amphi.stats(); return s && s.delayMs !== null && s; }));

@@ -8,23 +8,11 @@
 // ffmpeg listens to the space's live.opus and the tone must be there. The
 // same with Chromium's default (ECDSA P-256) certificate as a control.
 import { spawn } from "node:child_process";
-import { launch } from "./chromium.mjs";
+import { launch, api as callApi } from "./chromium.mjs";
 
 const { BASE, ADMIN, WAV } = process.env;
 
-async function api(method, path, token, body) {
-  const res = await fetch(`${BASE}${path}`, {
-    method,
-    headers: {
-      ...(token ? { authorization: `Bearer ${token}` } : {}),
-      ...(body ? { "content-type": "application/json" } : {}),
-    },
-    body: body ? JSON.stringify(body) : undefined,
-  });
-  const text = await res.text();
-  if (!res.ok) throw new Error(`${method} ${path}: ${res.status} ${text}`);
-  return text ? JSON.parse(text) : null;
-}
+const api = (method, path, token, body) => callApi(BASE, method, path, token, body);
 
 /** `seconds` of the space's Ogg stream, decoded by ffmpeg (mono, 48 kHz). */
 function listen(id, seconds) {
