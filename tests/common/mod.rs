@@ -134,14 +134,26 @@ pub fn call(method: &str, url: &str, token: Option<&str>, body: Option<Value>) -
     }
 }
 
-/// Creates and starts a space; returns (space id, host token, host pid).
-pub fn live_space(s: &Server, title: &str) -> (String, String, String) {
+/// The host ends the space (200 expected).
+pub fn end_space(s: &Server, id: &str, host: &str) {
     let r = call(
         "POST",
-        &s.url("/api/v1/spaces"),
-        Some(ADMIN),
-        Some(serde_json::json!({"title": title})),
+        &s.url(&format!("/api/v1/spaces/{id}/end")),
+        Some(host),
+        None,
     );
+    assert_eq!(r.status, 200, "{:?}", r.body);
+}
+
+/// Creates and starts a space; returns (space id, host token, host pid).
+pub fn live_space(s: &Server, title: &str) -> (String, String, String) {
+    live_space_with(s, serde_json::json!({ "title": title }))
+}
+
+/// Creates a space from `body` (the `POST /api/v1/spaces` JSON) and starts
+/// it; returns (space id, host token, host pid).
+pub fn live_space_with(s: &Server, body: Value) -> (String, String, String) {
+    let r = call("POST", &s.url("/api/v1/spaces"), Some(ADMIN), Some(body));
     assert_eq!(r.status, 201, "{:?}", r.body);
     let id = r.body["space"]["id"].as_str().expect("id").to_owned();
     let host = r.body["host"]["token"].as_str().expect("token").to_owned();
@@ -422,13 +434,7 @@ pub fn wait_for_audio(s: &Server, n: f64) {
 /// Ends the space as its host and returns the seconds of `freq` in the
 /// recording, which must be published within 3 s of the end.
 pub fn end_and_measure_recording(s: &Server, id: &str, host: &str, freq: f32) -> f64 {
-    let r = call(
-        "POST",
-        &s.url(&format!("/api/v1/spaces/{id}/end")),
-        Some(host),
-        None,
-    );
-    assert_eq!(r.status, 200, "{:?}", r.body);
+    end_space(s, id, host);
     let rec = s.url(&format!("/spaces/{id}/recording.opus"));
     wait_for(3, "the recording", || {
         call("GET", &rec, None, None).status == 200

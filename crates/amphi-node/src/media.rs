@@ -69,6 +69,8 @@ pub struct MediaConfig {
     pub ice_tcp_port: Option<u16>,
     /// WebRTC sessions (speakers' publications) the node holds at most.
     pub max_rtc_sessions: usize,
+    /// Complete LL-HLS segments a live space keeps (its DVR window).
+    pub hls_dvr_segments: usize,
 }
 
 impl MediaConfig {
@@ -80,9 +82,15 @@ impl MediaConfig {
     }
 }
 
-/// Segments the live HLS keeps: the whole space, up to 2 hours, is the
-/// DVR window (about 8 KB a segment at 32 kbit/s: 30 MB per space at most).
-pub const HLS_DVR_SEGMENTS: usize = 3600;
+/// The LL-HLS DVR window in complete segments for `minutes` of a live
+/// space (2 s segments, about 8 KB each at 32 kbit/s: the default two hours
+/// is 3600 segments, 30 MB per talking space at most), at least the three
+/// a live playlist needs.
+pub fn hls_dvr_segments(minutes: u32) -> usize {
+    let frames_per_segment = amphi_hls::PART_FRAMES * amphi_hls::SEGMENT_PARTS;
+    let frames_per_minute = 60_000_000 / amphi_core::frame::FRAME_US;
+    ((u64::from(minutes) * frames_per_minute / frames_per_segment) as usize).max(3)
+}
 
 /// The outputs of one live space, read by the HTTP side.
 pub struct LiveMedia {
@@ -342,7 +350,7 @@ impl MediaPlane {
     /// Fresh, empty outputs for a live space (an origin's or an edge's).
     pub fn new_live_media(&self, space: SpaceId) -> Arc<LiveMedia> {
         let pager = OggPager::new(ogg_serial(space), self.cfg.ogg_frames_per_page);
-        let stores = Stores::new(HISTORY_FRAMES, HLS_DVR_SEGMENTS);
+        let stores = Stores::new(HISTORY_FRAMES, self.cfg.hls_dvr_segments);
         Arc::new(LiveMedia {
             ogg: self.egress.new_output(),
             // The WebSocket output keeps the whole history's messages, so
@@ -874,5 +882,17 @@ impl MixThread {
             RtcEvent::Closed { id, .. } => self.program.session_closed(Session(id.0)),
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::hls_dvr_segments;
+
+    #[test]
+    fn the_dvr_window_is_counted_in_two_second_segments() {
+        assert_eq!(hls_dvr_segments(120), 3600);
+        assert_eq!(hls_dvr_segments(1), 30);
+        assert_eq!(hls_dvr_segments(0), 3);
     }
 }
