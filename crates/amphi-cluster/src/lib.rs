@@ -19,6 +19,7 @@
 //! | KV `amphi_spaces` / `<id>`        | the space's rules state (JSON), owner-written |
 //! | KV `amphi_leases` / `<id>`        | who owns the space, renewed every 1 s        |
 //! | KV `amphi_replays` / `<id>`       | where a space's replay was cut, once ready   |
+//! | KV `amphi_webhooks` / `<ep id>`   | webhook endpoints (node: cluster/nats/hooks) |
 //! | KV `amphi_config` / `token_key`…  | secrets every node shares                    |
 
 pub mod audience;
