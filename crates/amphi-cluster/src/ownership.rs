@@ -183,6 +183,11 @@ impl Ownership {
         due.len()
     }
 
+    /// Spaces this node fenced itself out of now.
+    pub fn fenced(&self) -> usize {
+        self.fenced.len()
+    }
+
     /// Whether this node fenced itself out of `space` and has not yet
     /// seen who owns it now (nor won it again): its copy may be stale and
     /// its listeners belong elsewhere.

@@ -78,6 +78,7 @@ struct ClusterStats {
     state_applied: AtomicU64,
     takeovers: AtomicU64,
     leases_lost: AtomicU64,
+    fences: AtomicU64,
     edges_started: AtomicU64,
     edges_stopped: AtomicU64,
     orphans_ended: AtomicU64,
@@ -568,7 +569,7 @@ impl Nats {
     /// nothing falls between.
     async fn attach_edge(&self, id: SpaceId) {
         let Some(host) = self.host() else { return };
-        if !host.is_live(id) || host.is_mixing(id) {
+        if !host.is_live(id) || host.is_mixing(id) || self.fenced(id) {
             return;
         }
         // One start per space at a time (a slow origin delays only its own
@@ -760,6 +761,22 @@ impl Nats {
         self.audience.lock().take(r, Instant::now());
     }
 
+    /// Applies the fencing rule every [`lease::FENCE_CHECK_MS`], apart from
+    /// the renewals (a renewal NATS does not answer can hold those for
+    /// seconds): a lease whose last acknowledged write was sent
+    /// [`lease::FENCE_MS`] ago stops this node acting as the space's origin.
+    async fn fencing(self: Arc<Self>) {
+        let mut iv = tokio::time::interval(Duration::from_millis(lease::FENCE_CHECK_MS as u64));
+        iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            iv.tick().await;
+            let fenced = self.ownership.lock().fence(mono_ms());
+            if fenced > 0 {
+                self.act_on_ownership();
+            }
+        }
+    }
+
     async fn housekeeping(self: Arc<Self>) {
         let mut iv = tokio::time::interval(Duration::from_millis(lease::RENEW_MS as u64));
         loop {
@@ -798,6 +815,7 @@ impl Membership for Nats {
         tokio::spawn(self.clone().serve_forwarded(router));
         tokio::spawn(self.clone().counts());
         tokio::spawn(self.clone().housekeeping());
+        tokio::spawn(self.clone().fencing());
         // Replays this node cut (or is cutting) before a restart.
         self.pending_replays.lock().extend(host.recorded_here());
         // Live spaces this node originated before a restart: if the lease
@@ -908,6 +926,10 @@ impl Membership for Nats {
         ))
     }
 
+    fn fenced(&self, space: SpaceId) -> bool {
+        self.ownership.lock().is_fenced(space)
+    }
+
     fn ready(&self) -> Result<(), ApiError> {
         if self.partition.lock().is_connected() {
             Ok(())
@@ -1007,6 +1029,29 @@ impl Membership for Nats {
             "Leases another node took from this one.",
             l(&s.leases_lost),
         );
+        counter(
+            out,
+            "amphi_fences_total",
+            "Spaces this node stopped mixing because it could not prove its lease (cut off from NATS).",
+            l(&s.fences),
+        );
+        gauge(
+            out,
+            "amphi_fenced_spaces",
+            "Spaces this node fenced itself out of and has not yet seen the new owner of.",
+            self.ownership.lock().fenced() as f64,
+        );
+        if let Some(host) = self.host() {
+            gauge(
+                out,
+                "amphi_origin_spaces",
+                "Live spaces this node mixes now (it is their origin).",
+                host.live_spaces()
+                    .into_iter()
+                    .filter(|id| host.is_mixing(*id))
+                    .count() as f64,
+            );
+        }
         counter(
             out,
             "amphi_orphans_ended_total",

@@ -131,6 +131,12 @@ impl Nats {
                     }
                     host.become_origin(space, first_seq);
                 }
+                OwnershipEvent::Fenced { space } => {
+                    self.orphans.lock().forget(space);
+                    self.stats.fences.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(space = %space, "fenced: no lease renewal acknowledged for {} ms; stopped acting as the space's origin", amphi_cluster::lease::FENCE_MS);
+                    host.fence(space);
+                }
                 OwnershipEvent::Lost { space } => {
                     self.orphans.lock().forget(space);
                     self.stats.leases_lost.fetch_add(1, Ordering::Relaxed);
