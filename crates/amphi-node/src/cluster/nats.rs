@@ -58,6 +58,8 @@ mod leases;
 
 /// How long a forwarded call waits for the owner.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the client pings its NATS server.
+const NATS_PING: Duration = Duration::from_secs(1);
 /// How long an edge waits for the origin's history.
 const HISTORY_TIMEOUT: Duration = Duration::from_secs(2);
 /// Frames queued between the mixer and the bus publisher (2 s of 50 spaces).
@@ -211,6 +213,9 @@ impl Nats {
                 Duration::from_millis((attempts as u64 * 100).min(1000))
             })
             .request_timeout(Some(FORWARD_TIMEOUT))
+            // A link that drops packets silently (a partition, not a
+            // reset) is noticed after three unanswered pings.
+            .ping_interval(NATS_PING)
             .event_callback(move |ev| {
                 let link = link.clone();
                 async move {
