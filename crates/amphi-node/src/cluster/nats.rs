@@ -540,10 +540,24 @@ impl Nats {
 
     /// Answers edges' history requests for the spaces mixed here.
     async fn serve_history(self: Arc<Self>) {
-        let mut sub = match self.client.subscribe("amphi.space.*.history").await {
+        self.serve_frame_requests("amphi.space.*.history", |host, id, from| {
+            host.history(id, from)
+        })
+        .await;
+    }
+
+    /// Answers the requests on `subject` (`amphi.space.*.<what>`, a
+    /// first frame in the payload) with `answer`'s body for the space the
+    /// subject names (`None`: this node has nothing to say).
+    pub(super) async fn serve_frame_requests(
+        &self,
+        subject: &'static str,
+        answer: impl Fn(&dyn Host, SpaceId, u64) -> Option<Bytes>,
+    ) {
+        let mut sub = match self.client.subscribe(subject).await {
             Ok(s) => s,
             Err(e) => {
-                tracing::error!(error = %e, "could not subscribe to history requests");
+                tracing::error!(subject, error = %e, "could not subscribe to frame requests");
                 return;
             }
         };
@@ -562,7 +576,7 @@ impl Nats {
             let Ok(from) = amphi_cluster::decode_history_request(&msg.payload) else {
                 continue;
             };
-            let Some(body) = host.history(id, from) else {
+            let Some(body) = answer(host.as_ref(), id, from) else {
                 continue;
             };
             let _ = self.client.publish(reply, body).await;
