@@ -589,10 +589,18 @@ pub fn node_with(urls: &str, name: &str, extra: &[&str], envs: &[(&str, &str)]) 
 pub struct NatsCluster {
     pub servers: Vec<(Option<Child>, u16, u16, tempfile::TempDir)>,
     pub routes: Vec<u16>,
+    /// The address every server listens on (clients, monitoring, routes).
+    pub ip: String,
 }
 
 impl NatsCluster {
     pub fn start() -> NatsCluster {
+        NatsCluster::start_on("127.0.0.1")
+    }
+
+    /// [`NatsCluster::start`] listening on `ip` (a test network's address,
+    /// for nodes in a network namespace).
+    pub fn start_on(ip: &str) -> NatsCluster {
         let servers: Vec<_> = (0..3)
             .map(|_| {
                 (
@@ -604,7 +612,11 @@ impl NatsCluster {
             })
             .collect();
         let routes = (0..3).map(|_| free_port()).collect();
-        let mut c = NatsCluster { servers, routes };
+        let mut c = NatsCluster {
+            servers,
+            routes,
+            ip: ip.to_owned(),
+        };
         for i in 0..3 {
             c.spawn(i);
         }
@@ -613,7 +625,7 @@ impl NatsCluster {
         }
         // The JetStream meta group has a leader.
         wait_for(20, "a JetStream meta leader", || {
-            reqwest::blocking::get(format!("http://127.0.0.1:{}/jsz", c.servers[0].2))
+            reqwest::blocking::get(format!("http://{}:{}/jsz", c.ip, c.servers[0].2))
                 .ok()
                 .and_then(|r| r.json::<Value>().ok())
                 .is_some_and(|v| v["meta_cluster"]["leader"].is_string())
@@ -628,15 +640,18 @@ impl NatsCluster {
             .expect("nats-server is required: run scripts/test (it installs it)");
         let routes: Vec<String> = (0..3)
             .filter(|j| *j != i)
-            .map(|j| format!("nats://127.0.0.1:{}", self.routes[j]))
+            .map(|j| format!("nats://{}:{}", self.ip, self.routes[j]))
             .collect();
         let (_, port, monitor, store) = &self.servers[i];
         let child = Command::new(bin)
-            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-a", &self.ip, "-p", &port.to_string()])
             .args(["-m", &monitor.to_string()])
             .args(["-n", &format!("s{i}")])
             .args(["--cluster_name", "amphi"])
-            .args(["--cluster", &format!("nats://127.0.0.1:{}", self.routes[i])])
+            .args([
+                "--cluster",
+                &format!("nats://{}:{}", self.ip, self.routes[i]),
+            ])
             .args(["--routes", &routes.join(",")])
             .args(["-js", "-sd"])
             .arg(store.path())
@@ -650,14 +665,14 @@ impl NatsCluster {
     fn wait_ready(&self, i: usize) {
         let monitor = self.servers[i].2;
         wait_for(40, "nats-server in the cluster", || {
-            reqwest::blocking::get(format!("http://127.0.0.1:{monitor}/healthz"))
+            reqwest::blocking::get(format!("http://{}:{monitor}/healthz", self.ip))
                 .is_ok_and(|r| r.status().is_success())
         });
     }
 
     /// Server `i`'s client URL.
     pub fn url_of(&self, i: usize) -> String {
-        format!("nats://127.0.0.1:{}", self.servers[i].1)
+        format!("nats://{}:{}", self.ip, self.servers[i].1)
     }
 
     /// All three client URLs, as a comma list, server `first` first.
@@ -691,7 +706,8 @@ impl NatsCluster {
             }
             let monitor = self.servers[i].2;
             let Some(v) = reqwest::blocking::get(format!(
-                "http://127.0.0.1:{monitor}/jsz?streams=true&raft=true"
+                "http://{}:{monitor}/jsz?streams=true&raft=true",
+                self.ip
             ))
             .ok()
             .and_then(|r| r.json::<Value>().ok()) else {
@@ -726,8 +742,8 @@ impl NatsCluster {
         (0..3).find(|i| {
             self.servers[*i].0.is_some()
                 && reqwest::blocking::get(format!(
-                    "http://127.0.0.1:{}/connz?limit=1000",
-                    self.servers[*i].2
+                    "http://{}:{}/connz?limit=1000",
+                    self.ip, self.servers[*i].2
                 ))
                 .ok()
                 .and_then(|r| r.json::<Value>().ok())

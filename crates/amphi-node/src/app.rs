@@ -419,6 +419,13 @@ impl SpaceCell {
         }
     }
 
+    /// Stops mixing a space this node fenced itself out of (see
+    /// [`MediaPlane::fence_space`]); its outputs stay the cell's, for the
+    /// HLS they hold.
+    pub fn fence_media(&self, media: &MediaPlane) -> bool {
+        media.fence_space(self.id, &self.publishers())
+    }
+
     /// Brings every ingest gate in line with the rules, now.
     pub fn sync_gates(&self) {
         let inner = self.inner.lock();

@@ -98,14 +98,22 @@ impl Host for App {
             return;
         }
         // The outputs this node served as an edge (if it was one) carry on,
-        // fed by the mixer from now on.
-        let live = cell.live.read().clone();
+        // fed by the mixer from now on; those a fence closed are not reused.
+        let live = cell.live.read().clone().filter(|l| !l.is_fenced());
         cell.start_media(&self.media, live, first_seq);
     }
 
     fn abandon(&self, space: SpaceId) {
         if let Ok(cell) = self.space(space) {
             cell.abandon_media(&self.media);
+        }
+    }
+
+    fn fence(&self, space: SpaceId) {
+        if let Ok(cell) = self.space(space)
+            && cell.fence_media(&self.media)
+        {
+            tracing::warn!(space = %space, "fenced: this node cannot prove its lease; stopped mixing the space");
         }
     }
 
@@ -143,8 +151,8 @@ impl Host for App {
     }
 
     fn speakers_back(&self, space: SpaceId) -> bool {
-        self.space(space)
-            .is_ok_and(|cell| !cell.publishers().is_empty())
+        // A live session, not a gate (gates outlive their sessions).
+        self.media.is_mixing(space) && self.media.publishing(space)
     }
 
     fn end_orphan(&self, space: SpaceId) -> BoxFuture<'_, ()> {

@@ -110,12 +110,21 @@ pub struct LiveMedia {
     /// Loudest level of each speaker heard since the control plane last
     /// took them (its events updates show who is talking).
     pub talking: Mutex<HashMap<ParticipantId, u8>>,
+    /// The node fenced itself out of the space: its listener streams were
+    /// told to go elsewhere and closed; only its HLS is still served.
+    pub fenced: AtomicBool,
 }
 
 impl LiveMedia {
     /// Listener streams attached on this node.
     pub fn listeners(&self) -> u64 {
         self.ogg.listeners() + self.ws.listeners()
+    }
+
+    /// Whether these outputs were closed by a fence (see
+    /// [`MediaPlane::fence_space`]): never reused.
+    pub fn is_fenced(&self) -> bool {
+        self.fenced.load(Ordering::Acquire)
     }
 
     /// Takes one of the space's `max` places for a listener being admitted,
@@ -202,6 +211,9 @@ enum Cmd {
     Abandon {
         space: SpaceId,
     },
+    Fence {
+        space: SpaceId,
+    },
     AddSession {
         space: SpaceId,
         pid: ParticipantId,
@@ -264,7 +276,13 @@ pub struct MediaPlane {
     speaker_stats: Arc<SpeakerStats>,
     /// Spaces mixed on this node now.
     mixing: Mutex<std::collections::HashSet<SpaceId>>,
+    /// WHIP sessions whose ICE and DTLS are up, and their space (kept by
+    /// the media thread from the engine's events).
+    publishing: Arc<Publishing>,
 }
+
+/// Connected WHIP sessions and their spaces.
+type Publishing = Mutex<HashMap<SessionId, SpaceId>>;
 
 /// Per-speaker counters, refreshed by the mixer thread once a second.
 type SpeakerStats = Mutex<Vec<(SpaceId, ParticipantId, amphi_media::jitter::JitterStats)>>;
@@ -289,6 +307,7 @@ impl MediaPlane {
         let alive = Arc::new(AtomicBool::new(true));
         let recorder = Arc::new(Recorder::start(cfg.recordings.clone())?);
         let speaker_stats: Arc<SpeakerStats> = Arc::new(Mutex::new(Vec::new()));
+        let publishing: Arc<Publishing> = Arc::default();
         let program = Program::new(
             ProgramConfig {
                 mixer: MixerConfig {
@@ -313,6 +332,7 @@ impl MediaPlane {
             spaces: HashMap::new(),
             stats: stats.clone(),
             stats_at: 0,
+            publishing: publishing.clone(),
         };
         let alive2 = alive.clone();
         let thread = std::thread::Builder::new()
@@ -334,6 +354,7 @@ impl MediaPlane {
             recorder,
             speaker_stats,
             mixing: Mutex::new(Default::default()),
+            publishing,
         })
     }
 
@@ -366,6 +387,7 @@ impl MediaPlane {
             hls_tick: tokio::sync::watch::channel(0).0,
             admitting: AtomicU64::new(0),
             talking: Mutex::new(HashMap::new()),
+            fenced: AtomicBool::new(false),
         })
     }
 
@@ -456,6 +478,13 @@ impl MediaPlane {
         }
     }
 
+    /// Whether a speaker publishes `space` to this node now: one of its
+    /// WHIP sessions here has connected (ICE and DTLS up) and is not
+    /// closed.
+    pub fn publishing(&self, space: SpaceId) -> bool {
+        self.publishing.lock().values().any(|s| *s == space)
+    }
+
     /// Whether this node mixes `space` now (it is its origin).
     pub fn is_mixing(&self, space: SpaceId) -> bool {
         self.mixing.lock().contains(&space)
@@ -470,6 +499,24 @@ impl MediaPlane {
             return false;
         }
         let _ = self.tx.send(Cmd::Abandon { space });
+        for pid in publishers {
+            self.rtc.close_participant(space, *pid);
+        }
+        true
+    }
+
+    /// Stops mixing (and recording) a space this node can no longer prove
+    /// it owns (it fenced itself, cut off from the cluster): its WHIP
+    /// sessions are closed (the speakers' clients publish again through
+    /// another node), its `live.ws` listeners get a close frame with code
+    /// [`CLOSE_GO_ELSEWHERE`](amphi_media::wire::CLOSE_GO_ELSEWHERE) and its
+    /// Ogg listeners are closed; its HLS is kept, as it stands. Returns
+    /// whether it was mixed here.
+    pub fn fence_space(&self, space: SpaceId, publishers: &[ParticipantId]) -> bool {
+        if !self.mixing.lock().remove(&space) {
+            return false;
+        }
+        let _ = self.tx.send(Cmd::Fence { space });
         for pid in publishers {
             self.rtc.close_participant(space, *pid);
         }
@@ -645,6 +692,7 @@ struct MixThread {
     speaker_stats: Arc<SpeakerStats>,
     /// Tick count at the last speaker-stats refresh.
     stats_at: u64,
+    publishing: Arc<Publishing>,
 }
 
 fn wall_us() -> u64 {
@@ -834,6 +882,18 @@ impl MixThread {
             }
             Cmd::Stop { space } => self.program.stop_space(space),
             Cmd::Abandon { space } => self.program.abandon_space(space),
+            Cmd::Fence { space } => {
+                if let Some(s) = self.spaces.get(&space) {
+                    s.live.fenced.store(true, Ordering::Release);
+                    let last = s.live.history.lock().last_seq().unwrap_or(0);
+                    let bye = amphi_media::wire::ws_close_frame(
+                        amphi_media::wire::CLOSE_GO_ELSEWHERE,
+                        "this node lost the cluster: reconnect to another node",
+                    );
+                    s.live.publish(&self.egress, UnitKind::Ws, bye, last);
+                }
+                self.program.abandon_space(space);
+            }
             Cmd::AddSession {
                 space,
                 pid,
@@ -879,8 +939,13 @@ impl MixThread {
                 payload,
                 received: received_at,
             }),
-            RtcEvent::Closed { id, .. } => self.program.session_closed(Session(id.0)),
-            _ => {}
+            RtcEvent::Connected { id, space, .. } => {
+                self.publishing.lock().insert(id, space);
+            }
+            RtcEvent::Closed { id, .. } => {
+                self.publishing.lock().remove(&id);
+                self.program.session_closed(Session(id.0));
+            }
         }
     }
 }

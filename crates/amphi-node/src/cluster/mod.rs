@@ -89,6 +89,13 @@ pub trait Membership: Send + Sync + 'static {
     /// here may be stale.
     fn check_fresh(&self, space: Option<SpaceId>) -> Result<(), ApiError>;
 
+    /// Whether this node fenced itself out of `space` (it owned it, lost
+    /// the cluster, and does not know who owns it now): its listeners are
+    /// sent elsewhere and it takes no new ones.
+    fn fenced(&self, _space: SpaceId) -> bool {
+        false
+    }
+
     /// Whether the node can reach the others.
     fn ready(&self) -> Result<(), ApiError>;
 
@@ -167,6 +174,10 @@ pub trait Host: Send + Sync + 'static {
     fn become_origin(&self, space: SpaceId, first_seq: u64);
     /// Another node owns `space` now: stop mixing it here.
     fn abandon(&self, space: SpaceId);
+    /// This node can no longer prove it owns `space` (cut off from the
+    /// cluster): stop mixing and recording it, drop its WHIP sessions and
+    /// tell its local listeners to go elsewhere; keep what its HLS holds.
+    fn fence(&self, space: SpaceId);
     /// The last frame of `space` the recordings storage holds, as seen
     /// from this node (blocking: it reads storage).
     fn recorded_upto(&self, space: SpaceId) -> Option<u64>;
@@ -176,8 +187,8 @@ pub trait Host: Send + Sync + 'static {
     /// Records `frames` of `space` that its dead origin had not stored
     /// (blocking: it writes storage); nothing if the space is not recorded.
     fn backfill(&self, space: SpaceId, frames: Vec<Frame>);
-    /// Whether a speaker of `space` has published to this node (a WHIP
-    /// session reached it) since it became the origin.
+    /// Whether a speaker of `space` publishes to this node, its origin,
+    /// now: a WHIP session here is connected and not closed.
     fn speakers_back(&self, space: SpaceId) -> bool;
     /// Ends `space` as its host would (its origin died and no speaker came
     /// back): listeners get the end, the replay is cut from what storage
