@@ -426,10 +426,12 @@ fn five_thousand_named_listeners_across_three_nodes_are_one_bounded_audience() {
             "joins on {}",
             s.port
         );
-        // The three nodes' HyperLogLogs merged (≈2.3 % standard error).
+        // The three nodes' HyperLogLogs merged (≈2.3 % standard error,
+        // and near 2.5 × 2,048 registers, where the estimator switches
+        // from linear counting, a few % high: 5,014-5,227 seen).
         let unique = st["unique_participants"].as_u64().unwrap_or(0) as f64;
         assert!(
-            (unique - 5001.0).abs() / 5001.0 < 0.07,
+            (unique - 5001.0).abs() / 5001.0 < 0.10,
             "unique {unique} on {}",
             s.port
         );
@@ -488,6 +490,26 @@ fn five_thousand_named_listeners_across_three_nodes_are_one_bounded_audience() {
     let got = got.lock().unwrap().clone();
     assert_eq!(got.len(), 1, "delivered more than once: {got:?}");
     assert!(got[0].contains("space.ended"), "{got:?}");
+    // Replay plays: the recording fetched through each node is counted by
+    // the node that serves it, and summed on every node.
+    wait_for(15, "the replay is published", || {
+        !call("GET", &c.url(&format!("/api/v1/spaces/{id}")), None, None).body["replay"].is_null()
+    });
+    for s in nodes {
+        let r = reqwest::blocking::get(s.url(&format!("/spaces/{id}/recording.opus")))
+            .expect("get the replay");
+        assert!(
+            r.status().is_success(),
+            "replay through {}: {}",
+            s.port,
+            r.status()
+        );
+    }
+    for s in nodes {
+        wait_for(20, "every node counts the three plays", || {
+            stats(s, &id)["replay_plays"].as_u64() == Some(3)
+        });
+    }
     // Deleted on A: gone everywhere.
     let r = call(
         "DELETE",

@@ -62,6 +62,13 @@ pub struct SpacePresence {
     /// in full batches only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unique: Option<String>,
+    /// Replay plays served by the node (cumulative).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub plays: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// What nodes tell each other about presence.
@@ -128,6 +135,7 @@ pub struct Present {
 struct SpaceView {
     total: u64,
     joins: u64,
+    plays: u64,
     unique: Option<String>,
     by_seq: BTreeMap<(u64, ParticipantId), String>,
     by_pid: HashMap<ParticipantId, u64>,
@@ -143,6 +151,7 @@ impl SpaceView {
     fn apply(&mut self, s: SpacePresence) {
         self.total = s.total;
         self.joins = self.joins.max(s.joins);
+        self.plays = self.plays.max(s.plays);
         if s.unique.as_ref().is_some_and(|u| u.len() <= 8192) {
             self.unique = s.unique;
         }
@@ -206,17 +215,18 @@ impl Presence {
             });
         view.heard = now;
         if full {
-            // Joins are cumulative: kept across a full batch.
-            let joins: Vec<(SpaceId, u64, Option<String>)> = view
+            // Joins and plays are cumulative: kept across a full batch.
+            let kept: Vec<(SpaceId, u64, u64, Option<String>)> = view
                 .spaces
                 .iter_mut()
-                .filter(|(_, v)| v.joins > 0)
-                .map(|(k, v)| (*k, v.joins, v.unique.take()))
+                .filter(|(_, v)| v.joins > 0 || v.plays > 0)
+                .map(|(k, v)| (*k, v.joins, v.plays, v.unique.take()))
                 .collect();
             view.spaces.clear();
-            for (space, j, unique) in joins {
+            for (space, joins, plays, unique) in kept {
                 let v = view.spaces.entry(space).or_default();
-                v.joins = j;
+                v.joins = joins;
+                v.plays = plays;
                 v.unique = unique;
             }
         }
@@ -251,6 +261,15 @@ impl Presence {
             .iter()
             .filter_map(|(n, v)| v.spaces.get(&space).map(|s| (n.clone(), s.joins)))
             .filter(|(_, j)| *j > 0)
+            .collect()
+    }
+
+    /// Replay plays of `space` the other nodes served (as they last said).
+    pub fn plays(&self, space: SpaceId) -> Vec<(String, u64)> {
+        self.nodes
+            .iter()
+            .filter_map(|(n, v)| v.spaces.get(&space).map(|s| (n.clone(), s.plays)))
+            .filter(|(_, p)| *p > 0)
             .collect()
     }
 
@@ -331,6 +350,7 @@ mod tests {
                 left: vec![],
                 joins: (batch + 1) * 500,
                 unique: None,
+                plays: 0,
             };
             p.take("b", false, vec![s], t0);
         }
@@ -350,6 +370,7 @@ mod tests {
                 left: vec![],
                 joins: 2,
                 unique: None,
+                plays: 0,
             }],
             t0,
         );
@@ -368,6 +389,7 @@ mod tests {
                 left: vec![ParticipantId(1999), ParticipantId(1998)],
                 joins: 2001,
                 unique: None,
+                plays: 0,
             }],
             t0,
         );
@@ -387,6 +409,7 @@ mod tests {
                 left: vec![],
                 joins: 0,
                 unique: None,
+                plays: 0,
             }],
             t0,
         );
@@ -421,6 +444,7 @@ mod tests {
                 left: vec![ParticipantId(4)],
                 joins: 3,
                 unique: Some("regs".into()),
+                plays: 4,
             }],
         };
         assert_eq!(PresenceMsg::decode(&b.encode()), Some(b));

@@ -272,15 +272,26 @@ impl Host for App {
         self.cells()
             .into_iter()
             .filter_map(|c| {
-                let (joins, unique) = {
-                    let st = c.stats.lock();
-                    (st.joins, full.then(|| st.registers()).flatten())
+                let (joins, unique, plays, new_plays) = {
+                    let mut st = c.stats.lock();
+                    // Plays are told in full batches (ended spaces have
+                    // no presence deltas).
+                    let new_plays = full && st.plays_untold();
+                    (
+                        st.joins,
+                        full.then(|| st.registers()).flatten(),
+                        st.replay_plays,
+                        new_plays,
+                    )
                 };
                 let mut inner = c.inner.lock();
                 let total = inner.presence.total() as u64;
                 let (arrived, left) = if full {
                     let all = inner.presence.snapshot();
-                    if total == 0 && (joins == 0 || inner.space.state != SpaceState::Live) {
+                    if total == 0
+                        && !new_plays
+                        && (joins == 0 || inner.space.state != SpaceState::Live)
+                    {
                         return None;
                     }
                     (all, Vec::new())
@@ -294,6 +305,7 @@ impl Host for App {
                     left,
                     joins,
                     unique,
+                    plays,
                 })
             })
             .collect()

@@ -54,6 +54,12 @@ pub struct SpaceStats {
     remote_unique: String,
     #[serde(skip)]
     remote_registers: Option<Vec<u8>>,
+    /// Replay plays served by the other nodes, as each last said.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub remote_plays: BTreeMap<String, u64>,
+    /// This node's plays last told to the others.
+    #[serde(skip)]
+    plays_told: u64,
     #[serde(skip)]
     last_sample_ms: Option<i64>,
     #[serde(skip)]
@@ -209,6 +215,28 @@ impl SpaceStats {
         }
     }
 
+    /// The other nodes' cumulative replay plays (at most 64 nodes).
+    pub fn remote_plays(&mut self, per_node: Vec<(String, u64)>) {
+        for (node, n) in per_node {
+            if self.remote_plays.len() >= 64 && !self.remote_plays.contains_key(&node) {
+                continue;
+            }
+            let e = self.remote_plays.entry(node).or_insert(0);
+            if n > *e {
+                *e = n;
+                self.dirty = true;
+            }
+        }
+    }
+
+    /// Whether this node's plays changed since the last call (to be told
+    /// to the others).
+    pub fn plays_untold(&mut self) -> bool {
+        let changed = self.replay_plays != self.plays_told;
+        self.plays_told = self.replay_plays;
+        changed
+    }
+
     /// Joins across the cluster.
     pub fn all_joins(&self) -> u64 {
         self.joins + self.remote_joins.values().sum::<u64>()
@@ -234,7 +262,7 @@ impl SpaceStats {
                 "points": self.series,
             },
             "reactions": self.reactions,
-            "replay_plays": self.replay_plays,
+            "replay_plays": self.replay_plays + self.remote_plays.values().sum::<u64>(),
         })
     }
 }

@@ -119,6 +119,12 @@ pub trait Membership: Send + Sync + 'static {
         Vec::new()
     }
 
+    /// Replay plays of `space` the other nodes served, per node
+    /// (cumulative).
+    fn remote_plays(&self, _space: SpaceId) -> Vec<(String, u64)> {
+        Vec::new()
+    }
+
     /// The other nodes' unique-participant estimates of `space` (opaque
     /// HyperLogLog registers, merged by crate::stats).
     fn remote_uniques(&self, _space: SpaceId) -> Vec<String> {

@@ -983,6 +983,10 @@ impl Membership for Nats {
         self.remote_joins_of(space)
     }
 
+    fn remote_plays(&self, space: SpaceId) -> Vec<(String, u64)> {
+        self.presence.lock().plays(space)
+    }
+
     fn remote_uniques(&self, space: SpaceId) -> Vec<String> {
         self.presence.lock().uniques(space)
     }
