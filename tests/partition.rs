@@ -389,7 +389,7 @@ fn trial(p: &Inside, others: &[&Server], cut: impl Fn(), heal: impl Fn(), secs: 
     heal();
     let t_heal = Instant::now();
     let truth = view(&b.url(""), &id).expect("b's view");
-    assert_eq!(hands(&truth), [pid.clone()]);
+    assert_eq!(hands(&truth), [pid]);
     wait_for(60, "p's view converges", || {
         view(&p.base, &id).is_some_and(|v| {
             v["state"] == "live" && hands(&v) == hands(&truth) && v["stage"] == truth["stage"]
