@@ -44,6 +44,8 @@ const TCP_IDLE: Duration = Duration::from_secs(20);
 /// An ICE-TCP connection must bring a frame that reaches a session (a
 /// STUN check naming one) within this, or it is closed.
 const TCP_FIRST_FRAME: Duration = Duration::from_secs(10);
+/// Events (mostly audio packets) queued for the media thread.
+const EVENT_QUEUE: usize = 32 * 1024;
 /// Bytes queued for one ICE-TCP peer before packets are dropped (real-time
 /// audio is better dropped than late).
 const TCP_OUT_MAX: usize = 64 * 1024;
@@ -95,7 +97,9 @@ impl RtcEngine {
             (None, None) => None,
         };
         let (tx, rx) = channel();
-        let (ev_tx, ev_rx) = crossbeam_channel::bounded(8192);
+        // The media thread takes the events once per 20 ms tick: room for
+        // several ticks of thousands of speakers' packets.
+        let (ev_tx, ev_rx) = crossbeam_channel::bounded(EVENT_QUEUE);
         let stats = Arc::new(RtcStats::default());
         let handle = RtcHandle {
             tx,
