@@ -197,6 +197,9 @@ struct Speaker {
     idle: u32,
     /// Packets not decoded in a row (see [`SKIP_AT_MOST`]).
     skipped: u32,
+    /// Its mix-minus was the silence frame (nobody else to hear), so its
+    /// return encoder is reset before it encodes again.
+    ret_resting: bool,
 }
 
 impl Speaker {
@@ -402,6 +405,7 @@ impl Mixer {
                 since_level: 0,
                 idle: 0,
                 skipped: 0,
+                ret_resting: false,
             },
         );
         Ok(())
@@ -505,6 +509,19 @@ impl Mixer {
                 let Some((enc, limiter)) = s.ret.as_mut() else {
                     continue;
                 };
+                // Everyone else below -60 dBFS (a lone voice mixed only
+                // because a packet was lost, or during a switch): the
+                // shared silence frame, no encode. The return encoder
+                // starts afresh when there is something to hear again.
+                if self.levels.iter().all(|l| l.participant == *pid) {
+                    s.ret_resting = true;
+                    mix_minus.push((*pid, self.silence.clone()));
+                    continue;
+                }
+                if std::mem::take(&mut s.ret_resting) {
+                    enc.reset();
+                    *limiter = Limiter::new();
+                }
                 for ((o, m), own) in self.scratch.iter_mut().zip(&self.mix).zip(&s.frame) {
                     *o = m - own;
                 }
@@ -1105,6 +1122,33 @@ mod tests {
             "A must not hear itself"
         );
         assert!(peak(&ret) <= 1.0);
+    }
+
+    #[test]
+    fn a_lone_voice_mixed_for_a_lost_packet_gets_silence_back_without_an_encode() {
+        let mut m = Mixer::new(MixerConfig::default()).unwrap();
+        m.add_speaker(A, true).unwrap();
+        m.set_audible(A, true);
+        let mut s = Sender::new(440.0, 0.5);
+        let silence = m.silence_frame().clone();
+        let mut mixed = 0;
+        for k in 0..200 {
+            let (seq, ts, p) = s.packet(FRAME);
+            // Every 20th packet lost: a mix (the decoder conceals it).
+            if k % 20 != 10 {
+                m.push_packet(A, seq, ts, p);
+            }
+            let before = m.stats().encodes;
+            let t = m.tick(k);
+            assert_eq!(t.mix_minus.len(), 1);
+            assert_eq!(t.mix_minus[0].1, silence, "tick {k}: A hears nobody");
+            if t.mode == Mode::Mix {
+                mixed += 1;
+                // The program only (and the encoder's warm-up at a switch).
+                assert!(m.stats().encodes - before <= 3, "tick {k}");
+            }
+        }
+        assert!(mixed >= 9, "{mixed} mixed ticks");
     }
 
     #[test]
