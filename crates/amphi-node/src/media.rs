@@ -702,6 +702,12 @@ fn wall_us() -> u64 {
 }
 
 impl MixThread {
+    /// Commands wake the thread at once; the RTC engine's events (one per
+    /// speaker packet) do not: they wait in their queue and are taken all
+    /// at once before each tick, the only time the program needs them, so
+    /// a thousand speakers cost one wake-up per 20 ms and not one per
+    /// packet (the queue holds several ticks of them; packets keep their
+    /// arrival time for the jitter buffer).
     fn run(mut self) {
         loop {
             let deadline = self.carry();
@@ -710,11 +716,10 @@ impl MixThread {
                     Ok(Cmd::Shutdown) | Err(_) => break,
                     Ok(cmd) => self.command(cmd),
                 },
-                recv(self.events) -> ev => match ev {
-                    Ok(ev) => self.event(ev),
-                    Err(_) => break,
-                },
                 recv(crossbeam_channel::at(deadline)) -> _ => {
+                    if !self.take_events() {
+                        break;
+                    }
                     for (id, s) in &self.spaces {
                         for (pid, gate) in &s.gates {
                             self.program.set_audible(*id, *pid, gate.load(Ordering::Acquire));
@@ -725,6 +730,20 @@ impl MixThread {
                 }
             }
         }
+    }
+
+    /// Feeds the program the events queued so far (not those arriving
+    /// meanwhile, so a flood cannot hold the tick). `false`: the engine
+    /// is gone.
+    fn take_events(&mut self) -> bool {
+        for _ in 0..=self.events.len() {
+            match self.events.try_recv() {
+                Ok(ev) => self.event(ev),
+                Err(crossbeam_channel::TryRecvError::Empty) => break,
+                Err(crossbeam_channel::TryRecvError::Disconnected) => return false,
+            }
+        }
+        true
     }
 
     fn refresh_stats(&mut self) {
