@@ -240,6 +240,7 @@ function render() {
   $("start").hidden = !(isMod() && space.state === "scheduled");
   $("end").hidden = !(you && you.role === "host" && space.state !== "ended");
   $("hand").hidden = !you || onStage || !live;
+  $("clip").hidden = !you || !live;
   $("hand").textContent = you && you.hand_raised ? "Lower hand" : "✋ Raise hand";
   $("hand").setAttribute("aria-pressed", String(Boolean(you && you.hand_raised)));
   $("mic").hidden = !(onStage && live && !state.mic);
@@ -538,6 +539,26 @@ $("leave").addEventListener("click", async () => {
   else if (state.you && state.you.hand_raised) await act("DELETE", "/hand");
   location.href = "/";
 });
+// Clip the last 30 s: the server cuts it from the live program; the link
+// to its share page is shown (and copied when the browser allows it).
+$("clip").addEventListener("click", async () => {
+  const b = $("clip");
+  b.disabled = true;
+  try {
+    const r = await api("POST", `/api/v1/spaces/${spaceId}/clips`, { token: tokens.get(spaceId) });
+    const url = new URL(r.clip.page, location.href).href;
+    $("clip-link").href = r.clip.page;
+    $("clip-link").textContent = url;
+    $("clip-made").hidden = false;
+    if (navigator.clipboard) navigator.clipboard.writeText(url).catch(() => {});
+    if (status.classList.contains("error")) say(status, "");
+  } catch (e) {
+    err(e);
+  } finally {
+    b.disabled = false;
+  }
+});
+
 document.querySelectorAll("[data-emoji]").forEach((b) =>
   b.addEventListener("click", () => act("POST", "/reactions", { emoji: b.dataset.emoji })));
 window.addEventListener("pagehide", () => stopMic());

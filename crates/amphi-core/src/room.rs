@@ -487,6 +487,17 @@ impl Space {
         self.present(id)
     }
 
+    /// Whether `id` may clip the last 30 s of the program: any participant
+    /// not removed, while the space is live (the clip is cut from the live
+    /// history).
+    pub fn may_clip(&self, id: ParticipantId) -> Result<(), RoomError> {
+        self.present(id)?;
+        if self.state != SpaceState::Live {
+            return Err(conflict("clips are cut from a live space"));
+        }
+        Ok(())
+    }
+
     /// Whether `id` may send a reaction now: not removed, the space live.
     pub fn may_react(&self, id: ParticipantId) -> Result<(), RoomError> {
         self.present(id)?;

@@ -524,6 +524,8 @@ pub struct App {
     pub offer_limits: crate::admission::OfferLimits,
     pub per_ip: Arc<crate::admission::PerIp>,
     pub command_limiter: crate::admission::KeyedLimiter,
+    /// Clips per participant and per space.
+    pub clip_limits: crate::admission::ClipLimits,
     pub started: std::time::Instant,
     /// ACME HTTP-01 key authorizations by token, served on the redirect
     /// port while an order is pending.

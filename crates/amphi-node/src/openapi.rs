@@ -161,6 +161,38 @@ pub const ENDPOINTS: &[Endpoint] = &[
     ),
     ep!(
         "post",
+        "/api/v1/spaces/{id}/clips",
+        "participant",
+        None,
+        201,
+        "Clip the last 30 s of the live program (any participant; rate limited per participant and per space): {clip: {id, page, audio, hls}}"
+    ),
+    ep!(
+        "get",
+        "/c/{clip}",
+        "none",
+        None,
+        200,
+        "A clip's share page (player, title, transcript, OpenGraph tags)"
+    ),
+    ep!(
+        "get",
+        "/c/{clip}/audio.opus",
+        "none",
+        None,
+        200,
+        "A clip as one Ogg Opus file"
+    ),
+    ep!(
+        "get",
+        "/c/{clip}/hls/clip.m3u8",
+        "none",
+        None,
+        200,
+        "A clip as an HLS VOD (fMP4)"
+    ),
+    ep!(
+        "post",
         "/api/v1/spaces/{id}/token",
         "participant",
         None,
@@ -237,7 +269,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         "participant",
         None,
         200,
-        "Analytics (admin, host, co-host): peak, joins, unique, listening time, series, reactions, replay plays"
+        "Analytics (admin, host, co-host): peak, joins, unique, listening time, series, reactions, replay and clip plays"
     ),
     ep!(
         "post",
@@ -352,7 +384,7 @@ pub fn document() -> Value {
             "participant" => op["security"] = json!([{"participant": []}]),
             _ => {}
         }
-        let params: Vec<Value> = [("id", "^[0-9a-f]{16}$"), ("pid", "^[0-9a-f]{16}$"), ("hook", "^ep_[0-9a-f]{16}$")]
+        let params: Vec<Value> = [("id", "^[0-9a-f]{16}$"), ("pid", "^[0-9a-f]{16}$"), ("hook", "^ep_[0-9a-f]{16}$"), ("clip", "^[0-9a-f]{16}$")]
             .iter()
             .filter(|(p, _)| e.path.contains(&format!("{{{p}}}")))
             .map(|(p, pat)| json!({"name": p, "in": "path", "required": true, "schema": {"type": "string", "pattern": pat}}))

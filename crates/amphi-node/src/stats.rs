@@ -45,6 +45,9 @@ pub struct SpaceStats {
     pub series: Vec<u32>,
     pub reactions: BTreeMap<String, u64>,
     pub replay_plays: u64,
+    /// Plays of the space's clips (their audio or HLS from the start).
+    #[serde(default)]
+    pub clip_plays: u64,
     #[serde(skip)]
     last_sample_ms: Option<i64>,
     #[serde(skip)]
@@ -153,6 +156,12 @@ impl SpaceStats {
         self.dirty = true;
     }
 
+    /// One of the space's clips started playing.
+    pub fn clip_play(&mut self) {
+        self.clip_plays += 1;
+        self.dirty = true;
+    }
+
     /// The API's view.
     pub fn view(&self) -> Value {
         json!({
@@ -168,6 +177,7 @@ impl SpaceStats {
             },
             "reactions": self.reactions,
             "replay_plays": self.replay_plays,
+            "clip_plays": self.clip_plays,
         })
     }
 }
