@@ -13,6 +13,7 @@ use amphi_core::{Frame, ParticipantId, SpeakerLevel};
 use bytes::Bytes;
 
 use crate::MediaError;
+use crate::denoise::Denoiser;
 use crate::jitter::{Jitter, JitterConfig, JitterStats, Pop, Pushed};
 use crate::opus::{Decoder, Encoder, FRAME, MAX_PACKET_SAMPLES, is_dtx, packet_samples, passable};
 
@@ -79,6 +80,8 @@ pub struct MixerStats {
     pub switches: u64,
     /// Packets decoded (speakers' and the warm-ups at a switch).
     pub decodes: u64,
+    /// Packets (and concealments) filtered by a speaker's noise suppressor.
+    pub denoised: u64,
     /// Packets encoded (the program, the primers at a switch, every
     /// mix-minus).
     pub encodes: u64,
@@ -171,6 +174,9 @@ struct Speaker {
     /// mixed frame covers the same instants as the packet it replaces.
     pcm: VecDeque<f32>,
     audible: bool,
+    /// Noise suppression on this speaker's decoded audio (boxed: RNNoise's
+    /// state is ~100 KB). A suppressed speaker is never passed through.
+    denoise: Option<Box<Denoiser>>,
     ret: Option<(Encoder, Limiter)>,
     frame: [f32; FRAME],
     /// A pull already made this tick (pass-through looks before it mixes).
@@ -380,6 +386,7 @@ impl Mixer {
                 decoder: Decoder::new()?,
                 pcm: VecDeque::with_capacity(MAX_PACKET_SAMPLES + 2 * FRAME),
                 audible: false,
+                denoise: None,
                 ret,
                 frame: [0.0; FRAME],
                 pending: None,
@@ -409,6 +416,9 @@ impl Mixer {
                 s.jitter.reset();
                 s.pcm.clear();
                 s.decoder.reset();
+                if let Some(d) = s.denoise.as_mut() {
+                    d.reset();
+                }
                 s.pending = None;
                 s.recent = Default::default();
                 s.held = false;
@@ -418,6 +428,29 @@ impl Mixer {
             }
             s.audible = audible;
         }
+    }
+
+    /// Turns noise suppression on or off for `pid`. While on, the speaker
+    /// is always decoded, filtered and mixed (never passed through).
+    pub fn set_noise_suppression(&mut self, pid: ParticipantId, on: bool) {
+        if let Some(s) = self.speakers.get_mut(&pid) {
+            match (on, s.denoise.is_some()) {
+                (true, false) => {
+                    s.denoise = Some(Box::new(Denoiser::new()));
+                    if self.lone == Some(pid) {
+                        // Passed until now: mixed from the next tick.
+                        self.lone = None;
+                    }
+                }
+                (false, true) => s.denoise = None,
+                _ => {}
+            }
+        }
+    }
+
+    /// Whether `pid`'s audio goes through noise suppression.
+    pub fn noise_suppression(&self, pid: ParticipantId) -> bool {
+        self.speakers.get(&pid).is_some_and(|s| s.denoise.is_some())
     }
 
     /// A packet from `pid`'s ingest. Packets of unknown or inaudible
@@ -525,15 +558,22 @@ impl Mixer {
     /// packet, or silence. `None`: mix (pulls already made are kept).
     fn direct(&mut self) -> Option<(Bytes, u8, Mode)> {
         let lookahead = self.lookahead;
-        if self
-            .lone
-            .is_some_and(|l| !self.speakers.get(&l).is_some_and(|s| s.audible))
-        {
+        if self.lone.is_some_and(|l| {
+            !self
+                .speakers
+                .get(&l)
+                .is_some_and(|s| s.audible && s.denoise.is_none())
+        }) {
             self.lone = None;
         }
         if self.lone.is_none() {
             // Whoever sends something first becomes the lone voice.
-            for (pid, s) in self.speakers.iter_mut().filter(|(_, s)| s.audible) {
+            // A suppressed speaker is never passed: decoded below.
+            for (pid, s) in self
+                .speakers
+                .iter_mut()
+                .filter(|(_, s)| s.audible && s.denoise.is_none())
+            {
                 let r = s.pop();
                 let found = matches!(&r, Pop::Packet(p) if !is_dtx(p));
                 s.pending = Some(r);
@@ -814,6 +854,7 @@ impl Mixer {
         // made in the same mode and bandwidth as the one to pass next.
         let ready = |s: &Speaker| {
             s.audible
+                && s.denoise.is_none()
                 && s.held
                 && s.pcm.len() + d == FRAME
                 && s.recent
@@ -903,6 +944,10 @@ impl Mixer {
             };
             if n == 0 {
                 break;
+            }
+            if let Some(d) = s.denoise.as_mut() {
+                d.process(&mut decoded[..n]);
+                stats.denoised += 1;
             }
             // Only 20 ms packets can ever pass; others keep their timing.
             let skip = if s.pcm.is_empty() && n == FRAME {

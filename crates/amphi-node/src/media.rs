@@ -199,6 +199,7 @@ enum Cmd {
         pid: ParticipantId,
         session: SessionId,
         gate: Arc<AtomicBool>,
+        denoise: Arc<AtomicBool>,
         wants_return: bool,
     },
     StartEdge {
@@ -577,14 +578,15 @@ impl MediaPlane {
     }
 
     /// Hands a connected-or-connecting session to the space's mixer: its
-    /// audio is mixed (while `gate` is open) and, if it asked, it gets the
-    /// mix-minus back.
+    /// audio is mixed (while `gate` is open, through noise suppression
+    /// while `denoise` is set) and, if it asked, it gets the mix-minus back.
     pub fn add_session(
         &self,
         space: SpaceId,
         pid: ParticipantId,
         session: SessionId,
         gate: Arc<AtomicBool>,
+        denoise: Arc<AtomicBool>,
         wants_return: bool,
     ) {
         let _ = self.tx.send(Cmd::AddSession {
@@ -592,6 +594,7 @@ impl MediaPlane {
             pid,
             session,
             gate,
+            denoise,
             wants_return,
         });
     }
@@ -620,6 +623,8 @@ struct ShellSpace {
     /// Called once the recording is cut, after the end.
     replay_ready: Option<ReplayReady>,
     gates: HashMap<ParticipantId, Arc<AtomicBool>>,
+    /// Its speakers' noise suppression flags (read with the gates).
+    denoise: HashMap<ParticipantId, Arc<AtomicBool>>,
 }
 
 /// The media thread: a loop that feeds the program its inputs (commands,
@@ -662,6 +667,10 @@ impl MixThread {
                     for (id, s) in &self.spaces {
                         for (pid, gate) in &s.gates {
                             self.program.set_audible(*id, *pid, gate.load(Ordering::Acquire));
+                        }
+                        for (pid, on) in &s.denoise {
+                            self.program
+                                .set_noise_suppression(*id, *pid, on.load(Ordering::Acquire));
                         }
                     }
                     self.program.handle_timeout(Instant::now(), wall_us());
@@ -779,6 +788,7 @@ impl MixThread {
                                 live,
                                 replay_ready: Some(replay_ready),
                                 gates: HashMap::new(),
+                                denoise: HashMap::new(),
                             },
                         );
                     }
@@ -803,6 +813,7 @@ impl MixThread {
                         live,
                         replay_ready: None,
                         gates: HashMap::new(),
+                        denoise: HashMap::new(),
                     },
                 );
             }
@@ -831,12 +842,14 @@ impl MixThread {
                 pid,
                 session,
                 gate,
+                denoise,
                 wants_return,
             } => {
                 if let Some(s) = self.spaces.get_mut(&space)
                     && self.program.is_mixing(space)
                 {
                     s.gates.insert(pid, gate);
+                    s.denoise.insert(pid, denoise);
                 }
                 if let Err(e) =
                     self.program

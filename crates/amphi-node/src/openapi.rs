@@ -161,6 +161,14 @@ pub const ENDPOINTS: &[Endpoint] = &[
     ),
     ep!(
         "post",
+        "/api/v1/spaces/{id}/participants/{pid}/noise_suppression",
+        "participant",
+        Some("NoiseSuppression"),
+        200,
+        "Noise suppression on or off for a speaker (host, co-host, or the speaker)"
+    ),
+    ep!(
+        "post",
         "/api/v1/spaces/{id}/clips",
         "participant",
         None,
@@ -348,7 +356,10 @@ fn schemas() -> Value {
             "max_stage": {"type": "integer", "minimum": 1, "maximum": 50},
             "record": {"type": "boolean"}, "public": {"type": "boolean"},
             "host_name": {"type": "string", "maxLength": 64},
-            "require_identity": {"type": "boolean", "description": "joins need an identity token; a ban follows the identity"}}},
+            "require_identity": {"type": "boolean", "description": "joins need an identity token; a ban follows the identity"},
+            "noise_suppression": {"type": "boolean", "description": "every speaker's audio through noise suppression (RNNoise, on the server)"},
+            "music": {"type": "boolean", "description": "music mode: stereo program up to 128 kbit/s, no speech processing"}}},
+        "NoiseSuppression": {"type": "object", "required": ["on"], "properties": {"on": {"type": "boolean"}}},
         "Join": {"type": "object", "required": ["name"], "properties": {
             "name": {"type": "string", "minLength": 1, "maxLength": 64},
             "identity": {"type": "string", "description": "identity token from the operator's app"}}},

@@ -164,8 +164,14 @@ async fn whip_publish(
             RtcError::TooManySessions => ApiError::unavailable(e.to_string(), 5),
             other => ApiError::bad_request(other.to_string()),
         })?;
-    app.media
-        .add_session(id, claims.pid, info.id, gate, info.sends_return_audio);
+    app.media.add_session(
+        id,
+        claims.pid,
+        info.id,
+        gate,
+        cell.denoise_flag(claims.pid),
+        info.sends_return_audio,
+    );
     let location = format!("/api/v1/spaces/{id}/whip/{}", info.id);
     let mut res = (StatusCode::CREATED, info.answer_sdp).into_response();
     let h = res.headers_mut();
