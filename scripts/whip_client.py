@@ -37,6 +37,7 @@ def parse_args():
     p.add_argument("--token", required=True, help="bearer token")
     p.add_argument("--freq", type=float, default=440.0, help="tone frequency in Hz")
     p.add_argument("--amplitude", type=float, default=0.5, help="0..1")
+    p.add_argument("--right-freq", type=float, help="send stereo: --freq on the left channel, this tone on the right")
     p.add_argument("--seconds", type=float, default=5.0, help="how long to publish")
     p.add_argument("--loopback-only", action="store_true", help="offer only 127.0.0.1 candidates")
     p.add_argument("--ice-from-link", action="store_true", help="ask OPTIONS on the WHIP URL for ICE servers (Link rel=ice-server, RFC 9725) and gather with them (TURN over TCP included)")
@@ -139,7 +140,13 @@ class ToneTrack(MediaStreamTrack):
             since = time.time() - args.epoch if args.epoch else self.n / RATE
             amplitude = amplitude if any(a <= since < b for a, b in self.spans) else 0.0
         pcm = (amplitude * 32767 * np.sin(2 * math.pi * self.freq * t)).astype(np.int16)
-        frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
+        if args.right_freq:
+            right = (amplitude * 32767 * np.sin(2 * math.pi * args.right_freq * t)).astype(np.int16)
+            stereo = np.empty(2 * SAMPLES, dtype=np.int16)
+            stereo[0::2], stereo[1::2] = pcm, right
+            frame = av.AudioFrame.from_ndarray(stereo.reshape(1, -1), format="s16", layout="stereo")
+        else:
+            frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
         frame.sample_rate = RATE
         frame.pts = self.n
         frame.time_base = fractions.Fraction(1, RATE)

@@ -15,7 +15,9 @@ use bytes::Bytes;
 use crate::MediaError;
 use crate::denoise::Denoiser;
 use crate::jitter::{Jitter, JitterConfig, JitterStats, Pop, Pushed};
-use crate::opus::{Decoder, Encoder, FRAME, MAX_PACKET_SAMPLES, is_dtx, packet_samples, passable};
+use crate::opus::{
+    Decoder, Encoder, FRAME, MAX_PACKET_SAMPLES, is_dtx, packet_samples, passable_with,
+};
 
 /// Settings of a mixer.
 #[derive(Debug, Clone)]
@@ -97,6 +99,9 @@ pub struct Tick {
     /// How the frame was made.
     pub mode: Mode,
 }
+
+/// A music space's program bitrate (the most the spec allows).
+pub const MUSIC_BITRATE: i32 = 128_000;
 
 /// The limiter keeps every output at or below this (-1 dBFS): the margin
 /// absorbs the codec's overshoot so decoded audio stays within [-1, 1].
@@ -241,6 +246,8 @@ pub struct Mixer {
     silence: Bytes,
     /// Largest packet passed through (at 1.5 times the program's bitrate).
     max_pass_bytes: usize,
+    /// Music mode: stereo packets pass through (the outputs say 2 channels).
+    music: bool,
     mode: Mode,
     /// The one speaker passed through (or about to be).
     lone: Option<ParticipantId>,
@@ -294,6 +301,7 @@ impl Mixer {
             encoder,
             silence,
             max_pass_bytes: usize::try_from(cfg.bitrate).unwrap_or(0) * 3 / 400,
+            music: false,
             cfg,
             limiter: Limiter::new(),
             speakers: BTreeMap::new(),
@@ -310,6 +318,35 @@ impl Mixer {
             quiet_ticks: HANGOVER_TICKS,
             stats: MixerStats::default(),
         })
+    }
+
+    /// Music mode: the program is a stereo stream at [`MUSIC_BITRATE`], a
+    /// source's stereo packets pass through as they came (up to 1.5 times
+    /// that bitrate). Mixing several sources (or a source whose packets
+    /// cannot pass) still makes a mono mix, at that bitrate, which a
+    /// stereo player plays in both channels.
+    pub fn set_music(&mut self, on: bool) {
+        if self.music == on {
+            return;
+        }
+        self.music = on;
+        self.cfg.bitrate = if on {
+            MUSIC_BITRATE
+        } else {
+            MixerConfig::default().bitrate
+        };
+        self.max_pass_bytes = usize::try_from(self.cfg.bitrate).unwrap_or(0) * 3 / 400;
+        // Made again at the next mix, at the new bitrate.
+        self.encoder = if self.cfg.pass_through {
+            None
+        } else {
+            Encoder::new(self.cfg.bitrate).ok()
+        };
+    }
+
+    /// Whether this is a music space's mixer.
+    pub fn music(&self) -> bool {
+        self.music
     }
 
     /// Continues a program from `seq` (after a restart), so that sequence
@@ -608,7 +645,7 @@ impl Mixer {
             Some(lone) => {
                 let s = self.speakers.get_mut(&lone)?;
                 match s.pop() {
-                    Pop::Packet(p) if passable(&p, self.max_pass_bytes) => {
+                    Pop::Packet(p) if passable_with(&p, self.max_pass_bytes, self.music) => {
                         s.idle = 0;
                         s.remember(&p);
                         s.since_level += 1;
@@ -849,7 +886,7 @@ impl Mixer {
     /// remaining samples would have been mixed next (so nothing is skipped
     /// or repeated). Stays mixed when that packet cannot pass.
     fn leave_mix(&mut self, voice: Option<ParticipantId>, program_config: Option<u8>) {
-        let (d, max) = (self.lookahead, self.max_pass_bytes);
+        let (d, max, music) = (self.lookahead, self.max_pass_bytes, self.music);
         // Its last packets all pass, and the program's last packet was
         // made in the same mode and bandwidth as the one to pass next.
         let ready = |s: &Speaker| {
@@ -859,7 +896,7 @@ impl Mixer {
                 && s.pcm.len() + d == FRAME
                 && s.recent
                     .iter()
-                    .all(|p| p.as_ref().is_none_or(|p| passable(p, max)))
+                    .all(|p| p.as_ref().is_none_or(|p| passable_with(p, max, music)))
                 && s.recent[RECENT - 1]
                     .as_ref()
                     .is_some_and(|p| p.first().map(|t| t >> 3) == program_config)

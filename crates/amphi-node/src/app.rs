@@ -401,10 +401,13 @@ impl SpaceCell {
         live: Option<Arc<LiveMedia>>,
         min_seq: u64,
     ) {
-        let record = self.inner.lock().space.record;
+        let (record, music) = {
+            let inner = self.inner.lock();
+            (inner.space.record, inner.space.music)
+        };
         let me = self.clone();
         let ready: crate::media::ReplayReady = Box::new(move || me.replay_cut_here());
-        let live = media.start_space(self.id, record, ready, live, min_seq);
+        let live = media.start_space(self.id, record, music, ready, live, min_seq);
         *self.live.write() = Some(live);
     }
 

@@ -186,6 +186,7 @@ enum Cmd {
         replay_ready: ReplayReady,
         live: Arc<LiveMedia>,
         record: bool,
+        music: bool,
         first_seq: u64,
     },
     Stop {
@@ -341,8 +342,10 @@ impl MediaPlane {
     }
 
     /// Fresh, empty outputs for a live space (an origin's or an edge's).
-    pub fn new_live_media(&self, space: SpaceId) -> Arc<LiveMedia> {
-        let pager = OggPager::new(ogg_serial(space), self.cfg.ogg_frames_per_page);
+    /// A music space's Ogg stream says 2 channels.
+    pub fn new_live_media(&self, space: SpaceId, music: bool) -> Arc<LiveMedia> {
+        let pager = OggPager::new(ogg_serial(space), self.cfg.ogg_frames_per_page)
+            .with_channels(if music { 2 } else { 1 });
         let stores = Stores::new(HISTORY_FRAMES, HLS_DVR_SEGMENTS);
         Arc::new(LiveMedia {
             ogg: self.egress.new_output(),
@@ -414,11 +417,12 @@ impl MediaPlane {
         &self,
         space: SpaceId,
         record: bool,
+        music: bool,
         replay_ready: ReplayReady,
         live: Option<Arc<LiveMedia>>,
         min_seq: u64,
     ) -> Arc<LiveMedia> {
-        let live = live.unwrap_or_else(|| self.new_live_media(space));
+        let live = live.unwrap_or_else(|| self.new_live_media(space, music));
         self.mixing.lock().insert(space);
         // A space that was live before a restart continues its program:
         // sequence numbers go on from the last recorded frame, skipping the
@@ -433,6 +437,7 @@ impl MediaPlane {
             replay_ready,
             live: live.clone(),
             record,
+            music,
             first_seq: resumed.max(min_seq),
         });
         live
@@ -772,6 +777,7 @@ impl MixThread {
                 replay_ready,
                 live,
                 record,
+                music,
                 first_seq,
             } => {
                 let start = StartSpace {
@@ -782,6 +788,7 @@ impl MixThread {
                 };
                 match self.program.start_space(start) {
                     Ok(()) => {
+                        self.program.set_music(id, music);
                         self.spaces.insert(
                             id,
                             ShellSpace {

@@ -457,7 +457,17 @@ pub struct Cut {
 pub fn cut_frames(frames: &[Frame], serial: u32, uri_prefix: &str) -> anyhow::Result<Cut> {
     let silence = Encoder::new(32_000)?.encode(&[0.0; 960])?;
     let origin = frames.first().map_or(0, |f| f.seq);
-    let mut pager = OggPager::with_origin(serial, 50, origin);
+    // A music space's stereo packets make a stereo file (the TOC byte's
+    // stereo flag); mono packets in it play in both channels.
+    let channels = if frames
+        .iter()
+        .any(|f| f.opus.first().is_some_and(|t| t & 0x4 != 0))
+    {
+        2
+    } else {
+        1
+    };
+    let mut pager = OggPager::with_origin(serial, 50, origin).with_channels(channels);
     let mut ogg = pager.headers().to_vec();
     let mut next = origin;
     for f in frames {
@@ -486,7 +496,10 @@ pub fn cut_frames(frames: &[Frame], serial: u32, uri_prefix: &str) -> anyhow::Re
     seg.finish();
     Ok(Cut {
         ogg: Bytes::from(ogg),
-        init: fmp4::init_segment(),
+        init: fmp4::init_segment_for(&fmp4::InitConfig {
+            channels,
+            ..Default::default()
+        }),
         segments: seg.segments().map(|s| (s.msn, s.bytes.clone())).collect(),
         playlist: seg.vod_playlist(),
     })

@@ -151,6 +151,7 @@ async fn whip_publish(
     let offer = String::from_utf8(body.to_vec())
         .map_err(|_| ApiError::bad_request("the SDP offer is not UTF-8"))?;
     let gate = cell.gate(claims.pid);
+    let music = cell.inner.lock().space.music;
     let info = app
         .media
         .create_session(SessionRequest {
@@ -158,6 +159,7 @@ async fn whip_publish(
             participant: claims.pid,
             offer_sdp: offer,
             audible: gate.clone(),
+            music,
         })
         .await
         .map_err(|e| match e {

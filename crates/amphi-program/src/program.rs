@@ -342,6 +342,18 @@ impl Program {
         }
     }
 
+    /// Music mode for a space mixed here: a stereo program at the music
+    /// bitrate (see [`amphi_media::Mixer::set_music`]).
+    pub fn set_music(&mut self, space: SpaceId, on: bool) {
+        if let Some(SpaceProgram {
+            source: Source::Mixed(mix),
+            ..
+        }) = self.spaces.get_mut(&space)
+        {
+            mix.mixer.set_music(on);
+        }
+    }
+
     /// Whether `pid`'s audio in `space` goes through noise suppression
     /// (the room decides; the shell passes it on with the gates). A
     /// suppressed speaker is decoded, filtered and mixed, never passed
