@@ -18,6 +18,8 @@ window.amphi = {
   toneProbe: (freqs) => (state.player ? state.player.probe(freqs) : freqs.map(() => -Infinity)),
   /** Player counters: frames received/lost, reconnects, buffer, delay. */
   stats: () => (state.player ? { ...state.player.stats } : null),
+  /** The microphone track's settings (echoCancellation, channelCount…). */
+  micSettings: () => (state.mic && state.mic.stream ? state.mic.stream.getAudioTracks()[0].getSettings() : null),
   /** Whether the page holds a live microphone track. */
   micLive: () => Boolean(state.mic && state.mic.stream && state.mic.stream.getAudioTracks().some((t) => t.readyState === "live")),
 };
@@ -495,6 +497,7 @@ $("mute-self").addEventListener("click", () => {
 });
 $("mic").addEventListener("click", async () => {
   const mic = new Mic(spaceId, tokens.get(spaceId), {
+    music: Boolean(state.space && state.space.music),
     returnEl: $("return-audio"),
     onState: (s) => {
       if (state.mic !== mic) return;
