@@ -18,7 +18,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, TrySendError, select};
@@ -241,7 +241,17 @@ struct MediaStats {
     silent_frames: AtomicU64,
     /// Switches into mixing.
     switches: AtomicU64,
+    /// Ticks run with noise suppression bypassed (the node over budget).
+    denoise_bypassed: AtomicU64,
 }
+
+/// A tick (every space's) that takes more CPU than this means the node is
+/// over its budget: noise suppression is bypassed for [`DENOISE_REST`]
+/// so the program is never late for it. CPU time, not wall time: a thread
+/// that waited for a core was not over budget.
+const DENOISE_BUDGET: Duration = Duration::from_millis(10);
+/// How long noise suppression stays bypassed after an over-budget tick.
+const DENOISE_REST: Duration = Duration::from_secs(5);
 
 /// Handle to the media plane.
 pub struct MediaPlane {
@@ -307,6 +317,7 @@ impl MediaPlane {
             spaces: HashMap::new(),
             stats: stats.clone(),
             stats_at: 0,
+            denoise_rest_until: None,
         };
         let alive2 = alive.clone();
         let thread = std::thread::Builder::new()
@@ -518,6 +529,12 @@ impl MediaPlane {
         );
         counter(
             out,
+            "amphi_denoise_bypassed_ticks_total",
+            "Mixer ticks run with noise suppression bypassed (a tick took over 10 ms).",
+            l(&s.denoise_bypassed),
+        );
+        counter(
+            out,
             "amphi_mixer_late_ticks_total",
             "Mixer ticks that started more than 10 ms late.",
             l(&s.late_ticks),
@@ -647,6 +664,26 @@ struct MixThread {
     speaker_stats: Arc<SpeakerStats>,
     /// Tick count at the last speaker-stats refresh.
     stats_at: u64,
+    /// Noise suppression is bypassed until then (an over-budget tick).
+    denoise_rest_until: Option<Instant>,
+}
+
+/// CPU time this thread has used.
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; the clock id is a
+    // constant Linux supports for every thread.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(
+        u64::try_from(ts.tv_sec).unwrap_or(0),
+        u32::try_from(ts.tv_nsec).unwrap_or(0),
+    )
 }
 
 fn wall_us() -> u64 {
@@ -669,16 +706,26 @@ impl MixThread {
                     Err(_) => break,
                 },
                 recv(crossbeam_channel::at(deadline)) -> _ => {
+                    let now = Instant::now();
+                    let resting = self.denoise_rest_until.is_some_and(|t| now < t);
                     for (id, s) in &self.spaces {
                         for (pid, gate) in &s.gates {
                             self.program.set_audible(*id, *pid, gate.load(Ordering::Acquire));
                         }
                         for (pid, on) in &s.denoise {
-                            self.program
-                                .set_noise_suppression(*id, *pid, on.load(Ordering::Acquire));
+                            let on = on.load(Ordering::Acquire) && !resting;
+                            self.program.set_noise_suppression(*id, *pid, on);
                         }
                     }
-                    self.program.handle_timeout(Instant::now(), wall_us());
+                    if resting {
+                        self.stats.denoise_bypassed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let cpu = thread_cpu();
+                    self.program.handle_timeout(now, wall_us());
+                    if thread_cpu().saturating_sub(cpu) > DENOISE_BUDGET {
+                        // Over budget: suppression is what gives way.
+                        self.denoise_rest_until = Some(Instant::now() + DENOISE_REST);
+                    }
                     self.refresh_stats();
                 }
             }
