@@ -69,6 +69,8 @@ pub struct MediaConfig {
     pub ice_tcp_port: Option<u16>,
     /// WebRTC sessions (speakers' publications) the node holds at most.
     pub max_rtc_sessions: usize,
+    /// Complete LL-HLS segments a live space keeps (its DVR window).
+    pub hls_dvr_segments: usize,
 }
 
 impl MediaConfig {
@@ -80,9 +82,15 @@ impl MediaConfig {
     }
 }
 
-/// Segments the live HLS keeps: the whole space, up to 2 hours, is the
-/// DVR window (about 8 KB a segment at 32 kbit/s: 30 MB per space at most).
-pub const HLS_DVR_SEGMENTS: usize = 3600;
+/// The LL-HLS DVR window in complete segments for `minutes` of a live
+/// space (2 s segments, about 8 KB each at 32 kbit/s: the default two hours
+/// is 3600 segments, 30 MB per talking space at most), at least the three
+/// a live playlist needs.
+pub fn hls_dvr_segments(minutes: u32) -> usize {
+    let frames_per_segment = amphi_hls::PART_FRAMES * amphi_hls::SEGMENT_PARTS;
+    let frames_per_minute = 60_000_000 / amphi_core::frame::FRAME_US;
+    ((u64::from(minutes) * frames_per_minute / frames_per_segment) as usize).max(3)
+}
 
 /// The outputs of one live space, read by the HTTP side.
 pub struct LiveMedia {
@@ -102,12 +110,21 @@ pub struct LiveMedia {
     /// Loudest level of each speaker heard since the control plane last
     /// took them (its events updates show who is talking).
     pub talking: Mutex<HashMap<ParticipantId, u8>>,
+    /// The node fenced itself out of the space: its listener streams were
+    /// told to go elsewhere and closed; only its HLS is still served.
+    pub fenced: AtomicBool,
 }
 
 impl LiveMedia {
     /// Listener streams attached on this node.
     pub fn listeners(&self) -> u64 {
         self.ogg.listeners() + self.ws.listeners()
+    }
+
+    /// Whether these outputs were closed by a fence (see
+    /// [`MediaPlane::fence_space`]): never reused.
+    pub fn is_fenced(&self) -> bool {
+        self.fenced.load(Ordering::Acquire)
     }
 
     /// Takes one of the space's `max` places for a listener being admitted,
@@ -195,6 +212,9 @@ enum Cmd {
     Abandon {
         space: SpaceId,
     },
+    Fence {
+        space: SpaceId,
+    },
     AddSession {
         space: SpaceId,
         pid: ParticipantId,
@@ -268,7 +288,13 @@ pub struct MediaPlane {
     speaker_stats: Arc<SpeakerStats>,
     /// Spaces mixed on this node now.
     mixing: Mutex<std::collections::HashSet<SpaceId>>,
+    /// WHIP sessions whose ICE and DTLS are up, and their space (kept by
+    /// the media thread from the engine's events).
+    publishing: Arc<Publishing>,
 }
+
+/// Connected WHIP sessions and their spaces.
+type Publishing = Mutex<HashMap<SessionId, SpaceId>>;
 
 /// Per-speaker counters, refreshed by the mixer thread once a second.
 type SpeakerStats = Mutex<Vec<(SpaceId, ParticipantId, amphi_media::jitter::JitterStats)>>;
@@ -293,6 +319,7 @@ impl MediaPlane {
         let alive = Arc::new(AtomicBool::new(true));
         let recorder = Arc::new(Recorder::start(cfg.recordings.clone())?);
         let speaker_stats: Arc<SpeakerStats> = Arc::new(Mutex::new(Vec::new()));
+        let publishing: Arc<Publishing> = Arc::default();
         let program = Program::new(
             ProgramConfig {
                 mixer: MixerConfig {
@@ -317,6 +344,7 @@ impl MediaPlane {
             spaces: HashMap::new(),
             stats: stats.clone(),
             stats_at: 0,
+            publishing: publishing.clone(),
             denoise_rest_until: None,
         };
         let alive2 = alive.clone();
@@ -339,6 +367,7 @@ impl MediaPlane {
             recorder,
             speaker_stats,
             mixing: Mutex::new(Default::default()),
+            publishing,
         })
     }
 
@@ -357,7 +386,7 @@ impl MediaPlane {
     pub fn new_live_media(&self, space: SpaceId, music: bool) -> Arc<LiveMedia> {
         let pager = OggPager::new(ogg_serial(space), self.cfg.ogg_frames_per_page)
             .with_channels(if music { 2 } else { 1 });
-        let stores = Stores::new(HISTORY_FRAMES, HLS_DVR_SEGMENTS);
+        let stores = Stores::new(HISTORY_FRAMES, self.cfg.hls_dvr_segments);
         Arc::new(LiveMedia {
             ogg: self.egress.new_output(),
             // The WebSocket output keeps the whole history's messages, so
@@ -373,6 +402,7 @@ impl MediaPlane {
             hls_tick: tokio::sync::watch::channel(0).0,
             admitting: AtomicU64::new(0),
             talking: Mutex::new(HashMap::new()),
+            fenced: AtomicBool::new(false),
         })
     }
 
@@ -465,6 +495,13 @@ impl MediaPlane {
         }
     }
 
+    /// Whether a speaker publishes `space` to this node now: one of its
+    /// WHIP sessions here has connected (ICE and DTLS up) and is not
+    /// closed.
+    pub fn publishing(&self, space: SpaceId) -> bool {
+        self.publishing.lock().values().any(|s| *s == space)
+    }
+
     /// Whether this node mixes `space` now (it is its origin).
     pub fn is_mixing(&self, space: SpaceId) -> bool {
         self.mixing.lock().contains(&space)
@@ -479,6 +516,24 @@ impl MediaPlane {
             return false;
         }
         let _ = self.tx.send(Cmd::Abandon { space });
+        for pid in publishers {
+            self.rtc.close_participant(space, *pid);
+        }
+        true
+    }
+
+    /// Stops mixing (and recording) a space this node can no longer prove
+    /// it owns (it fenced itself, cut off from the cluster): its WHIP
+    /// sessions are closed (the speakers' clients publish again through
+    /// another node), its `live.ws` listeners get a close frame with code
+    /// [`CLOSE_GO_ELSEWHERE`](amphi_media::wire::CLOSE_GO_ELSEWHERE) and its
+    /// Ogg listeners are closed; its HLS is kept, as it stands. Returns
+    /// whether it was mixed here.
+    pub fn fence_space(&self, space: SpaceId, publishers: &[ParticipantId]) -> bool {
+        if !self.mixing.lock().remove(&space) {
+            return false;
+        }
+        let _ = self.tx.send(Cmd::Fence { space });
         for pid in publishers {
             self.rtc.close_participant(space, *pid);
         }
@@ -664,6 +719,7 @@ struct MixThread {
     speaker_stats: Arc<SpeakerStats>,
     /// Tick count at the last speaker-stats refresh.
     stats_at: u64,
+    publishing: Arc<Publishing>,
     /// Noise suppression is bypassed until then (an over-budget tick).
     denoise_rest_until: Option<Instant>,
 }
@@ -891,6 +947,18 @@ impl MixThread {
             }
             Cmd::Stop { space } => self.program.stop_space(space),
             Cmd::Abandon { space } => self.program.abandon_space(space),
+            Cmd::Fence { space } => {
+                if let Some(s) = self.spaces.get(&space) {
+                    s.live.fenced.store(true, Ordering::Release);
+                    let last = s.live.history.lock().last_seq().unwrap_or(0);
+                    let bye = amphi_media::wire::ws_close_frame(
+                        amphi_media::wire::CLOSE_GO_ELSEWHERE,
+                        "this node lost the cluster: reconnect to another node",
+                    );
+                    s.live.publish(&self.egress, UnitKind::Ws, bye, last);
+                }
+                self.program.abandon_space(space);
+            }
             Cmd::AddSession {
                 space,
                 pid,
@@ -938,8 +1006,25 @@ impl MixThread {
                 payload,
                 received: received_at,
             }),
-            RtcEvent::Closed { id, .. } => self.program.session_closed(Session(id.0)),
-            _ => {}
+            RtcEvent::Connected { id, space, .. } => {
+                self.publishing.lock().insert(id, space);
+            }
+            RtcEvent::Closed { id, .. } => {
+                self.publishing.lock().remove(&id);
+                self.program.session_closed(Session(id.0));
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::hls_dvr_segments;
+
+    #[test]
+    fn the_dvr_window_is_counted_in_two_second_segments() {
+        assert_eq!(hls_dvr_segments(120), 3600);
+        assert_eq!(hls_dvr_segments(1), 30);
+        assert_eq!(hls_dvr_segments(0), 3);
     }
 }
