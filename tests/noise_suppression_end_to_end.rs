@@ -66,6 +66,11 @@ fn hiss_is_lowered_for_a_space_or_a_speaker_that_asks() {
     wait_for_audio(&s, 200.0);
     std::thread::sleep(std::time::Duration::from_secs(1));
     let (off, on) = (level(&s, &plain), level(&s, &clean));
+    let bypassed = metric(&s, "amphi_denoise_bypassed_ticks_total");
+    assert_eq!(
+        bypassed, 0.0,
+        "suppression was bypassed (the node over budget)"
+    );
     eprintln!(
         "hiss on live.opus: {off:.1} dBFS without suppression, {on:.1} dBFS in the space that asks for it ({:.1} dB lower)",
         off - on

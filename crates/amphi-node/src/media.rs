@@ -265,11 +265,12 @@ struct MediaStats {
     denoise_bypassed: AtomicU64,
 }
 
-/// A tick (every space's) that takes more CPU than this means the node is
-/// over its budget: noise suppression is bypassed for [`DENOISE_REST`]
-/// so the program is never late for it. CPU time, not wall time: a thread
-/// that waited for a core was not over budget.
-const DENOISE_BUDGET: Duration = Duration::from_millis(10);
+/// Ticks (every space's) that take more CPU than this on average (a
+/// moving average over about ten ticks: one slow tick is no trend) mean
+/// the node is over its budget: noise suppression is bypassed for
+/// [`DENOISE_REST`] so the program is never late for it. CPU time, not
+/// wall time: a thread that waited for a core was not over budget.
+const DENOISE_BUDGET_US: f64 = 12_000.0;
 /// How long noise suppression stays bypassed after an over-budget tick.
 const DENOISE_REST: Duration = Duration::from_secs(5);
 
@@ -346,6 +347,7 @@ impl MediaPlane {
             stats_at: 0,
             publishing: publishing.clone(),
             denoise_rest_until: None,
+            tick_cpu_us: 0.0,
         };
         let alive2 = alive.clone();
         let thread = std::thread::Builder::new()
@@ -585,7 +587,7 @@ impl MediaPlane {
         counter(
             out,
             "amphi_denoise_bypassed_ticks_total",
-            "Mixer ticks run with noise suppression bypassed (a tick took over 10 ms).",
+            "Mixer ticks run with noise suppression bypassed (ticks averaged over 12 ms of CPU).",
             l(&s.denoise_bypassed),
         );
         counter(
@@ -720,8 +722,10 @@ struct MixThread {
     /// Tick count at the last speaker-stats refresh.
     stats_at: u64,
     publishing: Arc<Publishing>,
-    /// Noise suppression is bypassed until then (an over-budget tick).
+    /// Noise suppression is bypassed until then (over budget).
     denoise_rest_until: Option<Instant>,
+    /// Moving average of a tick's CPU time, µs.
+    tick_cpu_us: f64,
 }
 
 /// CPU time this thread has used.
@@ -778,7 +782,9 @@ impl MixThread {
                     }
                     let cpu = thread_cpu();
                     self.program.handle_timeout(now, wall_us());
-                    if thread_cpu().saturating_sub(cpu) > DENOISE_BUDGET {
+                    let took = thread_cpu().saturating_sub(cpu).as_secs_f64() * 1e6;
+                    self.tick_cpu_us += (took - self.tick_cpu_us) * 0.1;
+                    if self.tick_cpu_us > DENOISE_BUDGET_US {
                         // Over budget: suppression is what gives way.
                         self.denoise_rest_until = Some(Instant::now() + DENOISE_REST);
                     }
