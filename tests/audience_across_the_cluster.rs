@@ -153,7 +153,7 @@ fn five_thousand_named_listeners_across_three_nodes_are_one_bounded_audience() {
     let c = node_with(&nats.urls_from(2), "c", &lift, &[]);
     let (id, host, _) = live_space(&a, "Across the cluster");
     for s in [&b, &c] {
-        wait_for(10, "the space is live on every node", || {
+        wait_for(20, "the space is live on every node", || {
             call("GET", &s.url(&format!("/api/v1/spaces/{id}")), None, None).body["state"] == "live"
         });
     }
@@ -224,7 +224,7 @@ fn five_thousand_named_listeners_across_three_nodes_are_one_bounded_audience() {
     // Half, then the other half: A's view is already at its cap at half
     // (B and C hold ~1,225 each), so A's memory must not grow after.
     let (secs1, cpu1) = open(0..N / 2);
-    wait_for(10, "A counts the first half", || {
+    wait_for(20, "A counts the first half", || {
         audience(&a, &id, &host, "")["total"].as_u64() == Some(N as u64 / 2)
     });
     std::thread::sleep(Duration::from_secs(1));
@@ -242,7 +242,7 @@ fn five_thousand_named_listeners_across_three_nodes_are_one_bounded_audience() {
 
     // Every node shows the same total, soon (batches every 500 ms).
     for s in nodes {
-        wait_for(10, "every node counts the 5,000", || {
+        wait_for(20, "every node counts the 5,000", || {
             audience(s, &id, &host, "")["total"].as_u64() == Some(N as u64)
         });
     }
@@ -335,7 +335,7 @@ fn five_thousand_named_listeners_across_three_nodes_are_one_bounded_audience() {
         t.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     }
     let _ = ws.read().expect("snapshot");
-    wait_for(5, "A sees the invitee present on C", || {
+    wait_for(15, "A sees the invitee present on C", || {
         audience(&a, &id, &host, "?limit=5")["audience"]
             .as_array()
             .is_some_and(|p| p.iter().any(|x| x["participant_id"] == pid.as_str()))
@@ -347,7 +347,7 @@ fn five_thousand_named_listeners_across_three_nodes_are_one_bounded_audience() {
         None,
     );
     assert_eq!(r.status, 201, "{:?}", r.body);
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         assert!(Instant::now() < deadline, "the invitation never reached C");
         if let Message::Text(t) = ws.read().expect("read") {
@@ -369,7 +369,7 @@ fn five_thousand_named_listeners_across_three_nodes_are_one_bounded_audience() {
             .as_array()
             .is_some_and(|st| st.iter().any(|m| m["participant_id"] == pid.as_str()))
     };
-    wait_for(5, "the invitee is on stage, seen from every node", || {
+    wait_for(15, "the invitee is on stage, seen from every node", || {
         nodes.iter().all(|s| on_stage(s))
     });
 
@@ -426,9 +426,8 @@ fn five_thousand_named_listeners_across_three_nodes_are_one_bounded_audience() {
             "joins on {}",
             s.port
         );
-        // The three nodes' HyperLogLogs merged (≈2.3 % standard error,
-        // and near 2.5 × 2,048 registers, where the estimator switches
-        // from linear counting, a few % high: 5,014-5,227 seen).
+        // The three nodes' HyperLogLogs merged (≈2.3 % standard error;
+        // 4,891-5,303 seen).
         let unique = st["unique_participants"].as_u64().unwrap_or(0) as f64;
         assert!(
             (unique - 5001.0).abs() / 5001.0 < 0.10,
@@ -465,7 +464,7 @@ fn five_thousand_named_listeners_across_three_nodes_are_one_bounded_audience() {
     assert_eq!(r.status, 201, "{:?}", r.body);
     let hook = r.body["webhook"]["id"].as_str().expect("id").to_owned();
     for s in nodes {
-        wait_for(5, "every node has the endpoint", || {
+        wait_for(15, "every node has the endpoint", || {
             call(
                 "GET",
                 &s.url(&format!("/api/v1/webhooks/{hook}")),
@@ -483,7 +482,7 @@ fn five_thousand_named_listeners_across_three_nodes_are_one_bounded_audience() {
         None,
     );
     assert_eq!(r.status, 200, "{:?}", r.body);
-    wait_for(10, "space.ended reaches the receiver", || {
+    wait_for(20, "space.ended reaches the receiver", || {
         !got.lock().unwrap().is_empty()
     });
     std::thread::sleep(Duration::from_secs(3));
@@ -492,7 +491,7 @@ fn five_thousand_named_listeners_across_three_nodes_are_one_bounded_audience() {
     assert!(got[0].contains("space.ended"), "{got:?}");
     // Replay plays: the recording fetched through each node is counted by
     // the node that serves it, and summed on every node.
-    wait_for(15, "the replay is published", || {
+    wait_for(30, "the replay is published", || {
         !call("GET", &c.url(&format!("/api/v1/spaces/{id}")), None, None).body["replay"].is_null()
     });
     for s in nodes {
@@ -506,7 +505,7 @@ fn five_thousand_named_listeners_across_three_nodes_are_one_bounded_audience() {
         );
     }
     for s in nodes {
-        wait_for(20, "every node counts the three plays", || {
+        wait_for(30, "every node counts the three plays", || {
             stats(s, &id)["replay_plays"].as_u64() == Some(3)
         });
     }
@@ -519,7 +518,7 @@ fn five_thousand_named_listeners_across_three_nodes_are_one_bounded_audience() {
     );
     assert_eq!(r.status, 204, "{:?}", r.body);
     for s in nodes {
-        wait_for(5, "every node dropped the endpoint", || {
+        wait_for(15, "every node dropped the endpoint", || {
             call(
                 "GET",
                 &s.url(&format!("/api/v1/webhooks/{hook}")),
