@@ -3,10 +3,12 @@
 //! of 440 Hz when ffmpeg decodes it (its Ogg file and its HLS VOD), on the
 //! node's own disk and in S3 (moto on loopback); clips are rate-limited
 //! per participant and per space (429 + Retry-After); the share page
-//! `/c/{clip}` unfurls (OpenGraph/Twitter tags) and its plays are counted.
+//! `/c/{clip}` unfurls (OpenGraph/Twitter tags), its plays are counted, and
+//! a signed `clip.created` webhook reaches the operator's receiver.
 
 mod common;
 
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 use common::*;
@@ -52,6 +54,30 @@ fn assert_a_30_s_tone(s: &Server, view: &serde_json::Value) {
 #[test]
 fn a_clip_of_a_tone_is_thirty_seconds_of_it_and_clipping_is_rate_limited() {
     let s = Server::start(&[]);
+    // The operator's webhook receiver (it checks the signatures).
+    let tmp = tempfile::tempdir().unwrap();
+    let got = tmp.path().join("got.jsonl");
+    let port = free_port();
+    let r = call(
+        "POST",
+        &s.url("/api/v1/webhooks"),
+        Some(ADMIN),
+        Some(
+            serde_json::json!({"url": format!("http://127.0.0.1:{port}/"), "events": ["clip.created"]}),
+        ),
+    );
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let secret = r.body["webhook"]["secret"].as_str().unwrap().to_owned();
+    let _receiver = Peer(
+        Command::new("python3")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/webhook_receiver.py"))
+            .args(["--port", &port.to_string(), "--secret", &secret])
+            .arg("--out")
+            .arg(&got)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("the webhook receiver"),
+    );
     let (id, host, _peer) = a_space_with_31_s_of_tone(&s);
 
     // A listener (any participant) clips.
@@ -63,6 +89,14 @@ fn a_clip_of_a_tone_is_thirty_seconds_of_it_and_clipping_is_rate_limited() {
     assert_eq!(view["page"], format!("/c/{cid}"));
     assert_eq!(view["audio"], format!("/c/{cid}/audio.opus"));
     assert_a_30_s_tone(&s, &view);
+    wait_for(20, "the clip.created webhook", || {
+        std::fs::read_to_string(&got).is_ok_and(|t| {
+            t.lines().any(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap_or_default();
+                v["type"] == "clip.created" && v["verified"] == true && l.contains(&cid)
+            })
+        })
+    });
 
     // The share page: player, title (escaped), tags for a link preview.
     let page = reqwest::blocking::Client::new()
