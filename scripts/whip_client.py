@@ -37,6 +37,8 @@ def parse_args():
     p.add_argument("--token", required=True, help="bearer token")
     p.add_argument("--freq", type=float, default=440.0, help="tone frequency in Hz")
     p.add_argument("--amplitude", type=float, default=0.5, help="0..1")
+    p.add_argument("--hiss", type=float, default=0.0, help="add hiss (white noise through a one-pole low-pass) of this peak amplitude, 0..1")
+    p.add_argument("--right-freq", type=float, help="send stereo: --freq on the left channel, this tone on the right")
     p.add_argument("--seconds", type=float, default=5.0, help="how long to publish")
     p.add_argument("--loopback-only", action="store_true", help="offer only 127.0.0.1 candidates")
     p.add_argument("--ice-from-link", action="store_true", help="ask OPTIONS on the WHIP URL for ICE servers (Link rel=ice-server, RFC 9725) and gather with them (TURN over TCP included)")
@@ -123,6 +125,7 @@ class ToneTrack(MediaStreamTrack):
         self.freq = freq
         self.amplitude = amplitude
         self.n = 0
+        self.hiss_state = 0.0
         self.start = None
         self.spans = schedule(args.schedule)
 
@@ -138,8 +141,24 @@ class ToneTrack(MediaStreamTrack):
         if self.spans:
             since = time.time() - args.epoch if args.epoch else self.n / RATE
             amplitude = amplitude if any(a <= since < b for a, b in self.spans) else 0.0
-        pcm = (amplitude * 32767 * np.sin(2 * math.pi * self.freq * t)).astype(np.int16)
-        frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
+        wave = amplitude * np.sin(2 * math.pi * self.freq * t)
+        if args.hiss > 0:
+            white = np.random.default_rng(self.n).uniform(-1.0, 1.0, SAMPLES)
+            hiss = np.empty(SAMPLES)
+            y = self.hiss_state
+            for i in range(SAMPLES):
+                y = 0.9 * y + 0.1 * white[i]
+                hiss[i] = y
+            self.hiss_state = y
+            wave = wave + args.hiss * 4.0 * hiss
+        pcm = (np.clip(wave, -1.0, 1.0) * 32767).astype(np.int16)
+        if args.right_freq:
+            right = (amplitude * 32767 * np.sin(2 * math.pi * args.right_freq * t)).astype(np.int16)
+            stereo = np.empty(2 * SAMPLES, dtype=np.int16)
+            stereo[0::2], stereo[1::2] = pcm, right
+            frame = av.AudioFrame.from_ndarray(stereo.reshape(1, -1), format="s16", layout="stereo")
+        else:
+            frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
         frame.sample_rate = RATE
         frame.pts = self.n
         frame.time_base = fractions.Fraction(1, RATE)

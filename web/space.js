@@ -18,6 +18,8 @@ window.amphi = {
   toneProbe: (freqs) => (state.player ? state.player.probe(freqs) : freqs.map(() => -Infinity)),
   /** Player counters: frames received/lost, reconnects, buffer, delay. */
   stats: () => (state.player ? { ...state.player.stats } : null),
+  /** The microphone track's settings (echoCancellation, channelCount…). */
+  micSettings: () => (state.mic && state.mic.stream ? state.mic.stream.getAudioTracks()[0].getSettings() : null),
   /** Whether the page holds a live microphone track. */
   micLive: () => Boolean(state.mic && state.mic.stream && state.mic.stream.getAudioTracks().some((t) => t.readyState === "live")),
 };
@@ -240,6 +242,7 @@ function render() {
   $("start").hidden = !(isMod() && space.state === "scheduled");
   $("end").hidden = !(you && you.role === "host" && space.state !== "ended");
   $("hand").hidden = !you || onStage || !live;
+  $("clip").hidden = !you || !live;
   $("hand").textContent = you && you.hand_raised ? "Lower hand" : "✋ Raise hand";
   $("hand").setAttribute("aria-pressed", String(Boolean(you && you.hand_raised)));
   // A scheduled space: a listener asks to be reminded when it starts (a
@@ -507,6 +510,7 @@ $("mute-self").addEventListener("click", () => {
 });
 $("mic").addEventListener("click", async () => {
   const mic = new Mic(spaceId, tokens.get(spaceId), {
+    music: Boolean(state.space && state.space.music),
     returnEl: $("return-audio"),
     onState: (s) => {
       if (state.mic !== mic) return;
@@ -551,6 +555,26 @@ $("leave").addEventListener("click", async () => {
   else if (state.you && state.you.hand_raised) await act("DELETE", "/hand");
   location.href = "/";
 });
+// Clip the last 30 s: the server cuts it from the live program; the link
+// to its share page is shown (and copied when the browser allows it).
+$("clip").addEventListener("click", async () => {
+  const b = $("clip");
+  b.disabled = true;
+  try {
+    const r = await api("POST", `/api/v1/spaces/${spaceId}/clips`, { token: tokens.get(spaceId) });
+    const url = new URL(r.clip.page, location.href).href;
+    $("clip-link").href = r.clip.page;
+    $("clip-link").textContent = url;
+    $("clip-made").hidden = false;
+    if (navigator.clipboard) navigator.clipboard.writeText(url).catch(() => {});
+    if (status.classList.contains("error")) say(status, "");
+  } catch (e) {
+    err(e);
+  } finally {
+    b.disabled = false;
+  }
+});
+
 document.querySelectorAll("[data-emoji]").forEach((b) =>
   b.addEventListener("click", () => act("POST", "/reactions", { emoji: b.dataset.emoji })));
 window.addEventListener("pagehide", () => stopMic());

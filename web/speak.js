@@ -63,10 +63,21 @@ export function micUnavailableReason() {
   return null;
 }
 
+/** The microphone constraints: a speech space lets the browser clean the
+ * voice (echo cancellation, noise suppression, automatic gain); a music
+ * space takes the source as it is, in stereo (those filters would pump and
+ * smear music, and the server asks for stereo at 128 kbit/s). */
+export function captureConstraints(music) {
+  return music
+    ? { echoCancellation: false, noiseSuppression: false, autoGainControl: false, channelCount: 2 }
+    : { echoCancellation: true, noiseSuppression: true, autoGainControl: true };
+}
+
 export class Mic {
-  constructor(spaceId, token, { returnEl, onState } = {}) {
+  constructor(spaceId, token, { returnEl, onState, music } = {}) {
     this.spaceId = spaceId;
     this.token = token;
+    this.music = Boolean(music);
     this.returnEl = returnEl;
     this.onState = onState || (() => {});
     this.stream = null;
@@ -81,7 +92,7 @@ export class Mic {
     const why = micUnavailableReason();
     if (why) throw new ApiError(0, "insecure", why);
     this.stream = await navigator.mediaDevices.getUserMedia({
-      audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true },
+      audio: captureConstraints(this.music),
     });
     if (this.cancelled) {
       this.stop();

@@ -51,6 +51,7 @@ macro_rules! hex_id {
 
 hex_id!(SpaceId, "space");
 hex_id!(ParticipantId, "participant");
+hex_id!(ClipId, "clip");
 
 /// A string that is not 16 hex digits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

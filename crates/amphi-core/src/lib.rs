@@ -11,7 +11,7 @@ pub mod room;
 pub mod token;
 
 pub use frame::{Frame, History, SpeakerLevel};
-pub use id::{ParticipantId, SpaceId};
+pub use id::{ClipId, ParticipantId, SpaceId};
 pub use room::{
     Actor, Command, Listener, Member, Outcome, Role, RoomError, Space, SpaceOptions, SpaceState,
 };

@@ -89,6 +89,10 @@ pub struct Member {
     pub muted: bool,
     /// When the hand went up (ms since the epoch), for queue order.
     pub hand_raised_at: Option<i64>,
+    /// Noise suppression on this speaker's audio (set by a moderator or
+    /// the speaker; see [`Space::suppresses_noise`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub noise_suppression: bool,
 }
 
 /// Options for a new space, already validated by [`SpaceOptions::validate`].
@@ -177,6 +181,11 @@ pub enum Command {
         target: ParticipantId,
         ban: bool,
     },
+    /// Noise suppression on (or off) for `target`'s audio.
+    SetNoiseSuppression {
+        target: ParticipantId,
+        on: bool,
+    },
 }
 
 /// What a command asks of whoever sends it, checked by [`Space::apply`]
@@ -218,6 +227,10 @@ impl Command {
             Command::Remove { .. } => {
                 Need::Moderator("only the host or a co-host can remove participants")
             }
+            Command::SetNoiseSuppression { target, .. } => Need::ModeratorOrSelf(
+                *target,
+                "only the host, a co-host or the speaker can set noise suppression",
+            ),
         }
     }
 }
@@ -296,6 +309,14 @@ pub struct Space {
     /// follows the person (`"require_identity": true` at creation).
     #[serde(default)]
     pub require_identity: bool,
+    /// Every speaker's audio goes through noise suppression
+    /// (`"noise_suppression": true` at creation).
+    #[serde(default)]
+    pub noise_suppression: bool,
+    /// Music mode (`"music": true` at creation): a stereo program at a
+    /// music bitrate, no speech-tuned processing.
+    #[serde(default)]
+    pub music: bool,
     members: BTreeMap<ParticipantId, Member>,
     removed: BTreeSet<ParticipantId>,
     banned: BTreeSet<ParticipantId>,
@@ -325,6 +346,7 @@ impl Space {
                 role: Role::Host,
                 muted: false,
                 hand_raised_at: None,
+                noise_suppression: false,
             },
         );
         Ok(Space {
@@ -341,6 +363,8 @@ impl Space {
             ended_at_ms: None,
             host,
             require_identity: false,
+            noise_suppression: false,
+            music: false,
             members,
             removed: BTreeSet::new(),
             banned: BTreeSet::new(),
@@ -399,6 +423,12 @@ impl Space {
             .values()
             .filter(|m| m.hand_raised_at.is_some() && !m.role.on_stage())
             .count()
+    }
+
+    /// Whether `id`'s audio goes through noise suppression: the space
+    /// asks it of every speaker, or the speaker's own flag is on.
+    pub fn suppresses_noise(&self, id: ParticipantId) -> bool {
+        self.noise_suppression || self.members.get(&id).is_some_and(|m| m.noise_suppression)
     }
 
     /// Whether `id`'s audio may reach the program and the other speakers now.
@@ -485,6 +515,17 @@ impl Space {
     /// space included), and with which role.
     pub fn may_follow_events(&self, id: ParticipantId) -> Result<Role, RoomError> {
         self.present(id)
+    }
+
+    /// Whether `id` may clip the last 30 s of the program: any participant
+    /// not removed, while the space is live (the clip is cut from the live
+    /// history).
+    pub fn may_clip(&self, id: ParticipantId) -> Result<(), RoomError> {
+        self.present(id)?;
+        if self.state != SpaceState::Live {
+            return Err(conflict("clips are cut from a live space"));
+        }
+        Ok(())
     }
 
     /// Whether `id` may send a reaction now: not removed, the space live.
@@ -606,6 +647,7 @@ impl Space {
                     role: Role::Listener,
                     muted: false,
                     hand_raised_at: None,
+                    noise_suppression: false,
                 });
                 if m.hand_raised_at.is_some() {
                     return Ok(Outcome::Unchanged);
@@ -662,6 +704,7 @@ impl Space {
                         role: Role::Speaker,
                         muted: false,
                         hand_raised_at: None,
+                        noise_suppression: false,
                     },
                 );
                 Ok(Outcome::Changed)
@@ -721,6 +764,16 @@ impl Space {
                 match self.members.get_mut(&target) {
                     Some(m) if !m.muted => {
                         m.muted = true;
+                        Ok(Outcome::Changed)
+                    }
+                    _ => Ok(Outcome::Unchanged),
+                }
+            }
+            Command::SetNoiseSuppression { target, on } => {
+                self.target_role(target)?;
+                match self.members.get_mut(&target) {
+                    Some(m) if m.noise_suppression != on => {
+                        m.noise_suppression = on;
                         Ok(Outcome::Changed)
                     }
                     _ => Ok(Outcome::Unchanged),
@@ -961,6 +1014,38 @@ mod tests {
         assert!(s.is_audible(p(5)));
         act(&mut s, 5, Command::Mute { target: p(5) }).unwrap();
         assert!(!s.is_audible(p(5)));
+    }
+
+    #[test]
+    fn noise_suppression_is_set_by_a_moderator_or_the_speaker() {
+        let mut s = space(13);
+        act(&mut s, 1, Command::Start).unwrap();
+        act(
+            &mut s,
+            1,
+            Command::BringOnStage {
+                target: p(5),
+                name: Some("Five".into()),
+            },
+        )
+        .unwrap();
+        let set = |target, on| Command::SetNoiseSuppression { target, on };
+        assert!(!s.suppresses_noise(p(5)));
+        // A listener cannot; the speaker can, and so can the host.
+        assert!(matches!(
+            act(&mut s, 6, set(p(5), true)),
+            Err(RoomError::Forbidden(_))
+        ));
+        assert_eq!(act(&mut s, 5, set(p(5), true)), Ok(Outcome::Changed));
+        assert!(s.suppresses_noise(p(5)));
+        assert_eq!(act(&mut s, 5, set(p(5), true)), Ok(Outcome::Unchanged));
+        assert_eq!(act(&mut s, 1, set(p(5), false)), Ok(Outcome::Changed));
+        assert!(!s.suppresses_noise(p(5)));
+        // Someone the space does not remember (a listener): nothing to set.
+        assert_eq!(act(&mut s, 1, set(p(9), true)), Ok(Outcome::Unchanged));
+        // A space that asks it of everyone.
+        s.noise_suppression = true;
+        assert!(s.suppresses_noise(p(5)) && s.suppresses_noise(HOST));
     }
 
     #[test]

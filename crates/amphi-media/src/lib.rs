@@ -6,12 +6,14 @@
 //! [`Mixer::tick`] every 20 ms with the time, and hands the results on.
 
 pub mod analysis;
+pub mod denoise;
 pub mod jitter;
 pub mod mixer;
 pub mod ogg;
 pub mod opus;
 pub mod wire;
 
+pub use denoise::Denoiser;
 pub use jitter::{Jitter, JitterConfig, JitterStats, Pop};
 pub use mixer::{Mixer, MixerConfig, MixerStats, Mode, Tick};
 pub use ogg::{OggError, OggPager, OwnedPage, Page, PageReader, parse_page};

@@ -13,9 +13,11 @@ use amphi_core::{Frame, ParticipantId, SpeakerLevel};
 use bytes::Bytes;
 
 use crate::MediaError;
+use crate::denoise::Denoiser;
 use crate::jitter::{Jitter, JitterConfig, JitterStats, Pop, Pushed};
 use crate::opus::{
-    Decoder, Encoder, FRAME, MAX_PACKET_SAMPLES, is_dtx, packet_samples, passable, voice_inactive,
+    Decoder, Encoder, FRAME, MAX_PACKET_SAMPLES, is_dtx, packet_samples, passable_with,
+    voice_inactive,
 };
 
 /// Settings of a mixer.
@@ -84,6 +86,8 @@ pub struct MixerStats {
     /// Packets of speakers only listened to for voice taken as silence
     /// without decoding ([`voice_inactive`]).
     pub skipped: u64,
+    /// Packets (and concealments) filtered by a speaker's noise suppressor.
+    pub denoised: u64,
     /// Packets encoded (the program, the primers at a switch, every
     /// mix-minus).
     pub encodes: u64,
@@ -99,6 +103,9 @@ pub struct Tick {
     /// How the frame was made.
     pub mode: Mode,
 }
+
+/// A music space's program bitrate (the most the spec allows).
+pub const MUSIC_BITRATE: i32 = 128_000;
 
 /// The limiter keeps every output at or below this (-1 dBFS): the margin
 /// absorbs the codec's overshoot so decoded audio stays within [-1, 1].
@@ -182,6 +189,9 @@ struct Speaker {
     /// mixed frame covers the same instants as the packet it replaces.
     pcm: VecDeque<f32>,
     audible: bool,
+    /// Noise suppression on this speaker's decoded audio (boxed: RNNoise's
+    /// state is ~100 KB). A suppressed speaker is never passed through.
+    denoise: Option<Box<Denoiser>>,
     ret: Option<(Encoder, Limiter)>,
     frame: [f32; FRAME],
     /// A pull already made this tick (pass-through looks before it mixes).
@@ -251,6 +261,8 @@ pub struct Mixer {
     silence: Bytes,
     /// Largest packet passed through (at 1.5 times the program's bitrate).
     max_pass_bytes: usize,
+    /// Music mode: stereo packets pass through (the outputs say 2 channels).
+    music: bool,
     mode: Mode,
     /// The one speaker passed through (or about to be).
     lone: Option<ParticipantId>,
@@ -304,6 +316,7 @@ impl Mixer {
             encoder,
             silence,
             max_pass_bytes: usize::try_from(cfg.bitrate).unwrap_or(0) * 3 / 400,
+            music: false,
             cfg,
             limiter: Limiter::new(),
             speakers: BTreeMap::new(),
@@ -320,6 +333,35 @@ impl Mixer {
             quiet_ticks: HANGOVER_TICKS,
             stats: MixerStats::default(),
         })
+    }
+
+    /// Music mode: the program is a stereo stream at [`MUSIC_BITRATE`], a
+    /// source's stereo packets pass through as they came (up to 1.5 times
+    /// that bitrate). Mixing several sources (or a source whose packets
+    /// cannot pass) still makes a mono mix, at that bitrate, which a
+    /// stereo player plays in both channels.
+    pub fn set_music(&mut self, on: bool) {
+        if self.music == on {
+            return;
+        }
+        self.music = on;
+        self.cfg.bitrate = if on {
+            MUSIC_BITRATE
+        } else {
+            MixerConfig::default().bitrate
+        };
+        self.max_pass_bytes = usize::try_from(self.cfg.bitrate).unwrap_or(0) * 3 / 400;
+        // Made again at the next mix, at the new bitrate.
+        self.encoder = if self.cfg.pass_through {
+            None
+        } else {
+            Encoder::new(self.cfg.bitrate).ok()
+        };
+    }
+
+    /// Whether this is a music space's mixer.
+    pub fn music(&self) -> bool {
+        self.music
     }
 
     /// Continues a program from `seq` (after a restart), so that sequence
@@ -396,6 +438,7 @@ impl Mixer {
                 decoder: Decoder::new()?,
                 pcm: VecDeque::with_capacity(MAX_PACKET_SAMPLES + 2 * FRAME),
                 audible: false,
+                denoise: None,
                 ret,
                 frame: [0.0; FRAME],
                 pending: None,
@@ -427,6 +470,9 @@ impl Mixer {
                 s.jitter.reset();
                 s.pcm.clear();
                 s.decoder.reset();
+                if let Some(d) = s.denoise.as_mut() {
+                    d.reset();
+                }
                 s.pending = None;
                 s.recent = Default::default();
                 s.held = false;
@@ -436,6 +482,29 @@ impl Mixer {
             }
             s.audible = audible;
         }
+    }
+
+    /// Turns noise suppression on or off for `pid`. While on, the speaker
+    /// is always decoded, filtered and mixed (never passed through).
+    pub fn set_noise_suppression(&mut self, pid: ParticipantId, on: bool) {
+        if let Some(s) = self.speakers.get_mut(&pid) {
+            match (on, s.denoise.is_some()) {
+                (true, false) => {
+                    s.denoise = Some(Box::new(Denoiser::new()));
+                    if self.lone == Some(pid) {
+                        // Passed until now: mixed from the next tick.
+                        self.lone = None;
+                    }
+                }
+                (false, true) => s.denoise = None,
+                _ => {}
+            }
+        }
+    }
+
+    /// Whether `pid`'s audio goes through noise suppression.
+    pub fn noise_suppression(&self, pid: ParticipantId) -> bool {
+        self.speakers.get(&pid).is_some_and(|s| s.denoise.is_some())
     }
 
     /// A packet from `pid`'s ingest. Packets of unknown or inaudible
@@ -556,15 +625,22 @@ impl Mixer {
     /// packet, or silence. `None`: mix (pulls already made are kept).
     fn direct(&mut self) -> Option<(Bytes, u8, Mode)> {
         let lookahead = self.lookahead;
-        if self
-            .lone
-            .is_some_and(|l| !self.speakers.get(&l).is_some_and(|s| s.audible))
-        {
+        if self.lone.is_some_and(|l| {
+            !self
+                .speakers
+                .get(&l)
+                .is_some_and(|s| s.audible && s.denoise.is_none())
+        }) {
             self.lone = None;
         }
         if self.lone.is_none() {
             // Whoever sends something first becomes the lone voice.
-            for (pid, s) in self.speakers.iter_mut().filter(|(_, s)| s.audible) {
+            // A suppressed speaker is never passed: decoded below.
+            for (pid, s) in self
+                .speakers
+                .iter_mut()
+                .filter(|(_, s)| s.audible && s.denoise.is_none())
+            {
                 let r = s.pop();
                 let found = matches!(&r, Pop::Packet(p) if !is_dtx(p));
                 s.pending = Some(r);
@@ -599,7 +675,7 @@ impl Mixer {
             Some(lone) => {
                 let s = self.speakers.get_mut(&lone)?;
                 match s.pop() {
-                    Pop::Packet(p) if passable(&p, self.max_pass_bytes) => {
+                    Pop::Packet(p) if passable_with(&p, self.max_pass_bytes, self.music) => {
                         s.idle = 0;
                         s.remember(&p);
                         s.since_level += 1;
@@ -840,16 +916,17 @@ impl Mixer {
     /// remaining samples would have been mixed next (so nothing is skipped
     /// or repeated). Stays mixed when that packet cannot pass.
     fn leave_mix(&mut self, voice: Option<ParticipantId>, program_config: Option<u8>) {
-        let (d, max) = (self.lookahead, self.max_pass_bytes);
+        let (d, max, music) = (self.lookahead, self.max_pass_bytes, self.music);
         // Its last packets all pass, and the program's last packet was
         // made in the same mode and bandwidth as the one to pass next.
         let ready = |s: &Speaker| {
             s.audible
+                && s.denoise.is_none()
                 && s.held
                 && s.pcm.len() + d == FRAME
                 && s.recent
                     .iter()
-                    .all(|p| p.as_ref().is_none_or(|p| passable(p, max)))
+                    .all(|p| p.as_ref().is_none_or(|p| passable_with(p, max, music)))
                 && s.recent[RECENT - 1]
                     .as_ref()
                     .is_some_and(|p| p.first().map(|t| t >> 3) == program_config)
@@ -942,6 +1019,10 @@ impl Mixer {
             };
             if n == 0 {
                 break;
+            }
+            if let Some(d) = s.denoise.as_mut() {
+                d.process(&mut decoded[..n]);
+                stats.denoised += 1;
             }
             // Only 20 ms packets can ever pass; others keep their timing.
             let skip = if s.pcm.is_empty() && n == FRAME {

@@ -188,10 +188,15 @@ impl PageWriter<'_> {
 
 /// The OpusHead packet (RFC 7845 §5.1): mono, 48 kHz, pre-skip 312.
 pub fn opus_head() -> [u8; 19] {
+    opus_head_for(1)
+}
+
+/// The OpusHead packet for `channels` (1 or 2, mapping family 0).
+pub fn opus_head_for(channels: u8) -> [u8; 19] {
     let mut h = [0u8; 19];
     h[..8].copy_from_slice(b"OpusHead");
     h[8] = 1;
-    h[9] = 1;
+    h[9] = channels.clamp(1, 2);
     h[10..12].copy_from_slice(&PRE_SKIP.to_le_bytes());
     h[12..16].copy_from_slice(&48_000u32.to_le_bytes());
     h
@@ -222,6 +227,8 @@ pub struct OggPager {
     last_granule: u64,
     /// Page body scratch, kept between pages.
     scratch: Vec<u8>,
+    /// Channels OpusHead announces.
+    channels: u8,
 }
 
 impl OggPager {
@@ -239,7 +246,15 @@ impl OggPager {
             page_seq: 2,
             last_granule: 0,
             scratch: Vec::new(),
+            channels: 1,
         }
+    }
+
+    /// The stream's channel count in OpusHead (2: a music space's stereo
+    /// program; mono packets in it play in both channels).
+    pub fn with_channels(mut self, channels: u8) -> Self {
+        self.channels = channels.clamp(1, 2);
+        self
     }
 
     /// A pager whose granule positions count from frame `origin` (a
@@ -256,7 +271,7 @@ impl OggPager {
         let mut out = BytesMut::with_capacity(2 * HEADER + 64);
         let mut body = Vec::new();
         let mut seq = 0;
-        let (head, tags) = (opus_head(), opus_tags());
+        let (head, tags) = (opus_head_for(self.channels), opus_tags());
         let s = self.serial;
         write_pages(&mut out, &mut body, s, &mut seq, &[(head, 0)], (BOS, 0), 0);
         write_pages(&mut out, &mut body, s, &mut seq, &[(tags, 0)], (0, 0), 0);

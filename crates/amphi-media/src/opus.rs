@@ -294,11 +294,17 @@ impl Drop for Decoder {
 /// decoder follows them. 10, 40 and 60 ms packets, stereo packets and
 /// packets far above the program's bitrate are mixed instead.
 pub fn passable(packet: &[u8], max_bytes: usize) -> bool {
+    passable_with(packet, max_bytes, false)
+}
+
+/// [`passable`], with stereo packets allowed too if `stereo` (a music
+/// space's program is a stereo stream).
+pub fn passable_with(packet: &[u8], max_bytes: usize, stereo: bool) -> bool {
     let Some(&toc) = packet.first() else {
         return false;
     };
     packet.len() <= max_bytes
-        && toc & 0x4 == 0
+        && (stereo || toc & 0x4 == 0)
         && toc & 0x3 == 0
         && packet_samples(packet) == Some(FRAME as u32)
 }

@@ -73,6 +73,36 @@ impl KeyedLimiter {
             false
         }
     }
+
+    /// Takes one for `key`, or says in how many seconds (at least 1) one
+    /// will be there: a 429's `Retry-After`.
+    pub fn try_take(&self, key: u64) -> Result<(), u32> {
+        if self.check(key) {
+            return Ok(());
+        }
+        let tokens = self.map.lock().get(&key).map_or(0.0, |e| e.0);
+        let secs = ((1.0 - tokens) / self.rate.max(1e-9)).ceil();
+        Err(secs.clamp(1.0, 3600.0) as u32)
+    }
+}
+
+/// How often clips may be cut (`POST .../clips`): per participant and per
+/// space, each a token bucket.
+#[derive(Debug)]
+pub struct ClipLimits {
+    pub participant: KeyedLimiter,
+    pub space: KeyedLimiter,
+}
+
+impl Default for ClipLimits {
+    /// Two clips at once then one per 30 s per participant; six at once
+    /// then one per 5 s per space.
+    fn default() -> Self {
+        ClipLimits {
+            participant: KeyedLimiter::new(1.0 / 30.0, 2.0),
+            space: KeyedLimiter::new(1.0 / 5.0, 6.0),
+        }
+    }
 }
 
 /// WHIP offers per participant, per network and per node: each offer the

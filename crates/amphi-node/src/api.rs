@@ -53,6 +53,10 @@ pub fn router() -> Router<AppState> {
             "/api/v1/spaces/{id}/participants/{pid}/remove",
             post(remove),
         )
+        .route(
+            "/api/v1/spaces/{id}/participants/{pid}/noise_suppression",
+            post(noise_suppression),
+        )
         .route("/api/v1/spaces/{id}/reactions", post(react))
         .route("/api/v1/spaces/{id}/token", post(reissue))
         .route("/api/v1/openapi.json", get(openapi))
@@ -128,6 +132,12 @@ struct CreateBody {
     /// Joins need an operator identity token, so a ban follows the person.
     #[serde(default)]
     require_identity: bool,
+    /// Every speaker's audio through noise suppression.
+    #[serde(default)]
+    noise_suppression: bool,
+    /// Music mode: stereo program, music bitrate, no speech processing.
+    #[serde(default)]
+    music: bool,
 }
 
 async fn create(
@@ -163,7 +173,12 @@ async fn create(
         ));
     }
     let host_name = body.host_name.unwrap_or_else(|| "Host".to_owned());
-    let (cell, host) = app.create(opts, &host_name, body.require_identity).await?;
+    let extras = crate::app::CreateExtras {
+        require_identity: body.require_identity,
+        noise_suppression: body.noise_suppression,
+        music: body.music,
+    };
+    let (cell, host) = app.create(opts, &host_name, extras).await?;
     let token = app.mint(
         cell.id,
         host,
@@ -352,6 +367,28 @@ async fn unmute(
 ) -> Result<Json<Value>, ApiError> {
     let target = pid(&p)?;
     run(&app, &id, &t, |_| Command::Unmute { target }).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoiseBody {
+    on: bool,
+}
+
+/// Noise suppression on or off for one speaker (host, co-host, or the
+/// speaker themselves).
+async fn noise_suppression(
+    State(app): State<AppState>,
+    Path((id, p)): Path<(String, String)>,
+    t: Token,
+    ApiJson(body): ApiJson<NoiseBody>,
+) -> Result<Json<Value>, ApiError> {
+    let target = pid(&p)?;
+    run(&app, &id, &t, |_| Command::SetNoiseSuppression {
+        target,
+        on: body.on,
+    })
+    .await
 }
 
 #[derive(Deserialize)]

@@ -35,6 +35,9 @@ pub struct SpaceCell {
     pub updates: tokio::sync::watch::Sender<Arc<Update>>,
     /// Ingest gates: whether each publishing participant is audible now.
     pub gates: Mutex<HashMap<ParticipantId, Arc<AtomicBool>>>,
+    /// Noise suppression of each publishing participant (the room's
+    /// [`amphi_core::Space::suppresses_noise`]), read by the mixer.
+    pub denoise: Mutex<HashMap<ParticipantId, Arc<AtomicBool>>>,
     /// Media outputs while live.
     pub live: RwLock<Option<Arc<LiveMedia>>>,
     /// Listener count last shown to events clients (all nodes).
@@ -227,6 +230,7 @@ impl SpaceCell {
             dirty: AtomicBool::new(true),
             updates: tx,
             gates: Mutex::new(HashMap::new()),
+            denoise: Mutex::new(HashMap::new()),
             live: RwLock::new(None),
             listener_count: AtomicU64::new(0),
             remote_listeners: AtomicU64::new(0),
@@ -397,10 +401,13 @@ impl SpaceCell {
         live: Option<Arc<LiveMedia>>,
         min_seq: u64,
     ) {
-        let record = self.inner.lock().space.record;
+        let (record, music) = {
+            let inner = self.inner.lock();
+            (inner.space.record, inner.space.music)
+        };
         let me = self.clone();
         let ready: crate::media::ReplayReady = Box::new(move || me.replay_cut_here());
-        let live = media.start_space(self.id, record, ready, live, min_seq);
+        let live = media.start_space(self.id, record, music, ready, live, min_seq);
         *self.live.write() = Some(live);
     }
 
@@ -432,6 +439,21 @@ impl SpaceCell {
         for (pid, gate) in self.gates.lock().iter() {
             gate.store(inner.space.is_audible(*pid), Ordering::Release);
         }
+        for (pid, flag) in self.denoise.lock().iter() {
+            flag.store(inner.space.suppresses_noise(*pid), Ordering::Release);
+        }
+    }
+
+    /// Whether `pid`'s audio goes through noise suppression, as a flag the
+    /// mixer reads every tick.
+    pub fn denoise_flag(&self, pid: ParticipantId) -> Arc<AtomicBool> {
+        let on = self.inner.lock().space.suppresses_noise(pid);
+        let mut flags = self.denoise.lock();
+        let flag = flags
+            .entry(pid)
+            .or_insert_with(|| Arc::new(AtomicBool::new(false)));
+        flag.store(on, Ordering::Release);
+        flag.clone()
     }
 
     /// The gate of `pid`'s ingest, created closed-or-open per the rules.
@@ -451,7 +473,7 @@ pub fn space_view(s: &Space, listener_count: u64, replay_ready: bool, on_air: bo
     let id = s.id;
     let stage: Vec<Value> = s
         .stage()
-        .map(|m| json!({"participant_id": m.id, "name": m.name, "role": m.role.as_str(), "muted": m.muted}))
+        .map(|m| json!({"participant_id": m.id, "name": m.name, "role": m.role.as_str(), "muted": m.muted, "noise_suppression": s.suppresses_noise(m.id)}))
         .collect();
     let hands: Vec<Value> = s
         .hands()
@@ -467,6 +489,8 @@ pub fn space_view(s: &Space, listener_count: u64, replay_ready: bool, on_air: bo
         "max_stage": s.max_stage,
         "record": s.record,
         "public": s.public,
+        "noise_suppression": s.noise_suppression,
+        "music": s.music,
         "scheduled_for": s.scheduled_for_ms.and_then(rfc3339),
         "created_at": rfc3339(s.created_at_ms),
         "started_at": s.started_at_ms.and_then(rfc3339),
@@ -487,6 +511,17 @@ pub fn listen_urls(id: SpaceId) -> Value {
         "ws": format!("/spaces/{id}/live.ws"),
         "hls": format!("/spaces/{id}/hls/live.m3u8"),
     })
+}
+
+/// What a new space asks for beyond [`SpaceOptions`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CreateExtras {
+    /// Joins need an operator identity token.
+    pub require_identity: bool,
+    /// Every speaker's audio goes through noise suppression.
+    pub noise_suppression: bool,
+    /// Music mode: a stereo program at a music bitrate.
+    pub music: bool,
 }
 
 /// How a command is carried out, beyond the room's rules.
@@ -531,6 +566,8 @@ pub struct App {
     pub offer_limits: crate::admission::OfferLimits,
     pub per_ip: Arc<crate::admission::PerIp>,
     pub command_limiter: crate::admission::KeyedLimiter,
+    /// Clips per participant and per space.
+    pub clip_limits: crate::admission::ClipLimits,
     pub started: std::time::Instant,
     /// ACME HTTP-01 key authorizations by token, served on the redirect
     /// port while an order is pending.
@@ -658,12 +695,14 @@ impl App {
         &self,
         opts: SpaceOptions,
         host_name: &str,
-        require_identity: bool,
+        extra: CreateExtras,
     ) -> Result<(Arc<SpaceCell>, ParticipantId), ApiError> {
         let id = SpaceId(rand::random());
         let host = ParticipantId(rand::random());
         let mut space = Space::new(id, host, host_name, opts, now_ms())?;
-        space.require_identity = require_identity;
+        space.require_identity = extra.require_identity;
+        space.noise_suppression = extra.noise_suppression;
+        space.music = extra.music;
         self.persist(space.clone()).await?;
         let cell = SpaceCell::new(space, Some(self.webhooks.clone()));
         self.spaces.write().insert(id, cell.clone());

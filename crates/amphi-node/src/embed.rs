@@ -70,7 +70,7 @@ fn ics_escape(s: &str) -> String {
 }
 
 /// `http(s)://host` of the request, for absolute URLs in cards.
-fn origin(headers: &HeaderMap) -> String {
+pub(crate) fn origin(headers: &HeaderMap) -> String {
     let host = headers
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
@@ -177,7 +177,7 @@ fn percent_encode(s: &str) -> String {
         .collect()
 }
 
-fn html(body: String, framing: Framing) -> Response {
+pub(crate) fn html(body: String, framing: Framing) -> Response {
     (
         security_headers(framing),
         [

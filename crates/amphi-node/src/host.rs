@@ -191,10 +191,14 @@ impl Host for App {
         let Ok(cell) = self.space(space) else {
             return false;
         };
-        if cell.inner.lock().space.state != SpaceState::Live {
-            return false;
-        }
-        let live = self.media.new_live_media(space);
+        let music = {
+            let inner = cell.inner.lock();
+            if inner.space.state != SpaceState::Live {
+                return false;
+            }
+            inner.space.music
+        };
+        let live = self.media.new_live_media(space, music);
         // Cut on the media thread, by the same program as a mixed space.
         self.media.start_edge(space, &live);
         *cell.live.write() = Some(live);

@@ -11,6 +11,7 @@ mod audience;
 mod audience_api;
 mod auth;
 mod card_image;
+mod clips;
 mod cluster;
 mod conn;
 mod embed;

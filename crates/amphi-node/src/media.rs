@@ -18,7 +18,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, TrySendError, select};
@@ -203,6 +203,7 @@ enum Cmd {
         replay_ready: ReplayReady,
         live: Arc<LiveMedia>,
         record: bool,
+        music: bool,
         first_seq: u64,
     },
     Stop {
@@ -219,6 +220,7 @@ enum Cmd {
         pid: ParticipantId,
         session: SessionId,
         gate: Arc<AtomicBool>,
+        denoise: Arc<AtomicBool>,
         wants_return: bool,
     },
     StartEdge {
@@ -259,7 +261,18 @@ struct MediaStats {
     silent_frames: AtomicU64,
     /// Switches into mixing.
     switches: AtomicU64,
+    /// Ticks run with noise suppression bypassed (the node over budget).
+    denoise_bypassed: AtomicU64,
 }
+
+/// Ticks (every space's) that take more CPU than this on average (a
+/// moving average over about ten ticks: one slow tick is no trend) mean
+/// the node is over its budget: noise suppression is bypassed for
+/// [`DENOISE_REST`] so the program is never late for it. CPU time, not
+/// wall time: a thread that waited for a core was not over budget.
+const DENOISE_BUDGET_US: f64 = 12_000.0;
+/// How long noise suppression stays bypassed after an over-budget tick.
+const DENOISE_REST: Duration = Duration::from_secs(5);
 
 /// Handle to the media plane.
 pub struct MediaPlane {
@@ -333,6 +346,8 @@ impl MediaPlane {
             stats: stats.clone(),
             stats_at: 0,
             publishing: publishing.clone(),
+            denoise_rest_until: None,
+            tick_cpu_us: 0.0,
         };
         let alive2 = alive.clone();
         let thread = std::thread::Builder::new()
@@ -369,8 +384,10 @@ impl MediaPlane {
     }
 
     /// Fresh, empty outputs for a live space (an origin's or an edge's).
-    pub fn new_live_media(&self, space: SpaceId) -> Arc<LiveMedia> {
-        let pager = OggPager::new(ogg_serial(space), self.cfg.ogg_frames_per_page);
+    /// A music space's Ogg stream says 2 channels.
+    pub fn new_live_media(&self, space: SpaceId, music: bool) -> Arc<LiveMedia> {
+        let pager = OggPager::new(ogg_serial(space), self.cfg.ogg_frames_per_page)
+            .with_channels(if music { 2 } else { 1 });
         let stores = Stores::new(HISTORY_FRAMES, self.cfg.hls_dvr_segments);
         Arc::new(LiveMedia {
             ogg: self.egress.new_output(),
@@ -443,11 +460,12 @@ impl MediaPlane {
         &self,
         space: SpaceId,
         record: bool,
+        music: bool,
         replay_ready: ReplayReady,
         live: Option<Arc<LiveMedia>>,
         min_seq: u64,
     ) -> Arc<LiveMedia> {
-        let live = live.unwrap_or_else(|| self.new_live_media(space));
+        let live = live.unwrap_or_else(|| self.new_live_media(space, music));
         self.mixing.lock().insert(space);
         // A space that was live before a restart continues its program:
         // sequence numbers go on from the last recorded frame, skipping the
@@ -462,6 +480,7 @@ impl MediaPlane {
             replay_ready,
             live: live.clone(),
             record,
+            music,
             first_seq: resumed.max(min_seq),
         });
         live
@@ -567,6 +586,12 @@ impl MediaPlane {
         );
         counter(
             out,
+            "amphi_denoise_bypassed_ticks_total",
+            "Mixer ticks run with noise suppression bypassed (ticks averaged over 12 ms of CPU).",
+            l(&s.denoise_bypassed),
+        );
+        counter(
+            out,
             "amphi_mixer_late_ticks_total",
             "Mixer ticks that started more than 10 ms late.",
             l(&s.late_ticks),
@@ -632,14 +657,15 @@ impl MediaPlane {
     }
 
     /// Hands a connected-or-connecting session to the space's mixer: its
-    /// audio is mixed (while `gate` is open) and, if it asked, it gets the
-    /// mix-minus back.
+    /// audio is mixed (while `gate` is open, through noise suppression
+    /// while `denoise` is set) and, if it asked, it gets the mix-minus back.
     pub fn add_session(
         &self,
         space: SpaceId,
         pid: ParticipantId,
         session: SessionId,
         gate: Arc<AtomicBool>,
+        denoise: Arc<AtomicBool>,
         wants_return: bool,
     ) {
         let _ = self.tx.send(Cmd::AddSession {
@@ -647,6 +673,7 @@ impl MediaPlane {
             pid,
             session,
             gate,
+            denoise,
             wants_return,
         });
     }
@@ -675,6 +702,8 @@ struct ShellSpace {
     /// Called once the recording is cut, after the end.
     replay_ready: Option<ReplayReady>,
     gates: HashMap<ParticipantId, Arc<AtomicBool>>,
+    /// Its speakers' noise suppression flags (read with the gates).
+    denoise: HashMap<ParticipantId, Arc<AtomicBool>>,
 }
 
 /// The media thread: a loop that feeds the program its inputs (commands,
@@ -693,6 +722,28 @@ struct MixThread {
     /// Tick count at the last speaker-stats refresh.
     stats_at: u64,
     publishing: Arc<Publishing>,
+    /// Noise suppression is bypassed until then (over budget).
+    denoise_rest_until: Option<Instant>,
+    /// Moving average of a tick's CPU time, µs.
+    tick_cpu_us: f64,
+}
+
+/// CPU time this thread has used.
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; the clock id is a
+    // constant Linux supports for every thread.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(
+        u64::try_from(ts.tv_sec).unwrap_or(0),
+        u32::try_from(ts.tv_nsec).unwrap_or(0),
+    )
 }
 
 fn wall_us() -> u64 {
@@ -720,12 +771,28 @@ impl MixThread {
                     if !self.take_events() {
                         break;
                     }
+                    let now = Instant::now();
+                    let resting = self.denoise_rest_until.is_some_and(|t| now < t);
                     for (id, s) in &self.spaces {
                         for (pid, gate) in &s.gates {
                             self.program.set_audible(*id, *pid, gate.load(Ordering::Acquire));
                         }
+                        for (pid, on) in &s.denoise {
+                            let on = on.load(Ordering::Acquire) && !resting;
+                            self.program.set_noise_suppression(*id, *pid, on);
+                        }
                     }
-                    self.program.handle_timeout(Instant::now(), wall_us());
+                    if resting {
+                        self.stats.denoise_bypassed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let cpu = thread_cpu();
+                    self.program.handle_timeout(now, wall_us());
+                    let took = thread_cpu().saturating_sub(cpu).as_secs_f64() * 1e6;
+                    self.tick_cpu_us += (took - self.tick_cpu_us) * 0.1;
+                    if self.tick_cpu_us > DENOISE_BUDGET_US {
+                        // Over budget: suppression is what gives way.
+                        self.denoise_rest_until = Some(Instant::now() + DENOISE_REST);
+                    }
                     self.refresh_stats();
                 }
             }
@@ -838,6 +905,7 @@ impl MixThread {
                 replay_ready,
                 live,
                 record,
+                music,
                 first_seq,
             } => {
                 let start = StartSpace {
@@ -848,12 +916,14 @@ impl MixThread {
                 };
                 match self.program.start_space(start) {
                     Ok(()) => {
+                        self.program.set_music(id, music);
                         self.spaces.insert(
                             id,
                             ShellSpace {
                                 live,
                                 replay_ready: Some(replay_ready),
                                 gates: HashMap::new(),
+                                denoise: HashMap::new(),
                             },
                         );
                     }
@@ -878,6 +948,7 @@ impl MixThread {
                         live,
                         replay_ready: None,
                         gates: HashMap::new(),
+                        denoise: HashMap::new(),
                     },
                 );
             }
@@ -918,12 +989,14 @@ impl MixThread {
                 pid,
                 session,
                 gate,
+                denoise,
                 wants_return,
             } => {
                 if let Some(s) = self.spaces.get_mut(&space)
                     && self.program.is_mixing(space)
                 {
                     s.gates.insert(pid, gate);
+                    s.denoise.insert(pid, denoise);
                 }
                 if let Err(e) =
                     self.program

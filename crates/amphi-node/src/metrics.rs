@@ -75,6 +75,7 @@ pub struct Metrics {
     requests: Mutex<BTreeMap<String, BTreeMap<u16, Histogram>>>,
     pub spaces_created: Counter,
     pub joins: Counter,
+    pub clips: Counter,
     pub commands: Counter,
     pub storage_errors: Counter,
     pub events_clients: Gauge,
@@ -134,6 +135,7 @@ impl Metrics {
                 &self.spaces_created,
             ),
             ("amphi_joins_total", "Joins (tokens minted).", &self.joins),
+            ("amphi_clips_total", "Clips cut and stored.", &self.clips),
             (
                 "amphi_commands_total",
                 "Room commands applied.",

@@ -632,6 +632,7 @@ async fn load(
         ogg_burst_pages,
         ogg_page_ms,
         reaction_limiter: KeyedLimiter::new(5.0, 10.0),
+        clip_limits: Default::default(),
         join_limiter: KeyedLimiter::new(args.join_rate, args.join_burst),
         per_ip: Arc::new(crate::admission::PerIp::new(args.max_conns_per_ip)),
         command_limiter: KeyedLimiter::new(args.command_rate, args.command_rate * 2.0),
@@ -740,6 +741,7 @@ fn router(app: Arc<App>, metrics: Option<Arc<crate::scrape::MetricsEndpoint>>) -
         .merge(crate::audience_api::router())
         .merge(crate::stats_api::router())
         .merge(crate::embed::router())
+        .merge(crate::clips::router())
         .merge(crate::events::router())
         .merge(crate::whip::router())
         .merge(crate::replay::router())

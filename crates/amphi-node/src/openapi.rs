@@ -161,6 +161,46 @@ pub const ENDPOINTS: &[Endpoint] = &[
     ),
     ep!(
         "post",
+        "/api/v1/spaces/{id}/participants/{pid}/noise_suppression",
+        "participant",
+        Some("NoiseSuppression"),
+        200,
+        "Noise suppression on or off for a speaker (host, co-host, or the speaker)"
+    ),
+    ep!(
+        "post",
+        "/api/v1/spaces/{id}/clips",
+        "participant",
+        None,
+        201,
+        "Clip the last 30 s of the live program (any participant; rate limited per participant and per space): {clip: {id, page, audio, hls}}"
+    ),
+    ep!(
+        "get",
+        "/c/{clip}",
+        "none",
+        None,
+        200,
+        "A clip's share page (player, title, transcript, OpenGraph tags)"
+    ),
+    ep!(
+        "get",
+        "/c/{clip}/audio.opus",
+        "none",
+        None,
+        200,
+        "A clip as one Ogg Opus file"
+    ),
+    ep!(
+        "get",
+        "/c/{clip}/hls/clip.m3u8",
+        "none",
+        None,
+        200,
+        "A clip as an HLS VOD (fMP4)"
+    ),
+    ep!(
+        "post",
         "/api/v1/spaces/{id}/token",
         "participant",
         None,
@@ -237,7 +277,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         "participant",
         None,
         200,
-        "Analytics (admin, host, co-host), cluster-wide: peak, joins, unique, listening time, series, reactions, replay plays"
+        "Analytics (admin, host, co-host), cluster-wide: peak, joins, unique, listening time, series, reactions, replay and clip plays"
     ),
     ep!(
         "post",
@@ -316,7 +356,10 @@ fn schemas() -> Value {
             "max_stage": {"type": "integer", "minimum": 1, "maximum": 50},
             "record": {"type": "boolean"}, "public": {"type": "boolean"},
             "host_name": {"type": "string", "maxLength": 64},
-            "require_identity": {"type": "boolean", "description": "joins need an identity token; a ban follows the identity"}}},
+            "require_identity": {"type": "boolean", "description": "joins need an identity token; a ban follows the identity"},
+            "noise_suppression": {"type": "boolean", "description": "every speaker's audio through noise suppression (RNNoise, on the server)"},
+            "music": {"type": "boolean", "description": "music mode: stereo program up to 128 kbit/s, no speech processing"}}},
+        "NoiseSuppression": {"type": "object", "required": ["on"], "properties": {"on": {"type": "boolean"}}},
         "Join": {"type": "object", "required": ["name"], "properties": {
             "name": {"type": "string", "minLength": 1, "maxLength": 64},
             "identity": {"type": "string", "description": "identity token from the operator's app"}}},
@@ -352,7 +395,7 @@ pub fn document() -> Value {
             "participant" => op["security"] = json!([{"participant": []}]),
             _ => {}
         }
-        let params: Vec<Value> = [("id", "^[0-9a-f]{16}$"), ("pid", "^[0-9a-f]{16}$"), ("hook", "^ep_[0-9a-f]{16}$")]
+        let params: Vec<Value> = [("id", "^[0-9a-f]{16}$"), ("pid", "^[0-9a-f]{16}$"), ("hook", "^ep_[0-9a-f]{16}$"), ("clip", "^[0-9a-f]{16}$")]
             .iter()
             .filter(|(p, _)| e.path.contains(&format!("{{{p}}}")))
             .map(|(p, pat)| json!({"name": p, "in": "path", "required": true, "schema": {"type": "string", "pattern": pat}}))

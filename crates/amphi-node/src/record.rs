@@ -440,19 +440,37 @@ pub fn recorded_frames(storage: &dyn Storage, space: SpaceId) -> std::io::Result
     Ok(out)
 }
 
-/// Cuts `recording.opus` and the HLS VOD from the frame segments.
-pub fn finalize(storage: &dyn Storage, space: SpaceId) -> anyhow::Result<()> {
-    let frames = recorded_frames(storage, space)?;
+/// A run of program frames cut into the files a player reads: one Ogg
+/// Opus file and an HLS VOD (fMP4 segments and their playlist).
+pub struct Cut {
+    pub ogg: Bytes,
+    pub init: Bytes,
+    /// `(msn, bytes)` of each segment, named `seg-<msn>.m4s` by the playlist.
+    pub segments: Vec<(u64, Bytes)>,
+    pub playlist: String,
+}
 
-    // Ogg: one continuous stream; gaps (a restart) are filled with silence
-    // so the file's duration is the space's wall-clock duration.
+/// Cuts `frames` (in order) into a [`Cut`]. The Ogg file is one
+/// continuous stream: gaps (a restart) are filled with silence so its
+/// duration is the wall-clock duration; in the HLS VOD a gap is a
+/// discontinuity. The playlist names its segments `<uri_prefix>seg-N.m4s`.
+pub fn cut_frames(frames: &[Frame], serial: u32, uri_prefix: &str) -> anyhow::Result<Cut> {
     let silence = Encoder::new(32_000)?.encode(&[0.0; 960])?;
     let origin = frames.first().map_or(0, |f| f.seq);
-    let serial = (space.0 as u32) ^ 0x5eed;
-    let mut pager = OggPager::with_origin(serial, 50, origin);
+    // A music space's stereo packets make a stereo file (the TOC byte's
+    // stereo flag); mono packets in it play in both channels.
+    let channels = if frames
+        .iter()
+        .any(|f| f.opus.first().is_some_and(|t| t & 0x4 != 0))
+    {
+        2
+    } else {
+        1
+    };
+    let mut pager = OggPager::with_origin(serial, 50, origin).with_channels(channels);
     let mut ogg = pager.headers().to_vec();
     let mut next = origin;
-    for f in &frames {
+    for f in frames {
         while next < f.seq {
             let filler = Frame {
                 seq: next,
@@ -471,26 +489,37 @@ pub fn finalize(storage: &dyn Storage, space: SpaceId) -> anyhow::Result<()> {
     }
     ogg.extend_from_slice(&pager.finish());
 
-    // HLS VOD: the same frames as fMP4 segments; gaps are discontinuities.
-    let mut seg = Segmenter::new(usize::MAX).with_uri_prefix("replay/");
-    for f in &frames {
+    let mut seg = Segmenter::new(usize::MAX).with_uri_prefix(uri_prefix);
+    for f in frames {
         seg.push(f);
     }
     seg.finish();
+    Ok(Cut {
+        ogg: Bytes::from(ogg),
+        init: fmp4::init_segment_for(&fmp4::InitConfig {
+            channels,
+            ..Default::default()
+        }),
+        segments: seg.segments().map(|s| (s.msn, s.bytes.clone())).collect(),
+        playlist: seg.vod_playlist(),
+    })
+}
+
+/// Cuts `recording.opus` and the HLS VOD from the frame segments.
+pub fn finalize(storage: &dyn Storage, space: SpaceId) -> anyhow::Result<()> {
+    let frames = recorded_frames(storage, space)?;
+    let serial = (space.0 as u32) ^ 0x5eed;
+    let cut = cut_frames(&frames, serial, "replay/")?;
     let mut objects = vec![
-        (key(space, "recording.opus"), Bytes::from(ogg)),
-        (key(space, "hls/init.mp4"), fmp4::init_segment()),
+        (key(space, "recording.opus"), cut.ogg),
+        (key(space, "hls/init.mp4"), cut.init),
     ];
-    objects.extend(seg.segments().map(|s| {
-        (
-            key(space, &format!("hls/seg-{}.m4s", s.msn)),
-            s.bytes.clone(),
-        )
-    }));
-    objects.push((
-        key(space, "hls/replay.m3u8"),
-        Bytes::from(seg.vod_playlist()),
-    ));
+    objects.extend(
+        cut.segments
+            .into_iter()
+            .map(|(msn, bytes)| (key(space, &format!("hls/seg-{msn}.m4s")), bytes)),
+    );
+    objects.push((key(space, "hls/replay.m3u8"), Bytes::from(cut.playlist)));
     storage.put_many(objects)?;
     // Last, once everything else is stored: the replay is published.
     storage.put(&key(space, "complete"), Bytes::new())?;

@@ -282,7 +282,15 @@ async fn init(
 ) -> Result<Response, ApiError> {
     let cell = cell(&app, &id)?;
     authorize(&app, &cell, &headers, q.as_deref(), Output::Media)?;
-    Ok(body(Resource::Media, fmp4::init_segment()))
+    // A music space's program is stereo: its init says 2 channels.
+    let channels = if cell.inner.lock().space.music { 2 } else { 1 };
+    Ok(body(
+        Resource::Media,
+        fmp4::init_segment_for(&fmp4::InitConfig {
+            channels,
+            ..Default::default()
+        }),
+    ))
 }
 
 async fn live_media(

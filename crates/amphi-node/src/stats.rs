@@ -45,6 +45,9 @@ pub struct SpaceStats {
     pub series: Vec<u32>,
     pub reactions: BTreeMap<String, u64>,
     pub replay_plays: u64,
+    /// Plays of the space's clips (their audio or HLS from the start).
+    #[serde(default)]
+    pub clip_plays: u64,
     /// Joins answered on the other nodes of a cluster, as each last said
     /// (cumulative per node; `joins` is this node's own).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -248,6 +251,12 @@ impl SpaceStats {
         self.dirty = true;
     }
 
+    /// One of the space's clips started playing.
+    pub fn clip_play(&mut self) {
+        self.clip_plays += 1;
+        self.dirty = true;
+    }
+
     /// The API's view.
     pub fn view(&self) -> Value {
         json!({
@@ -263,6 +272,7 @@ impl SpaceStats {
             },
             "reactions": self.reactions,
             "replay_plays": self.replay_plays + self.remote_plays.values().sum::<u64>(),
+            "clip_plays": self.clip_plays,
         })
     }
 }

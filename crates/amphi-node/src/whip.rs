@@ -151,6 +151,7 @@ async fn whip_publish(
     let offer = String::from_utf8(body.to_vec())
         .map_err(|_| ApiError::bad_request("the SDP offer is not UTF-8"))?;
     let gate = cell.gate(claims.pid);
+    let music = cell.inner.lock().space.music;
     let info = app
         .media
         .create_session(SessionRequest {
@@ -158,14 +159,21 @@ async fn whip_publish(
             participant: claims.pid,
             offer_sdp: offer,
             audible: gate.clone(),
+            music,
         })
         .await
         .map_err(|e| match e {
             RtcError::TooManySessions => ApiError::unavailable(e.to_string(), 5),
             other => ApiError::bad_request(other.to_string()),
         })?;
-    app.media
-        .add_session(id, claims.pid, info.id, gate, info.sends_return_audio);
+    app.media.add_session(
+        id,
+        claims.pid,
+        info.id,
+        gate,
+        cell.denoise_flag(claims.pid),
+        info.sends_return_audio,
+    );
     let location = format!("/api/v1/spaces/{id}/whip/{}", info.id);
     let mut res = (StatusCode::CREATED, info.answer_sdp).into_response();
     let h = res.headers_mut();

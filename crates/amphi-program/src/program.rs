@@ -342,6 +342,33 @@ impl Program {
         }
     }
 
+    /// Music mode for a space mixed here: a stereo program at the music
+    /// bitrate (see [`amphi_media::Mixer::set_music`]).
+    pub fn set_music(&mut self, space: SpaceId, on: bool) {
+        if let Some(SpaceProgram {
+            source: Source::Mixed(mix),
+            ..
+        }) = self.spaces.get_mut(&space)
+        {
+            mix.mixer.set_music(on);
+        }
+    }
+
+    /// Whether `pid`'s audio in `space` goes through noise suppression
+    /// (the room decides; the shell passes it on with the gates). A
+    /// suppressed speaker is decoded, filtered and mixed, never passed
+    /// through.
+    pub fn set_noise_suppression(&mut self, space: SpaceId, pid: ParticipantId, on: bool) {
+        if let Some(SpaceProgram {
+            source: Source::Mixed(mix),
+            ..
+        }) = self.spaces.get_mut(&space)
+            && mix.speakers.contains_key(&pid)
+        {
+            mix.mixer.set_noise_suppression(pid, on);
+        }
+    }
+
     /// A packet from a speaker's ingest.
     pub fn handle_packet(&mut self, packet: Packet) {
         match self.spaces.get_mut(&packet.space) {

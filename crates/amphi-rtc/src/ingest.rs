@@ -220,6 +220,7 @@ impl Ingest {
         if self.sessions.len() >= self.cfg.max_sessions {
             return Err(RtcError::TooManySessions);
         }
+        let music = req.music;
         let summary = sdp::summarize_offer(&req.offer_sdp)?;
         let offer = SdpOffer::from_sdp_string(&req.offer_sdp)
             .map_err(|e| RtcError::BadSdp(e.to_string()))?;
@@ -285,10 +286,18 @@ impl Ingest {
         self.count_sessions();
         Ok(SessionInfo {
             id,
-            answer_sdp: sdp::with_opus_preferences(
-                &sdp::without_trickle(&answer.to_sdp_string()),
-                self.cfg.speaker_max_bitrate,
-            ),
+            answer_sdp: if music {
+                sdp::with_opus_preferences_for(
+                    &sdp::without_trickle(&answer.to_sdp_string()),
+                    crate::MUSIC_MAX_BITRATE,
+                    true,
+                )
+            } else {
+                sdp::with_opus_preferences(
+                    &sdp::without_trickle(&answer.to_sdp_string()),
+                    self.cfg.speaker_max_bitrate,
+                )
+            },
             sends_return_audio: summary.receives_audio,
         })
     }

@@ -115,7 +115,12 @@ pub struct SessionRequest {
     pub offer_sdp: String,
     /// The ingest gate, set by the control plane from the room rules.
     pub audible: Arc<AtomicBool>,
+    /// A music space: the answer asks for stereo at [`MUSIC_MAX_BITRATE`].
+    pub music: bool,
 }
+
+/// The average bitrate a music space's sources are asked for (stereo).
+pub const MUSIC_MAX_BITRATE: u32 = 128_000;
 
 /// An opened session.
 #[derive(Debug, Clone)]

@@ -113,6 +113,13 @@ pub fn without_trickle(answer: &str) -> String {
 /// preferences (RFC 7587 §6.1): a sender that ignores them (a stereo or
 /// 510 kbit/s source) is still taken, and mixed.
 pub fn with_opus_preferences(answer: &str, max_bitrate: u32) -> String {
+    with_opus_preferences_for(answer, max_bitrate, false)
+}
+
+/// [`with_opus_preferences`], asking a music space's sources for stereo
+/// (`stereo=1; sprop-stereo=1`) if `stereo`.
+pub fn with_opus_preferences_for(answer: &str, max_bitrate: u32, stereo: bool) -> String {
+    let st = if stereo { "1" } else { "0" };
     let mut opus_pts: Vec<&str> = Vec::new();
     for line in answer.lines() {
         if let Some(rest) = line.strip_prefix("a=rtpmap:")
@@ -160,8 +167,8 @@ pub fn with_opus_preferences(answer: &str, max_bitrate: u32) -> String {
                 .map(str::to_owned)
                 .collect();
             kept.extend([
-                "stereo=0".to_owned(),
-                "sprop-stereo=0".to_owned(),
+                format!("stereo={st}"),
+                format!("sprop-stereo={st}"),
                 "useinbandfec=1".to_owned(),
                 format!("maxaveragebitrate={max_bitrate}"),
             ]);
@@ -183,6 +190,16 @@ pub fn with_opus_preferences(answer: &str, max_bitrate: u32) -> String {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_music_space_asks_for_stereo_at_the_music_bitrate() {
+        let answer = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\na=fmtp:111 minptime=10;stereo=0\r\n";
+        let out = with_opus_preferences_for(answer, 128_000, true);
+        assert!(
+            out.contains("a=fmtp:111 minptime=10;stereo=1;sprop-stereo=1;useinbandfec=1;maxaveragebitrate=128000\r\n"),
+            "{out}"
+        );
+    }
 
     #[test]
     fn the_answer_asks_for_mono_20ms_packets_at_the_programs_bitrate() {

@@ -94,6 +94,7 @@ fn serve(mut s: TcpStream, rtc: &RtcHandle, log: &Mutex<Vec<String>>) {
             participant: ParticipantId(1),
             offer_sdp: body,
             audible: Arc::new(AtomicBool::new(true)),
+            music: false,
         }));
         match res {
             Ok(info) => ("201 Created", "application/sdp", info.answer_sdp),

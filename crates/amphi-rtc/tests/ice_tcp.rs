@@ -142,6 +142,7 @@ fn publish_over_tcp(
         participant: ParticipantId(2),
         offer_sdp: offer.to_sdp_string(),
         audible: Arc::new(AtomicBool::new(true)),
+        music: false,
     }))
     .expect("session");
     let server = tcp_candidate(&info.answer_sdp);

@@ -123,6 +123,7 @@ impl Sim {
                     participant,
                     offer_sdp: offer.to_sdp_string(),
                     audible: audible.clone(),
+                    music: false,
                 },
             )
             .expect("session");
@@ -606,6 +607,7 @@ fn the_answer_offers_a_passive_tcp_candidate_beside_udp() {
                 participant: ParticipantId(1),
                 offer_sdp: offer.to_sdp_string(),
                 audible: Arc::new(AtomicBool::new(true)),
+                music: false,
             },
         )
         .expect("session");
