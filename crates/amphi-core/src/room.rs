@@ -177,6 +177,10 @@ pub enum Command {
         target: ParticipantId,
         ban: bool,
     },
+    /// Live captions on or off (the host).
+    SetCaptions {
+        on: bool,
+    },
 }
 
 /// What a command asks of whoever sends it, checked by [`Space::apply`]
@@ -218,6 +222,7 @@ impl Command {
             Command::Remove { .. } => {
                 Need::Moderator("only the host or a co-host can remove participants")
             }
+            Command::SetCaptions { .. } => Need::Host("only the host can turn captions on or off"),
         }
     }
 }
@@ -296,6 +301,10 @@ pub struct Space {
     /// follows the person (`"require_identity": true` at creation).
     #[serde(default)]
     pub require_identity: bool,
+    /// Live captions of each speaker (`"captions": true`; the host turns
+    /// them on or off with [`Command::SetCaptions`]).
+    #[serde(default)]
+    pub captions: bool,
     members: BTreeMap<ParticipantId, Member>,
     removed: BTreeSet<ParticipantId>,
     banned: BTreeSet<ParticipantId>,
@@ -341,6 +350,7 @@ impl Space {
             ended_at_ms: None,
             host,
             require_identity: false,
+            captions: false,
             members,
             removed: BTreeSet::new(),
             banned: BTreeSet::new(),
@@ -589,6 +599,13 @@ impl Space {
                 self.state = SpaceState::Live;
                 self.started_at_ms = Some(now_ms);
                 Ok(Outcome::Started)
+            }
+            Command::SetCaptions { on } => {
+                if self.captions == on {
+                    return Ok(Outcome::Unchanged);
+                }
+                self.captions = on;
+                Ok(Outcome::Changed)
             }
             Command::End => {
                 self.state = SpaceState::Ended;

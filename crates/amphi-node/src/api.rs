@@ -28,7 +28,10 @@ type AppState = Arc<App>;
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/v1/spaces", post(create).get(list))
-        .route("/api/v1/spaces/{id}", get(show))
+        .route(
+            "/api/v1/spaces/{id}",
+            get(show).patch(crate::captions_api::patch),
+        )
         .route("/api/v1/spaces/{id}/start", post(start))
         .route("/api/v1/spaces/{id}/end", post(end))
         .route("/api/v1/spaces/{id}/join", post(join))
@@ -128,6 +131,9 @@ struct CreateBody {
     /// Joins need an operator identity token, so a ban follows the person.
     #[serde(default)]
     require_identity: bool,
+    /// Live captions of every speaker (the host may turn them off later).
+    #[serde(default)]
+    captions: bool,
 }
 
 async fn create(
@@ -163,7 +169,9 @@ async fn create(
         ));
     }
     let host_name = body.host_name.unwrap_or_else(|| "Host".to_owned());
-    let (cell, host) = app.create(opts, &host_name, body.require_identity).await?;
+    let (cell, host) = app
+        .create(opts, &host_name, body.require_identity, body.captions)
+        .await?;
     let token = app.mint(
         cell.id,
         host,
@@ -172,7 +180,7 @@ async fn create(
         scheduled_for_ms,
         None,
     );
-    let body = json!({"space": cell.view(), "host": {"participant_id": host, "token": token}});
+    let body = json!({"space": crate::captions_api::view(&app, &cell), "host": {"participant_id": host, "token": token}});
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
@@ -227,7 +235,10 @@ async fn show(
     State(app): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(Json(app.space(space_id(&id)?)?.view()))
+    Ok(Json(crate::captions_api::view(
+        &app,
+        &*app.space(space_id(&id)?)?,
+    )))
 }
 
 /// Verifies the token against the space in the path.

@@ -50,6 +50,8 @@ pub struct SpaceCell {
     pub hooks: Option<Arc<Webhooks>>,
     /// Analytics, aggregated here and flushed every 10 s.
     pub stats: Mutex<crate::stats::SpaceStats>,
+    /// Caption cues, as events messages (`{"type":"caption",…}`).
+    pub captions: tokio::sync::broadcast::Sender<Arc<str>>,
 }
 
 /// Room state guarded together.
@@ -226,6 +228,7 @@ impl SpaceCell {
             write_lock: tokio::sync::Mutex::new(()),
             dirty: AtomicBool::new(true),
             updates: tx,
+            captions: tokio::sync::broadcast::channel(64).0,
             gates: Mutex::new(HashMap::new()),
             live: RwLock::new(None),
             listener_count: AtomicU64::new(0),
@@ -401,7 +404,21 @@ impl SpaceCell {
         let me = self.clone();
         let ready: crate::media::ReplayReady = Box::new(move || me.replay_cut_here());
         let live = media.start_space(self.id, record, ready, live, min_seq);
+        self.sync_captions_tap(&live);
         *self.live.write() = Some(live);
+    }
+
+    /// Taps the speakers for captions while the space asks for them.
+    pub fn sync_captions_tap(&self, live: &LiveMedia) {
+        let on = self.inner.lock().space.captions;
+        live.captions_on.store(on, Ordering::Release);
+    }
+
+    /// A caption cue for the events clients (they get it at once, beside
+    /// the coalesced updates).
+    pub fn caption(&self, cue: &crate::captions::Cue) {
+        let msg = json!({"type": "caption", "caption": cue}).to_string();
+        let _ = self.captions.send(msg.into());
     }
 
     /// Stops this space's media at its end: new listeners are refused from
@@ -460,6 +477,7 @@ pub fn space_view(s: &Space, listener_count: u64, replay_ready: bool, on_air: bo
         "max_stage": s.max_stage,
         "record": s.record,
         "public": s.public,
+        "captions": s.captions,
         "scheduled_for": s.scheduled_for_ms.and_then(rfc3339),
         "created_at": rfc3339(s.created_at_ms),
         "started_at": s.started_at_ms.and_then(rfc3339),
@@ -537,6 +555,8 @@ pub struct App {
     pub members: Arc<dyn crate::cluster::Membership>,
     /// Signed webhooks to the operator's systems.
     pub webhooks: Arc<Webhooks>,
+    /// Live captions (or why they are unavailable on this node).
+    pub captions: Arc<crate::captions::Captions>,
 }
 
 impl App {
@@ -652,11 +672,13 @@ impl App {
         opts: SpaceOptions,
         host_name: &str,
         require_identity: bool,
+        captions: bool,
     ) -> Result<(Arc<SpaceCell>, ParticipantId), ApiError> {
         let id = SpaceId(rand::random());
         let host = ParticipantId(rand::random());
         let mut space = Space::new(id, host, host_name, opts, now_ms())?;
         space.require_identity = require_identity;
+        space.captions = captions;
         self.persist(space.clone()).await?;
         let cell = SpaceCell::new(space, Some(self.webhooks.clone()));
         self.spaces.write().insert(id, cell.clone());
@@ -826,7 +848,11 @@ impl App {
                 self.members.release(cell.id, last, recorded).await;
                 cell.tell(EventKind::SpaceEnded);
             }
-            Outcome::Changed | Outcome::Unchanged => {}
+            Outcome::Changed | Outcome::Unchanged => {
+                if let Some(live) = cell.live.read().as_ref() {
+                    cell.sync_captions_tap(live);
+                }
+            }
         }
         cell.dirty.store(true, Ordering::Release);
         self.metrics.commands.inc();

@@ -69,6 +69,9 @@ pub struct MediaConfig {
     pub ice_tcp_port: Option<u16>,
     /// WebRTC sessions (speakers' publications) the node holds at most.
     pub max_rtc_sessions: usize,
+    /// Live captions: captioned speakers' packets are tapped for it before
+    /// the mix (a `try_send`, never a wait).
+    pub captions: Arc<crate::captions::Captions>,
 }
 
 impl MediaConfig {
@@ -102,6 +105,8 @@ pub struct LiveMedia {
     /// Loudest level of each speaker heard since the control plane last
     /// took them (its events updates show who is talking).
     pub talking: Mutex<HashMap<ParticipantId, u8>>,
+    /// The space's speakers are tapped for live captions.
+    pub captions_on: AtomicBool,
 }
 
 impl LiveMedia {
@@ -305,6 +310,7 @@ impl MediaPlane {
             spaces: HashMap::new(),
             stats: stats.clone(),
             stats_at: 0,
+            captions: cfg.captions.clone(),
         };
         let alive2 = alive.clone();
         let thread = std::thread::Builder::new()
@@ -358,6 +364,7 @@ impl MediaPlane {
             hls_tick: tokio::sync::watch::channel(0).0,
             admitting: AtomicU64::new(0),
             talking: Mutex::new(HashMap::new()),
+            captions_on: AtomicBool::new(false),
         })
     }
 
@@ -443,6 +450,7 @@ impl MediaPlane {
     pub fn stop_space(&self, space: SpaceId, publishers: &[ParticipantId]) {
         self.mixing.lock().remove(&space);
         let _ = self.tx.send(Cmd::Stop { space });
+        self.cfg.captions.end(space);
         for pid in publishers {
             self.rtc.close_participant(space, *pid);
         }
@@ -637,6 +645,7 @@ struct MixThread {
     speaker_stats: Arc<SpeakerStats>,
     /// Tick count at the last speaker-stats refresh.
     stats_at: u64,
+    captions: Arc<crate::captions::Captions>,
 }
 
 fn wall_us() -> u64 {
@@ -853,6 +862,17 @@ impl MixThread {
         }
     }
 
+    /// The captions hook: a captioned space's speaker packet, before the
+    /// mix, stamped with the program's time (its next frame, 20 ms each).
+    fn tap_captions(&self, space: SpaceId, pid: ParticipantId, payload: &Bytes) {
+        if let Some(s) = self.spaces.get(&space)
+            && s.live.captions_on.load(Ordering::Relaxed)
+        {
+            let ms = self.program.next_seq(space).unwrap_or(0).saturating_mul(20);
+            self.captions.packet(space, pid, payload, ms);
+        }
+    }
+
     fn event(&mut self, ev: RtcEvent) {
         match ev {
             RtcEvent::Audio {
@@ -863,14 +883,17 @@ impl MixThread {
                 payload,
                 received_at,
                 ..
-            } => self.program.handle_packet(Packet {
-                space,
-                participant,
-                rtp_seq,
-                rtp_ts,
-                payload,
-                received: received_at,
-            }),
+            } => {
+                self.tap_captions(space, participant, &payload);
+                self.program.handle_packet(Packet {
+                    space,
+                    participant,
+                    rtp_seq,
+                    rtp_ts,
+                    payload,
+                    received: received_at,
+                })
+            }
             RtcEvent::Closed { id, .. } => self.program.session_closed(Session(id.0)),
             _ => {}
         }

@@ -75,6 +75,102 @@ pub fn router() -> Router<Arc<App>> {
         .route("/spaces/{id}/hls/replay/{name}", get(replay_media))
         .route("/spaces/{id}/hls/{name}", get(live_media))
         .route("/spaces/{id}/recording.opus", get(recording))
+        .route("/spaces/{id}/transcript.vtt", get(transcript_vtt))
+        .route("/spaces/{id}/transcript.json", get(transcript_json))
+        .route("/api/v1/spaces/{id}/captions", get(live_captions))
+}
+
+/// The transcript of an ended, captioned space, written beside its
+/// replay once its last phrase was transcribed (whoever may hear the
+/// replay may read it).
+async fn transcript(
+    app: &Arc<App>,
+    id: &str,
+    headers: &HeaderMap,
+    q: Option<&str>,
+    name: &'static str,
+    content_type: &'static str,
+) -> Result<Response, ApiError> {
+    let cell = cell(app, id)?;
+    authorize(app, &cell, headers, q, Output::Replay)?;
+    let (state, captions) = {
+        let inner = cell.inner.lock();
+        (inner.space.state, inner.space.captions)
+    };
+    if state != SpaceState::Ended {
+        return Err(ApiError::conflict(
+            "the space is still live; its transcript is written when it ends",
+        ));
+    }
+    let data = match from_storage(app, cell.id, name, |s, k| s.get(k)).await {
+        Err(e) if captions && e.status == StatusCode::NOT_FOUND => {
+            return Err(ApiError::unavailable("the transcript is being written", 1));
+        }
+        other => other?,
+    };
+    let mut res = (StatusCode::OK, data).into_response();
+    res.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    Ok(res)
+}
+
+async fn transcript_vtt(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    transcript(
+        &app,
+        &id,
+        &headers,
+        q.as_deref(),
+        "transcript.vtt",
+        "text/vtt; charset=utf-8",
+    )
+    .await
+}
+
+async fn transcript_json(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    transcript(
+        &app,
+        &id,
+        &headers,
+        q.as_deref(),
+        "transcript.json",
+        "application/json",
+    )
+    .await
+}
+
+/// The cues of a live space so far (`?from_ms=&to_ms=`, program time),
+/// for whoever may hear it.
+async fn live_captions(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let cell = cell(&app, &id)?;
+    authorize(&app, &cell, &headers, q.as_deref(), Output::LivePlaylist)?;
+    let param = |name: &str| {
+        q.as_deref()?
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))?
+            .parse::<u64>()
+            .ok()
+    };
+    let cues = app.captions.cues_between(
+        cell.id,
+        param("from_ms").unwrap_or(0),
+        param("to_ms").unwrap_or(u64::MAX),
+    );
+    Ok(axum::Json(serde_json::json!({ "cues": cues })))
 }
 
 fn cell(app: &App, id: &str) -> Result<Arc<SpaceCell>, ApiError> {
