@@ -128,6 +128,12 @@ fn captions_until(ws: &mut Ws, until: Instant, out: &mut Vec<(f64, Value)>) {
     }
 }
 
+fn get_text(url: &str) -> String {
+    let r = reqwest::blocking::get(url).expect("GET");
+    assert!(r.status().is_success(), "{url}: {}", r.status());
+    r.text().unwrap()
+}
+
 fn wer(reference: &str, text: &str) -> f64 {
     amphi_captions::wer::word_error_rate(reference, text)
 }
@@ -199,6 +205,41 @@ fn two_speakers_get_their_own_captions_a_muted_one_none_and_the_transcript_match
     // Until the guest's turn has had its caption time.
     let wait = Duration::from_secs_f64((epoch + guest_end + 6.0 - now_s()).max(0.0));
     captions_until(&mut ws, t0 + wait, &mut cues);
+    // The LL-HLS master playlist has the WebVTT rendition; its segments
+    // (aligned with the program's) hold the cues, and ffmpeg reads them.
+    let master = get_text(&s.url(&format!("/spaces/{id}/hls/master.m3u8")));
+    assert!(
+        master.contains("#EXT-X-MEDIA:TYPE=SUBTITLES,GROUP-ID=\"subs\"")
+            && master.contains("SUBTITLES=\"subs\"\nlive.m3u8"),
+        "{master}"
+    );
+    let subs = get_text(&s.url(&format!("/spaces/{id}/hls/captions.m3u8")));
+    let program = get_text(&s.url(&format!("/spaces/{id}/hls/live.m3u8")));
+    let vtt_segments: Vec<&str> = subs.lines().filter(|l| l.ends_with(".vtt")).collect();
+    assert!(vtt_segments.len() >= 4, "{subs}");
+    // The same media sequence as the program's.
+    let first_msn = |p: &str| {
+        p.lines()
+            .find_map(|l| l.strip_prefix("#EXT-X-MEDIA-SEQUENCE:"))
+            .map(str::to_owned)
+    };
+    assert_eq!(first_msn(&subs), first_msn(&program));
+    let with_host = vtt_segments
+        .iter()
+        .map(|u| s.url(&format!("/spaces/{id}/hls/{u}")))
+        .find(|u| get_text(u).contains("quarterly report"))
+        .expect("a subtitle segment with the host's words");
+    let out = Command::new("ffmpeg")
+        .args(["-v", "error", "-i", &with_host, "-f", "srt", "-"])
+        .output()
+        .expect("ffmpeg");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("quarterly report"));
+
     // The host mutes the guest before their next sentence.
     let r = call(
         "POST",

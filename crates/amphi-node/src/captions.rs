@@ -691,3 +691,80 @@ mod tests {
         assert!(c.unavailable_reason().unwrap().contains("missing"));
     }
 }
+
+/// The LL-HLS master playlist of a captioned space: the program (`live.m3u8`)
+/// with a WebVTT subtitles rendition (`captions.m3u8`). `query` goes on
+/// both URIs (a private space's media key).
+pub fn master_playlist(query: Option<&str>) -> String {
+    let q = query.map(|q| format!("?{q}")).unwrap_or_default();
+    format!(
+        "#EXTM3U\n#EXT-X-VERSION:9\n#EXT-X-INDEPENDENT-SEGMENTS\n\
+         #EXT-X-MEDIA:TYPE=SUBTITLES,GROUP-ID=\"subs\",NAME=\"Captions\",LANGUAGE=\"en\",DEFAULT=YES,AUTOSELECT=YES,FORCED=NO,URI=\"captions.m3u8{q}\"\n\
+         #EXT-X-STREAM-INF:BANDWIDTH=64000,CODECS=\"opus\",SUBTITLES=\"subs\"\n\
+         live.m3u8{q}\n"
+    )
+}
+
+/// Subtitle segments this close to the live edge are not listed yet: their
+/// cues may still be on the way (a cue comes ~1.5 s after its phrase).
+pub const SUBTITLE_HOLD_BACK_MS: u64 = 3_000;
+
+/// The subtitles media playlist: one WebVTT segment per program segment
+/// (same media sequence numbers, durations and discontinuities), so a
+/// player aligns them; segments within [`SUBTITLE_HOLD_BACK_MS`] of the
+/// edge wait until the stream ends.
+pub fn subtitle_playlist(hls: &amphi_hls::playlist::Segmenter, query: Option<&str>) -> String {
+    use std::fmt::Write;
+    let q = query.map(|q| format!("?{q}")).unwrap_or_default();
+    let ended = hls.is_finished();
+    let segs: Vec<_> = hls.segments().collect();
+    let edge_ms = segs.last().map_or(0, |s| (s.first_seq + s.span) * 20);
+    let listed: Vec<_> = segs
+        .into_iter()
+        .filter(|s| ended || (s.first_seq + s.span) * 20 + SUBTITLE_HOLD_BACK_MS <= edge_ms)
+        .collect();
+    let target = listed
+        .iter()
+        .map(|s| (s.span * 20).div_ceil(1000))
+        .max()
+        .unwrap_or(2)
+        .max(1);
+    let mut o = format!("#EXTM3U\n#EXT-X-VERSION:9\n#EXT-X-TARGETDURATION:{target}\n");
+    let _ = writeln!(
+        o,
+        "#EXT-X-MEDIA-SEQUENCE:{}",
+        listed.first().map_or(0, |s| s.msn)
+    );
+    for s in &listed {
+        if s.discontinuity {
+            o.push_str("#EXT-X-DISCONTINUITY\n");
+        }
+        let _ = writeln!(
+            o,
+            "#EXTINF:{:.3},\ncaptions/{}.vtt{q}",
+            s.span as f64 * 0.02,
+            s.msn
+        );
+    }
+    if ended {
+        o.push_str("#EXT-X-ENDLIST\n");
+    }
+    o
+}
+
+/// One WebVTT subtitle segment: the cues overlapping `[from_ms, to_ms)` of
+/// program time, which is the fMP4 media time (`tfdt` = seq × 960 at
+/// 48 kHz), hence the timestamp map at zero.
+pub fn subtitle_segment(cues: &[Cue]) -> String {
+    let mut out = String::from("WEBVTT\nX-TIMESTAMP-MAP=MPEGTS:0,LOCAL:00:00:00.000\n\n");
+    for c in cues {
+        out.push_str(&format!(
+            "{} --> {}\n<v {}>{}\n\n",
+            vtt_time(c.start_ms),
+            vtt_time(c.end_ms.max(c.start_ms + 1)),
+            escape_vtt(&c.name),
+            escape_vtt(&c.text)
+        ));
+    }
+    out
+}
