@@ -639,59 +639,6 @@ fn escape_vtt(s: &str) -> String {
         .replace('\n', " ")
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn webvtt_has_times_voices_and_escapes() {
-        let cues = [Cue {
-            participant_id: ParticipantId(1),
-            name: "Ann <host>".into(),
-            text: "a --> b & c".into(),
-            start_ms: 3_723_004,
-            end_ms: 3_725_000,
-            is_final: true,
-        }];
-        let v = to_webvtt(&cues);
-        assert!(v.starts_with("WEBVTT\n\n1\n01:02:03.004 --> 01:02:05.000\n"));
-        assert!(
-            v.contains("<v Ann &lt;host&gt;>a --&gt; b &amp; c\n"),
-            "{v}"
-        );
-    }
-
-    #[test]
-    fn noise_words_are_not_captions() {
-        assert!(!is_speech(" [BLANK_AUDIO]"));
-        assert!(!is_speech("(music)"));
-        assert!(!is_speech(" ... "));
-        assert!(is_speech("Hello."));
-    }
-
-    #[test]
-    fn without_a_model_captions_say_why_and_the_tap_is_inert() {
-        let c = Captions::start(
-            None,
-            1,
-            Arc::new(|_, _| {}),
-            Arc::new(|_, _| String::new()),
-            Arc::new(|_, _| {}),
-        );
-        assert!(c.unavailable_reason().unwrap().contains("--captions-model"));
-        c.packet(SpaceId(1), ParticipantId(2), &Bytes::from_static(b"x"), 0);
-        assert!(c.cues_between(SpaceId(1), 0, u64::MAX).is_empty());
-        let c = Captions::start(
-            Some(Path::new("/nonexistent")),
-            1,
-            Arc::new(|_, _| {}),
-            Arc::new(|_, _| String::new()),
-            Arc::new(|_, _| {}),
-        );
-        assert!(c.unavailable_reason().unwrap().contains("missing"));
-    }
-}
-
 /// The LL-HLS master playlist of a captioned space: the program (`live.m3u8`)
 /// with a WebVTT subtitles rendition (`captions.m3u8`). `query` goes on
 /// both URIs (a private space's media key).
@@ -767,4 +714,74 @@ pub fn subtitle_segment(cues: &[Cue]) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn webvtt_has_times_voices_and_escapes() {
+        let cues = [Cue {
+            participant_id: ParticipantId(1),
+            name: "Ann <host>".into(),
+            text: "a --> b & c".into(),
+            start_ms: 3_723_004,
+            end_ms: 3_725_000,
+            is_final: true,
+        }];
+        let v = to_webvtt(&cues);
+        assert!(v.starts_with("WEBVTT\n\n1\n01:02:03.004 --> 01:02:05.000\n"));
+        assert!(
+            v.contains("<v Ann &lt;host&gt;>a --&gt; b &amp; c\n"),
+            "{v}"
+        );
+    }
+
+    #[test]
+    fn noise_words_are_not_captions() {
+        assert!(!is_speech(" [BLANK_AUDIO]"));
+        assert!(!is_speech("(music)"));
+        assert!(!is_speech(" ... "));
+        assert!(is_speech("Hello."));
+    }
+
+    #[test]
+    fn without_a_model_captions_say_why_and_the_tap_is_inert() {
+        let c = Captions::start(
+            None,
+            1,
+            Arc::new(|_, _| {}),
+            Arc::new(|_, _| String::new()),
+            Arc::new(|_, _| {}),
+        );
+        assert!(c.unavailable_reason().unwrap().contains("--captions-model"));
+        c.packet(SpaceId(1), ParticipantId(2), &Bytes::from_static(b"x"), 0);
+        assert!(c.cues_between(SpaceId(1), 0, u64::MAX).is_empty());
+        let c = Captions::start(
+            Some(Path::new("/nonexistent")),
+            1,
+            Arc::new(|_, _| {}),
+            Arc::new(|_, _| String::new()),
+            Arc::new(|_, _| {}),
+        );
+        assert!(c.unavailable_reason().unwrap().contains("missing"));
+    }
+
+    #[test]
+    fn subtitle_segments_carry_the_timestamp_map_and_the_master_names_them() {
+        let v = subtitle_segment(&[Cue {
+            participant_id: ParticipantId(1),
+            name: "Ann".into(),
+            text: "hello".into(),
+            start_ms: 2_000,
+            end_ms: 3_500,
+            is_final: true,
+        }]);
+        assert!(v.starts_with("WEBVTT\nX-TIMESTAMP-MAP=MPEGTS:0,LOCAL:00:00:00.000\n\n"));
+        assert!(v.contains("00:00:02.000 --> 00:00:03.500\n<v Ann>hello\n"));
+        let m = master_playlist(Some("t=abc"));
+        assert!(m.contains("URI=\"captions.m3u8?t=abc\""), "{m}");
+        assert!(m.ends_with("SUBTITLES=\"subs\"\nlive.m3u8?t=abc\n"), "{m}");
+    }
 }
