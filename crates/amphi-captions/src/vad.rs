@@ -13,6 +13,11 @@ pub struct VadConfig {
     pub hangover_frames: usize,
     /// Longest phrase, in frames.
     pub max_frames: usize,
+    /// Past this many frames a shorter quiet ends the phrase
+    /// (`short_hangover_frames`): continuous speech is cut at its pauses
+    /// into phrases of a few seconds, which are captioned sooner.
+    pub soft_max_frames: usize,
+    pub short_hangover_frames: usize,
     /// Phrases with fewer voiced frames are dropped (clicks, breaths).
     pub min_voiced_frames: usize,
     /// Frames kept before the first loud one.
@@ -25,6 +30,8 @@ impl Default for VadConfig {
             threshold_dbfs: -42.0,
             hangover_frames: 25,
             max_frames: 750,
+            soft_max_frames: 250,
+            short_hangover_frames: 8,
             min_voiced_frames: 8,
             preroll_frames: 10,
         }
@@ -154,8 +161,11 @@ impl Segmenter {
                 } else {
                     c.quiet += 1;
                 }
-                let long = c.samples.len() >= self.cfg.max_frames * FRAME;
-                if (c.quiet >= self.cfg.hangover_frames || long)
+                let frames = c.samples.len() / FRAME;
+                let long = frames >= self.cfg.max_frames;
+                let pause =
+                    frames >= self.cfg.soft_max_frames && c.quiet >= self.cfg.short_hangover_frames;
+                if (c.quiet >= self.cfg.hangover_frames || long || pause)
                     && let Some(c) = self.current.take()
                 {
                     self.emit(c, out);
@@ -204,6 +214,19 @@ mod tests {
         assert_eq!(out[1].start, 16 * 2600);
         assert_eq!(out[1].end, 16 * 3200);
         assert_eq!(s.position(), 16 * 10_000);
+    }
+
+    #[test]
+    fn past_five_seconds_a_short_pause_ends_the_phrase() {
+        let mut s = Segmenter::new(VadConfig::default());
+        let mut out = Vec::new();
+        s.push(&tone(3_000), &mut out);
+        s.push(&vec![0.0; 16 * 200], &mut out);
+        s.push(&tone(3_000), &mut out);
+        assert!(out.is_empty(), "a 200 ms pause before 5 s goes on");
+        s.push(&vec![0.0; 16 * 200], &mut out);
+        assert_eq!(out.len(), 1, "a 200 ms pause after 5 s ends it");
+        assert_eq!(out[0].end - out[0].start, 16 * 6_200);
     }
 
     #[test]
