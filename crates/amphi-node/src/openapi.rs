@@ -303,6 +303,22 @@ pub const ENDPOINTS: &[Endpoint] = &[
         200,
         "oEmbed (JSON) for a /s/{id} or /embed/{id} URL: ?url="
     ),
+    ep!(
+        "patch",
+        "/api/v1/spaces/{id}",
+        "participant",
+        Some("SpaceSettings"),
+        200,
+        "Change the space's settings (host): captions on or off"
+    ),
+    ep!(
+        "get",
+        "/api/v1/spaces/{id}/captions",
+        "none",
+        None,
+        200,
+        "The caption cues so far, ?from_ms=&to_ms= (program time)"
+    ),
     ep!("get", "/metrics", "none", None, 200, "Prometheus metrics"),
     ep!("get", "/healthz", "none", None, 200, "Liveness"),
     ep!("get", "/readyz", "none", None, 200, "Readiness"),
@@ -316,7 +332,10 @@ fn schemas() -> Value {
             "max_stage": {"type": "integer", "minimum": 1, "maximum": 50},
             "record": {"type": "boolean"}, "public": {"type": "boolean"},
             "host_name": {"type": "string", "maxLength": 64},
-            "require_identity": {"type": "boolean", "description": "joins need an identity token; a ban follows the identity"}}},
+            "require_identity": {"type": "boolean", "description": "joins need an identity token; a ban follows the identity"},
+            "captions": {"type": "boolean", "description": "live captions of every speaker (needs a node with --captions-model)"}}},
+        "SpaceSettings": {"type": "object", "properties": {
+            "captions": {"type": "boolean", "description": "live captions on or off"}}},
         "Join": {"type": "object", "required": ["name"], "properties": {
             "name": {"type": "string", "minLength": 1, "maxLength": 64},
             "identity": {"type": "string", "description": "identity token from the operator's app"}}},
