@@ -428,3 +428,137 @@ fn without_a_model_the_space_says_why_captions_are_unavailable() {
     let r = call("GET", &s.url(&format!("/api/v1/spaces/{id}")), None, None);
     assert_eq!(r.body["captions"], false);
 }
+
+fn chromium(
+    phase: &str,
+    base: &str,
+    id: &str,
+    token: &str,
+    envs: &[(&str, &str)],
+) -> std::process::Child {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/e2e");
+    assert!(
+        dir.join("node_modules/playwright-core/package.json")
+            .exists(),
+        "playwright-core is required: run scripts/test (or: cd scripts/e2e && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci)"
+    );
+    Command::new("node")
+        .arg("captions.mjs")
+        .current_dir(&dir)
+        .env("PHASE", phase)
+        .env("BASE", base)
+        .env("ID", id)
+        .env("TOKEN", token)
+        .envs(envs.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run node")
+}
+
+fn report(child: std::process::Child) -> Value {
+    let out = child.wait_with_output().expect("node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|_| panic!("no report from Chromium: {stdout}"))
+}
+
+#[test]
+fn the_web_app_shows_live_captions_and_searches_the_transcript_of_the_replay() {
+    let Some(model) = model_dir() else { return };
+    let s = Server::start(&["--captions-model", model.to_str().unwrap()]);
+    let r = call(
+        "POST",
+        &s.url("/api/v1/spaces"),
+        Some(ADMIN),
+        Some(json!({"title": "Captions in the browser", "captions": true, "host_name": "Ada"})),
+    );
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let id = r.body["space"]["id"].as_str().unwrap().to_owned();
+    let host = r.body["host"]["token"].as_str().unwrap().to_owned();
+    let r = call(
+        "POST",
+        &s.url(&format!("/api/v1/spaces/{id}/start")),
+        Some(&host),
+        None,
+    );
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let (_, listener) = join(&s, &id, "Lee");
+    let base = s.url("");
+    let base = base.trim_end_matches('/');
+    let page = chromium("live", base, &id, &listener, &[("EXPECT", "quarterly")]);
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a.raw");
+    speak(HOST_SAYS, &a);
+    let epoch = now_s() + 1.0;
+    let mut p = publish_speech(&s, &id, &host, &a, epoch, 5.0, 5.0 + voice_end(&a) + 4.0);
+    let live = report(page);
+    eprintln!("live page: {live}");
+    assert!(
+        live["caption"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("Ada: Please send the quarterly report"),
+        "{live}"
+    );
+    assert_eq!(live["hidden_after_toggle"], true, "{live}");
+    assert_eq!(live["errors"], json!([]), "{live}");
+    let _ = p.0.wait();
+    p.kill();
+
+    let r = call(
+        "POST",
+        &s.url(&format!("/api/v1/spaces/{id}/end")),
+        Some(&host),
+        None,
+    );
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let cue = {
+        let mut cue = Value::Null;
+        common::wait_for(30, "the transcript", || {
+            let r = call(
+                "GET",
+                &s.url(&format!("/spaces/{id}/transcript.json")),
+                None,
+                None,
+            );
+            cue = r.body["cues"][0].clone();
+            r.status == 200
+        });
+        cue
+    };
+    let replay = report(chromium(
+        "replay",
+        base,
+        &id,
+        &listener,
+        &[("SEARCH", "FINANCE")],
+    ));
+    eprintln!("replay page: {replay}");
+    assert_eq!(replay["matches"], 1, "{replay}");
+    assert!(
+        replay["first"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("finance team"),
+        "{replay}"
+    );
+    let at = replay["replay_time"].as_f64().unwrap_or(-1.0);
+    let want = cue["start_ms"].as_f64().unwrap() / 1000.0;
+    assert!(
+        (at - want).abs() < 0.5,
+        "seeked to {at} s, the cue starts at {want} s"
+    );
+    // The ended page asks a listener's analytics, refused (403) as before
+    // captions; nothing else fails.
+    let http_errors = replay["http_errors"].as_array().unwrap();
+    assert!(
+        http_errors
+            .iter()
+            .all(|e| e.as_str().unwrap().ends_with("/stats")),
+        "{replay}"
+    );
+    assert!(
+        replay["errors"].as_array().unwrap().len() <= http_errors.len(),
+        "{replay}"
+    );
+}
