@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# A three-node cluster on one real nats-server: the space is mixed on A
+# A three-node cluster on three routed nats-servers (JetStream R3; each node
+# on its own server): the space is mixed on A
 # (origin) and heard through edges B and C. Measures what the capacity
 # model (docs/SCALING.md) needs: NATS egress per edge with 1 and with N
 # listeners per edge, each node's CPU per listener-second, and the latency
@@ -15,12 +16,26 @@
 # again time and min/p50/p95/max (tests/cluster.rs,
 # an_origins_death_heals_itself_and_listeners_ride_through, with
 # AMPHI_HEAL_TRIALS).
+#
+#        bench/cluster.sh partition [TRIALS] [SECONDS]   (default 20 30)
+# The partition figures (docs/SCALING.md, "Partition"): one node in a
+# network namespace whose link to the three nats-servers is cut (nft drop)
+# for SECONDS per trial, then healed; prints per trial when the cut-off
+# origin fenced itself, when another node took the space over and how long
+# after the heal the node's view converged, then the double-ownership count
+# over every 200 ms sample (target 0) (tests/partition.rs; needs root).
 set -euo pipefail
 # A load generator joins from one address: lift the per-network join and
 # per-space hand buckets (they are proven by tests/hand_flood.rs).
 export AMPHI_JOIN_RATE_PER_IP=${AMPHI_JOIN_RATE_PER_IP:-100000} AMPHI_HAND_RATE_PER_SPACE=${AMPHI_HAND_RATE_PER_SPACE:-100000}
 export AMPHI_OFFER_RATE_PER_IP=${AMPHI_OFFER_RATE_PER_IP:-100000} AMPHI_OFFER_RATE=${AMPHI_OFFER_RATE:-100000} AMPHI_MAX_RTC_SESSIONS=${AMPHI_MAX_RTC_SESSIONS:-5000}
 cd "$(dirname "$0")/.."
+if [ "${1:-}" = partition ]; then
+  AMPHI_PARTITION_TRIALS=${2:-20} AMPHI_PARTITION_SECS=${3:-30} cargo nextest run --test partition --no-capture \
+    -E 'test(a_partitioned_origin_fences_itself_and_rejoins_as_an_edge)' 2>&1 |
+    grep -E '^(trial|partition|double)|SKIPPED|PASS|FAIL'
+  exit "${PIPESTATUS[0]}"
+fi
 if [ "${1:-}" = repair ]; then
   AMPHI_HEAL_TRIALS=${2:-20} cargo nextest run --test cluster --no-capture \
     -E 'test(an_origins_death_heals_itself_and_listeners_ride_through)' 2>&1 |
@@ -38,17 +53,31 @@ PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$TMP"; }
 trap cleanup EXIT
 ADMIN=bench-admin
-NP=18422; NM=18822
-
-"$NATS" -a 127.0.0.1 -p $NP -m $NM -js -sd "$TMP/js" >"$TMP/nats.log" 2>&1 &
-PIDS+=($!)
-for _ in $(seq 50); do curl -fs "http://127.0.0.1:$NM/healthz" >/dev/null && break; sleep 0.1; done
+# Three nats-servers routed into one cluster: client ports 18422-18424,
+# monitoring 18822-18824, routes 18622-18624.
+for i in 0 1 2; do
+  routes=$(for j in 0 1 2; do [ $j = $i ] || printf 'nats://127.0.0.1:%s,' $((18622 + j)); done)
+  "$NATS" -a 127.0.0.1 -p $((18422 + i)) -m $((18822 + i)) -n "s$i" --cluster_name amphi \
+    --cluster "nats://127.0.0.1:$((18622 + i))" --routes "${routes%,}" \
+    -js -sd "$TMP/js$i" >"$TMP/nats$i.log" 2>&1 &
+  PIDS+=($!)
+done
+for i in 0 1 2; do
+  for _ in $(seq 100); do curl -fs "http://127.0.0.1:$((18822 + i))/healthz" >/dev/null && break; sleep 0.1; done
+done
+for _ in $(seq 100); do
+  curl -fs http://127.0.0.1:18822/jsz | python3 -c 'import json,sys; sys.exit(0 if json.load(sys.stdin).get("meta_cluster",{}).get("leader") else 1)' && break
+  sleep 0.2
+done
+urls() { local first=$1; for k in 0 1 2; do printf 'nats://127.0.0.1:%s' $((18422 + (first + k) % 3)); [ $k = 2 ] || printf ,; done; }
 
 declare -A PID
+k=0
 for n in a:18501 b:18502 c:18503; do
   name=${n%%:*}; port=${n##*:}
   AMPHI_ADMIN_TOKEN=$ADMIN AMPHI_LOG=warn "$BIN" serve --http 127.0.0.1:$port --data-dir "$TMP/$name" \
-    --nats nats://127.0.0.1:$NP --node-id "$name" 2>>"$TMP/amphi.log" &
+    --nats "$(urls $k)" --node-id "$name" 2>>"$TMP/amphi.log" &
+  k=$((k + 1))
   PIDS+=($!); PID[$name]=$!
 done
 for port in 18501 18502 18503; do
@@ -63,7 +92,12 @@ python3 scripts/whip_client.py --url "http://127.0.0.1:18501/api/v1/spaces/$SPAC
 PIDS+=($!)
 sleep 3
 
-nats_out() { curl -fs "http://127.0.0.1:$NM/varz" | python3 -c 'import json,sys; print(json.load(sys.stdin)["out_bytes"])'; }
+# Bytes the servers sent to their clients (the nodes), routes between the
+# servers not counted.
+nats_out() {
+  for i in 0 1 2; do curl -fs "http://127.0.0.1:$((18822 + i))/connz?limit=1024"; echo; done |
+    python3 -c 'import json,sys; print(sum(c["out_bytes"] for l in sys.stdin if l.strip() for c in json.loads(l)["connections"] or []))'
+}
 cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 rate() { # seconds → NATS egress bytes/s over that window (wall-clock timed)
   local b0 b1 t0 t1; t0=$(date +%s%N); b0=$(nats_out); sleep "$1"; b1=$(nats_out); t1=$(date +%s%N)

@@ -92,13 +92,7 @@ fn analytics_match_a_known_ramp_and_survive_a_restart() {
         assert!(Instant::now() < deadline, "listeners still counted");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let r = call(
-        "POST",
-        &s.url(&format!("/api/v1/spaces/{id}/end")),
-        Some(&host),
-        None,
-    );
-    assert_eq!(r.status, 200);
+    end_space(&s, &id, &host);
     let deadline = Instant::now() + Duration::from_secs(10);
     while call("GET", &s.url(&format!("/api/v1/spaces/{id}")), None, None).body["replay"].is_null()
     {

@@ -398,8 +398,12 @@ fn a_node_cut_off_from_nats_stops_serving_what_may_be_stale() {
         503
     );
     assert_eq!(call("GET", &b.url("/readyz"), None, None).status, 503);
-    // A mixes the space: what it serves is the truth.
-    assert_eq!(call("GET", &a.url(&space), None, None).status, 200);
+    // A, the origin, cannot prove its lease either: it fenced itself (it
+    // stopped mixing the space 2.4 s after its last acknowledged renewal)
+    // and refuses its copy like B.
+    assert_eq!(metric(&a, "amphi_fenced_spaces"), 1.0);
+    assert_eq!(metric(&a, "amphi_origin_spaces"), 0.0);
+    assert_eq!(call("GET", &a.url(&space), None, None).status, 503);
     // B's events client is told to go elsewhere (1013: try again later).
     let close = loop {
         match events.read() {
@@ -414,6 +418,12 @@ fn a_node_cut_off_from_nats_stops_serving_what_may_be_stale() {
     wait_for(15, "B serves the space again", || {
         call("GET", &b.url(&space), None, None).status == 200
     });
+    // Nobody could take the space over: A wins its own lease back and
+    // mixes it again.
+    wait_for(15, "A mixes the space again", || {
+        metric(&a, "amphi_origin_spaces") == 1.0 && metric(&a, "amphi_fenced_spaces") == 0.0
+    });
+    assert_eq!(metric(&b, "amphi_origin_spaces"), 0.0);
 }
 
 #[test]
@@ -644,19 +654,40 @@ fn a_nats_server_of_three_dies_and_comes_back_without_losing_state_or_audio() {
     let mut on_c = WsReader::connect(c.port, &path, None);
     let mut next_c = read_contiguous(&mut on_c, None, 5);
 
+    steady
+        .stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
     nats.kill(victim);
     let t_kill = Instant::now();
     // A listener whose node kept its link hears every frame, never
-    // waiting over 1 s for the next message (12 s of listening).
+    // waiting over 1 s for the next message (12 s of listening) — unless
+    // the killed server led the leases' stream: no lease can be written
+    // until JetStream elects another leader (seconds), so the origin,
+    // unable to prove its lease for 2.4 s, fences itself, and the space
+    // resumes on whichever node wins the lease once it can be written
+    // (docs/SCALING.md, Partition: the price of fencing).
     let mut worst = Duration::ZERO;
     let mut last = Instant::now();
+    let mut jumps = 0;
     while t_kill.elapsed() < Duration::from_secs(12) {
-        next = read_contiguous(&mut steady, Some(next), 1);
+        let (first, count) = steady.next();
+        assert!(first >= next, "the sequence went back: {first} < {next}");
+        jumps += usize::from(first != next);
+        next = first + count;
         worst = worst.max(last.elapsed());
         last = Instant::now();
     }
-    println!("longest wait between messages on the surviving link: {worst:?}");
-    assert!(worst < Duration::from_secs(1), "a gap of {worst:?}");
+    let fenced = metric(&a, "amphi_fences_total") > 0.0;
+    println!(
+        "longest wait between messages on the surviving link: {worst:?}; the origin fenced itself: {fenced}"
+    );
+    if fenced {
+        assert!(worst < Duration::from_secs(12), "a gap of {worst:?}");
+    } else {
+        assert!(worst < Duration::from_secs(1), "a gap of {worst:?}");
+        assert_eq!(jumps, 0, "a gap or an overlap in the sequence");
+    }
     // Control and state go on with two servers of three.
     let (pid2, tok2) = join(&a, &id, "During");
     wait_for(10, "a hand raised with one NATS server down", || {
@@ -682,7 +713,8 @@ fn a_nats_server_of_three_dies_and_comes_back_without_losing_state_or_audio() {
         nats.current_replicas("KV_amphi_spaces") == 3
             && nats.current_replicas("KV_amphi_leases") == 3
     });
-    // Nothing was lost: both hands, on every node; the origin never moved.
+    // Nothing was lost: both hands, on every node; the origin never moved
+    // (unless it fenced itself).
     for s in [&a, &b, &c] {
         wait_for(10, "every node sees both hands", || {
             view(s, &id)["hands_raised"].as_array().is_some_and(|h| {
@@ -691,13 +723,29 @@ fn a_nats_server_of_three_dies_and_comes_back_without_losing_state_or_audio() {
                     .all(|p| h.iter().any(|x| x["participant_id"] == p.as_str()))
             })
         });
-        assert_eq!(metric(s, "amphi_takeovers_total"), 0.0, "on {}", s.port);
+        if !fenced {
+            assert_eq!(metric(s, "amphi_takeovers_total"), 0.0, "on {}", s.port);
+            assert_eq!(metric(s, "amphi_fences_total"), 0.0, "fenced on {}", s.port);
+        }
     }
-    assert_eq!(nats.lease_of(&id).expect("lease").node, "a");
-    read_contiguous(&mut steady, Some(next), 10);
+    // Whoever owns the space mixes it, alone.
+    let owner = nats.lease_of(&id).expect("lease").node;
+    if !fenced {
+        assert_eq!(owner, "a");
+    }
+    let origins: f64 = [&a, &b, &c]
+        .iter()
+        .map(|s| metric(s, "amphi_origin_spaces"))
+        .sum();
+    assert_eq!(origins, 1.0, "one origin (the lease names {owner})");
+    read_contiguous(&mut steady, (!fenced).then_some(next), 10);
     let (first, _) = on_c.next();
     assert!(first >= next_c, "C's sequence went back after the restart");
 }
+
+/// A WHIP offer whose only candidate nobody answers from: the session is
+/// created and never connects.
+const UNANSWERED_OFFER: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\na=sendonly\r\na=ice-ufrag:abcd\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\na=fingerprint:sha-256 00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF\r\na=setup:actpass\r\na=rtcp-mux\r\na=rtpmap:111 opus/48000/2\r\na=candidate:1 1 udp 2130706431 127.0.0.1 9 typ host\r\n";
 
 /// A message of the program louder than this carries the speaker's tone
 /// (silence is 0).
@@ -844,13 +892,34 @@ fn an_origins_death_with_no_speaker_back_ends_the_space_by_itself() {
     a.kill();
     peer.kill();
     let t_kill = Instant::now();
-    // The lease expires (3 s), a survivor takes the space over, waits 3 s
-    // for a speaker, then ends it: C's listener gets the end of its stream.
-    let closed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        loop {
-            r.next();
-        }
-    }));
+    // Once the space has moved, the host offers WHIP through C to the new
+    // origin, but no media ever connects: a session that never published
+    // is not a speaker back.
+    let offered = std::thread::scope(|scope| {
+        let offer = scope.spawn(|| {
+            wait_for(10, "the space to move", || {
+                nats.lease(&id).is_some_and(|l| l.node != "a")
+            });
+            reqwest::blocking::Client::new()
+                .post(c.url(&format!("/api/v1/spaces/{id}/whip")))
+                .bearer_auth(&host)
+                .header("content-type", "application/sdp")
+                .body(UNANSWERED_OFFER)
+                .send()
+                .map(|r| r.status().as_u16())
+        });
+        // The lease expires (3 s), a survivor takes the space over, waits
+        // 3 s for a speaker, then ends it: C's listener gets the end of
+        // its stream.
+        let closed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            while t_kill.elapsed() < Duration::from_secs(20) {
+                r.next();
+            }
+        }));
+        (closed, offer.join().expect("offer thread"))
+    });
+    let (closed, offered) = offered;
+    assert_eq!(offered.ok(), Some(201), "the WHIP offer through C");
     assert!(closed.is_err(), "the stream never ended");
     let ended_after = t_kill.elapsed().as_secs_f64();
     println!("the orphaned space ended {ended_after:.1} s after its origin died");

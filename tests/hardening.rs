@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{ADMIN, Server, call, join, live_space, metric, publish_tone, wait_for};
+use common::{ADMIN, Server, call, end_space, join, live_space, metric, publish_tone, wait_for};
 
 /// The node's resident memory, KiB.
 fn rss_kib(s: &Server) -> u64 {
@@ -561,13 +561,7 @@ fn events_clients_that_never_read_are_closed() {
 fn slow_recording_downloads_keep_memory_bounded() {
     let s = Server::start(&[]);
     let (id, host, _) = live_space(&s, "Big recording");
-    let r = call(
-        "POST",
-        &s.url(&format!("/api/v1/spaces/{id}/end")),
-        Some(&host),
-        None,
-    );
-    assert_eq!(r.status, 200, "{:?}", r.body);
+    end_space(&s, &id, &host);
     let rec = s.url(&format!("/spaces/{id}/recording.opus"));
     wait_for(5, "the recording", || {
         call("GET", &rec, None, None).status == 200

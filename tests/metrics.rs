@@ -232,45 +232,11 @@ fn documented() -> Vec<(String, String, BTreeSet<String>, bool)> {
     rows
 }
 
+/// GET `url` (the metrics text is the body: a JSON string in `Resp`).
 fn scrape(url: &str, token: Option<&str>) -> (u16, String, reqwest::header::HeaderMap) {
-    let client = reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .expect("client");
-    let mut req = client.get(url);
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
-    }
-    let res = req.send().expect("GET /metrics");
-    let status = res.status().as_u16();
-    let headers = res.headers().clone();
-    (status, res.text().unwrap_or_default(), headers)
-}
-
-/// Creates and starts a space that is not public; (id, host token, host pid).
-fn private_live_space(s: &Server, title: &str) -> (String, String, String) {
-    let r = call(
-        "POST",
-        &s.url("/api/v1/spaces"),
-        Some(ADMIN),
-        Some(serde_json::json!({"title": title, "public": false})),
-    );
-    assert_eq!(r.status, 201, "{:?}", r.body);
-    assert_eq!(r.body["space"]["public"], false, "{:?}", r.body);
-    let id = r.body["space"]["id"].as_str().expect("id").to_owned();
-    let host = r.body["host"]["token"].as_str().expect("token").to_owned();
-    let pid = r.body["host"]["participant_id"]
-        .as_str()
-        .expect("pid")
-        .to_owned();
-    let r = call(
-        "POST",
-        &s.url(&format!("/api/v1/spaces/{id}/start")),
-        Some(&host),
-        None,
-    );
-    assert_eq!(r.status, 200, "{:?}", r.body);
-    (id, host, pid)
+    let r = call("GET", url, token, None);
+    let text = r.body.as_str().map(str::to_owned).unwrap_or_default();
+    (r.status, text, r.headers)
 }
 
 /// A listener of `live.opus` kept connected (the response is never read).
@@ -298,7 +264,8 @@ fn sample(f: &Family, want: &[(&str, &str)]) -> Option<f64> {
 fn metrics_parse_match_the_documented_table_and_never_name_a_private_space() {
     let s = Server::start(&[]);
     let (public_id, public_host, public_pid) = live_space(&s, "open");
-    let (private_id, private_host, private_pid) = private_live_space(&s, "closed");
+    let (private_id, private_host, private_pid) =
+        live_space_with(&s, serde_json::json!({"title": "closed", "public": false}));
     let _p1 = publish_tone(&s, &public_id, &public_host, 440, 20);
     let _p2 = publish_tone(&s, &private_id, &private_host, 660, 20);
     let _l1 = listen(&s, &public_id, &public_host);

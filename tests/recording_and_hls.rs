@@ -6,7 +6,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Server, call, live_space, publish_tone, seconds_of_tone, wait_for};
+use common::{Server, call, end_space, live_space, publish_tone, seconds_of_tone, wait_for};
 
 fn ffprobe_duration(url: &str) -> f64 {
     let out = Command::new("ffprobe")
@@ -147,13 +147,7 @@ fn a_recorded_tone_is_replayed_at_once_with_range_and_hls() {
         speaker.0.try_wait().unwrap().is_some()
     });
     speaker.kill();
-    let r = call(
-        "POST",
-        &s.url(&format!("/api/v1/spaces/{id}/end")),
-        Some(&host),
-        None,
-    );
-    assert_eq!(r.status, 200);
+    end_space(&s, &id, &host);
     let ended = Instant::now();
     let rec = s.url(&format!("/spaces/{id}/recording.opus"));
     wait_for(2, "the recording within 2 s of the end", || {

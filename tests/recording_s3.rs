@@ -213,13 +213,7 @@ fn a_tone_recorded_to_s3_is_replayed_from_the_bucket() {
     });
     speaker.kill();
 
-    let r = call(
-        "POST",
-        &s.url(&format!("/api/v1/spaces/{id}/end")),
-        Some(&host),
-        None,
-    );
-    assert_eq!(r.status, 200);
+    end_space(&s, &id, &host);
     let ended = Instant::now();
     let rec = s.url(&format!("/spaces/{id}/recording.opus"));
     wait_for(2, "the replay within 2 s of the end", || {
@@ -504,13 +498,7 @@ fn a_store_down_at_the_end_delays_the_replay_and_loses_nothing() {
         metric(&s, "amphi_recording_segments_total") >= closed
     });
     gate.shut();
-    let r = call(
-        "POST",
-        &s.url(&format!("/api/v1/spaces/{id}/end")),
-        Some(&host),
-        None,
-    );
-    assert_eq!(r.status, 200);
+    end_space(&s, &id, &host);
     let rec = s.url(&format!("/spaces/{id}/recording.opus"));
     wait_for(15, "a failed replay cut", || {
         metric(&s, "amphi_recording_errors_total") >= 1.0

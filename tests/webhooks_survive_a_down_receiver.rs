@@ -148,13 +148,7 @@ fn webhooks_survive_a_down_receiver_and_a_restart() {
         "{:?}",
         t.elapsed()
     );
-    let r = call(
-        "POST",
-        &s.url(&format!("/api/v1/spaces/{id}/end")),
-        Some(&host),
-        None,
-    );
-    assert_eq!(r.status, 200, "{:?}", r.body);
+    end_space(&s, &id, &host);
 
     // The fast receiver has its three events within seconds although the
     // slow one has not answered its first attempt yet, and space.started

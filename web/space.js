@@ -10,7 +10,7 @@ import { drawListeners, summary } from "/assets/chart.js";
 const spaceId = location.pathname.split("/").filter(Boolean)[1] || "";
 const $ = (id) => document.getElementById(id);
 const status = $("status");
-const state = { showCaptions: true, space: null, you: null, talking: {}, player: null, mic: null, events: "closed", removed: null, reactionsSeen: {} };
+const state = { showCaptions: true, space: null, you: null, talking: {}, player: null, mic: null, events: "closed", removed: null, reactionsSeen: {}, reminded: false };
 
 window.amphi = {
   state,
@@ -242,6 +242,11 @@ function render() {
   $("hand").hidden = !you || onStage || !live;
   $("hand").textContent = you && you.hand_raised ? "Lower hand" : "✋ Raise hand";
   $("hand").setAttribute("aria-pressed", String(Boolean(you && you.hand_raised)));
+  // A scheduled space: a listener asks to be reminded when it starts (a
+  // `space.reminder` webhook for the operator's system to deliver).
+  $("remind").hidden = !(you && space.state === "scheduled" && !isMod());
+  $("remind").textContent = state.reminded ? "🔔 Reminder set (cancel)" : "🔔 Remind me";
+  $("remind").setAttribute("aria-pressed", String(Boolean(state.reminded)));
   $("mic").hidden = !(onStage && live && !state.mic);
   $("mute-self").hidden = !(onStage && live);
   $("mute-self").textContent = you && you.muted ? "🎙 Unmute" : "Mute";
@@ -539,6 +544,14 @@ $("invitation-decline").addEventListener("click", async () => {
 });
 $("hand").addEventListener("click", () => act(state.you && state.you.hand_raised ? "DELETE" : "POST", "/hand"));
 $("start").addEventListener("click", () => act("POST", "/start"));
+$("remind").addEventListener("click", async () => {
+  const on = !state.reminded;
+  if (await act(on ? "POST" : "DELETE", "/reminders", on ? {} : undefined)) {
+    state.reminded = on;
+    say(status, on ? "You will be reminded when this space starts." : "Reminder cancelled.");
+    render();
+  }
+});
 $("captions-toggle").addEventListener("click", () => {
   state.showCaptions = !state.showCaptions;
   if (!state.showCaptions) $("captions").replaceChildren();

@@ -8,17 +8,10 @@
 //
 //   URL   the live.opus URL
 //   WAIT  seconds to wait for playback before giving up (default 10)
-import { chromium } from "playwright-core";
+import { launch } from "./chromium.mjs";
 
 const { URL: SRC, WAIT } = process.env;
-const b = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  args: [
-    "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--autoplay-policy=no-user-gesture-required",
-  ],
-});
+const b = await launch();
 try {
   const p = await b.newPage();
   // A page of the node itself, so no cross-origin or local-network rules

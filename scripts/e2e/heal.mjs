@@ -6,23 +6,12 @@
 // its WHIP session is gone and publishes again through B by itself, a
 // survivor takes the space over, and the listener on C hears the guest
 // again without a reload. Prints the kill → 880 Hz heard time.
-import { chromium } from "playwright-core";
+import { launch, until as poll, probe, heard, joinAndListen, createSpace } from "./chromium.mjs";
 
 const { BASE_A, BASE_B, BASE_C, PID_A, ADMIN, WAVS } = process.env;
 const step = (s) => console.log(`-- ${s}`);
 
-async function browser(wav) {
-  return chromium.launch({
-    executablePath: "/usr/bin/chromium",
-    args: [
-      "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-      "--disable-background-networking", "--disable-component-update", "--disable-sync",
-      "--autoplay-policy=no-user-gesture-required",
-      "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-      `--use-file-for-fake-audio-capture=${wav}`,
-    ],
-  });
-}
+const browser = (wav) => launch({ wav });
 
 async function page(b, who) {
   const p = await (await b.newContext()).newPage();
@@ -32,39 +21,17 @@ async function page(b, who) {
   return p;
 }
 
-async function until(what, fn, ms = 15000) {
-  const end = Date.now() + ms;
-  let last;
-  while (Date.now() < end) {
-    last = await fn();
-    if (last) return last;
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error(`timed out: ${what} (last: ${JSON.stringify(last)})`);
-}
+// Polled every 100 ms: the kill → heard times are measured with it.
+const until = (what, fn, ms = 15000) => poll(what, fn, ms, 100);
 
-const probe = (p) => p.evaluate(() => window.amphi.toneProbe([440, 880]));
-const heard = (db) => db > -60;
 const status = (p) => p.evaluate(() => document.getElementById("status").textContent);
-
-async function joinAndListen(p, link, name) {
-  await p.goto(link);
-  await p.fill("[data-testid=join-name]", name);
-  await p.click("[data-testid=join]");
-  await p.click("[data-testid=listen]");
-}
 
 const hostB = await browser(`${WAVS}/host.wav`);
 const guestB = await browser(`${WAVS}/guest.wav`);
 try {
   step("1. the host creates a space on A and speaks; a guest on B is brought on stage and speaks");
   const host = await page(hostB, "host");
-  await host.goto(BASE_A + "/");
-  await host.fill("[data-testid=admin-token]", ADMIN);
-  await host.fill("[data-testid=title]", "Heal journey");
-  await host.fill("[data-testid=host-name]", "Hana");
-  await host.click("[data-testid=create]");
-  const link = await (await host.waitForSelector("[data-testid=space-link]")).getAttribute("href");
+  const link = await createSpace(host, BASE_A, ADMIN, "Heal journey", "Hana");
   await host.goto(BASE_A + link);
   await host.click("[data-testid=go-live]");
   await host.click("[data-testid=mic]");

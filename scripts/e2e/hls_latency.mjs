@@ -21,7 +21,7 @@
 import { spawn } from "node:child_process";
 import { writeFile } from "node:fs/promises";
 import { createRequire } from "node:module";
-import { chromium } from "playwright-core";
+import { launch, api as callApi } from "./chromium.mjs";
 
 const { BASE, ADMIN, OUT, WHIP_CLIENT } = process.env;
 const RUNS = Number(process.env.RUNS || 5);
@@ -35,19 +35,7 @@ const fail = (msg) => {
   process.exitCode = 1;
 };
 
-async function api(method, path, token, body) {
-  const res = await fetch(`${BASE}${path}`, {
-    method,
-    headers: {
-      ...(token ? { authorization: `Bearer ${token}` } : {}),
-      ...(body ? { "content-type": "application/json" } : {}),
-    },
-    body: body ? JSON.stringify(body) : undefined,
-  });
-  const text = await res.text();
-  if (!res.ok) throw new Error(`${method} ${path}: ${res.status} ${text}`);
-  return text ? JSON.parse(text) : null;
-}
+const api = (method, path, token, body) => callApi(BASE, method, path, token, body);
 
 const stats = (xs) => {
   const s = [...xs].sort((a, b) => a - b);
@@ -119,14 +107,7 @@ const publisher = spawn(
 let publisherExit = null;
 publisher.on("exit", (code) => { publisherExit = code; });
 
-const browser = await chromium.launch({
-  executablePath: "/usr/bin/chromium",
-  args: [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--autoplay-policy=no-user-gesture-required",
-  ],
-});
+const browser = await launch();
 const live = `${BASE}/spaces/${id}/hls/live.m3u8`;
 const runs = [];
 try {

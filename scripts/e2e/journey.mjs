@@ -9,7 +9,7 @@
 import { readFile } from "node:fs/promises";
 import { join, extname } from "node:path";
 import { createServer } from "node:http";
-import { chromium } from "playwright-core";
+import { launch, until, check, probe, heard, joinAndListen, createSpace } from "./chromium.mjs";
 
 const { BASE, ADMIN, OUT, WAVS, AMPHI_WEB_DIR } = process.env;
 const errors = [];
@@ -17,20 +17,10 @@ const pages = [];
 const step = (s) => console.log(`-- ${s}`);
 
 async function browser(wav) {
-  return chromium.launch({
-    executablePath: "/usr/bin/chromium",
-    args: [
-      "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-      "--disable-background-networking", "--disable-component-update", "--disable-sync",
-      "--autoplay-policy=no-user-gesture-required",
-      "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-      `--use-file-for-fake-audio-capture=${wav}`,
-      // Pages fulfilled by the test (AMPHI_WEB_DIR) have no address space of
-      // their own, so Chromium would treat their WebSockets to 127.0.0.1 as
-      // a public page reaching into the local network.
-      ...(AMPHI_WEB_DIR ? ["--disable-features=LocalNetworkAccessChecks"] : []),
-    ],
-  });
+  // Pages fulfilled by the test (AMPHI_WEB_DIR) have no address space of
+  // their own, so Chromium would treat their WebSockets to 127.0.0.1 as
+  // a public page reaching into the local network.
+  return launch({ wav, extra: AMPHI_WEB_DIR ? ["--disable-features=LocalNetworkAccessChecks"] : [] });
 }
 
 const TYPES = { ".html": "text/html", ".js": "text/javascript", ".css": "text/css" };
@@ -81,24 +71,6 @@ async function page(b, who) {
   return p;
 }
 
-async function until(what, fn, ms = 15000) {
-  const end = Date.now() + ms;
-  let last;
-  while (Date.now() < end) {
-    last = await fn();
-    if (last) return last;
-    await new Promise((r) => setTimeout(r, 250));
-  }
-  throw new Error(`timed out: ${what} (last: ${JSON.stringify(last)})`);
-}
-
-function check(cond, what) {
-  if (!cond) throw new Error(what);
-}
-
-// dB at 440 and 880 Hz in a listener page's program analyser.
-const probe = (p) => p.evaluate(() => window.amphi.toneProbe([440, 880]));
-const heard = (db) => db > -60;
 const silent = (db) => db < -75;
 const fmt = (dbs) => dbs.map((d) => `${d.toFixed(0)} dB`).join(" / ");
 
@@ -107,28 +79,27 @@ async function noSideScroll(p, who) {
   check(w <= 375, `${who}: the page is ${w} px wide at a 375 px viewport`);
 }
 
-async function joinAndListen(p, link, name) {
-  await p.goto(link);
-  await p.fill("[data-testid=join-name]", name);
-  await p.click("[data-testid=join]");
-  await p.click("[data-testid=listen]");
-}
-
 const hostB = await browser(`${WAVS}/host.wav`);
 const guestB = await browser(`${WAVS}/guest.wav`);
 try {
   step("1. the host creates a space in the lobby, goes live and speaks");
   const host = await page(hostB, "host");
-  await host.goto(BASE + "/");
-  await host.fill("[data-testid=admin-token]", ADMIN);
-  await host.fill("[data-testid=title]", "Browser journey");
-  await host.fill("[data-testid=host-name]", "Hana");
-  await host.click("[data-testid=create]");
-  const link = await (await host.waitForSelector("[data-testid=space-link]")).getAttribute("href");
+  const link = await createSpace(host, BASE, ADMIN, "Browser journey", "Hana");
   await until("the lobby lists the new space", () => host.evaluate(() =>
     document.querySelector("[data-testid=scheduled-list]").textContent.includes("Browser journey")));
   await noSideScroll(host, "lobby");
   await host.screenshot({ path: `${OUT}/lobby.png`, fullPage: true });
+
+  step("1a. before it starts, a listener asks to be reminded (Remind me)");
+  const early = await page(guestB, "early");
+  await early.goto(BASE + link);
+  await early.fill("[data-testid=join-name]", "Remi");
+  await early.click("[data-testid=join]");
+  await early.click("[data-testid=remind]");
+  await until("the reminder is set", () => early.evaluate(() =>
+    document.querySelector("[data-testid=remind]").getAttribute("aria-pressed") === "true"));
+  await early.close();
+
   await host.goto(BASE + link);
   await host.click("[data-testid=go-live]");
   await host.click("[data-testid=mic]");

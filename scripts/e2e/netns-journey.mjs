@@ -9,25 +9,14 @@
 // it over TCP (a relayed pair), and the listener hears its 880 Hz too.
 //
 // BASE=https://10.77.n.1:PORT ADMIN OUT WAVS UNTRUSTING_CHROME HOST_CHROME LISTEN_CHROME GUEST_CHROME
-import { chromium } from "playwright-core";
+import { launch, until as poll, check, probe, heard, joinAndListen, createSpace } from "./chromium.mjs";
 
 const { BASE, ADMIN, OUT, WAVS, UNTRUSTING_CHROME, HOST_CHROME, LISTEN_CHROME, GUEST_CHROME } = process.env;
 const errors = [];
 const pages = [];
 const step = (s) => console.log(`-- ${s}`);
 
-async function browser(exe, wav) {
-  return chromium.launch({
-    executablePath: exe,
-    args: [
-      "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-      "--disable-background-networking", "--disable-component-update", "--disable-sync",
-      "--autoplay-policy=no-user-gesture-required",
-      "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-      `--use-file-for-fake-audio-capture=${wav}`,
-    ],
-  });
-}
+const browser = (exe, wav) => launch({ exe, wav });
 
 async function page(b, who) {
   const ctx = await b.newContext({ viewport: { width: 375, height: 812 } });
@@ -47,23 +36,8 @@ async function page(b, who) {
   return p;
 }
 
-async function until(what, fn, ms = 20000) {
-  const end = Date.now() + ms;
-  let last;
-  while (Date.now() < end) {
-    last = await fn();
-    if (last) return last;
-    await new Promise((r) => setTimeout(r, 250));
-  }
-  throw new Error(`timed out: ${what} (last: ${JSON.stringify(last)})`);
-}
+const until = (what, fn, ms = 20000) => poll(what, fn, ms);
 
-function check(cond, what) {
-  if (!cond) throw new Error(what);
-}
-
-const probe = (p) => p.evaluate(() => window.amphi.toneProbe([440, 880]));
-const heard = (db) => db > -60;
 const fmt = (dbs) => dbs.map((d) => `${d.toFixed(0)} dB`).join(" / ");
 
 // The ICE pair the host's RTCPeerConnection uses: candidate types and addresses.
@@ -107,11 +81,7 @@ try {
   console.log(`   ${JSON.stringify(ctx)}`);
   check(ctx.secure === true, "window.isSecureContext is not true over https");
   check(ctx.mic, "navigator.mediaDevices.getUserMedia is missing");
-  await host.fill("[data-testid=admin-token]", ADMIN);
-  await host.fill("[data-testid=title]", "Over a network");
-  await host.fill("[data-testid=host-name]", "Hana");
-  await host.click("[data-testid=create]");
-  const link = await (await host.waitForSelector("[data-testid=space-link]")).getAttribute("href");
+  const link = await createSpace(host, BASE, ADMIN, "Over a network", "Hana");
   check(/^\/s\/[^/]+$/.test(link), `space link ${link}`);
   await host.goto(BASE + link);
   check(await host.evaluate(() => window.isSecureContext), "the space page is not a secure context");
@@ -124,10 +94,7 @@ try {
 
   step("2. a listener in another namespace hears the host's 440 Hz over wss");
   const listener = await page(listenB, "listener");
-  await listener.goto(BASE + link);
-  await listener.fill("[data-testid=join-name]", "Lia");
-  await listener.click("[data-testid=join]");
-  await listener.click("[data-testid=listen]");
+  await joinAndListen(listener, BASE + link, "Lia");
   const tones = await until("the listener hears 440 Hz", async () => { const t = await probe(listener); return heard(t[0]) && !heard(t[1]) && t; }, 30000);
   console.log(`   listener hears ${fmt(tones)} (440 / 880)`);
   const s = await until("the listener's delay", () => listener.evaluate(() => { const s = window.amphi.stats(); return s && s.delayMs !== null && s; }));

@@ -8,23 +8,11 @@
 // ffmpeg listens to the space's live.opus and the tone must be there. The
 // same with Chromium's default (ECDSA P-256) certificate as a control.
 import { spawn } from "node:child_process";
-import { chromium } from "playwright-core";
+import { launch, api as callApi } from "./chromium.mjs";
 
 const { BASE, ADMIN, WAV } = process.env;
 
-async function api(method, path, token, body) {
-  const res = await fetch(`${BASE}${path}`, {
-    method,
-    headers: {
-      ...(token ? { authorization: `Bearer ${token}` } : {}),
-      ...(body ? { "content-type": "application/json" } : {}),
-    },
-    body: body ? JSON.stringify(body) : undefined,
-  });
-  const text = await res.text();
-  if (!res.ok) throw new Error(`${method} ${path}: ${res.status} ${text}`);
-  return text ? JSON.parse(text) : null;
-}
+const api = (method, path, token, body) => callApi(BASE, method, path, token, body);
 
 /** `seconds` of the space's Ogg stream, decoded by ffmpeg (mono, 48 kHz). */
 function listen(id, seconds) {
@@ -136,16 +124,7 @@ async function publish(browser, kind) {
   return { kind, ...result, tone, errors };
 }
 
-const browser = await chromium.launch({
-  executablePath: "/usr/bin/chromium",
-  args: [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--autoplay-policy=no-user-gesture-required",
-    "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-    `--use-file-for-fake-audio-capture=${WAV}`,
-  ],
-});
+const browser = await launch({ wav: WAV });
 let failed = false;
 try {
   for (const kind of ["rsa", "ecdsa"]) {

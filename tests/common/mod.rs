@@ -134,14 +134,26 @@ pub fn call(method: &str, url: &str, token: Option<&str>, body: Option<Value>) -
     }
 }
 
-/// Creates and starts a space; returns (space id, host token, host pid).
-pub fn live_space(s: &Server, title: &str) -> (String, String, String) {
+/// The host ends the space (200 expected).
+pub fn end_space(s: &Server, id: &str, host: &str) {
     let r = call(
         "POST",
-        &s.url("/api/v1/spaces"),
-        Some(ADMIN),
-        Some(serde_json::json!({"title": title})),
+        &s.url(&format!("/api/v1/spaces/{id}/end")),
+        Some(host),
+        None,
     );
+    assert_eq!(r.status, 200, "{:?}", r.body);
+}
+
+/// Creates and starts a space; returns (space id, host token, host pid).
+pub fn live_space(s: &Server, title: &str) -> (String, String, String) {
+    live_space_with(s, serde_json::json!({ "title": title }))
+}
+
+/// Creates a space from `body` (the `POST /api/v1/spaces` JSON) and starts
+/// it; returns (space id, host token, host pid).
+pub fn live_space_with(s: &Server, body: Value) -> (String, String, String) {
+    let r = call("POST", &s.url("/api/v1/spaces"), Some(ADMIN), Some(body));
     assert_eq!(r.status, 201, "{:?}", r.body);
     let id = r.body["space"]["id"].as_str().expect("id").to_owned();
     let host = r.body["host"]["token"].as_str().expect("token").to_owned();
@@ -422,13 +434,7 @@ pub fn wait_for_audio(s: &Server, n: f64) {
 /// Ends the space as its host and returns the seconds of `freq` in the
 /// recording, which must be published within 3 s of the end.
 pub fn end_and_measure_recording(s: &Server, id: &str, host: &str, freq: f32) -> f64 {
-    let r = call(
-        "POST",
-        &s.url(&format!("/api/v1/spaces/{id}/end")),
-        Some(host),
-        None,
-    );
-    assert_eq!(r.status, 200, "{:?}", r.body);
+    end_space(s, id, host);
     let rec = s.url(&format!("/spaces/{id}/recording.opus"));
     wait_for(3, "the recording", || {
         call("GET", &rec, None, None).status == 200
@@ -583,10 +589,18 @@ pub fn node_with(urls: &str, name: &str, extra: &[&str], envs: &[(&str, &str)]) 
 pub struct NatsCluster {
     pub servers: Vec<(Option<Child>, u16, u16, tempfile::TempDir)>,
     pub routes: Vec<u16>,
+    /// The address every server listens on (clients, monitoring, routes).
+    pub ip: String,
 }
 
 impl NatsCluster {
     pub fn start() -> NatsCluster {
+        NatsCluster::start_on("127.0.0.1")
+    }
+
+    /// [`NatsCluster::start`] listening on `ip` (a test network's address,
+    /// for nodes in a network namespace).
+    pub fn start_on(ip: &str) -> NatsCluster {
         let servers: Vec<_> = (0..3)
             .map(|_| {
                 (
@@ -598,7 +612,11 @@ impl NatsCluster {
             })
             .collect();
         let routes = (0..3).map(|_| free_port()).collect();
-        let mut c = NatsCluster { servers, routes };
+        let mut c = NatsCluster {
+            servers,
+            routes,
+            ip: ip.to_owned(),
+        };
         for i in 0..3 {
             c.spawn(i);
         }
@@ -607,7 +625,7 @@ impl NatsCluster {
         }
         // The JetStream meta group has a leader.
         wait_for(20, "a JetStream meta leader", || {
-            reqwest::blocking::get(format!("http://127.0.0.1:{}/jsz", c.servers[0].2))
+            reqwest::blocking::get(format!("http://{}:{}/jsz", c.ip, c.servers[0].2))
                 .ok()
                 .and_then(|r| r.json::<Value>().ok())
                 .is_some_and(|v| v["meta_cluster"]["leader"].is_string())
@@ -622,15 +640,18 @@ impl NatsCluster {
             .expect("nats-server is required: run scripts/test (it installs it)");
         let routes: Vec<String> = (0..3)
             .filter(|j| *j != i)
-            .map(|j| format!("nats://127.0.0.1:{}", self.routes[j]))
+            .map(|j| format!("nats://{}:{}", self.ip, self.routes[j]))
             .collect();
         let (_, port, monitor, store) = &self.servers[i];
         let child = Command::new(bin)
-            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-a", &self.ip, "-p", &port.to_string()])
             .args(["-m", &monitor.to_string()])
             .args(["-n", &format!("s{i}")])
             .args(["--cluster_name", "amphi"])
-            .args(["--cluster", &format!("nats://127.0.0.1:{}", self.routes[i])])
+            .args([
+                "--cluster",
+                &format!("nats://{}:{}", self.ip, self.routes[i]),
+            ])
             .args(["--routes", &routes.join(",")])
             .args(["-js", "-sd"])
             .arg(store.path())
@@ -644,14 +665,14 @@ impl NatsCluster {
     fn wait_ready(&self, i: usize) {
         let monitor = self.servers[i].2;
         wait_for(40, "nats-server in the cluster", || {
-            reqwest::blocking::get(format!("http://127.0.0.1:{monitor}/healthz"))
+            reqwest::blocking::get(format!("http://{}:{monitor}/healthz", self.ip))
                 .is_ok_and(|r| r.status().is_success())
         });
     }
 
     /// Server `i`'s client URL.
     pub fn url_of(&self, i: usize) -> String {
-        format!("nats://127.0.0.1:{}", self.servers[i].1)
+        format!("nats://{}:{}", self.ip, self.servers[i].1)
     }
 
     /// All three client URLs, as a comma list, server `first` first.
@@ -685,7 +706,8 @@ impl NatsCluster {
             }
             let monitor = self.servers[i].2;
             let Some(v) = reqwest::blocking::get(format!(
-                "http://127.0.0.1:{monitor}/jsz?streams=true&raft=true"
+                "http://{}:{monitor}/jsz?streams=true&raft=true",
+                self.ip
             ))
             .ok()
             .and_then(|r| r.json::<Value>().ok()) else {
@@ -720,8 +742,8 @@ impl NatsCluster {
         (0..3).find(|i| {
             self.servers[*i].0.is_some()
                 && reqwest::blocking::get(format!(
-                    "http://127.0.0.1:{}/connz?limit=1000",
-                    self.servers[*i].2
+                    "http://{}:{}/connz?limit=1000",
+                    self.ip, self.servers[*i].2
                 ))
                 .ok()
                 .and_then(|r| r.json::<Value>().ok())

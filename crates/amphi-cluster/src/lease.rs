@@ -29,6 +29,26 @@ pub const RENEW_MS: i64 = 1_000;
 /// A lease whose key has not changed for this long (as measured by the
 /// node reading it) has expired.
 pub const TTL_MS: i64 = 3_000;
+/// An owner stops acting as the owner (fences itself: no mixing, no
+/// recording, no WHIP sessions for the space) once this long has passed
+/// since it *sent* the last renewal that was acknowledged, on its own
+/// clock. Checked every [`FENCE_CHECK_MS`].
+pub const FENCE_MS: i64 = 2_400;
+/// How often the shell applies the fencing rule.
+pub const FENCE_CHECK_MS: i64 = 100;
+/// The least time between an owner fencing itself and the earliest
+/// takeover by another node: a taker counts [`TTL_MS`] from when it first
+/// *saw* the renewal's revision, which is after the owner sent it; the
+/// owner has fenced by [`FENCE_MS`] + [`FENCE_CHECK_MS`] after sending.
+/// This margin absorbs the time the fence takes to act (a command to the
+/// media thread, sessions closed) and any drift between the two nodes'
+/// monotonic clocks over 3 s.
+pub const FENCE_MARGIN_MS: i64 = TTL_MS - FENCE_MS - FENCE_CHECK_MS;
+const _: () = assert!(FENCE_MARGIN_MS >= 500, "the fencing margin is too thin");
+const _: () = assert!(
+    FENCE_MS > 2 * RENEW_MS,
+    "a single missed renewal must not fence"
+);
 /// Duration of one program frame.
 const FRAME_MS: i64 = 20;
 
@@ -166,6 +186,21 @@ impl Sightings {
             .iter()
             .filter(move |(_, s)| {
                 !s.lease.ended && s.lease.node != me && now_ms.saturating_sub(s.since_ms) >= TTL_MS
+            })
+            .map(|(id, _)| *id)
+    }
+
+    /// Spaces whose lease names `me`, is not ended, and has not changed
+    /// for [`TTL_MS`] at `now_ms` (nobody renewed it: not `me` either).
+    pub fn expired_of<'a>(
+        &'a self,
+        me: &'a str,
+        now_ms: i64,
+    ) -> impl Iterator<Item = SpaceId> + 'a {
+        self.seen
+            .iter()
+            .filter(move |(_, s)| {
+                !s.lease.ended && s.lease.node == me && now_ms.saturating_sub(s.since_ms) >= TTL_MS
             })
             .map(|(id, _)| *id)
     }

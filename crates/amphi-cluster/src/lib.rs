@@ -15,9 +15,11 @@
 //! | `amphi.space.<id>.backfill`       | request: frames since a seq, from every node  |
 //! | `amphi.node.<node>.http`          | request: an API call forwarded to the owner  |
 //! | `amphi.counts`                    | each node's listeners and reactions, 1/s     |
+//! | `amphi.presence`                  | each node's presence changes (2/s), invitations |
 //! | KV `amphi_spaces` / `<id>`        | the space's rules state (JSON), owner-written |
 //! | KV `amphi_leases` / `<id>`        | who owns the space, renewed every 1 s        |
 //! | KV `amphi_replays` / `<id>`       | where a space's replay was cut, once ready   |
+//! | KV `amphi_webhooks` / `<ep id>`   | webhook endpoints (node: cluster/nats/hooks) |
 //! | KV `amphi_config` / `token_key`…  | secrets every node shares                    |
 
 pub mod audience;
@@ -29,6 +31,7 @@ pub mod lease;
 pub mod orphans;
 pub mod ownership;
 pub mod partition;
+pub mod presence;
 mod reader;
 
 use amphi_core::SpaceId;

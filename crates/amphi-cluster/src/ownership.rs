@@ -9,17 +9,29 @@
 //!
 //! Safety comes from two rules together: a takeover is a compare-and-set at
 //! the revision the taker read, so two writers never both win; and an owner
-//! counts its lease valid only for [`TTL_MS`] after it *sent* the write it
+//! counts its lease valid only for [`FENCE_MS`] (< [`TTL_MS`]) after it *sent* the write it
 //! last saw succeed, while every other node counts [`TTL_MS`] from when it
 //! first *saw* that revision, necessarily later ([`Sightings`]), so the old
 //! owner stops acting as such before anyone may take the space over
 //! ([`Ownership::owns`]).
+//!
+//! An owner cut off from NATS does not wait to learn that it lost a space:
+//! [`Ownership::fence`], called every [`FENCE_CHECK_MS`], drops every lease
+//! whose last acknowledged renewal was *sent* [`FENCE_MS`] ago or more, and
+//! the shell stops mixing, recording and ingesting those spaces
+//! ([`OwnershipEvent::Fenced`]). That is at least [`FENCE_MARGIN_MS`]
+//! before any other node may take them over, so two origins never overlap.
+//!
+//! [`FENCE_CHECK_MS`]: crate::lease::FENCE_CHECK_MS
+//! [`FENCE_MARGIN_MS`]: crate::lease::FENCE_MARGIN_MS
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use amphi_core::SpaceId;
 
-use crate::lease::{Lease, LeaseDecision, Sightings, TTL_MS};
+#[cfg(doc)]
+use crate::lease::TTL_MS;
+use crate::lease::{FENCE_MS, Lease, LeaseDecision, Sightings};
 
 /// A compare-and-set on a space's lease key, to perform and report.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,6 +85,11 @@ pub enum OwnershipEvent {
     },
     /// Another node took `space` over: stop acting as its owner.
     Lost { space: SpaceId },
+    /// This node can no longer prove its lease of `space` (no renewal
+    /// acknowledged for [`FENCE_MS`]): stop acting as its owner now,
+    /// before anyone may take it over; its local listeners should go
+    /// elsewhere.
+    Fenced { space: SpaceId },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -114,6 +131,9 @@ pub struct Ownership {
     next_write: u64,
     events: VecDeque<OwnershipEvent>,
     sightings: Sightings,
+    /// Spaces this node fenced itself out of and has not seen a newer
+    /// owner of (nor won again).
+    fenced: HashSet<SpaceId>,
 }
 
 impl Ownership {
@@ -127,6 +147,7 @@ impl Ownership {
             next_write: 1,
             events: VecDeque::new(),
             sightings: Sightings::default(),
+            fenced: HashSet::new(),
         }
     }
 
@@ -135,11 +156,43 @@ impl Ownership {
         &self.me
     }
 
-    /// Whether this node owns `space` with a lease valid at `now_ms`.
+    /// Whether this node owns `space` with a lease valid at `now_ms`
+    /// (renewed and acknowledged less than [`FENCE_MS`] ago).
     pub fn owns(&self, space: SpaceId, now_ms: i64) -> bool {
         self.held
             .get(&space)
-            .is_some_and(|h| now_ms.saturating_sub(h.at_ms) < TTL_MS)
+            .is_some_and(|h| now_ms.saturating_sub(h.at_ms) < FENCE_MS)
+    }
+
+    /// Applies the fencing rule at `now_ms`: every held lease whose last
+    /// acknowledged write was sent [`FENCE_MS`] ago or more is dropped,
+    /// with an [`OwnershipEvent::Fenced`] to act on. Returns how many.
+    pub fn fence(&mut self, now_ms: i64) -> usize {
+        let due: Vec<SpaceId> = self
+            .held
+            .iter()
+            .filter(|(_, h)| now_ms.saturating_sub(h.at_ms) >= FENCE_MS)
+            .map(|(s, _)| *s)
+            .collect();
+        for space in &due {
+            self.held.remove(space);
+            self.fenced.insert(*space);
+            self.events
+                .push_back(OwnershipEvent::Fenced { space: *space });
+        }
+        due.len()
+    }
+
+    /// Spaces this node fenced itself out of now.
+    pub fn fenced(&self) -> usize {
+        self.fenced.len()
+    }
+
+    /// Whether this node fenced itself out of `space` and has not yet
+    /// seen who owns it now (nor won it again): its copy may be stale and
+    /// its listeners belong elsewhere.
+    pub fn is_fenced(&self, space: SpaceId) -> bool {
+        self.fenced.contains(&space)
     }
 
     /// Whether this node holds `space`'s lease, valid or not (it has not
@@ -171,16 +224,27 @@ impl Ownership {
         match current {
             Some((l, revision)) => {
                 self.sightings.see(space, revision, l, now_ms);
+                if l.node != self.me || l.ended {
+                    self.fenced.remove(&space);
+                }
             }
             None => self.sightings.forget(space),
         }
     }
 
-    /// Spaces whose owner (another node) stopped renewing: their key has
-    /// not changed for [`TTL_MS`] as this node saw it. The shell claims
-    /// the live ones, so a dead origin's spaces move with no one asking.
+    /// Spaces whose owner stopped renewing: their key has not changed for
+    /// [`TTL_MS`] as this node saw it. The shell claims the live ones, so a
+    /// dead origin's spaces move with no one asking. A lease naming this
+    /// node that it does not hold (it fenced itself, and nobody else took
+    /// the space while it was cut off) counts too: it wins it back.
     pub fn expired(&self, now_ms: i64) -> Vec<SpaceId> {
-        self.sightings.expired(&self.me, now_ms).collect()
+        let mut out: Vec<SpaceId> = self.sightings.expired(&self.me, now_ms).collect();
+        out.extend(
+            self.sightings
+                .expired_of(&self.me, now_ms)
+                .filter(|id| !self.held.contains_key(id)),
+        );
+        out
     }
 
     fn write(
@@ -211,11 +275,13 @@ impl Ownership {
         match Lease::decide(current, &self.me) {
             LeaseDecision::Ended(l) => {
                 self.drop_held(space);
+                self.fenced.remove(&space);
                 Claim::Ended(l)
             }
             LeaseDecision::Owner(l) => {
                 // We thought it ours: it was taken while we could not renew.
                 self.drop_held(space);
+                self.fenced.remove(&space);
                 Claim::Owner(l)
             }
             LeaseDecision::Mine { revision } => {
@@ -299,6 +365,7 @@ impl Ownership {
                     return Some(Claim::Retry);
                 };
                 let fresh = !self.held.contains_key(&space);
+                self.fenced.remove(&space);
                 self.held.insert(
                     space,
                     Held {
@@ -394,7 +461,7 @@ impl Ownership {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lease::RENEW_MS;
+    use crate::lease::{RENEW_MS, TTL_MS};
 
     const S: SpaceId = SpaceId(7);
 
@@ -424,8 +491,8 @@ mod tests {
                 from: None
             })
         );
-        assert!(a.owns(S, 1_000 + TTL_MS - 1));
-        assert!(!a.owns(S, 1_000 + TTL_MS));
+        assert!(a.owns(S, 1_000 + FENCE_MS - 1));
+        assert!(!a.owns(S, 1_000 + FENCE_MS));
     }
 
     #[test]
@@ -491,5 +558,250 @@ mod tests {
         );
         assert!(!a.holds(S));
         assert_eq!(a.release(S, 77), None);
+    }
+
+    #[test]
+    fn an_owner_that_cannot_renew_fences_itself_before_the_ttl() {
+        use crate::lease::{FENCE_CHECK_MS, FENCE_MARGIN_MS};
+        let mut a = Ownership::new("a", "http://a");
+        let c = a.claim(S, None, 0);
+        won(&mut a, c, 1, 0);
+        a.poll_event();
+        // A renewal sent at 1 s and acknowledged: valid from its sending.
+        let r = a.renewals(RENEW_MS, |_| 1);
+        a.written(r[0].id, WriteResult::Written(2), RENEW_MS + 300);
+        assert_eq!(a.fence(RENEW_MS + FENCE_MS - 1), 0);
+        assert!(a.owns(S, RENEW_MS + FENCE_MS - 1));
+        // The next renewal never comes back: fenced FENCE_MS after the
+        // last acknowledged one was sent.
+        let r = a.renewals(2 * RENEW_MS, |_| 2);
+        assert_eq!(a.fence(RENEW_MS + FENCE_MS), 1);
+        assert_eq!(a.poll_event(), Some(OwnershipEvent::Fenced { space: S }));
+        assert!(!a.holds(S) && a.is_fenced(S) && !a.owns(S, RENEW_MS + FENCE_MS));
+        assert_eq!(a.fence(RENEW_MS + FENCE_MS + 1), 0, "fenced once");
+        // Its late answer changes nothing.
+        assert_eq!(a.written(r[0].id, WriteResult::Written(3), 10_000), None);
+        assert!(!a.holds(S));
+        // Another node's lease, seen after the heal: not fenced any more,
+        // and the calls go there.
+        let b = Lease {
+            node: "b".into(),
+            http: "http://b".into(),
+            seq: 9,
+            at_ms: 0,
+            ended: false,
+        };
+        assert_eq!(a.claim(S, Some((&b, 4)), 40_000), Claim::Owner(b));
+        assert!(!a.is_fenced(S));
+        assert_eq!(a.poll_event(), None, "nothing more to stop");
+        const {
+            assert!(FENCE_MARGIN_MS >= 500 && FENCE_MS + FENCE_CHECK_MS + FENCE_MARGIN_MS == TTL_MS)
+        };
+    }
+
+    #[test]
+    fn a_fenced_owner_nobody_replaced_wins_its_space_back() {
+        let mut a = Ownership::new("a", "http://a");
+        let c = a.claim(S, None, 0);
+        won(&mut a, c, 1, 0);
+        a.poll_event();
+        a.fence(FENCE_MS);
+        assert_eq!(a.poll_event(), Some(OwnershipEvent::Fenced { space: S }));
+        // Nobody took it while NATS was away: once its own lease is seen
+        // expired it is claimed again (a compare-and-set like any other).
+        assert!(a.expired(TTL_MS - 1).is_empty());
+        assert_eq!(a.expired(TTL_MS), [S]);
+        let mine = a.lease(0, false);
+        let c = a.claim(S, Some((&mine, 1)), TTL_MS);
+        let Claim::Write(w) = &c else { panic!("{c:?}") };
+        assert_eq!(w.revision, Some(1));
+        won(&mut a, c, 2, TTL_MS);
+        assert!(a.holds(S) && !a.is_fenced(S));
+        assert!(matches!(
+            a.poll_event(),
+            Some(OwnershipEvent::Acquired { from: None, .. })
+        ));
+    }
+
+    /// A simulated cluster of two nodes and a key-value store, 1 ms steps:
+    /// `a` owns the space; at `cut_at` its link drops for `cut_for` ms
+    /// (nothing it sends arrives, nothing reaches it); `b` sees each
+    /// revision `watch_delay` ms after it lands and tries a takeover
+    /// whenever the lease looks expired to it. The clocks of the two
+    /// nodes have unrelated origins.
+    struct Sim {
+        a: Ownership,
+        b: Ownership,
+        off_a: i64,
+        off_b: i64,
+        /// The store: current revision and value.
+        rev: u64,
+        lease: Option<Lease>,
+        /// Writes of `a` in flight.
+        a_writes: Vec<Pending>,
+        /// Revisions `b` will see: (at, revision, value).
+        b_sees: Vec<(i64, u64, Lease)>,
+        /// Revisions `a` will see after the heal.
+        a_sees: Vec<(i64, u64, Lease)>,
+        fenced_at: Option<i64>,
+        taken_at: Option<i64>,
+    }
+
+    /// The simulation's time step, ms.
+    const STEP: i64 = 5;
+
+    /// A write of `a` in flight: it lands on the store at `land`, and its
+    /// result reaches `a` at `answer`.
+    #[derive(Clone)]
+    struct Pending {
+        land: i64,
+        answer: i64,
+        result: Option<WriteResult>,
+        w: LeaseWrite,
+    }
+
+    impl Sim {
+        fn land(&mut self, t: i64, w: &LeaseWrite, watch_delay: i64) -> WriteResult {
+            let ok = match w.revision {
+                None => self.lease.is_none(),
+                Some(r) => r == self.rev,
+            };
+            if !ok {
+                return WriteResult::Conflict;
+            }
+            self.rev += 1;
+            self.lease = Some(w.value.clone());
+            self.b_sees
+                .push((t + watch_delay, self.rev, w.value.clone()));
+            self.a_sees
+                .push((t + watch_delay, self.rev, w.value.clone()));
+            WriteResult::Written(self.rev)
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+        /// Whatever the latencies, the moment of the cut and the clocks'
+        /// origins: never two nodes acting as the owner at once, the
+        /// owner fences itself at least FENCE_MARGIN_MS before the other
+        /// takes over, and after the heal the fenced node follows the new
+        /// owner.
+        #[test]
+        fn a_partitioned_owner_never_overlaps_its_successor(
+            cut_at in 300i64..1_200,
+            cut_for in 800i64..3_000,
+            latency in 0i64..40,
+            watch_delay in 0i64..80,
+            b_phase in 0i64..(RENEW_MS / STEP),
+            off_a in -1_000_000i64..1_000_000,
+            off_b in -1_000_000i64..1_000_000,
+        ) {
+            use crate::lease::{FENCE_CHECK_MS, FENCE_MARGIN_MS};
+            // Every moment is a multiple of STEP ms.
+            let (cut_at, cut_for, latency, watch_delay, b_phase) =
+                (cut_at * STEP, cut_for * STEP, latency * STEP, watch_delay * STEP, b_phase * STEP);
+            let heal_at = cut_at + cut_for;
+            let cut = |t: i64| t >= cut_at && t < heal_at;
+            let mut sim = Sim {
+                a: Ownership::new("a", "http://a"),
+                b: Ownership::new("b", "http://b"),
+                off_a, off_b, rev: 0, lease: None,
+                a_writes: vec![], b_sees: vec![], a_sees: vec![],
+                fenced_at: None, taken_at: None,
+            };
+            // a acquires the space at t = 0.
+            let c = sim.a.claim(S, None, off_a);
+            let Claim::Write(w) = c else { panic!() };
+            let r = sim.land(0, &w, watch_delay);
+            sim.a.written(w.id, r, off_a);
+            sim.a.poll_event();
+            for t in (STEP..heal_at + 8_000).step_by(STEP as usize) {
+                let (na, nb) = (t + sim.off_a, t + sim.off_b);
+                // a: renew every RENEW_MS, fence every FENCE_CHECK_MS.
+                if t % RENEW_MS == 0 {
+                    for w in sim.a.renewals(na, |_| 0) {
+                        sim.a_writes.push(Pending { land: t + latency, answer: t + 2 * latency, result: None, w });
+                    }
+                }
+                for i in 0..sim.a_writes.len() {
+                    if sim.a_writes[i].land == t {
+                        // Sent or landing during the cut: lost.
+                        let w = sim.a_writes[i].w.clone();
+                        let result = if cut(t - latency) || cut(t) {
+                            WriteResult::Failed
+                        } else {
+                            sim.land(t, &w, watch_delay)
+                        };
+                        let p = &mut sim.a_writes[i];
+                        p.result = Some(result);
+                        if cut(p.answer) {
+                            // The answer is lost: a timeout, later.
+                            p.result = Some(WriteResult::Failed);
+                            p.answer += 5_000;
+                        }
+                    }
+                }
+                let answered: Vec<Pending> = sim.a_writes.iter().filter(|p| p.answer == t).cloned().collect();
+                sim.a_writes.retain(|p| p.answer != t);
+                for p in answered {
+                    let result = p.result.unwrap_or(WriteResult::Failed);
+                    sim.a.written(p.w.id, result, na);
+                }
+                if t % FENCE_CHECK_MS == 0 && sim.a.fence(na) > 0 {
+                    sim.fenced_at.get_or_insert(t);
+                }
+                while let Some(e) = sim.a.poll_event() {
+                    if let OwnershipEvent::Acquired { .. } = e {
+                        proptest::prop_assert!(false, "a won the space back while b held it");
+                    }
+                }
+                // What a sees, once healed.
+                let seen: Vec<_> = sim.a_sees.iter().filter(|(at, ..)| *at <= t && !cut(t)).cloned().collect();
+                sim.a_sees.retain(|(at, ..)| *at > t || cut(t));
+                for (_, rev, l) in seen {
+                    sim.a.seen(S, Some((&l, rev)), na);
+                }
+                // b: sees revisions, tries takeovers once a second.
+                let seen: Vec<_> = sim.b_sees.iter().filter(|(at, ..)| *at <= t).cloned().collect();
+                sim.b_sees.retain(|(at, ..)| *at > t);
+                for (_, rev, l) in seen {
+                    sim.b.seen(S, Some((&l, rev)), nb);
+                }
+                if t % RENEW_MS == b_phase && !sim.b.holds(S) && sim.b.expired(nb).contains(&S) {
+                    let current = sim.lease.clone().map(|l| (l, sim.rev));
+                    let c = sim.b.claim(S, current.as_ref().map(|(l, r)| (l, *r)), nb);
+                    if let Claim::Write(w) = c {
+                        let r = sim.land(t, &w, watch_delay);
+                        if sim.b.written(w.id, r, nb) == Some(Claim::Mine) {
+                            sim.taken_at.get_or_insert(t);
+                        }
+                    }
+                }
+                if sim.b.holds(S) {
+                    for w in sim.b.renewals(nb, |_| 0) {
+                        let r = sim.land(t, &w, watch_delay);
+                        sim.b.written(w.id, r, nb);
+                    }
+                }
+                proptest::prop_assert!(
+                    !(sim.a.holds(S) && sim.b.holds(S)),
+                    "two owners at t = {}", t
+                );
+            }
+            let fenced = sim.fenced_at.expect("a fenced itself");
+            let taken = sim.taken_at.expect("b took the space over");
+            proptest::prop_assert!(
+                taken - fenced >= FENCE_MARGIN_MS,
+                "b took over {} ms after a fenced", taken - fenced
+            );
+            proptest::prop_assert!(fenced < cut_at + FENCE_MS + FENCE_CHECK_MS);
+            // Healed: a follows b and is no longer fenced.
+            proptest::prop_assert!(!sim.a.is_fenced(S));
+            proptest::prop_assert!(!sim.a.holds(S));
+            let current = sim.lease.clone().expect("a lease");
+            proptest::prop_assert_eq!(current.node.as_str(), "b");
+            let c = sim.a.claim(S, Some((&current, sim.rev)), (heal_at + 8_000) + off_a);
+            proptest::prop_assert_eq!(c, Claim::Owner(current));
+        }
     }
 }

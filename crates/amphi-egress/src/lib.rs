@@ -303,9 +303,18 @@ impl Egress {
                 r.pop_front();
             }
             r.push_back(unit.clone());
-            output.next_seq.store(seq + 1, Ordering::Release);
+            // SeqCst with the listener count below and in `hand_over`: a
+            // unit not sent to the workers is one a new listener's worker
+            // knows to take from the ring.
+            output.next_seq.store(seq + 1, Ordering::SeqCst);
         }
         self.stats.units_published.fetch_add(1, Ordering::Relaxed);
+        // No listener: the ring above is all (a listener handed over later
+        // is counted before its worker hears of it, and that worker takes
+        // the units it lacks from the ring).
+        if output.listeners.load(Ordering::SeqCst) == 0 {
+            return;
+        }
         for w in &self.workers {
             // A full queue means the worker is far behind: dropping this unit
             // makes its listeners skip ahead, which is the policy anyway.
@@ -376,11 +385,15 @@ impl Egress {
             let _ = socket2::SockRef::from(&listener.stream).set_send_buffer_size(n);
         }
         let i = self.next_worker.fetch_add(1, Ordering::Relaxed) % self.workers.len();
-        output.listeners.fetch_add(1, Ordering::Relaxed);
+        output.listeners.fetch_add(1, Ordering::SeqCst);
+        // Every unit from here on is sent to the workers (`publish` sees
+        // the count); those before may not have been.
+        let sent_from = output.next_seq.load(Ordering::SeqCst);
         self.stats.listeners_added.fetch_add(1, Ordering::Relaxed);
         let msg = Msg::Add {
             output: output.clone(),
             listener,
+            sent_from,
         };
         if self.workers[i].send(msg).is_err() {
             output.listeners.fetch_sub(1, Ordering::Relaxed);

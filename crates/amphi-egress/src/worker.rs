@@ -24,6 +24,9 @@ pub(crate) enum Msg {
     Add {
         output: Arc<Output>,
         listener: NewListener,
+        /// The output's next unit number once this listener was counted:
+        /// units from it on come as [`Msg::Unit`], those before may not.
+        sent_from: u64,
     },
     CloseOutput {
         output: u64,
@@ -38,6 +41,8 @@ pub(crate) enum Msg {
 struct Recent {
     units: VecDeque<(u64, Bytes)>,
     cap: usize,
+    /// The newest unit number that came as a [`Msg::Unit`] (kept or not).
+    arrived: Option<u64>,
 }
 
 impl Units for Recent {
@@ -58,6 +63,12 @@ impl Units for Recent {
 
 impl Recent {
     fn push(&mut self, seq: u64, bytes: Bytes) {
+        if let Some(&(last, _)) = self.units.back()
+            && seq <= last
+        {
+            // Already taken from the output's ring (see `seed`).
+            return;
+        }
         if let Some((last, _)) = self.units.back()
             && seq != last + 1
         {
@@ -69,6 +80,26 @@ impl Recent {
             self.units.pop_front();
         }
         self.units.push_back((seq, bytes));
+    }
+
+    /// Catches up with the output's own ring: copies of the units this
+    /// worker has not kept (it keeps none while it serves nobody there)
+    /// that already came or will never come (published before the first
+    /// listener was counted, see [`Msg::Add`]). Those still on their way
+    /// are taken as they come, as before, so a new listener is not found
+    /// behind units it could not have been sent yet.
+    fn seed(&mut self, output: &Output, sent_from: u64) {
+        let upto = self
+            .arrived
+            .map_or(sent_from, |a| a.saturating_add(1).max(sent_from));
+        let shared = output.recent.lock();
+        let newest = self.newest();
+        for u in shared
+            .iter()
+            .filter(|u| u.seq < upto && newest.is_none_or(|n| u.seq > n))
+        {
+            self.push(u.seq, Bytes::copy_from_slice(&u.bytes));
+        }
     }
 }
 
@@ -125,17 +156,34 @@ impl Worker {
         loop {
             let mut timed_out = false;
             match self.rx.recv_timeout(POLL_EVERY) {
-                Ok(Msg::Unit { output, unit }) => {
-                    let st = self.state(&output);
-                    // A copy of its own per worker (one per unit, a few
-                    // hundred bytes): the reference count every listener's
-                    // handle takes and drops then stays in this core's
-                    // cache instead of bouncing between the workers.
-                    st.recent
-                        .push(unit.seq, Bytes::copy_from_slice(&unit.bytes));
-                    self.service_output(output.id, false);
-                }
-                Ok(Msg::Add { output, listener }) => self.add(&output, listener),
+                Ok(Msg::Unit { output, unit }) => match self.state(&output) {
+                    st if !st.slots.is_empty() => {
+                        st.recent.arrived = Some(unit.seq);
+                        // A copy of its own per worker (one per unit, a few
+                        // hundred bytes): the reference count every
+                        // listener's handle takes and drops then stays in
+                        // this core's cache instead of bouncing between the
+                        // workers.
+                        st.recent
+                            .push(unit.seq, Bytes::copy_from_slice(&unit.bytes));
+                        self.service_output(output.id, false);
+                    }
+                    // Nobody here listens: nothing kept, nothing to send (a
+                    // listener added later is seeded from the output's
+                    // ring). Most outputs of small spaces have no listener
+                    // on most workers.
+                    st => {
+                        st.recent.arrived = Some(unit.seq);
+                        if !st.recent.units.is_empty() {
+                            st.recent.units = VecDeque::new();
+                        }
+                    }
+                },
+                Ok(Msg::Add {
+                    output,
+                    listener,
+                    sent_from,
+                }) => self.add(&output, listener, sent_from),
                 Ok(Msg::CloseOutput { output }) => {
                     if let Some(mut st) = self.outputs.remove(&output) {
                         for slot in st.slots.drain(..) {
@@ -188,14 +236,15 @@ impl Worker {
         self.outputs.entry(output.id).or_insert_with(|| OutState {
             output: output.clone(),
             recent: Recent {
-                units: VecDeque::with_capacity(output.ring),
+                units: VecDeque::new(),
                 cap: output.ring,
+                arrived: None,
             },
             slots: Vec::new(),
         })
     }
 
-    fn add(&mut self, output: &Arc<Output>, listener: NewListener) {
+    fn add(&mut self, output: &Arc<Output>, listener: NewListener, sent_from: u64) {
         let NewListener {
             stream,
             pending,
@@ -209,7 +258,9 @@ impl Worker {
         let mut slot = Slot::new(stream, pending, next_unit, tag, protocol).with_tls(tls, tls_in);
         slot.burst_to = burst_to;
         let id = output.id;
-        let index = self.state(output).slots.len();
+        let st = self.state(output);
+        st.recent.seed(output, sent_from);
+        let index = st.slots.len();
         let token = self.tokens.insert((id, index));
         let fd = slot.stream.as_raw_fd();
         match self

@@ -190,3 +190,54 @@ fn reservations_never_exceed_the_cap_under_contention() {
     assert!(egress.try_reserve(60));
     assert!(!egress.try_reserve(60));
 }
+
+/// An output nobody listens to costs its workers nothing (no copy, no
+/// ring): its first listener's worker takes the units it needs from the
+/// output's ring, so a connect burst from before the listener, and the
+/// units published while it is handed over, all arrive once, in order.
+#[test]
+fn first_listener_of_an_unheard_output_gets_its_burst_and_every_live_unit() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let egress = Egress::start(EgressConfig {
+        workers: 2,
+        ..Default::default()
+    })
+    .unwrap();
+    let out = egress.new_output();
+    for seq in 0..10 {
+        egress.publish(&out, unit(seq, 100), seq);
+    }
+    let mut clients = Vec::new();
+    let mut next = 10;
+    // A listener on each worker, units published around each hand-over.
+    for _ in 0..2 {
+        let (srv, cli) = pair(&l);
+        egress
+            .add_listener(
+                &out,
+                NewListener {
+                    stream: srv,
+                    pending: Bytes::new(),
+                    next_unit: 5,
+                    burst_to: Some(next - 1),
+                    tag: 7,
+                    protocol: Protocol::Http,
+                    tls: None,
+                    tls_in: None,
+                },
+            )
+            .unwrap();
+        for _ in 0..3 {
+            egress.publish(&out, unit(next, 100), next);
+            next += 1;
+        }
+        clients.push(cli);
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    egress.close_tag(7);
+    for cli in clients {
+        let got = read_units(cli, Instant::now() + Duration::from_secs(2));
+        assert_eq!(got, (5..next).collect::<Vec<_>>());
+    }
+    egress.shutdown();
+}

@@ -15,7 +15,7 @@ pub mod wire;
 pub use jitter::{Jitter, JitterConfig, JitterStats, Pop};
 pub use mixer::{Mixer, MixerConfig, MixerStats, Mode, Tick};
 pub use ogg::{OggError, OggPager, OwnedPage, Page, PageReader, parse_page};
-pub use opus::{Decoder, Encoder, is_dtx, packet_samples, passable};
+pub use opus::{Decoder, Encoder, is_dtx, packet_samples, passable, voice_inactive};
 pub use wire::{
     Message, WireError, WsBatcher, decode_message, encode_message, ws_binary_frame, ws_message,
 };

@@ -14,7 +14,9 @@ use bytes::Bytes;
 
 use crate::MediaError;
 use crate::jitter::{Jitter, JitterConfig, JitterStats, Pop, Pushed};
-use crate::opus::{Decoder, Encoder, FRAME, MAX_PACKET_SAMPLES, is_dtx, packet_samples, passable};
+use crate::opus::{
+    Decoder, Encoder, FRAME, MAX_PACKET_SAMPLES, is_dtx, packet_samples, passable, voice_inactive,
+};
 
 /// Settings of a mixer.
 #[derive(Debug, Clone)]
@@ -79,6 +81,9 @@ pub struct MixerStats {
     pub switches: u64,
     /// Packets decoded (speakers' and the warm-ups at a switch).
     pub decodes: u64,
+    /// Packets of speakers only listened to for voice taken as silence
+    /// without decoding ([`voice_inactive`]).
+    pub skipped: u64,
     /// Packets encoded (the program, the primers at a switch, every
     /// mix-minus).
     pub encodes: u64,
@@ -161,6 +166,12 @@ const LEVEL_EVERY: u32 = 25;
 /// Ticks with nothing from the passed-through speaker before another may
 /// take their place.
 const LONE_IDLE_TICKS: u32 = 10;
+/// A speaker only listened to for voice whose packets say they carry none
+/// (DTX, a clear SILK VAD flag, CELT silence: [`voice_inactive`]) is not
+/// decoded, except one packet in so many: the encoder's VAD takes a steady
+/// sound (a held tone, music) for the noise floor after about a second, and
+/// the level of a decoded packet is the judge.
+const SKIP_AT_MOST: u32 = 9;
 
 struct Speaker {
     jitter: Jitter,
@@ -184,6 +195,11 @@ struct Speaker {
     level: u8,
     since_level: u32,
     idle: u32,
+    /// Packets not decoded in a row (see [`SKIP_AT_MOST`]).
+    skipped: u32,
+    /// Its mix-minus was the silence frame (nobody else to hear), so its
+    /// return encoder is reset before it encodes again.
+    ret_resting: bool,
 }
 
 impl Speaker {
@@ -388,6 +404,8 @@ impl Mixer {
                 level: 0,
                 since_level: 0,
                 idle: 0,
+                skipped: 0,
+                ret_resting: false,
             },
         );
         Ok(())
@@ -491,6 +509,19 @@ impl Mixer {
                 let Some((enc, limiter)) = s.ret.as_mut() else {
                     continue;
                 };
+                // Everyone else below -60 dBFS (a lone voice mixed only
+                // because a packet was lost, or during a switch): the
+                // shared silence frame, no encode. The return encoder
+                // starts afresh when there is something to hear again.
+                if self.levels.iter().all(|l| l.participant == *pid) {
+                    s.ret_resting = true;
+                    mix_minus.push((*pid, self.silence.clone()));
+                    continue;
+                }
+                if std::mem::take(&mut s.ret_resting) {
+                    enc.reset();
+                    *limiter = Limiter::new();
+                }
                 for ((o, m), own) in self.scratch.iter_mut().zip(&self.mix).zip(&s.frame) {
                     *o = m - own;
                 }
@@ -867,8 +898,10 @@ impl Mixer {
     /// worth of audio is ready (or the buffer has nothing to give). Audio
     /// that starts from an empty queue skips the program encoder's delay
     /// (`lookahead` samples), which keeps a mixed speaker's samples
-    /// aligned with their packets. `cheap`: DTX packets are taken as
-    /// silence without decoding (a speaker only listened to for voice).
+    /// aligned with their packets. `cheap`: packets known to carry no
+    /// voice are taken as silence without decoding (a speaker only
+    /// listened to for voice; DTX always, the others up to
+    /// [`SKIP_AT_MOST`] in a row).
     fn fill(
         s: &mut Speaker,
         decoded: &mut [f32; MAX_PACKET_SAMPLES],
@@ -878,12 +911,18 @@ impl Mixer {
     ) {
         while s.pcm.len() < FRAME {
             let (n, held) = match s.pop() {
-                Pop::Packet(p) if cheap && is_dtx(&p) => {
+                Pop::Packet(p)
+                    if cheap
+                        && (is_dtx(&p) || (s.skipped < SKIP_AT_MOST && voice_inactive(&p))) =>
+                {
+                    s.skipped += 1;
+                    stats.skipped += 1;
                     let n = packet_samples(&p).unwrap_or(FRAME as u32) as usize;
                     decoded[..n].fill(0.0);
                     (n, false)
                 }
                 Pop::Packet(p) => {
+                    s.skipped = 0;
                     stats.decodes += 1;
                     s.remember(&p);
                     match s.decoder.decode(&p, &mut decoded[..]) {
@@ -1086,6 +1125,33 @@ mod tests {
     }
 
     #[test]
+    fn a_lone_voice_mixed_for_a_lost_packet_gets_silence_back_without_an_encode() {
+        let mut m = Mixer::new(MixerConfig::default()).unwrap();
+        m.add_speaker(A, true).unwrap();
+        m.set_audible(A, true);
+        let mut s = Sender::new(440.0, 0.5);
+        let silence = m.silence_frame().clone();
+        let mut mixed = 0;
+        for k in 0..200 {
+            let (seq, ts, p) = s.packet(FRAME);
+            // Every 20th packet lost: a mix (the decoder conceals it).
+            if k % 20 != 10 {
+                m.push_packet(A, seq, ts, p);
+            }
+            let before = m.stats().encodes;
+            let t = m.tick(k);
+            assert_eq!(t.mix_minus.len(), 1);
+            assert_eq!(t.mix_minus[0].1, silence, "tick {k}: A hears nobody");
+            if t.mode == Mode::Mix {
+                mixed += 1;
+                // The program only (and the encoder's warm-up at a switch).
+                assert!(m.stats().encodes - before <= 3, "tick {k}");
+            }
+        }
+        assert!(mixed >= 9, "{mixed} mixed ticks");
+    }
+
+    #[test]
     fn silence_is_still_a_continuous_stream() {
         let mut m = Mixer::new(MixerConfig::default()).unwrap();
         m.add_speaker(A, true).unwrap();
@@ -1109,6 +1175,58 @@ mod tests {
         m.set_next_seq(1_000);
         assert_eq!(m.tick(0).frame.seq, 1_000);
         assert_eq!(m.tick(0).frame.seq, 1_001);
+    }
+
+    #[test]
+    fn a_second_speakers_silence_is_not_decoded_and_their_voice_still_mixes() {
+        let mut m = Mixer::new(MixerConfig::default()).unwrap();
+        for pid in [A, B] {
+            m.add_speaker(pid, false).unwrap();
+            m.set_audible(pid, true);
+        }
+        let mut a = Sender::new(440.0, 0.5);
+        // B: a browser without DTX in SILK wideband, in a quiet room.
+        let mut b = Encoder::new(32_000).unwrap();
+        b.hold_config(Some(9));
+        let mut seed = 7u32;
+        let mut hiss = move || -> [f32; FRAME] {
+            std::array::from_fn(|_| {
+                seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                ((seed >> 8) as f32 / (1 << 24) as f32 - 0.5) * 2e-4
+            })
+        };
+        let mut decodes_at = 0;
+        let mut first_mix = None;
+        for k in 0..260u16 {
+            a.send(&mut m, A);
+            let pcm = if k < 220 {
+                hiss()
+            } else {
+                let t = sine(660.0, 0.3, usize::from(k) * FRAME, FRAME);
+                std::array::from_fn(|i| t[i])
+            };
+            m.push_packet(B, k, u32::from(k) * 960, b.encode(&pcm).unwrap());
+            if k == 20 {
+                decodes_at = m.stats().decodes;
+            }
+            let t = m.tick(u64::from(k));
+            if (20..220).contains(&k) {
+                assert_eq!(t.mode, Mode::Pass, "tick {k}: A alone is passed");
+            }
+            if k >= 220 && t.mode == Mode::Mix && first_mix.is_none() {
+                first_mix = Some(k);
+            }
+            if k == 219 {
+                // 200 ticks: B decoded one packet in ten, A's level
+                // measured (two decodes) every 25 packets; without the
+                // VAD flag B alone would be 200 decodes.
+                let d = m.stats().decodes - decodes_at;
+                assert!(d <= 40, "{d} decodes in 200 ticks");
+                assert!(m.stats().skipped >= 170, "{:?}", m.stats());
+            }
+        }
+        let at = first_mix.expect("B's voice makes a mix");
+        assert!(at <= 224, "B heard {} ticks after it spoke", at - 220);
     }
 
     #[test]

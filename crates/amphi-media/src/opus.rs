@@ -309,6 +309,109 @@ pub fn is_dtx(packet: &[u8]) -> bool {
     packet.len() <= 2
 }
 
+/// Whether `packet` is known to carry no voice without decoding it: a DTX
+/// packet ([`is_dtx`]); a mono SILK or hybrid packet whose every SILK frame
+/// has its voice-activity flag clear (the encoder's own VAD: the first
+/// symbols of the range-coded frame, RFC 6716 §4.2.3); a CELT packet with
+/// its silence flag set (§4.3, the first symbol). Only the first Opus frame
+/// of a packet is read (TOC codes 1–3 carry frames of the same mode, and
+/// a speaker only listened to for voice is judged again on the next packet).
+/// `false` when it cannot tell: the packet is decoded.
+pub fn voice_inactive(packet: &[u8]) -> bool {
+    if is_dtx(packet) {
+        return true;
+    }
+    let toc = packet[0];
+    let config = toc >> 3;
+    let body = match toc & 0x3 {
+        // One frame, or two of equal size: the first starts at byte 1.
+        0 | 1 => &packet[1..],
+        // Two frames, the first's length coded in one or two bytes.
+        2 => match packet.get(1) {
+            Some(&l) if l < 252 => &packet[2..],
+            Some(_) if packet.len() > 2 => &packet[3..],
+            _ => return false,
+        },
+        // Code 3 (frame count, padding, lengths): not worth parsing here.
+        _ => return false,
+    };
+    if body.len() < 2 {
+        return false;
+    }
+    let mut ec = RangeDecoder::new(body);
+    if config >= 16 {
+        // CELT only: the silence flag, probability 1/2^15.
+        return ec.bit_logp(15);
+    }
+    if toc & 0x4 != 0 {
+        // Stereo: the side channel's flags come later; decode.
+        return false;
+    }
+    // SILK frames (each 20 ms at most, 10 ms frames alone) in this Opus
+    // frame: one VAD flag each, probability 1/2.
+    let silk_frames = match config {
+        0..=11 => [1, 1, 2, 3][usize::from(config % 4)],
+        _ => 1,
+    };
+    (0..silk_frames).all(|_| !ec.bit_logp(1))
+}
+
+/// The start of the Opus range decoder (RFC 6716 §4.1): enough to read the
+/// first few binary symbols of a frame.
+struct RangeDecoder<'a> {
+    buf: &'a [u8],
+    pos: usize,
+    rem: u32,
+    rng: u32,
+    val: u32,
+}
+
+impl<'a> RangeDecoder<'a> {
+    fn new(buf: &'a [u8]) -> Self {
+        let mut d = RangeDecoder {
+            buf,
+            pos: 0,
+            rem: 0,
+            rng: 128,
+            val: 0,
+        };
+        d.rem = d.byte();
+        d.val = 127 - (d.rem >> 1);
+        d.normalize();
+        d
+    }
+
+    fn byte(&mut self) -> u32 {
+        let b = self.buf.get(self.pos).copied().unwrap_or(0);
+        self.pos += 1;
+        u32::from(b)
+    }
+
+    fn normalize(&mut self) {
+        while self.rng <= 1 << 23 {
+            self.rng <<= 8;
+            let prev = self.rem;
+            self.rem = self.byte();
+            let sym = ((prev << 8) | self.rem) >> 1;
+            self.val = ((self.val << 8) + (255 & !sym)) & 0x7fff_ffff;
+        }
+    }
+
+    /// One binary symbol whose probability of being 1 is 1/2^`logp`.
+    fn bit_logp(&mut self, logp: u32) -> bool {
+        let s = self.rng >> logp;
+        let one = self.val < s;
+        if one {
+            self.rng = s;
+        } else {
+            self.val -= s;
+            self.rng -= s;
+        }
+        self.normalize();
+        one
+    }
+}
+
 /// Samples (at 48 kHz) in an Opus packet, from its TOC byte and frame count
 /// code (RFC 6716 §3.1). `None` for an empty or malformed packet.
 pub fn packet_samples(packet: &[u8]) -> Option<u32> {
@@ -399,6 +502,76 @@ mod tests {
         assert!(enc.encode_samples(&tone[..1000]).is_err());
     }
 
+    /// Packets of `frames` 20 ms frames of `signal(k)` from an encoder held
+    /// to TOC configuration `config`.
+    fn held_packets(
+        config: u8,
+        frames: usize,
+        signal: impl Fn(usize) -> [f32; FRAME],
+    ) -> Vec<Bytes> {
+        let mut enc = Encoder::new(32_000).unwrap();
+        enc.hold_config(Some(config));
+        (0..frames)
+            .map(|k| enc.encode(&signal(k)).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn silence_and_voice_are_told_apart_without_decoding() {
+        // A tiny noise floor (a quiet room through a mic without DTX),
+        // not digital zeros, so the encoder's VAD and not its silence
+        // shortcut decides.
+        let mut seed = 1u32;
+        let mut hiss = move |_k: usize| {
+            let mut f = [0f32; FRAME];
+            for s in f.iter_mut() {
+                seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                *s = ((seed >> 8) as f32 / (1 << 24) as f32 - 0.5) * 2e-4;
+            }
+            f
+        };
+        // SILK WB, hybrid FB (20 ms) and CELT FB (20 ms).
+        for config in [9u8, 15, 31] {
+            let voice = held_packets(config, 50, |k| sine(440.0, 0.3, k * FRAME));
+            assert!(voice.iter().all(|p| (p[0] >> 3) == config));
+            // SILK's VAD learns a steady tone as the noise floor after
+            // about a second (speech never holds still that long): its
+            // onset is what counts (the mixer still decodes one packet in
+            // ten of those it skips).
+            let active = voice[..30].iter().filter(|p| !voice_inactive(p)).count();
+            assert_eq!(active, 30, "config {config}: a voice's onset is decoded");
+            let zeros = held_packets(config, 50, |_| [0f32; FRAME]);
+            let quiet = zeros[10..].iter().filter(|p| voice_inactive(p)).count();
+            assert_eq!(quiet, 40, "config {config}: digital silence is known");
+            if config < 16 {
+                // CELT has no VAD flag: its noise floor is decoded.
+                let noise: Vec<Bytes> = {
+                    let mut enc = Encoder::new(32_000).unwrap();
+                    enc.hold_config(Some(config));
+                    (0..50).map(|k| enc.encode(&hiss(k)).unwrap()).collect()
+                };
+                let quiet = noise[10..].iter().filter(|p| voice_inactive(p)).count();
+                assert!(
+                    quiet >= 36,
+                    "config {config}: {quiet}/40 of the hiss is known inactive"
+                );
+                // And what is called inactive decodes to no voice.
+                let mut dec = Decoder::new().unwrap();
+                let mut buf = [0f32; MAX_PACKET_SAMPLES];
+                for p in &noise {
+                    let n = dec.decode(p, &mut buf).unwrap();
+                    if voice_inactive(p) {
+                        assert!(crate::analysis::peak(&buf[..n]) < 0.01);
+                    }
+                }
+            }
+        }
+        // Stereo, code 3 and too short packets are decoded to find out.
+        assert!(voice_inactive(&[0xf8]) && voice_inactive(&[0x48, 0x00]));
+        assert!(!voice_inactive(&[0x4c, 0x00, 0x00]));
+        assert!(!voice_inactive(&[0x4b, 0x01, 0x00, 0x00]));
+    }
+
     #[test]
     fn toc_durations_follow_rfc_6716() {
         // config 1 (SILK NB 20 ms), one frame.
@@ -475,6 +648,7 @@ mod tests {
             let mut buf = [0f32; MAX_PACKET_SAMPLES];
             let _ = dec.decode(&p, &mut buf);
             let _ = packet_samples(&p);
+            let _ = voice_inactive(&p);
         }
     }
 }

@@ -121,6 +121,11 @@ pub fn ws_close_frame(code: u16, reason: &str) -> Bytes {
 /// reconnect.
 pub const CLOSE_SPACE_ENDED: u16 = 4000;
 
+/// Close code sent to `live.ws` listeners of a node that lost the cluster
+/// and stopped mixing their space (it fenced itself): the space goes on on
+/// another node; reconnect (to another node, with `from_seq`).
+pub const CLOSE_GO_ELSEWHERE: u16 = 4001;
+
 /// A decoded message, borrowing the Opus packets.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message<'a> {

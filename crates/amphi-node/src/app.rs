@@ -436,6 +436,13 @@ impl SpaceCell {
         }
     }
 
+    /// Stops mixing a space this node fenced itself out of (see
+    /// [`MediaPlane::fence_space`]); its outputs stay the cell's, for the
+    /// HLS they hold.
+    pub fn fence_media(&self, media: &MediaPlane) -> bool {
+        media.fence_space(self.id, &self.publishers())
+    }
+
     /// Brings every ingest gate in line with the rules, now.
     pub fn sync_gates(&self) {
         let inner = self.inner.lock();
@@ -776,7 +783,12 @@ impl App {
             inner.note_net(actor);
             let cmd = match cmd {
                 Command::BringOnStage { target, name: None } => {
-                    let name = inner.presence.name(target).map(str::to_owned);
+                    // Present here, or on another node of the cluster.
+                    let name = inner
+                        .presence
+                        .name(target)
+                        .map(str::to_owned)
+                        .or_else(|| self.members.remote_name(cell.id, target));
                     Command::BringOnStage { target, name }
                 }
                 other => other,

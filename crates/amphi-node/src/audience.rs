@@ -12,6 +12,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use amphi_cluster::presence::{Arrival, PRESENCE_CAP};
 use amphi_core::ParticipantId;
 
 /// How many of the most recent arrivals the audience view shows.
@@ -24,7 +25,7 @@ pub const MAX_INVITATIONS: usize = 64;
 struct Present {
     name: String,
     conns: u32,
-    /// Arrival number: larger is more recent.
+    /// Arrival time in µs, unique here: larger is more recent.
     seq: u64,
 }
 
@@ -52,16 +53,21 @@ pub struct Audience {
     order: BTreeMap<u64, ParticipantId>,
     next: u64,
     invitations: HashMap<ParticipantId, Invitation>,
+    /// Arrivals up to this seq have been told to the other nodes.
+    published: u64,
+    /// Departures of participants told to the other nodes, not yet told.
+    left: Vec<ParticipantId>,
 }
 
 impl Audience {
-    /// `pid` opened an events connection under `name`.
-    pub fn arrive(&mut self, pid: ParticipantId, name: &str) {
+    /// `pid` opened an events connection under `name` at `now_us` (wall
+    /// clock, µs: the other nodes' arrivals merge with these by time).
+    pub fn arrive(&mut self, pid: ParticipantId, name: &str, now_us: u64) {
         if let Some(p) = self.present.get_mut(&pid) {
             p.conns += 1;
             return;
         }
-        self.next += 1;
+        self.next = (self.next + 1).max(now_us);
         self.order.insert(self.next, pid);
         self.present.insert(
             pid,
@@ -84,7 +90,43 @@ impl Audience {
             self.present.remove(&pid);
             self.order.remove(&seq);
             self.invitations.remove(&pid);
+            if seq <= self.published {
+                self.left.push(pid);
+            }
         }
+    }
+
+    /// What changed since the last call, for the other nodes: the newest
+    /// arrivals (at most [`PRESENCE_CAP`]) and the departures of those
+    /// told before. `None` if nothing changed.
+    pub fn delta(&mut self) -> Option<(Vec<Arrival>, Vec<ParticipantId>)> {
+        let arrived = self.arrivals_after(self.published);
+        self.published = self.next;
+        let left = std::mem::take(&mut self.left);
+        (!arrived.is_empty() || !left.is_empty()).then_some((arrived, left))
+    }
+
+    /// The newest [`PRESENCE_CAP`] arrivals, for a full batch (marks
+    /// everything told).
+    pub fn snapshot(&mut self) -> Vec<Arrival> {
+        self.published = self.next;
+        self.left.clear();
+        self.arrivals_after(0)
+    }
+
+    fn arrivals_after(&self, seq: u64) -> Vec<Arrival> {
+        self.order
+            .range(seq + 1..)
+            .rev()
+            .take(PRESENCE_CAP)
+            .filter_map(|(seq, pid)| {
+                Some(Arrival {
+                    pid: *pid,
+                    name: self.present.get(pid)?.name.clone(),
+                    seq: *seq,
+                })
+            })
+            .collect()
     }
 
     /// The name `pid` is present under.
@@ -123,13 +165,10 @@ impl Audience {
             .collect()
     }
 
-    /// Invites `pid` (present) on behalf of `by`; replaces an earlier
-    /// invitation of the same person. `false` if they are not present or
-    /// too many invitations wait.
-    pub fn invite(&mut self, pid: ParticipantId, inv: Invitation, now_ms: i64) -> bool {
-        if !self.present.contains_key(&pid) {
-            return false;
-        }
+    /// Invites `pid` on behalf of `by`, present here or not (the caller
+    /// checks presence in the cluster); replaces an earlier invitation of
+    /// the same person. `false` if too many invitations wait.
+    pub fn invite_anyway(&mut self, pid: ParticipantId, inv: Invitation, now_ms: i64) -> bool {
         self.invitations.retain(|_, i| i.expires_ms > now_ms);
         if self.invitations.len() >= MAX_INVITATIONS && !self.invitations.contains_key(&pid) {
             return false;
@@ -141,6 +180,11 @@ impl Audience {
     /// `pid`'s invitation, if one waits and has not expired.
     pub fn invitation(&self, pid: ParticipantId, now_ms: i64) -> Option<&Invitation> {
         self.invitations.get(&pid).filter(|i| i.expires_ms > now_ms)
+    }
+
+    /// Drops `pid`'s invitation (answered on another node).
+    pub fn drop_invitation(&mut self, pid: ParticipantId) {
+        self.invitations.remove(&pid);
     }
 
     /// Takes `pid`'s invitation (an answer), if one waits and has not
@@ -164,9 +208,9 @@ mod tests {
     fn the_view_is_the_most_recent_arrivals_paged() {
         let mut a = Audience::default();
         for i in 0..2000 {
-            a.arrive(p(i), &format!("n{i}"));
+            a.arrive(p(i), &format!("n{i}"), i);
         }
-        a.arrive(p(5), "again");
+        a.arrive(p(5), "again", 0);
         assert_eq!(a.total(), 2000);
         let first = a.page(None, 100);
         assert_eq!(first.len(), 100);
@@ -193,6 +237,33 @@ mod tests {
     }
 
     #[test]
+    fn deltas_tell_arrivals_and_departures_once() {
+        let mut a = Audience::default();
+        assert!(a.delta().is_none());
+        for i in 0..1000 {
+            a.arrive(p(i), &format!("n{i}"), 5_000);
+        }
+        let (arrived, left) = a.delta().unwrap();
+        assert_eq!(arrived.len(), PRESENCE_CAP);
+        assert_eq!(arrived[0].pid, p(999));
+        assert!(left.is_empty());
+        assert!(a.delta().is_none());
+        // One leaves, one arrives and leaves between two batches (never
+        // told: nothing to say), one rejoins.
+        a.leave(p(3));
+        a.arrive(p(2000), "brief", 6_000);
+        a.leave(p(2000));
+        a.leave(p(4));
+        a.arrive(p(4), "n4", 7_000);
+        let (arrived, left) = a.delta().unwrap();
+        assert_eq!(left, vec![p(3), p(4)]);
+        assert_eq!(arrived.len(), 1);
+        assert_eq!(arrived[0].pid, p(4));
+        assert!(arrived[0].seq >= 7_000);
+        assert_eq!(a.snapshot().len(), PRESENCE_CAP);
+    }
+
+    #[test]
     fn invitations_expire_and_are_answered_once() {
         let mut a = Audience::default();
         let inv = Invitation {
@@ -200,16 +271,15 @@ mod tests {
             by_name: "Host".into(),
             expires_ms: 60_000,
         };
-        assert!(!a.invite(p(2), inv.clone(), 0), "not present");
-        a.arrive(p(2), "Two");
-        assert!(a.invite(p(2), inv.clone(), 0));
+        a.arrive(p(2), "Two", 1);
+        assert!(a.invite_anyway(p(2), inv.clone(), 0));
         assert!(a.invitation(p(2), 59_999).is_some());
         assert!(a.invitation(p(2), 60_000).is_none());
         assert_eq!(a.answer(p(2), 1), Some(inv.clone()));
         assert_eq!(a.answer(p(2), 1), None);
-        assert!(a.invite(p(2), inv.clone(), 0));
+        assert!(a.invite_anyway(p(2), inv.clone(), 0));
         assert_eq!(a.answer(p(2), 60_001), None, "expired");
-        assert!(a.invite(p(2), inv, 0));
+        assert!(a.invite_anyway(p(2), inv, 0));
         a.leave(p(2));
         assert!(a.invitation(p(2), 0).is_none());
     }

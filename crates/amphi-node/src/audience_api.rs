@@ -69,7 +69,10 @@ async fn audience(
     let (cell, _) = ids(&app, &id, None)?;
     let claims = app.verify(cell.id, &t.0)?;
     let limit = q.limit.unwrap_or(100).clamp(1, VIEW_CAP);
+    let before = q.before.unwrap_or(u64::MAX);
     let now = now_ms();
+    // The other nodes' newest (bounded), read before this space's lock.
+    let (remote, remote_total) = app.members.remote_presence(cell.id, VIEW_CAP);
     let inner = cell.inner.lock();
     let role = inner.space.may_follow_events(claims.pid)?;
     if !role.moderates() {
@@ -77,24 +80,41 @@ async fn audience(
             "only the host or a co-host can see the audience",
         ));
     }
-    let page = inner.presence.page(q.before, limit);
+    // The newest VIEW_CAP across the cluster, newest first; then the page.
+    let mut all: Vec<(u64, ParticipantId, &str)> = inner
+        .presence
+        .page(None, VIEW_CAP)
+        .into_iter()
+        .map(|s| (s.seq, s.pid, s.name))
+        .collect();
+    all.extend(remote.iter().map(|p| (p.seq, p.pid, p.name.as_str())));
+    all.sort_unstable_by_key(|e| std::cmp::Reverse((e.0, e.1)));
+    // Someone connected to two nodes is listed once (their newest).
+    let mut seen = std::collections::HashSet::with_capacity(all.len());
+    all.retain(|e| seen.insert(e.1));
+    all.truncate(VIEW_CAP);
+    let page: Vec<_> = all
+        .into_iter()
+        .filter(|e| e.0 < before)
+        .take(limit)
+        .collect();
     let next = (page.len() == limit)
-        .then(|| page.last().map(|s| s.seq))
+        .then(|| page.last().map(|e| e.0))
         .flatten();
     let people: Vec<Value> = page
         .iter()
-        .map(|s| {
-            let role = inner.space.role_of(s.pid).map_or("removed", |r| r.as_str());
+        .map(|&(_, pid, name)| {
+            let role = inner.space.role_of(pid).map_or("removed", |r| r.as_str());
             json!({
-                "participant_id": s.pid,
-                "name": s.name,
+                "participant_id": pid,
+                "name": name,
                 "role": role,
-                "invited": inner.presence.invitation(s.pid, now).is_some(),
+                "invited": inner.presence.invitation(pid, now).is_some(),
             })
         })
         .collect();
     Ok(Json(json!({
-        "total": inner.presence.total(),
+        "total": inner.presence.total() as u64 + remote_total,
         "listener_count": cell.listeners(),
         "cap": VIEW_CAP,
         "audience": people,
@@ -127,14 +147,20 @@ async fn invite(
             by_name,
             expires_ms,
         };
-        if inner.presence.name(target).is_none() {
+        let here = inner.presence.name(target).is_some();
+        if !here && app.members.remote_name(cell.id, target).is_none() {
             return Err(ApiError::not_found(
-                "that participant is not present (no events connection on this node)",
+                "that participant is not present (no events connection in the cluster)",
             ));
         }
-        if !inner.presence.invite(target, inv, now) {
+        let by = (inv.by, inv.by_name.clone());
+        if !inner.presence.invite_anyway(target, inv, now) {
             return Err(ApiError::rate_limited(5));
         }
+        // Shared with every node: the invited person sees it wherever
+        // their events connection is.
+        app.members
+            .share_invitation(cell.id, target, Some((by.0, &by.1, expires_ms)));
     }
     cell.dirty.store(true, Ordering::Release);
     Ok((
@@ -144,19 +170,24 @@ async fn invite(
         .into_response())
 }
 
-/// The invited person's own token, for their own invitation.
-fn invitee(
+/// The invited person's answer, with their own token: takes their
+/// invitation (if one waits) and tells the other nodes it is answered.
+fn answer(
     app: &App,
-    cell: &SpaceCell,
-    target: Option<ParticipantId>,
+    id: &str,
+    p: &str,
     t: &Token,
-) -> Result<(Claims, ParticipantId), ApiError> {
+) -> Result<(Arc<SpaceCell>, ParticipantId, Option<Invitation>), ApiError> {
+    let (cell, target) = ids(app, id, Some(p))?;
     let target = target.ok_or_else(|| ApiError::not_found("no such participant"))?;
     let claims = app.verify(cell.id, &t.0)?;
     if claims.pid != target {
         return Err(ApiError::forbidden("only the invited person can answer"));
     }
-    Ok((claims, target))
+    let inv = cell.inner.lock().presence.answer(target, now_ms());
+    app.members.share_invitation(cell.id, target, None);
+    cell.dirty.store(true, Ordering::Release);
+    Ok((cell, target, inv))
 }
 
 async fn accept(
@@ -164,15 +195,9 @@ async fn accept(
     Path((id, p)): Path<(String, String)>,
     t: Token,
 ) -> Result<Json<Value>, ApiError> {
-    let (cell, target) = ids(&app, &id, Some(&p))?;
-    let (_, target) = invitee(&app, &cell, target, &t)?;
-    let inv = cell
-        .inner
-        .lock()
-        .presence
-        .answer(target, now_ms())
-        .ok_or_else(|| ApiError::not_found("no invitation waits (it may have expired)"))?;
-    cell.dirty.store(true, Ordering::Release);
+    let (cell, target, inv) = answer(&app, &id, &p, &t)?;
+    let inv =
+        inv.ok_or_else(|| ApiError::not_found("no invitation waits (it may have expired)"))?;
     // Brought on stage by the one who invited, as they are now: an
     // inviter who lost their role since cannot bring anyone.
     let inviter = Claims {
@@ -197,14 +222,6 @@ async fn decline(
     Path((id, p)): Path<(String, String)>,
     t: Token,
 ) -> Result<Json<Value>, ApiError> {
-    let (cell, target) = ids(&app, &id, Some(&p))?;
-    let (_, target) = invitee(&app, &cell, target, &t)?;
-    let had = cell
-        .inner
-        .lock()
-        .presence
-        .answer(target, now_ms())
-        .is_some();
-    cell.dirty.store(true, Ordering::Release);
-    Ok(Json(json!({"declined": had})))
+    let (_, _, inv) = answer(&app, &id, &p, &t)?;
+    Ok(Json(json!({"declined": inv.is_some()})))
 }

@@ -115,7 +115,11 @@ async fn client(app: Arc<App>, cell: Arc<SpaceCell>, claims: Claims, mut socket:
     {
         let mut inner = cell.inner.lock();
         inner.note_net(&claims);
-        inner.presence.arrive(claims.pid, &claims.name);
+        inner.presence.arrive(
+            claims.pid,
+            &claims.name,
+            (crate::timefmt::now_ms().max(0) as u64) * 1000,
+        );
     }
     let mut rx = cell.updates.subscribe();
     let mut captions = cell.captions.subscribe();
@@ -182,7 +186,9 @@ async fn client(app: Arc<App>, cell: Arc<SpaceCell>, claims: Claims, mut socket:
                         // In a cluster, a node cut off from NATS stops sending
                         // what may be stale: the client reconnects elsewhere.
                         _ = stale_check.tick() => {
-                            if app.members.check_fresh(Some(cell.id)).is_err() {
+                            if app.members.check_fresh(Some(cell.id)).is_err()
+                                || app.members.fenced(cell.id)
+                            {
                                 return Wait::Stale;
                             }
                         }
@@ -202,6 +208,15 @@ async fn client(app: Arc<App>, cell: Arc<SpaceCell>, claims: Claims, mut socket:
             Wait::Caption(_) | Wait::Changed(true) => {}
             Wait::Changed(false) => break,
             Wait::Stale => {
+                send(
+                    &mut socket,
+                    Message::Text(
+                        json!({"type": "moved", "reason": "this node lost the cluster; reconnect to another node"})
+                            .to_string()
+                            .into(),
+                    ),
+                )
+                .await;
                 send(
                     &mut socket,
                     Message::Close(Some(axum::extract::ws::CloseFrame {

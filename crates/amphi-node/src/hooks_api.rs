@@ -132,6 +132,10 @@ async fn create(
             "a node keeps at most {MAX_ENDPOINTS} webhook endpoints"
         )));
     }
+    // In a cluster, every node delivers the events it raises to it too.
+    app.members
+        .clone()
+        .share_endpoint(&endpoint.id, Some(&endpoint));
     Ok((
         StatusCode::CREATED,
         Json(json!({"webhook": endpoint_view(&endpoint)})),
@@ -164,7 +168,9 @@ async fn delete(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     admin(&app, token)?;
+    let gone = id.clone();
     if blocking(&app, move |s| s.delete_endpoint(&id)).await? {
+        app.members.clone().share_endpoint(&gone, None);
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {
         Err(ApiError::not_found("no such webhook"))

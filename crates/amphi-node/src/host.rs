@@ -5,9 +5,10 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use amphi_cluster::presence::SpacePresence;
 use amphi_cluster::{SpaceCounts, Tally};
 use amphi_core::room::{Space, SpaceState};
-use amphi_core::{Frame, SpaceId};
+use amphi_core::{Frame, ParticipantId, SpaceId};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 
@@ -97,14 +98,22 @@ impl Host for App {
             return;
         }
         // The outputs this node served as an edge (if it was one) carry on,
-        // fed by the mixer from now on.
-        let live = cell.live.read().clone();
+        // fed by the mixer from now on; those a fence closed are not reused.
+        let live = cell.live.read().clone().filter(|l| !l.is_fenced());
         cell.start_media(&self.media, live, first_seq);
     }
 
     fn abandon(&self, space: SpaceId) {
         if let Ok(cell) = self.space(space) {
             cell.abandon_media(&self.media);
+        }
+    }
+
+    fn fence(&self, space: SpaceId) {
+        if let Ok(cell) = self.space(space)
+            && cell.fence_media(&self.media)
+        {
+            tracing::warn!(space = %space, "fenced: this node cannot prove its lease; stopped mixing the space");
         }
     }
 
@@ -142,8 +151,8 @@ impl Host for App {
     }
 
     fn speakers_back(&self, space: SpaceId) -> bool {
-        self.space(space)
-            .is_ok_and(|cell| !cell.publishers().is_empty())
+        // A live session, not a gate (gates outlive their sessions).
+        self.media.is_mixing(space) && self.media.publishing(space)
     }
 
     fn end_orphan(&self, space: SpaceId) -> BoxFuture<'_, ()> {
@@ -257,5 +266,92 @@ impl Host for App {
                 let _ = inner.reactions.add(emoji);
             }
         }
+    }
+
+    fn presence(&self, full: bool) -> Vec<SpacePresence> {
+        self.cells()
+            .into_iter()
+            .filter_map(|c| {
+                let (joins, unique, plays, new_plays) = {
+                    let mut st = c.stats.lock();
+                    // Plays are told in full batches (ended spaces have
+                    // no presence deltas).
+                    let new_plays = full && st.plays_untold();
+                    (
+                        st.joins,
+                        full.then(|| st.registers()).flatten(),
+                        st.replay_plays,
+                        new_plays,
+                    )
+                };
+                let mut inner = c.inner.lock();
+                let total = inner.presence.total() as u64;
+                let (arrived, left) = if full {
+                    let all = inner.presence.snapshot();
+                    if total == 0
+                        && !new_plays
+                        && (joins == 0 || inner.space.state != SpaceState::Live)
+                    {
+                        return None;
+                    }
+                    (all, Vec::new())
+                } else {
+                    inner.presence.delta()?
+                };
+                Some(SpacePresence {
+                    space: c.id,
+                    total,
+                    arrived,
+                    left,
+                    joins,
+                    unique,
+                    plays,
+                })
+            })
+            .collect()
+    }
+
+    fn set_invitation(
+        &self,
+        space: SpaceId,
+        pid: ParticipantId,
+        invite: Option<(ParticipantId, String, i64)>,
+    ) {
+        let Ok(cell) = self.space(space) else { return };
+        {
+            let mut inner = cell.inner.lock();
+            match invite {
+                Some((by, by_name, expires_ms)) => {
+                    let inv = crate::audience::Invitation {
+                        by,
+                        by_name,
+                        expires_ms,
+                    };
+                    inner
+                        .presence
+                        .invite_anyway(pid, inv, crate::timefmt::now_ms());
+                }
+                None => inner.presence.drop_invitation(pid),
+            }
+        }
+        cell.dirty.store(true, Ordering::Release);
+    }
+
+    fn adopt_endpoint(&self, id: String, endpoint: Option<amphi_store::Endpoint>) {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            let s = store.lock();
+            let done = match endpoint {
+                Some(e) => match s.endpoint(&e.id) {
+                    Ok(Some(_)) => Ok(()),
+                    Ok(None) => s.add_endpoint(&e),
+                    Err(e) => Err(e),
+                },
+                None => s.delete_endpoint(&id).map(|_| ()),
+            };
+            if let Err(e) = done {
+                tracing::warn!(endpoint = %id, error = %e, "could not mirror a webhook endpoint");
+            }
+        });
     }
 }

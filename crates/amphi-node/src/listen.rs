@@ -208,6 +208,13 @@ pub async fn handle<S: ListenerConn>(
     if let Err(e) = app.members.check_fresh(head.space) {
         return refuse(&mut stream, &e).await;
     }
+    if head.space.is_some_and(|id| app.members.fenced(id)) {
+        let e = ApiError::cluster_unavailable(
+            "this node lost the cluster and no longer carries this space: listen on another node",
+            2,
+        );
+        return refuse(&mut stream, &e).await;
+    }
     // Everything that can refuse the listener is decided first; only an
     // admitted listener may make this node an edge of a space mixed
     // elsewhere (its first one starts the feed of the space's frames).

@@ -69,6 +69,8 @@ pub struct MediaConfig {
     pub ice_tcp_port: Option<u16>,
     /// WebRTC sessions (speakers' publications) the node holds at most.
     pub max_rtc_sessions: usize,
+    /// Complete LL-HLS segments a live space keeps (its DVR window).
+    pub hls_dvr_segments: usize,
     /// Live captions: captioned speakers' packets are tapped for it before
     /// the mix (a `try_send`, never a wait).
     pub captions: Arc<crate::captions::Captions>,
@@ -83,9 +85,15 @@ impl MediaConfig {
     }
 }
 
-/// Segments the live HLS keeps: the whole space, up to 2 hours, is the
-/// DVR window (about 8 KB a segment at 32 kbit/s: 30 MB per space at most).
-pub const HLS_DVR_SEGMENTS: usize = 3600;
+/// The LL-HLS DVR window in complete segments for `minutes` of a live
+/// space (2 s segments, about 8 KB each at 32 kbit/s: the default two hours
+/// is 3600 segments, 30 MB per talking space at most), at least the three
+/// a live playlist needs.
+pub fn hls_dvr_segments(minutes: u32) -> usize {
+    let frames_per_segment = amphi_hls::PART_FRAMES * amphi_hls::SEGMENT_PARTS;
+    let frames_per_minute = 60_000_000 / amphi_core::frame::FRAME_US;
+    ((u64::from(minutes) * frames_per_minute / frames_per_segment) as usize).max(3)
+}
 
 /// The outputs of one live space, read by the HTTP side.
 pub struct LiveMedia {
@@ -105,6 +113,9 @@ pub struct LiveMedia {
     /// Loudest level of each speaker heard since the control plane last
     /// took them (its events updates show who is talking).
     pub talking: Mutex<HashMap<ParticipantId, u8>>,
+    /// The node fenced itself out of the space: its listener streams were
+    /// told to go elsewhere and closed; only its HLS is still served.
+    pub fenced: AtomicBool,
     /// The space's speakers are tapped for live captions.
     pub captions_on: AtomicBool,
 }
@@ -113,6 +124,12 @@ impl LiveMedia {
     /// Listener streams attached on this node.
     pub fn listeners(&self) -> u64 {
         self.ogg.listeners() + self.ws.listeners()
+    }
+
+    /// Whether these outputs were closed by a fence (see
+    /// [`MediaPlane::fence_space`]): never reused.
+    pub fn is_fenced(&self) -> bool {
+        self.fenced.load(Ordering::Acquire)
     }
 
     /// Takes one of the space's `max` places for a listener being admitted,
@@ -199,6 +216,9 @@ enum Cmd {
     Abandon {
         space: SpaceId,
     },
+    Fence {
+        space: SpaceId,
+    },
     AddSession {
         space: SpaceId,
         pid: ParticipantId,
@@ -261,7 +281,13 @@ pub struct MediaPlane {
     speaker_stats: Arc<SpeakerStats>,
     /// Spaces mixed on this node now.
     mixing: Mutex<std::collections::HashSet<SpaceId>>,
+    /// WHIP sessions whose ICE and DTLS are up, and their space (kept by
+    /// the media thread from the engine's events).
+    publishing: Arc<Publishing>,
 }
+
+/// Connected WHIP sessions and their spaces.
+type Publishing = Mutex<HashMap<SessionId, SpaceId>>;
 
 /// Per-speaker counters, refreshed by the mixer thread once a second.
 type SpeakerStats = Mutex<Vec<(SpaceId, ParticipantId, amphi_media::jitter::JitterStats)>>;
@@ -286,6 +312,7 @@ impl MediaPlane {
         let alive = Arc::new(AtomicBool::new(true));
         let recorder = Arc::new(Recorder::start(cfg.recordings.clone())?);
         let speaker_stats: Arc<SpeakerStats> = Arc::new(Mutex::new(Vec::new()));
+        let publishing: Arc<Publishing> = Arc::default();
         let program = Program::new(
             ProgramConfig {
                 mixer: MixerConfig {
@@ -310,6 +337,7 @@ impl MediaPlane {
             spaces: HashMap::new(),
             stats: stats.clone(),
             stats_at: 0,
+            publishing: publishing.clone(),
             captions: cfg.captions.clone(),
         };
         let alive2 = alive.clone();
@@ -332,6 +360,7 @@ impl MediaPlane {
             recorder,
             speaker_stats,
             mixing: Mutex::new(Default::default()),
+            publishing,
         })
     }
 
@@ -348,7 +377,7 @@ impl MediaPlane {
     /// Fresh, empty outputs for a live space (an origin's or an edge's).
     pub fn new_live_media(&self, space: SpaceId) -> Arc<LiveMedia> {
         let pager = OggPager::new(ogg_serial(space), self.cfg.ogg_frames_per_page);
-        let stores = Stores::new(HISTORY_FRAMES, HLS_DVR_SEGMENTS);
+        let stores = Stores::new(HISTORY_FRAMES, self.cfg.hls_dvr_segments);
         Arc::new(LiveMedia {
             ogg: self.egress.new_output(),
             // The WebSocket output keeps the whole history's messages, so
@@ -364,6 +393,7 @@ impl MediaPlane {
             hls_tick: tokio::sync::watch::channel(0).0,
             admitting: AtomicU64::new(0),
             talking: Mutex::new(HashMap::new()),
+            fenced: AtomicBool::new(false),
             captions_on: AtomicBool::new(false),
         })
     }
@@ -456,6 +486,13 @@ impl MediaPlane {
         }
     }
 
+    /// Whether a speaker publishes `space` to this node now: one of its
+    /// WHIP sessions here has connected (ICE and DTLS up) and is not
+    /// closed.
+    pub fn publishing(&self, space: SpaceId) -> bool {
+        self.publishing.lock().values().any(|s| *s == space)
+    }
+
     /// Whether this node mixes `space` now (it is its origin).
     pub fn is_mixing(&self, space: SpaceId) -> bool {
         self.mixing.lock().contains(&space)
@@ -470,6 +507,24 @@ impl MediaPlane {
             return false;
         }
         let _ = self.tx.send(Cmd::Abandon { space });
+        for pid in publishers {
+            self.rtc.close_participant(space, *pid);
+        }
+        true
+    }
+
+    /// Stops mixing (and recording) a space this node can no longer prove
+    /// it owns (it fenced itself, cut off from the cluster): its WHIP
+    /// sessions are closed (the speakers' clients publish again through
+    /// another node), its `live.ws` listeners get a close frame with code
+    /// [`CLOSE_GO_ELSEWHERE`](amphi_media::wire::CLOSE_GO_ELSEWHERE) and its
+    /// Ogg listeners are closed; its HLS is kept, as it stands. Returns
+    /// whether it was mixed here.
+    pub fn fence_space(&self, space: SpaceId, publishers: &[ParticipantId]) -> bool {
+        if !self.mixing.lock().remove(&space) {
+            return false;
+        }
+        let _ = self.tx.send(Cmd::Fence { space });
         for pid in publishers {
             self.rtc.close_participant(space, *pid);
         }
@@ -645,6 +700,7 @@ struct MixThread {
     speaker_stats: Arc<SpeakerStats>,
     /// Tick count at the last speaker-stats refresh.
     stats_at: u64,
+    publishing: Arc<Publishing>,
     captions: Arc<crate::captions::Captions>,
 }
 
@@ -655,6 +711,12 @@ fn wall_us() -> u64 {
 }
 
 impl MixThread {
+    /// Commands wake the thread at once; the RTC engine's events (one per
+    /// speaker packet) do not: they wait in their queue and are taken all
+    /// at once before each tick, the only time the program needs them, so
+    /// a thousand speakers cost one wake-up per 20 ms and not one per
+    /// packet (the queue holds several ticks of them; packets keep their
+    /// arrival time for the jitter buffer).
     fn run(mut self) {
         loop {
             let deadline = self.carry();
@@ -663,11 +725,10 @@ impl MixThread {
                     Ok(Cmd::Shutdown) | Err(_) => break,
                     Ok(cmd) => self.command(cmd),
                 },
-                recv(self.events) -> ev => match ev {
-                    Ok(ev) => self.event(ev),
-                    Err(_) => break,
-                },
                 recv(crossbeam_channel::at(deadline)) -> _ => {
+                    if !self.take_events() {
+                        break;
+                    }
                     for (id, s) in &self.spaces {
                         for (pid, gate) in &s.gates {
                             self.program.set_audible(*id, *pid, gate.load(Ordering::Acquire));
@@ -678,6 +739,20 @@ impl MixThread {
                 }
             }
         }
+    }
+
+    /// Feeds the program the events queued so far (not those arriving
+    /// meanwhile, so a flood cannot hold the tick). `false`: the engine
+    /// is gone.
+    fn take_events(&mut self) -> bool {
+        for _ in 0..=self.events.len() {
+            match self.events.try_recv() {
+                Ok(ev) => self.event(ev),
+                Err(crossbeam_channel::TryRecvError::Empty) => break,
+                Err(crossbeam_channel::TryRecvError::Disconnected) => return false,
+            }
+        }
+        true
     }
 
     fn refresh_stats(&mut self) {
@@ -835,6 +910,18 @@ impl MixThread {
             }
             Cmd::Stop { space } => self.program.stop_space(space),
             Cmd::Abandon { space } => self.program.abandon_space(space),
+            Cmd::Fence { space } => {
+                if let Some(s) = self.spaces.get(&space) {
+                    s.live.fenced.store(true, Ordering::Release);
+                    let last = s.live.history.lock().last_seq().unwrap_or(0);
+                    let bye = amphi_media::wire::ws_close_frame(
+                        amphi_media::wire::CLOSE_GO_ELSEWHERE,
+                        "this node lost the cluster: reconnect to another node",
+                    );
+                    s.live.publish(&self.egress, UnitKind::Ws, bye, last);
+                }
+                self.program.abandon_space(space);
+            }
             Cmd::AddSession {
                 space,
                 pid,
@@ -894,8 +981,25 @@ impl MixThread {
                     received: received_at,
                 })
             }
-            RtcEvent::Closed { id, .. } => self.program.session_closed(Session(id.0)),
-            _ => {}
+            RtcEvent::Connected { id, space, .. } => {
+                self.publishing.lock().insert(id, space);
+            }
+            RtcEvent::Closed { id, .. } => {
+                self.publishing.lock().remove(&id);
+                self.program.session_closed(Session(id.0));
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::hls_dvr_segments;
+
+    #[test]
+    fn the_dvr_window_is_counted_in_two_second_segments() {
+        assert_eq!(hls_dvr_segments(120), 3600);
+        assert_eq!(hls_dvr_segments(1), 30);
+        assert_eq!(hls_dvr_segments(0), 3);
     }
 }

@@ -166,6 +166,12 @@ pub struct Config {
     /// (503 beyond); each costs a DTLS/SRTP state and its jitter buffer.
     #[arg(long, env = "AMPHI_MAX_RTC_SESSIONS", default_value_t = 500)]
     pub max_rtc_sessions: usize,
+    /// Minutes of a live space the LL-HLS playlist keeps for seeking back
+    /// (its DVR window; about 240 KB a minute of a talking space, in
+    /// memory). Many long-lived spaces on one node want it shorter; the
+    /// replay after the end comes from the recording, not from this.
+    #[arg(long, env = "AMPHI_HLS_DVR_MINUTES", default_value_t = 120, value_parser = clap::value_parser!(u32).range(1..=1440))]
+    pub hls_dvr_minutes: u32,
     /// Live captions: the directory of the offline speech model
     /// (`scripts/fetch-captions-model DIR`: faster-whisper tiny.en). Spaces
     /// created with `"captions": true` (or turned on by their host) get
@@ -619,6 +625,7 @@ async fn load(
         bus: members.frame_sink(),
         ice_tcp_port: args.ice_tcp.then(|| args.http.port()),
         max_rtc_sessions: args.max_rtc_sessions.max(1),
+        hls_dvr_segments: crate::media::hls_dvr_segments(args.hls_dvr_minutes),
         captions: captions.clone(),
     })
     .context("starting the media plane")?;

@@ -205,7 +205,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         "participant",
         None,
         200,
-        "Host/co-host: present named participants, newest of the last 500 first, ?limit=&before=, with the total"
+        "Host/co-host: present named participants across the cluster, newest of the last 500 first, ?limit=&before=, with the total"
     ),
     ep!(
         "post",
@@ -213,7 +213,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         "participant",
         None,
         201,
-        "Host/co-host: invite a present participant to the stage (60 s to answer)"
+        "Host/co-host: invite a participant present on any node to the stage (60 s to answer)"
     ),
     ep!(
         "post",
@@ -237,7 +237,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         "participant",
         None,
         200,
-        "Analytics (admin, host, co-host): peak, joins, unique, listening time, series, reactions, replay plays"
+        "Analytics (admin, host, co-host), cluster-wide: peak, joins, unique, listening time, series, reactions, replay plays"
     ),
     ep!(
         "post",
@@ -245,7 +245,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         "admin",
         Some("CreateWebhook"),
         201,
-        "Add a webhook endpoint; returns its secret"
+        "Add a webhook endpoint (for every node of a cluster); returns its secret"
     ),
     ep!(
         "get",

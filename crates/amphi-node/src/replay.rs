@@ -558,6 +558,22 @@ async fn replay_ready(app: &Arc<App>, cell: &SpaceCell) -> Result<(), ApiError> 
     Ok(())
 }
 
+/// The prologue of every replay route: the space, the caller's right to
+/// its replay (`kind`), and the replay published; the signed query of a
+/// private space, if any.
+async fn replay_access(
+    app: &Arc<App>,
+    id: &str,
+    headers: &HeaderMap,
+    q: Option<&str>,
+    kind: Output,
+) -> Result<(Arc<SpaceCell>, Option<String>), ApiError> {
+    let cell = cell(app, id)?;
+    let sign = authorize(app, &cell, headers, q, kind)?;
+    replay_ready(app, &cell).await?;
+    Ok((cell, sign))
+}
+
 /// One object of a space's replay from the recordings storage.
 async fn replay_object(app: &Arc<App>, id: SpaceId, name: &str) -> Result<Bytes, ApiError> {
     from_storage(app, id, name, |s, key| s.get(key)).await
@@ -593,9 +609,7 @@ async fn replay_playlist(
     RawQuery(q): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let cell = cell(&app, &id)?;
-    let sign = authorize(&app, &cell, &headers, q.as_deref(), Output::Replay)?;
-    replay_ready(&app, &cell).await?;
+    let (cell, sign) = replay_access(&app, &id, &headers, q.as_deref(), Output::Replay).await?;
     let data = replay_object(&app, cell.id, "hls/replay.m3u8").await?;
     cell.stats.lock().replay_play();
     Ok(match sign {
@@ -613,9 +627,7 @@ async fn replay_media(
     RawQuery(q): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let cell = cell(&app, &id)?;
-    authorize(&app, &cell, &headers, q.as_deref(), Output::Media)?;
-    replay_ready(&app, &cell).await?;
+    let (cell, _) = replay_access(&app, &id, &headers, q.as_deref(), Output::Media).await?;
     let (msn, None) =
         parse_media_name(&name).ok_or_else(|| ApiError::not_found("no such HLS resource"))?
     else {
@@ -700,9 +712,7 @@ async fn recording(
     RawQuery(q): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let cell = cell(&app, &id)?;
-    authorize(&app, &cell, &headers, q.as_deref(), Output::Replay)?;
-    replay_ready(&app, &cell).await?;
+    let (cell, _) = replay_access(&app, &id, &headers, q.as_deref(), Output::Replay).await?;
     // A Range request reads only its bytes from the store (a ranged GET on
     // S3); its bounds are checked against the object's size first.
     let len = from_storage(&app, cell.id, "recording.opus", |s, k| s.size(k)).await?;

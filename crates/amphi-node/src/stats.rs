@@ -45,6 +45,21 @@ pub struct SpaceStats {
     pub series: Vec<u32>,
     pub reactions: BTreeMap<String, u64>,
     pub replay_plays: u64,
+    /// Joins answered on the other nodes of a cluster, as each last said
+    /// (cumulative per node; `joins` is this node's own).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub remote_joins: BTreeMap<String, u64>,
+    /// The other nodes' unique-participant registers, merged (base64).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    remote_unique: String,
+    #[serde(skip)]
+    remote_registers: Option<Vec<u8>>,
+    /// Replay plays served by the other nodes, as each last said.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub remote_plays: BTreeMap<String, u64>,
+    /// This node's plays last told to the others.
+    #[serde(skip)]
+    plays_told: u64,
     #[serde(skip)]
     last_sample_ms: Option<i64>,
     #[serde(skip)]
@@ -59,6 +74,10 @@ impl SpaceStats {
     pub fn from_json(s: &str) -> Option<SpaceStats> {
         let mut st: SpaceStats = serde_json::from_str(s).ok()?;
         st.registers = B64.decode(&st.unique).ok().filter(|r| r.len() == HLL_M);
+        st.remote_registers = B64
+            .decode(&st.remote_unique)
+            .ok()
+            .filter(|r| r.len() == HLL_M);
         Some(st)
     }
 
@@ -66,6 +85,9 @@ impl SpaceStats {
     pub fn encode(&mut self) -> String {
         if let Some(r) = &self.registers {
             self.unique = B64.encode(r);
+        }
+        if let Some(r) = &self.remote_registers {
+            self.remote_unique = B64.encode(r);
         }
         // Plain data: serialising cannot fail.
         serde_json::to_string(self).unwrap_or_default()
@@ -87,9 +109,40 @@ impl SpaceStats {
         self.dirty = true;
     }
 
-    /// Distinct participants who joined (estimate).
+    /// This node's registers (base64), for the other nodes.
+    pub fn registers(&self) -> Option<String> {
+        self.registers.as_ref().map(|r| B64.encode(r))
+    }
+
+    /// Merges other nodes' registers (each a [`SpaceStats::registers`]):
+    /// the estimate becomes that of the union of the joins.
+    pub fn merge_unique(&mut self, others: &[String]) {
+        for o in others {
+            let Some(theirs) = B64.decode(o).ok().filter(|r| r.len() == HLL_M) else {
+                continue;
+            };
+            let mine = self.remote_registers.get_or_insert_with(|| vec![0; HLL_M]);
+            for (m, t) in mine.iter_mut().zip(&theirs) {
+                if *t > *m {
+                    *m = *t;
+                    self.dirty = true;
+                }
+            }
+        }
+    }
+
+    /// Distinct participants who joined (estimate), on every node whose
+    /// registers were merged.
     pub fn unique(&self) -> u64 {
-        let Some(r) = &self.registers else { return 0 };
+        let merged: Vec<u8>;
+        let r = match (&self.registers, &self.remote_registers) {
+            (Some(a), Some(b)) => {
+                merged = a.iter().zip(b).map(|(x, y)| *x.max(y)).collect();
+                &merged
+            }
+            (Some(a), None) | (None, Some(a)) => a,
+            (None, None) => return 0,
+        };
         let m = HLL_M as f64;
         let sum: f64 = r.iter().map(|&v| 2f64.powi(-i32::from(v))).sum();
         let alpha = 0.7213 / (1.0 + 1.079 / m);
@@ -147,6 +200,48 @@ impl SpaceStats {
         }
     }
 
+    /// The other nodes' cumulative joins (a count only grows; at most 64
+    /// nodes are kept).
+    pub fn remote_joins(&mut self, per_node: Vec<(String, u64)>) {
+        for (node, n) in per_node {
+            if self.remote_joins.len() >= 64 && !self.remote_joins.contains_key(&node) {
+                continue;
+            }
+            let e = self.remote_joins.entry(node).or_insert(0);
+            if n > *e {
+                *e = n;
+                self.dirty = true;
+            }
+        }
+    }
+
+    /// The other nodes' cumulative replay plays (at most 64 nodes).
+    pub fn remote_plays(&mut self, per_node: Vec<(String, u64)>) {
+        for (node, n) in per_node {
+            if self.remote_plays.len() >= 64 && !self.remote_plays.contains_key(&node) {
+                continue;
+            }
+            let e = self.remote_plays.entry(node).or_insert(0);
+            if n > *e {
+                *e = n;
+                self.dirty = true;
+            }
+        }
+    }
+
+    /// Whether this node's plays changed since the last call (to be told
+    /// to the others).
+    pub fn plays_untold(&mut self) -> bool {
+        let changed = self.replay_plays != self.plays_told;
+        self.plays_told = self.replay_plays;
+        changed
+    }
+
+    /// Joins across the cluster.
+    pub fn all_joins(&self) -> u64 {
+        self.joins + self.remote_joins.values().sum::<u64>()
+    }
+
     /// The replay started playing once more.
     pub fn replay_play(&mut self) {
         self.replay_plays += 1;
@@ -158,7 +253,7 @@ impl SpaceStats {
         json!({
             "peak_listeners": self.peak,
             "peak_at": self.peak_at_ms.and_then(rfc3339),
-            "joins": self.joins,
+            "joins": self.all_joins(),
             "unique_participants": self.unique(),
             "listening_seconds": self.listening_ms / 1000,
             "listeners_over_time": {
@@ -167,7 +262,7 @@ impl SpaceStats {
                 "points": self.series,
             },
             "reactions": self.reactions,
-            "replay_plays": self.replay_plays,
+            "replay_plays": self.replay_plays + self.remote_plays.values().sum::<u64>(),
         })
     }
 }
@@ -209,12 +304,26 @@ mod tests {
             s.join(pid * 7919);
         }
         assert_eq!(s.joins, 40);
+        s.remote_joins(vec![("b".into(), 5), ("c".into(), 7)]);
+        s.remote_joins(vec![("b".into(), 3)]);
+        assert_eq!(s.all_joins(), 52, "a node's count only grows");
         assert_eq!(s.unique(), 20);
         for pid in 0..50_000u64 {
             s.join(pid.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         }
         let u = s.unique() as f64;
         assert!((u - 50_000.0).abs() / 50_000.0 < 0.07, "{u}");
+        let again = SpaceStats::from_json(&s.encode()).unwrap();
+        assert_eq!(again.unique(), s.unique());
+        // Another node's 30,000, 10,000 of them also joined here: the
+        // union is 70,000.
+        let mut other = SpaceStats::default();
+        for pid in 40_000..70_000u64 {
+            other.join(pid.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        }
+        s.merge_unique(&[other.registers().unwrap()]);
+        let u = s.unique() as f64;
+        assert!((u - 70_000.0).abs() / 70_000.0 < 0.07, "{u}");
         let again = SpaceStats::from_json(&s.encode()).unwrap();
         assert_eq!(again.unique(), s.unique());
     }

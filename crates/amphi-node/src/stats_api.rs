@@ -90,9 +90,19 @@ pub async fn run(app: Arc<App>) {
         let now = now_ms();
         let cells: Vec<_> = app.spaces.read().values().cloned().collect();
         for c in &cells {
+            // Replays are played after the end, on any node.
+            let plays = app.members.remote_plays(c.id);
+            if !plays.is_empty() {
+                c.stats.lock().remote_plays(plays);
+            }
             if c.inner.lock().space.state == SpaceState::Live {
                 let n = c.listeners();
-                c.stats.lock().sample(n, now);
+                let remote_joins = app.members.remote_joins(c.id);
+                let remote_uniques = app.members.remote_uniques(c.id);
+                let mut s = c.stats.lock();
+                s.sample(n, now);
+                s.remote_joins(remote_joins);
+                s.merge_unique(&remote_uniques);
             }
         }
         if now - last_flush < FLUSH_MS {

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
+use crate::batch::{self, RecvBatch};
 use crate::framing::{self, Deframer};
 use crate::ingest::{Ingest, IngestConfig, Output, Transport};
 use crate::{Cmd, IceTcp, RtcConfig, RtcError, RtcEvent, RtcHandle, RtcStats, channel};
@@ -44,6 +45,8 @@ const TCP_IDLE: Duration = Duration::from_secs(20);
 /// An ICE-TCP connection must bring a frame that reaches a session (a
 /// STUN check naming one) within this, or it is closed.
 const TCP_FIRST_FRAME: Duration = Duration::from_secs(10);
+/// Events (mostly audio packets) queued for the media thread.
+const EVENT_QUEUE: usize = 32 * 1024;
 /// Bytes queued for one ICE-TCP peer before packets are dropped (real-time
 /// audio is better dropped than late).
 const TCP_OUT_MAX: usize = 64 * 1024;
@@ -95,7 +98,9 @@ impl RtcEngine {
             (None, None) => None,
         };
         let (tx, rx) = channel();
-        let (ev_tx, ev_rx) = crossbeam_channel::bounded(8192);
+        // The media thread takes the events once per 20 ms tick: room for
+        // several ticks of thousands of speakers' packets.
+        let (ev_tx, ev_rx) = crossbeam_channel::bounded(EVENT_QUEUE);
         let stats = Arc::new(RtcStats::default());
         let handle = RtcHandle {
             tx,
@@ -222,12 +227,12 @@ fn set_rcvbuf(socket: &UdpSocket, bytes: libc::c_int) {
 
 impl Thread {
     fn run(&mut self) {
-        let mut buf = vec![0u8; 2048];
+        let mut batch = RecvBatch::default();
         let mut fds: Vec<libc::pollfd> = Vec::new();
         let mut peers: Vec<SocketAddr> = Vec::new();
         loop {
             // What arrived first: the socket, then the commands.
-            self.read_udp(&mut buf);
+            self.read_udp(&mut batch);
             let mut creates = 0;
             while creates < CREATE_BATCH
                 && let Some(cmd) = self.deferred.pop_front()
@@ -279,7 +284,7 @@ impl Thread {
                 continue;
             }
             if fds[0].revents != 0 {
-                self.read_udp(&mut buf);
+                self.read_udp(&mut batch);
             }
             if let Some(tcp) = &self.tcp {
                 let mut first_conn = 1;
@@ -326,19 +331,29 @@ impl Thread {
     }
 
     /// Reads up to [`UDP_BATCH`] datagrams (the poll after it comes back
-    /// at once if more are queued).
-    fn read_udp(&mut self, buf: &mut [u8]) {
-        for _ in 0..UDP_BATCH {
-            match self.socket.recv_from(buf) {
-                Ok((n, source)) => {
-                    self.ingest.handle_datagram(
-                        Instant::now(),
-                        Transport::Udp,
-                        source,
-                        self.advertised,
-                        &buf[..n],
-                    );
+    /// at once if more are queued), [`batch::BATCH`] per system call.
+    fn read_udp(&mut self, batch: &mut RecvBatch) {
+        let mut read = 0;
+        while read < UDP_BATCH {
+            match batch.recv(self.socket.as_raw_fd()) {
+                Ok(n) => {
+                    read += n;
+                    let now = Instant::now();
+                    for i in 0..n {
+                        if let Some((source, bytes)) = batch.get(i) {
+                            self.ingest.handle_datagram(
+                                now,
+                                Transport::Udp,
+                                source,
+                                self.advertised,
+                                bytes,
+                            );
+                        }
+                    }
                     self.flush();
+                    if n < batch::BATCH {
+                        return;
+                    }
                 }
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
@@ -346,6 +361,7 @@ impl Thread {
                     // ICMP errors (e.g. port unreachable after a peer left)
                     // surface here on Linux; they are not fatal.
                     tracing::debug!(error = %e, "udp recv");
+                    read += 1;
                 }
             }
         }

@@ -10,6 +10,7 @@
 //! false has its audio dropped (and counted) before it leaves the RTC
 //! thread, so a muted, removed or off-stage participant reaches nobody.
 
+mod batch;
 mod engine;
 pub mod framing;
 mod hostaddr;

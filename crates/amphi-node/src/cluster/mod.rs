@@ -17,9 +17,10 @@ pub mod nats;
 
 use std::sync::Arc;
 
+use amphi_cluster::presence::{Present, SpacePresence};
 use amphi_cluster::{SpaceCounts, Tally};
 use amphi_core::room::Space;
-use amphi_core::{Frame, SpaceId};
+use amphi_core::{Frame, ParticipantId, SpaceId};
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::middleware::Next;
@@ -88,11 +89,61 @@ pub trait Membership: Send + Sync + 'static {
     /// here may be stale.
     fn check_fresh(&self, space: Option<SpaceId>) -> Result<(), ApiError>;
 
+    /// Whether this node fenced itself out of `space` (it owned it, lost
+    /// the cluster, and does not know who owns it now): its listeners are
+    /// sent elsewhere and it takes no new ones.
+    fn fenced(&self, _space: SpaceId) -> bool {
+        false
+    }
+
     /// Whether the node can reach the others.
     fn ready(&self) -> Result<(), ApiError>;
 
     /// Counters, read at scrape time.
     fn render_metrics(&self, out: &mut crate::metrics::Scrape<'_>);
+
+    /// Participants present in `space` on the other nodes: the newest
+    /// `cap` arrivals (newest first) and the total.
+    fn remote_presence(&self, _space: SpaceId, _cap: usize) -> (Vec<Present>, u64) {
+        (Vec::new(), 0)
+    }
+
+    /// The name `pid` is present under on another node (if among the
+    /// newest kept).
+    fn remote_name(&self, _space: SpaceId, _pid: ParticipantId) -> Option<String> {
+        None
+    }
+
+    /// Joins of `space` the other nodes answered, per node (cumulative).
+    fn remote_joins(&self, _space: SpaceId) -> Vec<(String, u64)> {
+        Vec::new()
+    }
+
+    /// Replay plays of `space` the other nodes served, per node
+    /// (cumulative).
+    fn remote_plays(&self, _space: SpaceId) -> Vec<(String, u64)> {
+        Vec::new()
+    }
+
+    /// The other nodes' unique-participant estimates of `space` (opaque
+    /// HyperLogLog registers, merged by crate::stats).
+    fn remote_uniques(&self, _space: SpaceId) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// Tells the other nodes that `pid` is invited to the stage of
+    /// `space` (`Some((by, by_name, expires_ms))`), or no longer is.
+    fn share_invitation(
+        &self,
+        _space: SpaceId,
+        _pid: ParticipantId,
+        _invite: Option<(ParticipantId, &str, i64)>,
+    ) {
+    }
+
+    /// Tells every node of a webhook endpoint created here (`Some`) or
+    /// deleted here (`None`), so events raised anywhere reach it.
+    fn share_endpoint(self: Arc<Self>, _id: &str, _endpoint: Option<&amphi_store::Endpoint>) {}
 }
 
 /// What a membership needs from the node.
@@ -123,6 +174,10 @@ pub trait Host: Send + Sync + 'static {
     fn become_origin(&self, space: SpaceId, first_seq: u64);
     /// Another node owns `space` now: stop mixing it here.
     fn abandon(&self, space: SpaceId);
+    /// This node can no longer prove it owns `space` (cut off from the
+    /// cluster): stop mixing and recording it, drop its WHIP sessions and
+    /// tell its local listeners to go elsewhere; keep what its HLS holds.
+    fn fence(&self, space: SpaceId);
     /// The last frame of `space` the recordings storage holds, as seen
     /// from this node (blocking: it reads storage).
     fn recorded_upto(&self, space: SpaceId) -> Option<u64>;
@@ -132,8 +187,8 @@ pub trait Host: Send + Sync + 'static {
     /// Records `frames` of `space` that its dead origin had not stored
     /// (blocking: it writes storage); nothing if the space is not recorded.
     fn backfill(&self, space: SpaceId, frames: Vec<Frame>);
-    /// Whether a speaker of `space` has published to this node (a WHIP
-    /// session reached it) since it became the origin.
+    /// Whether a speaker of `space` publishes to this node, its origin,
+    /// now: a WHIP session here is connected and not closed.
     fn speakers_back(&self, space: SpaceId) -> bool;
     /// Ends `space` as its host would (its origin died and no speaker came
     /// back): listeners get the end, the replay is cut from what storage
@@ -164,6 +219,21 @@ pub trait Host: Send + Sync + 'static {
     fn set_audience(&self, tally: &Tally);
     /// Reactions sent on other nodes.
     fn add_reactions(&self, space: SpaceId, reactions: &[(String, u64)]);
+    /// This node's presence per space for the others: what changed since
+    /// the last call, or (`full`) the newest of every space with someone
+    /// present. Also each space's joins answered here.
+    fn presence(&self, full: bool) -> Vec<SpacePresence>;
+    /// `pid` was invited to the stage of `space` on its owner (`Some((by,
+    /// by_name, expires_ms))`), or the invitation was answered (`None`).
+    fn set_invitation(
+        &self,
+        space: SpaceId,
+        pid: ParticipantId,
+        invite: Option<(ParticipantId, String, i64)>,
+    );
+    /// A webhook endpoint configured on some node (`None`: deleted):
+    /// mirrored into this node's store.
+    fn adopt_endpoint(&self, id: String, endpoint: Option<amphi_store::Endpoint>);
 }
 
 /// A node on its own: it owns every space, forwards nothing, and its

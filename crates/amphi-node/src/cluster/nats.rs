@@ -54,10 +54,14 @@ use crate::error::ApiError;
 use crate::metrics::{counter, gauge};
 use crate::timefmt::mono_ms;
 
+mod hooks;
 mod leases;
+mod presence;
 
 /// How long a forwarded call waits for the owner.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the client pings its NATS server.
+const NATS_PING: Duration = Duration::from_secs(1);
 /// How long an edge waits for the origin's history.
 const HISTORY_TIMEOUT: Duration = Duration::from_secs(2);
 /// Frames queued between the mixer and the bus publisher (2 s of 50 spaces).
@@ -78,6 +82,7 @@ struct ClusterStats {
     state_applied: AtomicU64,
     takeovers: AtomicU64,
     leases_lost: AtomicU64,
+    fences: AtomicU64,
     edges_started: AtomicU64,
     edges_stopped: AtomicU64,
     orphans_ended: AtomicU64,
@@ -104,6 +109,8 @@ pub struct Nats {
     revisions: Mutex<HashMap<SpaceId, u64>>,
     ownership: Mutex<Ownership>,
     audience: Mutex<Audience>,
+    /// The other nodes' presence (bounded).
+    presence: Mutex<amphi_cluster::presence::Presence>,
     /// Reactions sent on this node since the last report.
     reactions: Mutex<HashMap<SpaceId, BTreeMap<String, u64>>>,
     edges: Mutex<Edges>,
@@ -210,6 +217,9 @@ impl Nats {
                 Duration::from_millis((attempts as u64 * 100).min(1000))
             })
             .request_timeout(Some(FORWARD_TIMEOUT))
+            // A link that drops packets silently (a partition, not a
+            // reset) is noticed after three unanswered pings.
+            .ping_interval(NATS_PING)
             .event_callback(move |ev| {
                 let link = link.clone();
                 async move {
@@ -240,6 +250,7 @@ impl Nats {
         Ok(Arc::new(Nats {
             ownership: Mutex::new(Ownership::new(node.clone(), http.clone())),
             audience: Mutex::new(Audience::new(node.clone(), Instant::now())),
+            presence: Mutex::new(amphi_cluster::presence::Presence::new(node.clone())),
             node,
             http,
             client,
@@ -534,10 +545,24 @@ impl Nats {
 
     /// Answers edges' history requests for the spaces mixed here.
     async fn serve_history(self: Arc<Self>) {
-        let mut sub = match self.client.subscribe("amphi.space.*.history").await {
+        self.serve_frame_requests("amphi.space.*.history", |host, id, from| {
+            host.history(id, from)
+        })
+        .await;
+    }
+
+    /// Answers the requests on `subject` (`amphi.space.*.<what>`, a
+    /// first frame in the payload) with `answer`'s body for the space the
+    /// subject names (`None`: this node has nothing to say).
+    pub(super) async fn serve_frame_requests(
+        &self,
+        subject: &'static str,
+        answer: impl Fn(&dyn Host, SpaceId, u64) -> Option<Bytes>,
+    ) {
+        let mut sub = match self.client.subscribe(subject).await {
             Ok(s) => s,
             Err(e) => {
-                tracing::error!(error = %e, "could not subscribe to history requests");
+                tracing::error!(subject, error = %e, "could not subscribe to frame requests");
                 return;
             }
         };
@@ -556,7 +581,7 @@ impl Nats {
             let Ok(from) = amphi_cluster::decode_history_request(&msg.payload) else {
                 continue;
             };
-            let Some(body) = host.history(id, from) else {
+            let Some(body) = answer(host.as_ref(), id, from) else {
                 continue;
             };
             let _ = self.client.publish(reply, body).await;
@@ -568,7 +593,7 @@ impl Nats {
     /// nothing falls between.
     async fn attach_edge(&self, id: SpaceId) {
         let Some(host) = self.host() else { return };
-        if !host.is_live(id) || host.is_mixing(id) {
+        if !host.is_live(id) || host.is_mixing(id) || self.fenced(id) {
             return;
         }
         // One start per space at a time (a slow origin delays only its own
@@ -760,6 +785,22 @@ impl Nats {
         self.audience.lock().take(r, Instant::now());
     }
 
+    /// Applies the fencing rule every [`lease::FENCE_CHECK_MS`], apart from
+    /// the renewals (a renewal NATS does not answer can hold those for
+    /// seconds): a lease whose last acknowledged write was sent
+    /// [`lease::FENCE_MS`] ago stops this node acting as the space's origin.
+    async fn fencing(self: Arc<Self>) {
+        let mut iv = tokio::time::interval(Duration::from_millis(lease::FENCE_CHECK_MS as u64));
+        iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            iv.tick().await;
+            let fenced = self.ownership.lock().fence(mono_ms());
+            if fenced > 0 {
+                self.act_on_ownership();
+            }
+        }
+    }
+
     async fn housekeeping(self: Arc<Self>) {
         let mut iv = tokio::time::interval(Duration::from_millis(lease::RENEW_MS as u64));
         loop {
@@ -797,7 +838,10 @@ impl Membership for Nats {
         tokio::spawn(self.clone().serve_backfill());
         tokio::spawn(self.clone().serve_forwarded(router));
         tokio::spawn(self.clone().counts());
+        tokio::spawn(self.clone().presence_loop());
+        tokio::spawn(self.clone().watch_hooks());
         tokio::spawn(self.clone().housekeeping());
+        tokio::spawn(self.clone().fencing());
         // Replays this node cut (or is cutting) before a restart.
         self.pending_replays.lock().extend(host.recorded_here());
         // Live spaces this node originated before a restart: if the lease
@@ -908,6 +952,10 @@ impl Membership for Nats {
         ))
     }
 
+    fn fenced(&self, space: SpaceId) -> bool {
+        self.ownership.lock().is_fenced(space)
+    }
+
     fn ready(&self) -> Result<(), ApiError> {
         if self.partition.lock().is_connected() {
             Ok(())
@@ -919,8 +967,51 @@ impl Membership for Nats {
         }
     }
 
+    fn remote_presence(
+        &self,
+        space: SpaceId,
+        cap: usize,
+    ) -> (Vec<amphi_cluster::presence::Present>, u64) {
+        self.remote_presence_of(space, cap)
+    }
+
+    fn remote_name(&self, space: SpaceId, pid: amphi_core::ParticipantId) -> Option<String> {
+        self.remote_name_of(space, pid)
+    }
+
+    fn remote_joins(&self, space: SpaceId) -> Vec<(String, u64)> {
+        self.remote_joins_of(space)
+    }
+
+    fn remote_plays(&self, space: SpaceId) -> Vec<(String, u64)> {
+        self.presence.lock().plays(space)
+    }
+
+    fn remote_uniques(&self, space: SpaceId) -> Vec<String> {
+        self.presence.lock().uniques(space)
+    }
+
+    fn share_invitation(
+        &self,
+        space: SpaceId,
+        pid: amphi_core::ParticipantId,
+        invite: Option<(amphi_core::ParticipantId, &str, i64)>,
+    ) {
+        self.share_invitation_with_all(space, pid, invite);
+    }
+
+    fn share_endpoint(self: Arc<Self>, id: &str, endpoint: Option<&amphi_store::Endpoint>) {
+        self.share_endpoint_with_all(id, endpoint);
+    }
+
     fn render_metrics(&self, out: &mut crate::metrics::Scrape<'_>) {
         let s = &self.stats;
+        gauge(
+            out,
+            "amphi_presence_remote_entries",
+            "Other nodes' present participants kept here (bounded: 500 per node and space).",
+            self.presence_entries() as f64,
+        );
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let n = self.client.statistics();
         gauge(
@@ -1007,6 +1098,29 @@ impl Membership for Nats {
             "Leases another node took from this one.",
             l(&s.leases_lost),
         );
+        counter(
+            out,
+            "amphi_fences_total",
+            "Spaces this node stopped mixing because it could not prove its lease (cut off from NATS).",
+            l(&s.fences),
+        );
+        gauge(
+            out,
+            "amphi_fenced_spaces",
+            "Spaces this node fenced itself out of and has not yet seen the new owner of.",
+            self.ownership.lock().fenced() as f64,
+        );
+        if let Some(host) = self.host() {
+            gauge(
+                out,
+                "amphi_origin_spaces",
+                "Live spaces this node mixes now (it is their origin).",
+                host.live_spaces()
+                    .into_iter()
+                    .filter(|id| host.is_mixing(*id))
+                    .count() as f64,
+            );
+        }
         counter(
             out,
             "amphi_orphans_ended_total",

@@ -131,6 +131,12 @@ impl Nats {
                     }
                     host.become_origin(space, first_seq);
                 }
+                OwnershipEvent::Fenced { space } => {
+                    self.orphans.lock().forget(space);
+                    self.stats.fences.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(space = %space, "fenced: no lease renewal acknowledged for {} ms; stopped acting as the space's origin", amphi_cluster::lease::FENCE_MS);
+                    host.fence(space);
+                }
                 OwnershipEvent::Lost { space } => {
                     self.orphans.lock().forget(space);
                     self.stats.leases_lost.fetch_add(1, Ordering::Relaxed);
@@ -207,37 +213,11 @@ impl Nats {
     /// Answers a new origin's backfill requests with the recent frames
     /// this node holds (as an edge, or as a past origin).
     pub(super) async fn serve_backfill(self: Arc<Self>) {
-        let mut sub = match self.client.subscribe("amphi.space.*.backfill").await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(error = %e, "could not subscribe to backfill requests");
-                return;
-            }
-        };
-        while let Some(msg) = sub.next().await {
-            let (Some(reply), Some(host)) = (msg.reply.clone(), self.host()) else {
-                continue;
-            };
-            let Some(id) = msg
-                .subject
-                .split('.')
-                .nth(2)
-                .and_then(|s| s.parse::<SpaceId>().ok())
-            else {
-                continue;
-            };
-            let Ok(from) = amphi_cluster::decode_history_request(&msg.payload) else {
-                continue;
-            };
+        self.serve_frame_requests("amphi.space.*.backfill", |host, id, from| {
             let frames = host.recent_frames(id, from);
-            if frames.is_empty() {
-                continue;
-            }
-            let _ = self
-                .client
-                .publish(reply, amphi_cluster::encode_frames(&frames))
-                .await;
-        }
+            (!frames.is_empty()).then(|| amphi_cluster::encode_frames(&frames))
+        })
+        .await;
     }
 }
 
