@@ -19,7 +19,9 @@ TOKS=($TOK)
 for n in a b c; do
   J=$(curl -s -XPOST -H 'content-type: application/json' -d "{\"name\":\"$n\"}" http://127.0.0.1:$PORT/api/v1/spaces/$ID/join)
   P=$(echo $J | python3 -c "import json,sys;print(json.load(sys.stdin)['participant_id'])"); T=$(echo $J | python3 -c "import json,sys;print(json.load(sys.stdin)['token'])")
-  curl -s -XPOST -H "Authorization: Bearer $TOK" http://127.0.0.1:$PORT/api/v1/spaces/$ID/stage/$P > /dev/null
+  # A raised hand makes them someone the host may bring on stage.
+  curl -s -XPOST -H "Authorization: Bearer $T" http://127.0.0.1:$PORT/api/v1/spaces/$ID/hand > /dev/null
+  curl -s -o /dev/null -w "stage $n: %{http_code}\n" -XPOST -H "Authorization: Bearer $TOK" http://127.0.0.1:$PORT/api/v1/spaces/$ID/stage/$P
   TOKS+=($T)
 done
 PIDS=(); i=0; for T in "${TOKS[@]}"; do
@@ -32,4 +34,5 @@ timeout 30 ffmpeg -v quiet -i "http://127.0.0.1:$PORT/spaces/$ID/live.opus?burst
 L1=$(curl -s http://127.0.0.1:$PORT/metrics | awk '/^amphi_mixer_late_ticks_total/{print $2}')
 echo "captions=$CAP listener got $(python3 -c "import os;print(round(os.path.getsize('$tmp/l.raw')/96000,2))") s of audio in 30 s; mixer late ticks during it: $((L1-L0))"
 curl -s http://127.0.0.1:$PORT/metrics | grep -E "^amphi_captions_(phrases|cues|latency|packets_dropped)" || true
+curl -s "http://127.0.0.1:$PORT/api/v1/spaces/$ID/captions" | python3 -c "import json,sys;[print(c['name'],c['start_ms'],c['end_ms'],c['text'][:60]) for c in json.load(sys.stdin)['cues']]"
 kill $SP "${PIDS[@]}" 2>/dev/null || true
