@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::{Message, connect};
 
 fn model_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("AMPHI_CAPTIONS_MODEL")
+    let dir = std::env::var_os("AMPHI_TEST_CAPTIONS_MODEL")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/captions-model"));
     if dir.join("model.bin").exists() {

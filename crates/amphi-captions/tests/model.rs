@@ -10,7 +10,7 @@ use amphi_captions::Transcriber;
 use amphi_captions::wer::word_error_rate;
 
 pub fn model_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("AMPHI_CAPTIONS_MODEL")
+    let dir = std::env::var_os("AMPHI_TEST_CAPTIONS_MODEL")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/captions-model")
