@@ -48,6 +48,8 @@ def parse_args():
     p.add_argument("--return-out", help="offer sendrecv and write the audio the server returns (the other speakers) to this file as mono s16le 48 kHz")
     p.add_argument("--schedule", help="when the tone sounds, as START-END seconds after --epoch, comma-separated (e.g. 0-8,10-12); silence (zeros, still sent) otherwise")
     p.add_argument("--epoch", type=float, help="UNIX time the --schedule counts from (default: the first frame sent)")
+    p.add_argument("--speech", help="instead of the tone, this raw mono s16le 48 kHz file (e.g. espeak-ng's voice through sox), once, then silence (still sent)")
+    p.add_argument("--speech-at", type=float, default=0.0, help="when --speech starts, in seconds after --epoch (default: the first frame sent)")
     p.add_argument("--honor-fmtp", action="store_true", help="encode as the answer's Opus fmtp asks (stereo=0: mono; maxaveragebitrate), as browsers do; aiortc alone always sends 96 kbit/s stereo")
     return p.parse_args()
 
@@ -128,6 +130,10 @@ class ToneTrack(MediaStreamTrack):
         self.hiss_state = 0.0
         self.start = None
         self.spans = schedule(args.schedule)
+        self.speech = None
+        if args.speech:
+            self.speech = np.fromfile(args.speech, dtype="<i2")
+            self.speech_from = None
 
     async def recv(self):
         if self.start is None:
@@ -136,6 +142,21 @@ class ToneTrack(MediaStreamTrack):
         delay = target - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
+        if self.speech is not None:
+            if self.speech_from is None:
+                lead = (time.time() - args.epoch) if args.epoch else 0.0
+                self.speech_from = int(round((args.speech_at - lead) * RATE))
+            at = self.n - self.speech_from
+            pcm = np.zeros(SAMPLES, dtype=np.int16)
+            lo, hi = max(at, 0), min(at + SAMPLES, len(self.speech))
+            if hi > lo:
+                pcm[lo - at:hi - at] = self.speech[lo:hi]
+            frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
+            frame.sample_rate = RATE
+            frame.pts = self.n
+            frame.time_base = fractions.Fraction(1, RATE)
+            self.n += SAMPLES
+            return frame
         t = (np.arange(SAMPLES) + self.n) / RATE
         amplitude = self.amplitude
         if self.spans:

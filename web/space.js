@@ -10,7 +10,7 @@ import { drawListeners, summary } from "/assets/chart.js";
 const spaceId = location.pathname.split("/").filter(Boolean)[1] || "";
 const $ = (id) => document.getElementById(id);
 const status = $("status");
-const state = { space: null, you: null, talking: {}, player: null, mic: null, events: "closed", removed: null, reactionsSeen: {}, reminded: false };
+const state = { showCaptions: true, space: null, you: null, talking: {}, player: null, mic: null, events: "closed", removed: null, reactionsSeen: {}, reminded: false };
 
 window.amphi = {
   state,
@@ -264,6 +264,15 @@ function render() {
   syncStats(isMod());
   renderInvitation(live && you && !onStage ? you.invitation : null);
 
+  // Captions: anyone may show them when the space has them; the host
+  // turns them on or off for everyone.
+  const captioned = Boolean(space.captions);
+  $("captions-toggle").hidden = !captioned || !live;
+  $("captions-toggle").setAttribute("aria-pressed", String(state.showCaptions));
+  $("captions").hidden = !captioned || !live || !state.showCaptions;
+  $("captions-host").hidden = !(you && you.role === "host" && space.state !== "ended");
+  $("captions-host").textContent = captioned ? "Turn captions off" : "Turn captions on";
+
   if (space.state === "ended") showEnded();
 
   // Off stage (left, moved, removed) or not live: the microphone goes.
@@ -273,6 +282,51 @@ function render() {
   }
   if (state.mic && you && you.muted) state.mic.setEnabled(false);
   if (state.mic && you && !you.muted) state.mic.setEnabled(true);
+}
+
+function showCaption(cue) {
+  if (!state.showCaptions) return;
+  const box = $("captions");
+  box.append(el("p", {}, el("strong", { textContent: `${cue.name}: ` }), cue.text));
+  while (box.childElementCount > 3) box.firstElementChild.remove();
+}
+
+let transcriptLoaded = false;
+async function loadTranscript() {
+  if (transcriptLoaded || !state.space.captions) return;
+  transcriptLoaded = true;
+  let cues;
+  try {
+    cues = (await api("GET", `/spaces/${spaceId}/transcript.json`)).cues || [];
+  } catch {
+    transcriptLoaded = false;
+    setTimeout(loadTranscript, 2000);
+    return;
+  }
+  const list = $("transcript");
+  const items = cues.map((c) => {
+    const b = el("button", { type: "button", textContent: `${fmtTime(c.start_ms)} ${c.name}: ${c.text}` });
+    b.dataset.text = `${c.name} ${c.text}`.toLowerCase();
+    // The recording starts with the program: program time is its time.
+    b.addEventListener("click", () => {
+      const a = $("replay");
+      a.currentTime = c.start_ms / 1000;
+      a.play().catch(() => {});
+    });
+    return el("li", {}, b);
+  });
+  list.replaceChildren(...items);
+  $("transcript-box").hidden = items.length === 0;
+  const search = $("transcript-search");
+  search.addEventListener("input", () => {
+    const q = search.value.trim().toLowerCase();
+    for (const li of list.children) li.hidden = q !== "" && !li.firstElementChild.dataset.text.includes(q);
+  });
+}
+
+function fmtTime(ms) {
+  const s = Math.floor(ms / 1000);
+  return `${Math.floor(s / 60)}:${String(s % 60).padStart(2, "0")}`;
 }
 
 function showEnded() {
@@ -290,6 +344,7 @@ function showEnded() {
     $("replay").hidden = false;
     $("replay-link").href = space.replay.ogg;
     $("replay-link").hidden = false;
+    loadTranscript();
   } else {
     $("ended-text").textContent = "The recording is being published…";
     pollReplay();
@@ -368,6 +423,8 @@ function connectEvents() {
       state.talking = m.talking || {};
       floatReactions(m.reactions);
       render();
+    } else if (m.type === "caption") {
+      showCaption(m.caption);
     } else if (m.type === "removed") {
       terminal = true;
       removed(Boolean(m.banned));
@@ -495,6 +552,18 @@ $("remind").addEventListener("click", async () => {
   if (await act(on ? "POST" : "DELETE", "/reminders", on ? {} : undefined)) {
     state.reminded = on;
     say(status, on ? "You will be reminded when this space starts." : "Reminder cancelled.");
+    render();
+  }
+});
+$("captions-toggle").addEventListener("click", () => {
+  state.showCaptions = !state.showCaptions;
+  if (!state.showCaptions) $("captions").replaceChildren();
+  render();
+});
+$("captions-host").addEventListener("click", async () => {
+  const on = !(state.space && state.space.captions);
+  if (await act("PATCH", "", { captions: on })) {
+    state.space = { ...state.space, captions: on };
     render();
   }
 });

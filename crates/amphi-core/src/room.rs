@@ -186,6 +186,10 @@ pub enum Command {
         target: ParticipantId,
         on: bool,
     },
+    /// Live captions on or off (the host).
+    SetCaptions {
+        on: bool,
+    },
 }
 
 /// What a command asks of whoever sends it, checked by [`Space::apply`]
@@ -231,6 +235,7 @@ impl Command {
                 *target,
                 "only the host, a co-host or the speaker can set noise suppression",
             ),
+            Command::SetCaptions { .. } => Need::Host("only the host can turn captions on or off"),
         }
     }
 }
@@ -317,6 +322,10 @@ pub struct Space {
     /// music bitrate, no speech-tuned processing.
     #[serde(default)]
     pub music: bool,
+    /// Live captions of each speaker (`"captions": true`; the host turns
+    /// them on or off with [`Command::SetCaptions`]).
+    #[serde(default)]
+    pub captions: bool,
     members: BTreeMap<ParticipantId, Member>,
     removed: BTreeSet<ParticipantId>,
     banned: BTreeSet<ParticipantId>,
@@ -365,6 +374,7 @@ impl Space {
             require_identity: false,
             noise_suppression: false,
             music: false,
+            captions: false,
             members,
             removed: BTreeSet::new(),
             banned: BTreeSet::new(),
@@ -630,6 +640,13 @@ impl Space {
                 self.state = SpaceState::Live;
                 self.started_at_ms = Some(now_ms);
                 Ok(Outcome::Started)
+            }
+            Command::SetCaptions { on } => {
+                if self.captions == on {
+                    return Ok(Outcome::Unchanged);
+                }
+                self.captions = on;
+                Ok(Outcome::Changed)
             }
             Command::End => {
                 self.state = SpaceState::Ended;

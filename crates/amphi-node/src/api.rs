@@ -28,7 +28,10 @@ type AppState = Arc<App>;
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/v1/spaces", post(create).get(list))
-        .route("/api/v1/spaces/{id}", get(show))
+        .route(
+            "/api/v1/spaces/{id}",
+            get(show).patch(crate::captions_api::patch),
+        )
         .route("/api/v1/spaces/{id}/start", post(start))
         .route("/api/v1/spaces/{id}/end", post(end))
         .route("/api/v1/spaces/{id}/join", post(join))
@@ -138,6 +141,9 @@ struct CreateBody {
     /// Music mode: stereo program, music bitrate, no speech processing.
     #[serde(default)]
     music: bool,
+    /// Live captions of every speaker (the host may turn them off later).
+    #[serde(default)]
+    captions: bool,
 }
 
 async fn create(
@@ -177,6 +183,7 @@ async fn create(
         require_identity: body.require_identity,
         noise_suppression: body.noise_suppression,
         music: body.music,
+        captions: body.captions,
     };
     let (cell, host) = app.create(opts, &host_name, extras).await?;
     let token = app.mint(
@@ -187,7 +194,7 @@ async fn create(
         scheduled_for_ms,
         None,
     );
-    let body = json!({"space": cell.view(), "host": {"participant_id": host, "token": token}});
+    let body = json!({"space": crate::captions_api::view(&app, &cell), "host": {"participant_id": host, "token": token}});
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
@@ -242,7 +249,10 @@ async fn show(
     State(app): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(Json(app.space(space_id(&id)?)?.view()))
+    Ok(Json(crate::captions_api::view(
+        &app,
+        &*app.space(space_id(&id)?)?,
+    )))
 }
 
 /// Verifies the token against the space in the path.

@@ -53,6 +53,8 @@ pub struct SpaceCell {
     pub hooks: Option<Arc<Webhooks>>,
     /// Analytics, aggregated here and flushed every 10 s.
     pub stats: Mutex<crate::stats::SpaceStats>,
+    /// Caption cues, as events messages (`{"type":"caption",…}`).
+    pub captions: tokio::sync::broadcast::Sender<Arc<str>>,
 }
 
 /// Room state guarded together.
@@ -229,6 +231,7 @@ impl SpaceCell {
             write_lock: tokio::sync::Mutex::new(()),
             dirty: AtomicBool::new(true),
             updates: tx,
+            captions: tokio::sync::broadcast::channel(64).0,
             gates: Mutex::new(HashMap::new()),
             denoise: Mutex::new(HashMap::new()),
             live: RwLock::new(None),
@@ -408,7 +411,21 @@ impl SpaceCell {
         let me = self.clone();
         let ready: crate::media::ReplayReady = Box::new(move || me.replay_cut_here());
         let live = media.start_space(self.id, record, music, ready, live, min_seq);
+        self.sync_captions_tap(&live);
         *self.live.write() = Some(live);
+    }
+
+    /// Taps the speakers for captions while the space asks for them.
+    pub fn sync_captions_tap(&self, live: &LiveMedia) {
+        let on = self.inner.lock().space.captions;
+        live.captions_on.store(on, Ordering::Release);
+    }
+
+    /// A caption cue for the events clients (they get it at once, beside
+    /// the coalesced updates).
+    pub fn caption(&self, cue: &crate::captions::Cue) {
+        let msg = json!({"type": "caption", "caption": cue}).to_string();
+        let _ = self.captions.send(msg.into());
     }
 
     /// Stops this space's media at its end: new listeners are refused from
@@ -491,6 +508,7 @@ pub fn space_view(s: &Space, listener_count: u64, replay_ready: bool, on_air: bo
         "public": s.public,
         "noise_suppression": s.noise_suppression,
         "music": s.music,
+        "captions": s.captions,
         "scheduled_for": s.scheduled_for_ms.and_then(rfc3339),
         "created_at": rfc3339(s.created_at_ms),
         "started_at": s.started_at_ms.and_then(rfc3339),
@@ -522,6 +540,8 @@ pub struct CreateExtras {
     pub noise_suppression: bool,
     /// Music mode: a stereo program at a music bitrate.
     pub music: bool,
+    /// Live captions of each speaker.
+    pub captions: bool,
 }
 
 /// How a command is carried out, beyond the room's rules.
@@ -581,6 +601,8 @@ pub struct App {
     pub members: Arc<dyn crate::cluster::Membership>,
     /// Signed webhooks to the operator's systems.
     pub webhooks: Arc<Webhooks>,
+    /// Live captions (or why they are unavailable on this node).
+    pub captions: Arc<crate::captions::Captions>,
 }
 
 impl App {
@@ -703,6 +725,7 @@ impl App {
         space.require_identity = extra.require_identity;
         space.noise_suppression = extra.noise_suppression;
         space.music = extra.music;
+        space.captions = extra.captions;
         self.persist(space.clone()).await?;
         let cell = SpaceCell::new(space, Some(self.webhooks.clone()));
         self.spaces.write().insert(id, cell.clone());
@@ -877,7 +900,11 @@ impl App {
                 self.members.release(cell.id, last, recorded).await;
                 cell.tell(EventKind::SpaceEnded);
             }
-            Outcome::Changed | Outcome::Unchanged => {}
+            Outcome::Changed | Outcome::Unchanged => {
+                if let Some(live) = cell.live.read().as_ref() {
+                    cell.sync_captions_tap(live);
+                }
+            }
         }
         cell.dirty.store(true, Ordering::Release);
         self.metrics.commands.inc();

@@ -69,6 +69,8 @@ enum Wait {
     Changed(bool),
     /// This node's copy of the space may be stale (cluster).
     Stale,
+    /// A caption cue, sent at once (not coalesced).
+    Caption(Arc<str>),
 }
 
 fn you(cell: &SpaceCell, claims: &Claims) -> Option<Value> {
@@ -120,6 +122,7 @@ async fn client(app: Arc<App>, cell: Arc<SpaceCell>, claims: Claims, mut socket:
         );
     }
     let mut rx = cell.updates.subscribe();
+    let mut captions = cell.captions.subscribe();
     let mut first = true;
     // The snapshot carries no reactions: a client counts from when it came.
     let mut reported = rx.borrow().number;
@@ -163,28 +166,46 @@ async fn client(app: Arc<App>, cell: Arc<SpaceCell>, claims: Claims, mut socket:
         // Wait for a change, reading (and discarding) what the client sends
         // so closes and pings are handled.
         let mut stale_check = tokio::time::interval(Duration::from_secs(1));
-        let changed = async {
-            loop {
-                tokio::select! {
-                    r = rx.changed() => return Wait::Changed(r.is_ok()),
-                    m = socket.recv() => match m {
-                        Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return Wait::Changed(false),
-                        Some(Ok(_)) => {}
-                    },
-                    // In a cluster, a node cut off from NATS stops sending
-                    // what may be stale: the client reconnects elsewhere.
-                    _ = stale_check.tick() => {
-                        if app.members.check_fresh(Some(cell.id)).is_err()
-                            || app.members.fenced(cell.id)
-                        {
-                            return Wait::Stale;
+        let wait = loop {
+            let changed = async {
+                loop {
+                    tokio::select! {
+                        r = rx.changed() => return Wait::Changed(r.is_ok()),
+                        c = captions.recv() => match c {
+                            Ok(cue) => return Wait::Caption(cue),
+                            // A client too slow for the cues skips some.
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                            Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                                return Wait::Changed(false)
+                            }
+                        },
+                        m = socket.recv() => match m {
+                            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return Wait::Changed(false),
+                            Some(Ok(_)) => {}
+                        },
+                        // In a cluster, a node cut off from NATS stops sending
+                        // what may be stale: the client reconnects elsewhere.
+                        _ = stale_check.tick() => {
+                            if app.members.check_fresh(Some(cell.id)).is_err()
+                                || app.members.fenced(cell.id)
+                            {
+                                return Wait::Stale;
+                            }
                         }
                     }
                 }
+            };
+            match changed.await {
+                Wait::Caption(cue) => {
+                    if !send(&mut socket, Message::Text(cue.to_string().into())).await {
+                        return gone(&app, &cell, &claims);
+                    }
+                }
+                other => break other,
             }
         };
-        match changed.await {
-            Wait::Changed(true) => {}
+        match wait {
+            Wait::Caption(_) | Wait::Changed(true) => {}
             Wait::Changed(false) => break,
             Wait::Stale => {
                 send(

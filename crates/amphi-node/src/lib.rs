@@ -10,6 +10,8 @@ mod app;
 mod audience;
 mod audience_api;
 mod auth;
+mod captions;
+mod captions_api;
 mod card_image;
 mod clips;
 mod cluster;

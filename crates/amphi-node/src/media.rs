@@ -71,6 +71,9 @@ pub struct MediaConfig {
     pub max_rtc_sessions: usize,
     /// Complete LL-HLS segments a live space keeps (its DVR window).
     pub hls_dvr_segments: usize,
+    /// Live captions: captioned speakers' packets are tapped for it before
+    /// the mix (a `try_send`, never a wait).
+    pub captions: Arc<crate::captions::Captions>,
 }
 
 impl MediaConfig {
@@ -113,6 +116,8 @@ pub struct LiveMedia {
     /// The node fenced itself out of the space: its listener streams were
     /// told to go elsewhere and closed; only its HLS is still served.
     pub fenced: AtomicBool,
+    /// The space's speakers are tapped for live captions.
+    pub captions_on: AtomicBool,
 }
 
 impl LiveMedia {
@@ -348,6 +353,7 @@ impl MediaPlane {
             publishing: publishing.clone(),
             denoise_rest_until: None,
             tick_cpu_us: 0.0,
+            captions: cfg.captions.clone(),
         };
         let alive2 = alive.clone();
         let thread = std::thread::Builder::new()
@@ -405,6 +411,7 @@ impl MediaPlane {
             admitting: AtomicU64::new(0),
             talking: Mutex::new(HashMap::new()),
             fenced: AtomicBool::new(false),
+            captions_on: AtomicBool::new(false),
         })
     }
 
@@ -492,6 +499,7 @@ impl MediaPlane {
     pub fn stop_space(&self, space: SpaceId, publishers: &[ParticipantId]) {
         self.mixing.lock().remove(&space);
         let _ = self.tx.send(Cmd::Stop { space });
+        self.cfg.captions.end(space);
         for pid in publishers {
             self.rtc.close_participant(space, *pid);
         }
@@ -726,6 +734,7 @@ struct MixThread {
     denoise_rest_until: Option<Instant>,
     /// Moving average of a tick's CPU time, µs.
     tick_cpu_us: f64,
+    captions: Arc<crate::captions::Captions>,
 }
 
 /// CPU time this thread has used.
@@ -1013,6 +1022,17 @@ impl MixThread {
         }
     }
 
+    /// The captions hook: a captioned space's speaker packet, before the
+    /// mix, stamped with the program's time (its next frame, 20 ms each).
+    fn tap_captions(&self, space: SpaceId, pid: ParticipantId, payload: &Bytes) {
+        if let Some(s) = self.spaces.get(&space)
+            && s.live.captions_on.load(Ordering::Relaxed)
+        {
+            let ms = self.program.next_seq(space).unwrap_or(0).saturating_mul(20);
+            self.captions.packet(space, pid, payload, ms);
+        }
+    }
+
     fn event(&mut self, ev: RtcEvent) {
         match ev {
             RtcEvent::Audio {
@@ -1023,14 +1043,17 @@ impl MixThread {
                 payload,
                 received_at,
                 ..
-            } => self.program.handle_packet(Packet {
-                space,
-                participant,
-                rtp_seq,
-                rtp_ts,
-                payload,
-                received: received_at,
-            }),
+            } => {
+                self.tap_captions(space, participant, &payload);
+                self.program.handle_packet(Packet {
+                    space,
+                    participant,
+                    rtp_seq,
+                    rtp_ts,
+                    payload,
+                    received: received_at,
+                })
+            }
             RtcEvent::Connected { id, space, .. } => {
                 self.publishing.lock().insert(id, space);
             }

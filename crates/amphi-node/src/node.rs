@@ -16,6 +16,7 @@ use clap::Args;
 use parking_lot::{Mutex, RwLock};
 
 use amphi_core::token::TokenKey;
+use amphi_core::{ParticipantId, SpaceId};
 use amphi_egress::{Egress, EgressConfig};
 use amphi_store::Store;
 
@@ -171,6 +172,19 @@ pub struct Config {
     /// replay after the end comes from the recording, not from this.
     #[arg(long, env = "AMPHI_HLS_DVR_MINUTES", default_value_t = 120, value_parser = clap::value_parser!(u32).range(1..=1440))]
     pub hls_dvr_minutes: u32,
+    /// Live captions: the directory of the offline speech model
+    /// (`scripts/fetch-captions-model DIR`: faster-whisper tiny.en). Spaces
+    /// created with `"captions": true` (or turned on by their host) get
+    /// each speaker's words as `caption` events, a WebVTT rendition and a
+    /// transcript beside the replay. Without it captions are unavailable
+    /// (the space API says why) and the node runs as before.
+    #[arg(long, env = "AMPHI_CAPTIONS_MODEL")]
+    pub captions_model: Option<PathBuf>,
+    /// Caption worker threads, each with its own model (~150 MB): phrases
+    /// queue to them (4 per worker; the oldest is dropped, counted, when
+    /// full).
+    #[arg(long, env = "AMPHI_CAPTIONS_WORKERS", default_value_t = 1)]
+    pub captions_workers: usize,
     /// HTTPS (and wss) on the --http address with this PEM certificate
     /// chain (leaf first); a changed file is picked up within 2 s without
     /// dropping connected listeners. Needs --tls-key.
@@ -592,6 +606,13 @@ async fn load(
     let recordings = amphi_storage::open(args.recordings_url.as_deref(), &recordings_dir)
         .context("opening the recordings storage")?;
     eprintln!("amphi: recordings in {}", recordings.describe());
+    let app_slot: Arc<std::sync::OnceLock<std::sync::Weak<App>>> = Default::default();
+    let captions = start_captions(
+        args.captions_model.as_deref(),
+        args.captions_workers,
+        recordings.clone(),
+        app_slot.clone(),
+    );
     let media = MediaPlane::start(MediaConfig {
         rtc_bind: rtc_addr,
         advertise_ip: args.advertise_ip,
@@ -605,6 +626,7 @@ async fn load(
         ice_tcp_port: args.ice_tcp.then(|| args.http.port()),
         max_rtc_sessions: args.max_rtc_sessions.max(1),
         hls_dvr_segments: crate::media::hls_dvr_segments(args.hls_dvr_minutes),
+        captions: captions.clone(),
     })
     .context("starting the media plane")?;
     let store = Arc::new(Mutex::new(store));
@@ -653,7 +675,9 @@ async fn load(
         turn: turn_config(&args)?,
         members: members.clone(),
         webhooks,
+        captions,
     });
+    let _ = app_slot.set(Arc::downgrade(&app));
     app.load().context("loading spaces")?;
     crate::stats_api::restore(&app);
     tokio::spawn(crate::stats_api::run(app.clone()));
@@ -681,6 +705,49 @@ async fn load(
     );
 
     Ok((app, router, listener, metrics))
+}
+
+/// The captions service, its cues delivered to the space's events clients,
+/// its speakers named from the room, and each ended space's transcript
+/// written beside its replay (`transcript.vtt`, `transcript.json`).
+fn start_captions(
+    model: Option<&std::path::Path>,
+    workers: usize,
+    recordings: Arc<dyn amphi_storage::Storage>,
+    app: Arc<std::sync::OnceLock<std::sync::Weak<App>>>,
+) -> Arc<crate::captions::Captions> {
+    use crate::captions::{Captions, Cue};
+    let cell = {
+        let app = app.clone();
+        move |space: SpaceId| {
+            let app = app.get()?.upgrade()?;
+            app.spaces.read().get(&space).cloned()
+        }
+    };
+    let sink_cell = cell.clone();
+    let sink = Arc::new(move |space: SpaceId, cue: &Cue| {
+        if let Some(cell) = sink_cell(space) {
+            cell.caption(cue);
+        }
+    });
+    let namer = Arc::new(move |space: SpaceId, pid: ParticipantId| {
+        cell(space)
+            .and_then(|c| c.inner.lock().space.member(pid).map(|m| m.name.clone()))
+            .unwrap_or_default()
+    });
+    let finished = Arc::new(move |space: SpaceId, cues: Vec<Cue>| {
+        let vtt = crate::captions::to_webvtt(&cues);
+        let json = serde_json::json!({"space_id": space, "cues": cues}).to_string();
+        for (name, data) in [("transcript.vtt", vtt), ("transcript.json", json)] {
+            if let Err(e) = recordings.put(&crate::record::key(space, name), data.into()) {
+                tracing::warn!(error = %e, %space, "could not store a transcript");
+            }
+        }
+        if let Some(app) = app.get().and_then(|a| a.upgrade()) {
+            app.captions.forget(space);
+        }
+    });
+    Arc::new(Captions::start(model, workers, sink, namer, finished))
 }
 
 fn turn_config(args: &Config) -> anyhow::Result<Option<crate::turn::Turn>> {

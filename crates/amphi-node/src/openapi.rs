@@ -343,6 +343,22 @@ pub const ENDPOINTS: &[Endpoint] = &[
         200,
         "oEmbed (JSON) for a /s/{id} or /embed/{id} URL: ?url="
     ),
+    ep!(
+        "patch",
+        "/api/v1/spaces/{id}",
+        "participant",
+        Some("SpaceSettings"),
+        200,
+        "Change the space's settings (host): captions on or off"
+    ),
+    ep!(
+        "get",
+        "/api/v1/spaces/{id}/captions",
+        "none",
+        None,
+        200,
+        "The caption cues so far, ?from_ms=&to_ms= (program time)"
+    ),
     ep!("get", "/metrics", "none", None, 200, "Prometheus metrics"),
     ep!("get", "/healthz", "none", None, 200, "Liveness"),
     ep!("get", "/readyz", "none", None, 200, "Readiness"),
@@ -358,7 +374,10 @@ fn schemas() -> Value {
             "host_name": {"type": "string", "maxLength": 64},
             "require_identity": {"type": "boolean", "description": "joins need an identity token; a ban follows the identity"},
             "noise_suppression": {"type": "boolean", "description": "every speaker's audio through noise suppression (RNNoise, on the server)"},
-            "music": {"type": "boolean", "description": "music mode: stereo program up to 128 kbit/s, no speech processing"}}},
+            "music": {"type": "boolean", "description": "music mode: stereo program up to 128 kbit/s, no speech processing"},
+            "captions": {"type": "boolean", "description": "live captions of every speaker (needs a node with --captions-model)"}}},
+        "SpaceSettings": {"type": "object", "properties": {
+            "captions": {"type": "boolean", "description": "live captions on or off"}}},
         "NoiseSuppression": {"type": "object", "required": ["on"], "properties": {"on": {"type": "boolean"}}},
         "Join": {"type": "object", "required": ["name"], "properties": {
             "name": {"type": "string", "minLength": 1, "maxLength": 64},

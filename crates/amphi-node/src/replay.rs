@@ -75,6 +75,190 @@ pub fn router() -> Router<Arc<App>> {
         .route("/spaces/{id}/hls/replay/{name}", get(replay_media))
         .route("/spaces/{id}/hls/{name}", get(live_media))
         .route("/spaces/{id}/recording.opus", get(recording))
+        .route("/spaces/{id}/hls/master.m3u8", get(master_playlist))
+        .route("/spaces/{id}/hls/captions.m3u8", get(subtitle_playlist))
+        .route("/spaces/{id}/hls/captions/{name}", get(subtitle_segment))
+        .route("/spaces/{id}/transcript.vtt", get(transcript_vtt))
+        .route("/spaces/{id}/transcript.json", get(transcript_json))
+        .route("/api/v1/spaces/{id}/captions", get(live_captions))
+}
+
+/// The live HLS master playlist: the program and, for a captioned space,
+/// its WebVTT subtitles rendition.
+async fn master_playlist(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let cell = cell(&app, &id)?;
+    let query = authorize(&app, &cell, &headers, q.as_deref(), Output::LivePlaylist)?;
+    live_media_of(&cell)?;
+    let text = if cell.inner.lock().space.captions && app.captions.unavailable_reason().is_none() {
+        crate::captions::master_playlist(query.as_deref())
+    } else {
+        let q = query.map(|q| format!("?{q}")).unwrap_or_default();
+        format!(
+            "#EXTM3U\n#EXT-X-VERSION:9\n#EXT-X-INDEPENDENT-SEGMENTS\n#EXT-X-STREAM-INF:BANDWIDTH=64000,CODECS=\"opus\"\nlive.m3u8{q}\n"
+        )
+    };
+    Ok(playlist_response(text))
+}
+
+fn live_media_of(cell: &SpaceCell) -> Result<Arc<LiveMedia>, ApiError> {
+    cell.live
+        .read()
+        .clone()
+        .ok_or_else(|| ApiError::not_found("the space is not live on this node"))
+}
+
+fn playlist_response(text: String) -> Response {
+    let mut res = (StatusCode::OK, text).into_response();
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/vnd.apple.mpegurl"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    res
+}
+
+/// The subtitles rendition's media playlist (see
+/// [`crate::captions::subtitle_playlist`]).
+async fn subtitle_playlist(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let cell = cell(&app, &id)?;
+    let query = authorize(&app, &cell, &headers, q.as_deref(), Output::LivePlaylist)?;
+    let live = live_media_of(&cell)?;
+    let text = crate::captions::subtitle_playlist(&live.hls.lock(), query.as_deref());
+    Ok(playlist_response(text))
+}
+
+/// One WebVTT segment (`{msn}.vtt`): the cues of that program segment.
+async fn subtitle_segment(
+    State(app): State<Arc<App>>,
+    Path((id, name)): Path<(String, String)>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let cell = cell(&app, &id)?;
+    authorize(&app, &cell, &headers, q.as_deref(), Output::Media)?;
+    let msn: u64 = name
+        .strip_suffix(".vtt")
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| ApiError::not_found("no such subtitle segment"))?;
+    let live = live_media_of(&cell)?;
+    let range = live
+        .hls
+        .lock()
+        .segments()
+        .find(|s| s.msn == msn)
+        .map(|s| (s.first_seq * 20, (s.first_seq + s.span) * 20))
+        .ok_or_else(|| ApiError::not_found("no such subtitle segment"))?;
+    let cues = app.captions.cues_between(cell.id, range.0, range.1);
+    let mut res = (StatusCode::OK, crate::captions::subtitle_segment(&cues)).into_response();
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/vtt; charset=utf-8"),
+    );
+    Ok(res)
+}
+
+/// The transcript of an ended, captioned space, written beside its
+/// replay once its last phrase was transcribed (whoever may hear the
+/// replay may read it).
+async fn transcript(
+    app: &Arc<App>,
+    id: &str,
+    headers: &HeaderMap,
+    q: Option<&str>,
+    name: &'static str,
+    content_type: &'static str,
+) -> Result<Response, ApiError> {
+    let cell = cell(app, id)?;
+    authorize(app, &cell, headers, q, Output::Replay)?;
+    let (state, captions) = {
+        let inner = cell.inner.lock();
+        (inner.space.state, inner.space.captions)
+    };
+    if state != SpaceState::Ended {
+        return Err(ApiError::conflict(
+            "the space is still live; its transcript is written when it ends",
+        ));
+    }
+    let data = match from_storage(app, cell.id, name, |s, k| s.get(k)).await {
+        Err(e) if captions && e.status == StatusCode::NOT_FOUND => {
+            return Err(ApiError::unavailable("the transcript is being written", 1));
+        }
+        other => other?,
+    };
+    let mut res = (StatusCode::OK, data).into_response();
+    res.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    Ok(res)
+}
+
+async fn transcript_vtt(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    transcript(
+        &app,
+        &id,
+        &headers,
+        q.as_deref(),
+        "transcript.vtt",
+        "text/vtt; charset=utf-8",
+    )
+    .await
+}
+
+async fn transcript_json(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    transcript(
+        &app,
+        &id,
+        &headers,
+        q.as_deref(),
+        "transcript.json",
+        "application/json",
+    )
+    .await
+}
+
+/// The cues of a live space so far (`?from_ms=&to_ms=`, program time),
+/// for whoever may hear it.
+async fn live_captions(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let cell = cell(&app, &id)?;
+    authorize(&app, &cell, &headers, q.as_deref(), Output::LivePlaylist)?;
+    let param = |name: &str| {
+        q.as_deref()?
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))?
+            .parse::<u64>()
+            .ok()
+    };
+    let cues = app.captions.cues_between(
+        cell.id,
+        param("from_ms").unwrap_or(0),
+        param("to_ms").unwrap_or(u64::MAX),
+    );
+    Ok(axum::Json(serde_json::json!({ "cues": cues })))
 }
 
 fn cell(app: &App, id: &str) -> Result<Arc<SpaceCell>, ApiError> {

@@ -42,6 +42,7 @@ impl MetricsEndpoint {
         registry.register_collector(Part::new(app, spaces));
         registry.register_collector(Part::new(app, egress));
         registry.register_collector(Part::new(app, |a, out| a.media.collect(out)));
+        registry.register_collector(Part::new(app, |a, out| a.captions.collect(out)));
         registry.register_collector(Part::new(app, speakers));
         registry.register_collector(Part::new(app, webhooks));
         registry.register_collector(Part::new(app, |a, out| a.members.render_metrics(out)));
