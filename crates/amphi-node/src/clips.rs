@@ -30,7 +30,7 @@ use amphi_core::frame::FRAME_US;
 use amphi_core::{ClipId, Frame, ParticipantId, SpaceId};
 use amphi_hls::{Resource, cache_control, content_type_for};
 
-use crate::app::{App, SpaceCell};
+use crate::app::App;
 use crate::auth::Token;
 use crate::embed::html_escape;
 use crate::error::ApiError;
@@ -71,11 +71,21 @@ pub struct ClipInfo {
     pub transcript: Vec<ClipCue>,
 }
 
-/// The cues a space's captions said between `start_ms` and `end_ms`
-/// (program time). The hook the captions service fills: with no captions
-/// there is none, and the clip's page shows no transcript.
-pub fn transcript_of(_cell: &SpaceCell, _start_ms: u64, _end_ms: u64) -> Vec<ClipCue> {
-    Vec::new()
+/// The cues the space's captions said between `start_ms` and `end_ms`
+/// (program time, as the frames' sequence numbers): the clip's transcript.
+/// Without captions there is none, and the clip's page shows no transcript.
+pub fn transcript_of(app: &App, space: SpaceId, start_ms: u64, end_ms: u64) -> Vec<ClipCue> {
+    app.captions
+        .cues_between(space, start_ms, end_ms)
+        .into_iter()
+        .map(|c| ClipCue {
+            participant_id: c.participant_id,
+            name: c.name,
+            text: c.text,
+            start_ms: c.start_ms,
+            end_ms: c.end_ms,
+        })
+        .collect()
 }
 
 /// The clip routes.
@@ -159,7 +169,7 @@ async fn create(
         start_ms,
         end_ms,
         duration_ms: end_ms - start_ms,
-        transcript: transcript_of(&cell, start_ms, end_ms),
+        transcript: transcript_of(&app, id, start_ms, end_ms),
     };
     let storage = app.media.recorder.storage().clone();
     let stored = {
