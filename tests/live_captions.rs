@@ -580,17 +580,11 @@ fn the_web_app_shows_live_captions_and_searches_the_transcript_of_the_replay() {
         (at - want).abs() < 0.5,
         "seeked to {at} s, the cue starts at {want} s"
     );
-    // The ended page asks a listener's analytics, refused (403) as before
-    // captions; nothing else fails.
-    let http_errors = replay["http_errors"].as_array().unwrap();
+    // Nothing on the ended page fails (a listener's page no longer asks
+    // for the host's analytics).
     assert!(
-        http_errors
-            .iter()
-            .all(|e| e.as_str().unwrap().ends_with("/stats")),
+        replay["http_errors"].as_array().unwrap().is_empty(),
         "{replay}"
     );
-    assert!(
-        replay["errors"].as_array().unwrap().len() <= http_errors.len(),
-        "{replay}"
-    );
+    assert!(replay["errors"].as_array().unwrap().is_empty(), "{replay}");
 }

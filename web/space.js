@@ -420,6 +420,9 @@ function connectEvents() {
         || applyHands((state.space && state.space.hands_raised) || [], m.hands);
       state.space = { ...m.space, hands_raised: hands };
       state.you = m.you;
+      // Remembered so the page knows after the end whether this is the
+      // host's (or a co-host's), who may see the analytics.
+      if (m.you) localStorage.setItem(`amphi.role.${spaceId}`, m.you.role);
       state.talking = m.talking || {};
       floatReactions(m.reactions);
       render();
@@ -652,8 +655,10 @@ window.addEventListener("pagehide", () => stopMic());
   const ok = await loadSpace();
   if (!ok) return;
   if (state.space.state === "ended") {
-    // The host coming back after the end still sees the analytics.
-    if (tokens.get(spaceId)) refreshStats();
+    // The host (or a co-host) coming back after the end still sees the
+    // analytics; nobody else may, so nobody else asks.
+    const role = localStorage.getItem(`amphi.role.${spaceId}`);
+    if (tokens.get(spaceId) && (role === "host" || role === "cohost")) refreshStats();
     return;
   }
   if (tokens.get(spaceId)) enter();
