@@ -95,8 +95,13 @@ sleep 3
 # Bytes the servers sent to their clients (the nodes), routes between the
 # servers not counted.
 nats_out() {
-  for i in 0 1 2; do curl -fs "http://127.0.0.1:$((18822 + i))/connz?limit=1024"; echo; done |
-    python3 -c 'import json,sys; print(sum(c["out_bytes"] for l in sys.stdin if l.strip() for c in json.loads(l)["connections"] or []))'
+  local t=0 b i
+  for i in 0 1 2; do
+    b=$(curl -fs "http://127.0.0.1:$((18822 + i))/connz?limit=1024" |
+      python3 -c 'import json,sys; print(sum(c["out_bytes"] for c in json.load(sys.stdin).get("connections") or []))')
+    t=$((t + b))
+  done
+  echo "$t"
 }
 cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 rate() { # seconds → NATS egress bytes/s over that window (wall-clock timed)
