@@ -31,13 +31,13 @@ export AMPHI_JOIN_RATE_PER_IP=${AMPHI_JOIN_RATE_PER_IP:-100000} AMPHI_HAND_RATE_
 export AMPHI_OFFER_RATE_PER_IP=${AMPHI_OFFER_RATE_PER_IP:-100000} AMPHI_OFFER_RATE=${AMPHI_OFFER_RATE:-100000} AMPHI_MAX_RTC_SESSIONS=${AMPHI_MAX_RTC_SESSIONS:-5000}
 cd "$(dirname "$0")/.."
 if [ "${1:-}" = partition ]; then
-  AMPHI_PARTITION_TRIALS=${2:-20} AMPHI_PARTITION_SECS=${3:-30} cargo nextest run --test partition --no-capture \
+  AMPHI_PARTITION_TRIALS=${2:-20} AMPHI_PARTITION_SECS=${3:-30} cargo nextest run --profile bench --test partition --no-capture \
     -E 'test(a_partitioned_origin_fences_itself_and_rejoins_as_an_edge)' 2>&1 |
-    grep -E '^(trial|partition|double)|SKIPPED|PASS|FAIL'
+    grep -E '^(trial|partition|double)|SKIPPED|PASS|FAIL|panicked|left:|right:|Summary'
   exit "${PIPESTATUS[0]}"
 fi
 if [ "${1:-}" = repair ]; then
-  AMPHI_HEAL_TRIALS=${2:-20} cargo nextest run --test cluster --no-capture \
+  AMPHI_HEAL_TRIALS=${2:-20} cargo nextest run --profile bench --test cluster --no-capture \
     -E 'test(an_origins_death_heals_itself_and_listeners_ride_through)' 2>&1 |
     grep -E '^(trial|origin kill|reconnected)|PASS|FAIL'
   exit "${PIPESTATUS[0]}"
@@ -95,8 +95,13 @@ sleep 3
 # Bytes the servers sent to their clients (the nodes), routes between the
 # servers not counted.
 nats_out() {
-  for i in 0 1 2; do curl -fs "http://127.0.0.1:$((18822 + i))/connz?limit=1024"; echo; done |
-    python3 -c 'import json,sys; print(sum(c["out_bytes"] for l in sys.stdin if l.strip() for c in json.loads(l)["connections"] or []))'
+  local t=0 b i
+  for i in 0 1 2; do
+    b=$(curl -fs "http://127.0.0.1:$((18822 + i))/connz?limit=1024" |
+      python3 -c 'import json,sys; print(sum(c["out_bytes"] for c in json.load(sys.stdin).get("connections") or []))')
+    t=$((t + b))
+  done
+  echo "$t"
 }
 cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 rate() { # seconds → NATS egress bytes/s over that window (wall-clock timed)

@@ -7,10 +7,13 @@
 //! clients still reach `p` over HTTP and can be told to go elsewhere;
 //! the heal deletes the rule.
 //!
-//! Per trial: a space started on `p` (its origin), a `live.ws` listener
-//! and an events client on `p`, a listener on `b`; the cut; `p` fences
+//! Per trial: a space started on `p` (its origin), a speaker publishing
+//! through `b` (aiortc, `--reconnect`; its session runs on `p`), a
+//! `live.ws` listener and an events client on `p`; the cut; `p` fences
 //! itself (close 4001 to its `live.ws` listener, `{"type":"moved"}` and
-//! close 1013 to its events client) and another node takes the space over;
+//! close 1013 to its events client, the speaker's session closed) and
+//! another node takes the space over; the speaker's client republishes and
+//! a listener on `b` hears it from the new origin;
 //! a hand raised through `b` while `p` is away; the heal; `p`'s view
 //! converges (state, hands) and a listener on `p` is served again. A
 //! sampler reads every node's `amphi_origin_spaces` and
@@ -235,11 +238,31 @@ fn ws(url: &str) -> Ws {
 
 /// The first frame's sequence number of a `live.ws` message.
 fn first_seq(m: &Message) -> Option<u64> {
+    seq_level(m).map(|(s, _)| s)
+}
+
+/// The first frame's sequence number and the level of a `live.ws` message.
+fn seq_level(m: &Message) -> Option<(u64, u8)> {
     match m {
         Message::Binary(b) => amphi_media::wire::decode_message(b)
             .ok()
-            .map(|m| m.first_seq),
+            .map(|m| (m.first_seq, m.level)),
         _ => None,
+    }
+}
+
+/// Reads `s` until a message after frame `after` carries the speaker's
+/// tone (louder than silence); returns its first frame.
+fn hear_speaker(s: &mut Ws, after: u64, within: Duration, what: &str) -> u64 {
+    let t = Instant::now();
+    loop {
+        assert!(t.elapsed() < within, "{what}: the speaker was not heard");
+        if let Some((seq, level)) = seq_level(&s.read().expect(what))
+            && seq > after
+            && level >= 20
+        {
+            return seq;
+        }
     }
 }
 
@@ -275,6 +298,7 @@ fn hands(v: &Value) -> Vec<String> {
 struct Trial {
     fenced_after: f64,
     taken_after: f64,
+    speaker_back_after: f64,
     converged_after: f64,
 }
 
@@ -316,6 +340,17 @@ fn trial(p: &Inside, others: &[&Server], cut: impl Fn(), heal: impl Fn(), secs: 
             r.body["token"].as_str().unwrap_or("").to_owned(),
         )
     };
+    // The speaker publishes through b (its WHIP call runs on p, the
+    // owner), and republishes by itself once its session is gone.
+    let mut speaker = Command::new("python3")
+        .arg(whip_client())
+        .args(["--url", &b.url(&format!("/api/v1/spaces/{id}/whip"))])
+        .args(["--token", &host, "--freq", "440", "--seconds", "600"])
+        .arg("--reconnect")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("whip client");
     let ws_p = format!("ws://{}/spaces/{id}/live.ws", &p.base["http://".len()..]);
     let mut listener = ws(&ws_p);
     let mut events = ws(&format!(
@@ -323,10 +358,12 @@ fn trial(p: &Inside, others: &[&Server], cut: impl Fn(), heal: impl Fn(), secs: 
         &p.base["http://".len()..]
     ));
     assert!(events.read().expect("snapshot").is_text());
-    let mut last = 0;
-    while last == 0 {
-        last = first_seq(&listener.read().expect("live.ws")).unwrap_or(0);
-    }
+    let last = hear_speaker(
+        &mut listener,
+        0,
+        Duration::from_secs(20),
+        "p's listener before the cut",
+    );
 
     cut();
     let t_cut = Instant::now();
@@ -362,10 +399,15 @@ fn trial(p: &Inside, others: &[&Server], cut: impl Fn(), heal: impl Fn(), secs: 
         std::thread::sleep(Duration::from_millis(50));
     };
     let mut edge = ws(&format!("ws://127.0.0.1:{}/spaces/{id}/live.ws", b.port));
-    let mut seen = 0;
-    while seen <= last {
-        seen = first_seq(&edge.read().expect("b's listener")).unwrap_or(0);
-    }
+    // The speaker's session on p is gone: its client republishes, through
+    // b, to the new origin, and b's listener hears it.
+    let seen = hear_speaker(
+        &mut edge,
+        last,
+        Duration::from_secs(30),
+        "b's listener after the takeover",
+    );
+    let speaker_back_after = t_cut.elapsed().as_secs_f64();
     // The state moves on while p is away: a hand raised through b.
     let (pid, tok_b) = join(b, &id, "Bo");
     let r = call(
@@ -411,9 +453,12 @@ fn trial(p: &Inside, others: &[&Server], cut: impl Fn(), heal: impl Fn(), secs: 
         None,
     );
     assert_eq!(r.status, 200, "{:?}", r.body);
+    let _ = speaker.kill();
+    let _ = speaker.wait();
     Trial {
         fenced_after,
         taken_after,
+        speaker_back_after,
         converged_after,
     }
 }
@@ -467,8 +512,8 @@ fn a_partitioned_origin_fences_itself_and_rejoins_as_an_edge() {
     for i in 0..trials {
         let t = trial(&p, &[&b, &c], || ns.cut(&ports), || ns.heal(), secs);
         println!(
-            "trial {i}: cut {secs} s; p fenced after {:.2} s, space taken over after {:.2} s, converged {:.2} s after the heal",
-            t.fenced_after, t.taken_after, t.converged_after
+            "trial {i}: cut {secs} s; p fenced after {:.2} s, space taken over after {:.2} s, speaker heard from the new origin after {:.2} s, converged {:.2} s after the heal",
+            t.fenced_after, t.taken_after, t.speaker_back_after, t.converged_after
         );
         assert!(
             t.taken_after > t.fenced_after,
@@ -487,12 +532,20 @@ fn a_partitioned_origin_fences_itself_and_rejoins_as_an_edge() {
     let conv: Vec<f64> = results.iter().map(|t| t.converged_after).collect();
     let fenced: Vec<f64> = results.iter().map(|t| t.fenced_after).collect();
     let taken: Vec<f64> = results.iter().map(|t| t.taken_after).collect();
+    let back: Vec<f64> = results.iter().map(|t| t.speaker_back_after).collect();
+    let margin = results
+        .iter()
+        .map(|t| t.taken_after - t.fenced_after)
+        .fold(f64::INFINITY, f64::min);
     println!(
-        "partition of one node, {trials} trials of {secs} s: double ownership in {doubles} of {samples} samples; fenced p50 {:.2} s max {:.2} s; taken over p50 {:.2} s max {:.2} s; converged after the heal p50 {:.2} s p95 {:.2} s max {:.2} s",
+        "partition of one node, {trials} trials of {secs} s: double ownership in {doubles} of {samples} samples; fenced p50 {:.2} s max {:.2} s; taken over p50 {:.2} s max {:.2} s (at least {margin:.2} s after the fence); speaker heard from the new origin p50 {:.2} s p95 {:.2} s max {:.2} s; converged after the heal p50 {:.2} s p95 {:.2} s max {:.2} s",
         pct(fenced.clone(), 0.5),
         pct(fenced, 1.0),
         pct(taken.clone(), 0.5),
         pct(taken, 1.0),
+        pct(back.clone(), 0.5),
+        pct(back.clone(), 0.95),
+        pct(back, 1.0),
         pct(conv.clone(), 0.5),
         pct(conv.clone(), 0.95),
         pct(conv, 1.0),
