@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{ADMIN, Server, call, join, whip_client};
+use common::{ADMIN, Server, call, join, live_space_with, whip_client};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::{Message, connect};
 
@@ -146,28 +146,13 @@ const MUTED_SAYS: &str = "This sentence must never become a caption.";
 fn two_speakers_get_their_own_captions_a_muted_one_none_and_the_transcript_matches() {
     let Some(model) = model_dir() else { return };
     let s = Server::start(&["--captions-model", model.to_str().unwrap()]);
-    let r = call(
-        "POST",
-        &s.url("/api/v1/spaces"),
-        Some(ADMIN),
-        Some(json!({"title": "Captions", "captions": true, "host_name": "Ada"})),
+    let (id, host, host_pid) = live_space_with(
+        &s,
+        json!({"title": "Captions", "captions": true, "host_name": "Ada"}),
     );
-    assert_eq!(r.status, 201, "{:?}", r.body);
-    assert_eq!(r.body["space"]["captions"], true);
-    assert_eq!(r.body["space"]["captions_available"], true, "{:?}", r.body);
-    let id = r.body["space"]["id"].as_str().unwrap().to_owned();
-    let host = r.body["host"]["token"].as_str().unwrap().to_owned();
-    let host_pid = r.body["host"]["participant_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let r = call(
-        "POST",
-        &s.url(&format!("/api/v1/spaces/{id}/start")),
-        Some(&host),
-        None,
-    );
-    assert_eq!(r.status, 200, "{:?}", r.body);
+    let r = call("GET", &s.url(&format!("/api/v1/spaces/{id}")), None, None);
+    assert_eq!(r.body["captions"], true);
+    assert_eq!(r.body["captions_available"], true, "{:?}", r.body);
     let (guest_pid, guest) = join(&s, &id, "Grace");
     let mut ws = events(&s, &id, &guest);
     let r = call(
@@ -494,22 +479,10 @@ fn report(child: std::process::Child) -> Value {
 fn the_web_app_shows_live_captions_and_searches_the_transcript_of_the_replay() {
     let Some(model) = model_dir() else { return };
     let s = Server::start(&["--captions-model", model.to_str().unwrap()]);
-    let r = call(
-        "POST",
-        &s.url("/api/v1/spaces"),
-        Some(ADMIN),
-        Some(json!({"title": "Captions in the browser", "captions": true, "host_name": "Ada"})),
+    let (id, host, _) = live_space_with(
+        &s,
+        json!({"title": "Captions in the browser", "captions": true, "host_name": "Ada"}),
     );
-    assert_eq!(r.status, 201, "{:?}", r.body);
-    let id = r.body["space"]["id"].as_str().unwrap().to_owned();
-    let host = r.body["host"]["token"].as_str().unwrap().to_owned();
-    let r = call(
-        "POST",
-        &s.url(&format!("/api/v1/spaces/{id}/start")),
-        Some(&host),
-        None,
-    );
-    assert_eq!(r.status, 200, "{:?}", r.body);
     let (_, listener) = join(&s, &id, "Lee");
     let base = s.url("");
     let base = base.trim_end_matches('/');

@@ -24,22 +24,7 @@ fn e2e_dir() -> std::path::PathBuf {
 }
 
 fn space(s: &Server, music: bool) -> (String, String) {
-    let r = call(
-        "POST",
-        &s.url("/api/v1/spaces"),
-        Some(ADMIN),
-        Some(serde_json::json!({"title": "Capture", "music": music})),
-    );
-    assert_eq!(r.status, 201, "{:?}", r.body);
-    let id = r.body["space"]["id"].as_str().unwrap().to_owned();
-    let host = r.body["host"]["token"].as_str().unwrap().to_owned();
-    let r = call(
-        "POST",
-        &s.url(&format!("/api/v1/spaces/{id}/start")),
-        Some(&host),
-        None,
-    );
-    assert_eq!(r.status, 200);
+    let (id, host, _) = live_space_with(s, serde_json::json!({"title": "Capture", "music": music}));
     (id, host)
 }
 

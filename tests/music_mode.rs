@@ -48,23 +48,9 @@ fn channels(url: &str) -> u32 {
 }
 
 fn create(s: &Server, music: bool) -> (String, String) {
-    let r = call(
-        "POST",
-        &s.url("/api/v1/spaces"),
-        Some(ADMIN),
-        Some(serde_json::json!({"title": "Set", "music": music})),
-    );
-    assert_eq!(r.status, 201, "{:?}", r.body);
-    assert_eq!(r.body["space"]["music"], music);
-    let id = r.body["space"]["id"].as_str().unwrap().to_owned();
-    let host = r.body["host"]["token"].as_str().unwrap().to_owned();
-    let r = call(
-        "POST",
-        &s.url(&format!("/api/v1/spaces/{id}/start")),
-        Some(&host),
-        None,
-    );
-    assert_eq!(r.status, 200);
+    let (id, host, _) = live_space_with(s, serde_json::json!({"title": "Set", "music": music}));
+    let r = call("GET", &s.url(&format!("/api/v1/spaces/{id}")), None, None);
+    assert_eq!(r.body["music"], music, "{:?}", r.body);
     (id, host)
 }
 

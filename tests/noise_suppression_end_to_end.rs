@@ -21,27 +21,16 @@ fn level(s: &Server, id: &str) -> f32 {
 }
 
 fn space(s: &Server, noise_suppression: bool) -> (String, String, String) {
-    let r = call(
-        "POST",
-        &s.url("/api/v1/spaces"),
-        Some(ADMIN),
-        Some(serde_json::json!({"title": "Fan", "noise_suppression": noise_suppression})),
+    let (id, host, pid) = live_space_with(
+        s,
+        serde_json::json!({"title": "Fan", "noise_suppression": noise_suppression}),
     );
-    assert_eq!(r.status, 201, "{:?}", r.body);
-    assert_eq!(r.body["space"]["noise_suppression"], noise_suppression);
-    let id = r.body["space"]["id"].as_str().unwrap().to_owned();
-    let host = r.body["host"]["token"].as_str().unwrap().to_owned();
-    let pid = r.body["host"]["participant_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let r = call(
-        "POST",
-        &s.url(&format!("/api/v1/spaces/{id}/start")),
-        Some(&host),
-        None,
+    let r = call("GET", &s.url(&format!("/api/v1/spaces/{id}")), None, None);
+    assert_eq!(
+        r.body["noise_suppression"], noise_suppression,
+        "{:?}",
+        r.body
     );
-    assert_eq!(r.status, 200);
     (id, host, pid)
 }
 
