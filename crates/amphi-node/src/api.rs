@@ -3,22 +3,21 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, FromRequest, Path, Query, Request, State};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use serde::Deserialize;
-use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use amphi_core::room::{Command, SpaceOptions, SpaceState, validate_name};
 use amphi_core::token::{Claims, IdentityClaims, secrets_equal};
 use amphi_core::{ParticipantId, SpaceId};
 
-use crate::admission::MAX_BODY;
 use crate::app::{App, listen_urls};
 use crate::auth::Token;
+use crate::body::ApiJson;
 use crate::error::ApiError;
 use crate::timefmt::{now_s, parse_rfc3339};
 
@@ -63,50 +62,6 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/spaces/{id}/reactions", post(react))
         .route("/api/v1/spaces/{id}/token", post(reissue))
         .route("/api/v1/openapi.json", get(openapi))
-}
-
-/// A JSON body, capped and with JSON errors (400/413/415) instead of
-/// axum's plain-text rejections.
-pub struct ApiJson<T>(pub T);
-
-impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
-    type Rejection = ApiError;
-
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let ct_ok = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_none_or(|v| v.starts_with("application/json"));
-        if !ct_ok {
-            return Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
-                "send application/json",
-            ));
-        }
-        let bytes = axum::body::Bytes::from_request(req, state)
-            .await
-            .map_err(|e| {
-                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::new(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "too_large",
-                        format!("body is larger than {MAX_BODY} bytes"),
-                    )
-                } else {
-                    ApiError::bad_request("could not read the body")
-                }
-            })?;
-        let bytes = if bytes.iter().all(u8::is_ascii_whitespace) {
-            &b"{}"[..]
-        } else {
-            &bytes[..]
-        };
-        serde_json::from_slice(bytes)
-            .map(ApiJson)
-            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
-    }
 }
 
 fn space_id(s: &str) -> Result<SpaceId, ApiError> {

@@ -12,9 +12,9 @@ use serde_json::{Value, json};
 use amphi_core::SpaceId;
 use amphi_core::room::Command;
 
-use crate::api::ApiJson;
 use crate::app::{App, SpaceCell};
 use crate::auth::Token;
+use crate::body::ApiJson;
 use crate::error::ApiError;
 
 /// The space's public view, with `captions_available` (and

@@ -14,9 +14,9 @@ use serde_json::{Value, json};
 use amphi_core::token::secrets_equal;
 use amphi_store::Endpoint;
 
-use crate::api::ApiJson;
 use crate::app::App;
 use crate::auth::Token;
+use crate::body::ApiJson;
 use crate::error::ApiError;
 use crate::timefmt::now_ms;
 use crate::webhooks::{EventKind, delivery_view, endpoint_view, new_secret};
@@ -228,7 +228,7 @@ async fn remind(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
     t: Token,
-    crate::api::ApiJson(body): crate::api::ApiJson<RemindBody>,
+    ApiJson(body): ApiJson<RemindBody>,
 ) -> Result<Response, ApiError> {
     let id: amphi_core::SpaceId = id
         .parse()

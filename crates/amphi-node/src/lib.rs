@@ -10,6 +10,7 @@ mod app;
 mod audience;
 mod audience_api;
 mod auth;
+mod body;
 mod captions;
 mod captions_api;
 mod card_image;
