@@ -4,7 +4,9 @@
 //! a stereo source (a fake microphone playing 440 Hz left, 1 kHz right)
 //! reaches `live.opus` with both channels distinct (Chromium encodes
 //! stereo because the WHIP answer asks for it). In a speech space the same
-//! page keeps the browser's voice processing on.
+//! page keeps the browser's voice processing on. And the web player plays
+//! what it hears back: a music space in stereo (440 Hz left only, 1 kHz
+//! right only), a speech space's mono program the same in both ears.
 
 mod common;
 
@@ -112,4 +114,65 @@ fn a_music_space_page_captures_stereo_without_voice_processing() {
     );
     assert!(l440 > 0.8 && l1k < 0.1, "left {l440} {l1k}");
     assert!(r1k > 0.8 && r440 < 0.1, "right {r1k} {r440}");
+}
+
+/// What a listener's page plays, per channel: the levels (dB) of 440 Hz
+/// and 1 kHz in the left and the right channel after the web player, and
+/// the player's channel count.
+fn browser_ears(s: &Server, id: &str) -> serde_json::Value {
+    let out = Command::new("node")
+        .arg("stereo_listen.mjs")
+        .current_dir(e2e_dir())
+        .env("ORIGIN", s.url(""))
+        .env("SPACE", id)
+        .env("FREQS", "440,1000")
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("node");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "stereo_listen.mjs failed: {text}");
+    serde_json::from_str(text.lines().last().unwrap_or_default())
+        .unwrap_or_else(|_| panic!("no levels from Chromium: {text}"))
+}
+
+fn db(v: &serde_json::Value, side: &str, k: usize) -> f64 {
+    // -Infinity (silence) comes back from JSON.stringify as null.
+    v[side][k].as_f64().unwrap_or(f64::NEG_INFINITY)
+}
+
+#[test]
+fn the_web_player_plays_a_music_space_in_stereo_and_a_speech_space_in_both_ears() {
+    let s = Server::start(&[]);
+
+    // Music: 440 Hz left, 1 kHz right (aiortc, stereo Opus as the answer asks).
+    let (id, host) = space(&s, true);
+    let _src = publish_tone_with(
+        &s,
+        &id,
+        &host,
+        440,
+        40,
+        &["--right-freq", "1000", "--honor-fmtp"],
+    );
+    wait_for_audio(&s, 100.0);
+    let v = browser_ears(&s, &id);
+    eprintln!("music space, web player: {v}");
+    assert_eq!(v["channels"], 2, "{v}");
+    let (l440, l1k) = (db(&v, "left", 0), db(&v, "left", 1));
+    let (r440, r1k) = (db(&v, "right", 0), db(&v, "right", 1));
+    assert!(l440 > -40.0 && r1k > -40.0, "tones not heard: {v}");
+    assert!(l1k < l440 - 40.0, "1 kHz leaks into the left: {v}");
+    assert!(r440 < r1k - 40.0, "440 Hz leaks into the right: {v}");
+
+    // Speech (mono program): the same tone in both ears, 1 channel player.
+    let (id, host) = space(&s, false);
+    let before = metric(&s, "amphi_ingest_packets_total");
+    let _src = publish_tone(&s, &id, &host, 440, 40);
+    wait_for_audio(&s, before + 100.0);
+    let v = browser_ears(&s, &id);
+    eprintln!("speech space, web player: {v}");
+    assert_eq!(v["channels"], 1, "{v}");
+    let (l440, r440) = (db(&v, "left", 0), db(&v, "right", 0));
+    assert!(l440 > -40.0, "{v}");
+    assert!((l440 - r440).abs() < 1.0, "not the same in both ears: {v}");
 }

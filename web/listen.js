@@ -3,9 +3,16 @@
 // speakers. On a dropped connection it reconnects with from_seq = last + 1,
 // so while the server still holds those frames nothing is lost. Without
 // WebCodecs it plays the Ogg stream in an <audio> element instead.
+//
+// A music space's program is stereo: the first packet whose Opus TOC byte
+// has the stereo bit set (RFC 6716 §3.1) switches the player, once, to a
+// 2-channel decoder and a 2-channel worklet node. A mono program never sees
+// that bit and plays exactly as before (1 channel end to end).
 
 const FRAME_US = 20000;
 const STALL_MS = 2000;
+/** The `s` bit of an Opus packet's TOC byte: the packet codes stereo. */
+const TOC_STEREO = 0x04;
 
 /** Parses one live.ws message; null if it is malformed (never throws). */
 export function parseMessage(buf) {
@@ -30,6 +37,18 @@ export function parseMessage(buf) {
   return { firstSeq, capturedUs, level, frames };
 }
 
+/** An analyser's magnitude (dB) at each frequency (the loudest of the
+ * nearest three bins). */
+function levels(analyser, sampleRate, freqs) {
+  const bins = new Float32Array(analyser.frequencyBinCount);
+  analyser.getFloatFrequencyData(bins);
+  const hz = sampleRate / analyser.fftSize;
+  return freqs.map((f) => {
+    const i = Math.round(f / hz);
+    return Math.max(bins[i - 1] ?? -Infinity, bins[i] ?? -Infinity, bins[i + 1] ?? -Infinity);
+  });
+}
+
 /** Why a stream door refused us, from a HEAD on the Ogg URL (a refused
  * WebSocket hides its HTTP status from scripts). */
 async function refusal(url) {
@@ -51,9 +70,10 @@ export class Player {
     this.fallbackEl = fallbackEl;
     this.nextSeq = null;
     this.stopped = false;
+    this.channels = 1;
     this.backoff = 250;
     this.stats = {
-      mode: "idle", received: 0, lost: 0, reconnects: 0, resumed: 0,
+      mode: "idle", channels: 1, received: 0, lost: 0, reconnects: 0, resumed: 0,
       bufferedMs: 0, targetMs: 0, underruns: 0, droppedMs: 0, delayMs: null, netDelayMs: null,
     };
   }
@@ -74,27 +94,53 @@ export class Player {
     }
     await this.ctx.audioWorklet.addModule("/assets/player-worklet.js");
     if (this.stopped) return;
-    this.node = new AudioWorkletNode(this.ctx, "amphi-player", { outputChannelCount: [1] });
-    this.node.port.onmessage = (e) => this.worklet(e.data);
-    this.node.connect(this.analyser);
+    this.makeNode();
     this.makeDecoder();
     await this.ctx.resume();
     this.stats.mode = "webcodecs";
     this.connect();
   }
 
+  makeNode() {
+    this.node = new AudioWorkletNode(this.ctx, "amphi-player", { outputChannelCount: [this.channels] });
+    this.node.port.onmessage = (e) => this.worklet(e.data);
+    this.node.connect(this.analyser);
+  }
+
   makeDecoder() {
     this.decoder = new AudioDecoder({
       output: (data) => {
-        const pcm = new Float32Array(data.numberOfFrames);
-        data.copyTo(pcm, { planeIndex: 0, format: "f32-planar" });
+        if (data.numberOfChannels < 2) {
+          const pcm = new Float32Array(data.numberOfFrames);
+          data.copyTo(pcm, { planeIndex: 0, format: "f32-planar" });
+          data.close();
+          this.node?.port.postMessage(pcm, [pcm.buffer]);
+          return;
+        }
+        const l = new Float32Array(data.numberOfFrames);
+        const r = new Float32Array(data.numberOfFrames);
+        data.copyTo(l, { planeIndex: 0, format: "f32-planar" });
+        data.copyTo(r, { planeIndex: 1, format: "f32-planar" });
         data.close();
-        this.node?.port.postMessage(pcm, [pcm.buffer]);
+        this.node?.port.postMessage([l, r], [l.buffer, r.buffer]);
       },
       // A corrupt packet closes the decoder: the next message gets a new one.
       error: (e) => console.warn("amphi: decoder error, restarting it:", e.message),
     });
-    this.decoder.configure({ codec: "opus", sampleRate: 48000, numberOfChannels: 1 });
+    this.decoder.configure({ codec: "opus", sampleRate: 48000, numberOfChannels: this.channels });
+  }
+
+  /** The program turned out stereo (a music space): a 2-channel decoder and
+   * worklet node from now on. Happens at most once; what the mono node still
+   * buffered (normally nothing: the first packet is stereo) is dropped. */
+  goStereo() {
+    this.channels = 2;
+    this.stats.channels = 2;
+    if (this.decoder.state !== "closed") this.decoder.close();
+    this.node.port.onmessage = null;
+    this.node.disconnect();
+    this.makeNode();
+    this.makeDecoder();
   }
 
   fallback() {
@@ -201,6 +247,7 @@ export class Player {
     m.frames.forEach((data, k) => {
       const seq = m.firstSeq + k;
       if (this.nextSeq !== null && seq < this.nextSeq) return; // already played (resume overlap)
+      if (this.channels === 1 && data.byteLength && data[0] & TOC_STEREO) this.goStereo();
       this.decoder.decode(new EncodedAudioChunk({ type: "key", timestamp: seq * FRAME_US, duration: FRAME_US, data }));
       this.nextSeq = seq + 1;
       this.stats.received++;
@@ -227,13 +274,30 @@ export class Player {
   /** Magnitude (dB) of the program output at each frequency (tests, meters). */
   probe(freqs) {
     if (!this.analyser) return freqs.map(() => -Infinity);
-    const bins = new Float32Array(this.analyser.frequencyBinCount);
-    this.analyser.getFloatFrequencyData(bins);
-    const hz = this.ctx.sampleRate / this.analyser.fftSize;
-    return freqs.map((f) => {
-      const i = Math.round(f / hz);
-      return Math.max(bins[i - 1] ?? -Infinity, bins[i] ?? -Infinity, bins[i + 1] ?? -Infinity);
-    });
+    return levels(this.analyser, this.ctx.sampleRate, freqs);
+  }
+
+  /** Magnitude (dB) at each frequency in the left and the right channel of
+   * what the speakers get (a mono program is heard in both). The probe is
+   * made on the first call (tests), so a player nobody probes pays nothing. */
+  channelProbe(freqs) {
+    if (!this.analyser) return { left: freqs.map(() => -Infinity), right: freqs.map(() => -Infinity) };
+    if (!this.sides) {
+      // Up-mixed as the destination does ("speakers": mono → both sides).
+      const two = new GainNode(this.ctx, { channelCount: 2, channelCountMode: "explicit", channelInterpretation: "speakers" });
+      const split = this.ctx.createChannelSplitter(2);
+      this.sides = [0, 1].map((c) => {
+        const a = this.ctx.createAnalyser();
+        a.fftSize = this.analyser.fftSize;
+        a.smoothingTimeConstant = this.analyser.smoothingTimeConstant;
+        split.connect(a, c);
+        return a;
+      });
+      this.analyser.connect(two);
+      two.connect(split);
+    }
+    const [left, right] = this.sides.map((a) => levels(a, this.ctx.sampleRate, freqs));
+    return { left, right };
   }
 
   stop() {

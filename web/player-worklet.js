@@ -1,5 +1,7 @@
-// The program's playout: decoded mono Float32 chunks arrive over the port and
+// The program's playout: decoded Float32 chunks arrive over the port and
 // leave as 128-sample render quanta, behind a small adaptive jitter buffer.
+// A mono program's chunk is one Float32Array; a stereo program's (a music
+// space) is [left, right], played by a node made with 2 output channels.
 //
 // Why adaptive: messages arrive every 100 ms (5 frames each), so the buffer
 // naturally swings by 100 ms; network jitter comes on top. Start playing at
@@ -11,6 +13,9 @@ const MIN = 0.06;
 const START = 0.1;
 const MAX = 0.4;
 const CALM_SECONDS = 15;
+
+/** Sample frames in a chunk: a mono Float32Array or [left, right] planes. */
+const frames = (chunk) => (chunk instanceof Float32Array ? chunk.length : chunk[0].length);
 
 class AmphiPlayer extends AudioWorkletProcessor {
   constructor() {
@@ -33,12 +38,12 @@ class AmphiPlayer extends AudioWorkletProcessor {
         return;
       }
       this.queue.push(e.data);
-      this.buffered += e.data.length;
+      this.buffered += frames(e.data);
       // Headroom above the target: one message (100 ms) plus margin.
       const ceiling = this.target + 0.25 * sampleRate;
       while (this.buffered > ceiling && this.queue.length > 1) {
         const old = this.queue.shift();
-        const n = old.length - this.offset;
+        const n = frames(old) - this.offset;
         this.buffered -= n;
         this.dropped += n;
         this.offset = 0;
@@ -47,7 +52,8 @@ class AmphiPlayer extends AudioWorkletProcessor {
   }
 
   process(_inputs, outputs) {
-    const out = outputs[0][0];
+    const outs = outputs[0];
+    const out = outs[0];
     this.sinceReport += out.length;
     if (this.sinceReport >= sampleRate / 4) {
       this.sinceReport = 0;
@@ -63,26 +69,35 @@ class AmphiPlayer extends AudioWorkletProcessor {
       if (this.buffered >= this.target) {
         this.playing = true;
       } else {
-        out.fill(0);
+        for (const o of outs) o.fill(0);
         return true;
       }
     }
     let i = 0;
     while (i < out.length && this.queue.length) {
       const chunk = this.queue[0];
-      const n = Math.min(out.length - i, chunk.length - this.offset);
-      out.set(chunk.subarray(this.offset, this.offset + n), i);
+      const len = frames(chunk);
+      const n = Math.min(out.length - i, len - this.offset);
+      if (chunk instanceof Float32Array) {
+        // Mono (in a stereo node only the chunks decoded before the switch).
+        for (const o of outs) o.set(chunk.subarray(this.offset, this.offset + n), i);
+      } else {
+        for (let c = 0; c < outs.length; c++) {
+          const plane = chunk[Math.min(c, chunk.length - 1)];
+          outs[c].set(plane.subarray(this.offset, this.offset + n), i);
+        }
+      }
       i += n;
       this.offset += n;
       this.buffered -= n;
-      if (this.offset >= chunk.length) {
+      if (this.offset >= len) {
         this.queue.shift();
         this.offset = 0;
       }
     }
     if (i < out.length) {
       // Underrun: silence now, and rebuild a slightly deeper buffer.
-      out.fill(0, i);
+      for (const o of outs) o.fill(0, i);
       this.playing = false;
       this.underruns++;
       this.calm = 0;

@@ -16,6 +16,8 @@ window.amphi = {
   state,
   /** dB of the program this page plays, at each frequency (e2e tests). */
   toneProbe: (freqs) => (state.player ? state.player.probe(freqs) : freqs.map(() => -Infinity)),
+  /** dB at each frequency in the left and right channel the page plays. */
+  channelProbe: (freqs) => (state.player ? state.player.channelProbe(freqs) : null),
   /** Player counters: frames received/lost, reconnects, buffer, delay. */
   stats: () => (state.player ? { ...state.player.stats } : null),
   /** The microphone track's settings (echoCancellation, channelCount…). */
