@@ -44,6 +44,7 @@ fuzz_target!(|data: &[u8]| {
         loopback: false,
         connect_timeout: Duration::from_secs(30),
         max_sessions: 4,
+        speaker_max_bitrate: 32_000,
     };
     let stats = Arc::new(RtcStats::default());
     let mut ingest = Ingest::new(cfg, stats.clone());
@@ -55,6 +56,7 @@ fuzz_target!(|data: &[u8]| {
             participant: ParticipantId(1),
             offer_sdp: OFFER.into(),
             audible: Arc::new(AtomicBool::new(true)),
+            music: false,
         },
     );
     while ingest.poll_output().is_some() {}

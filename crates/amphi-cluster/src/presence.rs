@@ -252,7 +252,9 @@ impl Presence {
 
     /// Participants present in `space` on the other nodes.
     pub fn total(&self, space: SpaceId) -> u64 {
-        self.spaces(space).map(|s| s.total).sum()
+        // Saturating: the counts come from other nodes' messages.
+        self.spaces(space)
+            .fold(0u64, |sum, s| sum.saturating_add(s.total))
     }
 
     /// Joins answered for `space` on the other nodes (as they last said).

@@ -114,7 +114,7 @@ async fn audience(
         })
         .collect();
     Ok(Json(json!({
-        "total": inner.presence.total() as u64 + remote_total,
+        "total": (inner.presence.total() as u64).saturating_add(remote_total),
         "listener_count": cell.listeners(),
         "cap": VIEW_CAP,
         "audience": people,

@@ -242,7 +242,8 @@ impl SpaceStats {
 
     /// Joins across the cluster.
     pub fn all_joins(&self) -> u64 {
-        self.joins + self.remote_joins.values().sum::<u64>()
+        // Saturating: the other nodes' counts come from the bus.
+        (self.remote_joins.values()).fold(self.joins, |a, n| a.saturating_add(*n))
     }
 
     /// The replay started playing once more.
@@ -271,7 +272,10 @@ impl SpaceStats {
                 "points": self.series,
             },
             "reactions": self.reactions,
-            "replay_plays": self.replay_plays + self.remote_plays.values().sum::<u64>(),
+            "replay_plays": self
+                .remote_plays
+                .values()
+                .fold(self.replay_plays, |a, n| a.saturating_add(*n)),
             "clip_plays": self.clip_plays,
         })
     }
