@@ -659,16 +659,24 @@ pub const SUBTITLE_HOLD_BACK_MS: u64 = 3_000;
 /// The subtitles media playlist: one WebVTT segment per program segment
 /// (same media sequence numbers, durations and discontinuities), so a
 /// player aligns them; segments within [`SUBTITLE_HOLD_BACK_MS`] of the
-/// edge wait until the stream ends.
+/// edge wait until the stream ends (but the oldest one is always there).
 pub fn subtitle_playlist(hls: &amphi_hls::playlist::Segmenter, query: Option<&str>) -> String {
     use std::fmt::Write;
     let q = query.map(|q| format!("?{q}")).unwrap_or_default();
     let ended = hls.is_finished();
     let segs: Vec<_> = hls.segments().collect();
     let edge_ms = segs.last().map_or(0, |s| (s.first_seq + s.span) * 20);
+    let first = segs.first().map(|s| s.msn);
+    // The oldest segment is always listed: hls.js stops with a fatal
+    // `levelEmptyError` on a live playlist without segments (a player
+    // that starts in the space's first seconds).
     let listed: Vec<_> = segs
         .into_iter()
-        .filter(|s| ended || (s.first_seq + s.span) * 20 + SUBTITLE_HOLD_BACK_MS <= edge_ms)
+        .filter(|s| {
+            ended
+                || Some(s.msn) == first
+                || (s.first_seq + s.span) * 20 + SUBTITLE_HOLD_BACK_MS <= edge_ms
+        })
         .collect();
     let target = listed
         .iter()
@@ -685,6 +693,14 @@ pub fn subtitle_playlist(hls: &amphi_hls::playlist::Segmenter, query: Option<&st
     for s in &listed {
         if s.discontinuity {
             o.push_str("#EXT-X-DISCONTINUITY\n");
+        }
+        // The audio segment's date: hls.js aligns a live subtitles
+        // playlist to the program by PROGRAM-DATE-TIME.
+        let pdt = i64::try_from(s.captured_at_us / 1000)
+            .ok()
+            .and_then(crate::timefmt::rfc3339);
+        if let Some(pdt) = pdt {
+            let _ = writeln!(o, "#EXT-X-PROGRAM-DATE-TIME:{pdt}");
         }
         let _ = writeln!(
             o,
