@@ -755,6 +755,44 @@ mod tests {
     }
 
     #[test]
+    fn the_subtitles_playlist_holds_back_but_is_never_empty_and_has_dates() {
+        let frame = |seq: u64| amphi_core::Frame {
+            seq,
+            captured_at_us: 1_764_000_000_000_000 + seq * 20_000,
+            opus: Bytes::from_static(&[0xf8, 1, 2]),
+            program_level: 0,
+            speakers: Arc::from(Vec::new()),
+        };
+        let mut hls = amphi_hls::playlist::Segmenter::new(100);
+        // One 2 s segment closed: within the hold-back, listed anyway
+        // (hls.js stops on a live playlist without segments).
+        for q in 0..110 {
+            hls.push(&frame(q));
+        }
+        let pl = subtitle_playlist(&hls, Some("t=K"));
+        assert!(
+            pl.contains("#EXT-X-PROGRAM-DATE-TIME:2025-11-24T16:00:00Z\n#EXTINF:2.000,\ncaptions/0.vtt?t=K\n"),
+            "{pl}"
+        );
+        // Six segments closed (edge at 12 s): the ones ending after 9 s
+        // wait, each listed one carries its audio segment's date.
+        for q in 110..610 {
+            hls.push(&frame(q));
+        }
+        let pl = subtitle_playlist(&hls, None);
+        assert!(
+            pl.contains(
+                "#EXT-X-PROGRAM-DATE-TIME:2025-11-24T16:00:06Z\n#EXTINF:2.000,\ncaptions/3.vtt\n"
+            ),
+            "{pl}"
+        );
+        assert!(
+            !pl.contains("captions/4.vtt") && !pl.contains("ENDLIST"),
+            "{pl}"
+        );
+    }
+
+    #[test]
     fn noise_words_are_not_captions() {
         assert!(!is_speech(" [BLANK_AUDIO]"));
         assert!(!is_speech("(music)"));
