@@ -3,7 +3,8 @@
 //! arrive on the events channel, attributed to the right speaker, with a
 //! measured word error rate and latency; a muted speaker gets no caption;
 //! after the end the transcript beside the replay matches the live cues
-//! and ffmpeg reads its WebVTT.
+//! and ffmpeg reads its WebVTT; hls.js in Chromium shows the live WebVTT
+//! subtitles rendition of the LL-HLS master playlist.
 //!
 //! Needs the model (`scripts/fetch-captions-model target/captions-model`,
 //! run by scripts/test): without it the tests skip, saying so.
