@@ -3,7 +3,8 @@
 //! arrive on the events channel, attributed to the right speaker, with a
 //! measured word error rate and latency; a muted speaker gets no caption;
 //! after the end the transcript beside the replay matches the live cues
-//! and ffmpeg reads its WebVTT.
+//! and ffmpeg reads its WebVTT; hls.js in Chromium shows the live WebVTT
+//! subtitles rendition of the LL-HLS master playlist.
 //!
 //! Needs the model (`scripts/fetch-captions-model target/captions-model`,
 //! run by scripts/test): without it the tests skip, saying so.
@@ -560,4 +561,101 @@ fn the_web_app_shows_live_captions_and_searches_the_transcript_of_the_replay() {
         "{replay}"
     );
     assert!(replay["errors"].as_array().unwrap().is_empty(), "{replay}");
+}
+
+/// hls.js (scripts/e2e/node_modules, no CDN) in Chromium plays the live
+/// master playlist of a captioned space, selects its subtitles rendition
+/// and gets the spoken sentence as a cue in the `<audio>`'s text track.
+#[test]
+fn hls_js_in_chromium_reads_the_webvtt_captions_rendition() {
+    let Some(model) = model_dir() else { return };
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/e2e");
+    assert!(
+        dir.join("node_modules/hls.js/package.json").exists(),
+        "hls.js is required: run scripts/test (or: cd scripts/e2e && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci)"
+    );
+    let s = Server::start(&["--captions-model", model.to_str().unwrap()]);
+    let (id, host, _) = live_space_with(
+        &s,
+        json!({"title": "Captions over HLS", "captions": true, "host_name": "Ada"}),
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let a = tmp.path().join("a.raw");
+    speak(HOST_SAYS, &a);
+    let epoch = now_s() + 1.0;
+    // The sentence from 16 s on, then quiet long enough for its segment to
+    // leave the subtitle playlist's hold-back and reach the player.
+    let mut p = publish_speech(&s, &id, &host, &a, epoch, 16.0, 16.0 + voice_end(&a) + 30.0);
+    let base = s.url("");
+    let base = base.trim_end_matches('/');
+    let src = format!("{base}/spaces/{id}/hls/master.m3u8");
+    let master = get_text(&src);
+    assert!(
+        master.contains("TYPE=SUBTITLES") && master.contains("SUBTITLES=\"subs\""),
+        "{master}"
+    );
+    // A live playlist without a segment is a fatal `levelEmptyError` to
+    // hls.js: the player starts once the first one is there.
+    common::wait_for(15, "a first subtitle segment", || {
+        get_text(&format!("{base}/spaces/{id}/hls/captions.m3u8")).contains(".vtt")
+    });
+    // The player starts 10 s behind the edge (LIVE_SYNC): the subtitles
+    // playlist ends ~6 s behind it (hold-back), and hls.js loads subtitle
+    // segments only from its playhead on, so the stream must be older than
+    // that when it starts.
+    let age = now_s() - epoch;
+    std::thread::sleep(Duration::from_secs_f64((12.0 - age).max(0.0)));
+    let out = Command::new("node")
+        .arg("hls_captions.mjs")
+        .current_dir(&dir)
+        .env("BASE", base)
+        .env("SRC", &src)
+        .env("EXPECT", "quarterly")
+        .env("TIMEOUT_MS", "45000")
+        .output()
+        .expect("run node");
+    p.kill();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let r: Value =
+        serde_json::from_str(stdout.lines().last().unwrap_or_default()).unwrap_or_else(|_| {
+            panic!(
+                "no report from Chromium: {stdout} {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    eprintln!("hls.js: {r}");
+    // The rendition as the master playlist names it.
+    assert_eq!(
+        r["hls_tracks"],
+        json!([{"name": "Captions", "lang": "en", "default": true}]),
+        "{r}"
+    );
+    let tracks = r["text_tracks"].as_array().expect("text tracks");
+    let track = tracks
+        .iter()
+        .find(|t| t["kind"] == "subtitles" || t["kind"] == "captions")
+        .unwrap_or_else(|| panic!("no subtitles text track on the <audio>: {r}"));
+    assert_eq!(track["label"], "Captions", "{r}");
+    assert_eq!(track["language"], "en", "{r}");
+    assert_eq!(track["mode"], "showing", "{r}");
+    assert_eq!(r["found"], true, "no cue with the sentence's words: {r}");
+    let cue = track["cues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| {
+            c["text"]
+                .as_str()
+                .unwrap_or_default()
+                .to_lowercase()
+                .contains("quarterly")
+        })
+        .expect("the cue");
+    let text = cue["text"].as_str().unwrap().to_lowercase();
+    assert!(
+        text.contains("finance") || text.contains("report"),
+        "a second word of the sentence: {r}"
+    );
+    assert_eq!(r["fatal"], json!([]), "{r}");
+    assert_eq!(r["errors"], json!([]), "{r}");
 }

@@ -659,16 +659,24 @@ pub const SUBTITLE_HOLD_BACK_MS: u64 = 3_000;
 /// The subtitles media playlist: one WebVTT segment per program segment
 /// (same media sequence numbers, durations and discontinuities), so a
 /// player aligns them; segments within [`SUBTITLE_HOLD_BACK_MS`] of the
-/// edge wait until the stream ends.
+/// edge wait until the stream ends (but the oldest one is always there).
 pub fn subtitle_playlist(hls: &amphi_hls::playlist::Segmenter, query: Option<&str>) -> String {
     use std::fmt::Write;
     let q = query.map(|q| format!("?{q}")).unwrap_or_default();
     let ended = hls.is_finished();
     let segs: Vec<_> = hls.segments().collect();
     let edge_ms = segs.last().map_or(0, |s| (s.first_seq + s.span) * 20);
+    let first = segs.first().map(|s| s.msn);
+    // The oldest segment is always listed: hls.js stops with a fatal
+    // `levelEmptyError` on a live playlist without segments (a player
+    // that starts in the space's first seconds).
     let listed: Vec<_> = segs
         .into_iter()
-        .filter(|s| ended || (s.first_seq + s.span) * 20 + SUBTITLE_HOLD_BACK_MS <= edge_ms)
+        .filter(|s| {
+            ended
+                || Some(s.msn) == first
+                || (s.first_seq + s.span) * 20 + SUBTITLE_HOLD_BACK_MS <= edge_ms
+        })
         .collect();
     let target = listed
         .iter()
@@ -685,6 +693,14 @@ pub fn subtitle_playlist(hls: &amphi_hls::playlist::Segmenter, query: Option<&st
     for s in &listed {
         if s.discontinuity {
             o.push_str("#EXT-X-DISCONTINUITY\n");
+        }
+        // The audio segment's date: hls.js aligns a live subtitles
+        // playlist to the program by PROGRAM-DATE-TIME.
+        let pdt = i64::try_from(s.captured_at_us / 1000)
+            .ok()
+            .and_then(crate::timefmt::rfc3339);
+        if let Some(pdt) = pdt {
+            let _ = writeln!(o, "#EXT-X-PROGRAM-DATE-TIME:{pdt}");
         }
         let _ = writeln!(
             o,
@@ -735,6 +751,44 @@ mod tests {
         assert!(
             v.contains("<v Ann &lt;host&gt;>a --&gt; b &amp; c\n"),
             "{v}"
+        );
+    }
+
+    #[test]
+    fn the_subtitles_playlist_holds_back_but_is_never_empty_and_has_dates() {
+        let frame = |seq: u64| amphi_core::Frame {
+            seq,
+            captured_at_us: 1_764_000_000_000_000 + seq * 20_000,
+            opus: Bytes::from_static(&[0xf8, 1, 2]),
+            program_level: 0,
+            speakers: Arc::from(Vec::new()),
+        };
+        let mut hls = amphi_hls::playlist::Segmenter::new(100);
+        // One 2 s segment closed: within the hold-back, listed anyway
+        // (hls.js stops on a live playlist without segments).
+        for q in 0..110 {
+            hls.push(&frame(q));
+        }
+        let pl = subtitle_playlist(&hls, Some("t=K"));
+        assert!(
+            pl.contains("#EXT-X-PROGRAM-DATE-TIME:2025-11-24T16:00:00Z\n#EXTINF:2.000,\ncaptions/0.vtt?t=K\n"),
+            "{pl}"
+        );
+        // Six segments closed (edge at 12 s): the ones ending after 9 s
+        // wait, each listed one carries its audio segment's date.
+        for q in 110..610 {
+            hls.push(&frame(q));
+        }
+        let pl = subtitle_playlist(&hls, None);
+        assert!(
+            pl.contains(
+                "#EXT-X-PROGRAM-DATE-TIME:2025-11-24T16:00:06Z\n#EXTINF:2.000,\ncaptions/3.vtt\n"
+            ),
+            "{pl}"
+        );
+        assert!(
+            !pl.contains("captions/4.vtt") && !pl.contains("ENDLIST"),
+            "{pl}"
         );
     }
 
