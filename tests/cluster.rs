@@ -418,12 +418,20 @@ fn a_node_cut_off_from_nats_stops_serving_what_may_be_stale() {
     wait_for(15, "B serves the space again", || {
         call("GET", &b.url(&space), None, None).status == 200
     });
-    // Nobody could take the space over: A wins its own lease back and
-    // mixes it again.
-    wait_for(15, "A mixes the space again", || {
-        metric(&a, "amphi_origin_spaces") == 1.0 && metric(&a, "amphi_fenced_spaces") == 0.0
+    // Nobody could take the space over while NATS was down: A usually wins
+    // its own lease back and mixes it again, but once NATS answers, B may
+    // find the lease expired first and take it, which is as good. Either
+    // way exactly one node mixes, and A is no longer fenced.
+    wait_for(30, "one node, A or B, mixes the space again", || {
+        metric(&a, "amphi_origin_spaces") + metric(&b, "amphi_origin_spaces") == 1.0
+            && metric(&a, "amphi_fenced_spaces") == 0.0
     });
-    assert_eq!(metric(&b, "amphi_origin_spaces"), 0.0);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        metric(&a, "amphi_origin_spaces") + metric(&b, "amphi_origin_spaces"),
+        1.0,
+        "never two origins"
+    );
 }
 
 #[test]
