@@ -3,7 +3,9 @@
 //! closed, data from a listener is closed with 1008, a `from_seq` ahead of
 //! the newest frame is refused before the upgrade; and a third-party
 //! client (Python's `websockets`, its own keepalive) listens over ten
-//! keepalive periods without a drop and closes cleanly.
+//! keepalive periods without a drop and closes cleanly. When the space
+//! ends, each listener gets exactly one Close (4000): the Close it sends
+//! back is never echoed (a second Close fails the socket in Chromium).
 
 mod common;
 
@@ -12,7 +14,7 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Server, live_space};
+use common::{Server, end_space, live_space};
 
 /// A raw WebSocket client: the handshake, masked frames out, frames in.
 struct Raw {
@@ -155,6 +157,48 @@ fn pings_are_answered_closes_echoed_data_refused_from_seq_ahead_refused() {
     let mut ok = common::WsReader::connect(s.port, &format!("{path}?from_seq=0"), None);
     let (first, _) = ok.next();
     assert_eq!(first, 0, "resume from the start of a fresh space");
+}
+
+#[test]
+fn when_the_space_ends_each_listener_gets_one_close_and_its_answer_is_not_echoed() {
+    let s = Server::start(&[]);
+    let (id, host, _) = live_space(&s, "One close");
+    let path = format!("/spaces/{id}/live.ws");
+    std::thread::sleep(Duration::from_millis(300));
+    let clients: Vec<Raw> = (0..24).map(|_| Raw::connect(s.port, &path)).collect();
+    let readers: Vec<_> = clients
+        .into_iter()
+        .map(|mut c| {
+            std::thread::spawn(move || {
+                let mut closes = Vec::new();
+                let deadline = Instant::now() + Duration::from_secs(15);
+                while Instant::now() < deadline {
+                    match c.next_control(0.5) {
+                        Some((0x88, p)) => {
+                            // As a browser does: answer the server's Close
+                            // with ours, at once.
+                            if closes.is_empty() {
+                                c.send(0x88, &p[..2.min(p.len())]);
+                            }
+                            closes.push(p);
+                        }
+                        Some(_) => {}
+                        None if c.eof_within(0.01) => break,
+                        None => {}
+                    }
+                }
+                closes
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    end_space(&s, &id, &host);
+    for r in readers {
+        let closes = r.join().expect("reader");
+        assert_eq!(closes.len(), 1, "one Close per listener, got {closes:?}");
+        let code = u16::from_be_bytes([closes[0][0], closes[0][1]]);
+        assert_eq!(code, 4000, "the space-ended code");
+    }
 }
 
 /// Seconds the keepalive client listens and its keepalive ping interval

@@ -189,6 +189,14 @@ impl Control {
         self.closing = closing;
     }
 
+    /// Forgets the reply (the server already closed: nothing may follow
+    /// its Close) and reads again.
+    pub(crate) fn drop_reply(&mut self) {
+        self.out_len = 0;
+        self.out_off = 0;
+        self.closing = false;
+    }
+
     /// The part of the reply not yet sent (empty: none).
     pub(crate) fn pending_reply(&self) -> &[u8] {
         &self.buf[usize::from(self.out_off)..usize::from(self.out_len)]

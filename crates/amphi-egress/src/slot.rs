@@ -116,6 +116,12 @@ pub struct Slot<S: Read + Write = TcpStream> {
     /// worker's scratch for each pass (the same bytes every time), so a
     /// partly written unit costs an offset, not a copy.
     pub(crate) tls: Option<Box<RecordSealer>>,
+    /// A WebSocket Close from the server (a space ended, or this node
+    /// lost the cluster) was written whole, as a unit. Nothing more may
+    /// follow it (RFC 6455 §5.5.1): not a unit, not a Pong, not the echo
+    /// of the client's Close (a second Close is a protocol error to a
+    /// browser). The client's Close completes the handshake.
+    pub(crate) sent_close: bool,
 }
 
 /// Source of units for a slot: the worker's recent units of that output.
@@ -165,6 +171,7 @@ impl<S: Read + Write> Slot<S> {
             token: usize::MAX,
             reply_off: 0,
             tls: None,
+            sent_close: false,
         }
     }
 
@@ -214,6 +221,7 @@ impl<S: Read + Write> Slot<S> {
     /// control reply waiting behind it.
     pub(crate) fn busy(&self) -> bool {
         self.in_flight()
+            || self.sent_close
             || matches!(&self.reader, Reader::Ws { ctl, .. } if !ctl.pending_reply().is_empty())
     }
 
@@ -320,6 +328,38 @@ impl<S: Read + Write> Slot<S> {
         }
     }
 
+    /// Whether `unit` is a WebSocket Close frame (on a WebSocket listener).
+    fn is_close(&self, unit: &[u8]) -> bool {
+        matches!(self.reader, Reader::Ws { .. }) && unit.first() == Some(&0x88)
+    }
+
+    /// After the server's Close: waits for the client's, answering
+    /// nothing, and gives up after `stall`.
+    fn after_close(&mut self, now: Instant, stall: Duration) -> Service {
+        loop {
+            let Reader::Ws { ctl, .. } = &mut self.reader else {
+                return Service::Closed;
+            };
+            if ctl.pending_reply().is_empty() {
+                break;
+            }
+            if ctl.closing() {
+                // The client's Close (or a violation): the handshake is
+                // done, and no echo goes out.
+                return Service::Closed;
+            }
+            ctl.drop_reply();
+            if let Err(v) = self.read(now) {
+                return v;
+            }
+        }
+        let since = *self.behind_since.get_or_insert(now);
+        if now.duration_since(since) > stall {
+            return Service::Closed;
+        }
+        Service::Keep
+    }
+
     /// Notes that the socket took nothing: a stall if it lasts.
     fn blocked(&mut self, now: Instant, stall: Duration) -> Service {
         let since = *self.behind_since.get_or_insert(now);
@@ -336,6 +376,15 @@ impl<S: Read + Write> Slot<S> {
     fn follows<U: Units>(&self, units: &U, seq: u64, newest: u64) -> Option<usize> {
         if matches!(&self.reader, Reader::Ws { ctl, .. } if !ctl.pending_reply().is_empty()) {
             // A control reply goes out right after the unit in flight.
+            return None;
+        }
+        let before = if seq == self.next_unit {
+            Some(&self.cur)
+        } else {
+            units.get(seq.wrapping_sub(1))
+        };
+        if before.is_some_and(|b| self.is_close(b)) {
+            // A Close ends the stream: nothing is chained after it.
             return None;
         }
         let b = units.get(seq)?;
@@ -469,6 +518,15 @@ impl<S: Read + Write> Slot<S> {
                     Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                     Err(_) => return Service::Gone,
                 }
+            }
+            if !self.sent_close && self.is_close(&self.cur) {
+                // The whole Close is out: the clock for the client's
+                // answer starts now.
+                self.sent_close = true;
+                self.behind_since = Some(now);
+            }
+            if self.sent_close {
+                return self.after_close(now, stall);
             }
             if let Reader::Ws { ctl, .. } = &mut self.reader
                 && !ctl.pending_reply().is_empty()
@@ -800,6 +858,110 @@ mod tests {
         expect.extend_from_slice(&[0x8a, 3, b'a', b'b', b'c']);
         assert_eq!(slot.stream.got, expect);
         assert_eq!(t.pongs, 1);
+    }
+
+    #[test]
+    fn after_the_servers_close_nothing_follows_and_the_clients_close_is_not_echoed() {
+        // The space ended: its last unit is the server's Close (4000). A
+        // browser that closed at the same moment (its Close crossing
+        // ours) must not get a second Close: Chromium fails the socket
+        // with "Close received after close".
+        let close = Bytes::from_static(&[0x88, 0x02, 0x0f, 0xa0]);
+        let ring = Ring(VecDeque::from([
+            (0, unit(0, 9)),
+            (1, close.clone()),
+            (2, unit(2, 9)),
+        ]));
+        let now = Instant::now();
+        let stall = Duration::from_secs(5);
+        let mut t = Tally::default();
+        let mut slot = Slot::new(
+            Peer::new([10_000, 10_000, 10_000]),
+            Bytes::new(),
+            0,
+            0,
+            Protocol::WebSocket,
+        );
+        slot.burst_to = Some(2);
+        // The client's Close is already waiting when the units go out.
+        slot.stream
+            .input
+            .extend([0x88, 0x82, 0, 0, 0, 0, 0x03, 0xe8]);
+        slot.read(now).unwrap();
+        assert!(slot.busy());
+        let mut got = Vec::new();
+        let mut verdict = Service::Keep;
+        for _ in 0..4 {
+            verdict = slot.service(&ring, now, stall, &mut t, &mut Vec::new());
+            if verdict != Service::Keep {
+                break;
+            }
+        }
+        got.extend_from_slice(&slot.stream.got);
+        // The echo goes out first (a reply waits for no unit), or our
+        // Close does; either way one Close, and nothing after it.
+        let mut unit0_then_close = unit(0, 9).to_vec();
+        unit0_then_close.extend_from_slice(&close);
+        let mut unit0_then_echo = unit(0, 9).to_vec();
+        unit0_then_echo.extend_from_slice(&[0x88, 2, 0x03, 0xe8]);
+        let echo_only = vec![0x88, 2, 0x03, 0xe8];
+        assert!(
+            got == echo_only || got == unit0_then_close || got == unit0_then_echo,
+            "one Close only, then nothing: {got:?}"
+        );
+        assert_eq!(verdict, Service::Closed);
+
+        // Our Close first, the client's afterwards: not echoed, no more
+        // units, no Pong; the client's Close ends the slot.
+        let mut slot = Slot::new(
+            Peer::new([10_000; 8]),
+            Bytes::new(),
+            0,
+            0,
+            Protocol::WebSocket,
+        );
+        slot.burst_to = Some(2);
+        assert_eq!(
+            slot.service(&ring, now, stall, &mut t, &mut Vec::new()),
+            Service::Keep
+        );
+        let mut expect = unit(0, 9).to_vec();
+        expect.extend_from_slice(&close);
+        assert_eq!(slot.stream.got, expect, "unit 2 never follows the Close");
+        assert!(slot.busy(), "waits for the client's Close");
+        slot.stream.input.extend(ping(b"p"));
+        slot.read(now).unwrap();
+        assert_eq!(
+            slot.service(&ring, now, stall, &mut t, &mut Vec::new()),
+            Service::Keep
+        );
+        assert_eq!(slot.stream.got, expect, "no Pong after the Close");
+        slot.stream.input.extend([0x88, 0x80, 0, 0, 0, 0]);
+        slot.read(now).unwrap();
+        assert_eq!(
+            slot.service(&ring, now, stall, &mut t, &mut Vec::new()),
+            Service::Closed
+        );
+        assert_eq!(slot.stream.got, expect, "the client's Close is not echoed");
+
+        // A client that never answers is let go after the stall timeout.
+        let mut slot = Slot::new(
+            Peer::new([10_000; 8]),
+            Bytes::new(),
+            0,
+            0,
+            Protocol::WebSocket,
+        );
+        slot.burst_to = Some(2);
+        assert_eq!(
+            slot.service(&ring, now, stall, &mut t, &mut Vec::new()),
+            Service::Keep
+        );
+        let later = now + stall + Duration::from_millis(1);
+        assert_eq!(
+            slot.service(&ring, later, stall, &mut t, &mut Vec::new()),
+            Service::Closed
+        );
     }
 
     #[test]
