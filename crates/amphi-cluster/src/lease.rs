@@ -49,6 +49,40 @@ const _: () = assert!(
     FENCE_MS > 2 * RENEW_MS,
     "a single missed renewal must not fence"
 );
+/// How often every node asks the leader of the leases' stream to answer
+/// (a bus probe): the answer proves a leader is there and reachable.
+pub const PROBE_MS: i64 = 100;
+/// A probe unanswered for this long has failed.
+pub const PROBE_TIMEOUT_MS: i64 = 400;
+/// The most time between two probes' sending before the silence itself
+/// counts as a failure (a stalled probe loop proves nothing).
+pub const PROBE_GAP_MS: i64 = 2 * PROBE_MS;
+/// A node takes a lease over only while its last successful probe was
+/// answered less than this long ago.
+pub const PROBE_STALE_MS: i64 = PROBE_GAP_MS + PROBE_TIMEOUT_MS;
+/// An owner whose renewals are refused because the leases' stream has no
+/// leader (while its NATS server reaches the JetStream meta leader: it is
+/// on the majority side) keeps its lease valid from such a refused renewal
+/// only once the refusals have lasted this long: long enough that every
+/// other node's probes, sent at least every [`PROBE_GAP_MS`], have failed
+/// too and restarted its lease ages.
+pub const LEADERLESS_SPAN_MS: i64 = PROBE_GAP_MS;
+/// The least time between an owner kept valid through a leaderless stream
+/// fencing itself and the earliest takeover: the owner's last refused
+/// renewal was sent at `w` and it is fenced by `w` + [`FENCE_MS`] +
+/// [`FENCE_CHECK_MS`]; every taker had a probe fail that it sent no
+/// earlier than `w` - [`PROBE_GAP_MS`] (the refusals spanned
+/// [`LEADERLESS_SPAN_MS`] up to `w`), and counts [`TTL_MS`] from that
+/// failure.
+pub const LEADERLESS_MARGIN_MS: i64 = TTL_MS - PROBE_GAP_MS - FENCE_MS - FENCE_CHECK_MS;
+const _: () = assert!(
+    LEADERLESS_MARGIN_MS >= 250,
+    "the leaderless margin is too thin"
+);
+const _: () = assert!(
+    LEADERLESS_SPAN_MS >= PROBE_GAP_MS,
+    "a leaderless stream must be seen for longer than the probes' period"
+);
 /// Duration of one program frame.
 const FRAME_MS: i64 = 20;
 
@@ -171,6 +205,16 @@ impl Sightings {
                 );
                 0
             }
+        }
+    }
+
+    /// This node's bus access failed at `now_ms` (a probe of the leases'
+    /// stream went unanswered, or was answered with no leader): every age
+    /// starts again from now, as if each key had just been renewed, since
+    /// a renewal may have been refused for the same reason.
+    pub fn restart(&mut self, now_ms: i64) {
+        for s in self.seen.values_mut() {
+            s.since_ms = s.since_ms.max(now_ms);
         }
     }
 

@@ -22,7 +22,25 @@
 //! ([`OwnershipEvent::Fenced`]). That is at least [`FENCE_MARGIN_MS`]
 //! before any other node may take them over, so two origins never overlap.
 //!
+//! A leases stream with no leader is not a cut-off owner. When the NATS
+//! server leading the stream dies, JetStream takes seconds to elect
+//! another; no lease can be written anywhere meanwhile. The shell reports
+//! a renewal refused that way, by a server that still reaches the
+//! JetStream meta leader (so is on the majority side), as
+//! [`WriteResult::Leaderless`]; once such refusals have lasted
+//! [`LEADERLESS_SPAN_MS`] the owner counts its lease valid for
+//! [`FENCE_MS`] from the last refused renewal's sending, and retries every
+//! [`FENCE_CHECK_MS`] so it renews first when a leader is back. Every node
+//! probes the stream's leader every [`PROBE_MS`] ([`Ownership::probed`]);
+//! a failed probe restarts every lease age it measures, and it takes a
+//! lease over only while its probes succeed, so no one can take a lease
+//! over sooner than [`LEADERLESS_MARGIN_MS`] after its owner, kept valid
+//! by refusals, fenced itself.
+//!
 //! [`FENCE_CHECK_MS`]: crate::lease::FENCE_CHECK_MS
+//! [`LEADERLESS_SPAN_MS`]: crate::lease::LEADERLESS_SPAN_MS
+//! [`LEADERLESS_MARGIN_MS`]: crate::lease::LEADERLESS_MARGIN_MS
+//! [`PROBE_MS`]: crate::lease::PROBE_MS
 //! [`FENCE_MARGIN_MS`]: crate::lease::FENCE_MARGIN_MS
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -31,7 +49,9 @@ use amphi_core::SpaceId;
 
 #[cfg(doc)]
 use crate::lease::TTL_MS;
-use crate::lease::{FENCE_MS, Lease, LeaseDecision, Sightings};
+use crate::lease::{
+    FENCE_MS, LEADERLESS_SPAN_MS, Lease, LeaseDecision, PROBE_GAP_MS, PROBE_STALE_MS, Sightings,
+};
 
 /// A compare-and-set on a space's lease key, to perform and report.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +74,11 @@ pub enum WriteResult {
     /// No answer (NATS unreachable, timeout): the write may or may not
     /// have happened.
     Failed,
+    /// Refused because the leases' stream has no leader, and this node's
+    /// NATS server then answered a request only a server on the majority
+    /// side can answer (the JetStream meta leader's): nobody can write a
+    /// lease now. The write did not happen.
+    Leaderless,
 }
 
 /// What a node should do with a call about a space.
@@ -100,6 +125,12 @@ struct Held {
     at_ms: i64,
     /// A renewal is in flight.
     renewing: bool,
+    /// The last renewal was not acknowledged: retry at every fencing
+    /// check, not only every [`crate::lease::RENEW_MS`].
+    retry: bool,
+    /// When the first of an unbroken run of renewals refused for want of
+    /// a stream leader was sent.
+    leaderless_since: Option<i64>,
 }
 
 #[derive(Debug, Clone)]
@@ -134,6 +165,17 @@ pub struct Ownership {
     /// Spaces this node fenced itself out of and has not seen a newer
     /// owner of (nor won again).
     fenced: HashSet<SpaceId>,
+    /// The bus probes (see [`Ownership::probed`]).
+    probes: Probes,
+}
+
+/// What this node's probes of the leases' stream leader showed.
+#[derive(Debug, Default, Clone, Copy)]
+struct Probes {
+    /// When the latest probe reported was sent.
+    last_sent: Option<i64>,
+    /// When the latest successful probe was answered.
+    last_ok: Option<i64>,
 }
 
 impl Ownership {
@@ -148,6 +190,7 @@ impl Ownership {
             events: VecDeque::new(),
             sightings: Sightings::default(),
             fenced: HashSet::new(),
+            probes: Probes::default(),
         }
     }
 
@@ -232,12 +275,42 @@ impl Ownership {
         }
     }
 
+    /// A probe of the leases' stream leader sent at `sent_ms` was answered
+    /// (`ok`: by the leader) or failed (no leader, no answer) at `now_ms`.
+    /// A failure, or probes further apart than [`PROBE_GAP_MS`], restarts
+    /// every lease age this node measures: a renewal may have been refused
+    /// for the same reason.
+    pub fn probed(&mut self, sent_ms: i64, ok: bool, now_ms: i64) {
+        let gap = self
+            .probes
+            .last_sent
+            .is_some_and(|last| sent_ms.saturating_sub(last) > PROBE_GAP_MS);
+        self.probes.last_sent = Some(self.probes.last_sent.map_or(sent_ms, |l| l.max(sent_ms)));
+        if !ok || gap {
+            self.sightings.restart(now_ms);
+        }
+        if ok {
+            self.probes.last_ok = Some(now_ms);
+        }
+    }
+
+    /// Whether this node may take a lease over at `now_ms`: a probe of
+    /// the leases' stream leader succeeded within [`PROBE_STALE_MS`].
+    pub fn bus_healthy(&self, now_ms: i64) -> bool {
+        self.probes
+            .last_ok
+            .is_some_and(|ok| now_ms.saturating_sub(ok) < PROBE_STALE_MS)
+    }
+
     /// Spaces whose owner stopped renewing: their key has not changed for
-    /// [`TTL_MS`] as this node saw it. The shell claims the live ones, so a
+    /// [`TTL_MS`] as this node saw it, and its bus probes succeed. The shell claims the live ones, so a
     /// dead origin's spaces move with no one asking. A lease naming this
     /// node that it does not hold (it fenced itself, and nobody else took
     /// the space while it was cut off) counts too: it wins it back.
     pub fn expired(&self, now_ms: i64) -> Vec<SpaceId> {
+        if !self.bus_healthy(now_ms) {
+            return Vec::new();
+        }
         let mut out: Vec<SpaceId> = self.sightings.expired(&self.me, now_ms).collect();
         out.extend(
             self.sightings
@@ -315,6 +388,7 @@ impl Ownership {
                 };
                 Claim::Write(self.write(attempt, space, self.lease(0, false), None))
             }
+            LeaseDecision::TakeOver { .. } if !self.bus_healthy(now_ms) => Claim::Retry,
             LeaseDecision::TakeOver {
                 revision,
                 previous,
@@ -372,6 +446,8 @@ impl Ownership {
                         revision,
                         at_ms,
                         renewing: false,
+                        retry: false,
+                        leaderless_since: None,
                     },
                 );
                 if fresh {
@@ -398,11 +474,26 @@ impl Ownership {
                     WriteResult::Written(revision) => {
                         h.revision = revision;
                         h.at_ms = h.at_ms.max(at_ms);
+                        h.retry = false;
+                        h.leaderless_since = None;
                     }
                     WriteResult::Conflict => self.drop_held(space),
-                    // Try again at the next renewal; the lease expires on
-                    // its own if NATS stays away.
-                    WriteResult::Failed => {}
+                    // Try again at once; the lease expires on its own if
+                    // NATS stays away.
+                    WriteResult::Failed => {
+                        h.retry = true;
+                        h.leaderless_since = None;
+                    }
+                    // Nobody can write a lease: once that has lasted long
+                    // enough for every other node to have seen it too,
+                    // the lease stays valid from this renewal's sending.
+                    WriteResult::Leaderless => {
+                        h.retry = true;
+                        let since = *h.leaderless_since.get_or_insert(at_ms);
+                        if at_ms.saturating_sub(since) >= LEADERLESS_SPAN_MS {
+                            h.at_ms = h.at_ms.max(at_ms);
+                        }
+                    }
                 }
                 None
             }
@@ -414,10 +505,27 @@ impl Ownership {
     /// flight, carrying the space's last program frame (`last_seq`).
     /// Called every [`crate::lease::RENEW_MS`].
     pub fn renewals(&mut self, now_ms: i64, last_seq: impl Fn(SpaceId) -> u64) -> Vec<LeaseWrite> {
+        self.renew_where(now_ms, last_seq, |_| true)
+    }
+
+    /// The renewals to retry at `now_ms`: one per held space whose last
+    /// renewal was not acknowledged and none is in flight. Called every
+    /// [`crate::lease::FENCE_CHECK_MS`], so an owner whose renewals were
+    /// refused for want of a stream leader renews first when one is back.
+    pub fn retries(&mut self, now_ms: i64, last_seq: impl Fn(SpaceId) -> u64) -> Vec<LeaseWrite> {
+        self.renew_where(now_ms, last_seq, |h| h.retry)
+    }
+
+    fn renew_where(
+        &mut self,
+        now_ms: i64,
+        last_seq: impl Fn(SpaceId) -> u64,
+        which: impl Fn(&Held) -> bool,
+    ) -> Vec<LeaseWrite> {
         let due: Vec<(SpaceId, u64)> = self
             .held
             .iter_mut()
-            .filter(|(_, h)| !h.renewing)
+            .filter(|(_, h)| !h.renewing && which(h))
             .map(|(s, h)| {
                 h.renewing = true;
                 (*s, h.revision)
@@ -608,7 +716,10 @@ mod tests {
         a.fence(FENCE_MS);
         assert_eq!(a.poll_event(), Some(OwnershipEvent::Fenced { space: S }));
         // Nobody took it while NATS was away: once its own lease is seen
-        // expired it is claimed again (a compare-and-set like any other).
+        // expired (and its bus answers) it is claimed again (a
+        // compare-and-set like any other).
+        assert!(a.expired(TTL_MS).is_empty(), "no probe answered yet");
+        a.probed(TTL_MS - 50, true, TTL_MS - 40);
         assert!(a.expired(TTL_MS - 1).is_empty());
         assert_eq!(a.expired(TTL_MS), [S]);
         let mine = a.lease(0, false);
@@ -621,6 +732,223 @@ mod tests {
             a.poll_event(),
             Some(OwnershipEvent::Acquired { from: None, .. })
         ));
+    }
+
+    #[test]
+    fn renewals_refused_for_want_of_a_leader_keep_the_lease_once_they_last() {
+        use crate::lease::{FENCE_CHECK_MS, LEADERLESS_SPAN_MS};
+        let mut a = Ownership::new("a", "http://a");
+        let c = a.claim(S, None, 0);
+        won(&mut a, c, 1, 0);
+        a.poll_event();
+        // The renewal at 1 s is refused: no stream leader. Retried at
+        // every fencing check from then on.
+        let r = a.renewals(RENEW_MS, |_| 1);
+        a.written(r[0].id, WriteResult::Leaderless, RENEW_MS + 5);
+        let mut t = RENEW_MS + 50;
+        while t < 9_000 {
+            let r = a.retries(t, |_| 1);
+            assert_eq!(r.len(), 1, "a retry at {t}");
+            a.written(r[0].id, WriteResult::Leaderless, t + 5);
+            assert_eq!(a.fence(t + 10), 0, "fenced at {t}");
+            t += FENCE_CHECK_MS;
+        }
+        // Valid from the last refused renewal once refusals spanned the
+        // probes' period, not from the first one.
+        assert!(a.owns(S, t - FENCE_CHECK_MS + FENCE_MS - 1));
+        assert!(!a.owns(S, t - FENCE_CHECK_MS + FENCE_MS));
+        // A leader is back: the retry is written and the retries stop.
+        let r = a.retries(t, |_| 1);
+        a.written(r[0].id, WriteResult::Written(2), t + 5);
+        assert!(a.retries(t + FENCE_CHECK_MS, |_| 1).is_empty());
+        assert_eq!(a.poll_event(), None);
+
+        // A single refusal extends nothing; an unanswered write breaks the
+        // run: cut off, the owner fences as before.
+        let mut b = Ownership::new("b", "http://b");
+        let c = b.claim(S, None, 0);
+        won(&mut b, c, 1, 0);
+        let r = b.renewals(RENEW_MS, |_| 1);
+        b.written(r[0].id, WriteResult::Leaderless, RENEW_MS);
+        let r = b.retries(RENEW_MS + LEADERLESS_SPAN_MS - 1, |_| 1);
+        b.written(r[0].id, WriteResult::Failed, RENEW_MS + LEADERLESS_SPAN_MS);
+        let r = b.retries(RENEW_MS + LEADERLESS_SPAN_MS + 1, |_| 1);
+        b.written(
+            r[0].id,
+            WriteResult::Leaderless,
+            RENEW_MS + LEADERLESS_SPAN_MS + 1,
+        );
+        assert_eq!(b.fence(FENCE_MS), 1, "valid only from its first write");
+    }
+
+    #[test]
+    fn a_node_whose_bus_fails_takes_nothing_over() {
+        use crate::lease::{PROBE_MS, PROBE_STALE_MS};
+        let mut b = Ownership::new("b", "http://b");
+        let a = Lease {
+            node: "a".into(),
+            http: "http://a".into(),
+            seq: 9,
+            at_ms: 0,
+            ended: false,
+        };
+        b.seen(S, Some((&a, 4)), 0);
+        b.probed(TTL_MS - 10, true, TTL_MS - 5);
+        assert_eq!(b.expired(TTL_MS), [S]);
+        // No answer lately: nothing is taken over, not even when asked.
+        assert!(b.expired(TTL_MS - 5 + PROBE_STALE_MS).is_empty());
+        assert_eq!(
+            b.claim(S, Some((&a, 4)), TTL_MS - 5 + PROBE_STALE_MS),
+            Claim::Retry
+        );
+        // A failed probe restarts the lease's age: TTL_MS from then.
+        b.probed(TTL_MS, false, TTL_MS + 400);
+        b.probed(TTL_MS + PROBE_MS, true, TTL_MS + PROBE_MS + 5);
+        assert!(b.expired(TTL_MS + PROBE_MS + 10).is_empty());
+        // So does a probe sent too long after the one before.
+        let mut t = TTL_MS + PROBE_MS;
+        while t < TTL_MS + 400 + TTL_MS - PROBE_MS {
+            t += PROBE_MS;
+            b.probed(t, true, t + 5);
+        }
+        assert!(b.expired(t + 5).is_empty());
+        t += PROBE_MS;
+        b.probed(t, true, t + 5);
+        assert_eq!(b.expired(t + 5), [S]);
+        t += 3 * PROBE_MS;
+        b.probed(t, true, t + 5);
+        assert!(b.expired(t + 5).is_empty(), "a gap between probes");
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// The leases' stream loses its leader for `leaderless_for` ms
+        /// (JetStream electing another): the owner's renewals are refused
+        /// (503, its server reaching the meta leader), the other node's
+        /// probes fail and its takeover writes are refused. Without a second
+        /// fault the owner never fences and the other never takes over;
+        /// with the owner cut off `cut_after` ms after the leader is back
+        /// (a second fault), the other takes over, never while the owner
+        /// still holds the lease.
+        #[test]
+        fn a_leaderless_stream_keeps_its_owner_and_never_doubles_it(
+            lost_at in 0i64..400,
+            leaderless_for in 0i64..2_000,
+            latency in 0i64..8,
+            watch_delay in 0i64..16,
+            b_phase in 0i64..(RENEW_MS / STEP),
+            probe_phase in 0i64..(crate::lease::PROBE_MS / STEP),
+            cut_after in proptest::option::of(0i64..300),
+        ) {
+            use crate::lease::{FENCE_CHECK_MS, PROBE_MS, PROBE_TIMEOUT_MS};
+            let (lost_at, leaderless_for, latency, watch_delay, b_phase, probe_phase) = (
+                1_000 + lost_at * STEP, leaderless_for * STEP, latency * STEP,
+                watch_delay * STEP, b_phase * STEP, probe_phase * STEP,
+            );
+            let back_at = lost_at + leaderless_for;
+            let leader = |t: i64| t < lost_at || t >= back_at;
+            let cut = |t: i64| cut_after.is_some_and(|c| t >= back_at + c * STEP);
+            let mut a = Ownership::new("a", "http://a");
+            let mut b = Ownership::new("b", "http://b");
+            let (mut rev, mut lease) = (0u64, None::<Lease>);
+            let mut land = |rev: &mut u64, lease: &mut Option<Lease>, w: &LeaseWrite| {
+                let ok = match w.revision {
+                    None => lease.is_none(),
+                    Some(r) => r == *rev,
+                };
+                if !ok {
+                    return WriteResult::Conflict;
+                }
+                *rev += 1;
+                *lease = Some(w.value.clone());
+                WriteResult::Written(*rev)
+            };
+            let c = a.claim(S, None, 0);
+            let Claim::Write(w) = c else { panic!() };
+            let r = land(&mut rev, &mut lease, &w);
+            a.written(w.id, r, 0);
+            a.poll_event();
+            // (answer at, write, result) of a's writes; (at, rev, lease)
+            // b will see; (answer at, sent, ok) of b's probes.
+            let mut a_writes: Vec<(i64, LeaseWrite, WriteResult)> = vec![];
+            let mut b_sees: Vec<(i64, u64, Lease)> = vec![(watch_delay, rev, lease.clone().unwrap())];
+            let mut probes: Vec<(i64, i64, bool)> = vec![];
+            let (mut fenced_at, mut taken_at) = (None, None);
+            for t in (STEP..back_at + 12_000).step_by(STEP as usize) {
+                // a renews every RENEW_MS, retries at every fencing check.
+                let mut sent = vec![];
+                if t % RENEW_MS == 0 {
+                    sent.extend(a.renewals(t, |_| 0));
+                }
+                if t % FENCE_CHECK_MS == 0 {
+                    sent.extend(a.retries(t, |_| 0));
+                }
+                for w in sent {
+                    let at = t + latency;
+                    let (answer, result) = if cut(t) || cut(at) {
+                        (t + 1_000, WriteResult::Failed)
+                    } else if !leader(at) {
+                        (at + latency, WriteResult::Leaderless)
+                    } else {
+                        let r = land(&mut rev, &mut lease, &w);
+                        if let WriteResult::Written(rv) = r {
+                            b_sees.push((at + watch_delay, rv, w.value.clone()));
+                        }
+                        (at + latency, r)
+                    };
+                    a_writes.push((answer, w, result));
+                }
+                let due: Vec<_> = a_writes.iter().filter(|p| p.0 == t).cloned().collect();
+                a_writes.retain(|p| p.0 != t);
+                for (_, w, r) in due {
+                    a.written(w.id, r, t);
+                }
+                if t % FENCE_CHECK_MS == 0 && a.fence(t) > 0 {
+                    fenced_at.get_or_insert(t);
+                }
+                while a.poll_event().is_some() {}
+                // b probes the stream's leader every PROBE_MS.
+                if t % PROBE_MS == probe_phase {
+                    let ok = leader(t + latency);
+                    let answer = if ok { t + 2 * latency } else { t + PROBE_TIMEOUT_MS };
+                    probes.push((answer.max(t + STEP), t, ok));
+                }
+                let due: Vec<_> = probes.iter().filter(|p| p.0 == t).copied().collect();
+                probes.retain(|p| p.0 != t);
+                for (_, sent, ok) in due {
+                    b.probed(sent, ok, t);
+                }
+                let seen: Vec<_> = b_sees.iter().filter(|s| s.0 <= t).cloned().collect();
+                b_sees.retain(|s| s.0 > t);
+                for (_, rv, l) in seen {
+                    b.seen(S, Some((&l, rv)), t);
+                }
+                if t % RENEW_MS == b_phase && !b.holds(S) && b.expired(t).contains(&S) {
+                    let current = lease.clone().map(|l| (l, rev));
+                    if let Claim::Write(w) = b.claim(S, current.as_ref().map(|(l, r)| (l, *r)), t) {
+                        let r = if leader(t) { land(&mut rev, &mut lease, &w) } else { WriteResult::Failed };
+                        if b.written(w.id, r, t) == Some(Claim::Mine) {
+                            taken_at.get_or_insert(t);
+                        }
+                    }
+                }
+                if b.holds(S) && t % RENEW_MS == b_phase {
+                    for w in b.renewals(t, |_| 0) {
+                        let r = land(&mut rev, &mut lease, &w);
+                        b.written(w.id, r, t);
+                    }
+                }
+                proptest::prop_assert!(!(a.holds(S) && b.holds(S)), "two owners at t = {}", t);
+            }
+            if cut_after.is_none() {
+                proptest::prop_assert_eq!(fenced_at, None, "the owner fenced itself");
+                proptest::prop_assert_eq!(taken_at, None, "taken over");
+                proptest::prop_assert!(a.holds(S));
+            } else {
+                let (f, tk) = (fenced_at.expect("a fenced"), taken_at.expect("b took over"));
+                proptest::prop_assert!(tk > f, "taken at {} before the fence at {}", tk, f);
+            }
+        }
     }
 
     /// A simulated cluster of two nodes and a key-value store, 1 ms steps:
@@ -766,6 +1094,9 @@ mod tests {
                 sim.b_sees.retain(|(at, ..)| *at > t);
                 for (_, rev, l) in seen {
                     sim.b.seen(S, Some((&l, rev)), nb);
+                }
+                if t % crate::lease::PROBE_MS == 0 {
+                    sim.b.probed(nb, true, nb);
                 }
                 if t % RENEW_MS == b_phase && !sim.b.holds(S) && sim.b.expired(nb).contains(&S) {
                     let current = sim.lease.clone().map(|l| (l, sim.rev));

@@ -71,6 +71,8 @@ pub struct Node {
     pub seq: u64,
     /// What this node's clock reads more than the shared one.
     pub offset: i64,
+    /// Until when (this node's clock) its bus probes were reported.
+    probed_to: Option<i64>,
 }
 
 impl Node {
@@ -81,6 +83,7 @@ impl Node {
             events: Vec::new(),
             seq: 0,
             offset: 0,
+            probed_to: None,
         }
     }
 
@@ -97,9 +100,23 @@ impl Node {
         ms.saturating_add(self.offset)
     }
 
+    /// The shell's probe loop up to `now` (this node's clock): a probe
+    /// every `PROBE_MS`, answered at once if the node reaches the bucket,
+    /// failed otherwise.
+    fn probe_to(&mut self, now: i64) {
+        use amphi_cluster::lease::PROBE_MS;
+        let mut next = self.probed_to.map_or(now, |t| t + PROBE_MS);
+        while next <= now {
+            self.own.probed(next, self.reachable, next);
+            self.probed_to = Some(next);
+            next += PROBE_MS;
+        }
+    }
+
     /// This node's watch of the bucket delivers the key of `space`.
     pub fn watch(&mut self, kv: &Kv, space: SpaceId, ms: i64) {
         let now = self.at(ms);
+        self.probe_to(now);
         let current = kv.read(space);
         self.own
             .seen(space, current.as_ref().map(|(l, r)| (l, *r)), now);
@@ -115,6 +132,7 @@ impl Node {
     /// up to three rounds. `None`: the bucket did not answer.
     pub fn ensure_owner(&mut self, kv: &mut Kv, space: SpaceId, ms: i64) -> Option<Claim> {
         let now_ms = self.at(ms);
+        self.probe_to(now_ms);
         if !self.reachable {
             return None;
         }
@@ -146,6 +164,7 @@ impl Node {
     /// the node is cut off).
     pub fn renew(&mut self, kv: &mut Kv, ms: i64) {
         let now_ms = self.at(ms);
+        self.probe_to(now_ms);
         let seq = self.seq;
         for w in self.own.renewals(now_ms, |_| seq) {
             let result = if self.reachable {
