@@ -851,7 +851,7 @@ mod tests {
             let mut a = Ownership::new("a", "http://a");
             let mut b = Ownership::new("b", "http://b");
             let (mut rev, mut lease) = (0u64, None::<Lease>);
-            let mut land = |rev: &mut u64, lease: &mut Option<Lease>, w: &LeaseWrite| {
+            let land = |rev: &mut u64, lease: &mut Option<Lease>, w: &LeaseWrite| {
                 let ok = match w.revision {
                     None => lease.is_none(),
                     Some(r) => r == *rev,
