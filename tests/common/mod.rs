@@ -697,6 +697,66 @@ impl NatsCluster {
         self.wait_ready(i);
     }
 
+    /// The server leading stream `name` now, as the running servers report
+    /// it.
+    pub fn leader_of(&self, name: &str) -> Option<usize> {
+        (0..3)
+            .filter(|i| self.servers[*i].0.is_some())
+            .find_map(|i| {
+                let v = reqwest::blocking::get(format!(
+                    "http://{}:{}/jsz?streams=true",
+                    self.ip, self.servers[i].2
+                ))
+                .ok()?
+                .json::<Value>()
+                .ok()?;
+                let leader: usize = v["account_details"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|a| a["stream_detail"].as_array().into_iter().flatten())
+                    .find(|s| s["name"] == name)?["cluster"]["leader"]
+                    .as_str()?
+                    .strip_prefix('s')?
+                    .parse()
+                    .ok()?;
+                (self.servers[leader].0.is_some()).then_some(leader)
+            })
+    }
+
+    /// The server leading the JetStream meta group now.
+    pub fn meta_leader(&self) -> Option<usize> {
+        (0..3)
+            .filter(|i| self.servers[*i].0.is_some())
+            .find_map(|i| {
+                reqwest::blocking::get(format!("http://{}:{}/jsz", self.ip, self.servers[i].2))
+                    .ok()?
+                    .json::<Value>()
+                    .ok()?["meta_cluster"]["leader"]
+                    .as_str()?
+                    .strip_prefix('s')?
+                    .parse()
+                    .ok()
+            })
+    }
+
+    /// Moves the leadership of stream `name` to server `to`: asks the
+    /// leader to step down until `to` is elected (each step down elects
+    /// one of the others).
+    pub fn lead_stream_on(&self, name: &str, to: usize) {
+        for _ in 0..20 {
+            if self.leader_of(name) == Some(to) {
+                return;
+            }
+            let port = self.servers[to].1;
+            let v = nats_request(port, &format!("$JS.API.STREAM.LEADER.STEPDOWN.{name}"), "");
+            assert!(v.get("error").is_none(), "step down: {v}");
+            wait_for(10, "a new stream leader", || self.leader_of(name).is_some());
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        panic!("{name} never came to be led by s{to}");
+    }
+
     /// The replicas of stream `name` that are current (leader included),
     /// as its leader reports them (0 if no running server leads it).
     pub fn current_replicas(&self, name: &str) -> usize {
@@ -763,22 +823,34 @@ impl NatsCluster {
 /// get).
 pub fn lease_on(port: u16, space: &str) -> Option<(amphi_cluster::Lease, u64)> {
     use base64::Engine;
-
-    use std::io::{BufRead, BufReader, Read, Write};
     let bucket = amphi_cluster::LEASES_BUCKET;
+    let req = format!("{{\"last_by_subj\":\"$KV.{bucket}.{space}\"}}");
+    let v = nats_request(port, &format!("$JS.API.STREAM.MSG.GET.KV_{bucket}"), &req);
+    // No such key: `{"error": ...}`.
+    let data = v["message"]["data"].as_str()?;
+    let value = base64::engine::general_purpose::STANDARD
+        .decode(data)
+        .expect("base64");
+    let revision = v["message"]["seq"].as_u64().expect("seq");
+    amphi_cluster::Lease::decode(&value).map(|l| (l, revision))
+}
+
+/// A request to the NATS server on `port` with the plain protocol; its
+/// JSON answer (within 5 s).
+pub fn nats_request(port: u16, subject: &str, req: &str) -> Value {
+    use std::io::{BufRead, BufReader, Read, Write};
     let stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("nats");
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
         .expect("timeout");
     let mut w = stream.try_clone().expect("clone");
     let mut r = BufReader::new(stream);
-    let req = format!("{{\"last_by_subj\":\"$KV.{bucket}.{space}\"}}");
     write!(
-            w,
-            "CONNECT {{\"verbose\":false}}\r\nSUB _INBOX.lease 1\r\nPUB $JS.API.STREAM.MSG.GET.KV_{bucket} _INBOX.lease {}\r\n{req}\r\n",
-            req.len()
-        )
-        .expect("write to nats");
+        w,
+        "CONNECT {{\"verbose\":false}}\r\nSUB _INBOX.lease 1\r\nPUB {subject} _INBOX.lease {}\r\n{req}\r\n",
+        req.len()
+    )
+    .expect("write to nats");
     let mut line = String::new();
     loop {
         line.clear();
@@ -800,14 +872,7 @@ pub fn lease_on(port: u16, space: &str) -> Option<(amphi_cluster::Lease, u64)> {
             .expect("MSG length");
         let mut payload = vec![0; len + 2];
         r.read_exact(&mut payload).expect("MSG payload");
-        let v: Value = serde_json::from_slice(&payload[..len]).expect("JSON reply");
-        // No such key: `{"error": ...}`.
-        let data = v["message"]["data"].as_str()?;
-        let value = base64::engine::general_purpose::STANDARD
-            .decode(data)
-            .expect("base64");
-        let revision = v["message"]["seq"].as_u64().expect("seq");
-        return amphi_cluster::Lease::decode(&value).map(|l| (l, revision));
+        return serde_json::from_slice(&payload[..len]).expect("JSON reply");
     }
 }
 

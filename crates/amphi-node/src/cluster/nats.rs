@@ -83,6 +83,8 @@ struct ClusterStats {
     takeovers: AtomicU64,
     leases_lost: AtomicU64,
     fences: AtomicU64,
+    leaderless: AtomicU64,
+    probes_failed: AtomicU64,
     edges_started: AtomicU64,
     edges_stopped: AtomicU64,
     orphans_ended: AtomicU64,
@@ -798,6 +800,11 @@ impl Nats {
             if fenced > 0 {
                 self.act_on_ownership();
             }
+            // Renewals that were not acknowledged are retried now, so an
+            // owner whose stream had no leader renews first when one is
+            // back.
+            let me = self.clone();
+            tokio::spawn(async move { me.renew(true).await });
         }
     }
 
@@ -805,7 +812,7 @@ impl Nats {
         let mut iv = tokio::time::interval(Duration::from_millis(lease::RENEW_MS as u64));
         loop {
             iv.tick().await;
-            self.renew().await;
+            self.renew(false).await;
             self.take_over_orphans().await;
             self.end_orphans().await;
             self.publish_replays().await;
@@ -842,6 +849,7 @@ impl Membership for Nats {
         tokio::spawn(self.clone().watch_hooks());
         tokio::spawn(self.clone().housekeeping());
         tokio::spawn(self.clone().fencing());
+        tokio::spawn(self.clone().probe_leases());
         // Replays this node cut (or is cutting) before a restart.
         self.pending_replays.lock().extend(host.recorded_here());
         // Live spaces this node originated before a restart: if the lease
@@ -1103,6 +1111,18 @@ impl Membership for Nats {
             "amphi_fences_total",
             "Spaces this node stopped mixing because it could not prove its lease (cut off from NATS).",
             l(&s.fences),
+        );
+        counter(
+            out,
+            "amphi_lease_leaderless_total",
+            "Lease writes refused because the leases' stream had no leader while JetStream's meta leader answered (the lease stays valid).",
+            l(&s.leaderless),
+        );
+        counter(
+            out,
+            "amphi_lease_probes_failed_total",
+            "Probes of the leases' stream leader that failed (no leader, or no answer): takeovers wait.",
+            l(&s.probes_failed),
         );
         gauge(
             out,

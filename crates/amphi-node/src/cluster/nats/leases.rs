@@ -4,12 +4,23 @@
 //! claimed by this node with no one asking; the spaces taken over with no
 //! speaker back, ended after the grace; and the dead origin's unstored
 //! frames, gathered from the other nodes and recorded.
+//!
+//! A renewal refused with "no responders" means no server holds the
+//! leases' stream for this node: its leader died (JetStream is electing
+//! another) or this node's server is cut off from it. The shell tells the
+//! two apart by asking for the account's JetStream info, which only the
+//! meta leader answers, so only a server on the majority side: answered,
+//! the refusal is [`WriteResult::Leaderless`]; unanswered, it is
+//! [`WriteResult::Failed`]. Every node also probes the stream's leader
+//! every [`lease::PROBE_MS`] (a stream info request only that leader
+//! answers) and reports it to the ownership machine, which takes nothing
+//! over while those probes fail.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use amphi_cluster::{Claim, LEASES_BUCKET, Lease, LeaseWrite, OwnershipEvent, WriteResult};
+use amphi_cluster::{Claim, LEASES_BUCKET, Lease, LeaseWrite, OwnershipEvent, WriteResult, lease};
 use amphi_core::SpaceId;
 use async_nats::jetstream::kv;
 use bytes::Bytes;
@@ -52,6 +63,7 @@ impl Nats {
                 Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
                     WriteResult::Conflict
                 }
+                Err(e) if no_responders(&e) => self.leaderless(w.space).await,
                 Err(e) => {
                     tracing::warn!(space = %w.space, error = %e, "could not write a lease");
                     WriteResult::Failed
@@ -65,6 +77,52 @@ impl Nats {
                     WriteResult::Failed
                 }
             },
+        }
+    }
+
+    /// A lease write found no server holding the leases' stream: if this
+    /// node's server reaches the JetStream meta leader (the account info
+    /// is answered), the stream has no leader and nobody can write a
+    /// lease; if not, this node may be the one cut off.
+    async fn leaderless(&self, space: SpaceId) -> WriteResult {
+        let proof = tokio::time::timeout(
+            Duration::from_millis(lease::PROBE_TIMEOUT_MS as u64),
+            self.client.request("$JS.API.INFO", Bytes::new()),
+        )
+        .await;
+        if matches!(proof, Ok(Ok(m)) if answered(&m.payload, "limits")) {
+            self.stats.leaderless.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(space = %space, "a lease write was refused: the leases' stream has no leader (JetStream is electing one); the lease stays valid");
+            WriteResult::Leaderless
+        } else {
+            tracing::debug!(space = %space, "a lease write was refused and JetStream's meta leader did not answer: this node may be cut off");
+            WriteResult::Failed
+        }
+    }
+
+    /// Probes the leader of the leases' stream every [`lease::PROBE_MS`]:
+    /// its stream info, which only that leader answers. Each probe runs
+    /// on its own, so a slow one never delays the next.
+    pub(super) async fn probe_leases(self: Arc<Self>) {
+        let subject = format!("$JS.API.STREAM.INFO.KV_{LEASES_BUCKET}");
+        let mut iv = tokio::time::interval(Duration::from_millis(lease::PROBE_MS as u64));
+        iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            iv.tick().await;
+            let (me, subject) = (self.clone(), subject.clone());
+            tokio::spawn(async move {
+                let sent = mono_ms();
+                let answer = tokio::time::timeout(
+                    Duration::from_millis(lease::PROBE_TIMEOUT_MS as u64),
+                    me.client.request(subject, Bytes::new()),
+                )
+                .await;
+                let ok = matches!(answer, Ok(Ok(m)) if answered(&m.payload, "config"));
+                if !ok {
+                    me.stats.probes_failed.fetch_add(1, Ordering::Relaxed);
+                }
+                me.ownership.lock().probed(sent, ok, mono_ms());
+            });
         }
     }
 
@@ -147,15 +205,22 @@ impl Nats {
         }
     }
 
-    /// Renews this node's leases; a lease another node took is given up.
-    pub(super) async fn renew(&self) {
+    /// Renews this node's leases (`retry`: only those whose last renewal
+    /// was not acknowledged); a lease another node took is given up.
+    pub(super) async fn renew(&self, retry: bool) {
         let Some(host) = self.host() else { return };
-        let writes = self
-            .ownership
-            .lock()
-            .renewals(mono_ms(), |id| host.last_seq(id).unwrap_or(0));
+        let last_seq = |id| host.last_seq(id).unwrap_or(0);
+        let writes = if retry {
+            self.ownership.lock().retries(mono_ms(), last_seq)
+        } else {
+            self.ownership.lock().renewals(mono_ms(), last_seq)
+        };
         for w in writes {
-            let result = self.write_lease(&w).await;
+            // A write the stream's dying leader swallowed is not waited
+            // for: the renewal is retried at once.
+            let result = tokio::time::timeout(RENEW_TIMEOUT, self.write_lease(&w))
+                .await
+                .unwrap_or(WriteResult::Failed);
             self.ownership.lock().written(w.id, result, mono_ms());
         }
         self.act_on_ownership();
@@ -219,6 +284,26 @@ impl Nats {
         })
         .await;
     }
+}
+
+/// The longest a renewal is waited for before it counts as failed and is
+/// retried: well inside [`lease::FENCE_MS`].
+const RENEW_TIMEOUT: Duration = Duration::from_millis(800);
+
+/// Whether a key-value write found no server holding the stream ("no
+/// responders").
+fn no_responders(e: &kv::UpdateError) -> bool {
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<async_nats::jetstream::context::PublishError>())
+        .is_some_and(|p| {
+            p.kind() == async_nats::jetstream::context::PublishErrorKind::StreamNotFound
+        })
+}
+
+/// Whether a JetStream API answer is a success carrying `field`.
+fn answered(payload: &[u8], field: &str) -> bool {
+    serde_json::from_slice::<serde_json::Value>(payload)
+        .is_ok_and(|v| v.get("error").is_none() && v.get(field).is_some())
 }
 
 /// How long a new origin collects the other nodes' recent frames.
