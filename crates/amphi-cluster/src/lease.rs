@@ -50,29 +50,36 @@ const _: () = assert!(
     "a single missed renewal must not fence"
 );
 /// How often every node asks the leader of the leases' stream to answer
-/// (a bus probe): the answer proves a leader is there and reachable.
+/// (a bus probe: only that leader answers, so an answer proves a leader is
+/// there and reachable), while its probes succeed.
+pub const PROBE_SLOW_MS: i64 = 800;
+/// How often it probes for [`TTL_MS`] after a probe failed: the last
+/// failure it sees during an outage is then at most [`PROBE_GAP_MS`]
+/// before the outage ends.
 pub const PROBE_MS: i64 = 100;
 /// A probe unanswered for this long has failed.
 pub const PROBE_TIMEOUT_MS: i64 = 400;
-/// The most time between two probes' sending before the silence itself
-/// counts as a failure (a stalled probe loop proves nothing).
+/// The most time between two probes' sending, probing every [`PROBE_MS`],
+/// before the silence itself counts as a failure (a stalled probe loop
+/// proves nothing).
 pub const PROBE_GAP_MS: i64 = 2 * PROBE_MS;
+/// The same probing every [`PROBE_SLOW_MS`].
+pub const PROBE_SLOW_GAP_MS: i64 = PROBE_SLOW_MS + 2 * PROBE_MS;
 /// A node takes a lease over only while its last successful probe was
 /// answered less than this long ago.
-pub const PROBE_STALE_MS: i64 = PROBE_GAP_MS + PROBE_TIMEOUT_MS;
+pub const PROBE_STALE_MS: i64 = PROBE_SLOW_GAP_MS + PROBE_TIMEOUT_MS;
 /// An owner whose renewals are refused because the leases' stream has no
 /// leader (while its NATS server reaches the JetStream meta leader: it is
 /// on the majority side) keeps its lease valid from such a refused renewal
 /// only once the refusals have lasted this long: long enough that every
-/// other node's probes, sent at least every [`PROBE_GAP_MS`], have failed
-/// too and restarted its lease ages.
-pub const LEADERLESS_SPAN_MS: i64 = PROBE_GAP_MS;
+/// other node has sent a probe meanwhile, seen it fail and probes every
+/// [`PROBE_MS`] since.
+pub const LEADERLESS_SPAN_MS: i64 = PROBE_SLOW_GAP_MS;
 /// The least time between an owner kept valid through a leaderless stream
 /// fencing itself and the earliest takeover: the owner's last refused
 /// renewal was sent at `w` and it is fenced by `w` + [`FENCE_MS`] +
 /// [`FENCE_CHECK_MS`]; every taker had a probe fail that it sent no
-/// earlier than `w` - [`PROBE_GAP_MS`] (the refusals spanned
-/// [`LEADERLESS_SPAN_MS`] up to `w`), and counts [`TTL_MS`] from that
+/// earlier than `w` - [`PROBE_GAP_MS`], and counts [`TTL_MS`] from that
 /// failure.
 pub const LEADERLESS_MARGIN_MS: i64 = TTL_MS - PROBE_GAP_MS - FENCE_MS - FENCE_CHECK_MS;
 const _: () = assert!(
@@ -80,8 +87,12 @@ const _: () = assert!(
     "the leaderless margin is too thin"
 );
 const _: () = assert!(
-    LEADERLESS_SPAN_MS >= PROBE_GAP_MS,
+    LEADERLESS_SPAN_MS >= PROBE_SLOW_GAP_MS,
     "a leaderless stream must be seen for longer than the probes' period"
+);
+const _: () = assert!(
+    RENEW_MS + LEADERLESS_SPAN_MS + FENCE_CHECK_MS + 200 <= FENCE_MS,
+    "an owner must learn the stream is leaderless before it fences"
 );
 /// Duration of one program frame.
 const FRAME_MS: i64 = 20;

@@ -47,10 +47,9 @@ use std::collections::{HashMap, HashSet, VecDeque};
 
 use amphi_core::SpaceId;
 
-#[cfg(doc)]
-use crate::lease::TTL_MS;
 use crate::lease::{
-    FENCE_MS, LEADERLESS_SPAN_MS, Lease, LeaseDecision, PROBE_GAP_MS, PROBE_STALE_MS, Sightings,
+    FENCE_MS, LEADERLESS_SPAN_MS, Lease, LeaseDecision, PROBE_GAP_MS, PROBE_MS, PROBE_SLOW_GAP_MS,
+    PROBE_SLOW_MS, PROBE_STALE_MS, Sightings, TTL_MS,
 };
 
 /// A compare-and-set on a space's lease key, to perform and report.
@@ -172,10 +171,23 @@ pub struct Ownership {
 /// What this node's probes of the leases' stream leader showed.
 #[derive(Debug, Default, Clone, Copy)]
 struct Probes {
+    /// When the latest probe was started ([`Ownership::probe_due`]).
+    started: Option<i64>,
     /// When the latest probe reported was sent.
     last_sent: Option<i64>,
     /// When the latest successful probe was answered.
     last_ok: Option<i64>,
+    /// When a probe last failed (or came too late after the one before).
+    last_trouble: Option<i64>,
+}
+
+impl Probes {
+    /// Whether probes go every [`PROBE_MS`] at `at_ms` (one failed less
+    /// than [`TTL_MS`] ago) rather than every [`PROBE_SLOW_MS`].
+    fn fast(&self, at_ms: i64) -> bool {
+        self.last_trouble
+            .is_some_and(|t| at_ms.saturating_sub(t) < TTL_MS)
+    }
 }
 
 impl Ownership {
@@ -275,19 +287,46 @@ impl Ownership {
         }
     }
 
+    /// Whether the shell should send a probe of the leases' stream leader
+    /// at `now_ms` (it asks every [`PROBE_MS`]): every [`PROBE_SLOW_MS`],
+    /// or every [`PROBE_MS`] for [`TTL_MS`] after a failure. `true` counts
+    /// the probe as started.
+    pub fn probe_due(&mut self, now_ms: i64) -> bool {
+        let period = if self.probes.fast(now_ms) {
+            PROBE_MS
+        } else {
+            PROBE_SLOW_MS
+        };
+        let due = self
+            .probes
+            .started
+            .is_none_or(|s| now_ms.saturating_sub(s) >= period);
+        if due {
+            self.probes.started = Some(now_ms);
+        }
+        due
+    }
+
     /// A probe of the leases' stream leader sent at `sent_ms` was answered
     /// (`ok`: by the leader) or failed (no leader, no answer) at `now_ms`.
-    /// A failure, or probes further apart than [`PROBE_GAP_MS`], restarts
-    /// every lease age this node measures: a renewal may have been refused
-    /// for the same reason.
+    /// A failure, or a probe sent longer after the one before than the
+    /// probing period allows ([`PROBE_GAP_MS`], [`PROBE_SLOW_GAP_MS`]),
+    /// restarts every lease age this node measures: a renewal may have
+    /// been refused for the same reason.
     pub fn probed(&mut self, sent_ms: i64, ok: bool, now_ms: i64) {
+        let limit = if self.probes.fast(sent_ms) {
+            PROBE_GAP_MS
+        } else {
+            PROBE_SLOW_GAP_MS
+        };
         let gap = self
             .probes
             .last_sent
-            .is_some_and(|last| sent_ms.saturating_sub(last) > PROBE_GAP_MS);
+            .is_some_and(|last| sent_ms.saturating_sub(last) > limit);
         self.probes.last_sent = Some(self.probes.last_sent.map_or(sent_ms, |l| l.max(sent_ms)));
         if !ok || gap {
             self.sightings.restart(now_ms);
+            self.probes.last_trouble = Some(now_ms);
         }
         if ok {
             self.probes.last_ok = Some(now_ms);
@@ -783,7 +822,7 @@ mod tests {
 
     #[test]
     fn a_node_whose_bus_fails_takes_nothing_over() {
-        use crate::lease::{PROBE_MS, PROBE_STALE_MS};
+        use crate::lease::{PROBE_MS, PROBE_SLOW_MS, PROBE_STALE_MS, PROBE_TIMEOUT_MS};
         let mut b = Ownership::new("b", "http://b");
         let a = Lease {
             node: "a".into(),
@@ -793,31 +832,51 @@ mod tests {
             ended: false,
         };
         b.seen(S, Some((&a, 4)), 0);
-        b.probed(TTL_MS - 10, true, TTL_MS - 5);
+        // Healthy: a probe every PROBE_SLOW_MS, and the lease expires at
+        // TTL_MS.
+        let mut t = 0;
+        while t <= TTL_MS {
+            assert!(b.probe_due(t), "a probe at {t}");
+            assert!(!b.probe_due(t + PROBE_MS));
+            b.probed(t, true, t + 5);
+            t += PROBE_SLOW_MS;
+        }
         assert_eq!(b.expired(TTL_MS), [S]);
         // No answer lately: nothing is taken over, not even when asked.
-        assert!(b.expired(TTL_MS - 5 + PROBE_STALE_MS).is_empty());
-        assert_eq!(
-            b.claim(S, Some((&a, 4)), TTL_MS - 5 + PROBE_STALE_MS),
-            Claim::Retry
-        );
-        // A failed probe restarts the lease's age: TTL_MS from then.
-        b.probed(TTL_MS, false, TTL_MS + 400);
-        b.probed(TTL_MS + PROBE_MS, true, TTL_MS + PROBE_MS + 5);
-        assert!(b.expired(TTL_MS + PROBE_MS + 10).is_empty());
-        // So does a probe sent too long after the one before.
-        let mut t = TTL_MS + PROBE_MS;
-        while t < TTL_MS + 400 + TTL_MS - PROBE_MS {
-            t += PROBE_MS;
+        let late = t - PROBE_SLOW_MS + 5 + PROBE_STALE_MS;
+        assert!(b.expired(late).is_empty());
+        assert_eq!(b.claim(S, Some((&a, 4)), late), Claim::Retry);
+        // A failed probe restarts the lease's age, and probes go every
+        // PROBE_MS for TTL_MS.
+        assert!(b.probe_due(late));
+        let failed = late + PROBE_TIMEOUT_MS;
+        b.probed(late, false, failed);
+        let mut t = failed;
+        while t < failed + TTL_MS {
+            assert!(b.probe_due(t), "a fast probe at {t}");
             b.probed(t, true, t + 5);
+            assert!(b.expired(t + 5).is_empty(), "expired at {t}");
+            t += PROBE_MS;
         }
-        assert!(b.expired(t + 5).is_empty());
-        t += PROBE_MS;
+        assert!(b.probe_due(t));
         b.probed(t, true, t + 5);
         assert_eq!(b.expired(t + 5), [S]);
+        assert!(!b.probe_due(t + PROBE_MS), "slow again");
+        // Fast probes too far apart count as a failure.
+        t += PROBE_SLOW_MS;
+        assert!(b.probe_due(t));
+        b.probed(t, false, t + PROBE_TIMEOUT_MS);
+        t += PROBE_TIMEOUT_MS;
+        b.probed(t, true, t + 5);
         t += 3 * PROBE_MS;
         b.probed(t, true, t + 5);
-        assert!(b.expired(t + 5).is_empty(), "a gap between probes");
+        let restarted = t + 5;
+        t += PROBE_MS;
+        while t + 5 < restarted + TTL_MS {
+            b.probed(t, true, t + 5);
+            assert!(b.expired(t + 5).is_empty(), "expired at {t}");
+            t += PROBE_MS;
+        }
     }
 
     proptest::proptest! {
@@ -908,7 +967,7 @@ mod tests {
                 }
                 while a.poll_event().is_some() {}
                 // b probes the stream's leader every PROBE_MS.
-                if t % PROBE_MS == probe_phase {
+                if t % PROBE_MS == probe_phase && b.probe_due(t) {
                     let ok = leader(t + latency);
                     let answer = if ok { t + 2 * latency } else { t + PROBE_TIMEOUT_MS };
                     probes.push((answer.max(t + STEP), t, ok));

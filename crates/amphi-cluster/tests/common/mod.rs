@@ -100,14 +100,16 @@ impl Node {
         ms.saturating_add(self.offset)
     }
 
-    /// The shell's probe loop up to `now` (this node's clock): a probe
-    /// every `PROBE_MS`, answered at once if the node reaches the bucket,
-    /// failed otherwise.
+    /// The shell's probe loop up to `now` (this node's clock): asked every
+    /// `PROBE_MS`, a probe when due, answered at once if the node reaches
+    /// the bucket, failed otherwise.
     fn probe_to(&mut self, now: i64) {
         use amphi_cluster::lease::PROBE_MS;
         let mut next = self.probed_to.map_or(now, |t| t + PROBE_MS);
         while next <= now {
-            self.own.probed(next, self.reachable, next);
+            if self.own.probe_due(next) {
+                self.own.probed(next, self.reachable, next);
+            }
             self.probed_to = Some(next);
             next += PROBE_MS;
         }
