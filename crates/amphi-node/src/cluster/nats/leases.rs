@@ -100,24 +100,32 @@ impl Nats {
         }
     }
 
-    /// Probes the leader of the leases' stream every [`lease::PROBE_MS`]:
-    /// its stream info, which only that leader answers. Each probe runs
-    /// on its own, so a slow one never delays the next.
+    /// Probes the leader of the leases' stream when the ownership machine
+    /// says one is due (it is asked every [`lease::PROBE_MS`]): a get of
+    /// a key nobody writes, which only that leader answers ("no message
+    /// found", a small answer). Each probe runs on its own, so a slow one
+    /// never delays the next.
     pub(super) async fn probe_leases(self: Arc<Self>) {
-        let subject = format!("$JS.API.STREAM.INFO.KV_{LEASES_BUCKET}");
+        let subject = format!("$JS.API.STREAM.MSG.GET.KV_{LEASES_BUCKET}");
+        let request = Bytes::from(format!(
+            "{{\"last_by_subj\":\"$KV.{LEASES_BUCKET}.{PROBE_KEY}\"}}"
+        ));
         let mut iv = tokio::time::interval(Duration::from_millis(lease::PROBE_MS as u64));
         iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             iv.tick().await;
-            let (me, subject) = (self.clone(), subject.clone());
+            let sent = mono_ms();
+            if !self.ownership.lock().probe_due(sent) {
+                continue;
+            }
+            let (me, subject, request) = (self.clone(), subject.clone(), request.clone());
             tokio::spawn(async move {
-                let sent = mono_ms();
                 let answer = tokio::time::timeout(
                     Duration::from_millis(lease::PROBE_TIMEOUT_MS as u64),
-                    me.client.request(subject, Bytes::new()),
+                    me.client.request(subject, request),
                 )
                 .await;
-                let ok = matches!(answer, Ok(Ok(m)) if answered(&m.payload, "config"));
+                let ok = matches!(answer, Ok(Ok(m)) if leader_answered(&m.payload));
                 if !ok {
                     me.stats.probes_failed.fetch_add(1, Ordering::Relaxed);
                 }
@@ -298,6 +306,16 @@ fn no_responders(e: &kv::UpdateError) -> bool {
         .is_some_and(|p| {
             p.kind() == async_nats::jetstream::context::PublishErrorKind::StreamNotFound
         })
+}
+
+/// The key the probes ask for: never written.
+const PROBE_KEY: &str = "probe";
+
+/// Whether a probe's answer came from the stream's leader: the message, or
+/// "no message found" (JetStream error 10037).
+fn leader_answered(payload: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(payload)
+        .is_ok_and(|v| v.get("message").is_some() || v["error"]["err_code"].as_u64() == Some(10037))
 }
 
 /// Whether a JetStream API answer is a success carrying `field`.
