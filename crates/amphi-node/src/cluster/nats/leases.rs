@@ -12,9 +12,9 @@
 //! meta leader answers, so only a server on the majority side: answered,
 //! the refusal is [`WriteResult::Leaderless`]; unanswered, it is
 //! [`WriteResult::Failed`]. Every node also probes the stream's leader
-//! every [`lease::PROBE_MS`] (a stream info request only that leader
-//! answers) and reports it to the ownership machine, which takes nothing
-//! over while those probes fail.
+//! (a get only that leader answers) when the ownership machine says one is
+//! due, and reports the answer to it: it takes nothing over while those
+//! probes fail, nor for [`lease::TTL_MS`] after one failed.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
