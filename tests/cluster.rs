@@ -630,6 +630,40 @@ fn a_nats_server_of_three_dies_and_comes_back_without_losing_state_or_audio() {
     let a = node_with(&nats.urls_from(0), "a", &[], &[]);
     let b = node_with(&nats.urls_from(1), "b", &[], &[]);
     let c = node_with(&nats.urls_from(2), "c", &[], &[]);
+    // The victim leads the leases' stream, so no lease can be written
+    // until JetStream elects another leader (seconds). It is neither the
+    // origin's server (a node whose server dies reconnects elsewhere: its
+    // renewal in flight is lost and it may fence, a cut-off case) nor the
+    // JetStream meta leader (while the meta group elects a leader too, no
+    // server can prove it is on the majority side, so the origin fences:
+    // docs/SCALING.md, Partition). The listener's node keeps its link:
+    // chosen now, before the space exists, since a node that joins later
+    // learns of a space only when it changes.
+    let (on_a, meta) = (nats.server_of("a"), nats.meta_leader());
+    let victim = (0..3)
+        .filter(|i| Some(*i) != on_a && Some(*i) != meta)
+        .min_by_key(|i| {
+            ["b", "c"]
+                .iter()
+                .filter(|n| nats.server_of(n) == Some(*i))
+                .count()
+        })
+        .expect("a victim");
+    let spare;
+    let survivor = if nats.server_of("b") != Some(victim) {
+        &b
+    } else if nats.server_of("c") != Some(victim) {
+        &c
+    } else {
+        // Both on the victim: a listener's node on the other servers.
+        let urls = (0..3)
+            .filter(|i| *i != victim)
+            .map(|i| nats.url_of(i))
+            .collect::<Vec<_>>()
+            .join(",");
+        spare = node_with(&urls, "d", &[], &[]);
+        &spare
+    };
     let (id, host, _) = live_space(&a, "nats cluster");
     let _peer = publish_tone(&a, &id, &host, 440, 60);
     wait_for_audio(&a, 50.0);
@@ -647,33 +681,8 @@ fn a_nats_server_of_three_dies_and_comes_back_without_losing_state_or_audio() {
     );
     assert_eq!(r.status, 200, "{:?}", r.body);
 
-    // The victim leads the leases' stream, so no lease can be written
-    // until JetStream elects another leader (seconds). It is neither the
-    // origin's server (a node whose server dies reconnects elsewhere: its
-    // renewal in flight is lost and it may fence, a cut-off case) nor the
-    // JetStream meta leader (while the meta group elects a leader too, no
-    // server can prove it is on the majority side, so the origin fences:
-    // docs/SCALING.md, Partition). The listener's node keeps its link.
-    let (on_a, meta) = (nats.server_of("a"), nats.meta_leader());
-    let victim = (0..3)
-        .find(|i| Some(*i) != on_a && Some(*i) != meta)
-        .expect("a victim");
     nats.lead_stream_on("KV_amphi_leases", victim);
-    let spare;
-    let survivor = if nats.server_of("b") != Some(victim) {
-        &b
-    } else if nats.server_of("c") != Some(victim) {
-        &c
-    } else {
-        // Both on the victim: a listener's node on the other servers.
-        let urls = (0..3)
-            .filter(|i| *i != victim)
-            .map(|i| nats.url_of(i))
-            .collect::<Vec<_>>()
-            .join(",");
-        spare = node_with(&urls, "d", &[], &[]);
-        &spare
-    };
+    assert_eq!(nats.meta_leader(), meta, "the meta leader moved");
     // Stepping the stream's leader down may have refused a renewal or
     // failed a probe; what follows is measured from here.
     let leaderless_before = metric(&a, "amphi_lease_leaderless_total");
