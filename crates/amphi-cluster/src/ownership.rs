@@ -507,6 +507,14 @@ impl Ownership {
                 Some(Claim::Mine)
             }
             Attempt::Renew { space, at_ms } => {
+                // The key as last seen names this node at a newer revision
+                // than the one it renews at: one of its own earlier writes
+                // landed unanswered (a timeout, a dying stream leader).
+                let landed = self
+                    .sightings
+                    .get(space)
+                    .filter(|s| s.lease.node == self.me && !s.lease.ended)
+                    .map(|s| s.revision);
                 let h = self.held.get_mut(&space)?;
                 h.renewing = false;
                 match result {
@@ -514,6 +522,14 @@ impl Ownership {
                         h.revision = revision;
                         h.at_ms = h.at_ms.max(at_ms);
                         h.retry = false;
+                        h.leaderless_since = None;
+                    }
+                    // Adopted, valid still from the last acknowledged
+                    // write (the landed one was sent later): renewed at
+                    // once at the new revision.
+                    WriteResult::Conflict if landed.is_some_and(|r| r > h.revision) => {
+                        h.revision = landed.unwrap_or(h.revision);
+                        h.retry = true;
                         h.leaderless_since = None;
                     }
                     WriteResult::Conflict => self.drop_held(space),
@@ -689,6 +705,42 @@ mod tests {
         assert!(a.holds(S));
         let r = a.renewals(2 * RENEW_MS, |_| 9);
         a.written(r[0].id, WriteResult::Conflict, 2 * RENEW_MS);
+        assert!(!a.holds(S));
+        assert_eq!(a.poll_event(), Some(OwnershipEvent::Lost { space: S }));
+    }
+
+    #[test]
+    fn a_renewal_that_landed_unanswered_is_adopted_not_lost() {
+        let mut a = Ownership::new("a", "http://a");
+        let c = a.claim(S, None, 0);
+        won(&mut a, c, 1, 0);
+        a.poll_event();
+        // The renewal at 1 s times out, but it landed: revision 2.
+        let r = a.renewals(RENEW_MS, |_| 5);
+        a.written(r[0].id, WriteResult::Failed, RENEW_MS + 800);
+        // The retry at revision 1 conflicts; the key, read again, names
+        // this node at revision 2.
+        let r = a.retries(RENEW_MS + 900, |_| 5);
+        assert_eq!(r[0].revision, Some(1));
+        let mine = a.lease(5, false);
+        a.seen(S, Some((&mine, 2)), RENEW_MS + 905);
+        a.written(r[0].id, WriteResult::Conflict, RENEW_MS + 905);
+        assert!(a.holds(S), "kept");
+        assert_eq!(a.poll_event(), None);
+        // Valid still from the last acknowledged write only.
+        assert!(!a.owns(S, FENCE_MS));
+        let r = a.retries(RENEW_MS + 1_000, |_| 5);
+        assert_eq!(r[0].revision, Some(2));
+        a.written(r[0].id, WriteResult::Written(3), RENEW_MS + 1_005);
+        assert!(a.owns(S, RENEW_MS + 1_000 + FENCE_MS - 1));
+        // Another node's lease at a newer revision: lost at once.
+        let b = Lease {
+            node: "b".into(),
+            ..mine
+        };
+        let r = a.renewals(3 * RENEW_MS, |_| 5);
+        a.seen(S, Some((&b, 4)), 3 * RENEW_MS + 5);
+        a.written(r[0].id, WriteResult::Conflict, 3 * RENEW_MS + 5);
         assert!(!a.holds(S));
         assert_eq!(a.poll_event(), Some(OwnershipEvent::Lost { space: S }));
     }

@@ -229,6 +229,17 @@ impl Nats {
             let result = tokio::time::timeout(RENEW_TIMEOUT, self.write_lease(&w))
                 .await
                 .unwrap_or(WriteResult::Failed);
+            if result == WriteResult::Conflict {
+                // The key moved: maybe by one of this node's own earlier
+                // renewals that landed unanswered. The machine looks.
+                if let Ok(current) = self.read_lease(w.space).await {
+                    self.ownership.lock().seen(
+                        w.space,
+                        current.as_ref().map(|(l, r)| (l, *r)),
+                        mono_ms(),
+                    );
+                }
+            }
             self.ownership.lock().written(w.id, result, mono_ms());
         }
         self.act_on_ownership();
