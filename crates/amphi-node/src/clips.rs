@@ -18,7 +18,7 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -28,7 +28,7 @@ use serde_json::json;
 
 use amphi_core::frame::FRAME_US;
 use amphi_core::{ClipId, Frame, ParticipantId, SpaceId};
-use amphi_hls::{Resource, cache_control, content_type_for};
+use amphi_hls::{Resource, content_type_for};
 
 use crate::app::App;
 use crate::auth::Token;
@@ -227,20 +227,7 @@ pub fn store(
 /// Reads one object of a clip off the async runtime: a missing one is a
 /// 404, a failing store a 503.
 async fn object(app: &App, clip: ClipId, name: &str) -> Result<Bytes, ApiError> {
-    let storage = app.media.recorder.storage().clone();
-    let k = key(clip, name);
-    match tokio::task::spawn_blocking(move || storage.get(&k)).await {
-        Ok(Ok(Some(b))) => Ok(b),
-        Ok(Ok(None)) => Err(ApiError::not_found("no such clip")),
-        Ok(Err(e)) => {
-            tracing::error!(%clip, error = %e, "could not read a clip");
-            Err(ApiError::unavailable(
-                "the recordings storage did not answer",
-                2,
-            ))
-        }
-        Err(_) => Err(ApiError::internal("reading the clip failed")),
-    }
+    crate::replay::read_stored(app, key(clip, name), "clip", |s, k| s.get(k)).await
 }
 
 fn clip_id(s: &str) -> Result<ClipId, ApiError> {
@@ -353,22 +340,6 @@ pub fn render_page(info: &ClipInfo, origin: &str) -> String {
     )
 }
 
-fn media_body(kind: Resource, content_type: &'static str, data: Bytes) -> Response {
-    let mut res = (StatusCode::OK, data).into_response();
-    let h = res.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    // A clip never changes once stored.
-    h.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static(cache_control(kind)),
-    );
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_ORIGIN,
-        HeaderValue::from_static("*"),
-    );
-    res
-}
-
 /// The clip as one Ogg Opus file (a play counted when read from the start).
 async fn audio(
     State(app): State<Arc<App>>,
@@ -391,7 +362,11 @@ async fn audio(
     if from_start {
         count_play(&app, info.space_id);
     }
-    Ok(media_body(Resource::VodPlaylist, "audio/ogg", data))
+    Ok(crate::replay::media_response(
+        Resource::VodPlaylist,
+        "audio/ogg",
+        data,
+    ))
 }
 
 /// The clip's HLS VOD playlist (a play counted).
@@ -403,7 +378,7 @@ async fn playlist(
     let info = info(&app, clip).await?;
     let data = object(&app, clip, "hls/clip.m3u8").await?;
     count_play(&app, info.space_id);
-    Ok(media_body(
+    Ok(crate::replay::media_response(
         Resource::VodPlaylist,
         content_type_for(Resource::VodPlaylist),
         data,
@@ -425,7 +400,7 @@ async fn media(
         format!("seg-{msn}.m4s")
     };
     let data = object(&app, clip, &format!("hls/{name}")).await?;
-    Ok(media_body(
+    Ok(crate::replay::media_response(
         Resource::Media,
         content_type_for(Resource::Media),
         data,
