@@ -19,7 +19,9 @@ use crate::auth::Token;
 use crate::body::ApiJson;
 use crate::error::ApiError;
 use crate::timefmt::now_ms;
-use crate::webhooks::{EventKind, delivery_view, endpoint_view, new_secret};
+use crate::webhooks::{
+    EventKind, PRIVATE_REFUSED, delivery_view, endpoint_view, is_public, new_secret, refused_target,
+};
 
 /// Endpoints one node keeps.
 const MAX_ENDPOINTS: usize = 100;
@@ -74,7 +76,12 @@ struct CreateBody {
     events: Option<Vec<String>>,
 }
 
-fn check_url(url: &str) -> Result<(), ApiError> {
+/// Checks an endpoint's URL: absolute http(s), not too long, and (unless
+/// `--webhook-allow-private`) not aimed at a private, loopback or
+/// link-local address, by literal or by what its name resolves to now
+/// (a name that does not resolve yet is taken: it is checked again at
+/// every delivery).
+async fn check_url(url: &str, allow_private: bool) -> Result<(), ApiError> {
     let bad = || ApiError::bad_request("url must be an absolute http:// or https:// URL");
     if url.len() > MAX_URL {
         return Err(ApiError::bad_request(format!(
@@ -82,10 +89,31 @@ fn check_url(url: &str) -> Result<(), ApiError> {
         )));
     }
     let uri: axum::http::Uri = url.parse().map_err(|_| bad())?;
-    match (uri.scheme_str(), uri.host()) {
-        (Some("http" | "https"), Some(h)) if !h.is_empty() => Ok(()),
-        _ => Err(bad()),
+    let (host, port) = match (uri.scheme_str(), uri.host()) {
+        (Some(scheme @ ("http" | "https")), Some(h)) if !h.is_empty() => (
+            h.trim_start_matches('[').trim_end_matches(']').to_owned(),
+            uri.port_u16()
+                .unwrap_or(if scheme == "https" { 443 } else { 80 }),
+        ),
+        _ => return Err(bad()),
+    };
+    if let Some(why) = refused_target(url, allow_private) {
+        return Err(ApiError::bad_request(why));
     }
+    if !allow_private && host.parse::<std::net::IpAddr>().is_err() {
+        let found = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            tokio::net::lookup_host((host.as_str(), port)),
+        )
+        .await;
+        if let Ok(Ok(addrs)) = found {
+            let addrs: Vec<_> = addrs.collect();
+            if !addrs.is_empty() && addrs.iter().all(|a| !is_public(a.ip())) {
+                return Err(ApiError::bad_request(PRIVATE_REFUSED));
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn create(
@@ -94,7 +122,7 @@ async fn create(
     ApiJson(body): ApiJson<CreateBody>,
 ) -> Result<Response, ApiError> {
     admin(&app, token)?;
-    check_url(&body.url)?;
+    check_url(&body.url, app.webhooks.allows_private()).await?;
     let mut events = Vec::new();
     for e in body.events.unwrap_or_default() {
         let kind = EventKind::parse(&e).ok_or_else(|| {

@@ -261,6 +261,13 @@ pub struct Config {
     /// each further retry waits twice as long (at most an hour), for 24 h.
     #[arg(long, env = "AMPHI_WEBHOOK_RETRY_BASE_MS", default_value_t = 5000)]
     pub webhook_retry_base_ms: u64,
+    /// Deliver webhooks to private, loopback and link-local addresses too
+    /// (10/8, 172.16/12, 192.168/16, 127/8, 169.254/16, 100.64/10, fc00::/7,
+    /// fe80::/10, ::1, …): a self-hosted receiver beside the node. Off, an
+    /// endpoint whose URL names or resolves only to such an address is
+    /// refused (400 at registration, a failed attempt at delivery).
+    #[arg(long, env = "AMPHI_WEBHOOK_ALLOW_PRIVATE", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub webhook_allow_private: bool,
     /// Require `Authorization: Bearer <this>` on /metrics (401 otherwise).
     /// Default: /metrics is open.
     #[arg(long, env = "AMPHI_METRICS_TOKEN", hide_env_values = true)]
@@ -634,6 +641,7 @@ async fn load(
         store.clone(),
         tokio::runtime::Handle::current(),
         Duration::from_millis(args.webhook_retry_base_ms),
+        args.webhook_allow_private,
     )
     .context("starting the webhooks")?;
     tokio::spawn(webhooks.clone().run());
