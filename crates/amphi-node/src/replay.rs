@@ -259,17 +259,42 @@ async fn transcript_json(ask: Ask) -> Result<Response, ApiError> {
     transcript(ask, "transcript.json", "application/json").await
 }
 
-/// The cues of a live space so far (`?from_ms=&to_ms=`, program time),
-/// for whoever may hear it.
+/// Most cues one `GET .../captions` answers with (`?limit=`, 1 to this).
+pub const CAPTIONS_PAGE: usize = 500;
+
+/// The cues of a live space so far (`?from_ms=&to_ms=`, program time,
+/// `?limit=`), for whoever may hear it: at most [`CAPTIONS_PAGE`] a
+/// response, by start time, and `next_from_ms` when more remain. A value
+/// that is not a whole number of ms (negative, overflowing, text) is a 400,
+/// not silently the default.
 async fn live_captions(ask: Ask) -> Result<axum::Json<serde_json::Value>, ApiError> {
     let (cell, _) = ask.space(Output::LivePlaylist)?;
-    let param = |name: &str| ask.param(name)?.parse::<u64>().ok();
-    let cues = ask.app.captions.cues_between(
-        cell.id,
-        param("from_ms").unwrap_or(0),
-        param("to_ms").unwrap_or(u64::MAX),
-    );
-    Ok(axum::Json(serde_json::json!({ "cues": cues })))
+    let param = |name: &str, default: u64| match ask.param(name) {
+        None | Some("") => Ok(default),
+        Some(v) => v.parse::<u64>().map_err(|_| {
+            ApiError::bad_request(format!(
+                "{name} must be a whole number from 0 to {}",
+                u64::MAX
+            ))
+        }),
+    };
+    let (from, to) = (param("from_ms", 0)?, param("to_ms", u64::MAX)?);
+    let limit = param("limit", CAPTIONS_PAGE as u64)?;
+    if limit == 0 || limit > CAPTIONS_PAGE as u64 {
+        return Err(ApiError::bad_request(format!(
+            "limit must be from 1 to {CAPTIONS_PAGE}"
+        )));
+    }
+    if from > to {
+        return Err(ApiError::bad_request("from_ms is after to_ms"));
+    }
+    let (cues, next) = ask
+        .app
+        .captions
+        .cues_page(cell.id, from, to, limit as usize);
+    Ok(axum::Json(
+        serde_json::json!({ "cues": cues, "next_from_ms": next }),
+    ))
 }
 
 fn cell(app: &App, id: &str) -> Result<Arc<SpaceCell>, ApiError> {
