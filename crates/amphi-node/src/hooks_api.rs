@@ -1,13 +1,14 @@
 //! `/api/v1/webhooks`: the admin's webhook endpoints, their secrets and
 //! their delivery logs (docs/api.md, "Webhooks").
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -255,6 +256,7 @@ struct RemindBody {
 async fn remind(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     t: Token,
     ApiJson(body): ApiJson<RemindBody>,
 ) -> Result<Response, ApiError> {
@@ -275,6 +277,14 @@ async fn remind(
         if inner.space.state != amphi_core::room::SpaceState::Scheduled {
             return Err(ApiError::conflict("reminders are for scheduled spaces"));
         }
+    }
+    // One network's share of the space's reminders (after the checks
+    // above: a refused request spends none).
+    if let Some(Extension(ConnectInfo(peer))) = peer {
+        let net = crate::app::net_key(&crate::app::network_of(peer.ip()));
+        app.reminder_limiter
+            .try_take(crate::admission::pair_key(id.0, net))
+            .map_err(ApiError::rate_limited)?;
     }
     let (space, pid, name) = (id.to_string(), claims.pid.to_string(), claims.name.clone());
     let kept = blocking(&app, move |s| {

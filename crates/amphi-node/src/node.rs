@@ -162,6 +162,12 @@ pub struct Config {
     /// WHIP offers the node takes per second, from everyone (503 beyond).
     #[arg(long, env = "AMPHI_OFFER_RATE", default_value_t = crate::admission::OfferLimits::PER_NODE)]
     pub offer_rate: f64,
+    /// Requests that read the recordings storage (clips and their pages,
+    /// replays, recordings, transcripts) one network (IPv4 address, IPv6
+    /// /64) may make per second (burst: three times that; 429 beyond).
+    /// Behind a CDN or a proxy that fetches for everyone, raise it.
+    #[arg(long, env = "AMPHI_READ_RATE_PER_IP", default_value_t = 100.0)]
+    pub read_rate_per_ip: f64,
     /// WebRTC sessions (speakers' publications) the node holds at once
     /// (503 beyond); each costs a DTLS/SRTP state and its jitter buffer.
     #[arg(long, env = "AMPHI_MAX_RTC_SESSIONS", default_value_t = 500)]
@@ -663,6 +669,12 @@ async fn load(
         ogg_page_ms,
         reaction_limiter: KeyedLimiter::new(5.0, 10.0),
         clip_limits: Default::default(),
+        reminder_limiter: KeyedLimiter::new(
+            1.0 / crate::admission::REMINDER_REFILL_S,
+            crate::admission::REMINDERS_PER_NETWORK,
+        ),
+        read_limiter: KeyedLimiter::new(args.read_rate_per_ip, args.read_rate_per_ip * 3.0),
+        storage_reads: tokio::sync::Semaphore::new(crate::app::STORAGE_READS),
         join_limiter: KeyedLimiter::new(args.join_rate, args.join_burst),
         per_ip: Arc::new(crate::admission::PerIp::new(args.max_conns_per_ip)),
         command_limiter: KeyedLimiter::new(args.command_rate, args.command_rate * 2.0),
