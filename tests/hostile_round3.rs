@@ -408,3 +408,52 @@ fn one_address_under_many_names_cannot_use_up_a_spaces_clips_or_reminders() {
     let t = join_from(&s, &later, "Real person", "127.0.0.3");
     assert_eq!(call_from("127.0.0.3", "POST", &remind, Some(&t)).0, 201);
 }
+
+#[test]
+fn card_images_asked_at_once_or_while_the_listener_count_moves_are_drawn_rarely() {
+    let s = Server::start(&[]);
+    let (id, _, _) = live_space(&s, "Cards");
+    let port = s.port;
+    let img = format!("/s/{id}/card.png");
+    let png = |c: &mut Conn| {
+        let (status, head, body) = c.get(&img, "");
+        assert_eq!(status, 200, "{head}");
+        assert_eq!(&body[..4], b"\x89PNG");
+    };
+    // 32 at once on a cold cache: one drawing, the others wait for it.
+    let started = Instant::now();
+    let at_once: Vec<_> = (0..32)
+        .map(|_| {
+            let img = img.clone();
+            std::thread::spawn(move || {
+                let mut c = Conn::open(port, "127.0.0.1");
+                let (status, _, body) = c.get(&img, "");
+                assert_eq!((status, &body[..4]), (200, &b"\x89PNG"[..]));
+            })
+        })
+        .collect();
+    for t in at_once {
+        t.join().unwrap();
+    }
+    let cold = started.elapsed();
+    // 150 more, each after one more listener came: "N listening" changes
+    // every time, the card is not drawn every time.
+    let mut c = Conn::open(port, "127.0.0.1");
+    let mut listeners = Vec::new();
+    let started = Instant::now();
+    for _ in 0..150 {
+        let mut l = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        write!(l, "GET /spaces/{id}/live.opus HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        l.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut first = [0u8; 64];
+        assert!(l.read(&mut first).unwrap() > 0, "the listener is served");
+        listeners.push(l);
+        png(&mut c);
+    }
+    let moving = started.elapsed();
+    eprintln!(
+        "card.png: 32 at once on a cold cache in {cold:?}; 150 while the listener count moved in {moving:?}"
+    );
+    assert!(cold < Duration::from_secs(2), "{cold:?}");
+    assert!(moving < Duration::from_secs(6), "{moving:?}");
+}
