@@ -10,7 +10,13 @@
 //! - `GET .../captions` answers absurd ranges with a 400 and at most 500
 //!   cues a page;
 //! - one address joining as many people cannot use up a space's clips or
-//!   its reminders for everyone else.
+//!   its reminders for everyone else;
+//! - `card.png` asked 32 times at once, or while the listener count moves,
+//!   is drawn once, not once a request.
+//!
+//! And one that held already, kept as a regression test: a title and a
+//! name full of markup run no script on the clip page, the space page or
+//! the embed (headless Chromium, `scripts/e2e/xss.mjs`).
 
 mod common;
 
@@ -456,4 +462,59 @@ fn card_images_asked_at_once_or_while_the_listener_count_moves_are_drawn_rarely(
     );
     assert!(cold < Duration::from_secs(2), "{cold:?}");
     assert!(moving < Duration::from_secs(6), "{moving:?}");
+}
+
+#[test]
+fn names_and_titles_with_markup_run_no_script_in_chromium() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/e2e");
+    assert!(
+        dir.join("node_modules/playwright-core/package.json")
+            .exists(),
+        "playwright-core is required: run scripts/test (or: cd scripts/e2e && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci)"
+    );
+    let s = Server::start(&[]);
+    let title = "<script>window.__pwned='title'</script>\"><svg onload=window.__pwned=3>";
+    let name = "<img src=x onerror=window.__pwned=1> --> </c>";
+    let (id, _, _) = live_space(&s, title);
+    let (_, token) = join(&s, &id, name);
+    std::thread::sleep(Duration::from_millis(1500));
+    let r = call(
+        "POST",
+        &s.url(&format!("/api/v1/spaces/{id}/clips")),
+        Some(&token),
+        None,
+    );
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let clip = r.body["clip"]["id"].as_str().unwrap().to_owned();
+    let urls = serde_json::json!([
+        s.url(&format!("/c/{clip}")),
+        s.url(&format!("/s/{id}")),
+        s.url(&format!("/embed/{id}")),
+    ]);
+    let out = std::process::Command::new("node")
+        .arg("xss.mjs")
+        .current_dir(&dir)
+        .env("URLS", urls.to_string())
+        .env("SHOWN", serde_json::json!([name, title]).to_string())
+        .output()
+        .expect("node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|_| {
+            panic!(
+                "no report: {stdout} {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    eprintln!("{report}");
+    for p in report["pages"].as_array().unwrap() {
+        assert!(p["pwned"].is_null(), "a script ran: {p}");
+        assert_eq!(p["dialogs"], 0, "{p}");
+        assert_eq!(p["injected"], 0, "markup became elements: {p}");
+    }
+    // The clip page shows the clipper's name as text, every page the title.
+    assert_eq!(report["pages"][0]["text"][0], true, "{report}");
+    for p in report["pages"].as_array().unwrap() {
+        assert_eq!(p["text"][1], true, "the title as text: {p}");
+    }
 }
