@@ -662,12 +662,15 @@ pub fn vtt_time(ms: u64) -> String {
     )
 }
 
+/// A cue's text or a voice's name as WebVTT cue text: markup escaped and
+/// every line break (LF, CR: either ends a WebVTT line, and a blank line
+/// ends the cue) a space, so no text can close a cue or start another.
 fn escape_vtt(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
         .replace("-->", "--&gt;")
-        .replace('\n', " ")
+        .replace(['\n', '\r'], " ")
 }
 
 /// The LL-HLS master playlist of a captioned space: the program (`live.m3u8`)
@@ -782,6 +785,20 @@ mod tests {
         assert!(
             v.contains("<v Ann &lt;host&gt;>a --&gt; b &amp; c\n"),
             "{v}"
+        );
+        // No text ends its cue or starts another: one cue, three lines.
+        let hostile = [Cue {
+            text: "x\r\r00:00:00.000 --> 09:00:00.000\n\n<script>a</script></c></v>".into(),
+            name: "Eve </v> -->".into(),
+            ..cues[0].clone()
+        }];
+        let v = to_webvtt(&hostile);
+        assert_eq!(v.matches("-->").count(), 1, "{v}");
+        let body = v.strip_prefix("WEBVTT\n\n").unwrap();
+        assert_eq!(body.trim_end().split(['\n', '\r']).count(), 3, "{v:?}");
+        assert!(
+            !v.contains('<') || v.matches('<').count() == 1,
+            "only <v: {v}"
         );
     }
 
