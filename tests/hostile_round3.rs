@@ -247,6 +247,11 @@ fn webhooks_to_private_addresses_are_refused_unless_the_operator_allows_them() {
         "http://192.168.1.1/".to_owned(),
         "http://[::ffff:127.0.0.1]/".to_owned(),
         "http://0.0.0.0/".to_owned(),
+        // Other spellings of loopback, which the resolver reads as such.
+        "http://127.1/".to_owned(),
+        "http://2130706433/".to_owned(),
+        "http://0x7f000001/".to_owned(),
+        format!("http://user:pw@127.0.0.1:{port}/"),
     ] {
         let r = add_webhook(&s, &url);
         assert_eq!(r.status, 400, "{url}: {:?}", r.body);
