@@ -163,8 +163,8 @@ pub struct Config {
     #[arg(long, env = "AMPHI_OFFER_RATE", default_value_t = crate::admission::OfferLimits::PER_NODE)]
     pub offer_rate: f64,
     /// Requests that read the recordings storage (clips and their pages,
-    /// replays, recordings, transcripts) one network (IPv4 address, IPv6
-    /// /64) may make per second (burst: three times that; 429 beyond).
+    /// replays, recordings, transcripts) or a page of a space's caption
+    /// cues one network (IPv4 address, IPv6 /64) may make per second (burst: three times that; 429 beyond).
     /// Behind a CDN or a proxy that fetches for everyone, raise it.
     #[arg(long, env = "AMPHI_READ_RATE_PER_IP", default_value_t = 100.0)]
     pub read_rate_per_ip: f64,

@@ -86,7 +86,8 @@ pub fn router() -> Router<Arc<App>> {
 }
 
 /// Admission of a request that reads the recordings storage (a clip, a
-/// replay, a recording, a transcript): one from its network's bucket
+/// replay, a recording, a transcript) or a page of a space's cues: one
+/// from its network's bucket
 /// (`--read-rate-per-ip`), refused 429 + `Retry-After` beyond, before any
 /// read. A flood of such GETs (of existing ids or made-up ones, each a
 /// read on the blocking pool, a request to S3) from one address is shed
@@ -291,7 +292,7 @@ pub const CAPTIONS_PAGE: usize = 500;
 /// response, by start time, and `next_from_ms` when more remain. A value
 /// that is not a whole number of ms (negative, overflowing, text) is a 400,
 /// not silently the default.
-async fn live_captions(ask: Ask) -> Result<axum::Json<serde_json::Value>, ApiError> {
+async fn live_captions(_: StoredRead, ask: Ask) -> Result<axum::Json<serde_json::Value>, ApiError> {
     let (cell, _) = ask.space(Output::LivePlaylist)?;
     let param = |name: &str, default: u64| match ask.param(name) {
         None | Some("") => Ok(default),
