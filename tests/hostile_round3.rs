@@ -523,3 +523,37 @@ fn names_and_titles_with_markup_run_no_script_in_chromium() {
         assert_eq!(p["text"][1], true, "the title as text: {p}");
     }
 }
+
+#[test]
+fn a_call_forwarded_to_the_owner_is_limited_by_the_callers_address() {
+    // A and B in one cluster; the space is A's. Hands raised through B are
+    // run on A: A's per-network bucket (joins and hands; here 2/s, burst
+    // 6) must see the caller, not a node that forwards for everyone.
+    let nats = Nats::start();
+    let slow = ["--join-rate-per-ip", "2"];
+    let a = node_with(&nats.url(), "a", &slow, &[]);
+    let b = node_with(&nats.url(), "b", &slow, &[]);
+    let (id, _, _) = live_space(&a, "Owned by A");
+    wait_for(10, "B sees the space live", || {
+        let v = call("GET", &b.url(&format!("/api/v1/spaces/{id}")), None, None).body;
+        v["space"]["state"] == "live" || v["state"] == "live"
+    });
+    // 40 people (joined from 40 addresses), every hand raised from one.
+    let tokens: Vec<String> = (1..=40)
+        .map(|i| join_from(&b, &id, &format!("p{i}"), &format!("127.0.1.{i}")))
+        .collect();
+    let hand = b.url(&format!("/api/v1/spaces/{id}/hand"));
+    let mut refused = 0;
+    for tok in &tokens {
+        match call_from("127.0.0.1", "POST", &hand, Some(tok)) {
+            (429, _) => refused += 1,
+            (200, _) => {}
+            (s, body) => panic!("a hand answered {s}: {body}"),
+        }
+    }
+    eprintln!("40 hands through B from one address: {refused} refused");
+    assert!(refused >= 20, "only {refused} of 40 refused");
+    // Another address is not: its hand through B is taken.
+    let other = join_from(&b, &id, "Calm", "127.0.1.50");
+    assert_eq!(call_from("127.0.0.2", "POST", &hand, Some(&other)).0, 200);
+}
