@@ -87,9 +87,8 @@ pub fn router() -> Router<Arc<App>> {
 
 /// Admission of a request that reads the recordings storage (a clip, a
 /// replay, a recording, a transcript) or a page of a space's cues: one
-/// from its network's bucket
-/// (`--read-rate-per-ip`), refused 429 + `Retry-After` beyond, before any
-/// read. A flood of such GETs (of existing ids or made-up ones, each a
+/// from its network's bucket (`--read-rate-per-ip`), refused 429 +
+/// `Retry-After` beyond, before any read. A flood of such GETs (of existing ids or made-up ones, each a
 /// read on the blocking pool, a request to S3) from one address is shed
 /// here at the cost of a hash lookup.
 pub(crate) struct StoredRead;
