@@ -323,6 +323,15 @@ fn captions_queries_with_absurd_ranges_get_a_clear_error() {
         assert_eq!(r.status, 400, "{q}: {:?}", r.body);
         assert!(r.body["error"]["message"].is_string(), "{q}");
     }
+    // Only the host turns captions on or off (held: a regression check).
+    let (_, listener) = join(&s, &id, "Lou");
+    let patch = s.url(&format!("/api/v1/spaces/{id}"));
+    let on = serde_json::json!({"captions": true});
+    assert_eq!(
+        call("PATCH", &patch, Some(&listener), Some(on.clone())).status,
+        403
+    );
+    assert_eq!(call("PATCH", &patch, None, Some(on)).status, 401);
     for q in [
         "",
         "?from_ms=0&to_ms=18446744073709551615",
