@@ -15,13 +15,14 @@
 //! A clip is public like a shared link: whoever has its id can play it,
 //! even if the space was private (its participants chose to share it).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -34,6 +35,7 @@ use crate::app::App;
 use crate::auth::Token;
 use crate::embed::html_escape;
 use crate::error::ApiError;
+use crate::replay::StoredRead;
 use crate::timefmt::{now_ms, rfc3339};
 use crate::web::Framing;
 use crate::webhooks::EventKind;
@@ -121,6 +123,7 @@ fn clip_view(info: &ClipInfo) -> serde_json::Value {
 async fn create(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     t: Token,
 ) -> Result<Response, ApiError> {
     let id: SpaceId = id
@@ -137,7 +140,14 @@ async fn create(
             .map_or_else(|| "the host".to_owned(), |m| m.name.clone());
         (s.title.clone(), host)
     };
-    // Per participant first: one person's clicks do not use up the space's.
+    // Per network and per participant first: one address's clicks (under
+    // however many names) do not use up the space's.
+    if let Some(Extension(ConnectInfo(peer))) = peer {
+        let net = crate::app::net_key(&crate::app::network_of(peer.ip()));
+        if let Err(wait) = app.clip_limits.network.try_take(net) {
+            return Err(ApiError::rate_limited(wait));
+        }
+    }
     if let Err(wait) = app.clip_limits.participant.try_take(claims.pid.0) {
         return Err(ApiError::rate_limited(wait));
     }
@@ -255,6 +265,7 @@ fn mmss(ms: u64) -> String {
 
 /// The share page: a player, the space's title, the transcript if any.
 async fn page(
+    _: StoredRead,
     State(app): State<Arc<App>>,
     Path(clip): Path<String>,
     headers: HeaderMap,
@@ -342,6 +353,7 @@ pub fn render_page(info: &ClipInfo, origin: &str) -> String {
 
 /// The clip as one Ogg Opus file (a play counted when read from the start).
 async fn audio(
+    _: StoredRead,
     State(app): State<Arc<App>>,
     Path(clip): Path<String>,
     headers: HeaderMap,
@@ -371,6 +383,7 @@ async fn audio(
 
 /// The clip's HLS VOD playlist (a play counted).
 async fn playlist(
+    _: StoredRead,
     State(app): State<Arc<App>>,
     Path(clip): Path<String>,
 ) -> Result<Response, ApiError> {
@@ -387,6 +400,7 @@ async fn playlist(
 
 /// The clip's init segment and media segments.
 async fn media(
+    _: StoredRead,
     State(app): State<Arc<App>>,
     Path((clip, name)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {

@@ -1,10 +1,11 @@
 //! HLS (live and replay) and the recording download.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{FromRequestParts, Path, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Path, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -82,6 +83,29 @@ pub fn router() -> Router<Arc<App>> {
         .route("/spaces/{id}/transcript.vtt", get(transcript_vtt))
         .route("/spaces/{id}/transcript.json", get(transcript_json))
         .route("/api/v1/spaces/{id}/captions", get(live_captions))
+}
+
+/// Admission of a request that reads the recordings storage (a clip, a
+/// replay, a recording, a transcript) or a page of a space's cues: one
+/// from its network's bucket (`--read-rate-per-ip`), refused 429 +
+/// `Retry-After` beyond, before any read. A flood of such GETs (of existing ids or made-up ones, each a
+/// read on the blocking pool, a request to S3) from one address is shed
+/// here at the cost of a hash lookup.
+pub(crate) struct StoredRead;
+
+impl FromRequestParts<Arc<App>> for StoredRead {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
+        let Some(ConnectInfo(peer)) = parts.extensions.get::<ConnectInfo<SocketAddr>>() else {
+            return Ok(StoredRead);
+        };
+        let net = crate::app::net_key(&crate::app::network_of(peer.ip()));
+        app.read_limiter
+            .try_take(net)
+            .map_err(ApiError::rate_limited)?;
+        Ok(StoredRead)
+    }
 }
 
 /// What every route here is asked with: the space (and the object's name,
@@ -251,25 +275,50 @@ async fn transcript(
     Ok(res)
 }
 
-async fn transcript_vtt(ask: Ask) -> Result<Response, ApiError> {
+async fn transcript_vtt(_: StoredRead, ask: Ask) -> Result<Response, ApiError> {
     transcript(ask, "transcript.vtt", "text/vtt; charset=utf-8").await
 }
 
-async fn transcript_json(ask: Ask) -> Result<Response, ApiError> {
+async fn transcript_json(_: StoredRead, ask: Ask) -> Result<Response, ApiError> {
     transcript(ask, "transcript.json", "application/json").await
 }
 
-/// The cues of a live space so far (`?from_ms=&to_ms=`, program time),
-/// for whoever may hear it.
-async fn live_captions(ask: Ask) -> Result<axum::Json<serde_json::Value>, ApiError> {
+/// Most cues one `GET .../captions` answers with (`?limit=`, 1 to this).
+pub const CAPTIONS_PAGE: usize = 500;
+
+/// The cues of a live space so far (`?from_ms=&to_ms=`, program time,
+/// `?limit=`), for whoever may hear it: at most [`CAPTIONS_PAGE`] a
+/// response, by start time, and `next_from_ms` when more remain. A value
+/// that is not a whole number of ms (negative, overflowing, text) is a 400,
+/// not silently the default.
+async fn live_captions(_: StoredRead, ask: Ask) -> Result<axum::Json<serde_json::Value>, ApiError> {
     let (cell, _) = ask.space(Output::LivePlaylist)?;
-    let param = |name: &str| ask.param(name)?.parse::<u64>().ok();
-    let cues = ask.app.captions.cues_between(
-        cell.id,
-        param("from_ms").unwrap_or(0),
-        param("to_ms").unwrap_or(u64::MAX),
-    );
-    Ok(axum::Json(serde_json::json!({ "cues": cues })))
+    let param = |name: &str, default: u64| match ask.param(name) {
+        None | Some("") => Ok(default),
+        Some(v) => v.parse::<u64>().map_err(|_| {
+            ApiError::bad_request(format!(
+                "{name} must be a whole number from 0 to {}",
+                u64::MAX
+            ))
+        }),
+    };
+    let (from, to) = (param("from_ms", 0)?, param("to_ms", u64::MAX)?);
+    let limit = param("limit", CAPTIONS_PAGE as u64)?;
+    if limit == 0 || limit > CAPTIONS_PAGE as u64 {
+        return Err(ApiError::bad_request(format!(
+            "limit must be from 1 to {CAPTIONS_PAGE}"
+        )));
+    }
+    if from > to {
+        return Err(ApiError::bad_request("from_ms is after to_ms"));
+    }
+    let (cues, next) = ask
+        .app
+        .captions
+        .cues_page(cell.id, from, to, limit as usize);
+    Ok(axum::Json(
+        serde_json::json!({ "cues": cues, "next_from_ms": next }),
+    ))
 }
 
 fn cell(app: &App, id: &str) -> Result<Arc<SpaceCell>, ApiError> {
@@ -522,6 +571,9 @@ async fn hinted_part(live: &LiveMedia, msn: u64, part: u32) -> Option<Bytes> {
 /// Whether the replay of `id` is in this node's recordings storage.
 async fn replay_stored(app: &Arc<App>, id: SpaceId) -> bool {
     let rec = app.media.recorder.clone();
+    let Ok(_turn) = app.storage_reads.acquire().await else {
+        return false;
+    };
     tokio::task::spawn_blocking(move || rec.is_complete(id))
         .await
         .unwrap_or(false)
@@ -574,6 +626,9 @@ pub(crate) async fn read_stored<T: Send + 'static>(
 ) -> Result<T, ApiError> {
     let storage = app.media.recorder.storage().clone();
     let k = key.clone();
+    let Ok(_turn) = app.storage_reads.acquire().await else {
+        return Err(ApiError::internal("the storage readers are closed"));
+    };
     match tokio::task::spawn_blocking(move || read(storage.as_ref(), &k)).await {
         Ok(Ok(Some(b))) => Ok(b),
         Ok(Ok(None)) => Err(ApiError::not_found(format!("no such {what}"))),
@@ -588,7 +643,7 @@ pub(crate) async fn read_stored<T: Send + 'static>(
     }
 }
 
-async fn replay_playlist(ask: Ask) -> Result<Response, ApiError> {
+async fn replay_playlist(_: StoredRead, ask: Ask) -> Result<Response, ApiError> {
     let (cell, sign) = ask.replay(Output::Replay).await?;
     let data = replay_object(&ask.app, cell.id, "hls/replay.m3u8").await?;
     cell.stats.lock().replay_play();
@@ -601,7 +656,7 @@ async fn replay_playlist(ask: Ask) -> Result<Response, ApiError> {
     })
 }
 
-async fn replay_media(ask: Ask) -> Result<Response, ApiError> {
+async fn replay_media(_: StoredRead, ask: Ask) -> Result<Response, ApiError> {
     let (cell, _) = ask.replay(Output::Media).await?;
     let (msn, None) =
         parse_media_name(&ask.name).ok_or_else(|| ApiError::not_found("no such HLS resource"))?
@@ -619,16 +674,20 @@ const CHUNK: u64 = 128 * 1024;
 /// [`CHUNK`] at a time as the body is polled. A failing read ends the body
 /// with an error (the client sees a short response).
 fn stream_range(app: &Arc<App>, id: SpaceId, name: &str, start: u64, end: u64) -> axum::body::Body {
-    let storage = app.media.recorder.storage().clone();
+    let app = app.clone();
     let key = Arc::<str>::from(crate::record::key(id, name));
     let chunks = futures_util::stream::unfold(start, move |pos| {
-        let storage = storage.clone();
+        let app = app.clone();
         let key = key.clone();
         async move {
             if pos >= end {
                 return None;
             }
             let to = end.min(pos + CHUNK);
+            let storage = app.media.recorder.storage().clone();
+            let Ok(_turn) = app.storage_reads.acquire().await else {
+                return Some((Err(std::io::Error::other("storage readers closed")), end));
+            };
             let read = tokio::task::spawn_blocking(move || storage.get_range(&key, pos..to)).await;
             let chunk = match read {
                 Ok(Ok(Some(b))) if !b.is_empty() => b,
@@ -681,7 +740,7 @@ fn range_not_satisfiable(len: u64) -> Response {
     res
 }
 
-async fn recording(ask: Ask) -> Result<Response, ApiError> {
+async fn recording(_: StoredRead, ask: Ask) -> Result<Response, ApiError> {
     let (cell, _) = ask.replay(Output::Replay).await?;
     let (app, headers) = (&ask.app, &ask.headers);
     // A Range request reads only its bytes from the store (a ranged GET on
