@@ -17,6 +17,7 @@ set -euo pipefail
 # per-space hand buckets (they are proven by tests/hand_flood.rs).
 export AMPHI_JOIN_RATE_PER_IP=${AMPHI_JOIN_RATE_PER_IP:-100000} AMPHI_HAND_RATE_PER_SPACE=${AMPHI_HAND_RATE_PER_SPACE:-100000}
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 N=${1:-2000}
 SECS=${2:-15}
 RAMP=${3:-10}
@@ -125,26 +126,7 @@ NGX
 fi
 
 if [ "$PEERS" = 1 ] && command -v icecast2 >/dev/null && command -v ffmpeg >/dev/null; then
-  mkdir -p "$TMP/ice/log"; chmod -R 777 "$TMP/ice"
-  cat > "$TMP/ice/icecast.xml" <<XML
-<icecast>
-  <limits><clients>$((N + 100))</clients><sources>2</sources><queue-size>524288</queue-size><burst-size>4096</burst-size></limits>
-  <authentication><source-password>benchsrc</source-password><admin-user>admin</admin-user><admin-password>benchadm</admin-password></authentication>
-  <listen-socket><port>18203</port><bind-address>127.0.0.1</bind-address></listen-socket>
-  <listen-socket><port>18204</port><bind-address>127.0.0.1</bind-address><ssl>1</ssl></listen-socket>
-  <fileserve>0</fileserve>
-  <paths><logdir>$TMP/ice/log</logdir><basedir>$TMP/ice</basedir><webroot>$TMP/ice</webroot><adminroot>$TMP/ice</adminroot><ssl-certificate>$TMP/both.pem</ssl-certificate></paths>
-  <logging><errorlog>error.log</errorlog><loglevel>2</loglevel></logging>
-  <security><chroot>0</chroot><changeowner><user>nobody</user><group>nogroup</group></changeowner></security>
-</icecast>
-XML
-  icecast2 -c "$TMP/ice/icecast.xml" >/dev/null 2>&1 &
-  PIDS+=($!); ICE_PID=$!
-  sleep 1
-  ffmpeg -v error -re -f lavfi -i "sine=frequency=440:sample_rate=48000" -ac 1 -c:a libopus -b:a 32k -frame_duration 20 -page_duration 100000 \
-    -content_type audio/ogg -f ogg icecast://source:benchsrc@127.0.0.1:18203/amphi.opus 2>"$TMP/ffmpeg.log" &
-  PIDS+=($!)
-  sleep 3
+  start_icecast 18203 18204 "$TMP/both.pem"
   echo "== icecast 2.4 TLS ($N listeners)" >&2
   "$BIN" load --server 127.0.0.1:18204 --space ice --path /amphi.opus -n "$N" --ramp "$RAMP" --duration "$SECS" --warmup 3 --pid $ICE_PID \
     --tls-ca "$TMP/ca.pem" --json | tee "$TMP/ice.json" || true

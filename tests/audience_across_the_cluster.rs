@@ -147,6 +147,8 @@ fn five_thousand_named_listeners_across_three_nodes_are_one_bounded_audience() {
         "100000",
         "--max-conns-per-ip",
         "50000",
+        // The webhook receiver is on loopback.
+        "--webhook-allow-private",
     ];
     let a = node_with(&nats.urls_from(0), "a", &lift, &[]);
     let b = node_with(&nats.urls_from(1), "b", &lift, &[]);

@@ -94,7 +94,8 @@ fn webhooks_survive_a_down_receiver_and_a_restart() {
         outs.join("fast.jsonl"),
     );
     let (p_down, p_slow, p_fast) = (free_port(), free_port(), free_port());
-    let flags = ["--webhook-retry-base-ms", "500"];
+    // The receivers are on loopback: a self-hoster's setting.
+    let flags = ["--webhook-retry-base-ms", "500", "--webhook-allow-private"];
     let mut s = Server::start_in(&data, &flags);
 
     // Admin only.

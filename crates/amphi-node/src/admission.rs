@@ -86,23 +86,45 @@ impl KeyedLimiter {
     }
 }
 
-/// How often clips may be cut (`POST .../clips`): per participant and per
-/// space, each a token bucket.
+/// How often clips may be cut (`POST .../clips`): per network, per
+/// participant and per space, each a token bucket. The network's comes
+/// first: one address joining as many people cannot use up the space's
+/// clips for everyone else.
 #[derive(Debug)]
 pub struct ClipLimits {
+    pub network: KeyedLimiter,
     pub participant: KeyedLimiter,
     pub space: KeyedLimiter,
 }
 
 impl Default for ClipLimits {
-    /// Two clips at once then one per 30 s per participant; six at once
-    /// then one per 5 s per space.
+    /// Three clips at once then one per 30 s per network (IPv4 address,
+    /// IPv6 /64); two at once then one per 30 s per participant; six at
+    /// once then one per 5 s per space.
     fn default() -> Self {
         ClipLimits {
+            network: KeyedLimiter::new(1.0 / 30.0, 3.0),
             participant: KeyedLimiter::new(1.0 / 30.0, 2.0),
             space: KeyedLimiter::new(1.0 / 5.0, 6.0),
         }
     }
+}
+
+/// "Remind me" requests one network (IPv4 address, IPv6 /64) may make for
+/// one space: [`REMINDERS_PER_NETWORK`] at once, then one per
+/// [`REMINDER_REFILL_S`]. A space keeps at most 10,000 reminders; without
+/// this, one address joining as 10,000 people (at the join rate, in 17
+/// minutes) would fill them and nobody else could ask.
+pub const REMINDERS_PER_NETWORK: f64 = 10.0;
+/// Seconds until a network may ask for one more reminder of a space.
+pub const REMINDER_REFILL_S: f64 = 600.0;
+
+/// The key of a (space, network) pair in a [`KeyedLimiter`].
+pub fn pair_key(a: u64, b: u64) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (a, b).hash(&mut h);
+    h.finish()
 }
 
 /// WHIP offers per participant, per network and per node: each offer the

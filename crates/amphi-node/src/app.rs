@@ -23,6 +23,11 @@ use crate::webhooks::{EventKind, Webhooks};
 /// from the later of now and the space's scheduled start.
 pub const TOKEN_TTL_S: u64 = 7 * 24 * 3600;
 
+/// Reads of the recordings storage (clips, replays, transcripts) in flight
+/// at once; tokio's blocking pool has 512 threads, which the SQLite store
+/// and the webhooks' queue share.
+pub const STORAGE_READS: usize = 64;
+
 /// What a space needs besides its rules: presence, reactions, media.
 pub struct SpaceCell {
     pub id: SpaceId,
@@ -588,6 +593,15 @@ pub struct App {
     pub command_limiter: crate::admission::KeyedLimiter,
     /// Clips per participant and per space.
     pub clip_limits: crate::admission::ClipLimits,
+    /// "Remind me" per space and network.
+    pub reminder_limiter: crate::admission::KeyedLimiter,
+    /// Requests reading the recordings storage, per network
+    /// (`--read-rate-per-ip`).
+    pub read_limiter: crate::admission::KeyedLimiter,
+    /// Reads of the recordings storage in flight at once
+    /// ([`STORAGE_READS`]): the rest wait their turn, so readers never
+    /// hold every thread of the blocking pool the store's writes need.
+    pub storage_reads: tokio::sync::Semaphore,
     pub started: std::time::Instant,
     /// ACME HTTP-01 key authorizations by token, served on the redirect
     /// port while an order is pending.

@@ -251,6 +251,22 @@ impl Captions {
             .unwrap_or_default()
     }
 
+    /// At most `limit` of the cues [`Captions::cues_between`] gives, and
+    /// where the next page starts (see [`page_of`]).
+    pub fn cues_page(
+        &self,
+        space: SpaceId,
+        from_ms: u64,
+        to_ms: u64,
+        limit: usize,
+    ) -> (Vec<Cue>, Option<u64>) {
+        self.cues
+            .lock()
+            .get(&space)
+            .map(|cues| page_of(cues, from_ms, to_ms, limit))
+            .unwrap_or_default()
+    }
+
     /// Forgets a space's cues (its transcript is written).
     pub fn forget(&self, space: SpaceId) {
         self.cues.lock().remove(&space);
@@ -604,6 +620,21 @@ fn is_speech(text: &str) -> bool {
     !(t.starts_with('[') || t.starts_with('(')) && t.chars().any(char::is_alphanumeric)
 }
 
+/// The cues of `cues` that overlap `[from_ms, to_ms)`, by start time, at
+/// most `limit` of them (only those are copied), and, when some were left
+/// out, the `from_ms` that asks for the rest: the start of the first one
+/// left out. The next page repeats a cue of this one that is still going on
+/// at that instant; it skips none.
+pub fn page_of(cues: &[Cue], from_ms: u64, to_ms: u64, limit: usize) -> (Vec<Cue>, Option<u64>) {
+    let mut hits: Vec<&Cue> = cues
+        .iter()
+        .filter(|c| c.end_ms > from_ms && c.start_ms < to_ms)
+        .collect();
+    hits.sort_by_key(|c| c.start_ms);
+    let next = hits.get(limit).map(|c| c.start_ms);
+    (hits.into_iter().take(limit).cloned().collect(), next)
+}
+
 /// `transcript.vtt`: the cues as WebVTT, the speaker as a voice span.
 pub fn to_webvtt(cues: &[Cue]) -> String {
     let mut out = String::from("WEBVTT\n\n");
@@ -631,12 +662,15 @@ pub fn vtt_time(ms: u64) -> String {
     )
 }
 
+/// A cue's text or a voice's name as WebVTT cue text: markup escaped and
+/// every line break (LF, CR: either ends a WebVTT line, and a blank line
+/// ends the cue) a space, so no text can close a cue or start another.
 fn escape_vtt(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
         .replace("-->", "--&gt;")
-        .replace('\n', " ")
+        .replace(['\n', '\r'], " ")
 }
 
 /// The LL-HLS master playlist of a captioned space: the program (`live.m3u8`)
@@ -752,6 +786,20 @@ mod tests {
             v.contains("<v Ann &lt;host&gt;>a --&gt; b &amp; c\n"),
             "{v}"
         );
+        // No text ends its cue or starts another: one cue, three lines.
+        let hostile = [Cue {
+            text: "x\r\r00:00:00.000 --> 09:00:00.000\n\n<script>a</script></c></v>".into(),
+            name: "Eve </v> -->".into(),
+            ..cues[0].clone()
+        }];
+        let v = to_webvtt(&hostile);
+        assert_eq!(v.matches("-->").count(), 1, "{v}");
+        let body = v.strip_prefix("WEBVTT\n\n").unwrap();
+        assert_eq!(body.trim_end().split(['\n', '\r']).count(), 3, "{v:?}");
+        assert!(
+            !v.contains('<') || v.matches('<').count() == 1,
+            "only <v: {v}"
+        );
     }
 
     #[test]
@@ -798,6 +846,53 @@ mod tests {
         assert!(!is_speech("(music)"));
         assert!(!is_speech(" ... "));
         assert!(is_speech("Hello."));
+    }
+
+    #[test]
+    fn a_page_of_cues_is_bounded_and_the_next_page_skips_none() {
+        // Two speakers, out of order as workers finish, overlapping.
+        let cue = |pid: u64, start_ms: u64, end_ms: u64| Cue {
+            participant_id: ParticipantId(pid),
+            name: format!("p{pid}"),
+            text: format!("{start_ms}"),
+            start_ms,
+            end_ms,
+            is_final: true,
+        };
+        let mut cues: Vec<Cue> = (0..1000u64)
+            .map(|i| cue(1, i * 100, i * 100 + 150))
+            .collect();
+        cues.extend(
+            (0..1000u64)
+                .rev()
+                .map(|i| cue(2, i * 100 + 50, i * 100 + 90)),
+        );
+        let (first, next) = page_of(&cues, 0, u64::MAX, 500);
+        assert_eq!(first.len(), 500);
+        assert!(first.windows(2).all(|w| w[0].start_ms <= w[1].start_ms));
+        let next = next.expect("more to come");
+        // Paging through gives every cue at least once, each page bounded.
+        let mut seen = std::collections::HashSet::new();
+        let (mut from, mut pages) = (0, 0);
+        loop {
+            let (page, next) = page_of(&cues, from, u64::MAX, 500);
+            assert!(page.len() <= 500);
+            seen.extend(page.iter().map(|c| (c.participant_id, c.start_ms)));
+            pages += 1;
+            match next {
+                Some(n) => {
+                    assert!(n > from, "pages move forward");
+                    from = n;
+                }
+                None => break,
+            }
+        }
+        assert_eq!(seen.len(), 2000, "none skipped");
+        assert!(pages <= 5, "{pages} pages");
+        assert!(next > 0);
+        // A range past the end is an empty page.
+        assert_eq!(page_of(&cues, u64::MAX - 1, u64::MAX, 500), (vec![], None));
+        assert_eq!(page_of(&cues, 200_000, 300_000, 500), (vec![], None));
     }
 
     #[test]

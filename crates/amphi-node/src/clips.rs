@@ -15,25 +15,27 @@
 //! A clip is public like a shared link: whoever has its id can play it,
 //! even if the space was private (its participants chose to share it).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use amphi_core::frame::FRAME_US;
 use amphi_core::{ClipId, Frame, ParticipantId, SpaceId};
-use amphi_hls::{Resource, cache_control, content_type_for};
+use amphi_hls::{Resource, content_type_for};
 
 use crate::app::App;
 use crate::auth::Token;
 use crate::embed::html_escape;
 use crate::error::ApiError;
+use crate::replay::StoredRead;
 use crate::timefmt::{now_ms, rfc3339};
 use crate::web::Framing;
 use crate::webhooks::EventKind;
@@ -121,6 +123,7 @@ fn clip_view(info: &ClipInfo) -> serde_json::Value {
 async fn create(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     t: Token,
 ) -> Result<Response, ApiError> {
     let id: SpaceId = id
@@ -137,7 +140,14 @@ async fn create(
             .map_or_else(|| "the host".to_owned(), |m| m.name.clone());
         (s.title.clone(), host)
     };
-    // Per participant first: one person's clicks do not use up the space's.
+    // Per network and per participant first: one address's clicks (under
+    // however many names) do not use up the space's.
+    if let Some(Extension(ConnectInfo(peer))) = peer {
+        let net = crate::app::net_key(&crate::app::network_of(peer.ip()));
+        if let Err(wait) = app.clip_limits.network.try_take(net) {
+            return Err(ApiError::rate_limited(wait));
+        }
+    }
     if let Err(wait) = app.clip_limits.participant.try_take(claims.pid.0) {
         return Err(ApiError::rate_limited(wait));
     }
@@ -227,20 +237,7 @@ pub fn store(
 /// Reads one object of a clip off the async runtime: a missing one is a
 /// 404, a failing store a 503.
 async fn object(app: &App, clip: ClipId, name: &str) -> Result<Bytes, ApiError> {
-    let storage = app.media.recorder.storage().clone();
-    let k = key(clip, name);
-    match tokio::task::spawn_blocking(move || storage.get(&k)).await {
-        Ok(Ok(Some(b))) => Ok(b),
-        Ok(Ok(None)) => Err(ApiError::not_found("no such clip")),
-        Ok(Err(e)) => {
-            tracing::error!(%clip, error = %e, "could not read a clip");
-            Err(ApiError::unavailable(
-                "the recordings storage did not answer",
-                2,
-            ))
-        }
-        Err(_) => Err(ApiError::internal("reading the clip failed")),
-    }
+    crate::replay::read_stored(app, key(clip, name), "clip", |s, k| s.get(k)).await
 }
 
 fn clip_id(s: &str) -> Result<ClipId, ApiError> {
@@ -268,6 +265,7 @@ fn mmss(ms: u64) -> String {
 
 /// The share page: a player, the space's title, the transcript if any.
 async fn page(
+    _: StoredRead,
     State(app): State<Arc<App>>,
     Path(clip): Path<String>,
     headers: HeaderMap,
@@ -353,24 +351,9 @@ pub fn render_page(info: &ClipInfo, origin: &str) -> String {
     )
 }
 
-fn media_body(kind: Resource, content_type: &'static str, data: Bytes) -> Response {
-    let mut res = (StatusCode::OK, data).into_response();
-    let h = res.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    // A clip never changes once stored.
-    h.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static(cache_control(kind)),
-    );
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_ORIGIN,
-        HeaderValue::from_static("*"),
-    );
-    res
-}
-
 /// The clip as one Ogg Opus file (a play counted when read from the start).
 async fn audio(
+    _: StoredRead,
     State(app): State<Arc<App>>,
     Path(clip): Path<String>,
     headers: HeaderMap,
@@ -391,11 +374,16 @@ async fn audio(
     if from_start {
         count_play(&app, info.space_id);
     }
-    Ok(media_body(Resource::VodPlaylist, "audio/ogg", data))
+    Ok(crate::replay::media_response(
+        Resource::VodPlaylist,
+        "audio/ogg",
+        data,
+    ))
 }
 
 /// The clip's HLS VOD playlist (a play counted).
 async fn playlist(
+    _: StoredRead,
     State(app): State<Arc<App>>,
     Path(clip): Path<String>,
 ) -> Result<Response, ApiError> {
@@ -403,7 +391,7 @@ async fn playlist(
     let info = info(&app, clip).await?;
     let data = object(&app, clip, "hls/clip.m3u8").await?;
     count_play(&app, info.space_id);
-    Ok(media_body(
+    Ok(crate::replay::media_response(
         Resource::VodPlaylist,
         content_type_for(Resource::VodPlaylist),
         data,
@@ -412,6 +400,7 @@ async fn playlist(
 
 /// The clip's init segment and media segments.
 async fn media(
+    _: StoredRead,
     State(app): State<Arc<App>>,
     Path((clip, name)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
@@ -425,7 +414,7 @@ async fn media(
         format!("seg-{msn}.m4s")
     };
     let data = object(&app, clip, &format!("hls/{name}")).await?;
-    Ok(media_body(
+    Ok(crate::replay::media_response(
         Resource::Media,
         content_type_for(Resource::Media),
         data,

@@ -373,10 +373,33 @@ async fn calendar(
         .into_response())
 }
 
-/// Rendered cards by space, with what they show: a card is drawn again
-/// only when its text changed. Bounded: cleared past 256 spaces.
-type CardCache = parking_lot::Mutex<std::collections::HashMap<SpaceId, (String, bytes::Bytes)>>;
+/// Rendered cards by space, with what they show and when they were drawn:
+/// a card is drawn again only when its text changed, and a live space's
+/// changing detail (its listener count) at most every [`CARD_FRESH`].
+/// Bounded: cleared past 256 spaces.
+type CardCache = parking_lot::Mutex<
+    std::collections::HashMap<SpaceId, (String, String, std::time::Instant, bytes::Bytes)>,
+>;
 static CARDS: std::sync::OnceLock<CardCache> = std::sync::OnceLock::new();
+/// One card drawn at a time on the node (about 10 ms of a core in a
+/// release build, 100+ in a debug one): a flood of card requests waits
+/// here, one render each change, instead of drawing the same card once
+/// per request on every core.
+static DRAWING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+/// A card whose title, host and state are unchanged is served as drawn for
+/// this long, whatever its detail (a live space's listener count, which
+/// anyone moves by opening and closing a stream) says now.
+const CARD_FRESH: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The cached card of `id`, if it shows `base` and either `detail` or was
+/// drawn less than [`CARD_FRESH`] ago.
+fn cached_card(cache: &CardCache, id: SpaceId, base: &str, detail: &str) -> Option<bytes::Bytes> {
+    cache
+        .lock()
+        .get(&id)
+        .filter(|(b, d, at, _)| b == base && (d == detail || at.elapsed() < CARD_FRESH))
+        .map(|(_, _, _, png)| png.clone())
+}
 
 /// The card's image (1200 × 630 PNG), drawn on the node.
 async fn card_png(
@@ -396,28 +419,33 @@ async fn card_png(
         }
         SpaceState::Ended => "Ended · replay available".to_owned(),
     };
-    let key = format!(
-        "{}\u{0}{}\u{0}{}\u{0}{detail}",
-        c.title,
-        c.host,
-        c.state.as_str()
-    );
+    let base = format!("{}\u{0}{}\u{0}{}", c.title, c.host, c.state.as_str());
     let cache = CARDS.get_or_init(Default::default);
-    let hit = cache
-        .lock()
-        .get(&c.id)
-        .filter(|(k, _)| *k == key)
-        .map(|(_, b)| b.clone());
+    let mut hit = cached_card(cache, c.id, &base, &detail);
+    // Waiting for the one drawing slot, then asking the cache again: the
+    // requests that waited on a render get its card.
+    let _drawing = match hit {
+        Some(_) => None,
+        None => {
+            let permit = DRAWING
+                .acquire()
+                .await
+                .map_err(|_| ApiError::internal("could not draw the card"))?;
+            hit = cached_card(cache, c.id, &base, &detail);
+            Some(permit)
+        }
+    };
     let png = match hit {
         Some(b) => b,
         None => {
             let (title, host, state) = (c.title.clone(), c.host.clone(), c.state.as_str());
+            let shown = detail.clone();
             let drawn = tokio::task::spawn_blocking(move || {
                 crate::card_image::render(&crate::card_image::CardText {
                     title: &title,
                     host: &host,
                     state,
-                    detail: &detail,
+                    detail: &shown,
                 })
             })
             .await;
@@ -429,7 +457,7 @@ async fn card_png(
             if m.len() >= 256 {
                 m.clear();
             }
-            m.insert(c.id, (key, png.clone()));
+            m.insert(c.id, (base, detail, std::time::Instant::now(), png.clone()));
             png
         }
     };

@@ -1,13 +1,14 @@
 //! `/api/v1/webhooks`: the admin's webhook endpoints, their secrets and
 //! their delivery logs (docs/api.md, "Webhooks").
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -19,7 +20,9 @@ use crate::auth::Token;
 use crate::body::ApiJson;
 use crate::error::ApiError;
 use crate::timefmt::now_ms;
-use crate::webhooks::{EventKind, delivery_view, endpoint_view, new_secret};
+use crate::webhooks::{
+    EventKind, PRIVATE_REFUSED, delivery_view, endpoint_view, is_public, new_secret, refused_target,
+};
 
 /// Endpoints one node keeps.
 const MAX_ENDPOINTS: usize = 100;
@@ -74,7 +77,12 @@ struct CreateBody {
     events: Option<Vec<String>>,
 }
 
-fn check_url(url: &str) -> Result<(), ApiError> {
+/// Checks an endpoint's URL: absolute http(s), not too long, and (unless
+/// `--webhook-allow-private`) not aimed at a private, loopback or
+/// link-local address, by literal or by what its name resolves to now
+/// (a name that does not resolve yet is taken: it is checked again at
+/// every delivery).
+async fn check_url(url: &str, allow_private: bool) -> Result<(), ApiError> {
     let bad = || ApiError::bad_request("url must be an absolute http:// or https:// URL");
     if url.len() > MAX_URL {
         return Err(ApiError::bad_request(format!(
@@ -82,10 +90,31 @@ fn check_url(url: &str) -> Result<(), ApiError> {
         )));
     }
     let uri: axum::http::Uri = url.parse().map_err(|_| bad())?;
-    match (uri.scheme_str(), uri.host()) {
-        (Some("http" | "https"), Some(h)) if !h.is_empty() => Ok(()),
-        _ => Err(bad()),
+    let (host, port) = match (uri.scheme_str(), uri.host()) {
+        (Some(scheme @ ("http" | "https")), Some(h)) if !h.is_empty() => (
+            h.trim_start_matches('[').trim_end_matches(']').to_owned(),
+            uri.port_u16()
+                .unwrap_or(if scheme == "https" { 443 } else { 80 }),
+        ),
+        _ => return Err(bad()),
+    };
+    if let Some(why) = refused_target(url, allow_private) {
+        return Err(ApiError::bad_request(why));
     }
+    if !allow_private && host.parse::<std::net::IpAddr>().is_err() {
+        let found = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            tokio::net::lookup_host((host.as_str(), port)),
+        )
+        .await;
+        if let Ok(Ok(addrs)) = found {
+            let addrs: Vec<_> = addrs.collect();
+            if !addrs.is_empty() && addrs.iter().all(|a| !is_public(a.ip())) {
+                return Err(ApiError::bad_request(PRIVATE_REFUSED));
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn create(
@@ -94,7 +123,7 @@ async fn create(
     ApiJson(body): ApiJson<CreateBody>,
 ) -> Result<Response, ApiError> {
     admin(&app, token)?;
-    check_url(&body.url)?;
+    check_url(&body.url, app.webhooks.allows_private()).await?;
     let mut events = Vec::new();
     for e in body.events.unwrap_or_default() {
         let kind = EventKind::parse(&e).ok_or_else(|| {
@@ -227,6 +256,7 @@ struct RemindBody {
 async fn remind(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     t: Token,
     ApiJson(body): ApiJson<RemindBody>,
 ) -> Result<Response, ApiError> {
@@ -247,6 +277,14 @@ async fn remind(
         if inner.space.state != amphi_core::room::SpaceState::Scheduled {
             return Err(ApiError::conflict("reminders are for scheduled spaces"));
         }
+    }
+    // One network's share of the space's reminders (after the checks
+    // above: a refused request spends none).
+    if let Some(Extension(ConnectInfo(peer))) = peer {
+        let net = crate::app::net_key(&crate::app::network_of(peer.ip()));
+        app.reminder_limiter
+            .try_take(crate::admission::pair_key(id.0, net))
+            .map_err(ApiError::rate_limited)?;
     }
     let (space, pid, name) = (id.to_string(), claims.pid.to_string(), claims.name.clone());
     let kept = blocking(&app, move |s| {

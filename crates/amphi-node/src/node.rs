@@ -162,6 +162,12 @@ pub struct Config {
     /// WHIP offers the node takes per second, from everyone (503 beyond).
     #[arg(long, env = "AMPHI_OFFER_RATE", default_value_t = crate::admission::OfferLimits::PER_NODE)]
     pub offer_rate: f64,
+    /// Requests that read the recordings storage (clips and their pages,
+    /// replays, recordings, transcripts) or a page of a space's caption
+    /// cues one network (IPv4 address, IPv6 /64) may make per second (burst: three times that; 429 beyond).
+    /// Behind a CDN or a proxy that fetches for everyone, raise it.
+    #[arg(long, env = "AMPHI_READ_RATE_PER_IP", default_value_t = 100.0)]
+    pub read_rate_per_ip: f64,
     /// WebRTC sessions (speakers' publications) the node holds at once
     /// (503 beyond); each costs a DTLS/SRTP state and its jitter buffer.
     #[arg(long, env = "AMPHI_MAX_RTC_SESSIONS", default_value_t = 500)]
@@ -261,6 +267,13 @@ pub struct Config {
     /// each further retry waits twice as long (at most an hour), for 24 h.
     #[arg(long, env = "AMPHI_WEBHOOK_RETRY_BASE_MS", default_value_t = 5000)]
     pub webhook_retry_base_ms: u64,
+    /// Deliver webhooks to private, loopback and link-local addresses too
+    /// (10/8, 172.16/12, 192.168/16, 127/8, 169.254/16, 100.64/10, fc00::/7,
+    /// fe80::/10, ::1, …): a self-hosted receiver beside the node. Off, an
+    /// endpoint whose URL names or resolves only to such an address is
+    /// refused (400 at registration, a failed attempt at delivery).
+    #[arg(long, env = "AMPHI_WEBHOOK_ALLOW_PRIVATE", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub webhook_allow_private: bool,
     /// Require `Authorization: Bearer <this>` on /metrics (401 otherwise).
     /// Default: /metrics is open.
     #[arg(long, env = "AMPHI_METRICS_TOKEN", hide_env_values = true)]
@@ -634,6 +647,7 @@ async fn load(
         store.clone(),
         tokio::runtime::Handle::current(),
         Duration::from_millis(args.webhook_retry_base_ms),
+        args.webhook_allow_private,
     )
     .context("starting the webhooks")?;
     tokio::spawn(webhooks.clone().run());
@@ -655,6 +669,12 @@ async fn load(
         ogg_page_ms,
         reaction_limiter: KeyedLimiter::new(5.0, 10.0),
         clip_limits: Default::default(),
+        reminder_limiter: KeyedLimiter::new(
+            1.0 / crate::admission::REMINDER_REFILL_S,
+            crate::admission::REMINDERS_PER_NETWORK,
+        ),
+        read_limiter: KeyedLimiter::new(args.read_rate_per_ip, args.read_rate_per_ip * 3.0),
+        storage_reads: tokio::sync::Semaphore::new(crate::app::STORAGE_READS),
         join_limiter: KeyedLimiter::new(args.join_rate, args.join_burst),
         per_ip: Arc::new(crate::admission::PerIp::new(args.max_conns_per_ip)),
         command_limiter: KeyedLimiter::new(args.command_rate, args.command_rate * 2.0),

@@ -357,7 +357,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         "none",
         None,
         200,
-        "The caption cues so far, ?from_ms=&to_ms= (program time)"
+        "The caption cues so far, ?from_ms=&to_ms= (program time), at most ?limit= (1-500) a page; next_from_ms asks for the next"
     ),
     ep!("get", "/metrics", "none", None, 200, "Prometheus metrics"),
     ep!("get", "/healthz", "none", None, 200, "Liveness"),

@@ -1,10 +1,12 @@
 //! HLS (live and replay) and the recording download.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Path, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -83,18 +85,104 @@ pub fn router() -> Router<Arc<App>> {
         .route("/api/v1/spaces/{id}/captions", get(live_captions))
 }
 
+/// Admission of a request that reads the recordings storage (a clip, a
+/// replay, a recording, a transcript) or a page of a space's cues: one
+/// from its network's bucket (`--read-rate-per-ip`), refused 429 +
+/// `Retry-After` beyond, before any read. A flood of such GETs (of existing ids or made-up ones, each a
+/// read on the blocking pool, a request to S3) from one address is shed
+/// here at the cost of a hash lookup.
+pub(crate) struct StoredRead;
+
+impl FromRequestParts<Arc<App>> for StoredRead {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, ApiError> {
+        let Some(ConnectInfo(peer)) = parts.extensions.get::<ConnectInfo<SocketAddr>>() else {
+            return Ok(StoredRead);
+        };
+        let net = crate::app::net_key(&crate::app::network_of(peer.ip()));
+        app.read_limiter
+            .try_take(net)
+            .map_err(ApiError::rate_limited)?;
+        Ok(StoredRead)
+    }
+}
+
+/// What every route here is asked with: the space (and the object's name,
+/// for `{name}` routes) from the path, the raw query (`?token=`, `?t=`,
+/// the HLS and range parameters) and the headers (`Authorization`,
+/// `Range`).
+struct Ask {
+    app: Arc<App>,
+    id: String,
+    /// The `{name}` path segment; empty on routes without one.
+    name: String,
+    q: Option<String>,
+    headers: HeaderMap,
+}
+
+impl FromRequestParts<Arc<App>> for Ask {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, Response> {
+        let Path(params) = Path::<Vec<(String, String)>>::from_request_parts(parts, app)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let (mut id, mut name) = (String::new(), String::new());
+        for (k, v) in params {
+            match k.as_str() {
+                "id" => id = v,
+                "name" => name = v,
+                _ => {}
+            }
+        }
+        Ok(Ask {
+            app: app.clone(),
+            id,
+            name,
+            q: parts.uri.query().map(str::to_owned),
+            // The handler is the request's last reader.
+            headers: std::mem::take(&mut parts.headers),
+        })
+    }
+}
+
+impl Ask {
+    /// The space, once the caller is allowed its `output`; with the query
+    /// to sign a private space's playlist URIs with.
+    fn space(&self, output: Output) -> Result<(Arc<SpaceCell>, Option<String>), ApiError> {
+        let cell = cell(&self.app, &self.id)?;
+        let sign = authorize(&self.app, &cell, &self.headers, self.q.as_deref(), output)?;
+        Ok((cell, sign))
+    }
+
+    /// The prologue of every replay route: [`Ask::space`], and the replay
+    /// published.
+    async fn replay(&self, output: Output) -> Result<(Arc<SpaceCell>, Option<String>), ApiError> {
+        let (cell, sign) = self.space(output)?;
+        replay_ready(&self.app, &cell).await?;
+        Ok((cell, sign))
+    }
+
+    /// A query parameter's value.
+    fn param(&self, name: &str) -> Option<&str> {
+        query_param(self.q.as_deref(), name)
+    }
+}
+
+/// The value of `name` in a raw query.
+fn query_param<'a>(q: Option<&'a str>, name: &str) -> Option<&'a str> {
+    q?.split('&')
+        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+}
+
 /// The live HLS master playlist: the program and, for a captioned space,
 /// its WebVTT subtitles rendition.
-async fn master_playlist(
-    State(app): State<Arc<App>>,
-    Path(id): Path<String>,
-    RawQuery(q): RawQuery,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let cell = cell(&app, &id)?;
-    let query = authorize(&app, &cell, &headers, q.as_deref(), Output::LivePlaylist)?;
+async fn master_playlist(ask: Ask) -> Result<Response, ApiError> {
+    let (cell, query) = ask.space(Output::LivePlaylist)?;
     live_media_of(&cell)?;
-    let text = if cell.inner.lock().space.captions && app.captions.unavailable_reason().is_none() {
+    let captioned = ask.app.captions.unavailable_reason().is_none();
+    let text = if cell.inner.lock().space.captions && captioned {
         crate::captions::master_playlist(query.as_deref())
     } else {
         let q = query.map(|q| format!("?{q}")).unwrap_or_default();
@@ -125,29 +213,18 @@ fn playlist_response(text: String) -> Response {
 
 /// The subtitles rendition's media playlist (see
 /// [`crate::captions::subtitle_playlist`]).
-async fn subtitle_playlist(
-    State(app): State<Arc<App>>,
-    Path(id): Path<String>,
-    RawQuery(q): RawQuery,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let cell = cell(&app, &id)?;
-    let query = authorize(&app, &cell, &headers, q.as_deref(), Output::LivePlaylist)?;
+async fn subtitle_playlist(ask: Ask) -> Result<Response, ApiError> {
+    let (cell, query) = ask.space(Output::LivePlaylist)?;
     let live = live_media_of(&cell)?;
     let text = crate::captions::subtitle_playlist(&live.hls.lock(), query.as_deref());
     Ok(playlist_response(text))
 }
 
 /// One WebVTT segment (`{msn}.vtt`): the cues of that program segment.
-async fn subtitle_segment(
-    State(app): State<Arc<App>>,
-    Path((id, name)): Path<(String, String)>,
-    RawQuery(q): RawQuery,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let cell = cell(&app, &id)?;
-    authorize(&app, &cell, &headers, q.as_deref(), Output::Media)?;
-    let msn: u64 = name
+async fn subtitle_segment(ask: Ask) -> Result<Response, ApiError> {
+    let (cell, _) = ask.space(Output::Media)?;
+    let msn: u64 = ask
+        .name
         .strip_suffix(".vtt")
         .and_then(|n| n.parse().ok())
         .ok_or_else(|| ApiError::not_found("no such subtitle segment"))?;
@@ -159,7 +236,7 @@ async fn subtitle_segment(
         .find(|s| s.msn == msn)
         .map(|s| (s.first_seq * 20, (s.first_seq + s.span) * 20))
         .ok_or_else(|| ApiError::not_found("no such subtitle segment"))?;
-    let cues = app.captions.cues_between(cell.id, range.0, range.1);
+    let cues = ask.app.captions.cues_between(cell.id, range.0, range.1);
     let mut res = (StatusCode::OK, crate::captions::subtitle_segment(&cues)).into_response();
     res.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -172,15 +249,11 @@ async fn subtitle_segment(
 /// replay once its last phrase was transcribed (whoever may hear the
 /// replay may read it).
 async fn transcript(
-    app: &Arc<App>,
-    id: &str,
-    headers: &HeaderMap,
-    q: Option<&str>,
+    ask: Ask,
     name: &'static str,
     content_type: &'static str,
 ) -> Result<Response, ApiError> {
-    let cell = cell(app, id)?;
-    authorize(app, &cell, headers, q, Output::Replay)?;
+    let (cell, _) = ask.space(Output::Replay)?;
     let (state, captions) = {
         let inner = cell.inner.lock();
         (inner.space.state, inner.space.captions)
@@ -190,7 +263,7 @@ async fn transcript(
             "the space is still live; its transcript is written when it ends",
         ));
     }
-    let data = match from_storage(app, cell.id, name, |s, k| s.get(k)).await {
+    let data = match from_storage(&ask.app, cell.id, name, |s, k| s.get(k)).await {
         Err(e) if captions && e.status == StatusCode::NOT_FOUND => {
             return Err(ApiError::unavailable("the transcript is being written", 1));
         }
@@ -202,63 +275,50 @@ async fn transcript(
     Ok(res)
 }
 
-async fn transcript_vtt(
-    State(app): State<Arc<App>>,
-    Path(id): Path<String>,
-    RawQuery(q): RawQuery,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    transcript(
-        &app,
-        &id,
-        &headers,
-        q.as_deref(),
-        "transcript.vtt",
-        "text/vtt; charset=utf-8",
-    )
-    .await
+async fn transcript_vtt(_: StoredRead, ask: Ask) -> Result<Response, ApiError> {
+    transcript(ask, "transcript.vtt", "text/vtt; charset=utf-8").await
 }
 
-async fn transcript_json(
-    State(app): State<Arc<App>>,
-    Path(id): Path<String>,
-    RawQuery(q): RawQuery,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    transcript(
-        &app,
-        &id,
-        &headers,
-        q.as_deref(),
-        "transcript.json",
-        "application/json",
-    )
-    .await
+async fn transcript_json(_: StoredRead, ask: Ask) -> Result<Response, ApiError> {
+    transcript(ask, "transcript.json", "application/json").await
 }
 
-/// The cues of a live space so far (`?from_ms=&to_ms=`, program time),
-/// for whoever may hear it.
-async fn live_captions(
-    State(app): State<Arc<App>>,
-    Path(id): Path<String>,
-    RawQuery(q): RawQuery,
-    headers: HeaderMap,
-) -> Result<axum::Json<serde_json::Value>, ApiError> {
-    let cell = cell(&app, &id)?;
-    authorize(&app, &cell, &headers, q.as_deref(), Output::LivePlaylist)?;
-    let param = |name: &str| {
-        q.as_deref()?
-            .split('&')
-            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))?
-            .parse::<u64>()
-            .ok()
+/// Most cues one `GET .../captions` answers with (`?limit=`, 1 to this).
+pub const CAPTIONS_PAGE: usize = 500;
+
+/// The cues of a live space so far (`?from_ms=&to_ms=`, program time,
+/// `?limit=`), for whoever may hear it: at most [`CAPTIONS_PAGE`] a
+/// response, by start time, and `next_from_ms` when more remain. A value
+/// that is not a whole number of ms (negative, overflowing, text) is a 400,
+/// not silently the default.
+async fn live_captions(_: StoredRead, ask: Ask) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let (cell, _) = ask.space(Output::LivePlaylist)?;
+    let param = |name: &str, default: u64| match ask.param(name) {
+        None | Some("") => Ok(default),
+        Some(v) => v.parse::<u64>().map_err(|_| {
+            ApiError::bad_request(format!(
+                "{name} must be a whole number from 0 to {}",
+                u64::MAX
+            ))
+        }),
     };
-    let cues = app.captions.cues_between(
-        cell.id,
-        param("from_ms").unwrap_or(0),
-        param("to_ms").unwrap_or(u64::MAX),
-    );
-    Ok(axum::Json(serde_json::json!({ "cues": cues })))
+    let (from, to) = (param("from_ms", 0)?, param("to_ms", u64::MAX)?);
+    let limit = param("limit", CAPTIONS_PAGE as u64)?;
+    if limit == 0 || limit > CAPTIONS_PAGE as u64 {
+        return Err(ApiError::bad_request(format!(
+            "limit must be from 1 to {CAPTIONS_PAGE}"
+        )));
+    }
+    if from > to {
+        return Err(ApiError::bad_request("from_ms is after to_ms"));
+    }
+    let (cues, next) = ask
+        .app
+        .captions
+        .cues_page(cell.id, from, to, limit as usize);
+    Ok(axum::Json(
+        serde_json::json!({ "cues": cues, "next_from_ms": next }),
+    ))
 }
 
 fn cell(app: &App, id: &str) -> Result<Arc<SpaceCell>, ApiError> {
@@ -295,11 +355,7 @@ fn authorize(
     if cell.inner.lock().space.public {
         return Ok(None);
     }
-    let param = |name: &str| {
-        query?
-            .split('&')
-            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
-    };
+    let param = |name: &str| query_param(query, name);
     let now = now_s();
     let key = || {
         let claims = MediaClaims::current(cell.id, now);
@@ -340,12 +396,19 @@ fn authorize(
 }
 
 fn body(kind: Resource, data: impl Into<axum::body::Body>) -> Response {
+    media_response(kind, content_type_for(kind), data)
+}
+
+/// A media object or playlist: its type, how long caches may keep a `kind`
+/// of resource, readable cross-origin (web players on other sites).
+pub(crate) fn media_response(
+    kind: Resource,
+    content_type: &'static str,
+    data: impl Into<axum::body::Body>,
+) -> Response {
     let mut res = (StatusCode::OK, data.into()).into_response();
     let h = res.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(content_type_for(kind)),
-    );
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     h.insert(
         header::CACHE_CONTROL,
         HeaderValue::from_static(cache_control(kind)),
@@ -371,28 +434,15 @@ fn live_error(e: ApiError) -> Response {
     res
 }
 
-async fn live_playlist(
-    State(app): State<Arc<App>>,
-    Path(id): Path<String>,
-    RawQuery(q): RawQuery,
-    headers: HeaderMap,
-) -> Response {
-    live_playlist_inner(app, id, q, headers)
-        .await
-        .unwrap_or_else(live_error)
+async fn live_playlist(ask: Ask) -> Response {
+    live_playlist_inner(ask).await.unwrap_or_else(live_error)
 }
 
 /// The live playlist, after waiting for `_HLS_msn`/`_HLS_part` if asked;
 /// the delta update if `_HLS_skip=YES` (or `v2`) asks for it.
-async fn live_playlist_inner(
-    app: Arc<App>,
-    id: String,
-    q: Option<String>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let cell = cell(&app, &id)?;
-    let sign = authorize(&app, &cell, &headers, q.as_deref(), Output::LivePlaylist)?;
-    app.members.attach(cell.id).await;
+async fn live_playlist_inner(ask: Ask) -> Result<Response, ApiError> {
+    let (cell, sign) = ask.space(Output::LivePlaylist)?;
+    ask.app.members.attach(cell.id).await;
     let live = cell
         .live
         .read()
@@ -404,7 +454,7 @@ async fn live_playlist_inner(
             )),
             _ => ApiError::conflict("the space is not live"),
         })?;
-    let query = q.as_deref().unwrap_or("");
+    let query = ask.q.as_deref().unwrap_or("");
     let (msn, part) =
         parse_blocking_query(query).map_err(|e| ApiError::bad_request(e.to_string()))?;
     if let Some(msn) = msn {
@@ -458,14 +508,8 @@ fn private(mut res: Response) -> Response {
     res
 }
 
-async fn init(
-    State(app): State<Arc<App>>,
-    Path(id): Path<String>,
-    RawQuery(q): RawQuery,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let cell = cell(&app, &id)?;
-    authorize(&app, &cell, &headers, q.as_deref(), Output::Media)?;
+async fn init(ask: Ask) -> Result<Response, ApiError> {
+    let (cell, _) = ask.space(Output::Media)?;
     // A music space's program is stereo: its init says 2 channels.
     let channels = if cell.inner.lock().space.music { 2 } else { 1 };
     Ok(body(
@@ -477,32 +521,18 @@ async fn init(
     ))
 }
 
-async fn live_media(
-    State(app): State<Arc<App>>,
-    Path((id, name)): Path<(String, String)>,
-    RawQuery(q): RawQuery,
-    headers: HeaderMap,
-) -> Response {
-    live_media_inner(app, id, name, q, headers)
-        .await
-        .unwrap_or_else(live_error)
+async fn live_media(ask: Ask) -> Response {
+    live_media_inner(ask).await.unwrap_or_else(live_error)
 }
 
 /// A live part or segment. The part the preload hint names (or the one
 /// after it) is held until it is published, at most [`PRELOAD_LIMIT`];
 /// anything else that does not exist is a 404 at once.
-async fn live_media_inner(
-    app: Arc<App>,
-    id: String,
-    name: String,
-    q: Option<String>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let cell = cell(&app, &id)?;
-    authorize(&app, &cell, &headers, q.as_deref(), Output::Media)?;
+async fn live_media_inner(ask: Ask) -> Result<Response, ApiError> {
+    let (cell, _) = ask.space(Output::Media)?;
     let (msn, part) =
-        parse_media_name(&name).ok_or_else(|| ApiError::not_found("no such HLS resource"))?;
-    app.members.attach(cell.id).await;
+        parse_media_name(&ask.name).ok_or_else(|| ApiError::not_found("no such HLS resource"))?;
+    ask.app.members.attach(cell.id).await;
     let live = cell
         .live
         .read()
@@ -541,6 +571,9 @@ async fn hinted_part(live: &LiveMedia, msn: u64, part: u32) -> Option<Bytes> {
 /// Whether the replay of `id` is in this node's recordings storage.
 async fn replay_stored(app: &Arc<App>, id: SpaceId) -> bool {
     let rec = app.media.recorder.clone();
+    let Ok(_turn) = app.storage_reads.acquire().await else {
+        return false;
+    };
     tokio::task::spawn_blocking(move || rec.is_complete(id))
         .await
         .unwrap_or(false)
@@ -566,22 +599,6 @@ async fn replay_ready(app: &Arc<App>, cell: &SpaceCell) -> Result<(), ApiError> 
     Ok(())
 }
 
-/// The prologue of every replay route: the space, the caller's right to
-/// its replay (`kind`), and the replay published; the signed query of a
-/// private space, if any.
-async fn replay_access(
-    app: &Arc<App>,
-    id: &str,
-    headers: &HeaderMap,
-    q: Option<&str>,
-    kind: Output,
-) -> Result<(Arc<SpaceCell>, Option<String>), ApiError> {
-    let cell = cell(app, id)?;
-    let sign = authorize(app, &cell, headers, q, kind)?;
-    replay_ready(app, &cell).await?;
-    Ok((cell, sign))
-}
-
 /// One object of a space's replay from the recordings storage.
 async fn replay_object(app: &Arc<App>, id: SpaceId, name: &str) -> Result<Bytes, ApiError> {
     from_storage(app, id, name, |s, key| s.get(key)).await
@@ -595,30 +612,40 @@ async fn from_storage<T: Send + 'static>(
     name: &str,
     read: impl FnOnce(&dyn amphi_storage::Storage, &str) -> std::io::Result<Option<T>> + Send + 'static,
 ) -> Result<T, ApiError> {
+    read_stored(app, crate::record::key(id, name), "replay file", read).await
+}
+
+/// Runs one blocking read of the recordings storage's object `key` off the
+/// async runtime: a missing object is a 404 ("no such `what`"), a failing
+/// store a 503.
+pub(crate) async fn read_stored<T: Send + 'static>(
+    app: &App,
+    key: String,
+    what: &'static str,
+    read: impl FnOnce(&dyn amphi_storage::Storage, &str) -> std::io::Result<Option<T>> + Send + 'static,
+) -> Result<T, ApiError> {
     let storage = app.media.recorder.storage().clone();
-    let key = crate::record::key(id, name);
-    match tokio::task::spawn_blocking(move || read(storage.as_ref(), &key)).await {
+    let k = key.clone();
+    let Ok(_turn) = app.storage_reads.acquire().await else {
+        return Err(ApiError::internal("the storage readers are closed"));
+    };
+    match tokio::task::spawn_blocking(move || read(storage.as_ref(), &k)).await {
         Ok(Ok(Some(b))) => Ok(b),
-        Ok(Ok(None)) => Err(ApiError::not_found("no such replay file")),
+        Ok(Ok(None)) => Err(ApiError::not_found(format!("no such {what}"))),
         Ok(Err(e)) => {
-            tracing::error!(space = %id, error = %e, "could not read a replay");
+            tracing::error!(%key, error = %e, "could not read a {what}");
             Err(ApiError::unavailable(
                 "the recordings storage did not answer",
                 2,
             ))
         }
-        Err(_) => Err(ApiError::internal("reading the replay failed")),
+        Err(_) => Err(ApiError::internal(format!("reading the {what} failed"))),
     }
 }
 
-async fn replay_playlist(
-    State(app): State<Arc<App>>,
-    Path(id): Path<String>,
-    RawQuery(q): RawQuery,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let (cell, sign) = replay_access(&app, &id, &headers, q.as_deref(), Output::Replay).await?;
-    let data = replay_object(&app, cell.id, "hls/replay.m3u8").await?;
+async fn replay_playlist(_: StoredRead, ask: Ask) -> Result<Response, ApiError> {
+    let (cell, sign) = ask.replay(Output::Replay).await?;
+    let data = replay_object(&ask.app, cell.id, "hls/replay.m3u8").await?;
     cell.stats.lock().replay_play();
     Ok(match sign {
         None => body(Resource::VodPlaylist, data),
@@ -629,19 +656,14 @@ async fn replay_playlist(
     })
 }
 
-async fn replay_media(
-    State(app): State<Arc<App>>,
-    Path((id, name)): Path<(String, String)>,
-    RawQuery(q): RawQuery,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let (cell, _) = replay_access(&app, &id, &headers, q.as_deref(), Output::Media).await?;
+async fn replay_media(_: StoredRead, ask: Ask) -> Result<Response, ApiError> {
+    let (cell, _) = ask.replay(Output::Media).await?;
     let (msn, None) =
-        parse_media_name(&name).ok_or_else(|| ApiError::not_found("no such HLS resource"))?
+        parse_media_name(&ask.name).ok_or_else(|| ApiError::not_found("no such HLS resource"))?
     else {
         return Err(ApiError::not_found("replays have segments, not parts"));
     };
-    let data = replay_object(&app, cell.id, &format!("hls/seg-{msn}.m4s")).await?;
+    let data = replay_object(&ask.app, cell.id, &format!("hls/seg-{msn}.m4s")).await?;
     Ok(body(Resource::Media, data))
 }
 
@@ -652,16 +674,20 @@ const CHUNK: u64 = 128 * 1024;
 /// [`CHUNK`] at a time as the body is polled. A failing read ends the body
 /// with an error (the client sees a short response).
 fn stream_range(app: &Arc<App>, id: SpaceId, name: &str, start: u64, end: u64) -> axum::body::Body {
-    let storage = app.media.recorder.storage().clone();
+    let app = app.clone();
     let key = Arc::<str>::from(crate::record::key(id, name));
     let chunks = futures_util::stream::unfold(start, move |pos| {
-        let storage = storage.clone();
+        let app = app.clone();
         let key = key.clone();
         async move {
             if pos >= end {
                 return None;
             }
             let to = end.min(pos + CHUNK);
+            let storage = app.media.recorder.storage().clone();
+            let Ok(_turn) = app.storage_reads.acquire().await else {
+                return Some((Err(std::io::Error::other("storage readers closed")), end));
+            };
             let read = tokio::task::spawn_blocking(move || storage.get_range(&key, pos..to)).await;
             let chunk = match read {
                 Ok(Ok(Some(b))) if !b.is_empty() => b,
@@ -714,16 +740,12 @@ fn range_not_satisfiable(len: u64) -> Response {
     res
 }
 
-async fn recording(
-    State(app): State<Arc<App>>,
-    Path(id): Path<String>,
-    RawQuery(q): RawQuery,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let (cell, _) = replay_access(&app, &id, &headers, q.as_deref(), Output::Replay).await?;
+async fn recording(_: StoredRead, ask: Ask) -> Result<Response, ApiError> {
+    let (cell, _) = ask.replay(Output::Replay).await?;
+    let (app, headers) = (&ask.app, &ask.headers);
     // A Range request reads only its bytes from the store (a ranged GET on
     // S3); its bounds are checked against the object's size first.
-    let len = from_storage(&app, cell.id, "recording.opus", |s, k| s.size(k)).await?;
+    let len = from_storage(app, cell.id, "recording.opus", |s, k| s.size(k)).await?;
     let range = headers
         .get(header::RANGE)
         .map(|v| v.to_str().ok().and_then(parse_range));
@@ -751,7 +773,7 @@ async fn recording(
     let body = if len == 0 {
         axum::body::Body::empty()
     } else {
-        stream_range(&app, cell.id, "recording.opus", start, end + 1)
+        stream_range(app, cell.id, "recording.opus", start, end + 1)
     };
     let mut res = (status, body).into_response();
     if let Ok(v) = HeaderValue::from_str(&(end + 1 - start).min(len).to_string()) {

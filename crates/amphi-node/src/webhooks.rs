@@ -14,6 +14,8 @@
 //! (at-least-once delivery).
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -26,6 +28,7 @@ use hmac::{Hmac, Mac};
 use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::dns::{GaiResolver, Name};
 use parking_lot::Mutex;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -119,7 +122,113 @@ pub fn event_id(kind: EventKind, subject: &str) -> String {
     format!("msg_{hex}")
 }
 
-type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector<Resolver>>, Full<Bytes>>;
+
+/// Whether `ip` is an address on the public internet: not loopback,
+/// private (RFC 1918, unique local), link-local (the cloud metadata
+/// service at 169.254.169.254 among them), shared (100.64/10),
+/// unspecified, multicast or reserved. A webhook goes only to a public
+/// address unless `--webhook-allow-private`.
+pub fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, c, _] = v4.octets();
+            !(v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || a == 0
+                || a >= 240
+                || (a == 100 && (64..128).contains(&b))
+                || (a == 192 && b == 0 && c == 0)
+                || (a == 198 && (18..20).contains(&b)))
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_public(IpAddr::V4(v4));
+            }
+            let s = v6.segments();
+            // NAT64 (64:ff9b::/96) reaches the IPv4 address it embeds.
+            if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+                let [a, b] = s[6].to_be_bytes();
+                let [c, d] = s[7].to_be_bytes();
+                return is_public(IpAddr::V4(std::net::Ipv4Addr::new(a, b, c, d)));
+            }
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (s[0] & 0xfe00) == 0xfc00
+                || (s[0] & 0xffc0) == 0xfe80
+                || (s[0] == 0x2001 && s[1] == 0x0db8))
+        }
+    }
+}
+
+/// Why a webhook URL is refused by the address policy, if it is: its host
+/// is an IP literal (or `localhost`) that is not public and private
+/// targets are not allowed. Names are checked when they are resolved.
+pub fn refused_target(url: &str, allow_private: bool) -> Option<&'static str> {
+    if allow_private {
+        return None;
+    }
+    let uri: axum::http::Uri = url.parse().ok()?;
+    let host = uri.host()?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let local_name =
+        host.eq_ignore_ascii_case("localhost") || host.to_ascii_lowercase().ends_with(".localhost");
+    let private_ip = host.parse::<IpAddr>().is_ok_and(|ip| !is_public(ip));
+    (local_name || private_ip).then_some(PRIVATE_REFUSED)
+}
+
+/// The error of a webhook aimed at a non-public address.
+pub const PRIVATE_REFUSED: &str = "the webhook URL points at a private, loopback or link-local address; \
+     the node delivers only to public addresses unless started with --webhook-allow-private";
+
+/// The webhooks' DNS resolver: the system's, keeping only public addresses
+/// (unless private ones are allowed), checked at every connection, so a
+/// name re-pointed at 127.0.0.1 or 169.254.169.254 after registration
+/// (DNS rebinding) reaches nothing.
+#[derive(Clone)]
+pub struct Resolver {
+    inner: GaiResolver,
+    allow_private: bool,
+}
+
+type Resolving =
+    std::pin::Pin<Box<dyn Future<Output = std::io::Result<std::vec::IntoIter<SocketAddr>>> + Send>>;
+
+impl tower::Service<Name> for Resolver {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = std::io::Error;
+    type Future = Resolving;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, name: Name) -> Resolving {
+        let resolving = self.inner.call(name);
+        let allow = self.allow_private;
+        Box::pin(async move {
+            let addrs: Vec<SocketAddr> = resolving
+                .await?
+                .filter(|a| allow || is_public(a.ip()))
+                .collect();
+            if addrs.is_empty() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    PRIVATE_REFUSED,
+                ));
+            }
+            Ok(addrs.into_iter())
+        })
+    }
+}
 
 /// Counters for `/metrics`.
 #[derive(Debug, Default)]
@@ -137,6 +246,8 @@ pub struct Webhooks {
     wake: tokio::sync::Notify,
     client: HttpClient,
     retry_base: Duration,
+    /// `--webhook-allow-private`.
+    allow_private: bool,
     /// Deliveries being attempted now, and how many per endpoint.
     busy: Mutex<(HashSet<i64>, HashMap<String, usize>)>,
     pub stats: HookStats,
@@ -149,6 +260,7 @@ impl Webhooks {
         store: Arc<Mutex<Store>>,
         rt: tokio::runtime::Handle,
         retry_base: Duration,
+        allow_private: bool,
     ) -> anyhow::Result<Arc<Webhooks>> {
         let mut roots = rustls::RootCertStore::empty();
         // HTTPS endpoints are checked against the system's roots; with none
@@ -159,7 +271,10 @@ impl Webhooks {
             .with_safe_default_protocol_versions()?
             .with_root_certificates(roots)
             .with_no_client_auth();
-        let mut http = HttpConnector::new();
+        let mut http = HttpConnector::new_with_resolver(Resolver {
+            inner: GaiResolver::new(),
+            allow_private,
+        });
         http.enforce_http(false);
         http.set_connect_timeout(Some(ATTEMPT_TIMEOUT));
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
@@ -177,9 +292,15 @@ impl Webhooks {
             wake: tokio::sync::Notify::new(),
             client,
             retry_base: retry_base.max(Duration::from_millis(10)),
+            allow_private,
             busy: Mutex::new((HashSet::new(), HashMap::new())),
             stats: HookStats::default(),
         }))
+    }
+
+    /// Whether private targets are allowed (`--webhook-allow-private`).
+    pub fn allows_private(&self) -> bool {
+        self.allow_private
     }
 
     /// Queues event `kind` about `subject` with `data` for every endpoint
@@ -341,7 +462,11 @@ impl Webhooks {
     /// One attempt of `delivery`, and what to do next.
     async fn attempt(&self, endpoint: &Endpoint, delivery: &Delivery) -> Attempt {
         let ts = now_ms() / 1000;
+        let refused = refused_target(&endpoint.url, self.allow_private);
         let result = match sign(&endpoint.secret, &delivery.event_id, ts, &delivery.body) {
+            // An endpoint kept from before the policy, or shared by a node
+            // that allows private targets: never sent to here.
+            _ if refused.is_some() => Err((None, PRIVATE_REFUSED.to_owned())),
             None => Err((None, "the endpoint's secret is malformed".to_owned())),
             Some(signature) => {
                 let req = axum::http::Request::post(&endpoint.url)
@@ -454,6 +579,52 @@ mod tests {
             Some("v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=")
         );
         assert_eq!(sign("nope", "a", 1, "b"), None);
+    }
+
+    #[test]
+    fn only_public_addresses_are_webhook_targets() {
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "255.255.255.255",
+            "224.0.0.1",
+            "::1",
+            "::",
+            "fc00::1",
+            "fd12::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+            "::ffff:169.254.169.254",
+            "64:ff9b::a9fe:a9fe",
+        ] {
+            assert!(!is_public(ip.parse().unwrap()), "{ip} is not public");
+        }
+        for ip in [
+            "1.1.1.1",
+            "93.184.216.34",
+            "2606:4700::1111",
+            "::ffff:8.8.8.8",
+        ] {
+            assert!(is_public(ip.parse().unwrap()), "{ip} is public");
+        }
+        for url in [
+            "http://127.0.0.1:8080/x",
+            "http://[::1]/",
+            "https://169.254.169.254/latest/meta-data",
+            "http://localhost:9/",
+            "http://a.localhost/",
+            "http://[::ffff:10.0.0.1]/",
+        ] {
+            assert!(refused_target(url, false).is_some(), "{url}");
+            assert!(refused_target(url, true).is_none(), "{url}");
+        }
+        assert!(refused_target("https://hooks.example.org/amphi", false).is_none());
+        assert!(refused_target("http://8.8.8.8/", false).is_none());
     }
 
     #[test]

@@ -307,6 +307,12 @@ impl Membership for Lone {
 #[derive(Clone, Copy)]
 pub(crate) struct Forwarded;
 
+/// The header of a forwarded call (on the cluster's bus only, never read
+/// from a client's HTTP) carrying the caller's address, so the owner's
+/// per-network limits (hands, offers, reminders) and address bans see the
+/// client, not a node that forwards for everyone.
+pub(crate) const CLIENT_HEADER: &str = "x-amphi-client";
+
 /// Middleware: a call only a space's owner may run is forwarded there (or,
 /// if the owner is gone, this node takes the space over and runs it); a
 /// read of a space this node may hold a stale copy of is refused.

@@ -25,6 +25,7 @@
 //!   about once a second; the audience is the sum.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
@@ -39,7 +40,7 @@ use amphi_core::{Frame, SpaceId};
 use async_nats::jetstream::{self, kv};
 use axum::Router;
 use axum::body::Body;
-use axum::extract::Request;
+use axum::extract::{ConnectInfo, Request};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -49,7 +50,7 @@ use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tower::ServiceExt;
 
-use super::{Forwarded, Host, Membership, Owner};
+use super::{CLIENT_HEADER, Forwarded, Host, Membership, Owner};
 use crate::error::ApiError;
 use crate::metrics::{counter, gauge};
 use crate::timefmt::mono_ms;
@@ -448,13 +449,16 @@ impl Nats {
             )
             .into_response();
         };
-        let headers = ["authorization", "content-type", "accept"]
+        let mut headers: Vec<(String, String)> = ["authorization", "content-type", "accept"]
             .iter()
             .filter_map(|n| {
                 let v = parts.headers.get(*n)?.to_str().ok()?;
                 Some(((*n).to_owned(), v.to_owned()))
             })
             .collect();
+        if let Some(ConnectInfo(client)) = parts.extensions.get::<ConnectInfo<SocketAddr>>() {
+            headers.push((CLIENT_HEADER.to_owned(), client.to_string()));
+        }
         let msg = ForwardRequest {
             method: parts.method.to_string(),
             path: parts
@@ -1178,7 +1182,12 @@ async fn run_forwarded(router: Router, req: ForwardRequest) -> ForwardReply {
     let mut builder = Request::builder()
         .method(req.method.as_str())
         .uri(req.path.as_str());
+    let mut client = None;
     for (n, v) in &req.headers {
+        if n.eq_ignore_ascii_case(CLIENT_HEADER) {
+            client = v.parse::<SocketAddr>().ok();
+            continue;
+        }
         builder = builder.header(n.as_str(), v.as_str());
     }
     let Ok(mut http) = builder.body(Body::from(req.body)) else {
@@ -1189,6 +1198,9 @@ async fn run_forwarded(router: Router, req: ForwardRequest) -> ForwardReply {
         };
     };
     http.extensions_mut().insert(Forwarded);
+    if let Some(client) = client {
+        http.extensions_mut().insert(ConnectInfo(client));
+    }
     let res = match router.oneshot(http).await {
         Ok(r) => r,
         Err(e) => match e {},
