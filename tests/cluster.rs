@@ -435,6 +435,43 @@ fn a_node_cut_off_from_nats_stops_serving_what_may_be_stale() {
 }
 
 #[test]
+fn a_node_started_later_knows_the_spaces_and_webhooks_written_before_it() {
+    let nats = Nats::start();
+    let a = Server::start(&[
+        "--nats",
+        &nats.url(),
+        "--node-id",
+        "a",
+        "--webhook-allow-private",
+    ]);
+    let (id, _host, _) = live_space(&a, "written before b");
+    let r = call(
+        "POST",
+        &a.url("/api/v1/webhooks"),
+        Some(ADMIN),
+        Some(serde_json::json!({"url": "http://127.0.0.1:9/", "events": ["space.started"]})),
+    );
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    // Nothing changes after B starts: B must read what is there.
+    let b = Server::start(&[
+        "--nats",
+        &nats.url(),
+        "--node-id",
+        "b",
+        "--webhook-allow-private",
+    ]);
+    wait_for(5, "B knows the live space", || {
+        view(&b, &id)["state"] == "live"
+    });
+    wait_for(5, "B knows the webhook endpoint", || {
+        let r = call("GET", &b.url("/api/v1/webhooks"), Some(ADMIN), None);
+        r.body["webhooks"].as_array().is_some_and(|h| h.len() == 1)
+    });
+    let mut r = WsReader::connect(b.port, &format!("/spaces/{id}/live.ws"), None);
+    r.next();
+}
+
+#[test]
 fn an_edge_unsubscribes_after_its_last_listener_leaves() {
     let nats = Nats::start();
     let a = node(&nats, "a");

@@ -329,7 +329,10 @@ impl Nats {
         let mut from = 0u64;
         loop {
             let watch = if from == 0 {
-                kv.watch_all().await
+                // Every key's current value first, then each change (`watch_all`
+                // delivers only changes: a node started after a space or an
+                // endpoint was written would not know it until it changed).
+                kv.watch_with_history(">").await
             } else {
                 kv.watch_all_from_revision(from + 1).await
             };

@@ -66,7 +66,10 @@ impl Nats {
         loop {
             if let Some(kv) = self.hooks_kv().await {
                 let watch = if from == 0 {
-                    kv.watch_all().await
+                    // Every key's current value first, then each change (`watch_all`
+                    // delivers only changes: a node started after a space or an
+                    // endpoint was written would not know it until it changed).
+                    kv.watch_with_history(">").await
                 } else {
                     kv.watch_all_from_revision(from + 1).await
                 };
