@@ -860,6 +860,20 @@ mod tests {
         assert_eq!(t.pongs, 1);
     }
 
+    /// A WebSocket listener whose peer takes everything, sent units 0 to 2
+    /// in order (its connect burst).
+    fn ws_slot_in_burst() -> Slot<Peer> {
+        let mut slot = Slot::new(
+            Peer::new([10_000; 8]),
+            Bytes::new(),
+            0,
+            0,
+            Protocol::WebSocket,
+        );
+        slot.burst_to = Some(2);
+        slot
+    }
+
     #[test]
     fn after_the_servers_close_nothing_follows_and_the_clients_close_is_not_echoed() {
         // The space ended: its last unit is the server's Close (4000). A
@@ -875,14 +889,7 @@ mod tests {
         let now = Instant::now();
         let stall = Duration::from_secs(5);
         let mut t = Tally::default();
-        let mut slot = Slot::new(
-            Peer::new([10_000, 10_000, 10_000]),
-            Bytes::new(),
-            0,
-            0,
-            Protocol::WebSocket,
-        );
-        slot.burst_to = Some(2);
+        let mut slot = ws_slot_in_burst();
         // The client's Close is already waiting when the units go out.
         slot.stream
             .input
@@ -913,14 +920,7 @@ mod tests {
 
         // Our Close first, the client's afterwards: not echoed, no more
         // units, no Pong; the client's Close ends the slot.
-        let mut slot = Slot::new(
-            Peer::new([10_000; 8]),
-            Bytes::new(),
-            0,
-            0,
-            Protocol::WebSocket,
-        );
-        slot.burst_to = Some(2);
+        let mut slot = ws_slot_in_burst();
         assert_eq!(
             slot.service(&ring, now, stall, &mut t, &mut Vec::new()),
             Service::Keep
@@ -945,14 +945,7 @@ mod tests {
         assert_eq!(slot.stream.got, expect, "the client's Close is not echoed");
 
         // A client that never answers is let go after the stall timeout.
-        let mut slot = Slot::new(
-            Peer::new([10_000; 8]),
-            Bytes::new(),
-            0,
-            0,
-            Protocol::WebSocket,
-        );
-        slot.burst_to = Some(2);
+        let mut slot = ws_slot_in_burst();
         assert_eq!(
             slot.service(&ring, now, stall, &mut t, &mut Vec::new()),
             Service::Keep
