@@ -321,6 +321,24 @@ fn bad_input_gets_clear_json_errors() {
     assert_eq!(r.status(), 413);
     let body: serde_json::Value = r.json().unwrap();
     assert_eq!(body["error"]["code"], "too_large");
+    // A declared body over the cap is refused before it is read: no
+    // `100 Continue` invites the client to send 100 MB for nothing.
+    {
+        use std::io::{Read, Write};
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+        c.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        write!(
+            c,
+            "POST /api/v1/spaces HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ADMIN}\r\nContent-Type: application/json\r\nExpect: 100-continue\r\nContent-Length: 100000000\r\n\r\n"
+        )
+        .unwrap();
+        let mut got = vec![0u8; 512];
+        let n = c.read(&mut got).unwrap_or(0);
+        let head = String::from_utf8_lossy(&got[..n]);
+        assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+        assert!(head.contains("too_large"), "{head}");
+    }
 
     // Unknown spaces and participants.
     assert_eq!(

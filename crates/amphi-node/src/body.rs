@@ -4,6 +4,8 @@
 
 use axum::extract::{FromRequest, Request};
 use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 
 use crate::admission::MAX_BODY;
@@ -33,11 +35,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
             .await
             .map_err(|e| {
                 if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::new(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "too_large",
-                        format!("body is larger than {MAX_BODY} bytes"),
-                    )
+                    too_large()
                 } else {
                     ApiError::bad_request("could not read the body")
                 }
@@ -51,4 +49,28 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
             .map(ApiJson)
             .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
     }
+}
+
+/// The answer to a body over [`MAX_BODY`].
+fn too_large() -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "too_large",
+        format!("body is larger than {MAX_BODY} bytes"),
+    )
+}
+
+/// Refuses a request whose declared body (`Content-Length`) is over
+/// [`MAX_BODY`] before any of it is read, so no `100 Continue` invites a
+/// client to upload what would be thrown away (every route has the cap).
+pub async fn refuse_declared_oversize(req: Request, next: Next) -> Response {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        return too_large().into_response();
+    }
+    next.run(req).await
 }

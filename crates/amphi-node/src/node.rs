@@ -852,6 +852,9 @@ fn router(app: Arc<App>, metrics: Option<Arc<crate::scrape::MetricsEndpoint>>) -
             app.clone(),
             crate::replay::replay_elsewhere,
         ))
+        .layer(axum::middleware::from_fn(
+            crate::body::refuse_declared_oversize,
+        ))
         .layer(axum::middleware::from_fn_with_state(app.clone(), observe))
         .layer(DefaultBodyLimit::max(crate::admission::MAX_BODY))
         .with_state(app)
