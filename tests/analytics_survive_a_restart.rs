@@ -110,7 +110,11 @@ fn analytics_match_a_known_ramp_and_survive_a_restart() {
     assert_eq!(st["peak_listeners"], 20);
     assert!(st["peak_at"].is_string());
     assert_eq!(st["joins"], 20);
-    assert_eq!(st["unique_participants"], 20);
+    // A HyperLogLog estimate (2,048 registers): exact for 20 people unless
+    // two of them hash to one register (about one run in eleven), when it
+    // says 19; two such pairs (one run in 250) say 18.
+    let unique = st["unique_participants"].as_u64().expect("unique");
+    assert!((18..=20).contains(&unique), "unique participants {unique}");
     // 467 listener-seconds (20 × 30 s less 0.7 s × (0 + … + 19)), ±10 %
     // (1 s sampling, connection set-up and tear-down times).
     let secs = st["listening_seconds"].as_u64().expect("secs");
