@@ -82,14 +82,7 @@ fn a_flood_of_clip_reads_from_one_address_is_shed_and_the_others_are_served() {
     let (id, host, _) = live_space(&s, "Flood");
     // A second of the program (silence) is enough to cut a clip from.
     std::thread::sleep(Duration::from_millis(1500));
-    let r = call(
-        "POST",
-        &s.url(&format!("/api/v1/spaces/{id}/clips")),
-        Some(&host),
-        None,
-    );
-    assert_eq!(r.status, 201, "{:?}", r.body);
-    let clip = r.body["clip"]["id"].as_str().unwrap().to_owned();
+    let clip = make_clip(&s, &id, &host);
 
     // 8 connections from 127.0.0.1 ask for 2,400 made-up clips at once.
     let (refused, missing, with_retry) = (
@@ -220,6 +213,19 @@ fn add_webhook(s: &Server, url: &str) -> Resp {
         Some(ADMIN),
         Some(serde_json::json!({"url": url, "events": ["space.started"]})),
     )
+}
+
+/// Clips the last seconds of live space `id` as `token`'s participant;
+/// the clip's id.
+fn make_clip(s: &Server, id: &str, token: &str) -> String {
+    let r = call(
+        "POST",
+        &s.url(&format!("/api/v1/spaces/{id}/clips")),
+        Some(token),
+        None,
+    );
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    r.body["clip"]["id"].as_str().unwrap().to_owned()
 }
 
 fn deliveries(s: &Server, hook: &str) -> Vec<serde_json::Value> {
@@ -492,14 +498,7 @@ fn names_and_titles_with_markup_run_no_script_in_chromium() {
     let (id, _, _) = live_space(&s, title);
     let (_, token) = join(&s, &id, name);
     std::thread::sleep(Duration::from_millis(1500));
-    let r = call(
-        "POST",
-        &s.url(&format!("/api/v1/spaces/{id}/clips")),
-        Some(&token),
-        None,
-    );
-    assert_eq!(r.status, 201, "{:?}", r.body);
-    let clip = r.body["clip"]["id"].as_str().unwrap().to_owned();
+    let clip = make_clip(&s, &id, &token);
     let urls = serde_json::json!([
         s.url(&format!("/c/{clip}")),
         s.url(&format!("/s/{id}")),
