@@ -94,6 +94,13 @@ const _: () = assert!(
     RENEW_MS + LEADERLESS_SPAN_MS + FENCE_CHECK_MS + 200 <= FENCE_MS,
     "an owner must learn the stream is leaderless before it fences"
 );
+/// A node stays on another's roster (the nodes that must all vouch for
+/// it, [`crate::Ownership::vouch`]) this long after it was last heard
+/// from. Long, so that a node cut off from the owner for a while still
+/// counts: a node missing from the roster is never asked.
+pub const ROSTER_MS: i64 = 60_000;
+/// At most this many nodes on a roster.
+pub const ROSTER_MAX: usize = 1_024;
 /// Duration of one program frame.
 const FRAME_MS: i64 = 20;
 
@@ -225,6 +232,13 @@ impl Sightings {
     /// a renewal may have been refused for the same reason.
     pub fn restart(&mut self, now_ms: i64) {
         for s in self.seen.values_mut() {
+            s.since_ms = s.since_ms.max(now_ms);
+        }
+    }
+
+    /// Every age of a lease naming `node` starts again from `now_ms`.
+    pub fn restart_of(&mut self, node: &str, now_ms: i64) {
+        for s in self.seen.values_mut().filter(|s| s.lease.node == node) {
             s.since_ms = s.since_ms.max(now_ms);
         }
     }

@@ -73,6 +73,9 @@ pub const REPLAYS_BUCKET: &str = "amphi_replays";
 pub const CONFIG_BUCKET: &str = "amphi_config";
 /// Subject of the per-node count reports.
 pub const COUNTS_SUBJECT: &str = "amphi.counts";
+/// Subject of an owner's asks to vouch for it ([`Ownership::vouch`]): the
+/// payload is the asking node's id, each node answers with its own.
+pub const VOUCH_SUBJECT: &str = "amphi.lease.vouch";
 
 /// Subject of a space's program frames.
 pub fn frames_subject(space: SpaceId) -> String {

@@ -37,11 +37,25 @@
 //! over sooner than [`LEADERLESS_MARGIN_MS`] after its owner, kept valid
 //! by refusals, fenced itself.
 //!
+//! When the server that died also led the JetStream meta group, nobody
+//! answers the meta leader's request either until the meta group has
+//! elected another (seconds), so that proof is not to be had. The owner
+//! then asks the other nodes instead, over the bus's plain messaging
+//! (which works throughout): every node on its roster (heard from within
+//! [`ROSTER_MS`]) restarts the age of each lease of the asker it measures,
+//! then answers ([`Ownership::vouch`]). If all of them answered before the
+//! lease lapsed, none can take a lease of the owner over within
+//! [`TTL_MS`] of its answer, which came after the renewal was sent: the
+//! renewal is [`WriteResult::Vouched`] and the lease valid from its
+//! sending. A node cut off from the others hears no answer and fences as
+//! before; one that hears nobody at all is vouched for by nobody.
+//!
 //! [`FENCE_CHECK_MS`]: crate::lease::FENCE_CHECK_MS
 //! [`LEADERLESS_SPAN_MS`]: crate::lease::LEADERLESS_SPAN_MS
 //! [`LEADERLESS_MARGIN_MS`]: crate::lease::LEADERLESS_MARGIN_MS
 //! [`PROBE_MS`]: crate::lease::PROBE_MS
 //! [`FENCE_MARGIN_MS`]: crate::lease::FENCE_MARGIN_MS
+//! [`ROSTER_MS`]: crate::lease::ROSTER_MS
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
@@ -49,7 +63,7 @@ use amphi_core::SpaceId;
 
 use crate::lease::{
     FENCE_MS, LEADERLESS_SPAN_MS, Lease, LeaseDecision, PROBE_GAP_MS, PROBE_MS, PROBE_SLOW_GAP_MS,
-    PROBE_SLOW_MS, PROBE_STALE_MS, Sightings, TTL_MS,
+    PROBE_SLOW_MS, PROBE_STALE_MS, ROSTER_MAX, ROSTER_MS, Sightings, TTL_MS,
 };
 
 /// A compare-and-set on a space's lease key, to perform and report.
@@ -78,6 +92,15 @@ pub enum WriteResult {
     /// side can answer (the JetStream meta leader's): nobody can write a
     /// lease now. The write did not happen.
     Leaderless,
+    /// Refused because the leases' stream has no leader while the meta
+    /// leader did not answer either (it may be the server that died, and
+    /// the meta group is electing another), but every node on this node's
+    /// roster ([`Ownership::roster`]) answered an ask sent after the
+    /// write, having first restarted the age of every lease of this node
+    /// it measures ([`Ownership::vouch`]): none of them can take a lease
+    /// of this node over within [`TTL_MS`] of its answer. The write did
+    /// not happen.
+    Vouched,
 }
 
 /// What a node should do with a call about a space.
@@ -166,6 +189,8 @@ pub struct Ownership {
     fenced: HashSet<SpaceId>,
     /// The bus probes (see [`Ownership::probed`]).
     probes: Probes,
+    /// The other nodes heard from, and when last (this node's clock).
+    roster: HashMap<String, i64>,
 }
 
 /// What this node's probes of the leases' stream leader showed.
@@ -203,6 +228,56 @@ impl Ownership {
             sightings: Sightings::default(),
             fenced: HashSet::new(),
             probes: Probes::default(),
+            roster: HashMap::new(),
+        }
+    }
+
+    /// Node `node` was heard from at `now_ms` (its periodic report, or its
+    /// answer to an ask): it is on the roster for [`ROSTER_MS`].
+    pub fn heard(&mut self, node: &str, now_ms: i64) {
+        if node == self.me {
+            return;
+        }
+        if let Some(at) = self.roster.get_mut(node) {
+            *at = (*at).max(now_ms);
+        } else if self.roster.len() < ROSTER_MAX {
+            self.roster.insert(node.to_owned(), now_ms);
+        }
+        self.roster
+            .retain(|_, at| now_ms.saturating_sub(*at) < ROSTER_MS);
+    }
+
+    /// The nodes heard from within [`ROSTER_MS`] of `now_ms`: those that
+    /// must all answer an ask for a [`WriteResult::Vouched`].
+    pub fn roster(&self, now_ms: i64) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .roster
+            .iter()
+            .filter(|(_, at)| now_ms.saturating_sub(**at) < ROSTER_MS)
+            .map(|(n, _)| n.clone())
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Whether `answered` (the nodes that answered an ask) covers the
+    /// whole roster at `now_ms`. An empty roster vouches for nothing: a
+    /// node that hears no other cannot tell a dead meta leader from being
+    /// cut off.
+    pub fn vouched_by<'a>(&self, answered: impl IntoIterator<Item = &'a str>, now_ms: i64) -> bool {
+        let roster = self.roster(now_ms);
+        let answered: HashSet<&str> = answered.into_iter().collect();
+        !roster.is_empty() && roster.iter().all(|n| answered.contains(n.as_str()))
+    }
+
+    /// Node `asker`, whose lease renewals are refused for want of a
+    /// stream leader, asks this node to vouch for it at `now_ms`: every
+    /// age of a lease naming `asker` starts again from now, so this node
+    /// takes none of them over within [`TTL_MS`]. Answer the ask only
+    /// after this.
+    pub fn vouch(&mut self, asker: &str, now_ms: i64) {
+        if asker != self.me {
+            self.sightings.restart_of(asker, now_ms);
         }
     }
 
@@ -549,6 +624,17 @@ impl Ownership {
                             h.at_ms = h.at_ms.max(at_ms);
                         }
                     }
+                    // Every node that could take the lease over restarted
+                    // its age after this renewal was sent, answering
+                    // before the lease lapsed (so before any of them could
+                    // have taken it: they count TTL_MS > FENCE_MS): valid
+                    // from this renewal's sending.
+                    WriteResult::Vouched => {
+                        h.retry = true;
+                        if now_ms.saturating_sub(h.at_ms) < FENCE_MS {
+                            h.at_ms = h.at_ms.max(at_ms);
+                        }
+                    }
                 }
                 None
             }
@@ -873,6 +959,79 @@ mod tests {
     }
 
     #[test]
+    fn renewals_the_other_nodes_vouch_for_keep_the_lease_from_the_first() {
+        use crate::lease::{FENCE_CHECK_MS, ROSTER_MS};
+        let mut a = Ownership::new("a", "http://a");
+        let c = a.claim(S, None, 0);
+        won(&mut a, c, 1, 0);
+        a.poll_event();
+        // Nobody heard: nobody vouches, whoever answered.
+        assert!(!a.vouched_by(["b"], 0));
+        a.heard("b", 0);
+        a.heard("c", 500);
+        a.heard("a", 500);
+        assert_eq!(a.roster(600), ["b", "c"]);
+        assert!(!a.vouched_by(["b"], 600), "c did not answer");
+        assert!(a.vouched_by(["c", "b", "x"], 600));
+        // Vouched renewals count from their sending at once (no span to
+        // wait out), retried at every fencing check.
+        let r = a.renewals(RENEW_MS, |_| 1);
+        a.written(r[0].id, WriteResult::Vouched, RENEW_MS + 450);
+        let mut t = RENEW_MS + FENCE_CHECK_MS;
+        while t < 8_000 {
+            let r = a.retries(t, |_| 1);
+            assert_eq!(r.len(), 1, "a retry at {t}");
+            a.written(r[0].id, WriteResult::Vouched, t + 450);
+            assert_eq!(a.fence(t + 450), 0, "fenced at {t}");
+            t += FENCE_CHECK_MS;
+        }
+        assert!(a.owns(S, t - FENCE_CHECK_MS + FENCE_MS - 1));
+        // An answer that comes after the lease lapsed extends nothing: a
+        // node may have taken it over before it heard the ask.
+        let r = a.retries(t, |_| 1);
+        let sent = t;
+        let lapsed = t - FENCE_CHECK_MS + FENCE_MS;
+        a.written(r[0].id, WriteResult::Vouched, lapsed);
+        assert!(!a.owns(S, lapsed));
+        assert_eq!(a.fence(lapsed), 1);
+        assert!(sent < lapsed);
+        // The roster forgets a node unheard for ROSTER_MS.
+        assert_eq!(a.roster(500 + ROSTER_MS - 1), ["c"]);
+        assert!(a.roster(500 + ROSTER_MS).is_empty());
+    }
+
+    #[test]
+    fn vouching_restarts_the_ages_of_the_askers_leases_only() {
+        let mut b = Ownership::new("b", "http://b");
+        let of = |node: &str| Lease {
+            node: node.into(),
+            http: format!("http://{node}"),
+            seq: 1,
+            at_ms: 0,
+            ended: false,
+        };
+        let (s2, s3) = (SpaceId(8), SpaceId(9));
+        b.seen(S, Some((&of("a"), 3)), 0);
+        b.seen(s2, Some((&of("a"), 4)), 0);
+        b.seen(s3, Some((&of("c"), 5)), 0);
+        // Healthy probes throughout.
+        let probe_until = |b: &mut Ownership, from: i64, to: i64| {
+            for t in (from..=to).step_by(500) {
+                b.probed(t, true, t);
+            }
+        };
+        probe_until(&mut b, 0, 2_000);
+        b.vouch("a", 2_000);
+        b.vouch("b", 2_000);
+        probe_until(&mut b, 2_500, TTL_MS);
+        assert_eq!(b.expired(TTL_MS), [s3], "c's lease expired, a's did not");
+        probe_until(&mut b, TTL_MS + 500, 2_000 + TTL_MS);
+        let mut late = b.expired(2_000 + TTL_MS);
+        late.sort_by_key(|s| s.0);
+        assert_eq!(late, [S, s2, s3]);
+    }
+
+    #[test]
     fn a_node_whose_bus_fails_takes_nothing_over() {
         use crate::lease::{PROBE_MS, PROBE_SLOW_MS, PROBE_STALE_MS, PROBE_TIMEOUT_MS};
         let mut b = Ownership::new("b", "http://b");
@@ -935,8 +1094,10 @@ mod tests {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(160))]
         /// The leases' stream loses its leader for `leaderless_for` ms
         /// (JetStream electing another): the owner's renewals are refused
-        /// (503, its server reaching the meta leader), the other node's
-        /// probes fail and its takeover writes are refused. Without a second
+        /// (503; the other node vouching for it, or with no other node on
+        /// its roster, its server reaching the meta leader), the other node's
+        /// probes fail and its takeover writes are refused (or, two NATS
+        /// servers parted, only the owner lost the leader). Without a second
         /// fault the owner never fences and the other never takes over;
         /// with the owner cut off `cut_after` ms after the leader is back
         /// (a second fault), the other takes over, never while the owner
@@ -950,6 +1111,7 @@ mod tests {
             b_phase in 0i64..(RENEW_MS / STEP),
             probe_phase in 0i64..(crate::lease::PROBE_MS / STEP),
             cut_after in proptest::option::of(proptest::prop_oneof![0i64..30, 0i64..300]),
+            mode in 0u8..3,
         ) {
             use crate::lease::{FENCE_CHECK_MS, PROBE_MS, PROBE_TIMEOUT_MS};
             let (lost_at, leaderless_for, latency, watch_delay, b_phase, probe_phase) = (
@@ -958,9 +1120,23 @@ mod tests {
             );
             let back_at = lost_at + leaderless_for;
             let leader = |t: i64| t < lost_at || t >= back_at;
-            let cut = |t: i64| cut_after.is_some_and(|c| t >= back_at + c * STEP);
+            // Mode 0: a hears no other node (an empty roster), so its
+            // server's reaching the meta leader is the proof; 1: a asks b
+            // to vouch; 2: the same, but only a's server has lost the
+            // stream's leader (a partition between two NATS servers): b
+            // probes it, and could write.
+            let b_leader = |t: i64| mode == 2 || leader(t);
+            // The second fault: a cut off, after the leader is back (in
+            // mode 2, after a lost the leader: while b vouches for it).
+            let cut_from = if mode == 2 { lost_at } else { back_at };
+            let cut = |t: i64| cut_after.is_some_and(|c| t >= cut_from + c * STEP);
             let mut a = Ownership::new("a", "http://a");
             let mut b = Ownership::new("b", "http://b");
+            if mode > 0 {
+                a.heard("b", 0);
+            }
+            // When b gets a's asks to vouch for it (meta leader down too).
+            let mut b_asks: Vec<i64> = vec![];
             let (mut rev, mut lease) = (0u64, None::<Lease>);
             let land = |rev: &mut u64, lease: &mut Option<Lease>, w: &LeaseWrite| {
                 let ok = match w.revision {
@@ -998,6 +1174,15 @@ mod tests {
                     let at = t + latency;
                     let (answer, result) = if cut(t) || cut(at) {
                         (t + 1_000, WriteResult::Failed)
+                    } else if !leader(at) && mode > 0 {
+                        // a asks b, who vouches and answers.
+                        let ask = at + 2 * latency;
+                        if cut(ask) || cut(ask + 2 * latency) {
+                            (ask + PROBE_TIMEOUT_MS, WriteResult::Failed)
+                        } else {
+                            b_asks.push(ask + latency);
+                            (ask + 2 * latency, WriteResult::Vouched)
+                        }
                     } else if !leader(at) {
                         (at + latency, WriteResult::Leaderless)
                     } else {
@@ -1018,9 +1203,17 @@ mod tests {
                     fenced_at.get_or_insert(t);
                 }
                 while a.poll_event().is_some() {}
+                if mode > 0 && t % RENEW_MS == 0 && !cut(t) {
+                    a.heard("b", t);
+                }
+                let asked = b_asks.iter().filter(|at| **at == t).count();
+                b_asks.retain(|at| *at != t);
+                for _ in 0..asked {
+                    b.vouch("a", t);
+                }
                 // b probes the stream's leader every PROBE_MS.
                 if t % PROBE_MS == probe_phase && b.probe_due(t) {
-                    let ok = leader(t + latency);
+                    let ok = b_leader(t + latency);
                     let answer = if ok { t + 2 * latency } else { t + PROBE_TIMEOUT_MS };
                     probes.push((answer.max(t + STEP), t, ok));
                 }
@@ -1040,7 +1233,7 @@ mod tests {
                 if !b.holds(S) && b.expired(t).contains(&S) {
                     let current = lease.clone().map(|l| (l, rev));
                     if let Claim::Write(w) = b.claim(S, current.as_ref().map(|(l, r)| (l, *r)), t) {
-                        let r = if leader(t) { land(&mut rev, &mut lease, &w) } else { WriteResult::Failed };
+                        let r = if b_leader(t) { land(&mut rev, &mut lease, &w) } else { WriteResult::Failed };
                         if b.written(w.id, r, t) == Some(Claim::Mine) {
                             taken_at.get_or_insert(t);
                         }

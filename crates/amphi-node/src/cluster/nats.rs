@@ -85,6 +85,7 @@ struct ClusterStats {
     leases_lost: AtomicU64,
     fences: AtomicU64,
     leaderless: AtomicU64,
+    vouched: AtomicU64,
     probes_failed: AtomicU64,
     edges_started: AtomicU64,
     edges_stopped: AtomicU64,
@@ -128,6 +129,9 @@ pub struct Nats {
     replicas: usize,
     /// Spaces taken over from a dead origin, waiting for a speaker.
     orphans: Mutex<Orphans>,
+    /// The latest ask to vouch for this node: when it was sent, and
+    /// whether every node on the roster answered (one ask at a time).
+    vouching: tokio::sync::Mutex<Option<(i64, bool)>>,
 }
 
 /// How a node joins the cluster.
@@ -274,6 +278,7 @@ impl Nats {
             stats: Arc::default(),
             replicas,
             orphans: Mutex::new(Orphans::new(orphan_grace)),
+            vouching: tokio::sync::Mutex::new(None),
         }))
     }
 
@@ -743,6 +748,7 @@ impl Nats {
                     if let Some(r) = CountsReport::decode(&msg.payload)
                         && r.node != self.node
                     {
+                        self.ownership.lock().heard(&r.node, mono_ms());
                         self.take_report(r);
                     }
                 }
@@ -857,6 +863,7 @@ impl Membership for Nats {
         tokio::spawn(self.clone().housekeeping());
         tokio::spawn(self.clone().fencing());
         tokio::spawn(self.clone().probe_leases());
+        tokio::spawn(self.clone().serve_vouch());
         // Replays this node cut (or is cutting) before a restart.
         self.pending_replays.lock().extend(host.recorded_here());
         // Live spaces this node originated before a restart: if the lease
@@ -1122,8 +1129,14 @@ impl Membership for Nats {
         counter(
             out,
             "amphi_lease_leaderless_total",
-            "Lease writes refused because the leases' stream had no leader while JetStream's meta leader answered (the lease stays valid).",
+            "Lease writes refused because the leases' stream had no leader while JetStream's meta leader answered, on a node that hears no other (the lease stays valid).",
             l(&s.leaderless),
+        );
+        counter(
+            out,
+            "amphi_lease_vouched_total",
+            "Lease writes refused because the leases' stream had no leader, with every other node vouching for this one (the lease stays valid).",
+            l(&s.vouched),
         );
         counter(
             out,

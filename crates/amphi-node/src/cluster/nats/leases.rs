@@ -8,10 +8,13 @@
 //! A renewal refused with "no responders" means no server holds the
 //! leases' stream for this node: its leader died (JetStream is electing
 //! another) or this node's server is cut off from it. The shell tells the
-//! two apart by asking for the account's JetStream info, which only the
-//! meta leader answers, so only a server on the majority side: answered,
-//! the refusal is [`WriteResult::Leaderless`]; unanswered, it is
-//! [`WriteResult::Failed`]. Every node also probes the stream's leader
+//! two apart by asking the other nodes on its roster to vouch for it
+//! (plain messages on [`VOUCH_SUBJECT`], which need no JetStream leader):
+//! all answered, the refusal is [`WriteResult::Vouched`]; not, it is
+//! [`WriteResult::Failed`]. A node that hears no other asks instead for
+//! the account's JetStream info, which only the meta leader answers, so
+//! only a server on the majority side: answered, the refusal is
+//! [`WriteResult::Leaderless`]. Every node also probes the stream's leader
 //! (a get only that leader answers) when the ownership machine says one is
 //! due, and reports the answer to it: it takes nothing over while those
 //! probes fail, nor for [`lease::TTL_MS`] after one failed.
@@ -20,7 +23,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use amphi_cluster::{Claim, LEASES_BUCKET, Lease, LeaseWrite, OwnershipEvent, WriteResult, lease};
+use amphi_cluster::{
+    Claim, LEASES_BUCKET, Lease, LeaseWrite, OwnershipEvent, VOUCH_SUBJECT, WriteResult, lease,
+};
 use amphi_core::SpaceId;
 use async_nats::jetstream::kv;
 use bytes::Bytes;
@@ -80,11 +85,25 @@ impl Nats {
         }
     }
 
-    /// A lease write found no server holding the leases' stream: if this
-    /// node's server reaches the JetStream meta leader (the account info
-    /// is answered), the stream has no leader and nobody can write a
-    /// lease; if not, this node may be the one cut off.
+    /// A lease write found no server holding the leases' stream. If every
+    /// other node on this node's roster vouches for it, none of them will
+    /// take its leases over for a while ([`amphi_cluster::Ownership::vouch`]);
+    /// with nobody on the roster, if this node's server reaches the
+    /// JetStream meta leader (the account info is answered), the stream
+    /// has no leader and nobody can write a lease. If not, this node may
+    /// be the one cut off.
     async fn leaderless(&self, space: SpaceId) -> WriteResult {
+        let refused = mono_ms();
+        if !self.ownership.lock().roster(refused).is_empty() {
+            return if self.vouched(refused).await {
+                self.stats.vouched.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(space = %space, "a lease write was refused: the leases' stream has no leader here, and every other node vouched for this one; the lease stays valid");
+                WriteResult::Vouched
+            } else {
+                tracing::debug!(space = %space, "a lease write was refused and not every other node vouched for this one: it may be cut off");
+                WriteResult::Failed
+            };
+        }
         let proof = tokio::time::timeout(
             Duration::from_millis(lease::PROBE_TIMEOUT_MS as u64),
             self.client.request("$JS.API.INFO", Bytes::new()),
@@ -97,6 +116,91 @@ impl Nats {
         } else {
             tracing::debug!(space = %space, "a lease write was refused and JetStream's meta leader did not answer: this node may be cut off");
             WriteResult::Failed
+        }
+    }
+
+    /// Whether every node on the roster vouched for this node in an ask
+    /// sent at or after `since` (this node's clock): one ask at a time,
+    /// whose answer serves every refusal that came before it was sent.
+    async fn vouched(&self, since: i64) -> bool {
+        let mut latest = self.vouching.lock().await;
+        if let Some((sent, ok)) = *latest
+            && sent >= since
+        {
+            return ok;
+        }
+        let sent = mono_ms();
+        let ok = self.ask_to_vouch(sent).await;
+        *latest = Some((sent, ok));
+        ok
+    }
+
+    /// Asks every node to vouch for this one, and waits up to
+    /// [`lease::PROBE_TIMEOUT_MS`] for the whole roster to answer.
+    async fn ask_to_vouch(&self, sent: i64) -> bool {
+        let inbox = self.client.new_inbox();
+        let Ok(mut answers) = self.client.subscribe(inbox.clone()).await else {
+            return false;
+        };
+        if self
+            .client
+            .publish_with_reply(VOUCH_SUBJECT, inbox, Bytes::from(self.node.clone()))
+            .await
+            .is_err()
+        {
+            return false;
+        }
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_millis(lease::PROBE_TIMEOUT_MS as u64);
+        let mut who: Vec<String> = Vec::new();
+        let roster = self.ownership.lock().roster(sent);
+        while !roster.iter().all(|n| who.contains(n)) {
+            match tokio::time::timeout_at(deadline, answers.next()).await {
+                Ok(Some(m)) => {
+                    if let Ok(node) = std::str::from_utf8(&m.payload)
+                        && node.len() <= 256
+                        && !who.iter().any(|w| w == node)
+                    {
+                        who.push(node.to_owned());
+                    }
+                }
+                _ => break,
+            }
+        }
+        let _ = answers.unsubscribe().await;
+        let now = mono_ms();
+        let mut ownership = self.ownership.lock();
+        for n in &who {
+            ownership.heard(n, now);
+        }
+        ownership.vouched_by(who.iter().map(String::as_str), now)
+    }
+
+    /// Answers other nodes' asks to vouch for them: first restarts the age
+    /// of every lease of the asker this node measures, then answers.
+    pub(super) async fn serve_vouch(self: Arc<Self>) {
+        loop {
+            let mut sub = match self.client.subscribe(VOUCH_SUBJECT).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not subscribe to asks to vouch");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            while let Some(m) = sub.next().await {
+                let (Some(reply), Ok(asker)) = (m.reply, std::str::from_utf8(&m.payload)) else {
+                    continue;
+                };
+                if asker == self.node || asker.len() > 256 {
+                    continue;
+                }
+                self.ownership.lock().vouch(asker, mono_ms());
+                let _ = self
+                    .client
+                    .publish(reply, Bytes::from(self.node.clone()))
+                    .await;
+            }
         }
     }
 
