@@ -247,6 +247,15 @@ impl Ownership {
             .retain(|_, at| now_ms.saturating_sub(*at) < ROSTER_MS);
     }
 
+    /// How long before `now_ms` node `node` was last heard from (`None`:
+    /// never, or not for [`ROSTER_MS`]).
+    pub fn unheard_for(&self, node: &str, now_ms: i64) -> Option<i64> {
+        self.roster
+            .get(node)
+            .map(|at| now_ms.saturating_sub(*at))
+            .filter(|d| *d < ROSTER_MS)
+    }
+
     /// The nodes heard from within [`ROSTER_MS`] of `now_ms`: those that
     /// must all answer an ask for a [`WriteResult::Vouched`].
     pub fn roster(&self, now_ms: i64) -> Vec<String> {

@@ -61,6 +61,12 @@ mod presence;
 
 /// How long a forwarded call waits for the owner.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+/// A call is not forwarded to a node whose count reports (one a second)
+/// have not been heard for this long: it is cut off or gone, and the
+/// caller gets a 503 at once rather than after [`FORWARD_TIMEOUT`] (a
+/// speaker's client checking its session then reconnects as soon as
+/// another node has taken the space over).
+const FORWARD_UNHEARD_MS: i64 = 2_500;
 /// How often the client pings its NATS server.
 const NATS_PING: Duration = Duration::from_secs(1);
 /// How long an edge waits for the origin's history.
@@ -448,6 +454,15 @@ impl Nats {
     // ---- forwarding -----------------------------------------------------
 
     async fn forward_to(&self, node: &str, req: Request) -> Response {
+        let unheard = self.ownership.lock().unheard_for(node, mono_ms());
+        if unheard.is_some_and(|ms| ms >= FORWARD_UNHEARD_MS) {
+            self.stats.forward_failures.fetch_add(1, Ordering::Relaxed);
+            return ApiError::cluster_unavailable(
+                "the node that owns this space has not been heard from lately; try again",
+                1,
+            )
+            .into_response();
+        }
         let (parts, body) = req.into_parts();
         let Ok(body) = axum::body::to_bytes(body, MAX_FORWARD_BODY).await else {
             return ApiError::new(
@@ -478,13 +493,16 @@ impl Nats {
         };
         self.stats.forwarded.fetch_add(1, Ordering::Relaxed);
         let subject = amphi_cluster::node_http_subject(node);
-        let reply =
-            match tokio::time::timeout(FORWARD_TIMEOUT, self.client.request(subject, msg.encode()))
-                .await
-            {
+        let asked = tokio::time::timeout(FORWARD_TIMEOUT, self.client.request(subject, msg.encode()));
+        // Given up as soon as the owner goes unheard meanwhile (cut off
+        // during the call), not only after the timeout.
+        let reply = tokio::select! {
+            r = asked => match r {
                 Ok(Ok(m)) => ForwardReply::decode(&m.payload).ok(),
                 _ => None,
-            };
+            },
+            () = self.until_unheard(node) => None,
+        };
         let Some(reply) = reply else {
             self.stats.forward_failures.fetch_add(1, Ordering::Relaxed);
             return ApiError::cluster_unavailable(
@@ -504,6 +522,19 @@ impl Nats {
             }
         }
         res
+    }
+
+    /// Returns once `node` has not been heard from for
+    /// [`FORWARD_UNHEARD_MS`] (checked every 100 ms); never if it has not
+    /// been heard at all.
+    async fn until_unheard(&self, node: &str) {
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let unheard = self.ownership.lock().unheard_for(node, mono_ms());
+            if unheard.is_some_and(|ms| ms >= FORWARD_UNHEARD_MS) {
+                return;
+            }
+        }
     }
 
     /// Runs calls forwarded by other nodes through this node's router.
