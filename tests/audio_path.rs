@@ -195,3 +195,33 @@ fn speakers_hear_each_other_but_not_themselves() {
     );
     assert!(own < 0.05, "the host hears themselves: {own}");
 }
+
+#[test]
+fn a_lone_speakers_silent_return_is_sent_one_frame_in_twenty() {
+    let s = Server::start(&[]);
+    let (id, host, _) = live_space(&s, "Alone");
+    let out = s.data.join("alone-return.s16");
+    let out_arg = out.to_string_lossy().to_string();
+    let _a = common::publish_tone_with(&s, &id, &host, 440, 60, &["--return-out", &out_arg]);
+    wait_for(20, "the speaker at the mixer", || {
+        speaker_packets(&s).len() == 1
+    });
+    wait_for(20, "a silent return skipped", || {
+        metric(&s, "amphi_mix_minus_dtx_skipped_total") > 0.0
+    });
+    // Over 3 s alone: the program goes on at 50 frames a second, and the
+    // speaker (who has nobody to hear) is sent one silent frame in 20.
+    let (out0, skip0, frames0) = (
+        metric(&s, "amphi_rtc_packets_out_total"),
+        metric(&s, "amphi_mix_minus_dtx_skipped_total"),
+        metric(&s, "amphi_program_frames_total"),
+    );
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let sent = metric(&s, "amphi_rtc_packets_out_total") - out0;
+    let skipped = metric(&s, "amphi_mix_minus_dtx_skipped_total") - skip0;
+    let frames = metric(&s, "amphi_program_frames_total") - frames0;
+    println!("in 3 s: {frames} program frames, {sent} return packets sent, {skipped} skipped");
+    assert!(frames >= 130.0, "{frames} program frames");
+    assert!((4.0..=12.0).contains(&sent), "{sent} return packets in 3 s");
+    assert!(skipped >= 120.0, "{skipped} skipped");
+}

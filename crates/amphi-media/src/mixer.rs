@@ -91,6 +91,8 @@ pub struct MixerStats {
     /// Packets encoded (the program, the primers at a switch, every
     /// mix-minus).
     pub encodes: u64,
+    /// Silent mix-minus frames not sent ([`DTX_EVERY`]).
+    pub dtx_skipped: u64,
 }
 
 /// What one tick produced.
@@ -210,6 +212,26 @@ struct Speaker {
     /// Its mix-minus was the silence frame (nobody else to hear), so its
     /// return encoder is reset before it encodes again.
     ret_resting: bool,
+    /// Silence frames in a row in its mix-minus (see [`DTX_EVERY`]).
+    ret_quiet: u32,
+}
+
+/// While a speaker's mix-minus is silence, it is sent one frame in this
+/// many (every 400 ms, as Opus DTX does): the first silent frame, then a
+/// keep-alive; the receiver plays silence in between and the RTP
+/// timestamps jump over the frames not sent.
+pub const DTX_EVERY: u32 = 20;
+
+/// Whether the next frame of a mix-minus is sent, given the silence
+/// frames before it in a row (`quiet`, updated).
+fn dtx_sends(quiet: &mut u32, silent: bool) -> bool {
+    if !silent {
+        *quiet = 0;
+        return true;
+    }
+    let send = (*quiet).is_multiple_of(DTX_EVERY);
+    *quiet = (*quiet + 1) % DTX_EVERY;
+    send
 }
 
 impl Speaker {
@@ -449,6 +471,7 @@ impl Mixer {
                 idle: 0,
                 skipped: 0,
                 ret_resting: false,
+                ret_quiet: 0,
             },
         );
         Ok(())
@@ -584,9 +607,14 @@ impl Mixer {
                 // starts afresh when there is something to hear again.
                 if self.levels.iter().all(|l| l.participant == *pid) {
                     s.ret_resting = true;
-                    mix_minus.push((*pid, self.silence.clone()));
+                    if dtx_sends(&mut s.ret_quiet, true) {
+                        mix_minus.push((*pid, self.silence.clone()));
+                    } else {
+                        self.stats.dtx_skipped += 1;
+                    }
                     continue;
                 }
+                s.ret_quiet = 0;
                 if std::mem::take(&mut s.ret_resting) {
                     enc.reset();
                     *limiter = Limiter::new();
@@ -603,9 +631,14 @@ impl Mixer {
         } else {
             // Everyone but the lone voice hears the program itself; the
             // lone voice hears nobody.
-            for (pid, s) in self.speakers.iter() {
+            for (pid, s) in self.speakers.iter_mut() {
                 if s.ret.is_some() {
-                    let p = if Some(*pid) == self.lone && mode == Mode::Pass {
+                    let alone = Some(*pid) == self.lone && mode == Mode::Pass;
+                    if !dtx_sends(&mut s.ret_quiet, alone || mode == Mode::Silence) {
+                        self.stats.dtx_skipped += 1;
+                        continue;
+                    }
+                    let p = if alone {
                         self.silence.clone()
                     } else {
                         frame.opus.clone()
@@ -1189,7 +1222,10 @@ mod tests {
             sa.send(&mut m, A);
             sb.send(&mut m, B);
             let t = m.tick(k);
-            assert_eq!(t.mix_minus.len(), 1, "only A asked for return audio");
+            // Silence (sent one frame in 20) until both are heard.
+            if k >= 10 {
+                assert_eq!(t.mix_minus.len(), 1, "only A asked for return audio");
+            }
             for (pid, p) in t.mix_minus {
                 assert_eq!(pid, A);
                 returned.push(p);
@@ -1212,7 +1248,7 @@ mod tests {
         m.set_audible(A, true);
         let mut s = Sender::new(440.0, 0.5);
         let silence = m.silence_frame().clone();
-        let mut mixed = 0;
+        let (mut mixed, mut sent) = (0, 0);
         for k in 0..200 {
             let (seq, ts, p) = s.packet(FRAME);
             // Every 20th packet lost: a mix (the decoder conceals it).
@@ -1221,8 +1257,17 @@ mod tests {
             }
             let before = m.stats().encodes;
             let t = m.tick(k);
-            assert_eq!(t.mix_minus.len(), 1);
-            assert_eq!(t.mix_minus[0].1, silence, "tick {k}: A hears nobody");
+            // Silence, and only one frame in DTX_EVERY of it is sent,
+            // whether the tick passed or mixed.
+            assert_eq!(
+                t.mix_minus.len(),
+                usize::from(k % DTX_EVERY as u64 == 0),
+                "tick {k}"
+            );
+            sent += t.mix_minus.len();
+            if let Some((_, p)) = t.mix_minus.first() {
+                assert_eq!(*p, silence, "tick {k}: A hears nobody");
+            }
             if t.mode == Mode::Mix {
                 mixed += 1;
                 // The program only (and the encoder's warm-up at a switch).
@@ -1230,6 +1275,8 @@ mod tests {
             }
         }
         assert!(mixed >= 9, "{mixed} mixed ticks");
+        assert_eq!(sent, 10);
+        assert_eq!(m.stats().dtx_skipped, 190);
     }
 
     #[test]
@@ -1242,8 +1289,14 @@ mod tests {
         assert_eq!(seqs, (0..50).collect::<Vec<_>>());
         assert!(ticks.iter().all(|t| t.frame.program_level == 0
             && t.frame.speakers.is_empty()
-            && !t.frame.opus.is_empty()
-            && t.mix_minus.len() == 1));
+            && !t.frame.opus.is_empty()));
+        // The speaker's silent return: one frame in DTX_EVERY.
+        let sent: Vec<u64> = ticks
+            .iter()
+            .filter(|t| !t.mix_minus.is_empty())
+            .map(|t| t.frame.seq)
+            .collect();
+        assert_eq!(sent, [0, 20, 40]);
         let pcm = decode_all(
             &ticks
                 .iter()

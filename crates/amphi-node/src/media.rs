@@ -266,6 +266,8 @@ struct MediaStats {
     silent_frames: AtomicU64,
     /// Switches into mixing.
     switches: AtomicU64,
+    /// Silent mix-minus frames not sent.
+    mix_minus_dtx_skipped: AtomicU64,
     /// Ticks run with noise suppression bypassed (the node over budget).
     denoise_bypassed: AtomicU64,
 }
@@ -594,6 +596,12 @@ impl MediaPlane {
         );
         counter(
             out,
+            "amphi_mix_minus_dtx_skipped_total",
+            "Silent mix-minus frames not sent to speakers (one in 20 is, as with Opus DTX).",
+            l(&s.mix_minus_dtx_skipped),
+        );
+        counter(
+            out,
             "amphi_denoise_bypassed_ticks_total",
             "Mixer ticks run with noise suppression bypassed (ticks averaged over 12 ms of CPU).",
             l(&s.denoise_bypassed),
@@ -838,6 +846,8 @@ impl MixThread {
         s.passed_frames.store(p.passed_frames, Ordering::Relaxed);
         s.silent_frames.store(p.silent_frames, Ordering::Relaxed);
         s.switches.store(p.switches, Ordering::Relaxed);
+        s.mix_minus_dtx_skipped
+            .store(p.mix_minus_dtx_skipped, Ordering::Relaxed);
         if p.ticks >= self.stats_at + 50 {
             self.stats_at = p.ticks;
             *self.speaker_stats.lock() = self.program.speaker_stats();
@@ -876,8 +886,8 @@ impl MixThread {
                         s.live.publish(&self.egress, kind, bytes, last_frame);
                     }
                 }
-                ProgramOutput::MixMinus { session, opus } => {
-                    self.rtc.send_audio(SessionId(session.0), opus);
+                ProgramOutput::MixMinus { session, opus, seq } => {
+                    self.rtc.send_audio(SessionId(session.0), opus, seq);
                 }
                 ProgramOutput::CloseSession(session) => {
                     self.rtc.close_session(SessionId(session.0));

@@ -68,8 +68,14 @@ pub enum Output {
         bytes: Bytes,
         last_frame: u64,
     },
-    /// Return audio (everyone but the speaker) for one of their sessions.
-    MixMinus { session: Session, opus: Bytes },
+    /// Return audio (everyone but the speaker) for one of their sessions,
+    /// for program frame `seq`: the frames skipped since the previous one
+    /// (silence, sent only every 400 ms) move its RTP timestamp on.
+    MixMinus {
+        session: Session,
+        opus: Bytes,
+        seq: u64,
+    },
     /// Close this ingest session: a newer one of the same speaker replaced
     /// it, or its space is not mixed here.
     CloseSession(Session),

@@ -107,6 +107,9 @@ pub struct ProgramStats {
     pub decodes: u64,
     /// Opus packets encoded by the mixers (programs and mix-minus).
     pub encodes: u64,
+    /// Silent mix-minus frames not sent (a speaker who hears nobody gets
+    /// one every 400 ms, as with Opus DTX).
+    pub mix_minus_dtx_skipped: u64,
 }
 
 /// The program of every space a node serves. See the crate docs.
@@ -462,6 +465,7 @@ impl Program {
             stats.switches += after.switches - before.switches;
             stats.decodes += after.decodes - before.decodes;
             stats.encodes += after.encodes - before.encodes;
+            stats.mix_minus_dtx_skipped += after.dtx_skipped - before.dtx_skipped;
             let frame = tick.frame;
             if !frame.speakers.is_empty() {
                 out.push_back(Output::Event(Event::Talking {
@@ -482,6 +486,7 @@ impl Program {
                             out.push_back(Output::MixMinus {
                                 session: *session,
                                 opus: opus.clone(),
+                                seq: frame.seq,
                             });
                         }
                     }

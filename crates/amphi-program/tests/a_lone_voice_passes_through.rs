@@ -37,12 +37,19 @@ fn a_lone_speakers_packets_are_the_program() {
     }
     let st = sim.program.stats();
     assert!(st.passed_frames >= 90, "{st:?}");
-    // B hears A's packets as they are; A hears silence; neither encoded.
+    // B hears A's packets as they are (every frame once A is heard);
+    // A hears silence, sent one frame in 20 (DTX); neither encoded.
     let to_b = sim.mix_minus(Session(B.0));
     let to_a = sim.mix_minus(Session(A.0));
-    assert_eq!(to_b.len(), 100);
-    assert_eq!(to_b[99], frames[99].opus);
-    assert!(to_a[50..].iter().all(|p| p.len() < 10), "silence for A");
+    assert!(to_b.len() >= 90, "{}", to_b.len());
+    let heard: Vec<_> = frames[50..].iter().map(|f| &f.opus).collect();
+    assert_eq!(to_b[to_b.len() - 50..].iter().collect::<Vec<_>>(), heard);
+    assert!(to_a.iter().all(|p| p.len() < 10), "silence for A");
+    assert!(
+        (4..=8).contains(&to_a.len()),
+        "{} silence frames sent to A in 2 s",
+        to_a.len()
+    );
     assert!(st.encodes <= st.mixed_frames * 3 + 2 * st.switches);
 }
 

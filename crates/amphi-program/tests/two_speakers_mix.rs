@@ -33,9 +33,10 @@ fn two_speakers_mix_and_each_hears_the_other() {
     assert!(peak(&pcm) <= 1.0, "the limiter let the sum clip");
     assert_eq!(sim.program.stats().passed_frames, 0);
 
-    // A's return audio: B only, one packet per frame.
+    // A's return audio: B only, one packet per frame once B is heard
+    // (before, silence: sent one frame in 20).
     let ret = sim.mix_minus(Session(A.0));
-    assert_eq!(ret.len(), 150);
+    assert!((145..=150).contains(&ret.len()), "{}", ret.len());
     let heard = decode(ret);
     let tail = &heard[heard.len() / 2..];
     assert!(tone_ratio(tail, 660.0, 48_000) > 0.8, "A must hear B");

@@ -557,7 +557,7 @@ impl Thread {
             Cmd::CloseParticipant { space, participant } => {
                 self.ingest.close_participant(space, participant)
             }
-            Cmd::Send { id, opus } => self.ingest.send_audio(Instant::now(), id, &opus),
+            Cmd::Send { id, opus, seq } => self.ingest.send_audio(Instant::now(), id, &opus, seq),
             Cmd::AdoptTcp { stream, peer } => self.adopt(stream, peer),
             Cmd::Shutdown => {}
         }

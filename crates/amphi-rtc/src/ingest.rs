@@ -136,7 +136,10 @@ struct Session {
     connected: bool,
     /// Where return audio goes: the audio mid if the peer receives.
     send_mid: Option<Mid>,
+    /// RTP timestamp of the last return audio frame sent, and its program
+    /// frame number (`None`: none sent yet).
     return_ts: u64,
+    return_seq: Option<u64>,
     /// str0m's next timeout, as registered in the timer heap.
     timeout: Option<Instant>,
     /// In the ready queue (has output to drain).
@@ -275,6 +278,7 @@ impl Ingest {
                 connected: false,
                 send_mid: None,
                 return_ts: u64::from(rand::random::<u32>()),
+                return_seq: None,
                 timeout: None,
                 queued: false,
                 sources: Vec::new(),
@@ -334,9 +338,12 @@ impl Ingest {
         }
     }
 
-    /// Queues one 20 ms Opus frame of return audio to a connected session
-    /// whose peer receives audio.
-    pub fn send_audio(&mut self, now: Instant, id: SessionId, opus: &[u8]) {
+    /// Queues one 20 ms Opus frame of return audio, program frame `seq`,
+    /// to a connected session whose peer receives audio. Its RTP
+    /// timestamp is 960 (20 ms) per program frame past the last one sent,
+    /// so frames not sent (silence: DTX) leave a gap in time, not in the
+    /// RTP sequence, as a DTX sender's do.
+    pub fn send_audio(&mut self, now: Instant, id: SessionId, opus: &[u8], seq: u64) {
         let Some(s) = self.sessions.get_mut(&id) else {
             return;
         };
@@ -344,8 +351,16 @@ impl Ingest {
             return;
         }
         let Some(mid) = s.send_mid else { return };
-        let ts = s.return_ts;
-        s.return_ts += 960;
+        let frames = match s.return_seq {
+            None => 0,
+            // At most a minute's worth of frames (a gap that long is a
+            // restart of the numbering, not silence).
+            Some(last) if seq > last => (seq - last).min(3_000),
+            Some(_) => 1,
+        };
+        let ts = s.return_ts.wrapping_add(frames * 960);
+        s.return_ts = ts;
+        s.return_seq = Some(seq);
         let Some(writer) = s.rtc.writer(mid) else {
             return;
         };

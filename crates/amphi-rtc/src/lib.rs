@@ -287,6 +287,7 @@ pub(crate) enum Cmd {
     Send {
         id: SessionId,
         opus: Bytes,
+        seq: u64,
     },
     AdoptTcp {
         stream: std::net::TcpStream,
@@ -338,9 +339,10 @@ impl RtcHandle {
         let _ = self.tx.send(Cmd::CloseParticipant { space, participant });
     }
 
-    /// Sends one 20 ms Opus frame to a session that receives audio.
-    pub fn send_audio(&self, id: SessionId, opus: Bytes) {
-        let _ = self.tx.try_send(Cmd::Send { id, opus });
+    /// Sends one 20 ms Opus frame, program frame `seq`, to a session
+    /// that receives audio (see [`Ingest::send_audio`]).
+    pub fn send_audio(&self, id: SessionId, opus: Bytes, seq: u64) {
+        let _ = self.tx.try_send(Cmd::Send { id, opus, seq });
     }
 
     /// Hands over an accepted ICE-TCP connection (with

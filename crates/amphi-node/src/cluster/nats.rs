@@ -493,7 +493,8 @@ impl Nats {
         };
         self.stats.forwarded.fetch_add(1, Ordering::Relaxed);
         let subject = amphi_cluster::node_http_subject(node);
-        let asked = tokio::time::timeout(FORWARD_TIMEOUT, self.client.request(subject, msg.encode()));
+        let asked =
+            tokio::time::timeout(FORWARD_TIMEOUT, self.client.request(subject, msg.encode()));
         // Given up as soon as the owner goes unheard meanwhile (cut off
         // during the call), not only after the timeout.
         let reply = tokio::select! {

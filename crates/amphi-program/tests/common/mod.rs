@@ -311,7 +311,9 @@ impl Sim {
         self.log
             .iter()
             .filter_map(|(_, o)| match o {
-                Output::MixMinus { session: s, opus } if *s == session => Some(opus.clone()),
+                Output::MixMinus {
+                    session: s, opus, ..
+                } if *s == session => Some(opus.clone()),
                 _ => None,
             })
             .collect()

@@ -41,6 +41,8 @@ struct Client {
     rtp_ts: u64,
     /// Return-audio packets this client received.
     heard: usize,
+    /// Their RTP timestamps.
+    heard_at: Vec<u64>,
 }
 
 struct Sim {
@@ -150,6 +152,7 @@ impl Sim {
             timeout: self.now,
             rtp_ts: 0,
             heard: 0,
+            heard_at: Vec::new(),
         });
         self.clients.len() - 1
     }
@@ -205,7 +208,10 @@ impl Sim {
                                 &t.contents,
                             );
                         }
-                        str0m::Output::Event(str0m::Event::MediaData(_)) => c.heard += 1,
+                        str0m::Output::Event(str0m::Event::MediaData(d)) => {
+                            c.heard += 1;
+                            c.heard_at.push(d.time.numer());
+                        }
                         str0m::Output::Event(_) => {}
                     }
                 }
@@ -553,11 +559,33 @@ fn return_audio_reaches_a_receiving_peer() {
     let id = sim.clients[c].session;
     for _ in 0..10 {
         let now = sim.now;
-        sim.ingest.send_audio(now, id, &[0xfc, 0xff, 0xfe]);
+        sim.ingest.send_audio(now, id, &[0xfc, 0xff, 0xfe], 1);
         sim.run_for(Duration::from_millis(20));
     }
     assert_eq!(sim.stats().packets_out.load(Ordering::Relaxed), 10);
     assert!(sim.clients[c].heard >= 9, "heard {}", sim.clients[c].heard);
+}
+
+#[test]
+fn frames_not_sent_move_the_return_timestamp_on() {
+    let mut sim = Sim::new(config(SERVER, false), vec![]);
+    let c = sim.connect_client(client_addr(2, 5000), true);
+    sim.run_until_connected();
+    let id = sim.clients[c].session;
+    // Program frames 5, 6, then silence sent one frame in 20 (DTX): 26,
+    // 46; then voice again from 47.
+    for seq in [5, 6, 26, 46, 47, 48] {
+        let now = sim.now;
+        sim.ingest.send_audio(now, id, &[0xfc, 0xff, 0xfe], seq);
+        sim.run_for(Duration::from_millis(20));
+    }
+    let at = &sim.clients[c].heard_at;
+    assert_eq!(at.len(), 6, "{at:?}");
+    let steps: Vec<u64> = at
+        .windows(2)
+        .map(|w| w[1].wrapping_sub(w[0]) % (1 << 32))
+        .collect();
+    assert_eq!(steps, [960, 20 * 960, 20 * 960, 960, 960]);
 }
 
 #[test]
