@@ -26,7 +26,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -138,6 +138,8 @@ pub struct Nats {
     /// The latest ask to vouch for this node: when it was sent, and
     /// whether every node on the roster answered (one ask at a time).
     vouching: tokio::sync::Mutex<Option<(i64, bool)>>,
+    /// A pass of [`Nats::take_over_orphans`] is running.
+    claiming: AtomicBool,
 }
 
 /// How a node joins the cluster.
@@ -285,6 +287,7 @@ impl Nats {
             replicas,
             orphans: Mutex::new(Orphans::new(orphan_grace)),
             vouching: tokio::sync::Mutex::new(None),
+            claiming: AtomicBool::new(false),
         }))
     }
 
@@ -850,6 +853,16 @@ impl Nats {
             // back.
             let me = self.clone();
             tokio::spawn(async move { me.renew(true).await });
+            // A dead origin's spaces are claimed as soon as their lease
+            // expires here, not on the next 1 s housekeeping (one pass at
+            // a time).
+            if !self.claiming.swap(true, Ordering::AcqRel) {
+                let me = self.clone();
+                tokio::spawn(async move {
+                    me.take_over_orphans().await;
+                    me.claiming.store(false, Ordering::Release);
+                });
+            }
         }
     }
 
@@ -858,7 +871,6 @@ impl Nats {
         loop {
             iv.tick().await;
             self.renew(false).await;
-            self.take_over_orphans().await;
             self.end_orphans().await;
             self.publish_replays().await;
             let Some(host) = self.host() else { continue };
