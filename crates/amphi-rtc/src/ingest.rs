@@ -240,6 +240,13 @@ impl Ingest {
             .set_crypto_provider(self.provider.clone())
             .clear_codecs()
             .enable_opus(true, false)
+            // No transport-wide congestion control: its feedback is a
+            // packet from the node every 50 ms per session (a fifth of a
+            // 1,000-speaker node's sends and syscalls) for a bandwidth
+            // estimate nobody reads: the speakers' Opus has a fixed
+            // bitrate, the return audio too. Offers that carry it get an
+            // answer without it.
+            .set_extension_map(return_extensions())
             .build(now);
         let udp =
             Candidate::host(self.cfg.udp, "udp").map_err(|e| RtcError::Engine(e.to_string()))?;
@@ -677,6 +684,18 @@ impl Ingest {
             _ => None,
         }
     }
+}
+
+/// The RTP header extensions a session answers with: Chrome's standard
+/// audio ones (`ExtensionMap::standard`) but transport-wide sequence
+/// numbers (see where it is used).
+fn return_extensions() -> str0m::rtp::ExtensionMap {
+    use str0m::rtp::{Extension, ExtensionMap};
+    let mut exts = ExtensionMap::empty();
+    exts.set(1, Extension::AudioLevel);
+    exts.set(2, Extension::AbsoluteSendTime);
+    exts.set(4, Extension::RtpMid);
+    exts
 }
 
 #[cfg(test)]

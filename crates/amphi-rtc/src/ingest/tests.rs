@@ -646,6 +646,24 @@ fn the_answer_offers_a_passive_tcp_candidate_beside_udp() {
         sdp.contains(" 10.0.0.1 4001 typ host tcptype passive"),
         "{sdp}"
     );
+    // The offer asks for transport-wide congestion control (as Chrome's
+    // does); the answer declines it, so no feedback every 50 ms.
+    let offered = offer.to_sdp_string();
+    assert!(offered.contains("transport-wide-cc"), "{offered}");
+    assert!(!sdp.contains("transport-wide-cc"), "{sdp}");
+    assert!(sdp.contains("urn:ietf:params:rtp-hdrext:sdes:mid"), "{sdp}");
+}
+
+#[test]
+fn a_publishing_peer_gets_no_congestion_feedback() {
+    let mut sim = Sim::new(config(SERVER, false), vec![]);
+    sim.connect_client(client_addr(2, 5000), false);
+    sim.run_until_connected();
+    let before = sim.transports.len();
+    sim.speak(100);
+    // 2 s of audio in: a receiver report or two, not 40 TWCC feedbacks.
+    let sent = sim.transports.len() - before;
+    assert!(sent <= 6, "{sent} datagrams to a publishing peer in 2 s");
 }
 
 #[test]
