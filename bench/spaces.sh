@@ -13,7 +13,8 @@
 # created with recording off), AMPHI_BIN (target/release/amphi),
 # LABEL (a name for the code under test, printed in the table), NICE (0:
 # the node and the load generator run at this niceness; on a shared machine
-# -10 keeps other work from starving the node's one mixer thread).
+# -10 keeps other work from starving the node's one mixer thread),
+# SERVE_ARGS (more `amphi serve` flags, e.g. "--ogg-page-ms 200").
 # Prints one JSON line per run (the per-space lines dropped) and a table.
 set -euo pipefail
 # A load generator joins from one address: lift the per-network join and
@@ -46,7 +47,7 @@ run() {
   # Spaces come up over RAMP s (20 per second), then 5 s of warm-up.
   local ramp=$(( spaces / 20 + 1 ))
   AMPHI_ADMIN_TOKEN=$ADMIN AMPHI_LOG=warn nice -n "$NICE" "$BIN" serve --http 127.0.0.1:$PORT \
-    --data-dir "$TMP/$name" 2>"$TMP/$name.log" &
+    --data-dir "$TMP/$name" ${SERVE_ARGS:-} 2>"$TMP/$name.log" &
   local pid=$!
   PIDS+=("$pid")
   for _ in $(seq 100); do curl -fs http://127.0.0.1:$PORT/healthz >/dev/null && break; sleep 0.1; done
