@@ -601,36 +601,67 @@ impl NatsCluster {
     /// [`NatsCluster::start`] listening on `ip` (a test network's address,
     /// for nodes in a network namespace).
     pub fn start_on(ip: &str) -> NatsCluster {
-        let servers: Vec<_> = (0..3)
-            .map(|_| {
-                (
-                    None,
-                    free_port(),
-                    free_port(),
-                    tempfile::tempdir().expect("tempdir"),
-                )
-            })
-            .collect();
-        let routes = (0..3).map(|_| free_port()).collect();
-        let mut c = NatsCluster {
-            servers,
-            routes,
-            ip: ip.to_owned(),
-        };
-        for i in 0..3 {
-            c.spawn(i);
+        // A port picked free can be taken by another test before the
+        // server binds it; that server then exits at once. Such a start is
+        // thrown away and made again on fresh ports.
+        for attempt in 1..=3 {
+            let servers: Vec<_> = (0..3)
+                .map(|_| {
+                    (
+                        None,
+                        free_port(),
+                        free_port(),
+                        tempfile::tempdir().expect("tempdir"),
+                    )
+                })
+                .collect();
+            let routes = (0..3).map(|_| free_port()).collect();
+            let mut c = NatsCluster {
+                servers,
+                routes,
+                ip: ip.to_owned(),
+            };
+            for i in 0..3 {
+                c.spawn(i);
+            }
+            if c.came_up(Duration::from_secs(60)) {
+                return c;
+            }
+            eprintln!(
+                "a NATS cluster did not come up (attempt {attempt} of 3); again on fresh ports"
+            );
         }
-        for i in 0..3 {
-            c.wait_ready(i);
+        panic!("timed out waiting for nats-server in the cluster (3 attempts)");
+    }
+
+    /// Whether all three servers answer their health check and the
+    /// JetStream meta group has a leader within `limit`; `false` at once
+    /// if a server exited (its port was taken).
+    fn came_up(&mut self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            for s in &mut self.servers {
+                if let Some(child) = s.0.as_mut()
+                    && matches!(child.try_wait(), Ok(Some(_)))
+                {
+                    return false;
+                }
+            }
+            let healthy = (0..3).all(|i| {
+                reqwest::blocking::get(format!("http://{}:{}/healthz", self.ip, self.servers[i].2))
+                    .is_ok_and(|r| r.status().is_success())
+            });
+            let led = healthy
+                && reqwest::blocking::get(format!("http://{}:{}/jsz", self.ip, self.servers[0].2))
+                    .ok()
+                    .and_then(|r| r.json::<Value>().ok())
+                    .is_some_and(|v| v["meta_cluster"]["leader"].is_string());
+            if led {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
-        // The JetStream meta group has a leader.
-        wait_for(20, "a JetStream meta leader", || {
-            reqwest::blocking::get(format!("http://{}:{}/jsz", c.ip, c.servers[0].2))
-                .ok()
-                .and_then(|r| r.json::<Value>().ok())
-                .is_some_and(|v| v["meta_cluster"]["leader"].is_string())
-        });
-        c
+        false
     }
 
     fn spawn(&mut self, i: usize) {
