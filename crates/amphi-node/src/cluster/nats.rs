@@ -457,8 +457,7 @@ impl Nats {
     // ---- forwarding -----------------------------------------------------
 
     async fn forward_to(&self, node: &str, req: Request) -> Response {
-        let unheard = self.ownership.lock().unheard_for(node, mono_ms());
-        if unheard.is_some_and(|ms| ms >= FORWARD_UNHEARD_MS) {
+        if self.unheard(node) {
             self.stats.forward_failures.fetch_add(1, Ordering::Relaxed);
             return ApiError::cluster_unavailable(
                 "the node that owns this space has not been heard from lately; try again",
@@ -534,11 +533,19 @@ impl Nats {
     async fn until_unheard(&self, node: &str) {
         loop {
             tokio::time::sleep(Duration::from_millis(100)).await;
-            let unheard = self.ownership.lock().unheard_for(node, mono_ms());
-            if unheard.is_some_and(|ms| ms >= FORWARD_UNHEARD_MS) {
+            if self.unheard(node) {
                 return;
             }
         }
+    }
+
+    /// Whether `node`'s count reports have not been heard for
+    /// [`FORWARD_UNHEARD_MS`] (`false` if it was never heard).
+    fn unheard(&self, node: &str) -> bool {
+        self.ownership
+            .lock()
+            .unheard_for(node, mono_ms())
+            .is_some_and(|ms| ms >= FORWARD_UNHEARD_MS)
     }
 
     /// Runs calls forwarded by other nodes through this node's router.
